@@ -1,0 +1,53 @@
+# statestream: every install step lives here. `make serve` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+PORT ?= 50051
+MODELS ?= models/demo.onnx
+GOBIN := $(CURDIR)/.tools/bin
+export GOBIN
+
+.PHONY: serve test proto install-server install-dev tools bench clean help
+
+help:
+	@echo "make serve   serve the bundled demo model on port $(PORT) (creates $(VENV))"
+	@echo "make test    install everything the tests need into $(VENV) and run them"
+	@echo "make proto   regenerate the committed Python stubs from proto/"
+	@echo "make bench   run the benchmarks (ghz, baselines) into bench/results/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Stamps are keyed on pyproject.toml so a changed dependency reinstalls.
+$(VENV)/.server-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[server]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[server,export,dev]"
+	touch $@
+
+install-server: $(VENV)/.server-installed
+install-dev: $(VENV)/.dev-installed
+
+serve: install-server
+	$(VENV)/bin/statestream-server --models $(MODELS) --port $(PORT)
+
+# Go/Node tools (ghz, grpcurl, protoc plugins, npm packages) for the interop tests and bench.
+tools:
+	bash scripts/install-tools.sh
+
+test: install-dev tools
+	$(PY) -m pytest -q
+
+proto: install-dev
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/v1/statestream.proto
+
+bench: install-dev tools
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .tools
