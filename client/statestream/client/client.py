@@ -1,0 +1,191 @@
+"""Client and Session: step a server-side recurrent state with numpy in, numpy out."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import grpc
+import numpy as np
+
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+from .errors import from_code, from_rpc_error
+
+States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
+
+
+def _translate(fn):
+    """gRPC errors leave this library as the StatestreamError family."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    return wrapper
+
+
+def states_from_proto(layers) -> States:
+    return {l.layer: {"h": np.array(l.h, dtype=np.float32), **({"c": np.array(l.c, dtype=np.float32)} if l.c else {})}
+            for l in layers}
+
+
+def states_to_proto(states: States) -> list[pb.LayerState]:
+    return [pb.LayerState(layer=name, h=np.asarray(s["h"], np.float32).ravel(),
+                          c=np.asarray(s.get("c", ()), np.float32).ravel()) for name, s in states.items()]
+
+
+@dataclass
+class SessionState:
+    """A session's saved state: enough to restore or migrate it (`Session.set_state`)."""
+
+    states: States
+    step_count: int = 0
+    last_sequence_number: int = 0
+    model: str = ""
+    session_id: str = ""
+
+
+class Client:
+    """A connection to a statestream server.
+
+    >>> with Client("localhost:50051") as client, client.session("demo") as s:
+    ...     y = s.step([0.1, 0.2, 0.3])
+    """
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float = 10.0,
+                 credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
+                 options: list | None = None):
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)] + list(options or [])
+        self.channel = grpc.secure_channel(target, credentials, opts) if credentials \
+            else grpc.insecure_channel(target, opts)
+        self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def call(self, method: str, request, timeout: float | None = None):
+        """One unary RPC with this client's deadline and credentials; errors translated."""
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self.metadata)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+
+    def models(self) -> list[pb.ModelInfo]:
+        return list(self.call("ListModels", pb.ListModelsRequest()).models)
+
+    def model(self, name: str) -> pb.ModelInfo:
+        return self.call("GetModel", pb.GetModelRequest(name=name)).model
+
+    def session(self, model: str, session_id: str = "", *, initial_states: States | None = None,
+                idle_timeout: float = 0.0) -> "Session":
+        """Open a session (closed when used as a context manager and left)."""
+        req = pb.OpenSessionRequest(model=model, session_id=session_id, idle_timeout_seconds=idle_timeout,
+                                    initial_states=states_to_proto(initial_states) if initial_states else [])
+        reply = self.call("OpenSession", req)
+        return Session(self, reply.session_id, reply.model)
+
+    def attach(self, session_id: str, model: str) -> "Session":
+        """A Session object for an already open session (e.g. after a restart)."""
+        return Session(self, session_id, self.model(model))
+
+
+class Session:
+    """One server-side session: its states stay on the server between calls."""
+
+    def __init__(self, client: Client, session_id: str, info: pb.ModelInfo):
+        self.client = client
+        self.id = session_id
+        self.info = info
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc[0] is None:
+                raise
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, model={self.info.name!r})"
+
+    def _request(self, x, return_sequences: bool, return_state: bool, sequence_number: int | None) -> pb.StepRequest:
+        x = np.asarray(x, dtype=np.float32)
+        req = pb.StepRequest(session_id=self.id, input=x.ravel(), return_sequences=return_sequences,
+                             return_state=return_state)
+        if sequence_number is not None:
+            req.sequence_number = sequence_number
+        return req
+
+    def _result(self, reply: pb.StepResponse, return_sequences: bool, return_state: bool):
+        y = np.array(reply.output, dtype=np.float32).reshape(reply.rows, self.info.output_size)
+        if not return_sequences:
+            y = y[-1]
+        return (y, states_from_proto(reply.states)) if return_state else y
+
+    def step(self, x, return_sequences: bool = False, return_state: bool = False,
+             sequence_number: int | None = None, timeout: float | None = None):
+        """Feed x: shape (F,) for one timestep or (T, F) for T of them.
+
+        Returns the output like Keras: (O,) for the last timestep, (T, O) with
+        return_sequences; with return_state, (output, {layer: {"h", "c"}}).
+        """
+        req = self._request(x, return_sequences, return_state, sequence_number)
+        reply = self.client.call("Step", req, timeout)
+        return self._result(reply, return_sequences, return_state)
+
+    @_translate
+    def stream(self, steps: Iterable, return_sequences: bool = False, return_state: bool = False,
+               timeout: float | None = None) -> Iterator:
+        """Stream many steps over one bidirectional call; yields one result per step, in order.
+
+        An in-band error on one step raises that step's exception here (the
+        server keeps the stream open, the session unchanged by that step).
+        """
+        requests = (pb.StreamStepsRequest(step=self._request(x, return_sequences, return_state, None)) for x in steps)
+        replies = self.client.stub.StreamSteps(requests, timeout=timeout, metadata=self.client.metadata)
+        for reply in replies:
+            if reply.HasField("error"):
+                replies.cancel()
+                raise from_code(reply.error.code, reply.error.message)
+            yield self._result(reply.step, return_sequences, return_state)
+
+    def get_state(self) -> SessionState:
+        st = self.client.call("GetState", pb.GetStateRequest(session_id=self.id)).state
+        return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
+                            st.session_id)
+
+    def set_state(self, state: SessionState | States, step_count: int | None = None,
+                  last_sequence_number: int | None = None) -> SessionState:
+        """Overwrite the states (all layers); a SessionState also restores its counters."""
+        if isinstance(state, SessionState):
+            step_count = state.step_count if step_count is None else step_count
+            last_sequence_number = state.last_sequence_number if last_sequence_number is None else last_sequence_number
+            state = state.states
+        req = pb.SetStateRequest(session_id=self.id, layers=states_to_proto(state))
+        if step_count is not None:
+            req.step_count = step_count
+        if last_sequence_number is not None:
+            req.last_sequence_number = last_sequence_number
+        st = self.client.call("SetState", req).state
+        return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
+                            st.session_id)
+
+    def close(self) -> int:
+        """Close the session; returns its step count."""
+        return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count

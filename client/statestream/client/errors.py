@@ -1,0 +1,72 @@
+"""Client-side exception family: one class per gRPC status code a caller acts on."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class StatestreamError(Exception):
+    """A call failed; `code` is the gRPC status code, `message` the server's explanation."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class InvalidArgument(StatestreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(StatestreamError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(StatestreamError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(StatestreamError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(StatestreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(StatestreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(StatestreamError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DeadlineExceeded(StatestreamError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Internal(StatestreamError):
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition,
+                                      ResourceExhausted, Unavailable, Unauthenticated, DeadlineExceeded, Internal)}
+_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_code(code: grpc.StatusCode | int, message: str) -> StatestreamError:
+    """The exception for a status code (a grpc.StatusCode or its number, as in-band errors carry)."""
+    if isinstance(code, int):
+        code = _BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    return _BY_CODE.get(code, StatestreamError)(message, code)
+
+
+def from_rpc_error(e: grpc.RpcError) -> StatestreamError:
+    return from_code(e.code(), e.details() or "")

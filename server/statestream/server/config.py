@@ -1,0 +1,153 @@
+"""Server settings: CLI flag > STATESTREAM_* environment variable > default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "STATESTREAM_"
+
+USAGE = """\
+Serve exported recurrent models (statestream-export) over gRPC, one session per stream.
+
+examples:
+  statestream-server --models models/                 # every *.onnx in the folder
+  statestream-server --models models/demo.onnx --port 50051 --metrics-port 9100
+  STATESTREAM_MAX_SESSIONS=1000000 statestream-server --models models/
+
+Every flag can also be set as STATESTREAM_<FLAG> (e.g. STATESTREAM_PORT=50052);
+a flag given on the command line wins over the environment.
+The model name is the file's stem: models/demo.onnx serves as "demo".
+Health (grpc.health.v1) and reflection are always on; SIGTERM drains and exits 0.
+"""
+
+
+@dataclass
+class Config:
+    """The resolved settings of one server process."""
+
+    models: list[str]
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 0
+    max_sessions: int = 100_000
+    idle_timeout: float = 3600.0
+    max_idle_timeout: float = 7 * 86400.0
+    max_timesteps: int = 1024
+    max_batch_size: int = 256
+    max_queue_delay: float = 0.0
+    max_pending_per_session: int = 64
+    max_pending: int = 100_000
+    max_message_bytes: int = 16 * 1024 * 1024
+    intra_op_threads: int = 1
+    grace: float = 10.0
+    sweep_interval: float = 1.0
+    state_store: str = "memory"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token_file: str = ""
+    log_level: str = "INFO"
+
+    def model_files(self) -> list[Path]:
+        """Every .onnx file named by --models (folders are scanned), or ValueError."""
+        files: list[Path] = []
+        for entry in self.models:
+            p = Path(entry)
+            if p.is_dir():
+                found = sorted(p.glob("*.onnx"))
+                if not found:
+                    raise ValueError(f"--models {entry}: the folder has no .onnx file")
+                files.extend(found)
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise ValueError(f"--models {entry}: no such file or folder")
+        names = [f.stem for f in files]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"--models: two files give the model name(s) {sorted(dupes)}")
+        return files
+
+    def validate(self) -> None:
+        """Refuse bad settings before anything starts."""
+        if not self.models:
+            raise ValueError("--models is required (a folder of .onnx files, or files)")
+        self.model_files()
+        for name in ("max_sessions", "max_timesteps", "max_batch_size", "max_pending_per_session",
+                     "max_pending", "max_message_bytes", "intra_op_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.idle_timeout <= 0 or self.max_idle_timeout < self.idle_timeout:
+            raise ValueError("--idle-timeout must be > 0 and <= --max-idle-timeout")
+        if self.max_queue_delay < 0:
+            raise ValueError("--max-queue-delay must be >= 0")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+HELP = {
+    "models": "folder of .onnx files, or .onnx files (name = file stem)",
+    "host": "address to bind (0.0.0.0 in a container)",
+    "port": "gRPC port (0 = pick a free one)",
+    "metrics_port": "Prometheus /metrics HTTP port (0 = off)",
+    "max_sessions": "open sessions at most, all models; more is RESOURCE_EXHAUSTED",
+    "idle_timeout": "seconds a session may stay idle before it expires (default per session)",
+    "max_idle_timeout": "largest idle timeout a client may ask for",
+    "max_timesteps": "largest T in one request",
+    "max_batch_size": "sessions in one model run at most",
+    "max_queue_delay": "seconds the batcher waits to fill a batch (0 = take what is queued)",
+    "max_pending_per_session": "queued steps per session at most",
+    "max_pending": "queued steps in the whole server at most",
+    "max_message_bytes": "largest request message",
+    "intra_op_threads": "onnxruntime intra-op threads",
+    "grace": "seconds to drain in-flight calls on SIGTERM",
+    "sweep_interval": "seconds between idle-expiry sweeps",
+    "state_store": "where session state lives: memory | sqlite:PATH",
+    "tls_cert": "PEM certificate chain (enables TLS)",
+    "tls_key": "PEM private key",
+    "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
+    "auth_token_file": "file of accepted bearer tokens, one per line (enables auth)",
+    "log_level": "DEBUG | INFO | WARNING | ERROR",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; defaults come from the environment, then Config."""
+    parser = argparse.ArgumentParser(
+        prog="statestream-server", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        env = ENV_PREFIX + f.name.upper()
+        if f.name == "models":
+            default = os.environ[env].split(",") if os.environ.get(env) else []
+            parser.add_argument(flag, nargs="+", default=default, help=f"{HELP[f.name]} [env {env}]")
+            continue
+        kind = {"int": int, "float": float, "str": str}[f.type]
+        default = kind(os.environ[env]) if env in os.environ else f.default
+        parser.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} [env {env}, default {f.default!r}]")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    """Parse flags and environment into a validated Config, or exit 2 with the reason."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except ValueError as e:  # a bad STATESTREAM_* value
+        parser.error(str(e))
+    cfg = Config(**vars(args))
+    try:
+        cfg.validate()
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg

@@ -1,0 +1,83 @@
+"""Frames: one message carrying one step for each of many sessions, with per-entry errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from statestream.v1 import statestream_pb2 as pb
+
+from . import codec
+from .errors import InvalidArgument, StatestreamError, code_number
+
+
+class FrameStepper:
+    """Validates a frame, queues its entries on the model's batcher, gathers one response."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def start(self, req: pb.StepFrameRequest, owner):
+        """Queue every valid entry now; returns an awaitable of the StepFrameResponse."""
+        svc = self.service
+        svc.check_open()
+        runner = svc.table.runner(req.model)
+        n = len(req.session_ids)
+        T = req.timesteps or 1
+        F = runner.features
+        if n == 0:
+            raise InvalidArgument("frame has no session_ids")
+        if T > svc.max_timesteps:
+            raise InvalidArgument(f"frame has T={T} timesteps; the limit is {svc.max_timesteps} (--max-timesteps)")
+        x = np.asarray(req.inputs, dtype=np.float32)
+        if x.size != n * T * F:
+            raise InvalidArgument(
+                f"inputs has {x.size} values; model {runner.name!r} expects N x T x F = {n} x {T} x {F} = {n * T * F}")
+        seqs = req.sequence_numbers
+        if len(seqs) not in (0, n):
+            raise InvalidArgument(f"sequence_numbers has {len(seqs)} entries; expected 0 or {n}")
+        x = x.reshape(n, T, F)
+        finite = np.isfinite(x).all(axis=(1, 2))
+        batcher = svc.batchers[runner.name]
+        futures: list = [None] * n
+        errors: list[tuple[int, StatestreamError]] = []
+        seen: set[str] = set()
+        for i, sid in enumerate(req.session_ids):
+            try:
+                if sid in seen:
+                    raise InvalidArgument(f"session {sid!r} appears twice in the frame")
+                seen.add(sid)
+                if not finite[i]:
+                    raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
+                s = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
+                svc.table.touch(s)
+                futures[i], _ = batcher.submit(s, x[i], seqs[i] if seqs and seqs[i] else None)
+            except StatestreamError as e:
+                errors.append((i, e))
+        return self._gather(runner, req, futures, errors, T)
+
+    async def _gather(self, runner, req, futures, errors, T) -> pb.StepFrameResponse:
+        n = len(futures)
+        rows = T if req.return_sequences else 1
+        outputs = np.zeros((n, rows, runner.output_size), dtype=np.float32)
+        counts = np.zeros(n, dtype=np.uint64)
+        states = np.zeros((n, runner.state_width), dtype=np.float32) if req.return_state else None
+        for i, fut in enumerate(futures):
+            if fut is None:
+                continue
+            try:
+                res = await fut
+            except Exception as e:
+                errors.append((i, self.service.domain_error(e)))
+                continue
+            outputs[i] = res.output[-rows:]
+            counts[i] = res.step_count
+            if states is not None:
+                states[i] = res.state
+        errors.sort(key=lambda p: p[0])
+        msg = pb.StepFrameResponse(
+            outputs=outputs.ravel(), rows=rows, step_counts=counts,
+            errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
+                    for i, e in errors])
+        if states is not None:
+            msg.states.extend(codec.layer_states(runner, states))
+        return msg

@@ -1,0 +1,171 @@
+"""Server assembly: create_server() for tests, serve() with graceful SIGTERM for production."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+from .auth import Auth
+from .batcher import Batcher, PendingCounter
+from .config import Config, parse_config
+from .metrics import Metrics
+from .model import ModelRunner
+from .service import StateStreamService
+from .sessions import SessionTable
+
+log = logging.getLogger("statestream.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
+
+
+class App:
+    """One running server: gRPC server, service, batchers, health, the expiry sweeper."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        cfg = self.cfg
+        self.health = health.aio.HealthServicer()
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_send_message_length", max(cfg.max_message_bytes, 64 * 1024 * 1024)),
+                ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(options=opts)
+        self.metrics = Metrics()
+        self.service = StateStreamService(cfg.max_timesteps, Auth.from_file(cfg.auth_token_file), self.metrics)
+        pb_grpc.add_StateStreamServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
+            else self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {address}")
+        await self.server.start()
+
+        # Models load after the port is up, so health answers NOT_SERVING meanwhile.
+        if cfg.metrics_port:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        loop = asyncio.get_running_loop()
+        runners = await loop.run_in_executor(None, _load_models, cfg)
+        self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
+        self.executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="ort")
+        pending = PendingCounter(cfg.max_pending)
+        self.batchers = {
+            name: Batcher(r, self.table, self.executor, max_batch_size=cfg.max_batch_size,
+                          max_queue_delay=cfg.max_queue_delay, max_pending_per_session=cfg.max_pending_per_session,
+                          pending=pending, metrics=self.metrics)
+            for name, r in runners.items()
+        }
+        for b in self.batchers.values():
+            b.start()
+        self.service.attach(self.table, self.batchers)
+        self._tasks.append(loop.create_task(self._sweep()))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%d", sorted(runners), cfg.host, self.port)
+        return self.port
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.sweep_interval)
+            gone = self.table.expire()
+            if gone:
+                self.metrics.evictions.inc(len(gone))
+                log.debug("expired %d idle sessions", len(gone))
+            self.metrics.sessions.set(len(self.table))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
+        grace = self.cfg.grace if grace is None else grace
+        if hasattr(self, "health"):
+            await self.health.enter_graceful_shutdown()
+        if hasattr(self, "service"):
+            self.service.draining = True
+        if self.server is not None:
+            await self.server.stop(grace)
+        for b in getattr(self, "batchers", {}).values():
+            await b.drained()
+            await b.stop()
+        for t in self._tasks:
+            t.cancel()
+        if hasattr(self, "executor"):
+            self.executor.shutdown(wait=True)
+        log.info("stopped")
+
+
+def _load_models(cfg: Config) -> dict[str, ModelRunner]:
+    runners = {}
+    for path in cfg.model_files():
+        r = ModelRunner(path, intra_op_threads=cfg.intra_op_threads)
+        runners[r.name] = r
+        m = r.manifest
+        log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
+                 r.name, path, m.features, m.output_size, [(l.name, l.cell, l.units) for l in m.layers], m.state_width)
+    return runners
+
+
+def _credentials(cfg: Config) -> grpc.ServerCredentials:
+    with open(cfg.tls_key, "rb") as f:
+        key = f.read()
+    with open(cfg.tls_cert, "rb") as f:
+        cert = f.read()
+    ca = None
+    if cfg.tls_client_ca:
+        with open(cfg.tls_client_ca, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+async def create_server(cfg: Config) -> tuple[App, int]:
+    """Start a server for `cfg` (port 0 picks a free port); returns (app, port)."""
+    app = App(cfg)
+    port = await app.start()
+    return app, port
+
+
+async def serve(cfg: Config) -> None:
+    """Start, wait for SIGTERM/SIGINT, drain gracefully."""
+    log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
+    app, _ = await create_server(cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
+    await stop.wait()
+    log.info("signal received: draining (grace %.1f s)", cfg.grace)
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(cfg))
+    except (OSError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""ModelRunner: one onnxruntime session and the state layout its manifest describes."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .manifest import INPUT_NAME, OUTPUT_NAME, Manifest, ManifestError, read_manifest
+
+
+class ModelRunner:
+    """Runs a batch: (x[B,T,F], states[B,W]) -> (y[B,T,O], states'[B,W]).
+
+    States of one session are one row of width W: every state tensor of every
+    layer side by side, in manifest order (layer by layer, h then c).
+    """
+
+    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1):
+        path = Path(path)
+        self.path = path
+        data = path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types
+            raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
+        self.manifest: Manifest = read_manifest(self.session.get_modelmeta())
+        self.name = name or path.stem
+        pairs = self.manifest.state_pairs()
+        self._in_names = [p[2] for p in pairs]
+        self._out_names = [OUTPUT_NAME] + [p[3] for p in pairs]
+        self._splits = np.cumsum([p[4] for p in pairs])[:-1]
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        inputs = {i.name for i in self.session.get_inputs()}
+        outputs = {o.name for o in self.session.get_outputs()}
+        missing = ({INPUT_NAME, *self._in_names} - inputs) | (set(self._out_names) - outputs)
+        if missing:
+            raise ManifestError(f"{self.path}: graph lacks {sorted(missing)} that its manifest names")
+
+    @property
+    def features(self) -> int:
+        return self.manifest.features
+
+    @property
+    def output_size(self) -> int:
+        return self.manifest.output_size
+
+    @property
+    def state_width(self) -> int:
+        return self.manifest.state_width
+
+    def run(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W]."""
+        feeds = {INPUT_NAME: x}
+        for name, block in zip(self._in_names, np.split(states, self._splits, axis=1)):
+            feeds[name] = np.ascontiguousarray(block)
+        y, *new = self.session.run(self._out_names, feeds)
+        return y, np.concatenate(new, axis=1)
+
+    def split_state(self, row: np.ndarray) -> list[np.ndarray]:
+        """A state row [W] (or [B,W]) cut into its tensors, manifest order."""
+        return np.split(row, self._splits, axis=-1)

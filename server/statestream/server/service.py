@@ -1,0 +1,271 @@
+"""The gRPC service: maps RPCs onto the SessionTable and the per-model Batchers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+import grpc
+
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+from . import codec
+from .auth import Auth
+from .batcher import Batcher
+from .errors import InvalidArgument, NotFound, StatestreamError, Unavailable, as_domain_error, code_number
+from .frames import FrameStepper
+from .sessions import Session, SessionTable
+
+log = logging.getLogger("statestream.service")
+
+STREAM_PIPELINE_DEPTH = 64  # requests of one stream in flight at once; responses keep request order
+
+
+def unary(fn):
+    """Run a unary handler; any error becomes its status code here, and nowhere else."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def handler(self, request, context):
+        try:
+            self.check_ready()
+            reply = await fn(self, request, context)
+        except Exception as e:
+            err = self.domain_error(e)
+            self.count(name, err.code)
+            await context.abort(err.code, err.message)
+        self.count(name, grpc.StatusCode.OK)
+        return reply
+
+    return handler
+
+
+class StateStreamService(pb_grpc.StateStreamServiceServicer):
+    """StateStreamService over one SessionTable and one Batcher per model."""
+
+    def __init__(self, max_timesteps: int, auth: Auth, metrics=None):
+        self.table: SessionTable | None = None
+        self.batchers: dict[str, Batcher] = {}
+        self.max_timesteps = max_timesteps
+        self.auth = auth
+        self.metrics = metrics
+        self.draining = False
+        self.frames = FrameStepper(self)
+        self._infos: dict[str, pb.ModelInfo] = {}
+
+    def attach(self, table: SessionTable, batchers: dict[str, Batcher]) -> None:
+        """Models are loaded: start answering (until then every RPC is UNAVAILABLE)."""
+        self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in table.runners.items()}
+        self.batchers = batchers
+        self.table = table
+
+    # -- helpers shared by every RPC -------------------------------------------------
+
+    def domain_error(self, e: BaseException) -> StatestreamError:
+        err = as_domain_error(e)
+        if err is not e:
+            log.exception("unexpected error", exc_info=e)
+        return err
+
+    def count(self, method: str, code: grpc.StatusCode) -> None:
+        if self.metrics is not None:
+            self.metrics.count_request(method, code.name)
+
+    def in_band(self, e: BaseException) -> pb.Error:
+        err = self.domain_error(e)
+        return pb.Error(code=code_number(err.code), message=err.message)
+
+    async def _stream_owner(self, context):
+        try:
+            self.check_ready()
+            return self.auth.owner(context)
+        except StatestreamError as e:
+            await context.abort(e.code, e.message)
+
+    def check_ready(self) -> None:
+        if self.table is None:
+            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
+
+    def check_open(self) -> None:
+        if self.draining:
+            raise Unavailable("server is draining (shutting down); retry on another replica")
+
+    def _info(self, model: str) -> pb.ModelInfo:
+        self.table.runner(model)
+        return self._infos[model]
+
+    def session_for_step(self, sid: str, model: str, open_if_missing: bool, owner) -> Session:
+        """The session a step names; with open_if_missing, opened on `model` when absent."""
+        if open_if_missing:
+            if not sid:
+                raise InvalidArgument("open_if_missing needs a session_id")
+            if not model:
+                raise InvalidArgument("open_if_missing needs the model name")
+            try:
+                s = self.table.get(sid, owner)
+            except NotFound:
+                return self.table.open(model, sid, owner=owner)
+        else:
+            s = self.table.get(sid, owner)
+        if model and s.model != model:
+            raise InvalidArgument(f"session {sid!r} is on model {s.model!r}, not {model!r}")
+        return s
+
+    def start_step(self, req: pb.StepRequest, owner):
+        """Validate and queue one step; returns an awaitable of its StepResponse."""
+        self.check_open()
+        s = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
+        runner = self.table.runners[s.model]
+        x = codec.parse_input(runner, req.input, self.max_timesteps)
+        seq = req.sequence_number if req.HasField("sequence_number") else None
+        self.table.touch(s)
+        fut, replayed = self.batchers[s.model].submit(s, x, seq)
+        return self._respond(runner, s.id, fut, req.return_sequences, req.return_state, replayed)
+
+    @staticmethod
+    async def _respond(runner, sid, fut, return_sequences, return_state, replayed) -> pb.StepResponse:
+        res = await asyncio.shield(fut) if replayed else await fut
+        return codec.step_response(runner, sid, res, return_sequences, return_state, replayed)
+
+    # -- models ---------------------------------------------------------------------
+
+    @unary
+    async def ListModels(self, request, context):
+        self.auth.owner(context)
+        return pb.ListModelsResponse(models=[self._infos[n] for n in sorted(self._infos)])
+
+    @unary
+    async def GetModel(self, request, context):
+        self.auth.owner(context)
+        return pb.GetModelResponse(model=self._info(request.name))
+
+    # -- sessions -------------------------------------------------------------------
+
+    @unary
+    async def OpenSession(self, request, context):
+        owner = self.auth.owner(context)
+        self.check_open()
+        info = self._info(request.model)
+        runner = self.table.runners[request.model]
+        row = codec.parse_layer_states(runner, request.initial_states) if request.initial_states else None
+        s = self.table.open(request.model, request.session_id, request.idle_timeout_seconds, owner)
+        if row is not None:
+            self.table.set_state(s, row)
+        return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
+
+    @unary
+    async def CloseSession(self, request, context):
+        s = self.table.get(request.session_id, self.auth.owner(context))
+        self.batchers[s.model].fail_pending(s, NotFound(f"session {s.id!r} was closed"))
+        self.table.close(s)
+        return pb.CloseSessionResponse(step_count=s.step_count)
+
+    @unary
+    async def GetState(self, request, context):
+        s = self.table.get(request.session_id, self.auth.owner(context))
+        self.table.touch(s)
+        runner = self.table.runners[s.model]
+        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
+
+    @unary
+    async def SetState(self, request, context):
+        s = self.table.get(request.session_id, self.auth.owner(context))
+        runner = self.table.runners[s.model]
+        row = codec.parse_layer_states(runner, request.layers)
+        if request.HasField("last_sequence_number") and request.last_sequence_number < 0:
+            raise InvalidArgument(f"last_sequence_number must be >= 0, got {request.last_sequence_number}")
+        self.table.set_state(s, row)
+        if request.HasField("step_count"):
+            s.step_count = request.step_count
+        if request.HasField("last_sequence_number"):
+            s.last_seq = s.accepted_seq = request.last_sequence_number
+            s.last_result = None
+        self.table.touch(s)
+        return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
+
+    # -- steps ----------------------------------------------------------------------
+
+    @unary
+    async def Step(self, request, context):
+        return await self.start_step(request, self.auth.owner(context))
+
+    async def StreamSteps(self, request_iterator, context):
+        owner = await self._stream_owner(context)
+
+        def start(req: pb.StreamStepsRequest):
+            return self.start_step(req.step, owner)
+
+        async def finish(req: pb.StreamStepsRequest, job) -> pb.StreamStepsResponse:
+            head = {"session_id": req.step.session_id}
+            if req.step.HasField("sequence_number"):
+                head["sequence_number"] = req.step.sequence_number
+            try:
+                return pb.StreamStepsResponse(step=await job, **head)
+            except Exception as e:
+                return pb.StreamStepsResponse(error=self.in_band(e), **head)
+
+        async for reply in self.pipeline(request_iterator, start, finish, "StreamSteps"):
+            yield reply
+
+    async def pipeline(self, request_iterator, start, finish, method: str):
+        """Read requests ahead (up to STREAM_PIPELINE_DEPTH), answer them in order, errors in-band."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_PIPELINE_DEPTH)
+        done = object()
+
+        async def read():
+            try:
+                async for req in request_iterator:
+                    try:
+                        job = start(req)
+                    except Exception as e:
+                        job = _raise(e)
+                    await queue.put((req, job))
+            finally:
+                await queue.put((done, None))
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                req, job = await queue.get()
+                if req is done:
+                    break
+                reply = await finish(req, job)
+                self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else _status(reply.error.code))
+                yield reply
+            await reader  # re-raise a transport fault of the reading side
+        finally:
+            reader.cancel()
+
+    # -- frames ---------------------------------------------------------------------
+
+    @unary
+    async def StepFrame(self, request, context):
+        return await self.frames.start(request, self.auth.owner(context))
+
+    async def StreamFrames(self, request_iterator, context):
+        owner = await self._stream_owner(context)
+
+        def start(req: pb.StreamFramesRequest):
+            return self.frames.start(req.frame, owner)
+
+        async def finish(req, job) -> pb.StreamFramesResponse:
+            try:
+                return pb.StreamFramesResponse(frame=await job)
+            except Exception as e:
+                return pb.StreamFramesResponse(error=self.in_band(e))
+
+        async for reply in self.pipeline(request_iterator, start, finish, "StreamFrames"):
+            yield reply
+
+
+async def _raise(e: BaseException):
+    raise e
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _status(number: int) -> grpc.StatusCode:
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
