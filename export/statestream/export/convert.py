@@ -1,0 +1,94 @@
+"""Twin -> ONNX with tf2onnx; canonical graph I/O names and dynamic batch/time dimensions."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import onnx
+from onnx import helper
+
+from statestream.server.manifest import INPUT_NAME
+
+from .errors import ExportError
+from .twin import Twin
+
+OPSET = 17
+BATCH, TIME = "batch", "time"
+#: Native recurrent ONNX ops and the Loop fallback, as counted in reports.
+COUNTED_OPS = ("LSTM", "GRU", "RNN", "Loop")
+
+
+def to_onnx(twin: Twin, opset: int = OPSET) -> onnx.ModelProto:
+    """Convert the twin; graph inputs/outputs carry exactly `twin.input_names` / `twin.output_names`."""
+    import tensorflow as tf
+    import tf2onnx
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    sig = [tf.TensorSpec(t.shape, tf.float32, name=name) for t, name in zip(twin.model.inputs, twin.input_names)]
+    try:
+        model, _ = tf2onnx.convert.from_keras(twin.model, input_signature=sig, opset=opset)
+    except Exception as e:  # tf2onnx raises many types; the user needs one line
+        raise ExportError(f"tf2onnx could not convert the streaming twin: {type(e).__name__}: {e}".splitlines()[0]) from e
+    _canonical_io(model, twin)
+    return model
+
+
+def _canonical_io(model: onnx.ModelProto, twin: Twin) -> None:
+    g = model.graph
+    got_in = [i.name for i in g.input]
+    if got_in != twin.input_names:
+        # tf2onnx keeps TensorSpec names; if a version does not, rename by position (same order as the twin).
+        if len(got_in) != len(twin.input_names):
+            raise ExportError(f"converted graph has inputs {got_in}, expected {twin.input_names}")
+        _rename_inputs(g, dict(zip(got_in, twin.input_names)))
+    if len(g.output) != len(twin.output_names):
+        raise ExportError(f"converted graph has {len(g.output)} outputs, expected {len(twin.output_names)}")
+    # Outputs come back in the twin's output order under tf2onnx's own names: add a named Identity each.
+    new_outputs = []
+    for out, name in zip(list(g.output), twin.output_names):
+        if out.name == name:
+            new_outputs.append(out)
+            continue
+        g.node.append(helper.make_node("Identity", [out.name], [name], name=f"canonical/{name}"))
+        vi = onnx.ValueInfoProto()
+        vi.CopyFrom(out)
+        vi.name = name
+        new_outputs.append(vi)
+    del g.output[:]
+    g.output.extend(new_outputs)
+    for vi in list(g.input) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        dims[0].dim_param = BATCH
+        if vi.name in (INPUT_NAME, twin.output_names[0]):
+            dims[1].dim_param = TIME
+
+
+def _rename_inputs(g: onnx.GraphProto, mapping: dict) -> None:
+    def walk(graph):
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                if name in mapping:
+                    node.input[i] = mapping[name]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub)
+
+    walk(g)
+    for vi in g.input:
+        vi.name = mapping.get(vi.name, vi.name)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """How many native LSTM/GRU/RNN ops and Loop ops the graph has (subgraphs included)."""
+    counts: Counter = Counter()
+
+    def walk(graph):
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub)
+
+    walk(model.graph)
+    return {op: counts.get(op, 0) for op in COUNTED_OPS}
