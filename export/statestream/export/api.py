@@ -51,7 +51,7 @@ class ExportReport:
         m = self.manifest
         lines = [
             f"wrote {self.path} ({self.size_bytes} bytes, {self.seconds:.1f} s): model {m.name!r}, "
-            f"{m.features} features -> {m.output_size} outputs per step, opset {m.opset}",
+            f"{m.features} features in, output size {m.output_size} per step, opset {m.opset}",
             "layers: " + ", ".join(f"{l.name} {l.cell}({l.units})" for l in m.layers),
             f"graph inputs: input [batch, time, {m.features}], "
             + ", ".join(f"{i} [batch, {u}]" for _, _, i, _, u in m.state_pairs()),

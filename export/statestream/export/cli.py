@@ -1,0 +1,114 @@
+"""statestream-export: Keras model (or `demo`) -> one proven streaming ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_PARITY = 0, 1, 2, 3, 4
+
+DESCRIPTION = """\
+Export a Keras recurrent model (LSTM, GRU, SimpleRNN, stacked, with Dense heads) to one ONNX file that a
+statestream server streams one timestep at a time. The file carries its states as explicit inputs and
+outputs and a manifest in its metadata; before it is written, it is proven equal to Keras (random
+sequences, random non-zero initial states, whole sequence and one step at a time, max abs error <= 1e-5).
+"""
+
+EPILOG = """\
+examples:
+  statestream-export model.keras --out models/sensor.onnx      # also .h5 and a SavedModel directory
+  statestream-export demo --out models/demo.onnx               # train and export the bundled demo model
+  statestream-export model.h5 --out m.onnx --name sensor-v2 --json
+
+graph of the written file (B = batch, T = time, both dynamic):
+  inputs   input [B,T,features], state_in.<layer>.h [B,units], state_in.<layer>.c [B,units] (LSTM only)
+  outputs  output [B,T,outputs], state_out.<layer>.h, state_out.<layer>.c
+  metadata statestream.manifest (JSON: name, features, output size, layers, versions, parity error)
+
+supported: Sequential or functional chains of LSTM / GRU / SimpleRNN (stateful=True too) with Dense,
+TimeDistributed(Dense), Activation and Dropout layers. Refused (nothing written): Bidirectional,
+go_backwards=True, Masking, convolution / pooling / attention across time, other layers.
+
+exit status: 0 written, 1 failed (load/convert), 2 usage, 3 refused, 4 parity check failed.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statestream-export", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a .keras or .h5 file, a SavedModel directory, or the word 'demo'")
+    p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
+    p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the parity check's random data")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    return p
+
+
+def _quiet_import() -> None:
+    """Import TensorFlow with stderr closed at the fd level: its C++ start-up banner is noise here."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                import keras  # noqa: F401
+                import tensorflow  # noqa: F401
+                import tf2onnx  # noqa: F401
+            except ImportError:
+                pass  # reported with its message below, once stderr is back
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _report_json(report) -> str:
+    m = report.manifest
+    return json.dumps({
+        "path": report.path, "manifest": json.loads(m.to_json()), "op_counts": report.op_counts,
+        "parity": {"max_abs_error": report.parity.max_abs_error,
+                   "original_vs_twin": report.parity.original_vs_twin,
+                   "keras_vs_ort_sequence": report.parity.keras_vs_ort_sequence,
+                   "keras_vs_ort_steps": report.parity.keras_vs_ort_steps,
+                   "tolerance": report.parity.tolerance},
+        "size_bytes": report.size_bytes, "seconds": report.seconds, "notes": report.notes,
+    }, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_import()
+    try:
+        from .api import export_model
+        from .errors import ExportError
+    except ImportError as e:
+        print(f"statestream-export: {e}; install the exporter with: pip install \"statestream[export]\"",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+    kwargs = {} if args.seed is None else {"seed": args.seed}
+    try:
+        if args.model == "demo":
+            from .demo import NAME, train_demo_model
+
+            model, fit = train_demo_model()
+            if not args.json:
+                print(fit)
+            report = export_model(model, args.out, name=args.name or NAME, **kwargs)
+        else:
+            report = export_model(args.model, args.out, name=args.name, **kwargs)
+    except ExportError as e:
+        print(f"statestream-export: {e}", file=sys.stderr)
+        return e.exit_code
+    print(_report_json(report) if args.json else report)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
