@@ -23,6 +23,7 @@ class ModelRunner:
         self.path = path
         data = path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
+        ort.set_default_logger_severity(3)  # run failures are reported as INTERNAL, not printed
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
