@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="+", default=default, help=f"{HELP[f.name]} [env {env}]")
             continue
         kind = {"int": int, "float": float, "str": str}[f.type]
-        default = kind(os.environ[env]) if env in os.environ else f.default
+        default = f.default
+        if env in os.environ:
+            try:
+                default = kind(os.environ[env])
+            except ValueError:
+                parser.error(f"{env}={os.environ[env]!r} is not a valid {f.type} (for {flag})")
         parser.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} [env {env}, default {f.default!r}]")
     return parser
 
@@ -141,10 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> Config:
     """Parse flags and environment into a validated Config, or exit 2 with the reason."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except ValueError as e:  # a bad STATESTREAM_* value
-        parser.error(str(e))
+    args = parser.parse_args(argv)
     cfg = Config(**vars(args))
     try:
         cfg.validate()

@@ -1,0 +1,133 @@
+"""`statestream` CLI: list models, stream a CSV or a synthetic signal through a session."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+import numpy as np
+
+from statestream.v1 import statestream_pb2 as pb
+
+from .client import Client
+from .errors import StatestreamError
+
+USAGE = """\
+Talk to a statestream server from the shell.
+
+examples:
+  statestream models                                   # what the server serves
+  statestream stream --model demo --synthetic 200      # a synthetic sensor signal, one line per timestep
+  statestream stream --model demo --csv readings.csv --plot out.png
+  statestream --target host:50051 --token-file tok stream --model demo --csv -   # CSV from stdin
+
+A CSV has one row per timestep and one column per feature (a header row is skipped
+if it is not numeric). Each output line is: timestep, then the model's outputs.
+"""
+
+
+def synthetic_signal(n: int, features: int, seed: int = 0) -> np.ndarray:
+    """A noisy multi-channel sine mix, (n, features) float32: what a sensor might send."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)[:, None]
+    phase = np.arange(features)[None, :] * 0.7
+    x = np.sin(0.1 * t + phase) + 0.5 * np.sin(0.023 * t * (1 + np.arange(features)[None, :])) \
+        + 0.05 * rng.standard_normal((n, features))
+    return x.astype(np.float32)
+
+
+def read_csv(path: str, features: int) -> np.ndarray:
+    f = sys.stdin if path == "-" else open(path, newline="")
+    rows = []
+    with f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row:
+                continue
+            try:
+                rows.append([float(v) for v in row])
+            except ValueError:
+                if i == 0:
+                    continue  # header
+                raise SystemExit(f"{path}: row {i + 1} is not numeric: {row}")
+            if len(rows[-1]) != features:
+                raise SystemExit(f"{path}: row {i + 1} has {len(rows[-1])} columns; the model expects {features}")
+    return np.array(rows, dtype=np.float32).reshape(-1, features)
+
+
+def plot(path: str, x: np.ndarray, y: np.ndarray, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    a.plot(x)
+    a.set_ylabel("input")
+    a.set_title(f"statestream: {model}, one timestep per message")
+    b.plot(y)
+    b.set_ylabel("output")
+    b.set_xlabel("timestep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def cmd_models(client: Client, args) -> int:
+    for m in client.models():
+        layers = ", ".join(f"{l.name}:{pb.CellType.Name(l.cell).removeprefix('CELL_TYPE_')}({l.units})"
+                           for l in m.layers)
+        print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]")
+    return 0
+
+
+def cmd_stream(client: Client, args) -> int:
+    info = client.model(args.model)
+    x = read_csv(args.csv, info.features) if args.csv else synthetic_signal(args.synthetic, info.features)
+    outputs = []
+    with client.session(args.model) as s:
+        for t, y in enumerate(s.stream(x)):
+            outputs.append(y)
+            print(t, *(f"{v:.6g}" for v in y), flush=True)
+    if args.plot:
+        plot(args.plot, x, np.array(outputs), args.model)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statestream", description=USAGE,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default="localhost:50051", help="server address (default localhost:50051)")
+    p.add_argument("--timeout", type=float, default=10.0, help="deadline of each call, seconds")
+    p.add_argument("--token-file", help="file holding a bearer token")
+    p.add_argument("--ca", help="PEM CA certificate: connect with TLS")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the served models")
+    st = sub.add_parser("stream", help="stream timesteps through a new session, print each output")
+    st.add_argument("--model", required=True)
+    src = st.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", help="CSV file (or - for stdin), one row per timestep")
+    src.add_argument("--synthetic", type=int, metavar="N", help="N timesteps of a synthetic sensor signal")
+    st.add_argument("--plot", metavar="PNG", help="also plot input and output to this PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    creds = None
+    if args.ca:
+        import grpc
+
+        with open(args.ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(f.read())
+    token = open(args.token_file).read().strip() if args.token_file else None
+    try:
+        with Client(args.target, timeout=args.timeout, credentials=creds, token=token) as client:
+            return {"models": cmd_models, "stream": cmd_stream}[args.command](client, args)
+    except StatestreamError as e:
+        print(f"statestream: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Server CLI and config resolution, the container files, the client CLI, against real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from serverproc import DEMO_MODEL, ROOT, ServerProcess
+from statestream.server.config import build_parser, parse_config
+
+
+def test_flag_beats_env_beats_default(monkeypatch):
+    assert parse_config(["--models", str(DEMO_MODEL)]).max_sessions == 100_000
+    monkeypatch.setenv("STATESTREAM_MAX_SESSIONS", "7")
+    monkeypatch.setenv("STATESTREAM_MODELS", str(DEMO_MODEL))
+    cfg = parse_config([])
+    assert cfg.max_sessions == 7 and cfg.models == [str(DEMO_MODEL)]
+    assert parse_config(["--max-sessions", "9"]).max_sessions == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "/nonexistent"], "no such file or folder"),
+    (["--models", str(DEMO_MODEL), "--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+    (["--models", str(DEMO_MODEL), "--tls-cert", "/nonexistent"], "--tls-cert and --tls-key go together"),
+    (["--models", str(DEMO_MODEL), "--auth-token-file", "/nonexistent"], "--auth-token-file /nonexistent: no such file"),
+])
+def test_bad_settings_refused_before_start(args, message):
+    r = subprocess.run([sys.executable, "-m", "statestream.server.main", *args], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_bad_env_value_refused():
+    env = {**os.environ, "STATESTREAM_PORT": "not-a-port"}
+    r = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(DEMO_MODEL)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "not-a-port" in r.stderr
+
+
+def test_not_an_exported_model_is_refused(tmp_path):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"not onnx at all")
+    r = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(bogus), "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "bogus.onnx" in r.stderr and "cannot load" in r.stderr
+
+
+def test_help_is_a_usage_guide():
+    text = build_parser().format_help()
+    for needle in ("examples:", "STATESTREAM_", "--max-queue-delay", "--state-store", "SIGTERM"):
+        assert needle in text
+
+
+def test_resolved_config_is_logged_and_sigterm_exits_zero():
+    srv = ServerProcess(DEMO_MODEL, "--max-sessions", "123").start()
+    assert srv.terminate() == 0
+    out = srv.output()
+    assert "'max_sessions': 123" in out and "model 'demo'" in out and "stopped" in out
+
+
+def compose_service() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["statestream"]
+
+
+def test_compose_command_parses_with_the_server_cli_and_matches_ports():
+    svc = compose_service()
+    args = build_parser().parse_args(svc["command"])
+    assert args.models == ["/app/models"] and args.host == "0.0.0.0"
+    published = {int(p.split(":")[1]) for p in svc["ports"]}
+    assert {args.port, args.metrics_port} == published
+    health = svc["healthcheck"]["test"]
+    assert health[:4] == ["CMD", "python", "-m", "statestream.server.healthcheck"]
+    assert health[health.index("--target") + 1] == f"localhost:{args.port}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [l for l in dockerfile.splitlines() if l.startswith("RUN pip install")]
+    assert installs == ['RUN pip install --no-cache-dir ".[server]"']  # no export extra: no TensorFlow
+    assert "COPY models /app/models" in dockerfile
+
+
+def test_compose_healthcheck_against_a_server_started_with_the_compose_flags():
+    svc = compose_service()
+    args = list(svc["command"])
+    args[args.index("--models") + 1] = str(DEMO_MODEL)
+    args[args.index("--host") + 1] = "127.0.0.1"
+    args[args.index("--metrics-port") + 1] = "0"
+    del args[args.index("--port"):args.index("--port") + 2]
+    models = args.pop(args.index("--models") + 1)
+    args.remove("--models")
+    with ServerProcess(models, *args) as srv:
+        probe = svc["healthcheck"]["test"][1:]
+        probe[probe.index("--target") + 1] = srv.target
+        probe[0] = sys.executable
+        r = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip() == "SERVING"
+    r = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "unhealthy" in r.stderr
+
+
+def test_client_cli_models_and_stream_with_plot(tmp_path):
+    with ServerProcess(DEMO_MODEL) as srv:
+        r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", srv.target, "models"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.startswith("demo\tfeatures=3\toutputs=1")
+        png = tmp_path / "out.png"
+        r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", srv.target, "stream",
+                            "--model", "demo", "--synthetic", "50", "--plot", str(png)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.strip().splitlines()
+        assert len(lines) == 50 and lines[0].split()[0] == "0" and len(lines[-1].split()) == 2
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        csv = tmp_path / "in.csv"
+        csv.write_text("a,b,c\n0.1,0.2,0.3\n0.4,0.5,0.6\n")
+        r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", srv.target, "stream",
+                            "--model", "demo", "--csv", str(csv)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2
+        r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", srv.target, "stream",
+                            "--model", "nope", "--synthetic", "3"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "'nope'" in r.stderr
