@@ -6,7 +6,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from .errors import ExportError, ExportRefused
+from .compat import keras2_custom_objects
+from .errors import ExportError
 
 
 def sha256_of_path(path: str | os.PathLike) -> str:
@@ -45,9 +46,11 @@ def load_model(path: str | os.PathLike):
 
         return load_savedmodel(p)
     if p.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ExportRefused(f"{p}: unknown model format {p.suffix!r}; give a .keras or .h5 file or a SavedModel "
+        raise ExportError(f"{p}: unknown model format {p.suffix!r}; give a .keras or .h5 file or a SavedModel "
                             "directory")
     try:
-        return keras.models.load_model(p, compile=False)
+        return keras.models.load_model(p, compile=False, custom_objects=keras2_custom_objects())
+    except ExportError:
+        raise
     except Exception as e:
         raise ExportError(f"could not load {p}: {type(e).__name__}: {e}".splitlines()[0]) from e

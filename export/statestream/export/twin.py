@@ -55,6 +55,8 @@ class Twin:
 
 
 def _refusal(layer) -> str | None:
+    if type(layer) in CELLS:
+        return None
     for names, reason in _REFUSALS:
         if any(isinstance(layer, c) for c in (getattr(L, n, None) for n in names) if c is not None):
             return reason
@@ -108,6 +110,9 @@ def chain_of(model) -> list:
     layers = []
     while not isinstance(node.operation, L.InputLayer):
         op = node.operation
+        reason = _refusal(op)  # before the input count: attention layers take several inputs
+        if reason:
+            raise ExportRefused(reason, op)
         ins = node.input_tensors
         if len(ins) != 1:
             raise ExportRefused(f"takes {len(ins)} inputs (a merge or an explicit initial_state); only one chain "
