@@ -1,0 +1,159 @@
+// Package statestream is a small Go client for a statestream server: open a
+// session, step it (unary or over the bidirectional stream), read and write its
+// recurrent states. The generated stubs are in package statestreamv1; this
+// package only adds deadlines, the optional bearer token and float32 slices.
+//
+//	c, err := statestream.Dial("localhost:50051")
+//	s, err := c.OpenSession(ctx, "demo")
+//	r, err := s.Step(ctx, []float32{0.1, 0.2, 0.3}, statestream.StepOptions{})
+//	fmt.Println(r.Last())
+//
+// Errors are gRPC status errors (status.Code(err) gives the code), including
+// the in-band errors of a stream.
+package statestream
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	pb "github.com/statestream/statestream/client/go/statestreamv1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+)
+
+// DefaultTimeout is the deadline of a unary call whose context has none.
+const DefaultTimeout = 10 * time.Second
+
+// Client is a connection to a statestream server. It is safe for concurrent use.
+type Client struct {
+	conn    *grpc.ClientConn
+	stub    pb.StateStreamServiceClient
+	token   string
+	timeout time.Duration
+}
+
+// Option configures Dial.
+type Option func(*dialConfig)
+
+type dialConfig struct {
+	token   string
+	timeout time.Duration
+	creds   credentials.TransportCredentials
+	extra   []grpc.DialOption
+}
+
+// WithToken sends "authorization: Bearer TOKEN" on every call (servers started with --auth-token-file).
+func WithToken(token string) Option { return func(c *dialConfig) { c.token = token } }
+
+// WithTimeout sets the deadline of unary calls whose context has none (default DefaultTimeout).
+func WithTimeout(d time.Duration) Option { return func(c *dialConfig) { c.timeout = d } }
+
+// WithTransportCredentials uses TLS (or other credentials) instead of a plaintext connection.
+func WithTransportCredentials(creds credentials.TransportCredentials) Option {
+	return func(c *dialConfig) { c.creds = creds }
+}
+
+// WithDialOptions passes further options to grpc.NewClient.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(c *dialConfig) { c.extra = append(c.extra, opts...) }
+}
+
+// Dial creates a client for target ("host:port"); the connection is made lazily, on the first call.
+func Dial(target string, opts ...Option) (*Client, error) {
+	cfg := dialConfig{timeout: DefaultTimeout, creds: insecure.NewCredentials()}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(cfg.creds)}, cfg.extra...)
+	conn, err := grpc.NewClient(target, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("statestream: %s: %w", target, err)
+	}
+	return &Client{conn: conn, stub: pb.NewStateStreamServiceClient(conn), token: cfg.token, timeout: cfg.timeout}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Stub is the generated client, for calls this package does not wrap (StepFrame, StreamFrames).
+// Use Context to add the token.
+func (c *Client) Stub() pb.StateStreamServiceClient { return c.stub }
+
+// Context adds the bearer token (if any) to ctx's outgoing metadata.
+func (c *Client) Context(ctx context.Context) context.Context {
+	if c.token == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.token)
+}
+
+// unary returns the context of one unary call: the token, and the default deadline if ctx has none.
+func (c *Client) unary(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx = c.Context(ctx)
+	if _, ok := ctx.Deadline(); ok || c.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.timeout)
+}
+
+// Models lists the models the server serves.
+func (c *Client) Models(ctx context.Context) ([]*pb.ModelInfo, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	r, err := c.stub.ListModels(ctx, &pb.ListModelsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return r.GetModels(), nil
+}
+
+// Model describes one model: features, output size, layers and their states.
+func (c *Client) Model(ctx context.Context, name string) (*pb.ModelInfo, error) {
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	r, err := c.stub.GetModel(ctx, &pb.GetModelRequest{Name: name})
+	if err != nil {
+		return nil, err
+	}
+	return r.GetModel(), nil
+}
+
+// SessionOptions are the optional parts of OpenSession.
+type SessionOptions struct {
+	// SessionID is a client-chosen id; empty lets the server pick a random one.
+	SessionID string
+	// IdleTimeout before the server expires the session; 0 is the server's default.
+	IdleTimeout time.Duration
+	// InitialStates start the session from saved states (every layer); nil is zero states.
+	InitialStates []*pb.LayerState
+}
+
+// OpenSession opens a session on model.
+func (c *Client) OpenSession(ctx context.Context, model string, opts ...SessionOptions) (*Session, error) {
+	var o SessionOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	ctx, cancel := c.unary(ctx)
+	defer cancel()
+	r, err := c.stub.OpenSession(ctx, &pb.OpenSessionRequest{
+		Model: model, SessionId: o.SessionID, InitialStates: o.InitialStates,
+		IdleTimeoutSeconds: o.IdleTimeout.Seconds(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Session{ID: r.GetSessionId(), Model: r.GetModel(), client: c}, nil
+}
+
+// Attach returns a Session for an already open session id on model (no call to the server but GetModel).
+func (c *Client) Attach(ctx context.Context, sessionID, model string) (*Session, error) {
+	info, err := c.Model(ctx, model)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{ID: sessionID, Model: info, client: c}, nil
+}

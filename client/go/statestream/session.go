@@ -1,0 +1,194 @@
+package statestream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	pb "github.com/statestream/statestream/client/go/statestreamv1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Session is one server-side session: its recurrent states stay on the server between calls.
+type Session struct {
+	ID     string
+	Model  *pb.ModelInfo
+	client *Client
+}
+
+// StepOptions are Keras's per-call choices, plus exactly-once sequence numbers.
+type StepOptions struct {
+	// ReturnSequences: the output of every timestep of the request, else only the last.
+	ReturnSequences bool
+	// ReturnState: the states of every layer after the last timestep.
+	ReturnState bool
+	// SequenceNumber, when not nil, must be the session's last sequence number + 1;
+	// a repeat of the last one returns the recorded response without stepping again.
+	SequenceNumber *int64
+}
+
+// Result is the answer to one step request.
+type Result struct {
+	// Output has one row per returned timestep (T with ReturnSequences, else 1), OutputSize values each.
+	Output [][]float32
+	// States after the last timestep, by layer name (only with ReturnState).
+	States map[string]*pb.LayerState
+	// StepCount is the session's timesteps so far, this request included.
+	StepCount uint64
+	// Replayed is true when this is the recorded response of an already applied sequence number.
+	Replayed bool
+	// Raw is the response as received.
+	Raw *pb.StepResponse
+}
+
+// Last is the output of the last timestep.
+func (r *Result) Last() []float32 {
+	if len(r.Output) == 0 {
+		return nil
+	}
+	return r.Output[len(r.Output)-1]
+}
+
+func (s *Session) request(input []float32, o StepOptions) *pb.StepRequest {
+	return &pb.StepRequest{SessionId: s.ID, Input: input, ReturnSequences: o.ReturnSequences,
+		ReturnState: o.ReturnState, SequenceNumber: o.SequenceNumber}
+}
+
+func (s *Session) result(r *pb.StepResponse) *Result {
+	width := int(s.Model.GetOutputSize())
+	res := &Result{StepCount: r.GetStepCount(), Replayed: r.GetReplayed(), Raw: r}
+	out := r.GetOutput()
+	for i := 0; width > 0 && i+width <= len(out); i += width {
+		res.Output = append(res.Output, out[i:i+width])
+	}
+	if len(r.GetStates()) > 0 {
+		res.States = make(map[string]*pb.LayerState, len(r.GetStates()))
+		for _, l := range r.GetStates() {
+			res.States[l.GetLayer()] = l
+		}
+	}
+	return res
+}
+
+// Step applies input (T x features values, row-major, T >= 1) to the session.
+func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Result, error) {
+	ctx, cancel := s.client.unary(ctx)
+	defer cancel()
+	r, err := s.client.stub.Step(ctx, s.request(input, o))
+	if err != nil {
+		return nil, err
+	}
+	return s.result(r), nil
+}
+
+// GetState reads the session's states of every layer, its step count and last sequence number.
+func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
+	ctx, cancel := s.client.unary(ctx)
+	defer cancel()
+	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID})
+	if err != nil {
+		return nil, err
+	}
+	return r.GetState(), nil
+}
+
+// SetState overwrites the session's states (every layer) and its counters: restore, migrate, warm start.
+func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.SessionState, error) {
+	ctx, cancel := s.client.unary(ctx)
+	defer cancel()
+	steps, seq := st.GetStepCount(), st.GetLastSequenceNumber()
+	r, err := s.client.stub.SetState(ctx, &pb.SetStateRequest{SessionId: s.ID, Layers: st.GetLayers(),
+		StepCount: &steps, LastSequenceNumber: &seq})
+	if err != nil {
+		return nil, err
+	}
+	return r.GetState(), nil
+}
+
+// Close closes the session on the server; returns its step count.
+func (s *Session) Close(ctx context.Context) (uint64, error) {
+	ctx, cancel := s.client.unary(ctx)
+	defer cancel()
+	r, err := s.client.stub.CloseSession(ctx, &pb.CloseSessionRequest{SessionId: s.ID})
+	if err != nil {
+		return 0, err
+	}
+	return r.GetStepCount(), nil
+}
+
+// Stream is one StreamSteps call for a session: Send requests, Recv one Result per request, in order.
+type Stream struct {
+	s    *Session
+	call pb.StateStreamService_StreamStepsClient
+}
+
+// Stream opens a bidirectional stream; ctx bounds the whole stream (no default deadline).
+func (s *Session) Stream(ctx context.Context) (*Stream, error) {
+	call, err := s.client.stub.StreamSteps(s.client.Context(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return &Stream{s: s, call: call}, nil
+}
+
+// Send queues one step request on the stream.
+func (st *Stream) Send(input []float32, o StepOptions) error {
+	return st.call.Send(&pb.StreamStepsRequest{Step: st.s.request(input, o)})
+}
+
+// CloseSend tells the server no more requests follow; Recv then ends with io.EOF.
+func (st *Stream) CloseSend() error { return st.call.CloseSend() }
+
+// Recv returns the next result. An in-band error (the stream stays open) comes back as a
+// status error for that one request; io.EOF after the last response.
+func (st *Stream) Recv() (*Result, error) {
+	r, err := st.call.Recv()
+	if err != nil {
+		return nil, err
+	}
+	if e := r.GetError(); e != nil {
+		return nil, status.Error(codes.Code(e.GetCode()), e.GetMessage())
+	}
+	return st.s.result(r.GetStep()), nil
+}
+
+// StreamAll streams every input over one StreamSteps call (sending while receiving) and returns
+// the results in order. It stops at the first error, in-band or not.
+func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := s.Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sendErr := make(chan error, 1)
+	go func() {
+		for _, x := range inputs {
+			if err := st.Send(x, o); err != nil {
+				sendErr <- err // io.EOF: the stream ended; Recv reports why
+				return
+			}
+		}
+		sendErr <- st.CloseSend()
+	}()
+	results := make([]*Result, 0, len(inputs))
+	for {
+		r, err := st.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return results, err
+		}
+		results = append(results, r)
+	}
+	if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
+		return results, err
+	}
+	if len(results) != len(inputs) {
+		return results, fmt.Errorf("statestream: stream ended after %d of %d responses", len(results), len(inputs))
+	}
+	return results, nil
+}
