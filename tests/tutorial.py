@@ -76,3 +76,27 @@ def export_all(tmpdir) -> dict[str, Path]:
         export_model(m, path, name=n)
         paths[n] = path
     return paths
+
+
+def stream_onnx(path, x: np.ndarray, states: dict | None = None, chunk: int = 1):
+    """Run an exported file over x [B, T, F], `chunk` timesteps per call, chaining the states.
+
+    Returns (outputs [B, T, O], final states {state_out name: array}). Zero initial states unless given
+    as {state_in name: array}.
+    """
+    import onnxruntime as ort
+
+    sess = path if isinstance(path, ort.InferenceSession) else ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"])
+    ins = [i for i in sess.get_inputs() if i.name != "input"]
+    outs = [o.name for o in sess.get_outputs()]
+    b = x.shape[0]
+    cur = {i.name: np.zeros((b, i.shape[1]), np.float32) for i in ins}
+    cur.update(states or {})
+    ys = []
+    for t in range(0, x.shape[1], chunk):
+        res = dict(zip(outs, sess.run(outs, {"input": x[:, t:t + chunk], **cur})))
+        ys.append(res["output"])
+        cur = {i.name: res["state_out" + i.name[len("state_in"):]] for i in ins}
+    final = {"state_out" + k[len("state_in"):]: v for k, v in cur.items()}
+    return np.concatenate(ys, axis=1), final

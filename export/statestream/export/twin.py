@@ -87,17 +87,35 @@ def _check_layer(layer) -> str:
     raise ExportRefused(reason or f"is not supported by statestream-export (supported: {SUPPORTED})", layer)
 
 
+def _refuse_upstream(node) -> None:
+    """Raise the refusal of the first refused layer found upstream of `node`, if any."""
+    seen, todo = set(), list(node.parent_nodes)
+    while todo:
+        n = todo.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        reason = _refusal(n.operation)
+        if reason:
+            raise ExportRefused(reason, n.operation)
+        todo += n.parent_nodes
+
+
 def _flatten(layer) -> list:
     return chain_of(layer) if isinstance(layer, keras.Model) else [layer]
 
 
-def chain_of(model) -> list:
-    """The model's layers from input to output; refuse anything that is not one chain."""
-    if isinstance(model, keras.Sequential):
-        return [x for layer in model.layers for x in _flatten(layer)]
-    if not hasattr(model, "_nodes_by_depth"):
+def _refuse_subclassed(model) -> None:
+    if not isinstance(model, keras.Sequential) and not hasattr(model, "_nodes_by_depth"):
         raise ExportRefused(f"model {model.name!r} is a subclassed keras.Model ({type(model).__name__}); its "
                             "call() cannot be read: build it as a Sequential or functional model")
+
+
+def chain_of(model) -> list:
+    """The model's layers from input to output; refuse anything that is not one chain."""
+    _refuse_subclassed(model)
+    if isinstance(model, keras.Sequential):
+        return [x for layer in model.layers for x in _flatten(layer)]
     if len(model.inputs) != 1:
         raise ExportRefused(f"model {model.name!r} has {len(model.inputs)} inputs; statestream streams models "
                             "with one input [batch, time, features]")
@@ -115,6 +133,7 @@ def chain_of(model) -> list:
             raise ExportRefused(reason, op)
         ins = node.input_tensors
         if len(ins) != 1:
+            _refuse_upstream(node)  # e.g. a Masking layer feeds a mask tensor alongside the data
             raise ExportRefused(f"takes {len(ins)} inputs (a merge or an explicit initial_state); only one chain "
                                 "of layers from input to output can be streamed", op)
         h = ins[0]._keras_history
@@ -154,6 +173,7 @@ def build_twin(model) -> Twin:
     """
     if not isinstance(model, keras.Model):
         raise ExportRefused(f"expected a keras.Model, got {type(model).__name__}")
+    _refuse_subclassed(model)
     shape = _input_shape(model)
     if len(shape) != 3 or shape[-1] is None:
         raise ExportRefused(f"model {model.name!r} takes input of shape {shape}; statestream streams "

@@ -1,0 +1,196 @@
+"""Model zoo: Sequential/functional, stateful, stacks of LSTM/GRU/SimpleRNN, heads; I/O names, manifest, ops."""
+
+import hashlib
+
+import keras
+import numpy as np
+import onnx
+import pytest
+from tutorial import stream_onnx
+
+from statestream.export import export_model
+from statestream.export.convert import op_counts
+from statestream.server.manifest import Layer, read_manifest
+
+L = keras.layers
+ATOL = 1e-5
+
+
+def _seeded(i):
+    return {"kernel_initializer": keras.initializers.GlorotUniform(100 + i),
+            "recurrent_initializer": keras.initializers.Orthogonal(seed=200 + i)}
+
+
+def _functional(layers, features, time=None, batch=None, name=None):
+    x = keras.Input(shape=(time, features), batch_size=batch)
+    y = x
+    for layer in layers:
+        y = layer(y)
+    return keras.Model(x, y, name=name)
+
+
+def _zoo():
+    keras.utils.set_random_seed(11)  # Dense layers; recurrent kernels are seeded explicitly
+    return {
+        # name: (model, features, [(layer, cell, units)], output size)
+        "seq_heads": (keras.Sequential([
+            keras.Input((None, 5)),
+            L.LSTM(7, return_sequences=True, name="enc", **_seeded(1)),
+            L.TimeDistributed(L.Dense(4, activation="relu"), name="td"),
+            L.Activation("tanh", name="act"),
+            L.Dropout(0.5, name="drop"),
+            L.Dense(3, activation="softmax", name="probs"),
+        ], name="seq_heads"), 5, [("enc", "LSTM", 7)], 3),
+        "lstm3": (_functional([
+            L.LSTM(4, return_sequences=True, name="a", **_seeded(2)),
+            L.LSTM(6, return_sequences=True, name="b", **_seeded(3)),
+            L.LSTM(3, name="c", **_seeded(4)),
+            L.Dense(2, name="out"),
+        ], 2, name="lstm3"), 2, [("a", "LSTM", 4), ("b", "LSTM", 6), ("c", "LSTM", 3)], 2),
+        "stateful": (keras.Sequential([
+            keras.Input((None, 3), batch_size=2),
+            L.LSTM(5, stateful=True, return_sequences=True, name="mem", **_seeded(5)),
+            L.Dense(1, name="y"),
+        ], name="stateful"), 3, [("mem", "LSTM", 5)], 1),
+        "gru": (_functional([L.GRU(6, return_sequences=True, name="g1", **_seeded(6)),
+                             L.GRU(4, name="g2", **_seeded(7)), L.Dense(2)], 3, name="gru"),
+                3, [("g1", "GRU", 6), ("g2", "GRU", 4)], 2),
+        "simplernn": (keras.Sequential([keras.Input((None, 4)), L.SimpleRNN(5, name="r", **_seeded(8)),
+                                        L.Dense(3, activation="sigmoid", name="y")], name="simplernn"),
+                      4, [("r", "SimpleRNN", 5)], 3),
+        "mixed": (_functional([
+            L.Dense(6, activation="tanh", name="pre"),
+            L.LSTM(5, return_sequences=True, name="l", **_seeded(9)),
+            L.GRU(4, return_sequences=True, name="g", **_seeded(10)),
+            L.SimpleRNN(3, return_sequences=True, name="s", **_seeded(11)),
+        ], 2, time=6, name="mixed"), 2, [("l", "LSTM", 5), ("g", "GRU", 4), ("s", "SimpleRNN", 3)], 3),
+        "no_head": (_functional([L.LSTM(9, name="only", **_seeded(12))], 1, name="no_head"),
+                    1, [("only", "LSTM", 9)], 9),
+    }
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """name -> (model, spec, report, path): every zoo model exported once."""
+    d = tmp_path_factory.mktemp("zoo")
+    out = {}
+    for name, (model, features, layers, out_size) in _zoo().items():
+        path = d / f"{name}.onnx"
+        out[name] = (model, (features, layers, out_size), export_model(model, path), path)
+    return out
+
+
+NAMES = ["seq_heads", "lstm3", "stateful", "gru", "simplernn", "mixed", "no_head"]
+
+
+def _dims(vi):
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_canonical_io_names_and_shapes(zoo, name):
+    _, (features, layers, out_size), report, path = zoo[name]
+    g = onnx.load(str(path)).graph
+    want_in = {"input": ["batch", "time", features]}
+    want_out = {"output": ["batch", "time", out_size]}
+    for lname, cell, units in layers:
+        for kind in ("h", "c") if cell == "LSTM" else ("h",):
+            want_in[f"state_in.{lname}.{kind}"] = ["batch", units]
+            want_out[f"state_out.{lname}.{kind}"] = ["batch", units]
+    assert {i.name: _dims(i) for i in g.input} == want_in
+    assert {o.name: _dims(o) for o in g.output} == want_out
+    assert [i.name for i in g.input][0] == "input" and [o.name for o in g.output][0] == "output"
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in list(g.input) + list(g.output))
+    assert report.state_inputs == [n for n in want_in if n != "input"]
+    assert report.state_outputs == [n for n in want_out if n != "output"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_manifest(zoo, name):
+    model, (features, layers, out_size), report, path = zoo[name]
+    m = read_manifest(onnx.load(str(path)))
+    assert m == report.manifest
+    assert m.name == name and m.features == features and m.output_size == out_size
+    assert m.layers == tuple(Layer(*x) for x in layers)
+    assert m.opset == 17 and m.format == "statestream.manifest/1"
+    assert {"tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"} <= set(m.versions)
+    assert m.versions["keras"] == keras.__version__
+    assert 0 <= m.parity_max_abs_error <= ATOL and m.parity_max_abs_error == report.parity.max_abs_error
+    assert len(m.source_sha256) == 64
+    assert m.state_width == sum(u * (2 if c == "LSTM" else 1) for _, c, u in layers)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_op_counts(zoo, name):
+    _, (_, layers, _), report, path = zoo[name]
+    counts = op_counts(onnx.load(str(path)))
+    assert counts == report.op_counts
+    n_lstm = sum(c == "LSTM" for _, c, _ in layers)
+    n_other = len(layers) - n_lstm
+    # LSTM -> one native ONNX LSTM op each. GRU/SimpleRNN -> one Loop each (tf2onnx 1.17 with Keras 3).
+    assert counts == {"LSTM": n_lstm, "GRU": 0, "RNN": 0, "Loop": n_other}
+    assert bool(report.notes) == (n_other > 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_stepped_equals_original_keras(zoo, name):
+    """End to end, independent of the exporter's own proof: the user's model vs the file, stepped."""
+    model, (features, _, _), _, path = zoo[name]
+    batch = model.inputs[0].shape[0] or 3
+    steps = model.inputs[0].shape[1] or 6
+    x = np.random.default_rng(5).normal(size=(batch, steps, features)).astype(np.float32)
+    for layer in model.layers:
+        if getattr(layer, "stateful", False):
+            layer.reset_state()
+    want = np.asarray(model(x, training=False))
+    y, _ = stream_onnx(path, x)
+    got = y if want.ndim == 3 else y[:, -1]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_stateful_model_keeps_its_state(zoo):
+    """Exporting runs the stateful model from zero but leaves the user's stored state as it was."""
+    model = _zoo()["stateful"][0]
+    x = np.ones((2, 4, 3), np.float32)
+    model(x)
+    layer = model.get_layer("mem")
+    before = [v.numpy().copy() for v in layer.states]
+    assert np.abs(before[0]).max() > 0
+    export_model(model, zoo["stateful"][3].parent / "stateful_again.onnx")
+    for a, v in zip(before, layer.states):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_random_initial_states_flow_through(zoo):
+    """A non-zero initial state changes the output, and stepping from it equals one whole-sequence run."""
+    path = zoo["lstm3"][3]
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 5, 2)).astype(np.float32)
+    states = {f"state_in.{n}.{k}": rng.normal(size=(2, u)).astype(np.float32)
+              for n, u in (("a", 4), ("b", 6), ("c", 3)) for k in "hc"}
+    zero, _ = stream_onnx(path, x)
+    stepped, s1 = stream_onnx(path, x, states)
+    whole, s5 = stream_onnx(path, x, states, chunk=5)
+    assert np.abs(zero - stepped).max() > 1e-3
+    np.testing.assert_allclose(stepped, whole, atol=ATOL)
+    for k in s1:
+        np.testing.assert_allclose(s1[k], s5[k], atol=ATOL)
+
+
+def test_report_text(zoo):
+    text = str(zoo["gru"][2])
+    assert "state_in.g1.h [batch, 6]" in text and "Loop 2" in text and "parity: max abs error" in text
+    assert "converted to an ONNX Loop" in text
+
+
+def test_default_name_is_file_stem_and_source_hash(tmp_path):
+    model = _zoo()["no_head"][0]
+    src = tmp_path / "my_model.keras"
+    model.save(src)
+    report = export_model(src, tmp_path / "sensor-v2.onnx")
+    assert report.manifest.name == "sensor-v2"
+    assert report.manifest.source_sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_model.keras", "sensor-v2.onnx"]  # no temp left
+    named = export_model(src, tmp_path / "x.onnx", name="custom")
+    assert named.manifest.name == "custom"
