@@ -7,25 +7,14 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, StatestreamError
 from .model import ModelRunner
-from .sessions import Session, SessionTable
+from .sessions import Session, SessionTable, StepResult
 
 log = logging.getLogger("statestream.batcher")
-
-
-@dataclass
-class StepResult:
-    """What one applied step produced: every timestep's output and the states after it."""
-
-    output: np.ndarray      # [T, O]
-    state: np.ndarray       # [W], states after the last timestep
-    step_count: int
-    sequence_number: int | None
 
 
 class _Item:
@@ -51,8 +40,8 @@ class Batcher:
     """Gathers ready sessions of one model into batches and applies them atomically."""
 
     def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, max_batch_size: int,
-                 max_queue_delay: float, max_pending_per_session: int, pending: PendingCounter, metrics=None,
-                 on_applied=None):
+                 max_queue_delay: float, max_pending_per_session: int, pending: PendingCounter, store,
+                 metrics=None):
         self.runner = runner
         self.table = table
         self.slab = table.slabs[runner.name]
@@ -62,7 +51,7 @@ class Batcher:
         self.max_pending_per_session = max_pending_per_session
         self.pending = pending
         self.metrics = metrics
-        self.on_applied = on_applied  # async callable(sessions) run before callers are answered
+        self.store = store
         self._ready: deque[Session] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -182,27 +171,27 @@ class Batcher:
                 self._fail_session(it, err)
             return
         t1 = time.perf_counter()
+        T = x.shape[1]
+        results = [StepResult(y[i], new_states[i], it.session.step_count + T, it.seq) for i, it in enumerate(batch)]
+        if self.store.durable:  # answer only after the batch is committed
+            try:
+                await self.store.put([
+                    self.table.record(it.session, new_states[i], results[i].step_count,
+                                      results[i] if it.seq is not None else None)
+                    for i, it in enumerate(batch) if not it.session.closed])
+            except Exception as e:
+                log.error("state store write failed: %r", e)
+                for it in batch:
+                    self._fail_session(it, Internal("the state store failed; nothing was applied"))
+                return
         live = [not s.closed for s in sessions]
         self.slab.rows[slots[live]] = new_states[live]
-        T = x.shape[1]
-        results = []
-        for i, it in enumerate(batch):
+        for it, res in zip(batch, results):
             s = it.session
-            s.step_count += T
-            res = StepResult(y[i], new_states[i], s.step_count, it.seq)
+            s.step_count = res.step_count
             if it.seq is not None:
                 s.last_seq = it.seq
-                s.last_result = StepResult(y[i].copy(), new_states[i].copy(), s.step_count, it.seq)
-            results.append(res)
-        if self.on_applied is not None:
-            try:
-                await self.on_applied(sessions)
-            except Exception as e:
-                log.error("persisting a batch failed: %r", e)
-                for it in batch:
-                    self._fail_session(it, Internal("the state store failed; the step may not be durable"))
-                return
-        for it, res in zip(batch, results):
+                s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count, it.seq)
             if not it.future.done():
                 it.future.set_result(res)
         for s in sessions:

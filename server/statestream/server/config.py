@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .store import check_spec
+
 ENV_PREFIX = "STATESTREAM_"
 
 USAGE = """\
@@ -88,6 +90,7 @@ class Config:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        check_spec(self.state_store)
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .model import ModelRunner
 from .service import StateStreamService
 from .sessions import SessionTable
+from .store import open_store
 
 log = logging.getLogger("statestream.server")
 
@@ -66,17 +67,21 @@ class App:
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
+        self.store = open_store(cfg.state_store)
+        records = await loop.run_in_executor(None, self.store.load)
+        restored = sum(self.table.restore(r) is not None for r in records)
+        log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
         self.executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="ort")
         pending = PendingCounter(cfg.max_pending)
         self.batchers = {
             name: Batcher(r, self.table, self.executor, max_batch_size=cfg.max_batch_size,
                           max_queue_delay=cfg.max_queue_delay, max_pending_per_session=cfg.max_pending_per_session,
-                          pending=pending, metrics=self.metrics)
+                          pending=pending, store=self.store, metrics=self.metrics)
             for name, r in runners.items()
         }
         for b in self.batchers.values():
             b.start()
-        self.service.attach(self.table, self.batchers)
+        self.service.attach(self.table, self.batchers, self.store)
         self._tasks.append(loop.create_task(self._sweep()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -88,6 +93,7 @@ class App:
             await asyncio.sleep(self.cfg.sweep_interval)
             gone = self.table.expire()
             if gone:
+                await self.store.delete([s.id for s in gone])
                 self.metrics.evictions.inc(len(gone))
                 log.debug("expired %d idle sessions", len(gone))
             self.metrics.sessions.set(len(self.table))
@@ -106,6 +112,11 @@ class App:
             await b.stop()
         for t in self._tasks:
             t.cancel()
+        if hasattr(self, "store"):
+            if self.store.durable:  # everything is written through already; this refreshes expiry times
+                await self.store.put([self.table.record(s) for s in self.table.sessions()])
+                log.info("persisted %d sessions to %s", len(self.table), self.store.description)
+            self.store.close()
         if hasattr(self, "executor"):
             self.executor.shutdown(wait=True)
         log.info("stopped")

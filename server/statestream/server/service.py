@@ -55,10 +55,11 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.frames = FrameStepper(self)
         self._infos: dict[str, pb.ModelInfo] = {}
 
-    def attach(self, table: SessionTable, batchers: dict[str, Batcher]) -> None:
+    def attach(self, table: SessionTable, batchers: dict[str, Batcher], store) -> None:
         """Models are loaded: start answering (until then every RPC is UNAVAILABLE)."""
         self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in table.runners.items()}
         self.batchers = batchers
+        self.store = store
         self.table = table
 
     # -- helpers shared by every RPC -------------------------------------------------
@@ -153,6 +154,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s = self.table.open(request.model, request.session_id, request.idle_timeout_seconds, owner)
         if row is not None:
             self.table.set_state(s, row)
+        if self.store.durable:
+            await self.store.put([self.table.record(s)])
         return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
 
     @unary
@@ -160,6 +163,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s = self.table.get(request.session_id, self.auth.owner(context))
         self.batchers[s.model].fail_pending(s, NotFound(f"session {s.id!r} was closed"))
         self.table.close(s)
+        await self.store.delete([s.id])
         return pb.CloseSessionResponse(step_count=s.step_count)
 
     @unary
@@ -183,6 +187,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             s.last_seq = s.accepted_seq = request.last_sequence_number
             s.last_result = None
         self.table.touch(s)
+        if self.store.durable:
+            await self.store.put([self.table.record(s)])
         return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
 
     # -- steps ----------------------------------------------------------------------

@@ -7,14 +7,26 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from .model import ModelRunner
+from .store import SessionRecord
 
 MAX_SESSION_ID_BYTES = 128
 _EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What one applied step produced: every timestep's output and the states after it."""
+
+    output: np.ndarray      # [T, O]
+    state: np.ndarray       # [W], states after the last timestep
+    step_count: int
+    sequence_number: int | None
 
 
 class Slab:
@@ -168,6 +180,36 @@ class SessionTable:
 
     def sessions(self):
         return self._sessions.values()
+
+    def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
+               last=None) -> SessionRecord:
+        """A session as the store keeps it; `state`/`step_count`/`last` give values about to be applied."""
+        last = last if last is not None else s.last_result
+        return SessionRecord(
+            s.id, s.model, s.owner, self.state(s) if state is None else state,
+            s.step_count if step_count is None else step_count,
+            s.last_seq if last is None else (last.sequence_number or 0), s.timeout,
+            time.time() + (s.deadline - self.clock()),
+            None if last is None else last.output, None if last is None else last.state,
+            0 if last is None else last.step_count)
+
+    def restore(self, rec: SessionRecord) -> Session | None:
+        """Re-open a stored session (after a restart); None when its model is no longer served."""
+        if rec.model not in self.runners or rec.id in self._sessions:
+            return None
+        if rec.state.shape != (self.slabs[rec.model].width,):
+            return None
+        now = self.clock()
+        s = Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now)
+        s.deadline = now + max(0.0, rec.expires_at - time.time())
+        self.slabs[rec.model].rows[s.slot] = rec.state
+        s.step_count = rec.step_count
+        s.last_seq = s.accepted_seq = rec.last_seq
+        if rec.last_output is not None:
+            s.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
+        self._sessions[s.id] = s
+        heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
+        return s
 
 
 def check_session_id(sid: str) -> None:
