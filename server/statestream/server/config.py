@@ -101,7 +101,7 @@ HELP = {
     "models": "folder of .onnx files, or .onnx files (name = file stem)",
     "host": "address to bind (0.0.0.0 in a container)",
     "port": "gRPC port (0 = pick a free one)",
-    "metrics_port": "Prometheus /metrics HTTP port (0 = off)",
+    "metrics_port": "Prometheus /metrics HTTP port (0 = off, -1 = any free port)",
     "max_sessions": "open sessions at most, all models; more is RESOURCE_EXHAUSTED",
     "idle_timeout": "seconds a session may stay idle before it expires (default per session)",
     "max_idle_timeout": "largest idle timeout a client may ask for",

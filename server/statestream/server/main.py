@@ -62,8 +62,9 @@ class App:
         await self.server.start()
 
         # Models load after the port is up, so health answers NOT_SERVING meanwhile.
-        if cfg.metrics_port:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        if cfg.metrics_port != 0:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port if cfg.metrics_port > 0 else 0, cfg.host)
+            log.info("Prometheus metrics on :%d/metrics", self.metrics_port)
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
