@@ -194,3 +194,38 @@ def test_default_name_is_file_stem_and_source_hash(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_model.keras", "sensor-v2.onnx"]  # no temp left
     named = export_model(src, tmp_path / "x.onnx", name="custom")
     assert named.manifest.name == "custom"
+
+
+CELL_CLASSES = {"LSTM": L.LSTM, "GRU": L.GRU, "SimpleRNN": L.SimpleRNN}
+
+
+def test_any_feature_and_unit_count(tmp_path):
+    """Property: random chains (cells, units, features, head or not) export and stream like Keras."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    arch = st.tuples(
+        st.integers(1, 6),  # features
+        st.lists(st.tuples(st.sampled_from(sorted(CELL_CLASSES)), st.integers(1, 7)), min_size=1, max_size=2),
+        st.one_of(st.none(), st.integers(1, 4)),  # Dense head size
+        st.booleans(),  # last recurrent layer returns sequences
+    )
+
+    @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(arch)
+    def prop(a):
+        features, cells, head, last_seq = a
+        layers = [CELL_CLASSES[c](u, name=f"r{i}", return_sequences=(i < len(cells) - 1) or last_seq)
+                  for i, (c, u) in enumerate(cells)]
+        model = _functional(layers + ([L.Dense(head)] if head else []), features)
+        path = tmp_path / "p.onnx"
+        report = export_model(model, path)
+        assert report.manifest.features == features
+        assert report.manifest.output_size == (head or cells[-1][1])
+        assert [(l.cell, l.units) for l in report.layers] == cells
+        x = np.random.default_rng(0).normal(size=(2, 4, features)).astype(np.float32)
+        want = np.asarray(model(x))
+        y, _ = stream_onnx(path, x)
+        np.testing.assert_allclose(y if want.ndim == 3 else y[:, -1], want, atol=ATOL)
+
+    prop()
