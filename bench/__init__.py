@@ -1,0 +1,1 @@
+"""statestream benchmarks: ghz scenarios against the server and its ceilings (`make bench`)."""

@@ -1,0 +1,106 @@
+"""The transport ceiling: a bare grpc.aio StateStreamService that answers every step without a model.
+
+Same service, same RPCs, same message shapes as statestream-server (a StepResponse of `output_size`
+floats per row, frames of N x rows x output_size floats and N step counts), same grpc options, one
+process; no sessions, no batching, no onnxruntime. What ghz gets from it is what the transport
+allows on this machine; the real server's figures are reported as a ratio to it.
+
+    python -m bench.echo_server --port 0 --features 3 --output-size 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
+# The real server's channel options (server/statestream/server/main.py), so both pay the same transport.
+OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
+           ("grpc.max_send_message_length", 64 * 1024 * 1024),
+           ("grpc.so_reuseport", 0)]
+
+
+class EchoService(pb_grpc.StateStreamServiceServicer):
+    """Answers Step/StreamSteps/StepFrame/StreamFrames with responses of the model's shape."""
+
+    def __init__(self, features: int, output_size: int):
+        self.features = features
+        self.output_size = output_size
+        self.counts: dict[str, int] = {}
+        self._zeros: dict[int, list[float]] = {}
+
+    def _floats(self, n: int) -> list[float]:
+        z = self._zeros.get(n)
+        if z is None:
+            z = self._zeros[n] = [0.0] * n
+        return z
+
+    def _step(self, req: pb.StepRequest) -> pb.StepResponse:
+        T = max(1, len(req.input) // self.features)
+        rows = T if req.return_sequences else 1
+        count = self.counts.get(req.session_id, 0) + T
+        self.counts[req.session_id] = count
+        return pb.StepResponse(session_id=req.session_id, output=self._floats(rows * self.output_size), rows=rows,
+                               step_count=count)
+
+    def _frame(self, req: pb.StepFrameRequest) -> pb.StepFrameResponse:
+        n = len(req.session_ids)
+        T = req.timesteps or 1
+        rows = T if req.return_sequences else 1
+        count = self.counts.get("", 0) + T
+        self.counts[""] = count
+        return pb.StepFrameResponse(outputs=self._floats(n * rows * self.output_size), rows=rows,
+                                    step_counts=[count] * n)
+
+    async def Step(self, request, context):
+        return self._step(request)
+
+    async def StreamSteps(self, request_iterator, context):
+        async for req in request_iterator:
+            yield pb.StreamStepsResponse(step=self._step(req.step), session_id=req.step.session_id)
+
+    async def StepFrame(self, request, context):
+        return self._frame(request)
+
+    async def StreamFrames(self, request_iterator, context):
+        async for req in request_iterator:
+            yield pb.StreamFramesResponse(frame=self._frame(req.frame))
+
+
+async def serve(host: str, port: int, features: int, output_size: int) -> None:
+    server = grpc.aio.server(options=OPTIONS)
+    pb_grpc.add_StateStreamServiceServicer_to_server(EchoService(features, output_size), server)
+    hs = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
+    await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    print(f"echo-server listening on {host}:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.echo_server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--features", type=int, required=True, help="values per timestep in a request")
+    p.add_argument("--output-size", type=int, required=True, help="values per row in a response")
+    a = p.parse_args(argv)
+    try:
+        asyncio.run(serve(a.host, a.port, a.features, a.output_size))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

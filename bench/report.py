@@ -1,0 +1,312 @@
+"""The results of one bench run: targets, results.json, results.md (the printed table) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GB = 1e9
+
+# The targets of the throughput issue (issue 4).
+STREAM_RATIO = 0.8
+FRAME_SIZE = 256
+FRAME_STEPS = 100_000
+ORT_FACTOR = 2.0
+HALF_LOAD_P99_MS = 2.0
+MEMORY_SESSIONS = 1_000_000
+MEMORY_BYTES = 2 * GB
+
+
+def _n(v, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and (v != v):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def _r(v) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _target(name: str, want: str, measured: str, ok: bool | None, margin: str, why: str = "") -> dict:
+    return {"target": name, "wanted": want, "measured": measured,
+            "result": "n/a" if ok is None else ("PASS" if ok else "MISS"), "margin": margin, "note": why}
+
+
+def targets(res: dict) -> list[dict]:
+    """Every target of the issue, PASS/MISS with its margin, from the figures of this run."""
+    out = []
+    for scenario, label in (("unary", "unary Step"), ("stream", "StreamSteps")):
+        rows = [r for r in res.get("transport", []) if r["scenario"] == scenario and r.get("ratio") is not None]
+        if not rows:
+            out.append(_target(f"{label} >= {STREAM_RATIO} x echo msgs/s", f">= {STREAM_RATIO}x", "-", None, "",
+                               "not measured"))
+            continue
+        worst = min(rows, key=lambda r: r["ratio"])
+        ok = worst["ratio"] >= STREAM_RATIO
+        all_r = ", ".join(f"c={r['concurrency']}: {r['ratio']:.2f}" for r in rows)
+        out.append(_target(f"{label} >= {STREAM_RATIO} x echo msgs/s (every concurrency)", f">= {STREAM_RATIO:.2f}x",
+                           f"worst {worst['ratio']:.2f}x at c={worst['concurrency']} ({all_r})", ok,
+                           f"{100 * (worst['ratio'] / STREAM_RATIO - 1):+.0f}%"))
+    frames = [r for r in res.get("frames", []) if r["size"] == FRAME_SIZE]
+    if frames:
+        best = max(frames, key=lambda r: r["server"]["session_steps_per_s"])
+        v = best["server"]["session_steps_per_s"]
+        out.append(_target(f"frames of {FRAME_SIZE}: session-steps/s", f">= {FRAME_STEPS:,}",
+                           f"{v:,.0f} (c={best['concurrency']})", v >= FRAME_STEPS,
+                           f"{100 * (v / FRAME_STEPS - 1):+.0f}%"))
+        ratio = best.get("ratio_ort")
+        if ratio is not None:
+            out.append(_target(f"frames of {FRAME_SIZE}: model path within {ORT_FACTOR:g}x of in-process ORT",
+                               f">= {1 / ORT_FACTOR:.2f}x ORT",
+                               f"{ratio:.3f}x ORT ({v:,.0f} vs {best['ort_session_steps_per_s']:,.0f})",
+                               ratio >= 1 / ORT_FACTOR, f"{100 * (ratio * ORT_FACTOR - 1):+.0f}%",
+                               f"server is {1 / ratio:.0f}x slower than ORT alone" if ratio else ""))
+    else:
+        out.append(_target(f"frames of {FRAME_SIZE}: session-steps/s", f">= {FRAME_STEPS:,}", "-", None, "",
+                           "not measured"))
+        out.append(_target(f"frames of {FRAME_SIZE}: model path within {ORT_FACTOR:g}x of in-process ORT",
+                           f">= {1 / ORT_FACTOR:.2f}x ORT", "-", None, "", "not measured"))
+    hl = res.get("half_load")
+    if hl and hl.get("server"):
+        p99 = hl["server"]["p99_ms"]
+        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms",
+                           f"{p99:.2f} ms at {hl['rps']:,} steps/s (max {hl['max_msgs_per_s']:,.0f}, c={hl['concurrency']})",
+                           p99 <= HALF_LOAD_P99_MS, f"{100 * (HALF_LOAD_P99_MS / p99 - 1):+.0f}%" if p99 else "",
+                           f"echo at the same rate: p99 {hl['echo']['p99_ms']:.2f} ms" if hl.get("echo") else ""))
+    else:
+        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms", "-", None, "",
+                           "not measured"))
+    mem = res.get("memory") or {}
+    pts = [p for p in mem.get("points", []) if p["sessions"] == MEMORY_SESSIONS]
+    if pts:
+        rss = pts[0]["rss_bytes"]
+        out.append(_target(f"{MEMORY_SESSIONS:,} idle demo sessions: RSS", f"<= {MEMORY_BYTES / GB:g} GB",
+                           f"{rss / GB:.2f} GB ({pts[0]['bytes_per_session']:,.0f} B/session)", rss <= MEMORY_BYTES,
+                           f"{100 * (MEMORY_BYTES / rss - 1):+.0f}%"))
+    else:
+        out.append(_target(f"{MEMORY_SESSIONS:,} idle demo sessions: RSS", f"<= {MEMORY_BYTES / GB:g} GB", "-", None,
+                           "", mem.get("skipped", "not measured")))
+    return out
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def markdown(res: dict) -> str:
+    m = res["meta"]
+    lines = [f"# statestream bench: {m['date']}", "",
+             f"Model `{m['model']}` ({m['model_shape']}), {m['cpus']} CPUs, load {m['loadavg']} at start. "
+             f"ghz {m['ghz_version']} with `--cpus={m['ghz_cpus']}`, one connection, {m['duration']:g} s per run. "
+             f"Server: `{m['server_cmd']}`. Ratios are to ceilings measured in this same run.", ""]
+
+    lines += ["## Targets (issue 4)", ""]
+    lines += _table(["target", "wanted", "measured", "result", "margin", "note"],
+                    [[t["target"], t["wanted"], t["measured"], f"**{t['result']}**", t["margin"], t["note"]]
+                     for t in res["targets"]])
+
+    tr = res.get("transport", [])
+    if tr:
+        lines += ["", "## Steps: server vs the echo server (transport ceiling), msgs/s", "",
+                  f"StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s counts steps, "
+                  "latency is of the whole stream call.", ""]
+        lines += _table(["scenario", "c", "server msgs/s", "echo msgs/s", "server / echo", "server p50 ms",
+                         "server p99 ms", "echo p50 ms", "echo p99 ms", "mean batch"],
+                        [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]),
+                          _n(r["echo"]["msgs_per_s"]), _r(r["ratio"]), _n(r["server"]["p50_ms"], 2),
+                          _n(r["server"]["p99_ms"], 2), _n(r["echo"]["p50_ms"], 2), _n(r["echo"]["p99_ms"], 2),
+                          _n(r["server"].get("mean_batch"), 1)] for r in tr])
+    fr = res.get("frames", [])
+    if fr:
+        lines += ["", "## Frames (StepFrame): session-steps/s against echo (transport) and in-process ORT (compute)", ""]
+        lines += _table(["frame size", "c", "frames/s", "server session-steps/s", "p50 ms", "p99 ms",
+                         "echo session-steps/s", "server / echo", "ORT session-steps/s (same B)", "server / ORT",
+                         "mean batch", "model busy"],
+                        [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
+                          _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
+                          _n(r["server"]["p99_ms"], 2), _n(r["echo"]["session_steps_per_s"]), _r(r["ratio_echo"]),
+                          _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
+                          _n(r["server"].get("mean_batch"), 1),
+                          "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%"]
+                         for r in fr])
+    hl = res.get("half_load")
+    if hl:
+        lines += ["", "## One step at half the maximum load", "",
+                  f"Max unary Step throughput this run: {hl['max_msgs_per_s']:,.0f} msgs/s (c={hl['max_concurrency']}); "
+                  f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}.", ""]
+        rows = [["server", _n(hl["server"]["msgs_per_s"]), _n(hl["server"]["p50_ms"], 2), _n(hl["server"]["p90_ms"], 2),
+                 _n(hl["server"]["p99_ms"], 2)]]
+        if hl.get("echo"):
+            rows.append(["echo", _n(hl["echo"]["msgs_per_s"]), _n(hl["echo"]["p50_ms"], 2), _n(hl["echo"]["p90_ms"], 2),
+                         _n(hl["echo"]["p99_ms"], 2)])
+        lines += _table(["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms"], rows)
+
+    lines += ["", "## Compute ceilings", ""]
+    ort = res.get("ort", [])
+    if ort:
+        lines += _table(["onnxruntime in-process, batch B", "us per run", "session-steps/s"],
+                        [[str(o["batch"]), _n(o["us_per_run"], 1), _n(o["session_steps_per_s"])] for o in ort])
+    k = res.get("keras") or {}
+    if "steps_per_s" in k:
+        lines += ["", f"Keras today ({k['method']}): **{k['steps_per_s']:,.1f} steps/s**, p50 {k['p50_ms']:.1f} ms, "
+                      f"p99 {k['p99_ms']:.1f} ms over {k['steps']} steps. Model: {k['how']}."]
+        best = max((r["server"]["session_steps_per_s"] for r in fr), default=0)
+        if best:
+            lines += [f"The server's best frame throughput is {best / k['steps_per_s']:,.0f}x that."]
+    elif k:
+        lines += ["", f"Keras: {k.get('skipped') or k.get('error')}"]
+
+    mem = res.get("memory") or {}
+    if mem.get("points"):
+        lines += ["", "## Memory of idle sessions", "", mem["method"], ""]
+        lines += _table(["sessions", "RSS MB", "bytes/session (over empty)", "open seconds"],
+                        [[_n(p["sessions"]), _n(p["rss_bytes"] / 1e6, 1), _n(p.get("bytes_per_session")),
+                          _n(p["open_seconds"], 1)] for p in mem["points"]])
+    elif mem:
+        lines += ["", f"Memory: {mem.get('skipped') or mem.get('error')}"]
+
+    prof = res.get("profiles") or []
+    if prof:
+        lines += ["", "## Profiles (py-spy)", ""]
+        for p in prof:
+            if "error" in p:
+                lines += [f"- {p['name']}: {p['error']}"]
+                continue
+            cpu = ", ".join(f"{n} {100 * v:.0f}%" for n, v in list(p["cpu_share"].items())[:5])
+            lines += [f"- **{p['name']}** ({p['load']}): `{p['file']}`; CPU per thread (share of one core): {cpu}; "
+                      f"GIL held {100 * p['gil_share']:.0f}% of the time; top self: " +
+                      "; ".join(f"{t['frame']} {t['percent']:.0f}%" for t in p["top"][:6])]
+    lines += ["", "## ghz commands (copy and change the target)", ""]
+    lines += ["```"] + [f"# {k}\n{v}" for k, v in res.get("commands", {}).items()] + ["```"]
+    lines += ["", "Plots: throughput_vs_concurrency.png, latency_vs_concurrency.png, throughput_vs_frame_size.png, "
+                  "latency_vs_frame_size.png. Raw ghz reports: raw/ (not committed)."]
+    if m.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in m["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _xticks(ax, values) -> None:
+    ax.set_xticks(sorted(set(values)))
+    ax.set_xticklabels([str(v) for v in sorted(set(values))])
+
+
+def plots(res: dict, out: Path) -> list[str]:
+    """PNG plots of throughput and p50/p99 latency against concurrency and against frame size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    tr = res.get("transport", [])
+    if tr:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for scen, color in (("unary", "tab:blue"), ("stream", "tab:green")):
+            rows = [r for r in tr if r["scenario"] == scen]
+            if not rows:
+                continue
+            c = [r["concurrency"] for r in rows]
+            ax.plot(c, [r["server"]["msgs_per_s"] for r in rows], "o-", color=color, label=f"{scen}: server")
+            ax.plot(c, [r["echo"]["msgs_per_s"] for r in rows], "s--", color=color, alpha=0.6,
+                    label=f"{scen}: echo (transport ceiling)")
+        ax.set_xscale("log", base=2)
+        _xticks(ax, [r["concurrency"] for r in tr])
+        ax.set_xlabel("ghz concurrency")
+        ax.set_ylabel("steps (messages) per second")
+        ax.set_title("Step / StreamSteps throughput vs concurrency")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "throughput_vs_concurrency.png", dpi=100)
+        plt.close(fig)
+        made.append("throughput_vs_concurrency.png")
+
+        rows = [r for r in tr if r["scenario"] == "unary"]
+        if rows:
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            c = [r["concurrency"] for r in rows]
+            for who, style in (("server", "-"), ("echo", "--")):
+                ax.plot(c, [r[who]["p50_ms"] for r in rows], "o" + style, color="tab:blue", label=f"{who} p50")
+                ax.plot(c, [r[who]["p99_ms"] for r in rows], "^" + style, color="tab:red", label=f"{who} p99")
+            hl = res.get("half_load")
+            if hl and hl.get("server"):
+                ax.axhline(HALF_LOAD_P99_MS, color="gray", lw=0.8, ls=":", label="2 ms (p99 target at half load)")
+            ax.set_xscale("log", base=2)
+            _xticks(ax, c)
+            ax.set_yscale("log")
+            ax.set_xlabel("ghz concurrency")
+            ax.set_ylabel("latency of one unary Step (ms)")
+            ax.set_title("Unary Step latency vs concurrency")
+            ax.grid(True, alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out / "latency_vs_concurrency.png", dpi=100)
+            plt.close(fig)
+            made.append("latency_vs_concurrency.png")
+
+    fr = res.get("frames", [])
+    if fr:
+        sizes = sorted({r["size"] for r in fr})
+        concs = sorted({r["concurrency"] for r in fr})
+        cmap = plt.get_cmap("viridis")
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, c in enumerate(concs):
+            rows = sorted((r for r in fr if r["concurrency"] == c), key=lambda r: r["size"])
+            color = cmap(i / max(1, len(concs) - 1))
+            ax.plot([r["size"] for r in rows], [r["server"]["session_steps_per_s"] for r in rows], "o-", color=color,
+                    label=f"server c={c}")
+        best_echo = [max(r["echo"]["session_steps_per_s"] for r in fr if r["size"] == s) for s in sizes]
+        ax.plot(sizes, best_echo, "s--", color="gray", label="echo, best c (transport ceiling)")
+        ort = {o["batch"]: o["session_steps_per_s"] for o in res.get("ort", [])}
+        if all(s in ort for s in sizes):
+            ax.plot(sizes, [ort[s] for s in sizes], "k:", marker="d", label="onnxruntime in-process (compute ceiling)")
+        ax.axhline(FRAME_STEPS, color="tab:red", lw=0.8, ls=":", label="100k target (frames of 256)")
+        ax.set_xscale("log", base=2)
+        _xticks(ax, sizes)
+        ax.set_yscale("log")
+        ax.set_xlabel("sessions per frame (= ORT batch size)")
+        ax.set_ylabel("session-steps per second")
+        ax.set_title("StepFrame throughput vs frame size")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "throughput_vs_frame_size.png", dpi=100)
+        plt.close(fig)
+        made.append("throughput_vs_frame_size.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, c in enumerate(concs):
+            rows = sorted((r for r in fr if r["concurrency"] == c), key=lambda r: r["size"])
+            color = cmap(i / max(1, len(concs) - 1))
+            ax.plot([r["size"] for r in rows], [r["server"]["p50_ms"] for r in rows], "o-", color=color,
+                    label=f"c={c} p50")
+            ax.plot([r["size"] for r in rows], [r["server"]["p99_ms"] for r in rows], "^--", color=color,
+                    label=f"c={c} p99")
+        ax.set_xscale("log", base=2)
+        _xticks(ax, sizes)
+        ax.set_yscale("log")
+        ax.set_xlabel("sessions per frame")
+        ax.set_ylabel("latency of one StepFrame (ms)")
+        ax.set_title("StepFrame latency vs frame size (server)")
+        ax.grid(True, alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "latency_vs_frame_size.png", dpi=100)
+        plt.close(fig)
+        made.append("latency_vs_frame_size.png")
+    return made
+
+
+def write(res: dict, out: Path) -> str:
+    """Targets into `res`, then results.json, results.md and the plots into `out`; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    res["targets"] = targets(res)
+    res["plots"] = plots(res, out)
+    md = markdown(res)
+    (out / "results.md").write_text(md)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    return md

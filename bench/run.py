@@ -1,0 +1,199 @@
+"""`make bench`: ghz against the server and its ceilings, memory, profiles; writes bench/results/.
+
+    python -m bench.run                      # everything, ~5 minutes on 2 cores
+    python -m bench.run --quick              # a smaller grid, no memory/Keras/profiles
+    python -m bench.run --skip memory,keras  # leave parts out
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from . import compute, ghz, memory, profile, report, scenarios
+from .procs import ROOT, echo_server, free_port, statestream_server
+
+PARTS = ("transport", "frames", "halfload", "profile", "memory", "keras")
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _csv_ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--concurrency", type=_csv_ints, default=[1, 4, 16, 64])
+    p.add_argument("--frame-sizes", type=_csv_ints, default=[16, 256, 1024])
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
+    p.add_argument("--stream-count", type=int, default=100, help="steps per StreamSteps call")
+    p.add_argument("--ghz-cpus", type=int, default=1, help="ghz --cpus: the load generator gets one core")
+    p.add_argument("--memory-sessions", type=_csv_ints, default=[100_000, 1_000_000])
+    p.add_argument("--server-arg", action="append", default=[], help="extra statestream-server flag (repeatable)")
+    p.add_argument("--skip", default="", help=f"comma list of parts to leave out: {','.join(PARTS)}")
+    p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
+    a = p.parse_args(argv)
+    a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    if a.quick:
+        a.concurrency, a.frame_sizes, a.duration = [1, 16], [16, 256], 1.5
+        a.skip |= {"memory", "keras", "profile"}
+    if unknown := a.skip - set(PARTS):
+        p.error(f"--skip: unknown part(s) {sorted(unknown)}; have {PARTS}")
+    return a
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def meta(a: argparse.Namespace, man, server_cmd: str) -> dict:
+    shape = f"{man.features} features -> " + " -> ".join(f"{l.cell}({l.units})" for l in man.layers) + \
+            f" -> {man.output_size} outputs, {man.state_width} state floats/session"
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "model": str(a.model.relative_to(ROOT) if a.model.is_relative_to(ROOT) else a.model),
+            "model_name": man.name, "model_shape": shape, "cpus": os.cpu_count(),
+            "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "python": platform.python_version(),
+            "versions": {d: _version(d) for d in ("grpcio", "protobuf", "onnxruntime", "numpy")},
+            "ghz_version": ghz.GHZ_VERSION, "ghz_cpus": a.ghz_cpus, "duration": a.duration,
+            "concurrency": a.concurrency, "frame_sizes": a.frame_sizes, "stream_count": a.stream_count,
+            "server_cmd": server_cmd,
+            "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
+                                  text=True).stdout.strip(),
+            "notes": []}
+
+
+def profiles(plan: scenarios.Plan, server, out: Path, conc: int, seconds: float) -> list[dict]:
+    """py-spy on the server under unary Step load and under frames of 256."""
+    loads = [("unary", "unary", conc, f"unary Step, ghz c={conc}")]
+    size = 256 if 256 in plan.frame_sizes else plan.frame_sizes[0]
+    loads.append((f"frame{size}", f"frame{size}", 4, f"StepFrame of {size}, ghz c=4"))
+    res = []
+    for name, key, c, label in loads:
+        raw = plan.raw / f"profile-{name}.txt"
+        txt = out / f"profile_{name}.txt"
+        gout = plan.raw / f"profile-{name}-ghz.json"
+        load = subprocess.Popen(plan.cmd(server, key, c, gout, duration=seconds + 2), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)
+            before, t0 = profile.thread_cpu(server.pid), time.perf_counter()
+            profile.record(server.pid, seconds, raw)
+            share = profile.cpu_share(before, profile.thread_cpu(server.pid), time.perf_counter() - t0)
+        except Exception as e:  # a profile is a help, never a reason to lose the run
+            res.append({"name": name, "load": label, "error": str(e)[:500]})
+            continue
+        finally:
+            load.wait(seconds + 30)
+        head = (f"load: {label} (ghz running while sampled)\nCPU per thread, share of one core over the window: "
+                f"{share}\n\n")
+        text = profile.summarize(raw, f"statestream-server profile: {label}", seconds=seconds)
+        txt.write_text(head + text)
+        samples = sum(int(l.rpartition(" ")[2]) for l in raw.read_text().splitlines() if l.rpartition(" ")[2].isdigit())
+        top = [ln.split(None, 2) for ln in text.split("## top 25 by self samples")[1].splitlines()[1:] if ln.strip()]
+        top = [{"samples": int(t[0]), "percent": float(t[1].rstrip("%")), "frame": t[2]} for t in top
+               if len(t) == 3 and t[0].isdigit()][:15]
+        res.append({"name": name, "load": label, "file": txt.name, "cpu_share": share,
+                    "gil_share": samples / (seconds * 200), "top": top})
+    return res
+
+
+def keras(a: argparse.Namespace, raw: Path) -> dict:
+    out = raw / "keras.json"
+    try:
+        subprocess.run([sys.executable, "-m", "bench.keras_baseline", "--model", str(a.model), "--out", str(out)],
+                       cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
+    except subprocess.CalledProcessError as e:
+        return {"error": f"keras baseline failed: {e.stderr[-800:]}"}
+    except subprocess.TimeoutExpired:
+        return {"error": "keras baseline timed out"}
+    import json
+
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    t_start = time.perf_counter()
+    if not a.model.exists():
+        print(f"bench: no model at {a.model} (--model)", file=sys.stderr)
+        return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+    raw = a.out / "raw"
+    raw.mkdir(exist_ok=True)
+    _, man = compute.load(a.model)
+    plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=a.concurrency,
+                          frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
+                          ghz_cpus=a.ghz_cpus, raw=raw)
+    plan.write_data()
+    max_sessions = int(plan.sessions_needed() * 1.2) + 10_000
+    server_args = ["--max-sessions", str(max_sessions), *a.server_arg]
+    mport = free_port()
+    srv = statestream_server(a.model, *server_args, metrics_port=mport)
+    res: dict = {"meta": meta(a, man, " ".join(["statestream-server", "--models", str(a.model.name), *server_args]))}
+    log(f"model {man.name}: {res['meta']['model_shape']}; ghz {plan.ghz}")
+
+    batches = sorted({1, *a.frame_sizes})
+    log(f"onnxruntime in-process, batch sizes {batches}")
+    res["ort"] = [r.to_dict() for r in compute.ort_ceiling(a.model, batches)]
+    ort = {r["batch"]: r["session_steps_per_s"] for r in res["ort"]}
+    for r in res["ort"]:
+        log(f"ORT batch {r['batch']:5d}: {r['us_per_run']:8.1f} us/run, {r['session_steps_per_s']:12,.0f} session-steps/s")
+
+    with srv, echo_server(man.features, man.output_size) as echo:
+        log(f"server on {srv.target} (metrics :{mport}), echo on {echo.target}")
+        if "transport" not in a.skip:
+            res["transport"] = scenarios.transport(plan, srv, echo, mport, log)
+        if "frames" not in a.skip:
+            res["frames"] = scenarios.frames(plan, srv, echo, mport, ort, log)
+        if "halfload" not in a.skip and res.get("transport"):
+            res["half_load"] = scenarios.half_load(plan, srv, echo, res["transport"], log)
+        if "profile" not in a.skip:
+            conc = 16 if 16 in a.concurrency else max(a.concurrency)
+            log("profiling the server with py-spy (unary, then frames)")
+            res["profiles"] = profiles(plan, srv, a.out, conc, max(3.0, a.duration))
+        res["meta"]["server_rss_after_load_bytes"] = srv.rss_bytes()
+    res["commands"] = plan.commands
+
+    if "memory" not in a.skip:
+        log(f"memory: a fresh server, then {', '.join(f'{n:,}' for n in a.memory_sessions)} idle sessions")
+        try:
+            res["memory"] = memory.measure(a.model, plan.model, man.features, tuple(a.memory_sessions))
+            for p in res["memory"]["points"]:
+                log(f"  {p['sessions']:>9,} sessions: RSS {p['rss_bytes'] / 1e6:8.1f} MB")
+        except Exception as e:
+            res["memory"] = {"error": f"memory measurement failed: {str(e)[-800:]}"}
+    else:
+        res["memory"] = {"skipped": "skipped (--skip memory / --quick)"}
+    if "keras" not in a.skip:
+        log("Keras model.predict one step at a time (separate process)")
+        res["keras"] = keras(a, raw)
+    else:
+        res["keras"] = {"skipped": "skipped (--skip keras / --quick)"}
+
+    res["meta"]["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    if float(res["meta"]["loadavg"].split()[0]) > os.cpu_count() / 2:
+        res["meta"]["notes"].append(f"load average was {res['meta']['loadavg']} at start: other work shared the CPUs")
+    md = report.write(res, a.out)
+    print(md)
+    log(f"done in {res['meta']['bench_seconds']:.0f} s: {a.out.relative_to(ROOT) if a.out.is_relative_to(ROOT) else a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

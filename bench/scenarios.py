@@ -1,0 +1,193 @@
+"""The ghz scenarios (unary Step, StreamSteps, StepFrame of N) run alternately on the server and the echo server."""
+
+from __future__ import annotations
+
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ghz, payloads
+from .procs import ROOT, Proc
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The server's Prometheus counters we use (summed over labels); {} when there is no metrics port."""
+    if not port:
+        return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    want = {"statestream_steps_total", "statestream_batch_size_sum", "statestream_batch_size_count",
+            "statestream_compute_seconds_sum"}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in want:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def batch_stats(before: dict, after: dict, seconds: float) -> dict:
+    """Steps applied, mean batch size and the model's busy share between two scrapes."""
+    if not before or not after:
+        return {}
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    runs = d.get("statestream_batch_size_count", 0.0)
+    return {"steps_applied": d.get("statestream_steps_total"),
+            "mean_batch": d["statestream_batch_size_sum"] / runs if runs else None,
+            "model_busy": d.get("statestream_compute_seconds_sum", 0.0) / seconds if seconds else None}
+
+
+@dataclass
+class Plan:
+    """What to run: concurrencies, frame sizes, run length; and where the data files and raw reports go."""
+
+    model: str
+    features: int
+    concurrencies: list[int]
+    frame_sizes: list[int]
+    duration: float
+    stream_count: int
+    ghz_cpus: int
+    raw: Path
+    ghz: Path = field(default_factory=ghz.ensure_ghz)
+    data: dict[str, Path] = field(default_factory=dict)
+    commands: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def frames_per_size(self) -> int:
+        return max(8, 2 * max(self.concurrencies))
+
+    def sessions_needed(self) -> int:
+        return 4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
+
+    def write_data(self) -> None:
+        d = self.raw / "data"
+        d.mkdir(parents=True, exist_ok=True)
+        self.data["unary"] = payloads.write_step(d / "step.json", self.model, self.features)
+        self.data["stream"] = payloads.write_stream(d / "stream.json", self.model, self.features)
+        for n in self.frame_sizes:
+            self.data[f"frame{n}"] = payloads.write_frames(d / f"frame{n}.json", self.model, self.features, n,
+                                                           self.frames_per_size)
+
+    def cmd(self, proc: Proc, key: str, concurrency: int, out: Path, *, duration: float | None = None,
+            total: int | None = None, rps: float | None = None) -> list[str]:
+        method = {"unary": "Step", "stream": "StreamSteps"}.get(key, "StepFrame")
+        return ghz.command(self.ghz, proc.target, method, self.data[key], concurrency=concurrency,
+                           duration=duration, total=total, rps=rps,
+                           stream_count=self.stream_count if key == "stream" else None, cpus=self.ghz_cpus, out=out)
+
+    def note_command(self, label: str, cmd: list[str]) -> None:
+        """Remember a copyable form: small payloads inline (-d), frames from `python -m bench.payloads`."""
+        if label in self.commands:
+            return
+        parts = []
+        for p in cmd[:-1]:
+            if p.startswith(("--format", "--output", "--cpus")):
+                continue
+            if p.startswith("--data-file="):
+                path = Path(p.split("=", 1)[1])
+                if path.stat().st_size < 2048:
+                    p = "-d '" + path.read_text() + "'"
+                else:
+                    n = int(path.stem[5:])
+                    self.commands[f"{label}: data file"] = (
+                        f"python -m bench.payloads frame --model {self.model} --features {self.features} "
+                        f"--size {n} --frames {self.frames_per_size} --out {path.name}")
+                    p = f"--data-file={path.name}"
+            parts.append(p.replace(str(ROOT) + "/", ""))
+        self.commands[label] = " ".join(parts + ["127.0.0.1:50051"])
+
+
+def _msgs(r: ghz.GhzResult, per_call: int) -> dict:
+    d = r.to_dict()
+    d["msgs_per_s"] = r.calls_per_s * per_call
+    return d
+
+
+def run_one(plan: Plan, proc: Proc, who: str, key: str, c: int, metrics_port: int = 0, **kw) -> dict:
+    out = plan.raw / f"{who}-{key}-c{c}{'-' + kw['tag'] if 'tag' in kw else ''}.json"
+    kw.pop("tag", None)
+    cmd = plan.cmd(proc, key, c, out, duration=kw.pop("duration", plan.duration), **kw)
+    before = scrape(metrics_port)
+    r = ghz.run(cmd, out)
+    stats = batch_stats(before, scrape(metrics_port), r.seconds)
+    per_call = plan.stream_count if key == "stream" else 1
+    d = {**_msgs(r, per_call), **stats, "command": " ".join(cmd)}
+    if key.startswith("frame"):
+        n = int(key[5:])
+        d["frames_per_s"] = r.calls_per_s
+        d["session_steps_per_s"] = r.calls_per_s * n
+        applied = stats.get("steps_applied")
+        if applied is not None and applied < 0.99 * r.ok * n:
+            # Frames answered OK but with per-entry errors: count only what the server applied.
+            d["entry_errors_suspected"] = True
+            d["session_steps_per_s"] = applied / r.seconds
+    return d
+
+
+def warm(plan: Plan, proc: Proc, who: str, key: str) -> None:
+    """Open the sessions (first pass through every frame, every worker id) before anything is timed."""
+    cmax = max(plan.concurrencies)
+    total = plan.frames_per_size if key.startswith("frame") else 4 * cmax
+    out = plan.raw / f"{who}-{key}-warmup.json"
+    ghz.run(plan.cmd(proc, key, min(cmax, 8) if key.startswith("frame") else cmax, out, total=total), out)
+
+
+def transport(plan: Plan, server: Proc, echo: Proc, metrics_port: int, log) -> list[dict]:
+    """Unary and stream steps at every concurrency, server and echo alternately (noise hits both alike)."""
+    rows = []
+    for key in ("unary", "stream"):
+        warm(plan, server, "server", key)
+        warm(plan, echo, "echo", key)
+        for c in plan.concurrencies:
+            e = run_one(plan, echo, "echo", key, c)
+            s = run_one(plan, server, "server", key, c, metrics_port)
+            plan.note_command({"unary": "unary Step", "stream": "StreamSteps"}[key], s["command"].split())
+            ratio = s["msgs_per_s"] / e["msgs_per_s"] if e["msgs_per_s"] else None
+            rows.append({"scenario": key, "concurrency": c, "server": s, "echo": e, "ratio": ratio})
+            log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p99 {s['p99_ms']:7.2f} ms | "
+                f"echo {e['msgs_per_s']:9,.0f} msgs/s | ratio {ratio or 0:.2f} | errors {s['errors']}/{e['errors']}")
+    return rows
+
+
+def frames(plan: Plan, server: Proc, echo: Proc, metrics_port: int, ort: dict[int, float], log) -> list[dict]:
+    """StepFrame of every size at every concurrency; session-steps/s against echo and in-process ORT."""
+    rows = []
+    for n in plan.frame_sizes:
+        key = f"frame{n}"
+        warm(plan, server, "server", key)
+        warm(plan, echo, "echo", key)
+        for c in plan.concurrencies:
+            e = run_one(plan, echo, "echo", key, c)
+            s = run_one(plan, server, "server", key, c, metrics_port)
+            plan.note_command(f"StepFrame of {n}", s["command"].split())
+            o = ort.get(n)
+            row = {"size": n, "concurrency": c, "server": s, "echo": e,
+                   "ratio_echo": s["session_steps_per_s"] / e["session_steps_per_s"] if e["session_steps_per_s"] else None,
+                   "ort_session_steps_per_s": o, "ratio_ort": s["session_steps_per_s"] / o if o else None}
+            rows.append(row)
+            log(f"frame{n:<5d} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p99 "
+                f"{s['p99_ms']:7.2f} ms batch {s.get('mean_batch') or 0:6.1f} | echo {e['session_steps_per_s']:10,.0f} | "
+                f"ORT {o or 0:11,.0f} | errors {s['errors']}/{e['errors']}")
+    return rows
+
+
+def half_load(plan: Plan, server: Proc, echo: Proc, transport_rows: list[dict], log) -> dict | None:
+    """p99 of one unary step with ghz held at half the best unary rate of this run."""
+    unary = [r for r in transport_rows if r["scenario"] == "unary"]
+    if not unary:
+        return None
+    best = max(unary, key=lambda r: r["server"]["msgs_per_s"])
+    rps = max(1, int(best["server"]["msgs_per_s"] / 2))
+    c = max(4, best["concurrency"])
+    s = run_one(plan, server, "server", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+    e = run_one(plan, echo, "echo", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+    plan.note_command("unary at a fixed rate (half load)", s["command"].split())
+    log(f"half load: {rps:,} steps/s, c={c}: server p50 {s['p50_ms']:.2f} p99 {s['p99_ms']:.2f} ms | "
+        f"echo p99 {e['p99_ms']:.2f} ms")
+    return {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
+            "concurrency": c, "server": s, "echo": e}

@@ -1,0 +1,77 @@
+"""The bench harness itself works: echo server + one tiny ghz run + ORT ceiling + the result writer.
+
+No timing is asserted (timing goals live in bench/results, from `make bench`); only that every
+piece runs and writes the files and fields the report promises, with positive numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import compute, ghz, payloads, report
+from bench.procs import echo_server
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "models" / "demo.onnx"
+
+
+@pytest.fixture(scope="module")
+def ghz_path() -> Path:
+    return ghz.ensure_ghz()  # .tools/bin/ghz from `make tools`, else `go install` of the pinned version
+
+
+def _run(ghz_path: Path, target: str, method: str, data: Path, out: Path, **kw) -> dict:
+    cmd = ghz.command(ghz_path, target, method, data, concurrency=2, total=20, cpus=1, out=out, **kw)
+    r = ghz.run(cmd, out).to_dict()
+    r["msgs_per_s"] = r["calls_per_s"] * kw.get("stream_count", 1)
+    return r
+
+
+def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
+    _, man = compute.load(DEMO)
+    step = payloads.write_step(tmp_path / "step.json", man.name, man.features)
+    stream = payloads.write_stream(tmp_path / "stream.json", man.name, man.features)
+    frame = payloads.write_frames(tmp_path / "frame16.json", man.name, man.features, 16, 4)
+    with echo_server(man.features, man.output_size) as echo:
+        unary = _run(ghz_path, echo.target, "Step", step, tmp_path / "u.json")
+        streamed = _run(ghz_path, echo.target, "StreamSteps", stream, tmp_path / "s.json", stream_count=5)
+        framed = _run(ghz_path, echo.target, "StepFrame", frame, tmp_path / "f.json")
+    for r in (unary, streamed, framed):
+        assert r["ok"] == 20 and r["errors"] == 0, r
+        assert r["calls_per_s"] > 0 and r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"]
+    framed.update(frames_per_s=framed["calls_per_s"], session_steps_per_s=framed["calls_per_s"] * 16)
+
+    ort = [o.to_dict() for o in compute.ort_ceiling(DEMO, [1, 16], seconds=0.05)]
+    assert all(o["session_steps_per_s"] > 0 and o["us_per_run"] > 0 for o in ort)
+
+    # The writer, fed with the echo's figures standing in for the server's.
+    res = {
+        "meta": {"date": "smoke", "model": "models/demo.onnx", "model_shape": "demo", "cpus": 2, "loadavg": "0",
+                 "ghz_version": ghz.GHZ_VERSION, "ghz_cpus": 1, "duration": 0, "stream_count": 5,
+                 "server_cmd": "echo", "notes": []},
+        "ort": ort,
+        "transport": [{"scenario": s, "concurrency": c, "server": r, "echo": r, "ratio": 1.0}
+                      for s, r in (("unary", unary), ("stream", streamed)) for c in (1, 2)],
+        "frames": [{"size": 16, "concurrency": c, "server": framed, "echo": framed, "ratio_echo": 1.0,
+                    "ort_session_steps_per_s": ort[1]["session_steps_per_s"],
+                    "ratio_ort": framed["session_steps_per_s"] / ort[1]["session_steps_per_s"]} for c in (1, 2)],
+        "half_load": {"max_msgs_per_s": unary["msgs_per_s"], "max_concurrency": 2, "rps": 10, "concurrency": 2,
+                      "server": unary, "echo": unary},
+        "memory": {"method": "smoke", "points": [
+            {"sessions": 0, "rss_bytes": 1e8, "open_seconds": 0.0},
+            {"sessions": 1_000_000, "rss_bytes": 1.5e9, "open_seconds": 1.0, "bytes_per_session": 1400.0}]},
+        "keras": {"skipped": "smoke"},
+        "commands": {"unary Step": "ghz ..."},
+    }
+    out = tmp_path / "results"
+    md = report.write(res, out)
+    for name in ("results.md", "results.json", "throughput_vs_concurrency.png", "latency_vs_concurrency.png",
+                 "throughput_vs_frame_size.png", "latency_vs_frame_size.png"):
+        assert (out / name).stat().st_size > 0, name
+    data = json.loads((out / "results.json").read_text())
+    assert {t["result"] for t in data["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert len(data["targets"]) == 6
+    assert "## Targets" in md and "| unary | 1 |" in md
