@@ -14,7 +14,7 @@ export GOBIN
 help:
 	@echo "make serve   serve the bundled demo model on port $(PORT) (creates $(VENV))"
 	@echo "make test    install everything the tests need into $(VENV) and run them"
-	@echo "make proto   regenerate the committed Python stubs from proto/"
+	@echo "make proto   regenerate the committed Python and Go stubs from proto/"
 	@echo "make bench   run the benchmarks (ghz, baselines) into bench/results/"
 
 $(PY):
@@ -43,8 +43,15 @@ tools:
 test: install-dev tools
 	$(PY) -m pytest -q
 
-proto: install-dev
+GO_MODULE := github.com/statestream/statestream/client/go
+
+# Python stubs into client/, Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
+proto: install-dev tools
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/v1/statestream.proto
+	$(PY) -m grpc_tools.protoc -Iproto \
+		--plugin=protoc-gen-go=$(GOBIN)/protoc-gen-go --go_out=client/go --go_opt=module=$(GO_MODULE) \
+		--plugin=protoc-gen-go-grpc=$(GOBIN)/protoc-gen-go-grpc --go-grpc_out=client/go --go-grpc_opt=module=$(GO_MODULE) \
+		proto/statestream/v1/statestream.proto
 
 bench: install-dev tools
 	$(PY) -m bench.run
