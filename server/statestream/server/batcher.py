@@ -53,6 +53,7 @@ class Batcher:
         self.metrics = metrics
         self.store = store
         self._ready: deque[Session] = deque()
+        self._groups: deque = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._idle = asyncio.Event()
@@ -71,7 +72,7 @@ class Batcher:
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
-        while self._ready or not self._idle.is_set():
+        while self._ready or self._groups or not self._idle.is_set():
             await asyncio.sleep(0.005)
 
     def submit(self, s: Session, x: np.ndarray, seq: int | None) -> tuple[asyncio.Future, bool]:
@@ -115,8 +116,29 @@ class Batcher:
             self._wake.set()
         return fut, False
 
+    def submit_group(self, sessions: list[Session], x: np.ndarray) -> asyncio.Future:
+        """Queue one step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
+
+        The caller checked that none of them is busy or has queued steps, so the
+        group can run as it is; they are busy from now until it has run. The
+        future resolves to (y[N,T,O], states[N,W], step_counts[N]).
+        """
+        if self.pending.count + len(sessions) > self.pending.limit:
+            raise ResourceExhausted(f"server queue is full: {self.pending.limit} steps pending (--max-pending)")
+        fut = asyncio.get_running_loop().create_future()
+        for s in sessions:
+            s.busy = True
+        self.pending.count += len(sessions)
+        self._groups.append((sessions, x, fut, time.perf_counter()))
+        self._wake.set()
+        return fut
+
     def _take(self) -> list[_Item]:
         """Up to max_batch_size heads of ready sessions that share the first one's T."""
+        while self._ready and (self._ready[0].closed or not self._ready[0].pending):
+            self._ready.popleft()
+        if not self._ready:
+            return []
         first = self._ready[0].pending[0].x.shape[0]
         batch: list[_Item] = []
         skipped: list[Session] = []
@@ -136,81 +158,110 @@ class Batcher:
         return batch
 
     async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._ready:
+            if not self._ready and not self._groups:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.max_queue_delay > 0 and len(self._ready) < self.max_batch_size:
-                await asyncio.sleep(self.max_queue_delay)
-            batch = self._take()
-            if not batch:
-                continue
             self._idle.clear()
             try:
-                await self._run(loop, batch)
+                if self._groups:  # frames first: they are whole batches already
+                    await self._run_group(*self._groups.popleft())
+                if self._ready:
+                    if self.max_queue_delay > 0 and len(self._ready) < self.max_batch_size:
+                        await asyncio.sleep(self.max_queue_delay)
+                    batch = self._take()
+                    if batch:
+                        await self._run_items(batch)
+            except Exception:  # never let the consumer die
+                log.exception("batcher %r: unexpected error", self.runner.name)
             finally:
                 self._idle.set()
 
-    async def _run(self, loop, batch: list[_Item]) -> None:
-        sessions = [it.session for it in batch]
-        slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(batch))
-        x = np.stack([it.x for it in batch])
-        states = self.slab.rows[slots]
+    async def _apply(self, sessions: list[Session], x: np.ndarray, seqs: list | None, enqueued: float):
+        """Run one batch and apply it atomically: states, counters, store. Returns (y, states', counts)."""
+        slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
         t0 = time.perf_counter()
         try:
-            y, new_states = await loop.run_in_executor(self.executor, self.runner.run, x, states)
+            y, new_states = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.runner.run, x, self.slab.rows[slots])
             if not (np.isfinite(y).all() and np.isfinite(new_states).all()):
                 raise Internal("the model produced NaN or Inf; nothing was applied")
-        except Exception as e:  # the run failed: nothing is applied, later steps of these sessions neither
-            err = e if isinstance(e, StatestreamError) else Internal(
-                f"model {self.runner.name!r} failed to run ({type(e).__name__}); nothing was applied")
-            log.error("batch of %d failed: %r", len(batch), e)
-            for it in batch:
-                self._fail_session(it, err)
-            return
+        except StatestreamError:
+            raise
+        except Exception as e:
+            log.error("model %r: batch of %d failed: %r", self.runner.name, len(sessions), e)
+            raise Internal(f"model {self.runner.name!r} failed to run ({type(e).__name__}); nothing was applied")
         t1 = time.perf_counter()
         T = x.shape[1]
-        results = [StepResult(y[i], new_states[i], it.session.step_count + T, it.seq) for i, it in enumerate(batch)]
+        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + T
+        results = None
+        if seqs is not None:
+            results = [StepResult(y[i], new_states[i], int(counts[i]), seq) if seq is not None else None
+                       for i, seq in enumerate(seqs)]
         if self.store.durable:  # answer only after the batch is committed
             try:
                 await self.store.put([
-                    self.table.record(it.session, new_states[i], results[i].step_count,
-                                      results[i] if it.seq is not None else None)
-                    for i, it in enumerate(batch) if not it.session.closed])
+                    self.table.record(s, new_states[i], int(counts[i]), results[i] if results else None)
+                    for i, s in enumerate(sessions) if not s.closed])
             except Exception as e:
                 log.error("state store write failed: %r", e)
-                for it in batch:
-                    self._fail_session(it, Internal("the state store failed; nothing was applied"))
-                return
-        live = [not s.closed for s in sessions]
+                raise Internal("the state store failed; nothing was applied")
+        live = np.fromiter((not s.closed for s in sessions), dtype=bool, count=len(sessions))
         self.slab.rows[slots[live]] = new_states[live]
-        for it, res in zip(batch, results):
-            s = it.session
-            s.step_count = res.step_count
-            if it.seq is not None:
-                s.last_seq = it.seq
-                s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count, it.seq)
-            if not it.future.done():
-                it.future.set_result(res)
+        for i, s in enumerate(sessions):
+            s.step_count = int(counts[i])
+        if results:
+            for s, res in zip(sessions, results):
+                if res is not None:
+                    s.last_seq = res.sequence_number
+                    s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count,
+                                               res.sequence_number)
+        if self.metrics is not None:
+            self.metrics.observe_batch(self.runner.name, len(sessions), T, t0 - enqueued, t1 - t0)
+        return y, new_states, counts
+
+    def _release(self, sessions: list[Session]) -> None:
         for s in sessions:
             s.busy = False
             self.table.release(s)
             if s.pending and not s.closed:
                 self._ready.append(s)
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, len(batch), T, [t0 - it.enqueued for it in batch], t1 - t0)
 
-    def _fail_session(self, it: _Item, err: StatestreamError) -> None:
-        s = it.session
-        if not it.future.done():
-            it.future.set_exception(err)
-        while s.pending:
-            rest = s.pending.popleft()
-            self.pending.count -= 1
-            if not rest.future.done():
-                rest.future.set_exception(err)
+    async def _run_items(self, batch: list[_Item]) -> None:
+        sessions = [it.session for it in batch]
+        seqs = [it.seq for it in batch]
+        try:
+            y, new_states, counts = await self._apply(sessions, np.stack([it.x for it in batch]),
+                                                      seqs if any(q is not None for q in seqs) else None,
+                                                      min(it.enqueued for it in batch))
+        except StatestreamError as err:  # nothing applied; later queued steps of these sessions neither
+            for it in batch:
+                self._fail_session(it.session, err, it.future)
+            return
+        for i, it in enumerate(batch):
+            if not it.future.done():
+                it.future.set_result(StepResult(y[i], new_states[i], int(counts[i]), it.seq))
+        self._release(sessions)
+
+    async def _run_group(self, sessions: list[Session], x: np.ndarray, fut: asyncio.Future, enqueued: float) -> None:
+        self.pending.count -= len(sessions)
+        try:
+            result = await self._apply(sessions, x, None, enqueued)
+        except StatestreamError as err:
+            if not fut.done():
+                fut.set_exception(err)
+            for s in sessions:
+                self._fail_session(s, err)
+            return
+        if not fut.done():
+            fut.set_result(result)
+        self._release(sessions)
+
+    def _fail_session(self, s: Session, err: StatestreamError, fut: asyncio.Future | None = None) -> None:
+        if fut is not None and not fut.done():
+            fut.set_exception(err)
+        self.fail_pending(s, err)
         s.accepted_seq = s.last_seq
         s.busy = False
         self.table.release(s)

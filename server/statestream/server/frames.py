@@ -38,8 +38,8 @@ class FrameStepper:
         x = x.reshape(n, T, F)
         finite = np.isfinite(x).all(axis=(1, 2))
         batcher = svc.batchers[runner.name]
-        futures: list = [None] * n
         errors: list[tuple[int, StatestreamError]] = []
+        sessions: list = [None] * n
         seen: set[str] = set()
         for i, sid in enumerate(req.session_ids):
             try:
@@ -48,19 +48,62 @@ class FrameStepper:
                 seen.add(sid)
                 if not finite[i]:
                     raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
-                s = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
-                svc.table.touch(s)
-                futures[i], _ = batcher.submit(s, x[i], seqs[i] if seqs and seqs[i] else None)
+                sessions[i] = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
+            except StatestreamError as e:
+                errors.append((i, e))
+        valid = [i for i in range(n) if sessions[i] is not None]
+        for i in valid:
+            svc.table.touch(sessions[i])
+        if not seqs and valid and not any(sessions[i].busy or sessions[i].pending for i in valid):
+            # Fast path: every session is idle, so the frame runs as one unit.
+            group = [sessions[i] for i in valid]
+            idx = np.array(valid, dtype=np.intp)
+            futs = [(idx[k:k + batcher.max_batch_size],
+                     batcher.submit_group(group[k:k + batcher.max_batch_size], x[idx[k:k + batcher.max_batch_size]]))
+                    for k in range(0, len(valid), batcher.max_batch_size)]
+            return self._gather_groups(runner, req, n, futs, errors, T)
+        futures: list = [None] * n
+        for i in valid:
+            try:
+                futures[i], _ = batcher.submit(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None)
             except StatestreamError as e:
                 errors.append((i, e))
         return self._gather(runner, req, futures, errors, T)
 
-    async def _gather(self, runner, req, futures, errors, T) -> pb.StepFrameResponse:
-        n = len(futures)
+    def _response(self, runner, req, rows, outputs, counts, states, errors) -> pb.StepFrameResponse:
+        errors.sort(key=lambda p: p[0])
+        msg = pb.StepFrameResponse(
+            outputs=outputs.ravel(), rows=rows, step_counts=counts,
+            errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
+                    for i, e in errors])
+        if states is not None:
+            msg.states.extend(codec.layer_states(runner, states))
+        return msg
+
+    def _buffers(self, runner, req, n, T):
         rows = T if req.return_sequences else 1
         outputs = np.zeros((n, rows, runner.output_size), dtype=np.float32)
         counts = np.zeros(n, dtype=np.uint64)
         states = np.zeros((n, runner.state_width), dtype=np.float32) if req.return_state else None
+        return rows, outputs, counts, states
+
+    async def _gather_groups(self, runner, req, n, futs, errors, T) -> pb.StepFrameResponse:
+        rows, outputs, counts, states = self._buffers(runner, req, n, T)
+        for idx, fut in futs:
+            try:
+                y, new_states, steps = await fut
+            except Exception as e:
+                err = self.service.domain_error(e)
+                errors.extend((int(i), err) for i in idx)
+                continue
+            outputs[idx] = y[:, -rows:]
+            counts[idx] = steps
+            if states is not None:
+                states[idx] = new_states
+        return self._response(runner, req, rows, outputs, counts, states, errors)
+
+    async def _gather(self, runner, req, futures, errors, T) -> pb.StepFrameResponse:
+        rows, outputs, counts, states = self._buffers(runner, req, len(futures), T)
         for i, fut in enumerate(futures):
             if fut is None:
                 continue
@@ -73,11 +116,4 @@ class FrameStepper:
             counts[i] = res.step_count
             if states is not None:
                 states[i] = res.state
-        errors.sort(key=lambda p: p[0])
-        msg = pb.StepFrameResponse(
-            outputs=outputs.ravel(), rows=rows, step_counts=counts,
-            errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
-                    for i, e in errors])
-        if states is not None:
-            msg.states.extend(codec.layer_states(runner, states))
-        return msg
+        return self._response(runner, req, rows, outputs, counts, states, errors)

@@ -34,11 +34,11 @@ class Metrics:
             child = self._req_children[(method, code)] = self.requests.labels(method, code)
         child.inc()
 
-    def observe_batch(self, model: str, size: int, timesteps: int, waits: list[float], compute: float) -> None:
+    def observe_batch(self, model: str, size: int, timesteps: int, wait: float, compute: float) -> None:
         self.steps.labels(model).inc(size)
         self.timesteps.labels(model).inc(size * timesteps)
         self.batch_size.labels(model).observe(size)
-        self.queue_seconds.labels(model).observe(max(waits))
+        self.queue_seconds.labels(model).observe(wait)
         self.compute_seconds.labels(model).observe(compute)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
