@@ -44,3 +44,26 @@ def test_concurrent_unary_steps_on_one_session_apply_in_order():
     order = np.argsort(counts)  # the order the server applied them in
     got = np.array([replies[i].output[0] for i in order])
     np.testing.assert_allclose(got, reference_outputs(xs[order])[:, 0], atol=1e-5)
+
+
+def test_close_with_queued_steps_fails_them_and_the_batcher_carries_on():
+    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
+
+        async def run():
+            async with grpc.aio.insecure_channel(srv.target) as ch:
+                stub = pb_grpc.StateStreamServiceStub(ch)
+                for sid in ("a", "b"):
+                    await stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+                queued = [asyncio.ensure_future(stub.Step(pb.StepRequest(session_id="a", input=[1, 2, 3])))
+                          for _ in range(3)]
+                await asyncio.sleep(0.05)
+                await stub.CloseSession(pb.CloseSessionRequest(session_id="a"))
+                outcomes = await asyncio.gather(*queued, return_exceptions=True)
+                after = await stub.Step(pb.StepRequest(session_id="b", input=[1, 2, 3]), timeout=5)
+                return outcomes, after
+
+        outcomes, after = asyncio.run(run())
+    codes = [o.code() for o in outcomes if isinstance(o, grpc.RpcError)]
+    assert codes and all(c == grpc.StatusCode.NOT_FOUND for c in codes)
+    assert all("closed" in o.details() for o in outcomes if isinstance(o, grpc.RpcError))
+    assert after.step_count == 1
