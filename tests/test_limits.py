@@ -1,0 +1,75 @@
+"""Limits and back-pressure: each refusal names its limit, and no session is ever half-applied."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+
+from serverproc import DEMO_MODEL, ServerProcess
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+
+def test_message_size_limit():
+    with ServerProcess(DEMO_MODEL, "--max-message-bytes", "2000") as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="big"))
+        try:
+            stub.Step(pb.StepRequest(session_id="big", input=np.ones(900, np.float32)))
+            raise AssertionError("an oversized message was accepted")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "2000" in e.details()  # the limit and its value
+        assert stub.GetState(pb.GetStateRequest(session_id="big")).state.step_count == 0
+        assert stub.Step(pb.StepRequest(session_id="big", input=[1, 2, 3])).step_count == 1
+
+
+async def _burst(target: str, requests) -> list:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        for sid in sorted({r.session_id for r in requests}):
+            await stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+        results = await asyncio.gather(*(stub.Step(r) for r in requests), return_exceptions=True)
+        counts = {}
+        for sid in sorted({r.session_id for r in requests}):
+            counts[sid] = (await stub.GetState(pb.GetStateRequest(session_id=sid))).state.step_count
+        return results, counts
+
+
+def test_global_pending_queue_limit():
+    with ServerProcess(DEMO_MODEL, "--max-pending", "4", "--max-queue-delay", "0.3") as srv:
+        reqs = [pb.StepRequest(session_id=f"g{i}", input=[1, 2, 3]) for i in range(12)]
+        results, counts = asyncio.run(_burst(srv.target, reqs))
+    refused = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+    assert "server queue is full: 4 steps pending (--max-pending)" in refused[0].details()
+    applied = sum(1 for r in results if not isinstance(r, grpc.RpcError))
+    assert applied >= 4 and sum(counts.values()) == applied  # refused steps changed nothing
+
+
+def test_per_session_pending_limit():
+    with ServerProcess(DEMO_MODEL, "--max-pending-per-session", "3", "--max-queue-delay", "0.3") as srv:
+        reqs = [pb.StepRequest(session_id="p", input=[1, 2, 3]) for _ in range(10)]
+        results, counts = asyncio.run(_burst(srv.target, reqs))
+    refused = [r for r in results if isinstance(r, grpc.RpcError)]
+    assert refused and all(r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for r in refused)
+    assert "the limit is 3 (--max-pending-per-session)" in refused[0].details()
+    assert counts["p"] == len(results) - len(refused)
+
+
+def test_sigterm_lets_in_flight_calls_finish():
+    srv = ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.5", "--grace", "5").start()
+    try:
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.StateStreamServiceStub(ch)
+            stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="late"))
+            call = stub.Step.future(pb.StepRequest(session_id="late", input=[1, 2, 3]))
+            time.sleep(0.1)
+            srv.proc.send_signal(15)
+            assert call.result(timeout=10).step_count == 1  # queued before SIGTERM: answered
+        assert srv.proc.wait(20) == 0
+    finally:
+        srv.kill()
