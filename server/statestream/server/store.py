@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -27,6 +28,28 @@ class SessionRecord:
     last_output: np.ndarray | None = None   # recorded result of step `last_seq`: [T, O]
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
+
+
+class StateStore(Protocol):
+    """What the SessionTable and the Batcher need from a backend.
+
+    `put` is awaited before a step is answered (for a durable store), is called
+    once per batch with every session the batch changed, and runs in submission
+    order. A shared backend (Redis, next milestone) writes the batch in one
+    pipelined round trip with a compare-and-set on `step_count`, so a stale
+    replica can never overwrite a newer state.
+    """
+
+    durable: bool
+    description: str
+
+    def load(self) -> list[SessionRecord]: ...
+
+    async def put(self, records: list[SessionRecord]) -> None: ...
+
+    async def delete(self, ids: list[str]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class MemoryStore:
@@ -150,7 +173,7 @@ def check_spec(spec: str) -> tuple[str, str]:
     raise ValueError(f"--state-store {spec!r}: expected memory or sqlite:PATH")
 
 
-def open_store(spec: str):
+def open_store(spec: str) -> StateStore:
     """The StateStore named by --state-store."""
     kind, path = check_spec(spec)
     return SqliteStore(path) if kind == "sqlite" else MemoryStore()
