@@ -1,4 +1,4 @@
-"""Client-side exception family: one class per gRPC status code a caller acts on."""
+"""The statestream error family, one class per gRPC status code; shared by the client and the server."""
 
 from __future__ import annotations
 
@@ -21,38 +21,56 @@ class StatestreamError(Exception):
 
 
 class InvalidArgument(StatestreamError):
+    """Wrong input size, NaN/Inf, a bad field."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotFound(StatestreamError):
+    """Unknown model, unknown or expired session."""
+
     code = grpc.StatusCode.NOT_FOUND
 
 
 class AlreadyExists(StatestreamError):
+    """A session id that is already open."""
+
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class FailedPrecondition(StatestreamError):
+    """A sequence number gap or a stale one; a state change while steps are in flight."""
+
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class ResourceExhausted(StatestreamError):
+    """A session, queue or size limit was reached."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unavailable(StatestreamError):
+    """The server is draining or loading, or cannot be reached."""
+
     code = grpc.StatusCode.UNAVAILABLE
 
 
 class Unauthenticated(StatestreamError):
+    """A missing or wrong bearer token."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
 class DeadlineExceeded(StatestreamError):
+    """The call's deadline passed."""
+
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Internal(StatestreamError):
+    """A runtime failure (the model run failed); nothing was applied."""
+
     code = grpc.StatusCode.INTERNAL
 
 

@@ -1,66 +1,11 @@
-"""Domain errors of statestream and the one place they become gRPC status codes."""
+"""Domain errors (one family, shared with the client) and the one place they become status codes."""
 
 from __future__ import annotations
 
 import grpc
 
-
-class StatestreamError(Exception):
-    """Base of every error a caller can cause or be told about; carries a gRPC code."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidArgument(StatestreamError):
-    """Wrong input size, NaN/Inf, a bad field."""
-
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFound(StatestreamError):
-    """Unknown model, unknown or expired session."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExists(StatestreamError):
-    """A session id that is already open."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class FailedPrecondition(StatestreamError):
-    """A sequence number gap or a stale one; a state change while steps are in flight."""
-
-    code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class ResourceExhausted(StatestreamError):
-    """A session or queue limit was reached."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class Unavailable(StatestreamError):
-    """The server is draining."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Unauthenticated(StatestreamError):
-    """A missing or wrong bearer token."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class Internal(StatestreamError):
-    """A runtime failure (the model run failed); nothing was applied."""
-
-    code = grpc.StatusCode.INTERNAL
+from statestream.client.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,  # noqa: F401
+                                       NotFound, ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
 
 
 def code_number(code: grpc.StatusCode) -> int:
