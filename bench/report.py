@@ -97,6 +97,14 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _run_us(row: dict, ort_us: dict) -> str:
+    us, b = row["server"].get("compute_us_per_batch"), row["server"].get("mean_batch")
+    if us is None:
+        return "-"
+    alone = ort_us.get(round(b)) if b else None
+    return f"{us:,.0f}" + (f" ({alone:,.0f})" if alone else "")
+
+
 def markdown(res: dict) -> str:
     m = res["meta"]
     lines = [f"# statestream bench: {m['date']}", "",
@@ -121,18 +129,21 @@ def markdown(res: dict) -> str:
                           _n(r["server"]["p99_ms"], 2), _n(r["echo"]["p50_ms"], 2), _n(r["echo"]["p99_ms"], 2),
                           _n(r["server"].get("mean_batch"), 1)] for r in tr])
     fr = res.get("frames", [])
+    ort_us = {o["batch"]: o["us_per_run"] for o in res.get("ort", [])}
     if fr:
         lines += ["", "## Frames (StepFrame): session-steps/s against echo (transport) and in-process ORT (compute)", ""]
         lines += _table(["frame size", "c", "frames/s", "server session-steps/s", "p50 ms", "p99 ms",
                          "echo session-steps/s", "server / echo", "ORT session-steps/s (same B)", "server / ORT",
-                         "mean batch", "model busy"],
+                         "mean batch", "model run us (ORT alone)", "model busy"],
                         [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
                           _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
                           _n(r["server"]["p99_ms"], 2), _n(r["echo"]["session_steps_per_s"]), _r(r["ratio_echo"]),
                           _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
-                          _n(r["server"].get("mean_batch"), 1),
+                          _n(r["server"].get("mean_batch"), 1), _run_us(r, ort_us),
                           "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%"]
                          for r in fr])
+        lines += ["", "model run us: the server's mean time per model run (its compute histogram, batches of `mean batch`) "
+                      "and, in brackets, in-process ORT at that batch size; model busy: share of wall time in model runs."]
     hl = res.get("half_load")
     if hl:
         lines += ["", "## One step at half the maximum load", "",

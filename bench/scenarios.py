@@ -36,8 +36,10 @@ def batch_stats(before: dict, after: dict, seconds: float) -> dict:
         return {}
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     runs = d.get("statestream_batch_size_count", 0.0)
+    compute = d.get("statestream_compute_seconds_sum", 0.0)
     return {"steps_applied": d.get("statestream_steps_total"),
             "mean_batch": d["statestream_batch_size_sum"] / runs if runs else None,
+            "compute_us_per_batch": compute / runs * 1e6 if runs else None,
             "model_busy": d.get("statestream_compute_seconds_sum", 0.0) / seconds if seconds else None}
 
 
