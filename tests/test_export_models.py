@@ -229,3 +229,19 @@ def test_any_feature_and_unit_count(tmp_path):
         np.testing.assert_allclose(y if want.ndim == 3 else y[:, -1], want, atol=ATOL)
 
     prop()
+
+
+def test_same_model_exports_to_the_same_bytes(tmp_path):
+    """Names are canonical (tf2onnx's counters are not), so re-exporting gives an identical file.
+
+    (LSTM graphs only: in a GRU/SimpleRNN Loop, tf2onnx may order the loop-carried values differently.)
+    """
+    model = _zoo()["lstm3"][0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    export_model(model, tmp_path / "a" / "m.onnx")
+    export_model(model, tmp_path / "b" / "m.onnx")
+    a, b = (tmp_path / d / "m.onnx" for d in "ab")
+    assert a.read_bytes() == b.read_bytes()
+    names = [n.name for n in onnx.load(str(a)).graph.node]
+    assert len(set(names)) == len(names) and not any("__" in n for n in names)

@@ -31,6 +31,7 @@ def to_onnx(twin: Twin, opset: int = OPSET) -> onnx.ModelProto:
     except Exception as e:  # tf2onnx raises many types; the user needs one line
         raise ExportError(f"tf2onnx could not convert the streaming twin: {type(e).__name__}: {e}".splitlines()[0]) from e
     _canonical_io(model, twin)
+    canonical_names(model)
     return model
 
 
@@ -92,3 +93,85 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
     walk(model.graph)
     return {op: counts.get(op, 0) for op in COUNTED_OPS}
+
+
+def canonical_names(model: onnx.ModelProto) -> None:
+    """Rename every node, initializer and intermediate tensor by position (graph I/O names stay).
+
+    tf2onnx numbers generated names with process-wide counters, so the same model exported twice would
+    differ byte for byte; positional names make a rebuild (e.g. of models/demo.onnx) reproducible.
+    """
+    g = model.graph
+    keep = {vi.name for vi in g.input} | {vi.name for vi in g.output}
+    _canon_graph(g, {n: n for n in keep}, "", keep_io=True, keep=keep)
+    g.name = "statestream"
+    dims: dict[str, str] = {}
+    for vi in _all_value_infos(g):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param.startswith("unk__"):
+                d.dim_param = dims.setdefault(d.dim_param, f"d{len(dims)}")
+
+
+def _subgraphs(node):
+    for attr in node.attribute:
+        yield from ([attr.g] if attr.HasField("g") else [])
+        yield from attr.graphs
+
+
+def _all_value_infos(graph):
+    yield from graph.input
+    yield from graph.output
+    yield from graph.value_info
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from _all_value_infos(sub)
+
+
+def _uses(graph):
+    """Tensor names in the order nodes (and their subgraphs) read them."""
+    for node in graph.node:
+        yield from node.input
+        for sub in _subgraphs(node):
+            yield from _uses(sub)
+
+
+def _canon_graph(graph, visible: dict, prefix: str, keep_io: bool, keep: set) -> None:
+    names = dict(visible)
+    count = [0]
+
+    def fresh(old: str, kind: str) -> str:
+        if not old or (keep_io and old in keep):
+            return old
+        new = f"{prefix}{kind}{count[0]}"
+        count[0] += 1
+        names[old] = new
+        return new
+
+    if not keep_io:
+        for vi in graph.input:
+            vi.name = fresh(vi.name, "in")
+    # tf2onnx orders initializers by counter-numbered names: order them by first use instead.
+    first = {}
+    for name in _uses(graph):
+        first.setdefault(name, len(first))
+    inits = sorted(graph.initializer, key=lambda t: (first.get(t.name, len(first)), t.SerializeToString()))
+    inits = [onnx.TensorProto.FromString(t.SerializeToString()) for t in inits]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    for init in graph.initializer:
+        init.name = fresh(init.name, "w")
+    for i, node in enumerate(graph.node):
+        node.name = f"{prefix}{node.op_type}_{i}"
+        for j, name in enumerate(node.input):
+            node.input[j] = names.get(name, name)
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for k, sub in enumerate(subs):
+                sub.name = f"{node.name}.{attr.name}{k}"
+                _canon_graph(sub, names, f"{sub.name}/", keep_io=False, keep=keep)
+        for j, name in enumerate(node.output):
+            node.output[j] = fresh(name, "t")
+    for vi in graph.output:
+        vi.name = names.get(vi.name, vi.name)
+    for vi in graph.value_info:
+        vi.name = names.get(vi.name, vi.name)
