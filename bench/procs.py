@@ -26,6 +26,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and all its live descendants (from /proc/PID/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _vmrss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class Proc:
     """A server subprocess that prints `... listening on HOST:PORT` and answers grpc.health.v1."""
 
@@ -88,12 +113,8 @@ class Proc:
         return "".join(self.lines)
 
     def rss_bytes(self) -> int:
-        """VmRSS of the process, from /proc/PID/status."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+        """VmRSS of the process and every descendant (worker processes, if any), from /proc."""
+        return sum(_vmrss(pid) for pid in descendants(self.pid))
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc and self.proc.poll() is None:

@@ -25,10 +25,18 @@ def ensure_py_spy() -> Path:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of every thread of `pid`, by thread name (same names summed)."""
+    """CPU seconds (user + system) so far of every thread of `pid` and its children, by thread name."""
+    from .procs import descendants
+
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = defaultdict(float)
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = []
+    for p in descendants(pid):
+        try:
+            tasks += list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            pass
+    for task in tasks:
         try:
             stat = (task / "stat").read_text()
         except OSError:
@@ -52,7 +60,8 @@ def record(pid: int, seconds: float, out: Path, rate: int = 200) -> subprocess.C
     with the GIL released and shows in the per-thread CPU (thread_cpu) instead.
     """
     cmd = [str(ensure_py_spy()), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-           "--rate", str(rate), "--format", "raw", "--threads", "--gil", "--native", "--output", str(out)]
+           "--rate", str(rate), "--format", "raw", "--threads", "--gil", "--native", "--subprocesses",
+           "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0 or not out.exists():
         # --native needs unwinding support; fall back to Python frames only.

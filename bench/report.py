@@ -195,8 +195,14 @@ def markdown(res: dict) -> str:
     lines += ["```"] + [f"# {k}\n{v}" for k, v in res.get("commands", {}).items()] + ["```"]
     lines += ["", "Plots: throughput_vs_concurrency.png, latency_vs_concurrency.png, throughput_vs_frame_size.png, "
                   "latency_vs_frame_size.png. Raw ghz reports: raw/ (not committed)."]
-    if m.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in m["notes"]]
+    notes = list(m.get("notes", []))
+    for r in tr + fr:
+        if r["server"].get("inband_errors_suspected"):
+            what = f"{r['scenario']} c={r['concurrency']}" if "scenario" in r else f"frames of {r['size']} c={r['concurrency']}"
+            notes.append(f"{what}: the server applied fewer steps than ghz's OK calls carry (in-band errors); "
+                         "the table counts applied steps only")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--memory-sessions", type=_csv_ints, default=[100_000, 1_000_000])
     p.add_argument("--server-arg", action="append", default=[], help="extra statestream-server flag (repeatable)")
     p.add_argument("--skip", default="", help=f"comma list of parts to leave out: {','.join(PARTS)}")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to this long for the 1-minute load average to drop below 1")
     p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
     a = p.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -133,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.model.exists():
         print(f"bench: no model at {a.model} (--model)", file=sys.stderr)
         return 2
+    if a.wait_quiet > 0:
+        deadline = time.monotonic() + a.wait_quiet
+        while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
+            log(f"waiting for a quiet machine: load average {os.getloadavg()[0]:.2f}")
+            time.sleep(15)
     a.out.mkdir(parents=True, exist_ok=True)
     raw = a.out / "raw"
     raw.mkdir(exist_ok=True)

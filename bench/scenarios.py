@@ -118,16 +118,16 @@ def run_one(plan: Plan, proc: Proc, who: str, key: str, c: int, metrics_port: in
     r = ghz.run(cmd, out)
     stats = batch_stats(before, scrape(metrics_port), r.seconds)
     per_call = plan.stream_count if key == "stream" else 1
-    d = {**_msgs(r, per_call), **stats, "command": " ".join(cmd)}
+    d = {**_msgs(r, per_call), **stats, "command": " ".join(cmd).replace(str(ROOT) + "/", "")}
+    n = int(key[5:]) if key.startswith("frame") else per_call
     if key.startswith("frame"):
-        n = int(key[5:])
         d["frames_per_s"] = r.calls_per_s
         d["session_steps_per_s"] = r.calls_per_s * n
-        applied = stats.get("steps_applied")
-        if applied is not None and applied < 0.99 * r.ok * n:
-            # Frames answered OK but with per-entry errors: count only what the server applied.
-            d["entry_errors_suspected"] = True
-            d["session_steps_per_s"] = applied / r.seconds
+    applied = stats.get("steps_applied")
+    if applied is not None and applied < 0.99 * r.ok * n:
+        # Calls answered OK with in-band errors (frame entries, stream messages): count what was applied.
+        d["inband_errors_suspected"] = True
+        d["msgs_per_s" if key == "stream" else "session_steps_per_s"] = applied / r.seconds
     return d
 
 
