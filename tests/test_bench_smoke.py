@@ -7,14 +7,17 @@ piece runs and writes the files and fields the report promises, with positive nu
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench import compute, ghz, payloads, report
-from bench.procs import echo_server
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
+    sys.path.insert(0, str(ROOT))
+
+from bench import compute, ghz, payloads, report  # noqa: E402
+from bench.procs import echo_server  # noqa: E402
 DEMO = ROOT / "models" / "demo.onnx"
 
 
