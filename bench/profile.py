@@ -108,8 +108,12 @@ def summarize(raw_path: Path, title: str, top: int = 25, seconds: float = 0.0, r
             continue
         c = int(count)
         frames = stack.split(";")
-        thread = frames[0].split(":")[-1].strip() if frames[0].startswith("thread") else "?"
-        frames = [f for f in frames[1:] if not f.startswith("0x") or "(" in f]
+        proc = ""
+        if frames[0].startswith("process "):  # --subprocesses: "process PID:\"cmdline\"" first
+            proc = frames.pop(0).split(":")[0].replace("process ", "pid ") + " "
+        thread = frames.pop(0).split(":")[-1].strip() if frames and frames[0].startswith("thread") else "?"
+        thread = proc + thread
+        frames = [f for f in frames if not f.startswith("0x") or "(" in f]
         named = [_frame(f) for f in frames]
         # Native frames above the last Python frame are the leaf's C work; keep the deepest Python caller too.
         leaf, area = named[-1] if named else ("?", "other")
