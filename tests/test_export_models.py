@@ -66,6 +66,11 @@ def _zoo():
         ], 2, time=6, name="mixed"), 2, [("l", "LSTM", 5), ("g", "GRU", 4), ("s", "SimpleRNN", 3)], 3),
         "no_head": (_functional([L.LSTM(9, name="only", **_seeded(12))], 1, name="no_head"),
                     1, [("only", "LSTM", 9)], 9),
+        "nested": (_functional([
+            keras.Sequential([L.LSTM(3, return_sequences=True, name="inner", **_seeded(13)), L.Dense(2)],
+                             name="block"),
+            L.GRU(2, name="outer", **_seeded(14)),
+        ], 4, name="nested"), 4, [("inner", "LSTM", 3), ("outer", "GRU", 2)], 2),
     }
 
 
@@ -80,7 +85,7 @@ def zoo(tmp_path_factory):
     return out
 
 
-NAMES = ["seq_heads", "lstm3", "stateful", "gru", "simplernn", "mixed", "no_head"]
+NAMES = ["seq_heads", "lstm3", "stateful", "gru", "simplernn", "mixed", "no_head", "nested"]
 
 
 def _dims(vi):
