@@ -94,6 +94,45 @@ def _frame(raw: str) -> tuple[str, str]:
     return name, area
 
 
+# Buckets of GIL time, first match wins: (name, test on (owner frame, whole stack)). The owner is the
+# deepest frame that is not generic runtime (libc, libpython, CPython headers): a sendmsg under cygrpc
+# is grpc's, a malloc under numpy is numpy's.
+BUCKETS = (
+    ("executor handoff (run_in_executor, ThreadPoolExecutor.submit)",
+     lambda own, st: "ThreadPoolExecutor.submit" in st or "run_in_executor" in st),
+    ("onnxruntime (with the GIL)", lambda own, st: "onnxruntime" in own),
+    ("garbage collector", lambda own, st: "gc_collect" in st),
+    ("protobuf (upb)", lambda own, st: "_message" in own),
+    ("prometheus_client", lambda own, st: "prometheus_client" in own),
+    ("numpy", lambda own, st: "numpy" in own or "_multiarray" in own),
+    ("statestream server (Python)", lambda own, st: "(server/" in own),
+    ("grpc (cygrpc, with its sendmsg/eventfd syscalls)", lambda own, st: "cygrpc" in own),
+    ("asyncio event loop", lambda own, st: "asyncio" in own or "selectors" in own or "_asynciomodule" in own),
+)
+_RUNTIME = ("libc.so", "libpython", "object.h", "abstract.h", "(<", "libstdc++", "[vdso]", "ceval", "call.c")
+
+
+def _owner(frames: list[str]) -> str:
+    for f in reversed(frames):
+        if not any(r in f for r in _RUNTIME):
+            return f
+    return frames[-1] if frames else ""
+
+
+def buckets(raw_path: Path) -> dict[str, float]:
+    """Share of GIL-holder samples per bucket (BUCKETS, then 'other')."""
+    counts: Counter = Counter()
+    for line in raw_path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        own = _owner(stack.split(";"))
+        name = next((b for b, test in BUCKETS if test(own, stack)), "other (CPython, threading, ...)")
+        counts[name] += int(count)
+    n = sum(counts.values()) or 1
+    return {k: round(v / n, 3) for k, v in counts.most_common()}
+
+
 def summarize(raw_path: Path, title: str, top: int = 25, seconds: float = 0.0, rate: int = 200) -> str:
     """A text report: samples per thread, per area (leaf frame), top functions by self and total samples."""
     threads: Counter = Counter()
@@ -130,6 +169,8 @@ def summarize(raw_path: Path, title: str, top: int = 25, seconds: float = 0.0, r
              "native frames without symbols are collapsed by library"]
     if seconds:
         lines += [f"GIL held in {100 * n / (seconds * rate):.0f}% of {seconds * rate:.0f} sample ticks"]
+    lines += ["", "## GIL time by kind of work", ""]
+    lines += [f"{100 * v:6.1f}%  {k}" for k, v in buckets(raw_path).items()]
     lines += ["", "## samples per thread"]
     lines += [f"{c:7d} {100 * c / n:5.1f}%  {t}" for t, c in threads.most_common()]
     lines += ["", "## where the leaf frame is (area)"]

@@ -188,9 +188,11 @@ def markdown(res: dict) -> str:
                 lines += [f"- {p['name']}: {p['error']}"]
                 continue
             cpu = ", ".join(f"{n} {100 * v:.0f}%" for n, v in list(p["cpu_share"].items())[:5])
+            kinds = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(p.get("gil_by_kind", {}).items())[:6])
             lines += [f"- **{p['name']}** ({p['load']}): `{p['file']}`; CPU per thread (share of one core): {cpu}; "
-                      f"GIL held {100 * p['gil_share']:.0f}% of the time; top self: " +
-                      "; ".join(f"{t['frame']} {t['percent']:.0f}%" for t in p["top"][:6])]
+                      f"GIL held {100 * p['gil_share']:.0f}% of the time.",
+                      f"  - GIL time by kind: {kinds}",
+                      "  - top self: " + "; ".join(f"{t['frame']} {t['percent']:.0f}%" for t in p["top"][:6])]
     lines += ["", "## ghz commands (copy and change the target)", ""]
     lines += ["```"] + [f"# {k}\n{v}" for k, v in res.get("commands", {}).items()] + ["```"]
     lines += ["", "Plots: throughput_vs_concurrency.png, latency_vs_concurrency.png, throughput_vs_frame_size.png, "

@@ -111,6 +111,7 @@ def profiles(plan: scenarios.Plan, server, out: Path, conc: int, seconds: float)
         top = [{"samples": int(t[0]), "percent": float(t[1].rstrip("%")), "frame": t[2]} for t in top
                if len(t) == 3 and t[0].isdigit()][:15]
         res.append({"name": name, "load": label, "file": txt.name, "cpu_share": share,
+                    "gil_by_kind": profile.buckets(raw),
                     "gil_share": samples / (seconds * 200), "top": top})
     return res
 
