@@ -1,6 +1,7 @@
 """Model zoo: Sequential/functional, stateful, stacks of LSTM/GRU/SimpleRNN, heads; I/O names, manifest, ops."""
 
 import hashlib
+import os
 
 import keras
 import numpy as np
@@ -197,6 +198,9 @@ def test_default_name_is_file_stem_and_source_hash(tmp_path):
     assert report.manifest.name == "sensor-v2"
     assert report.manifest.source_sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my_model.keras", "sensor-v2.onnx"]  # no temp left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "sensor-v2.onnx").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     named = export_model(src, tmp_path / "x.onnx", name="custom")
     assert named.manifest.name == "custom"
 

@@ -157,6 +157,26 @@ def test_parity_failure_raises_with_numbers_and_writes_nothing(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_parity_catches_a_twin_that_differs_from_the_users_model(tmp_path, monkeypatch):
+    """The proof starts at the user's model, not at the twin: a wrong twin fails even if ONNX matches it."""
+    from statestream.export import twin as twin_mod
+
+    real = twin_mod.build_twin
+
+    def wrong_twin(model):
+        t = real(model)
+        dense = t.model.layers[-1]
+        dense.set_weights([w + 0.01 for w in dense.get_weights()])
+        return t
+
+    monkeypatch.setattr(twin_mod, "build_twin", wrong_twin)
+    with pytest.raises(ParityError) as e:
+        export_model(_small_lstm(), tmp_path / "m.onnx")
+    assert e.value.result.original_vs_twin > 1e-3
+    assert e.value.result.keras_vs_ort_steps < 1e-5  # the file does match the (wrong) twin
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_parity_failure_exit_code(tmp_path, monkeypatch, capsys):
     src = tmp_path / "m.keras"
     _small_lstm().save(src)

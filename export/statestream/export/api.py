@@ -97,6 +97,9 @@ def _write_atomically(data: bytes, out: Path) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a served model file must be readable like any other
         os.replace(tmp, out)
     except BaseException:
         try:
