@@ -41,7 +41,7 @@ class Batcher:
 
     def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, max_batch_size: int,
                  max_queue_delay: float, max_pending_per_session: int, pending: PendingCounter, store,
-                 metrics=None):
+                 inline_max_batch: int = 0, metrics=None):
         self.runner = runner
         self.table = table
         self.slab = table.slabs[runner.name]
@@ -52,6 +52,7 @@ class Batcher:
         self.pending = pending
         self.metrics = metrics
         self.store = store
+        self.inline_max_batch = inline_max_batch
         self._ready: deque[Session] = deque()
         self._groups: deque = deque()
         self._wake = asyncio.Event()
@@ -183,8 +184,11 @@ class Batcher:
         slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
         t0 = time.perf_counter()
         try:
-            y, new_states = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.runner.run, x, self.slab.rows[slots])
+            if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
+                y, new_states = self.runner.run(x, self.slab.rows[slots])
+            else:
+                y, new_states = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.runner.run, x, self.slab.rows[slots])
             if not (np.isfinite(y).all() and np.isfinite(new_states).all()):
                 raise Internal("the model produced NaN or Inf; nothing was applied")
         except StatestreamError:

@@ -49,9 +49,9 @@ def layer_states(runner: ModelRunner, rows: np.ndarray) -> list[pb.LayerState]:
     parts = iter(runner.split_state(rows))
     out = []
     for layer in runner.manifest.layers:
-        msg = pb.LayerState(layer=layer.name, h=next(parts).ravel())
+        msg = pb.LayerState(layer=layer.name, h=next(parts).ravel().tolist())
         if len(layer.state_names) == 2:
-            msg.c.extend(next(parts).ravel())
+            msg.c.extend(next(parts).ravel().tolist())
         out.append(msg)
     return out
 
@@ -91,7 +91,7 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
 def step_response(runner: ModelRunner, sid: str, res: StepResult, return_sequences: bool, return_state: bool,
                   replayed: bool = False) -> pb.StepResponse:
     out = res.output if return_sequences else res.output[-1:]
-    msg = pb.StepResponse(session_id=sid, output=out.ravel(), rows=out.shape[0], step_count=res.step_count,
+    msg = pb.StepResponse(session_id=sid, output=out.ravel().tolist(), rows=out.shape[0], step_count=res.step_count,
                           replayed=replayed)
     if res.sequence_number is not None:
         msg.sequence_number = res.sequence_number

@@ -44,6 +44,7 @@ class Config:
     max_pending: int = 100_000
     max_message_bytes: int = 16 * 1024 * 1024
     intra_op_threads: int = 1
+    inline_max_batch: int = 16
     grace: float = 10.0
     sweep_interval: float = 1.0
     state_store: str = "memory"
@@ -84,6 +85,8 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.idle_timeout <= 0 or self.max_idle_timeout < self.idle_timeout:
             raise ValueError("--idle-timeout must be > 0 and <= --max-idle-timeout")
+        if self.inline_max_batch < 0:
+            raise ValueError("--inline-max-batch must be >= 0")
         if self.max_queue_delay < 0:
             raise ValueError("--max-queue-delay must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -112,6 +115,8 @@ HELP = {
     "max_pending": "queued steps in the whole server at most",
     "max_message_bytes": "largest request message",
     "intra_op_threads": "onnxruntime intra-op threads",
+    "inline_max_batch": "model runs of at most this many session-timesteps run on the event loop, larger ones "
+                        "on a worker thread (0 = always a thread)",
     "grace": "seconds to drain in-flight calls on SIGTERM",
     "sweep_interval": "seconds between idle-expiry sweeps",
     "state_store": "where session state lives: memory | sqlite:PATH",

@@ -73,7 +73,7 @@ class FrameStepper:
     def _response(self, runner, req, rows, outputs, counts, states, errors) -> pb.StepFrameResponse:
         errors.sort(key=lambda p: p[0])
         msg = pb.StepFrameResponse(
-            outputs=outputs.ravel(), rows=rows, step_counts=counts,
+            outputs=outputs.ravel().tolist(), rows=rows, step_counts=counts.tolist(),
             errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
                     for i, e in errors])
         if states is not None:

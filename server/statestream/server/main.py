@@ -77,7 +77,8 @@ class App:
         self.batchers = {
             name: Batcher(r, self.table, self.executor, max_batch_size=cfg.max_batch_size,
                           max_queue_delay=cfg.max_queue_delay, max_pending_per_session=cfg.max_pending_per_session,
-                          pending=pending, store=self.store, metrics=self.metrics)
+                          pending=pending, store=self.store, inline_max_batch=cfg.inline_max_batch,
+                          metrics=self.metrics)
             for name, r in runners.items()
         }
         for b in self.batchers.values():
