@@ -125,6 +125,16 @@ def test_node_client_tests_pass_against_a_live_server(server):
     assert counts.get("pass", 0) >= 9, out
 
 
+def test_go_and_node_tests_fail_without_a_target_under_ci():
+    """Under CI a missing STATESTREAM_TARGET is a failure, never a quiet skip."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STATESTREAM_TARGET", "STATESTREAM_NO_SKIP")}
+    env["CI"] = "true"
+    for cmd, cwd in (([tool("go"), "test", "-count=1", "-run", "^TestModels$", "./statestream"], GO_DIR),
+                     ([tool("node"), "--test", "--test-name-pattern=ListModels"], NODE_DIR)):
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "STATESTREAM_TARGET is not set" in proc.stdout + proc.stderr, proc.stdout
+
+
 # -- bearer token -------------------------------------------------------------------------
 
 
