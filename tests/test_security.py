@@ -1,0 +1,329 @@
+"""Access control for real: TLS and mutual TLS with certificates made here, bearer tokens and tenants."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import grpc
+import numpy as np
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from serverproc import DEMO_MODEL, ServerProcess
+from statestream.client import Client, NotFound, Unauthenticated
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+C = grpc.StatusCode
+X = [0.1, 0.2, 0.3]
+# A TLS failure never reaches the service: the channel cannot connect, and grpc (1.85) fails the call with
+# UNAVAILABLE ("failed to connect to all addresses; ... Tls handshake failed" when the client refuses the server,
+# "... Socket closed" when the server refuses the client or the client speaks plaintext). Measured, not chosen.
+TLS_REFUSED = C.UNAVAILABLE
+
+
+# -- a throwaway PKI --------------------------------------------------------------------------------------------
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _pem(obj) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _cert(subject: str, key, issuer: x509.Name, signer, extensions) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer).public_key(key.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+         .not_valid_after(now + datetime.timedelta(days=1)))
+    for ext, critical in extensions:
+        b = b.add_extension(ext, critical=critical)
+    return b.sign(signer, hashes.SHA256())
+
+
+class CA:
+    """A self-signed certificate authority that issues server and client certificates (PEM bytes)."""
+
+    def __init__(self, name: str):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.cert = _cert(name, self.key, _name(name), self.key,
+                          [(x509.BasicConstraints(ca=True, path_length=0), True)])
+        self.pem = _pem(self.cert)
+
+    def issue(self, cn: str, *, server: bool) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        ext = [(x509.BasicConstraints(ca=False, path_length=None), True), (x509.ExtendedKeyUsage([usage]), False)]
+        if server:
+            ext.append((x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False))
+        return _pem(key), _pem(_cert(cn, key, self.cert.subject, self.key, ext))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca, other = CA("statestream test CA"), CA("some other CA")
+    key, cert = ca.issue("statestream-server", server=True)
+    (d / "server.key").write_bytes(key)
+    (d / "server.pem").write_bytes(cert)
+    (d / "ca.pem").write_bytes(ca.pem)
+    return {"dir": d, "ca": ca.pem, "client": ca.issue("good client", server=False),
+            "foreign": other.issue("foreign client", server=False), "other_ca": other.pem}
+
+
+def _tls_server(pki, *extra):
+    d = pki["dir"]
+    return ServerProcess(DEMO_MODEL, "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"), *extra,
+                         wait_serving=False)
+
+
+@pytest.fixture(scope="module")
+def tls(pki):
+    with _tls_server(pki) as srv:
+        srv.wait_until_serving(credentials=grpc.ssl_channel_credentials(pki["ca"]))
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def mtls(pki):
+    with _tls_server(pki, "--tls-client-ca", str(pki["dir"] / "ca.pem")) as srv:
+        key, cert = pki["client"]
+        srv.wait_until_serving(credentials=grpc.ssl_channel_credentials(pki["ca"], key, cert))
+        yield srv
+
+
+def _list_models(target: str, creds: grpc.ChannelCredentials | None) -> tuple[C, str]:
+    """One RPC on a fresh channel: (code, details)."""
+    ch = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+    try:
+        pb_grpc.StateStreamServiceStub(ch).ListModels(pb.ListModelsRequest(), timeout=10)
+        return C.OK, ""
+    except grpc.RpcError as e:
+        return e.code(), e.details() or ""
+    finally:
+        ch.close()
+
+
+def _steps_ok(target: str, creds: grpc.ChannelCredentials) -> None:
+    with Client(target, credentials=creds) as c, c.session("demo") as s:
+        y1 = s.step(X)
+        y2 = s.step(X)
+        assert y1.shape == (1,) and s.get_state().step_count == 2 and not np.array_equal(y1, y2)
+
+
+# -- TLS --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_tls_client_trusting_the_ca_works(pki, tls, host):
+    _steps_ok(f"{host}:{tls.port}", grpc.ssl_channel_credentials(pki["ca"]))
+
+
+def test_tls_refuses_plaintext_client(tls):
+    code, msg = _list_models(tls.target, None)
+    assert code == TLS_REFUSED, (code, msg)
+
+
+@pytest.mark.parametrize("roots", ["other_ca", "system"])
+def test_tls_client_that_does_not_trust_the_server_refuses_it(pki, tls, roots):
+    creds = grpc.ssl_channel_credentials(pki["other_ca"] if roots == "other_ca" else None)
+    code, msg = _list_models(tls.target, creds)
+    assert code == TLS_REFUSED and "CERTIFICATE_VERIFY_FAILED" in msg, (code, msg)
+
+
+# -- mutual TLS -------------------------------------------------------------------------------------------------
+
+def test_mtls_client_with_a_cert_from_the_ca_works(pki, mtls):
+    key, cert = pki["client"]
+    _steps_ok(mtls.target, grpc.ssl_channel_credentials(pki["ca"], key, cert))
+
+
+@pytest.mark.parametrize("client", ["no certificate", "foreign CA", "plaintext"])
+def test_mtls_refuses_clients_without_a_cert_from_the_ca(pki, mtls, client):
+    if client == "plaintext":
+        creds = None
+    elif client == "no certificate":
+        creds = grpc.ssl_channel_credentials(pki["ca"])
+    else:
+        creds = grpc.ssl_channel_credentials(pki["ca"], *pki["foreign"])
+    code, msg = _list_models(mtls.target, creds)
+    assert code == TLS_REFUSED, (code, msg)
+    # and the server keeps serving the right clients
+    key, cert = pki["client"]
+    assert _list_models(mtls.target, grpc.ssl_channel_credentials(pki["ca"], key, cert))[0] == C.OK
+
+
+# -- bearer tokens and tenants ----------------------------------------------------------------------------------
+
+ALICE, BOB = "tok-alice-3f9c2a", "tok-bob-77d01e"
+
+
+@pytest.fixture(scope="module")
+def auth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "tokens"
+    path.write_text(f"# accepted bearer tokens\n{ALICE}\n\n  {BOB}  \n")
+    with ServerProcess(DEMO_MODEL, "--auth-token-file", str(path)) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def stub(auth):
+    with grpc.insecure_channel(auth.target) as ch:
+        yield pb_grpc.StateStreamServiceStub(ch)
+
+
+def _md(token: str | None):
+    return (("authorization", f"Bearer {token}"),) if token is not None else ()
+
+
+def _unary(stub, method: str, req, token: str | None):
+    try:
+        return C.OK, "", getattr(stub, method)(req, metadata=_md(token), timeout=10)
+    except grpc.RpcError as e:
+        return e.code(), e.details() or "", None
+
+
+def _layers(stub, sid: str, token: str) -> list[pb.LayerState]:
+    return list(stub.GetState(pb.GetStateRequest(session_id=sid), metadata=_md(token), timeout=10).state.layers)
+
+
+def _state_bytes(stub, sid: str, token: str) -> bytes:
+    return stub.GetState(pb.GetStateRequest(session_id=sid), metadata=_md(token),
+                         timeout=10).SerializeToString(deterministic=True)
+
+
+ALL_UNARY = {"ListModels": pb.ListModelsRequest(), "GetModel": pb.GetModelRequest(name="demo"),
+             "OpenSession": pb.OpenSessionRequest(model="demo"), "GetState": pb.GetStateRequest(session_id="a"),
+             "SetState": pb.SetStateRequest(session_id="a"), "CloseSession": pb.CloseSessionRequest(session_id="a"),
+             "Step": pb.StepRequest(session_id="a", input=X),
+             "StepFrame": pb.StepFrameRequest(model="demo", session_ids=["a"], inputs=X)}
+BAD_METADATA = {"missing": (), "wrong token": _md("tok-mallory"), "empty token": _md(""),
+                "no Bearer scheme": (("authorization", ALICE),), "prefix of a token": _md(ALICE[:-1]),
+                "token plus junk": _md(ALICE + "x")}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_METADATA))
+@pytest.mark.parametrize("method", sorted(ALL_UNARY))
+def test_missing_or_wrong_token_is_unauthenticated(stub, method, bad):
+    with pytest.raises(grpc.RpcError) as info:
+        getattr(stub, method)(ALL_UNARY[method], metadata=BAD_METADATA[bad], timeout=10)
+    assert info.value.code() == C.UNAUTHENTICATED, info.value.details()
+    assert ALICE not in info.value.details() and BOB not in info.value.details()
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_METADATA))
+@pytest.mark.parametrize("method", ["StreamSteps", "StreamFrames"])
+def test_streams_without_a_good_token_are_unauthenticated(stub, method, bad):
+    msg = (pb.StreamStepsRequest(step=ALL_UNARY["Step"]) if method == "StreamSteps"
+           else pb.StreamFramesRequest(frame=ALL_UNARY["StepFrame"]))
+    with pytest.raises(grpc.RpcError) as info:
+        list(getattr(stub, method)(iter([msg]), metadata=BAD_METADATA[bad], timeout=10))
+    assert info.value.code() == C.UNAUTHENTICATED
+
+
+def test_good_tokens_work_with_the_python_client(auth):
+    for token in (ALICE, BOB):
+        with Client(auth.target, token=token) as c, c.session("demo") as s:
+            s.step(X)
+            assert s.get_state().step_count == 1
+    with Client(auth.target) as c, pytest.raises(Unauthenticated):
+        c.models()
+
+
+def _without(msg: str, *ids: str) -> str:
+    for sid in ids:
+        msg = msg.replace(repr(sid), "<id>")
+    return msg
+
+
+def test_other_tenant_gets_not_found_shaped_like_an_unknown_session(stub):
+    """Bob cannot tell Alice's session from one that does not exist, on any RPC that names it."""
+    sid, ghost = "alice-private-1", "nobody-has-this"
+    stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid), metadata=_md(ALICE))
+    stub.Step(pb.StepRequest(session_id=sid, input=X, sequence_number=1), metadata=_md(ALICE))
+    before = _state_bytes(stub, sid, ALICE)
+    layers = _layers(stub, sid, ALICE)
+
+    def attempts(target: str):
+        return {
+            "Step": pb.StepRequest(session_id=target, input=X),
+            "Step+seq": pb.StepRequest(session_id=target, input=X, sequence_number=2),
+            "Step+model": pb.StepRequest(session_id=target, input=X, model="demo"),
+            "GetState": pb.GetStateRequest(session_id=target),
+            "SetState": pb.SetStateRequest(session_id=target, layers=layers, step_count=0, last_sequence_number=0),
+            "CloseSession": pb.CloseSessionRequest(session_id=target),
+        }
+
+    for (name, theirs), (_, unknown) in zip(attempts(sid).items(), attempts(ghost).items()):
+        method = name.split("+")[0]
+        got, ref = _unary(stub, method, theirs, BOB), _unary(stub, method, unknown, BOB)
+        assert got[0] == ref[0] == C.NOT_FOUND, (name, got, ref)
+        assert _without(got[1], sid) == _without(ref[1], ghost), (name, got[1], ref[1])
+
+    frame = pb.StepFrameRequest(model="demo", session_ids=[sid, ghost], inputs=X * 2, sequence_numbers=[2, 2])
+    code, _, reply = _unary(stub, "StepFrame", frame, BOB)
+    assert code == C.OK and [e.index for e in reply.errors] == [0, 1], reply
+    e_theirs, e_ghost = (e.error for e in reply.errors)
+    assert e_theirs.code == e_ghost.code == C.NOT_FOUND.value[0]
+    assert _without(e_theirs.message, sid) == _without(e_ghost.message, ghost)
+    assert list(reply.step_counts) == [0, 0]
+
+    replies = list(stub.StreamSteps(iter([pb.StreamStepsRequest(step=pb.StepRequest(session_id=t, input=X))
+                                          for t in (sid, ghost)]), metadata=_md(BOB), timeout=10))
+    assert [r.error.code for r in replies] == [C.NOT_FOUND.value[0]] * 2
+    assert _without(replies[0].error.message, sid) == _without(replies[1].error.message, ghost)
+
+    assert _state_bytes(stub, sid, ALICE) == before, "Bob's attempts changed Alice's session"
+    reply = stub.Step(pb.StepRequest(session_id=sid, input=X, sequence_number=2), metadata=_md(ALICE))
+    assert reply.step_count == 2 and not reply.replayed
+
+
+def test_open_if_missing_cannot_hijack_another_tenants_session(stub):
+    """Bob naming Alice's session with open_if_missing never steps, reads or resets it."""
+    sid = "alice-private-2"
+    stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid), metadata=_md(ALICE))
+    for _ in range(3):
+        stub.Step(pb.StepRequest(session_id=sid, input=X), metadata=_md(ALICE))
+    before = _state_bytes(stub, sid, ALICE)
+    step = pb.StepRequest(session_id=sid, model="demo", open_if_missing=True, input=X, return_state=True)
+    code, msg, reply = _unary(stub, "Step", step, BOB)
+    bob_steps = 0
+    if code == C.OK:  # then it must be a session of Bob's own, starting from zero
+        bob_steps += 1
+        assert reply.step_count == bob_steps, reply
+    frame = pb.StepFrameRequest(model="demo", session_ids=[sid], inputs=X, open_if_missing=True)
+    code, msg, reply = _unary(stub, "StepFrame", frame, BOB)
+    assert code == C.OK
+    if not reply.errors:
+        bob_steps += 1
+        assert list(reply.step_counts) == [bob_steps], reply
+    assert _state_bytes(stub, sid, ALICE) == before, "Bob's open_if_missing touched Alice's session"
+    assert stub.Step(pb.StepRequest(session_id=sid, input=X), metadata=_md(ALICE)).step_count == 4
+
+
+def test_health_needs_no_token(auth):
+    """Orchestrators probe health without credentials; it reveals nothing about sessions."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(auth.target) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_the_client_library_raises_not_found_for_another_tenants_session(auth):
+    with Client(auth.target, token=ALICE) as alice, Client(auth.target, token=BOB) as bob:
+        with alice.session("demo", "alice-private-3") as s:
+            s.step(X)
+            intruder = bob.attach("alice-private-3", "demo")
+            with pytest.raises(NotFound, match="unknown session 'alice-private-3'"):
+                intruder.step(X)
+            with pytest.raises(NotFound):
+                intruder.get_state()
+            assert s.get_state().step_count == 1
