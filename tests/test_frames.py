@@ -111,3 +111,17 @@ def test_prometheus_metrics(server, stub):
                  "statestream_compute_seconds_bucket", "statestream_active_sessions", "statestream_evictions_total"):
         assert name in text
     assert "m-1" not in text  # no session ids in labels
+
+
+def test_frame_with_sequence_numbers_is_exactly_once(stub):
+    ids = ["fx-0", "fx-1", "fx-2"]
+    xs = np.random.default_rng(9).normal(size=(3, F)).astype(np.float32)
+    first = stub.StepFrame(frame(ids, xs, open_if_missing=True, sequence_numbers=[1, 1, 1]))
+    retry = stub.StepFrame(frame(ids, xs, open_if_missing=True, sequence_numbers=[1, 1, 1]))
+    assert not first.errors and not retry.errors
+    assert list(retry.outputs) == list(first.outputs) and list(retry.step_counts) == [1, 1, 1]
+    gap = stub.StepFrame(frame(ids, xs, sequence_numbers=[2, 5, 2]))
+    assert [e.index for e in gap.errors] == [1]
+    assert gap.errors[0].error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert "expected 2" in gap.errors[0].error.message
+    assert list(gap.step_counts) == [2, 0, 2]

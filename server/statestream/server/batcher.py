@@ -53,6 +53,8 @@ class Batcher:
         self.metrics = metrics
         self.store = store
         self.inline_max_batch = inline_max_batch
+        # With a queue delay the operator asked for batching; with a durable store a step must await its commit.
+        self.direct = max_queue_delay == 0 and not store.durable
         self._ready: deque[Session] = deque()
         self._groups: deque = deque()
         self._wake = asyncio.Event()
@@ -76,7 +78,7 @@ class Batcher:
         while self._ready or self._groups or not self._idle.is_set():
             await asyncio.sleep(0.005)
 
-    def submit(self, s: Session, x: np.ndarray, seq: int | None) -> tuple[asyncio.Future, bool]:
+    def submit(self, s: Session, x: np.ndarray, seq: int | None, direct: bool = True) -> tuple[asyncio.Future, bool]:
         """Queue one step (x: float32 [T,F]) of session s. Returns (future of StepResult, replayed).
 
         Exactly-once: `seq` must be accepted+1; a repeat of the last accepted
@@ -108,14 +110,22 @@ class Batcher:
         if self.pending.count >= self.pending.limit:
             raise ResourceExhausted(f"server queue is full: {self.pending.limit} steps pending (--max-pending)")
         fut = loop.create_future()
-        s.pending.append(_Item(s, x, seq, fut))
-        self.pending.count += 1
         if seq is not None:
             s.accepted_seq = seq
+        if direct and self._direct_ok(s, x):
+            self._direct(s, x, seq, fut)
+            return fut, False
+        s.pending.append(_Item(s, x, seq, fut))
+        self.pending.count += 1
         if not s.busy and len(s.pending) == 1:
             self._ready.append(s)
             self._wake.set()
         return fut, False
+
+    def _direct_ok(self, s: Session, x: np.ndarray) -> bool:
+        """Nothing is waiting, the session is idle and the run is small: no reason to queue it."""
+        return (self.direct and not s.busy and not s.pending and not self._ready and not self._groups
+                and x.shape[0] <= self.inline_max_batch)
 
     def submit_group(self, sessions: list[Session], x: np.ndarray) -> asyncio.Future:
         """Queue one step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
@@ -179,38 +189,28 @@ class Batcher:
             finally:
                 self._idle.set()
 
-    async def _apply(self, sessions: list[Session], x: np.ndarray, seqs: list | None, enqueued: float):
-        """Run one batch and apply it atomically: states, counters, store. Returns (y, states', counts)."""
-        slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
-        t0 = time.perf_counter()
+    def _run_model(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One model run on this thread; any failure becomes Internal (nothing applied)."""
         try:
-            if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
-                y, new_states = self.runner.run(x, self.slab.rows[slots])
-            else:
-                y, new_states = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self.runner.run, x, self.slab.rows[slots])
-            if not (np.isfinite(y).all() and np.isfinite(new_states).all()):
-                raise Internal("the model produced NaN or Inf; nothing was applied")
-        except StatestreamError:
-            raise
+            y, new_states = self.runner.run(x, states)
         except Exception as e:
-            log.error("model %r: batch of %d failed: %r", self.runner.name, len(sessions), e)
+            log.error("model %r: batch of %d failed: %r", self.runner.name, x.shape[0], e)
             raise Internal(f"model {self.runner.name!r} failed to run ({type(e).__name__}); nothing was applied")
-        t1 = time.perf_counter()
-        T = x.shape[1]
-        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + T
+        if not (np.isfinite(y).all() and np.isfinite(new_states).all()):
+            raise Internal("the model produced NaN or Inf; nothing was applied")
+        return y, new_states
+
+    def _outcome(self, sessions, y, new_states, seqs):
+        """(new step counts, StepResults of sequenced steps or None) for a finished run."""
+        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + y.shape[1]
         results = None
         if seqs is not None:
             results = [StepResult(y[i], new_states[i], int(counts[i]), seq) if seq is not None else None
                        for i, seq in enumerate(seqs)]
-        if self.store.durable:  # answer only after the batch is committed
-            try:
-                await self.store.put([
-                    self.table.record(s, new_states[i], int(counts[i]), results[i] if results else None)
-                    for i, s in enumerate(sessions) if not s.closed])
-            except Exception as e:
-                log.error("state store write failed: %r", e)
-                raise Internal("the state store failed; nothing was applied")
+        return counts, results
+
+    def _commit(self, sessions, slots, new_states, counts, results) -> None:
+        """Make a finished run the sessions' truth: states, step counts, recorded responses."""
         live = np.fromiter((not s.closed for s in sessions), dtype=bool, count=len(sessions))
         self.slab.rows[slots[live]] = new_states[live]
         for i, s in enumerate(sessions):
@@ -221,9 +221,47 @@ class Batcher:
                     s.last_seq = res.sequence_number
                     s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count,
                                                res.sequence_number)
+
+    async def _apply(self, sessions: list[Session], x: np.ndarray, seqs: list | None, enqueued: float):
+        """Run one batch and apply it atomically: states, counters, store. Returns (y, states', counts)."""
+        slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
+        t0 = time.perf_counter()
+        if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
+            y, new_states = self._run_model(x, self.slab.rows[slots])
+        else:
+            y, new_states = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._run_model, x, self.slab.rows[slots])
+        t1 = time.perf_counter()
+        counts, results = self._outcome(sessions, y, new_states, seqs)
+        if self.store.durable:  # answer only after the batch is committed
+            try:
+                await self.store.put([
+                    self.table.record(s, new_states[i], int(counts[i]), results[i] if results else None)
+                    for i, s in enumerate(sessions) if not s.closed])
+            except Exception as e:
+                log.error("state store write failed: %r", e)
+                raise Internal("the state store failed; nothing was applied")
+        self._commit(sessions, slots, new_states, counts, results)
         if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, len(sessions), T, t0 - enqueued, t1 - t0)
+            self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1], t0 - enqueued, t1 - t0)
         return y, new_states, counts
+
+    def _direct(self, s: Session, x: np.ndarray, seq: int | None, fut: asyncio.Future) -> None:
+        """Apply one step right now, in the caller: a batch of one without a trip through the queue."""
+        s.busy = True
+        t0 = time.perf_counter()
+        try:
+            y, new_states = self._run_model(x[None], self.slab.rows[s.slot:s.slot + 1])
+        except StatestreamError as err:
+            self._fail_session(s, err, fut)
+            return
+        t1 = time.perf_counter()
+        counts, results = self._outcome([s], y, new_states, None if seq is None else [seq])
+        self._commit([s], np.array([s.slot]), new_states, counts, results)
+        fut.set_result(StepResult(y[0], new_states[0], int(counts[0]), seq))
+        self._release([s])
+        if self.metrics is not None:
+            self.metrics.observe_batch(self.runner.name, 1, x.shape[0], 0.0, t1 - t0)
 
     def _release(self, sessions: list[Session]) -> None:
         for s in sessions:

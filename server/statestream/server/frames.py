@@ -65,7 +65,7 @@ class FrameStepper:
         futures: list = [None] * n
         for i in valid:
             try:
-                futures[i], _ = batcher.submit(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None)
+                futures[i], _ = batcher.submit(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None, direct=False)
             except StatestreamError as e:
                 errors.append((i, e))
         return self._gather(runner, req, futures, errors, T)
