@@ -109,7 +109,7 @@ class SessionTable:
             raise InvalidArgument(f"idle_timeout_seconds {timeout} is over the server's limit {self.max_timeout}")
         if sid:
             check_session_id(sid)
-            if sid in self._sessions:
+            if _key(sid, owner) in self._sessions:
                 raise AlreadyExists(f"session {sid!r} is already open")
         else:
             sid = secrets.token_hex(16)
@@ -117,19 +117,20 @@ class SessionTable:
             raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)")
         now = self.clock()
         s = Session(sid, model, self.slabs[model].alloc(), owner, timeout or self.default_timeout, now)
-        self._sessions[sid] = s
-        self._expired.pop(sid, None)
+        self._sessions[_key(sid, owner)] = s
+        self._expired.pop(_key(sid, owner), None)
         heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
         return s
 
     def get(self, sid: str, owner: str | None = None) -> Session:
         """The open session `sid`, or NotFound saying whether it expired."""
-        s = self._sessions.get(sid)
-        if s is None or s.owner != owner:
+        key = _key(sid, owner)
+        s = self._sessions.get(key)
+        if s is None:
             if not sid:
                 raise InvalidArgument("session_id is empty")
-            if s is None and sid in self._expired:
-                raise NotFound(f"session {sid!r} expired after {self._expired[sid]:g} s idle")
+            if key in self._expired:
+                raise NotFound(f"session {sid!r} expired after {self._expired[key]:g} s idle")
             raise NotFound(f"unknown session {sid!r}")
         return s
 
@@ -141,7 +142,7 @@ class SessionTable:
         if s.closed:
             return
         s.closed = True
-        del self._sessions[s.id]
+        del self._sessions[_key(s.id, s.owner)]
         if not s.busy:
             self.slabs[s.model].free(s.slot)
 
@@ -171,7 +172,7 @@ class SessionTable:
                 heapq.heappush(self._expiry, (max(s.deadline, now + 1e-3), next(self._tie), s))
                 continue
             self.close(s)
-            self._expired[s.id] = s.timeout
+            self._expired[_key(s.id, s.owner)] = s.timeout
             if len(self._expired) > _EXPIRED_MEMORY:
                 self._expired.popitem(last=False)
             self.evictions += 1
@@ -195,7 +196,7 @@ class SessionTable:
 
     def restore(self, rec: SessionRecord) -> Session | None:
         """Re-open a stored session (after a restart); None when its model is no longer served."""
-        if rec.model not in self.runners or rec.id in self._sessions:
+        if rec.model not in self.runners or _key(rec.id, rec.owner) in self._sessions:
             return None
         if rec.state.shape != (self.slabs[rec.model].width,):
             return None
@@ -207,9 +208,14 @@ class SessionTable:
         s.last_seq = s.accepted_seq = rec.last_seq
         if rec.last_output is not None:
             s.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
-        self._sessions[s.id] = s
+        self._sessions[_key(s.id, s.owner)] = s
         heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
         return s
+
+
+def _key(sid: str, owner: str | None) -> str:
+    """Sessions are keyed per owner: tenants can neither collide nor probe each other's ids."""
+    return sid if owner is None else f"{owner}\x00{sid}"
 
 
 def check_session_id(sid: str) -> None:
