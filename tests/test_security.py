@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 
 import grpc
 import numpy as np
@@ -170,7 +171,7 @@ ALICE, BOB = "tok-alice-3f9c2a", "tok-bob-77d01e"
 def auth(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "tokens"
     path.write_text(f"# accepted bearer tokens\n{ALICE}\n\n  {BOB}  \n")
-    with ServerProcess(DEMO_MODEL, "--auth-token-file", str(path)) as srv:
+    with ServerProcess(DEMO_MODEL, "--auth-token-file", str(path), "--sweep-interval", "0.05") as srv:
         yield srv
 
 
@@ -307,6 +308,43 @@ def test_open_if_missing_cannot_hijack_another_tenants_session(stub):
         assert list(reply.step_counts) == [bob_steps], reply
     assert _state_bytes(stub, sid, ALICE) == before, "Bob's open_if_missing touched Alice's session"
     assert stub.Step(pb.StepRequest(session_id=sid, input=X), metadata=_md(ALICE)).step_count == 4
+
+
+def test_tenants_cannot_probe_each_others_ids(stub):
+    """OpenSession, open_if_missing (Step, StepFrame) and the "expired" message answer Bob for Alice's ids exactly
+    as for ids nobody uses: Bob gets sessions of his own, Alice's are untouched."""
+    for sid in ("alice-private-4", "alice-private-5"):
+        stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid), metadata=_md(ALICE))
+        stub.Step(pb.StepRequest(session_id=sid, input=X), metadata=_md(ALICE))
+    before = {sid: _state_bytes(stub, sid, ALICE) for sid in ("alice-private-4", "alice-private-5")}
+    attempts = [("OpenSession", lambda t: pb.OpenSessionRequest(model="demo", session_id=t), "alice-private-4"),
+                ("Step", lambda t: pb.StepRequest(session_id=t, model="demo", open_if_missing=True, input=X),
+                 "alice-private-5")]
+    for method, make, sid in attempts:
+        got, ref = _unary(stub, method, make(sid), BOB), _unary(stub, method, make("unused-" + sid), BOB)
+        assert got[0] == ref[0] == C.OK, (method, got[:2], ref[:2])
+        if method == "Step":
+            got[2].session_id = ref[2].session_id
+            assert got[2] == ref[2], "Bob's open_if_missing step saw Alice's history"
+    frame = pb.StepFrameRequest(model="demo", session_ids=["alice-private-4", "alice-private-5"], inputs=X * 2,
+                                open_if_missing=True)
+    code, _, reply = _unary(stub, "StepFrame", frame, BOB)
+    assert code == C.OK and not reply.errors and list(reply.step_counts) == [1, 2], reply
+    assert {sid: _state_bytes(stub, sid, ALICE) for sid in before} == before
+
+    stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="alice-short", idle_timeout_seconds=0.1),
+                     metadata=_md(ALICE))
+    deadline = time.monotonic() + 10
+    while True:  # each look touches the session: look less often than its 0.1 s timeout
+        time.sleep(0.3)
+        if _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), ALICE)[0] != C.OK:
+            break
+        assert time.monotonic() < deadline, "the session never expired"
+    assert "expired" in _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), ALICE)[1]
+    got = _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), BOB)
+    ref = _unary(stub, "GetState", pb.GetStateRequest(session_id="unused-short"), BOB)
+    assert got[0] == ref[0] == C.NOT_FOUND
+    assert _without(got[1], "alice-short") == _without(ref[1], "unused-short"), (got[1], ref[1])
 
 
 def test_health_needs_no_token(auth):
