@@ -136,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     if not a.model.exists():
         print(f"bench: no model at {a.model} (--model)", file=sys.stderr)
         return 2
+    waited = 0.0
     if a.wait_quiet > 0:
         deadline = time.monotonic() + a.wait_quiet
         while os.getloadavg()[0] >= 1.0 and time.monotonic() < deadline:
             log(f"waiting for a quiet machine: load average {os.getloadavg()[0]:.2f}")
             time.sleep(15)
+        waited = time.perf_counter() - t_start
+        t_start = time.perf_counter()
     a.out.mkdir(parents=True, exist_ok=True)
     raw = a.out / "raw"
     raw.mkdir(exist_ok=True)
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         res["keras"] = {"skipped": "skipped (--skip keras / --quick)"}
 
     res["meta"]["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    res["meta"]["waited_for_quiet_seconds"] = round(waited, 1)
     if float(res["meta"]["loadavg"].split()[0]) > os.cpu_count() / 2:
         res["meta"]["notes"].append(f"load average was {res['meta']['loadavg']} at start: other work shared the CPUs")
     md = report.write(res, a.out)
