@@ -60,6 +60,7 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot bind {address}")
         await self.server.start()
+        log.info("bound %s:%d; loading models (health NOT_SERVING until they are loaded)", cfg.host, self.port)
 
         # Models load after the port is up, so health answers NOT_SERVING meanwhile.
         if cfg.metrics_port != 0:
