@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -12,20 +13,48 @@ from pathlib import Path
 from .procs import ROOT
 
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz"
-GHZ_VERSION = "v0.120.0"
 PROTO = ROOT / "proto" / "statestream" / "v1" / "statestream.proto"
 SERVICE = "statestream.v1.StateStreamService"
+INSTALL_TOOLS = ROOT / "scripts" / "install-tools.sh"
+
+
+def pinned_version() -> str:
+    """The ghz version scripts/install-tools.sh pins (`make tools`), so bench and tests use the same one."""
+    try:
+        m = re.search(r"^GHZ_VERSION=(\S+)", INSTALL_TOOLS.read_text(), re.M)
+    except OSError:
+        m = None
+    return m.group(1) if m else "v0.121.0"
+
+
+GHZ_VERSION = pinned_version()
+
+
+def _go() -> str:
+    return shutil.which("go") or "/usr/local/go/bin/go"
+
+
+def binary_version(path: Path) -> str:
+    """The module version a Go binary was built from (`go version -m`), or "unknown"."""
+    try:
+        out = subprocess.run([_go(), "version", "-m", str(path)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 3 and f[0] == "mod":
+            return f[2]
+    return "unknown"
 
 
 def ensure_ghz() -> Path:
-    """.tools/bin/ghz (scripts/install-tools.sh puts it there), else `go install` it there now."""
+    """.tools/bin/ghz at the pinned version (`make tools` puts it there), else `go install` it there now."""
     path = ROOT / ".tools" / "bin" / "ghz"
-    if path.exists():
+    if path.exists() and binary_version(path) == GHZ_VERSION:
         return path
-    go = shutil.which("go") or "/usr/local/go/bin/go"
     env = {**os.environ, "GOBIN": str(path.parent)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([go, "install", f"{GHZ_MODULE}@{GHZ_VERSION}"], check=True, env=env, cwd=ROOT)
+    subprocess.run([_go(), "install", f"{GHZ_MODULE}@{GHZ_VERSION}"], check=True, env=env, cwd=ROOT)
     return path
 
 

@@ -72,7 +72,7 @@ def meta(a: argparse.Namespace, man, server_cmd: str) -> dict:
             "model_name": man.name, "model_shape": shape, "cpus": os.cpu_count(),
             "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "python": platform.python_version(),
             "versions": {d: _version(d) for d in ("grpcio", "protobuf", "onnxruntime", "numpy")},
-            "ghz_version": ghz.GHZ_VERSION, "ghz_cpus": a.ghz_cpus, "duration": a.duration,
+            "ghz_version": ghz.binary_version(ghz.ensure_ghz()), "ghz_cpus": a.ghz_cpus, "duration": a.duration,
             "concurrency": a.concurrency, "frame_sizes": a.frame_sizes, "stream_count": a.stream_count,
             "server_cmd": server_cmd,
             "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,

@@ -8,6 +8,14 @@ from statestream.client.errors import (AlreadyExists, FailedPrecondition, Intern
                                        NotFound, ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
 
 
+def show(text: str, limit: int = 64) -> str:
+    """A client-supplied string for an error message: repr, cut to `limit` characters (status details travel in
+    HTTP/2 trailers, which clients cap at 8-16 KiB)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
+
+
 def code_number(code: grpc.StatusCode) -> int:
     """The numeric google.rpc.Code of a grpc.StatusCode (as carried in-band)."""
     return code.value[0]

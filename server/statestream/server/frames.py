@@ -7,7 +7,7 @@ import numpy as np
 from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
-from .errors import InvalidArgument, StatestreamError, code_number
+from .errors import InvalidArgument, StatestreamError, code_number, show
 
 
 class FrameStepper:
@@ -40,15 +40,16 @@ class FrameStepper:
         batcher = svc.batchers[runner.name]
         errors: list[tuple[int, StatestreamError]] = []
         sessions: list = [None] * n
+        opened = [False] * n
         seen: set[str] = set()
         for i, sid in enumerate(req.session_ids):
             try:
                 if sid in seen:
-                    raise InvalidArgument(f"session {sid!r} appears twice in the frame")
+                    raise InvalidArgument(f"session {show(sid)} appears twice in the frame")
                 seen.add(sid)
                 if not finite[i]:
                     raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
-                sessions[i] = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
+                sessions[i], opened[i] = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
             except StatestreamError as e:
                 errors.append((i, e))
         valid = [i for i in range(n) if sessions[i] is not None]
@@ -58,15 +59,22 @@ class FrameStepper:
             # Fast path: every session is idle, so the frame runs as one unit.
             group = [sessions[i] for i in valid]
             idx = np.array(valid, dtype=np.intp)
-            futs = [(idx[k:k + batcher.max_batch_size],
-                     batcher.submit_group(group[k:k + batcher.max_batch_size], x[idx[k:k + batcher.max_batch_size]]))
-                    for k in range(0, len(valid), batcher.max_batch_size)]
+            try:
+                futs = [(idx[k:k + batcher.max_batch_size],
+                         batcher.submit_group(group[k:k + batcher.max_batch_size],
+                                              x[idx[k:k + batcher.max_batch_size]]))
+                        for k in range(0, len(valid), batcher.max_batch_size)]
+            except Exception:
+                for i in valid:
+                    svc.abandon(sessions[i], opened[i])
+                raise
             return self._gather_groups(runner, req, n, futs, errors, T)
         futures: list = [None] * n
         for i in valid:
             try:
                 futures[i], _ = batcher.submit(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None, direct=False)
             except StatestreamError as e:
+                svc.abandon(sessions[i], opened[i])
                 errors.append((i, e))
         return self._gather(runner, req, futures, errors, T)
 

@@ -96,7 +96,7 @@ class App:
             await asyncio.sleep(self.cfg.sweep_interval)
             gone = self.table.expire()
             if gone:
-                await self.store.delete([s.id for s in gone])
+                await self.store.delete([(s.owner, s.id) for s in gone])
                 self.metrics.evictions.inc(len(gone))
                 log.debug("expired %d idle sessions", len(gone))
             self.metrics.sessions.set(len(self.table))

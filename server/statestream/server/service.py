@@ -14,12 +14,13 @@ from statestream.v1 import statestream_pb2_grpc as pb_grpc
 from . import codec
 from .auth import Auth
 from .batcher import Batcher
-from .errors import InvalidArgument, NotFound, StatestreamError, Unavailable, as_domain_error, code_number
+from .errors import InvalidArgument, NotFound, StatestreamError, Unavailable, as_domain_error, code_number, show
 from .frames import FrameStepper
 from .sessions import Session, SessionTable
 
 log = logging.getLogger("statestream.service")
 
+MAX_STEP_COUNT = 2**62  # far beyond any real stream; keeps step arithmetic inside int64 (numpy, sqlite)
 STREAM_PIPELINE_DEPTH = 64  # requests of one stream in flight at once; responses keep request order
 
 
@@ -97,8 +98,10 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.table.runner(model)
         return self._infos[model]
 
-    def session_for_step(self, sid: str, model: str, open_if_missing: bool, owner) -> Session:
-        """The session a step names; with open_if_missing, opened on `model` when absent."""
+    def session_for_step(self, sid: str, model: str, open_if_missing: bool, owner) -> tuple[Session, bool]:
+        """(the session a step names, opened now?); with open_if_missing, opened on `model` when absent.
+
+        A caller that then refuses the step must `abandon` a session it opened."""
         if open_if_missing:
             if not sid:
                 raise InvalidArgument("open_if_missing needs a session_id")
@@ -107,22 +110,31 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             try:
                 s = self.table.get(sid, owner)
             except NotFound:
-                return self.table.open(model, sid, owner=owner)
+                return self.table.open(model, sid, owner=owner), True
         else:
             s = self.table.get(sid, owner)
         if model and s.model != model:
-            raise InvalidArgument(f"session {sid!r} is on model {s.model!r}, not {model!r}")
-        return s
+            raise InvalidArgument(f"session {show(sid)} is on model {s.model!r}, not {show(model)}")
+        return s, False
+
+    def abandon(self, s: Session, opened: bool) -> None:
+        """A refused step leaves no trace, not even the session open_if_missing opened for it."""
+        if opened and not s.busy and not s.pending:
+            self.table.close(s)
 
     def start_step(self, req: pb.StepRequest, owner):
         """Validate and queue one step; returns an awaitable of its StepResponse."""
         self.check_open()
-        s = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
+        s, opened = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
-        x = codec.parse_input(runner, req.input, self.max_timesteps)
-        seq = req.sequence_number if req.HasField("sequence_number") else None
-        self.table.touch(s)
-        fut, replayed = self.batchers[s.model].submit(s, x, seq)
+        try:
+            x = codec.parse_input(runner, req.input, self.max_timesteps)
+            seq = req.sequence_number if req.HasField("sequence_number") else None
+            self.table.touch(s)
+            fut, replayed = self.batchers[s.model].submit(s, x, seq)
+        except Exception:
+            self.abandon(s, opened)
+            raise
         return self._respond(runner, s.id, fut, req.return_sequences, req.return_state, replayed)
 
     @staticmethod
@@ -163,7 +175,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s = self.table.get(request.session_id, self.auth.owner(context))
         self.batchers[s.model].fail_pending(s, NotFound(f"session {s.id!r} was closed"))
         self.table.close(s)
-        await self.store.delete([s.id])
+        await self.store.delete([(s.owner, s.id)])
         return pb.CloseSessionResponse(step_count=s.step_count)
 
     @unary
@@ -180,6 +192,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         row = codec.parse_layer_states(runner, request.layers)
         if request.HasField("last_sequence_number") and request.last_sequence_number < 0:
             raise InvalidArgument(f"last_sequence_number must be >= 0, got {request.last_sequence_number}")
+        if request.HasField("step_count") and request.step_count > MAX_STEP_COUNT:
+            raise InvalidArgument(f"step_count must be <= 2^62, got {request.step_count}")
         self.table.set_state(s, row)
         if request.HasField("step_count"):
             s.step_count = request.step_count

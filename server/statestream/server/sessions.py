@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, show
 from .model import ModelRunner
 from .store import SessionRecord
 
@@ -98,7 +98,7 @@ class SessionTable:
         try:
             return self.runners[model]
         except KeyError:
-            raise NotFound(f"unknown model {model!r}; this server serves {sorted(self.runners)}") from None
+            raise NotFound(f"unknown model {show(model)}; this server serves {sorted(self.runners)}") from None
 
     def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None) -> Session:
         """Open a session with zero states; `sid` empty picks a random 128-bit id."""
@@ -130,8 +130,8 @@ class SessionTable:
             if not sid:
                 raise InvalidArgument("session_id is empty")
             if key in self._expired:
-                raise NotFound(f"session {sid!r} expired after {self._expired[key]:g} s idle")
-            raise NotFound(f"unknown session {sid!r}")
+                raise NotFound(f"session {show(sid)} expired after {self._expired[key]:g} s idle")
+            raise NotFound(f"unknown session {show(sid)}")
         return s
 
     def touch(self, s: Session) -> None:

@@ -47,7 +47,7 @@ class StateStore(Protocol):
 
     async def put(self, records: list[SessionRecord]) -> None: ...
 
-    async def delete(self, ids: list[str]) -> None: ...
+    async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -64,7 +64,7 @@ class MemoryStore:
     async def put(self, records: list[SessionRecord]) -> None:
         return None
 
-    async def delete(self, ids: list[str]) -> None:
+    async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         return None
 
     def close(self) -> None:
@@ -73,9 +73,9 @@ class MemoryStore:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
     model TEXT NOT NULL,
-    owner TEXT,
+    owner TEXT NOT NULL,  -- '' when auth is off: NULLs would never conflict in the key
     state BLOB NOT NULL,
     step_count INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_output BLOB,
     last_rows INTEGER,
     last_state BLOB,
-    last_step_count INTEGER
+    last_step_count INTEGER,
+    PRIMARY KEY (owner, id)
 )"""
 
 _UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -92,7 +93,7 @@ _UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
 def _row(r: SessionRecord) -> tuple:
     out = r.last_output
-    return (r.id, r.model, r.owner, r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
+    return (r.id, r.model, r.owner or "", r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
             r.expires_at, None if out is None else out.astype(np.float32).tobytes(),
             None if out is None else out.shape[0],
             None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count)
@@ -104,7 +105,7 @@ def _record(row) -> SessionRecord:
     out = None
     if last_out is not None:
         out = np.frombuffer(last_out, dtype=np.float32).reshape(last_rows, -1).copy()
-    return SessionRecord(sid, model, owner, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq, timeout,
+    return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq, timeout,
                          expires_at, out,
                          None if last_state is None else np.frombuffer(last_state, dtype=np.float32).copy(),
                          last_steps or 0)
@@ -141,18 +142,18 @@ class SqliteStore:
             self._db.execute("BEGIN")
             self._db.executemany(_UPSERT, rows)
 
-    def _delete(self, ids: list[str]) -> None:
+    def _delete(self, keys: list[tuple[str | None, str]]) -> None:
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in ids])
+            self._db.executemany("DELETE FROM sessions WHERE owner = ? AND id = ?", [(o or "", i) for o, i in keys])
 
     async def put(self, records: list[SessionRecord]) -> None:
         rows = [_row(r) for r in records]
         await asyncio.get_running_loop().run_in_executor(self._thread, self._put, rows)
 
-    async def delete(self, ids: list[str]) -> None:
-        if ids:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._delete, list(ids))
+    async def delete(self, keys: list[tuple[str | None, str]]) -> None:
+        if keys:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._delete, list(keys))
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
