@@ -252,16 +252,22 @@ class Batcher:
         t0 = time.perf_counter()
         try:
             y, new_states = self._run_model(x[None], self.slab.rows[s.slot:s.slot + 1])
-        except StatestreamError as err:
-            self._fail_session(s, err, fut)
+            t1 = time.perf_counter()
+            counts, results = self._outcome([s], y, new_states, None if seq is None else [seq])
+            self._commit([s], np.array([s.slot]), new_states, counts, results)
+        except Exception as e:
+            self._fail_session(s, self._internal(e), fut)
             return
-        t1 = time.perf_counter()
-        counts, results = self._outcome([s], y, new_states, None if seq is None else [seq])
-        self._commit([s], np.array([s.slot]), new_states, counts, results)
         fut.set_result(StepResult(y[0], new_states[0], int(counts[0]), seq))
         self._release([s])
         if self.metrics is not None:
             self.metrics.observe_batch(self.runner.name, 1, x.shape[0], 0.0, t1 - t0)
+
+    def _internal(self, e: Exception) -> StatestreamError:
+        if isinstance(e, StatestreamError):
+            return e
+        log.exception("model %r: unexpected error applying a batch", self.runner.name, exc_info=e)
+        return Internal(f"model {self.runner.name!r}: internal error ({type(e).__name__}); nothing was applied")
 
     def _release(self, sessions: list[Session]) -> None:
         for s in sessions:
@@ -277,7 +283,8 @@ class Batcher:
             y, new_states, counts = await self._apply(sessions, np.stack([it.x for it in batch]),
                                                       seqs if any(q is not None for q in seqs) else None,
                                                       min(it.enqueued for it in batch))
-        except StatestreamError as err:  # nothing applied; later queued steps of these sessions neither
+        except Exception as e:  # nothing applied; later queued steps of these sessions neither
+            err = self._internal(e)
             for it in batch:
                 self._fail_session(it.session, err, it.future)
             return
@@ -290,7 +297,8 @@ class Batcher:
         self.pending.count -= len(sessions)
         try:
             result = await self._apply(sessions, x, None, enqueued)
-        except StatestreamError as err:
+        except Exception as e:
+            err = self._internal(e)
             if not fut.done():
                 fut.set_exception(err)
             for s in sessions:
@@ -307,6 +315,18 @@ class Batcher:
         s.accepted_seq = s.last_seq
         s.busy = False
         self.table.release(s)
+
+    def hold(self, s: Session) -> None:
+        """Keep the batcher off a session (its steps queue) while its state is changed elsewhere."""
+        if s.busy or s.pending:
+            raise FailedPrecondition(
+                f"session {s.id!r} has {len(s.pending) + s.busy} step(s) in flight; change its state when they are done")
+        s.busy = True
+
+    def unhold(self, s: Session) -> None:
+        self._release([s])
+        if self._ready:
+            self._wake.set()
 
     def fail_pending(self, s: Session, err: StatestreamError) -> None:
         """Fail the queued (not running) steps of a session that is going away."""

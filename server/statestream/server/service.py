@@ -167,7 +167,11 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         if row is not None:
             self.table.set_state(s, row)
         if self.store.durable:
-            await self.store.put([self.table.record(s)])
+            try:
+                await self.store.put([self.table.record(s)])
+            except Exception:
+                self.table.close(s)  # not durable, so not opened
+                raise
         return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
 
     @unary
@@ -194,15 +198,28 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             raise InvalidArgument(f"last_sequence_number must be >= 0, got {request.last_sequence_number}")
         if request.HasField("step_count") and request.step_count > MAX_STEP_COUNT:
             raise InvalidArgument(f"step_count must be <= 2^62, got {request.step_count}")
-        self.table.set_state(s, row)
-        if request.HasField("step_count"):
-            s.step_count = request.step_count
-        if request.HasField("last_sequence_number"):
-            s.last_seq = s.accepted_seq = request.last_sequence_number
-            s.last_result = None
-        self.table.touch(s)
-        if self.store.durable:
-            await self.store.put([self.table.record(s)])
+        if request.HasField("last_sequence_number") and request.last_sequence_number > MAX_STEP_COUNT:
+            raise InvalidArgument(f"last_sequence_number must be <= 2^62, got {request.last_sequence_number}")
+        batcher = self.batchers[s.model]
+        batcher.hold(s)  # steps that arrive meanwhile queue behind this change
+        old_row = self.table.state(s).copy()
+        before = (s.step_count, s.last_seq, s.accepted_seq, s.last_result)
+        try:
+            self.table.set_state(s, row)
+            if request.HasField("step_count"):
+                s.step_count = request.step_count
+            if request.HasField("last_sequence_number"):
+                s.last_seq = s.accepted_seq = request.last_sequence_number
+                s.last_result = None
+            self.table.touch(s)
+            if self.store.durable:
+                await self.store.put([self.table.record(s)])
+        except Exception:  # not durable: as if it never happened
+            self.table.set_state(s, old_row)
+            s.step_count, s.last_seq, s.accepted_seq, s.last_result = before
+            raise
+        finally:
+            batcher.unhold(s)
         return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
 
     # -- steps ----------------------------------------------------------------------
