@@ -69,7 +69,10 @@ def targets(res: dict) -> list[dict]:
         out.append(_target(f"frames of {FRAME_SIZE}: model path within {ORT_FACTOR:g}x of in-process ORT",
                            f">= {1 / ORT_FACTOR:.2f}x ORT", "-", None, "", "not measured"))
     hl = res.get("half_load")
-    if hl and hl.get("server"):
+    if hl and hl.get("server") and not hl["server"].get("ok"):
+        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms", "-", None, "",
+                           f"no call succeeded ({hl['server'].get('error_sample', '')[:120]})"))
+    elif hl and hl.get("server"):
         p99 = hl["server"]["p99_ms"]
         out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms",
                            f"{p99:.2f} ms at {hl['rps']:,} steps/s (max {hl['max_msgs_per_s']:,.0f}, c={hl['concurrency']})",
@@ -199,8 +202,12 @@ def markdown(res: dict) -> str:
                   "latency_vs_frame_size.png. Raw ghz reports: raw/ (not committed)."]
     notes = list(m.get("notes", []))
     for r in tr + fr:
+        what = f"{r['scenario']} c={r['concurrency']}" if "scenario" in r else f"frames of {r['size']} c={r['concurrency']}"
+        for who in ("server", "echo"):
+            if r[who].get("errors"):
+                notes.append(f"{what}: {who} answered {r[who]['errors']:,} calls with errors "
+                             f"(e.g. {r[who].get('error_sample') or r[who].get('statuses')}); figures count OK calls only")
         if r["server"].get("inband_errors_suspected"):
-            what = f"{r['scenario']} c={r['concurrency']}" if "scenario" in r else f"frames of {r['size']} c={r['concurrency']}"
             notes.append(f"{what}: the server applied fewer steps than ghz's OK calls carry (in-band errors); "
                          "the table counts applied steps only")
     if notes:
@@ -215,9 +222,12 @@ def _xticks(ax, values) -> None:
 
 def plots(res: dict, out: Path) -> list[str]:
     """PNG plots of throughput and p50/p99 latency against concurrency and against frame size."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
+    warnings.filterwarnings("ignore", message="Data has no positive values")
     import matplotlib.pyplot as plt
 
     made = []

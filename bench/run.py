@@ -36,9 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--concurrency", type=_csv_ints, default=[1, 4, 16, 64])
-    p.add_argument("--frame-sizes", type=_csv_ints, default=[16, 256, 1024])
-    p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
+    p.add_argument("--concurrency", type=_csv_ints, help="ghz concurrencies (default 1,4,16,64)")
+    p.add_argument("--frame-sizes", type=_csv_ints, help="sessions per frame (default 16,256,1024)")
+    p.add_argument("--duration", type=float, help="seconds per ghz run (default 3)")
     p.add_argument("--stream-count", type=int, default=100, help="steps per StreamSteps call")
     p.add_argument("--ghz-cpus", type=int, default=1, help="ghz --cpus: the load generator gets one core")
     p.add_argument("--memory-sessions", type=_csv_ints, default=[100_000, 1_000_000])
@@ -49,8 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
     a = p.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    quick = {"concurrency": [1, 16], "frame_sizes": [16, 256], "duration": 1.5}
+    full = {"concurrency": [1, 4, 16, 64], "frame_sizes": [16, 256, 1024], "duration": 3.0}
+    for k, v in (quick if a.quick else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
     if a.quick:
-        a.concurrency, a.frame_sizes, a.duration = [1, 16], [16, 256], 1.5
         a.skip |= {"memory", "keras", "profile"}
     if unknown := a.skip - set(PARTS):
         p.error(f"--skip: unknown part(s) {sorted(unknown)}; have {PARTS}")
@@ -168,17 +172,32 @@ def main(argv: list[str] | None = None) -> int:
 
     with srv, echo_server(man.features, man.output_size) as echo:
         log(f"server on {srv.target} (metrics :{mport}), echo on {echo.target}")
-        if "transport" not in a.skip:
-            res["transport"] = scenarios.transport(plan, srv, echo, mport, log)
-        if "frames" not in a.skip:
-            res["frames"] = scenarios.frames(plan, srv, echo, mport, ort, log)
-        if "halfload" not in a.skip and res.get("transport"):
-            res["half_load"] = scenarios.half_load(plan, srv, echo, res["transport"], log)
+        def part(name: str, fn):
+            """Run one part; a failure (say, the server died) is recorded and the rest still runs."""
+            if name in a.skip:
+                return None
+            try:
+                return fn()
+            except Exception as e:
+                log(f"{name} FAILED: {str(e)[:2000]}")
+                res["meta"]["notes"].append(f"part {name!r} failed: {str(e)[:300]}")
+                if srv.proc.poll() is not None:
+                    res["meta"]["notes"].append(f"the server exited ({srv.proc.returncode}): {srv.output()[-1500:]}")
+                return None
+
+        res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, echo, mport, log)) or []
+        res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, echo, mport, ort, log)) or []
+        if res["transport"]:
+            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, echo, res["transport"], log))
+        conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:
-            conc = 16 if 16 in a.concurrency else max(a.concurrency)
             log("profiling the server with py-spy (unary, then frames)")
-            res["profiles"] = profiles(plan, srv, a.out, conc, max(3.0, a.duration))
-        res["meta"]["server_rss_after_load_bytes"] = srv.rss_bytes()
+        res["profiles"] = part("profile", lambda: profiles(plan, srv, a.out, conc, max(3.0, a.duration))) or []
+        if srv.proc.poll() is None:
+            res["meta"]["server_rss_after_load_bytes"] = srv.rss_bytes()
+        else:
+            res["meta"]["notes"].append(f"the server exited during the bench (code {srv.proc.returncode}); "
+                                        f"its last output: {srv.output()[-1000:]!r}")
     res["commands"] = plan.commands
 
     if "memory" not in a.skip:
