@@ -14,7 +14,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from .auth import Auth
 from .batcher import Batcher, PendingCounter
@@ -24,6 +23,7 @@ from .model import ModelRunner
 from .service import StateStreamService
 from .sessions import SessionTable
 from .store import open_store
+from .wire import add_service
 
 log = logging.getLogger("statestream.server")
 
@@ -51,7 +51,7 @@ class App:
         self.server = grpc.aio.server(options=opts)
         self.metrics = Metrics()
         self.service = StateStreamService(cfg.max_timesteps, Auth.from_file(cfg.auth_token_file), self.metrics)
-        pb_grpc.add_StateStreamServiceServicer_to_server(self.service, self.server)
+        add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{cfg.host}:{cfg.port}"

@@ -17,6 +17,7 @@ from .batcher import Batcher
 from .errors import InvalidArgument, NotFound, StatestreamError, Unavailable, as_domain_error, code_number, show
 from .frames import FrameStepper
 from .sessions import Session, SessionTable
+from .wire import Undecodable, check
 
 log = logging.getLogger("statestream.service")
 
@@ -32,7 +33,7 @@ def unary(fn):
     async def handler(self, request, context):
         try:
             self.check_ready()
-            reply = await fn(self, request, context)
+            reply = await fn(self, check(request), context)
         except Exception as e:
             err = self.domain_error(e)
             self.count(name, err.code)
@@ -232,9 +233,11 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         owner = await self._stream_owner(context)
 
         def start(req: pb.StreamStepsRequest):
-            return self.start_step(req.step, owner)
+            return self.start_step(check(req).step, owner)
 
         async def finish(req: pb.StreamStepsRequest, job) -> pb.StreamStepsResponse:
+            if isinstance(req, Undecodable):
+                return pb.StreamStepsResponse(error=self.in_band(req.error))
             head = {"session_id": req.step.session_id}
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
@@ -285,7 +288,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         owner = await self._stream_owner(context)
 
         def start(req: pb.StreamFramesRequest):
-            return self.frames.start(req.frame, owner)
+            return self.frames.start(check(req).frame, owner)
 
         async def finish(req, job) -> pb.StreamFramesResponse:
             try:
