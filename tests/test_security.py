@@ -365,3 +365,9 @@ def test_the_client_library_raises_not_found_for_another_tenants_session(auth):
             with pytest.raises(NotFound):
                 intruder.get_state()
             assert s.get_state().step_count == 1
+
+
+def test_the_bearer_scheme_is_case_insensitive(stub):
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        reply = stub.ListModels(pb.ListModelsRequest(), metadata=(("authorization", f"{scheme} {ALICE}"),), timeout=10)
+        assert [m.name for m in reply.models] == ["demo"]

@@ -35,8 +35,9 @@ class Auth:
             return None
         token = None
         for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and value.startswith("Bearer "):
-                token = value[len("Bearer "):].strip()
+            scheme, _, credentials = value.partition(" ")
+            if key == "authorization" and scheme.lower() == "bearer":  # schemes are case-insensitive (RFC 7235)
+                token = credentials.strip()
         if token is not None:
             for known, owner in self._owners.items():
                 if hmac.compare_digest(known, token):
