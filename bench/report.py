@@ -100,6 +100,11 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _cpu(d: dict) -> str:
+    c = d.get("cpu")
+    return "-" if not c else f"{c['process']:.2f} / {c['main_thread']:.2f} / {c['ghz']:.2f}"
+
+
 def _run_us(row: dict, ort_us: dict) -> str:
     us, b = row["server"].get("compute_us_per_batch"), row["server"].get("mean_batch")
     if us is None:
@@ -126,24 +131,28 @@ def markdown(res: dict) -> str:
                   f"StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s counts steps, "
                   "latency is of the whole stream call.", ""]
         lines += _table(["scenario", "c", "server msgs/s", "echo msgs/s", "server / echo", "server p50 ms",
-                         "server p99 ms", "echo p50 ms", "echo p99 ms", "mean batch"],
+                         "server p99 ms", "echo p50 ms", "echo p99 ms", "mean batch", "CPU server / loop / ghz",
+                         "CPU echo / loop / ghz"],
                         [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]),
                           _n(r["echo"]["msgs_per_s"]), _r(r["ratio"]), _n(r["server"]["p50_ms"], 2),
                           _n(r["server"]["p99_ms"], 2), _n(r["echo"]["p50_ms"], 2), _n(r["echo"]["p99_ms"], 2),
-                          _n(r["server"].get("mean_batch"), 1)] for r in tr])
+                          _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]), _cpu(r["echo"])] for r in tr])
+        lines += ["", "CPU: shares of one core during the run: the whole server process, its main thread (the event "
+                      "loop) and the ghz client; a loop near 1.0 is saturated."]
     fr = res.get("frames", [])
     ort_us = {o["batch"]: o["us_per_run"] for o in res.get("ort", [])}
     if fr:
         lines += ["", "## Frames (StepFrame): session-steps/s against echo (transport) and in-process ORT (compute)", ""]
         lines += _table(["frame size", "c", "frames/s", "server session-steps/s", "p50 ms", "p99 ms",
                          "echo session-steps/s", "server / echo", "ORT session-steps/s (same B)", "server / ORT",
-                         "mean batch", "model run us (ORT alone)", "model busy"],
+                         "mean batch", "model run us (ORT alone)", "model busy", "CPU server / loop / ghz"],
                         [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
                           _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
                           _n(r["server"]["p99_ms"], 2), _n(r["echo"]["session_steps_per_s"]), _r(r["ratio_echo"]),
                           _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
                           _n(r["server"].get("mean_batch"), 1), _run_us(r, ort_us),
-                          "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%"]
+                          "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%",
+                          _cpu(r["server"])]
                          for r in fr])
         lines += ["", "model run us: the server's mean time per model run (its compute histogram, batches of `mean batch`) "
                       "and, in brackets, in-process ORT at that batch size; model busy: share of wall time in model runs."]

@@ -106,8 +106,8 @@ def profiles(plan: scenarios.Plan, server, out: Path, conc: int, seconds: float)
             continue
         finally:
             load.wait(seconds + 30)
-        head = (f"load: {label} (ghz running while sampled)\nCPU per thread, share of one core over the window: "
-                f"{share}\n\n")
+        head = (f"load: {label} (ghz running while sampled)\nCPU per thread, share of one core over the window "
+                f"(lowered by py-spy pausing the process to sample; the results tables have unprofiled CPU): {share}\n\n")
         text = profile.summarize(raw, f"statestream-server profile: {label}", seconds=seconds)
         txt.write_text(head + text)
         samples = sum(int(l.rpartition(" ")[2]) for l in raw.read_text().splitlines() if l.rpartition(" ")[2].isdigit())

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ghz, payloads
-from .procs import ROOT, Proc
+from .procs import ROOT, Proc, descendants
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds of pid and its descendants, CPU seconds of pid's main thread) so far, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: str) -> float:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return 0.0
+        fields = text[text.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    return sum(stat(f"/proc/{p}/stat") for p in descendants(pid)), stat(f"/proc/{pid}/task/{pid}/stat")
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -115,8 +134,15 @@ def run_one(plan: Plan, proc: Proc, who: str, key: str, c: int, metrics_port: in
     kw.pop("tag", None)
     cmd = plan.cmd(proc, key, c, out, duration=kw.pop("duration", plan.duration), **kw)
     before = scrape(metrics_port)
+    cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = ghz.run(cmd, out)
+    cpu1, wall = cpu_seconds(proc.pid), time.perf_counter() - t0
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = batch_stats(before, scrape(metrics_port), r.seconds)
+    # Shares of one core over the ghz run: is the server's event loop (main thread) saturated, is ghz?
+    stats["cpu"] = {"process": round((cpu1[0] - cpu0[0]) / wall, 3), "main_thread": round((cpu1[1] - cpu0[1]) / wall, 3),
+                    "ghz": round((kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / wall, 3)}
     per_call = plan.stream_count if key == "stream" else 1
     d = {**_msgs(r, per_call), **stats, "command": " ".join(cmd).replace(str(ROOT) + "/", "")}
     n = int(key[5:]) if key.startswith("frame") else per_call
