@@ -22,7 +22,6 @@ from .wire import Undecodable, check
 log = logging.getLogger("statestream.service")
 
 MAX_STEP_COUNT = 2**62  # far beyond any real stream; keeps step arithmetic inside int64 (numpy, sqlite)
-STREAM_PIPELINE_DEPTH = 64  # requests of one stream in flight at once; responses keep request order
 
 
 def unary(fn):
@@ -232,51 +231,30 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
     async def StreamSteps(self, request_iterator, context):
         owner = await self._stream_owner(context)
 
-        def start(req: pb.StreamStepsRequest):
-            return self.start_step(check(req).step, owner)
-
-        async def finish(req: pb.StreamStepsRequest, job) -> pb.StreamStepsResponse:
+        async def answer(req: pb.StreamStepsRequest) -> pb.StreamStepsResponse:
             if isinstance(req, Undecodable):
                 return pb.StreamStepsResponse(error=self.in_band(req.error))
             head = {"session_id": req.step.session_id}
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await job, **head)
+                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner), **head)
             except Exception as e:
                 return pb.StreamStepsResponse(error=self.in_band(e), **head)
 
-        async for reply in self.pipeline(request_iterator, start, finish, "StreamSteps"):
+        async for reply in self.in_order(request_iterator, answer, "StreamSteps"):
             yield reply
 
-    async def pipeline(self, request_iterator, start, finish, method: str):
-        """Read requests ahead (up to STREAM_PIPELINE_DEPTH), answer them in order, errors in-band."""
-        queue: asyncio.Queue = asyncio.Queue(maxsize=STREAM_PIPELINE_DEPTH)
-        done = object()
+    async def in_order(self, request_iterator, answer, method: str):
+        """One reply per request, in order, errors in-band; a transport fault ends the stream.
 
-        async def read():
-            try:
-                async for req in request_iterator:
-                    try:
-                        job = start(req)
-                    except Exception as e:
-                        job = _raise(e)
-                    await queue.put((req, job))
-            finally:
-                await queue.put((done, None))
-
-        reader = asyncio.get_running_loop().create_task(read())
-        try:
-            while True:
-                req, job = await queue.get()
-                if req is done:
-                    break
-                reply = await finish(req, job)
-                self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else _status(reply.error.code))
-                yield reply
-            await reader  # re-raise a transport fault of the reading side
-        finally:
-            reader.cancel()
+        Requests are answered one after the other: the steps of one session are
+        sequential anyway, and many sessions in one message is what frames are for.
+        """
+        async for req in request_iterator:
+            reply = await answer(req)
+            self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else _status(reply.error.code))
+            yield reply
 
     # -- frames ---------------------------------------------------------------------
 
@@ -287,21 +265,14 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
     async def StreamFrames(self, request_iterator, context):
         owner = await self._stream_owner(context)
 
-        def start(req: pb.StreamFramesRequest):
-            return self.frames.start(check(req).frame, owner)
-
-        async def finish(req, job) -> pb.StreamFramesResponse:
+        async def answer(req: pb.StreamFramesRequest) -> pb.StreamFramesResponse:
             try:
-                return pb.StreamFramesResponse(frame=await job)
+                return pb.StreamFramesResponse(frame=await self.frames.start(check(req).frame, owner))
             except Exception as e:
                 return pb.StreamFramesResponse(error=self.in_band(e))
 
-        async for reply in self.pipeline(request_iterator, start, finish, "StreamFrames"):
+        async for reply in self.in_order(request_iterator, answer, "StreamFrames"):
             yield reply
-
-
-async def _raise(e: BaseException):
-    raise e
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
