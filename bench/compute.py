@@ -59,3 +59,27 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
         dt = now - t0
         results.append(OrtResult(b, threads, runs, dt / runs * 1e6, b * runs / dt))
     return results
+
+
+def runner_ceiling(path: Path, batches: list[int], seconds: float = 0.5) -> list[dict]:
+    """The server's own ModelRunner.run (state split/concat around ORT) in-process: the model path minus serving."""
+    from statestream.server.model import ModelRunner
+
+    runner = ModelRunner(path, intra_op_threads=1)
+    rng = np.random.default_rng(0)
+    out = []
+    for b in batches:
+        x = rng.uniform(-1, 1, (b, 1, runner.features)).astype(np.float32)
+        states = np.zeros((b, runner.state_width), dtype=np.float32)
+        for _ in range(5):
+            runner.run(x, states)
+        runs, t0 = 0, time.perf_counter()
+        while True:
+            runner.run(x, states)
+            runs += 1
+            now = time.perf_counter()
+            if now - t0 >= seconds and runs >= 3:
+                break
+        dt = now - t0
+        out.append({"batch": b, "us_per_run": dt / runs * 1e6, "session_steps_per_s": b * runs / dt})
+    return out

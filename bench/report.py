@@ -154,8 +154,10 @@ def markdown(res: dict) -> str:
                           "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%",
                           _cpu(r["server"])]
                          for r in fr])
-        lines += ["", "model run us: the server's mean time per model run (its compute histogram, batches of `mean batch`) "
-                      "and, in brackets, in-process ORT at that batch size; model busy: share of wall time in model runs."]
+        lines += ["", "model run us: the server's mean time per model run from its compute histogram (batches of "
+                      "`mean batch`; as the server times it, around the executor hop, so it includes the thread handoff "
+                      "and the wait for the event loop to resume the batcher) and, in brackets, in-process ORT at that "
+                      "batch size; model busy: share of wall time in model runs."]
     hl = res.get("half_load")
     if hl:
         lines += ["", "## One step at half the maximum load", "",
@@ -171,8 +173,10 @@ def markdown(res: dict) -> str:
     lines += ["", "## Compute ceilings", ""]
     ort = res.get("ort", [])
     if ort:
-        lines += _table(["onnxruntime in-process, batch B", "us per run", "session-steps/s"],
-                        [[str(o["batch"]), _n(o["us_per_run"], 1), _n(o["session_steps_per_s"])] for o in ort])
+        lines += _table(["onnxruntime in-process, batch B", "us per run", "session-steps/s",
+                         "server's ModelRunner.run in-process, us per run"],
+                        [[str(o["batch"]), _n(o["us_per_run"], 1), _n(o["session_steps_per_s"]),
+                          _n(o.get("model_runner_us_per_run"), 1)] for o in ort])
     k = res.get("keras") or {}
     if "steps_per_s" in k:
         lines += ["", f"Keras today ({k['method']}): **{k['steps_per_s']:,.1f} steps/s**, p50 {k['p50_ms']:.1f} ms, "
