@@ -115,6 +115,8 @@ class Batcher:
         if direct and self._direct_ok(s, x):
             self._direct(s, x, seq, fut)
             return fut, False
+        if not s.pending:
+            s.pending = deque()
         s.pending.append(_Item(s, x, seq, fut))
         self.pending.count += 1
         if not s.busy and len(s.pending) == 1:
@@ -181,6 +183,8 @@ class Batcher:
                 if self._ready:
                     if self.max_queue_delay > 0 and len(self._ready) < self.max_batch_size:
                         await asyncio.sleep(self.max_queue_delay)
+                    else:  # one loop turn: requests that arrived together join this batch (3x on streams)
+                        await asyncio.sleep(0)
                     batch = self._take()
                     if batch:
                         await self._run_items(batch)

@@ -122,8 +122,12 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         if opened and not s.busy and not s.pending:
             self.table.close(s)
 
-    def start_step(self, req: pb.StepRequest, owner):
-        """Validate and queue one step; returns an awaitable of its StepResponse."""
+    def start_step(self, req: pb.StepRequest, owner, direct: bool = True):
+        """Validate and queue one step; returns an awaitable of its StepResponse.
+
+        `direct`: an idle session with nothing queued may run at once (best for
+        lone unary calls); streams queue, so steps of many streams batch together.
+        """
         self.check_open()
         s, opened = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
@@ -131,7 +135,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             x = codec.parse_input(runner, req.input, self.max_timesteps)
             seq = req.sequence_number if req.HasField("sequence_number") else None
             self.table.touch(s)
-            fut, replayed = self.batchers[s.model].submit(s, x, seq)
+            fut, replayed = self.batchers[s.model].submit(s, x, seq, direct)
         except Exception:
             self.abandon(s, opened)
             raise
@@ -238,7 +242,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner), **head)
+                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, direct=False), **head)
             except Exception as e:
                 return pb.StreamStepsResponse(error=self.in_band(e), **head)
 

@@ -69,7 +69,7 @@ class Session:
         self.last_seq = 0          # last applied sequence number
         self.accepted_seq = 0      # last accepted (applied or queued) sequence number
         self.last_result = None    # recorded result of the step with last_seq
-        self.pending: deque = deque()
+        self.pending: deque | tuple = ()  # a deque only while steps are queued: 1M idle sessions stay small
         self.busy = False          # a step of it is in the model run now
         self.closed = False
 
