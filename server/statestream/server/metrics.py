@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _SECONDS_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+class _RequestCounts:
+    """Collector for statestream_requests_total from the service's per-(method, code) counts."""
+
+    def __init__(self, counts: dict):
+        self.counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("statestream_requests", "RPCs answered, by method and status code",
+                                     labels=["method", "code"])
+        for (method, code), n in sorted(self.counts.items()):
+            family.add_metric([method, code], n)
+        yield family
 
 
 class Metrics:
@@ -13,8 +28,8 @@ class Metrics:
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("statestream_requests_total", "RPCs answered, by method and status code",
-                                ["method", "code"], registry=r)
+        self._requests: dict[tuple[str, str], int] = {}
+        r.register(_RequestCounts(self._requests))
         self.steps = Counter("statestream_steps_total", "Session-steps applied (one per session per batch)",
                              ["model"], registry=r)
         self.timesteps = Counter("statestream_timesteps_total", "Timesteps applied", ["model"], registry=r)
@@ -26,13 +41,12 @@ class Metrics:
                                          buckets=_SECONDS_BUCKETS, registry=r)
         self.sessions = Gauge("statestream_active_sessions", "Open sessions", registry=r)
         self.evictions = Counter("statestream_evictions_total", "Sessions closed by idle expiry", registry=r)
-        self._req_children: dict = {}
 
     def count_request(self, method: str, code: str) -> None:
-        child = self._req_children.get((method, code))
-        if child is None:
-            child = self._req_children[(method, code)] = self.requests.labels(method, code)
-        child.inc()
+        # A plain dict on the hot path (a prometheus Counter costs a lock and a getpid per call: 10% of a
+        # unary step in the profile); it is turned into statestream_requests_total when scraped.
+        key = (method, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
 
     def observe_batch(self, model: str, size: int, timesteps: int, wait: float, compute: float) -> None:
         self.steps.labels(model).inc(size)
