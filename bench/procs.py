@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from statestream.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 def free_port() -> int:
@@ -51,90 +43,15 @@ def _vmrss(pid: int) -> int:
     return 0
 
 
-class Proc:
-    """A server subprocess that prints `... listening on HOST:PORT` and answers grpc.health.v1."""
+class Proc(ServerProcess):
+    """A server subprocess of the bench (statestream.server.process), plus the RSS of its process tree."""
 
     def __init__(self, name: str, cmd: list[str], timeout: float = 60):
-        self.name = name
-        self.cmd = cmd
-        self.timeout = timeout
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-        self.lines: list[str] = []
-        self._seen = threading.Event()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def start(self) -> "Proc":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, cwd=ROOT)
-        threading.Thread(target=self._pump, daemon=True).start()
-        if not self._seen.wait(self.timeout) or not self.port:
-            self.kill()
-            raise RuntimeError(f"{self.name} did not start:\n{self.output()}")
-        self._wait_serving()
-        return self
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            if len(self.lines) < 2000:
-                self.lines.append(line)
-            m = _LISTENING.search(line)
-            if m and not self.port:
-                self.port = int(m.group(2))
-                self._seen.set()
-        self._seen.set()
-
-    def _wait_serving(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        with grpc.insecure_channel(self.target) as ch:
-            stub = health_pb2_grpc.HealthStub(ch)
-            while time.monotonic() < deadline:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"{self.name} never became SERVING:\n{self.output()}")
-
-    def output(self) -> str:
-        return "".join(self.lines)
+        super().__init__(cmd, name=name, cwd=ROOT, timeout=timeout)
 
     def rss_bytes(self) -> int:
         """VmRSS of the process and every descendant (worker processes, if any), from /proc."""
         return sum(_vmrss(pid) for pid in descendants(self.pid))
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __enter__(self) -> "Proc":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def statestream_server(model: Path, *args: str, metrics_port: int = 0) -> Proc:
