@@ -67,3 +67,25 @@ def test_close_with_queued_steps_fails_them_and_the_batcher_carries_on():
     assert codes and all(c == grpc.StatusCode.NOT_FOUND for c in codes)
     assert all("closed" in o.details() for o in outcomes if isinstance(o, grpc.RpcError))
     assert after.step_count == 1
+
+
+def test_requests_with_different_T_batch_separately_and_stay_exact():
+    """Sessions stepping T=1 and T=3 at once: each batch holds one T; every session equals its reference."""
+    n = 24
+    rng = np.random.default_rng(11)
+    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.01") as srv:
+
+        async def run():
+            async with grpc.aio.insecure_channel(srv.target) as ch:
+                stub = pb_grpc.StateStreamServiceStub(ch)
+                xs = [rng.normal(size=(1 if i % 2 else 3, 3)).astype(np.float32) for i in range(n)]
+                for i in range(n):
+                    await stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=f"t{i}"))
+                replies = await asyncio.gather(*(stub.Step(pb.StepRequest(
+                    session_id=f"t{i}", input=xs[i].ravel(), return_sequences=True)) for i in range(n)))
+                return xs, replies
+
+        xs, replies = asyncio.run(run())
+    for x, r in zip(xs, replies):
+        assert r.rows == len(x) and r.step_count == len(x)
+        np.testing.assert_allclose(np.array(r.output), reference_outputs(x)[:, 0], atol=1e-5)
