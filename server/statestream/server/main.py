@@ -97,9 +97,9 @@ class App:
             gone = self.table.expire()
             if gone:
                 await self.store.delete([(s.owner, s.id) for s in gone])
-                self.metrics.evictions.inc(len(gone))
+                self.metrics.evictions += len(gone)
                 log.debug("expired %d idle sessions", len(gone))
-            self.metrics.sessions.set(len(self.table))
+            self.metrics.active_sessions = len(self.table)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
