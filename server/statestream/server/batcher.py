@@ -215,10 +215,14 @@ class Batcher:
 
     def _commit(self, sessions, slots, new_states, counts, results) -> None:
         """Make a finished run the sessions' truth: states, step counts, recorded responses."""
-        live = np.fromiter((not s.closed for s in sessions), dtype=bool, count=len(sessions))
-        self.slab.rows[slots[live]] = new_states[live]
-        for i, s in enumerate(sessions):
-            s.step_count = int(counts[i])
+        if len(sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
+            if not sessions[0].closed:
+                self.slab.rows[slots[0]] = new_states[0]
+        else:
+            live = np.fromiter((not s.closed for s in sessions), dtype=bool, count=len(sessions))
+            self.slab.rows[slots[live]] = new_states[live]
+        for s, count in zip(sessions, counts.tolist()):
+            s.step_count = count
         if results:
             for s, res in zip(sessions, results):
                 if res is not None:

@@ -38,7 +38,8 @@ class ModelRunner:
         pairs = self.manifest.state_pairs()
         self._in_names = [p[2] for p in pairs]
         self._out_names = [OUTPUT_NAME] + [p[3] for p in pairs]
-        self._splits = np.cumsum([p[4] for p in pairs])[:-1]
+        ends = np.cumsum([p[4] for p in pairs]).tolist()
+        self._blocks = [slice(a, b) for a, b in zip([0] + ends[:-1], ends)]  # columns of each state tensor
         self._check_graph()
 
     def _check_graph(self) -> None:
@@ -63,11 +64,11 @@ class ModelRunner:
     def run(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W]."""
         feeds = {INPUT_NAME: x}
-        for name, block in zip(self._in_names, np.split(states, self._splits, axis=1)):
-            feeds[name] = np.ascontiguousarray(block)
+        for name, block in zip(self._in_names, self._blocks):
+            feeds[name] = np.ascontiguousarray(states[:, block])
         y, *new = self.session.run(self._out_names, feeds)
         return y, np.concatenate(new, axis=1)
 
     def split_state(self, row: np.ndarray) -> list[np.ndarray]:
         """A state row [W] (or [B,W]) cut into its tensors, manifest order."""
-        return np.split(row, self._splits, axis=-1)
+        return [row[..., block] for block in self._blocks]
