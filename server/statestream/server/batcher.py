@@ -17,6 +17,9 @@ from .sessions import Session, SessionTable, StepResult
 log = logging.getLogger("statestream.batcher")
 
 
+SHARED_MEMORY_SECONDS = 0.05  # how long one shared run keeps stream steps queuing (so they keep batching)
+
+
 class _Item:
     __slots__ = ("session", "x", "seq", "future", "enqueued")
 
@@ -55,6 +58,8 @@ class Batcher:
         self.inline_max_batch = inline_max_batch
         # With a queue delay the operator asked for batching; with a durable store a step must await its commit.
         self.direct = max_queue_delay == 0 and not store.durable
+        self._last_shared = 0.0  # when a model run last held more than one session
+        self._probe = 0
         self._ready: deque[Session] = deque()
         self._groups: deque = deque()
         self._wake = asyncio.Event()
@@ -78,7 +83,7 @@ class Batcher:
         while self._ready or self._groups or not self._idle.is_set():
             await asyncio.sleep(0.005)
 
-    def submit(self, s: Session, x: np.ndarray, seq: int | None, direct: bool = True) -> tuple[asyncio.Future, bool]:
+    def submit(self, s: Session, x: np.ndarray, seq: int | None, direct: bool | str = True) -> tuple[asyncio.Future, bool]:
         """Queue one step (x: float32 [T,F]) of session s. Returns (future of StepResult, replayed).
 
         Exactly-once: `seq` must be accepted+1; a repeat of the last accepted
@@ -112,6 +117,8 @@ class Batcher:
         fut = loop.create_future()
         if seq is not None:
             s.accepted_seq = seq
+        if direct == "auto":
+            direct = self._lone()
         if direct and self._direct_ok(s, x):
             self._direct(s, x, seq, fut)
             return fut, False
@@ -128,6 +135,17 @@ class Batcher:
         """Nothing is waiting, the session is idle and the run is small: no reason to queue it."""
         return (self.direct and not s.busy and not s.pending and not self._ready and not self._groups
                 and x.shape[0] <= self.inline_max_batch)
+
+    def _lone(self) -> bool:
+        """For stream steps: run at once only while runs have been solo for a while (one busy stream).
+
+        One in 16 such steps queues anyway as a probe: if other streams' steps join it, runs are shared
+        again and streams go back to batching.
+        """
+        if time.perf_counter() - self._last_shared < SHARED_MEMORY_SECONDS:
+            return False
+        self._probe += 1
+        return self._probe % 16 != 0
 
     def submit_group(self, sessions: list[Session], x: np.ndarray) -> asyncio.Future:
         """Queue one step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
@@ -240,6 +258,8 @@ class Batcher:
             y, new_states = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._run_model, x, self.slab.rows[slots])
         t1 = time.perf_counter()
+        if len(sessions) > 1:
+            self._last_shared = t1
         counts, results = self._outcome(sessions, y, new_states, seqs)
         if self.store.durable:  # answer only after the batch is committed
             try:

@@ -126,7 +126,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         """Validate and queue one step; returns an awaitable of its StepResponse.
 
         `direct`: an idle session with nothing queued may run at once (best for
-        lone unary calls); streams queue, so steps of many streams batch together.
+        lone unary calls); "auto" (streams) runs at once only while no run has held
+        more than one session lately, so the steps of many streams batch together.
         """
         self.check_open()
         s, opened = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
@@ -242,7 +243,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, direct=False), **head)
+                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, direct="auto"), **head)
             except Exception as e:
                 return pb.StreamStepsResponse(error=self.in_band(e), **head)
 
