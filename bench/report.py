@@ -233,6 +233,24 @@ def _xticks(ax, values) -> None:
     ax.set_xticklabels([str(v) for v in sorted(set(values))])
 
 
+def _finish(plt, fig, ax, path: Path, xs, xlabel: str, ylabel: str, title: str, *, logy: bool = False,
+            legend: dict | None = None) -> str:
+    """Common axes (log2 x with the measured ticks), labels, legend; save the PNG and close it."""
+    ax.set_xscale("log", base=2)
+    _xticks(ax, xs)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, which="both" if logy else "major")
+    ax.legend(**(legend or {"fontsize": 8}))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def plots(res: dict, out: Path) -> list[str]:
     """PNG plots of throughput and p50/p99 latency against concurrency and against frame size."""
     import warnings
@@ -255,17 +273,9 @@ def plots(res: dict, out: Path) -> list[str]:
             ax.plot(c, [r["server"]["msgs_per_s"] for r in rows], "o-", color=color, label=f"{scen}: server")
             ax.plot(c, [r["echo"]["msgs_per_s"] for r in rows], "s--", color=color, alpha=0.6,
                     label=f"{scen}: echo (transport ceiling)")
-        ax.set_xscale("log", base=2)
-        _xticks(ax, [r["concurrency"] for r in tr])
-        ax.set_xlabel("ghz concurrency")
-        ax.set_ylabel("steps (messages) per second")
-        ax.set_title("Step / StreamSteps throughput vs concurrency")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_vs_concurrency.png", dpi=100)
-        plt.close(fig)
-        made.append("throughput_vs_concurrency.png")
+        made.append(_finish(plt, fig, ax, out / "throughput_vs_concurrency.png", [r["concurrency"] for r in tr],
+                            "ghz concurrency", "steps (messages) per second",
+                            "Step / StreamSteps throughput vs concurrency"))
 
         rows = [r for r in tr if r["scenario"] == "unary"]
         if rows:
@@ -277,18 +287,8 @@ def plots(res: dict, out: Path) -> list[str]:
             hl = res.get("half_load")
             if hl and hl.get("server"):
                 ax.axhline(HALF_LOAD_P99_MS, color="gray", lw=0.8, ls=":", label="2 ms (p99 target at half load)")
-            ax.set_xscale("log", base=2)
-            _xticks(ax, c)
-            ax.set_yscale("log")
-            ax.set_xlabel("ghz concurrency")
-            ax.set_ylabel("latency of one unary Step (ms)")
-            ax.set_title("Unary Step latency vs concurrency")
-            ax.grid(True, alpha=0.3, which="both")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / "latency_vs_concurrency.png", dpi=100)
-            plt.close(fig)
-            made.append("latency_vs_concurrency.png")
+            made.append(_finish(plt, fig, ax, out / "latency_vs_concurrency.png", c, "ghz concurrency",
+                                "latency of one unary Step (ms)", "Unary Step latency vs concurrency", logy=True))
 
     fr = res.get("frames", [])
     if fr:
@@ -307,18 +307,9 @@ def plots(res: dict, out: Path) -> list[str]:
         if all(s in ort for s in sizes):
             ax.plot(sizes, [ort[s] for s in sizes], "k:", marker="d", label="onnxruntime in-process (compute ceiling)")
         ax.axhline(FRAME_STEPS, color="tab:red", lw=0.8, ls=":", label="100k target (frames of 256)")
-        ax.set_xscale("log", base=2)
-        _xticks(ax, sizes)
-        ax.set_yscale("log")
-        ax.set_xlabel("sessions per frame (= ORT batch size)")
-        ax.set_ylabel("session-steps per second")
-        ax.set_title("StepFrame throughput vs frame size")
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "throughput_vs_frame_size.png", dpi=100)
-        plt.close(fig)
-        made.append("throughput_vs_frame_size.png")
+        made.append(_finish(plt, fig, ax, out / "throughput_vs_frame_size.png", sizes,
+                            "sessions per frame (= ORT batch size)", "session-steps per second",
+                            "StepFrame throughput vs frame size", logy=True, legend={"fontsize": 7}))
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, c in enumerate(concs):
@@ -328,18 +319,9 @@ def plots(res: dict, out: Path) -> list[str]:
                     label=f"c={c} p50")
             ax.plot([r["size"] for r in rows], [r["server"]["p99_ms"] for r in rows], "^--", color=color,
                     label=f"c={c} p99")
-        ax.set_xscale("log", base=2)
-        _xticks(ax, sizes)
-        ax.set_yscale("log")
-        ax.set_xlabel("sessions per frame")
-        ax.set_ylabel("latency of one StepFrame (ms)")
-        ax.set_title("StepFrame latency vs frame size (server)")
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_frame_size.png", dpi=100)
-        plt.close(fig)
-        made.append("latency_vs_frame_size.png")
+        made.append(_finish(plt, fig, ax, out / "latency_vs_frame_size.png", sizes, "sessions per frame",
+                            "latency of one StepFrame (ms)", "StepFrame latency vs frame size (server)", logy=True,
+                            legend={"fontsize": 7, "ncol": 2}))
     return made
 
 
