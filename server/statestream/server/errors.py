@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from statestream.client.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,  # noqa: F401
+from statestream.client.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,
                                        NotFound, ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
+
+__all__ = ["AlreadyExists", "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "ResourceExhausted",
+           "StatestreamError", "Unauthenticated", "Unavailable", "code_number", "as_domain_error"]
 
 
 def show(text: str, limit: int = 64) -> str:
