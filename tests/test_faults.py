@@ -9,8 +9,8 @@ import time
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 
+from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
@@ -21,22 +21,6 @@ F = 3
 
 def signal_for(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, F)).astype(np.float32)
-
-
-class Reference:
-    """The demo model stepped in-process one timestep at a time, from zero states (many sessions at once)."""
-
-    def __init__(self, n_sessions: int = 1):
-        self.sess = ort.InferenceSession(str(DEMO_MODEL), providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.sess.get_inputs() if i.name.startswith("state_in.")]
-        self.states = {n: np.zeros((n_sessions, 16), np.float32) for n in self.names}
-
-    def step(self, x: np.ndarray) -> np.ndarray:
-        """x: (n_sessions, F) -> outputs (n_sessions, O)."""
-        outs = ["output"] + [n.replace("state_in.", "state_out.") for n in self.names]
-        y, *new = self.sess.run(outs, {"input": x[:, None, :], **self.states})
-        self.states = dict(zip(self.names, new))
-        return y[:, 0]
 
 
 def test_kill_9_mid_stream_then_resume_equals_uninterrupted(tmp_path):

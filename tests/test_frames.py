@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
+from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
-from test_faults import Reference
 
 F = 3
 

@@ -6,24 +6,11 @@ import asyncio
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 
+from reference import stepped
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
-
-
-def reference_outputs(xs: np.ndarray) -> np.ndarray:
-    """The demo model stepped in-process, one timestep at a time, from zero states."""
-    sess = ort.InferenceSession(str(DEMO_MODEL), providers=["CPUExecutionProvider"])
-    states = {i.name: np.zeros((1, 16), np.float32) for i in sess.get_inputs() if i.name.startswith("state_in.")}
-    outs = []
-    for x in xs:
-        names = ["output"] + [n.replace("state_in.", "state_out.") for n in states]
-        y, *new = sess.run(names, {"input": x.reshape(1, 1, 3), **states})
-        states = dict(zip(states, new))
-        outs.append(y[0, 0])
-    return np.array(outs)
 
 
 def test_concurrent_unary_steps_on_one_session_apply_in_order():
@@ -43,7 +30,7 @@ def test_concurrent_unary_steps_on_one_session_apply_in_order():
     assert sorted(counts) == list(range(1, n + 1))  # each step applied once, never two in one batch
     order = np.argsort(counts)  # the order the server applied them in
     got = np.array([replies[i].output[0] for i in order])
-    np.testing.assert_allclose(got, reference_outputs(xs[order])[:, 0], atol=1e-5)
+    np.testing.assert_allclose(got, stepped(xs[order])[:, 0], atol=1e-5)
 
 
 def test_close_with_queued_steps_fails_them_and_the_batcher_carries_on():
@@ -88,4 +75,4 @@ def test_requests_with_different_T_batch_separately_and_stay_exact():
         xs, replies = asyncio.run(run())
     for x, r in zip(xs, replies):
         assert r.rows == len(x) and r.step_count == len(x)
-        np.testing.assert_allclose(np.array(r.output), reference_outputs(x)[:, 0], atol=1e-5)
+        np.testing.assert_allclose(np.array(r.output), stepped(x)[:, 0], atol=1e-5)
