@@ -231,8 +231,9 @@ class Batcher:
                        for i, seq in enumerate(seqs)]
         return counts, results
 
-    def _commit(self, sessions, slots, new_states, counts, results) -> None:
-        """Make a finished run the sessions' truth: states, step counts, recorded responses."""
+    def _commit(self, sessions, slots, new_states, counts, results, timesteps: int, wait: float,
+                compute: float) -> None:
+        """Make a finished run the sessions' truth (states, step counts, recorded responses); count it."""
         if len(sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
             if not sessions[0].closed:
                 self.slab.rows[slots[0]] = new_states[0]
@@ -247,6 +248,10 @@ class Batcher:
                     s.last_seq = res.sequence_number
                     s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count,
                                                res.sequence_number)
+        if len(sessions) > 1:
+            self._last_shared = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.observe_batch(self.runner.name, len(sessions), timesteps, wait, compute)
 
     async def _apply(self, sessions: list[Session], x: np.ndarray, seqs: list | None, enqueued: float):
         """Run one batch and apply it atomically: states, counters, store. Returns (y, states', counts)."""
@@ -258,8 +263,6 @@ class Batcher:
             y, new_states = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._run_model, x, self.slab.rows[slots])
         t1 = time.perf_counter()
-        if len(sessions) > 1:
-            self._last_shared = t1
         counts, results = self._outcome(sessions, y, new_states, seqs)
         if self.store.durable:  # answer only after the batch is committed
             try:
@@ -269,9 +272,7 @@ class Batcher:
             except Exception as e:
                 log.error("state store write failed: %r", e)
                 raise Internal("the state store failed; nothing was applied")
-        self._commit(sessions, slots, new_states, counts, results)
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1], t0 - enqueued, t1 - t0)
+        self._commit(sessions, slots, new_states, counts, results, x.shape[1], t0 - enqueued, t1 - t0)
         return y, new_states, counts
 
     def _direct(self, s: Session, x: np.ndarray, seq: int | None, fut: asyncio.Future) -> None:
@@ -282,14 +283,12 @@ class Batcher:
             y, new_states = self._run_model(x[None], self.slab.rows[s.slot:s.slot + 1])
             t1 = time.perf_counter()
             counts, results = self._outcome([s], y, new_states, None if seq is None else [seq])
-            self._commit([s], np.array([s.slot]), new_states, counts, results)
+            self._commit([s], [s.slot], new_states, counts, results, x.shape[0], 0.0, t1 - t0)
         except Exception as e:
             self._fail_session(s, self._internal(e), fut)
             return
         fut.set_result(StepResult(y[0], new_states[0], int(counts[0]), seq))
         self._release([s])
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, 1, x.shape[0], 0.0, t1 - t0)
 
     def _internal(self, e: Exception) -> StatestreamError:
         if isinstance(e, StatestreamError):
