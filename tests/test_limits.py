@@ -73,3 +73,22 @@ def test_sigterm_lets_in_flight_calls_finish():
         assert srv.proc.wait(20) == 0
     finally:
         srv.kill()
+
+
+def test_frame_over_the_queue_limit_refuses_those_entries_only():
+    with ServerProcess(DEMO_MODEL, "--max-pending", "4", "--max-batch-size", "2") as srv, \
+            grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        ids = [f"q{i}" for i in range(6)]
+        r = stub.StepFrame(pb.StepFrameRequest(model="demo", session_ids=ids, inputs=np.ones(18, np.float32),
+                                               open_if_missing=True))
+        assert [e.index for e in r.errors] == [4, 5]
+        assert all(e.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for e in r.errors)
+        assert "--max-pending" in r.errors[0].error.message
+        assert list(r.step_counts) == [1, 1, 1, 1, 0, 0]
+        for sid in ids[4:]:  # refused entries opened nothing
+            try:
+                stub.GetState(pb.GetStateRequest(session_id=sid))
+                raise AssertionError(f"{sid} was left open")
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND

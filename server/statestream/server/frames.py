@@ -57,17 +57,16 @@ class FrameStepper:
             svc.table.touch(sessions[i])
         if not seqs and valid and not any(sessions[i].busy or sessions[i].pending for i in valid):
             # Fast path: every session is idle, so the frame runs as one unit.
-            group = [sessions[i] for i in valid]
             idx = np.array(valid, dtype=np.intp)
-            try:
-                futs = [(idx[k:k + batcher.max_batch_size],
-                         batcher.submit_group(group[k:k + batcher.max_batch_size],
-                                              x[idx[k:k + batcher.max_batch_size]]))
-                        for k in range(0, len(valid), batcher.max_batch_size)]
-            except Exception:
-                for i in valid:
-                    svc.abandon(sessions[i], opened[i])
-                raise
+            m = batcher.max_batch_size
+            futs = []
+            for chunk in (idx[k:k + m] for k in range(0, len(idx), m)):
+                try:
+                    futs.append((chunk, batcher.submit_group([sessions[i] for i in chunk], x[chunk])))
+                except StatestreamError as e:  # e.g. the queue is full: these entries fail, others go on
+                    for i in chunk.tolist():
+                        svc.abandon(sessions[i], opened[i])
+                        errors.append((i, e))
             return self._gather_groups(runner, req, n, futs, errors, T)
         futures: list = [None] * n
         for i in valid:
