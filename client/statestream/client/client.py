@@ -30,14 +30,30 @@ def _translate(fn):
     return wrapper
 
 
+F32 = np.dtype("<f4")  # tensors travel as little-endian float32 bytes (the *_raw fields)
+
+
+def to_raw(x) -> bytes:
+    """float32 values as the wire's raw bytes (little-endian, row-major)."""
+    return np.ascontiguousarray(x, dtype=F32).tobytes()
+
+
+def floats(values, raw: bytes) -> np.ndarray:
+    """A response's floats, from its raw bytes if the server sent them, else from the repeated field."""
+    return np.frombuffer(raw, dtype=F32).astype(np.float32) if raw else np.array(values, dtype=np.float32)
+
+
 def states_from_proto(layers) -> States:
-    return {l.layer: {"h": np.array(l.h, dtype=np.float32), **({"c": np.array(l.c, dtype=np.float32)} if l.c else {})}
-            for l in layers}
+    out: States = {}
+    for l in layers:
+        out[l.layer] = {"h": floats(l.h, l.h_raw)}
+        if l.c or l.c_raw:
+            out[l.layer]["c"] = floats(l.c, l.c_raw)
+    return out
 
 
 def states_to_proto(states: States) -> list[pb.LayerState]:
-    return [pb.LayerState(layer=name, h=np.asarray(s["h"], np.float32).ravel(),
-                          c=np.asarray(s.get("c", ()), np.float32).ravel()) for name, s in states.items()]
+    return [pb.LayerState(layer=name, h_raw=to_raw(s["h"]), c_raw=to_raw(s.get("c", ()))) for name, s in states.items()]
 
 
 @dataclass
@@ -125,15 +141,14 @@ class Session:
         return f"Session({self.id!r}, model={self.info.name!r})"
 
     def _request(self, x, return_sequences: bool, return_state: bool, sequence_number: int | None) -> pb.StepRequest:
-        x = np.asarray(x, dtype=np.float32)
-        req = pb.StepRequest(session_id=self.id, input=x.ravel(), return_sequences=return_sequences,
-                             return_state=return_state)
+        req = pb.StepRequest(session_id=self.id, input_raw=to_raw(x), raw_output=True,
+                             return_sequences=return_sequences, return_state=return_state)
         if sequence_number is not None:
             req.sequence_number = sequence_number
         return req
 
     def _result(self, reply: pb.StepResponse, return_sequences: bool, return_state: bool):
-        y = np.array(reply.output, dtype=np.float32).reshape(reply.rows, self.info.output_size)
+        y = floats(reply.output, reply.output_raw).reshape(reply.rows, self.info.output_size)
         if not return_sequences:
             y = y[-1]
         return (y, states_from_proto(reply.states)) if return_state else y
@@ -166,7 +181,7 @@ class Session:
             yield self._result(reply.step, return_sequences, return_state)
 
     def get_state(self) -> SessionState:
-        st = self.client.call("GetState", pb.GetStateRequest(session_id=self.id)).state
+        st = self.client.call("GetState", pb.GetStateRequest(session_id=self.id, raw_output=True)).state
         return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
                             st.session_id)
 
