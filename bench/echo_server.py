@@ -42,13 +42,21 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
             z = self._zeros[n] = [0.0] * n
         return z
 
+    def _out(self, msg, name: str, n: int, raw: bool):
+        """Fill the response's floats (zeros) as the request asked: raw bytes or repeated floats."""
+        if raw:
+            setattr(msg, f"{name}_raw", bytes(4 * n))
+        else:
+            getattr(msg, name).extend(self._floats(n))
+        return msg
+
     def _step(self, req: pb.StepRequest) -> pb.StepResponse:
-        T = max(1, len(req.input) // self.features)
+        T = max(1, (len(req.input) or len(req.input_raw) // 4) // self.features)
         rows = T if req.return_sequences else 1
         count = self.counts.get(req.session_id, 0) + T
         self.counts[req.session_id] = count
-        return pb.StepResponse(session_id=req.session_id, output=self._floats(rows * self.output_size), rows=rows,
-                               step_count=count)
+        return self._out(pb.StepResponse(session_id=req.session_id, rows=rows, step_count=count), "output",
+                         rows * self.output_size, req.raw_output)
 
     def _frame(self, req: pb.StepFrameRequest) -> pb.StepFrameResponse:
         n = len(req.session_ids)
@@ -56,8 +64,8 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
         rows = T if req.return_sequences else 1
         count = self.counts.get("", 0) + T
         self.counts[""] = count
-        return pb.StepFrameResponse(outputs=self._floats(n * rows * self.output_size), rows=rows,
-                                    step_counts=[count] * n)
+        return self._out(pb.StepFrameResponse(rows=rows, step_counts=[count] * n), "outputs",
+                         n * rows * self.output_size, req.raw_output)
 
     async def Step(self, request, context):
         return self._step(request)

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import compute, ghz, memory, profile, report, scenarios
-from .procs import ROOT, echo_server, free_port, statestream_server
+from .procs import ROOT, echo_server, free_port, null_server, statestream_server
 
 PARTS = ("transport", "frames", "halfload", "profile", "memory", "keras")
 
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                           frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
                           ghz_cpus=a.ghz_cpus, raw=raw)
     plan.write_data()
+    responses = plan.write_null_responses(man.output_size)
     max_sessions = int(plan.sessions_needed() * 1.2) + 10_000
     server_args = ["--max-sessions", str(max_sessions), *a.server_arg]
     mport = free_port()
@@ -176,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["ort"]:
         log(f"ORT batch {r['batch']:5d}: {r['us_per_run']:8.1f} us/run, {r['session_steps_per_s']:12,.0f} session-steps/s")
 
-    with srv, echo_server(man.features, man.output_size) as echo:
-        log(f"server on {srv.target} (metrics :{mport}), echo on {echo.target}")
+    with srv, null_server(responses) as null, echo_server(man.features, man.output_size) as echo:
+        log(f"server on {srv.target} (metrics :{mport}), null on {null.target}, echo on {echo.target}")
+        ceilings = {"null": null, "echo": echo}
         def part(name: str, fn):
             """Run one part; a failure (say, the server died) is recorded and the rest still runs."""
             if name in a.skip:
@@ -191,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                     res["meta"]["notes"].append(f"the server exited ({srv.proc.returncode}): {srv.output()[-1500:]}")
                 return None
 
-        res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, echo, mport, log)) or []
-        res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, echo, mport, ort, log)) or []
+        res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, ceilings, mport, log)) or []
+        res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log)) or []
         if res["transport"]:
-            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, echo, res["transport"], log))
+            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, null, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:
             log("profiling the server with py-spy (unary, then frames)")
