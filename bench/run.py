@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import compute, ghz, memory, profile, report, scenarios
+from . import compute, ghz, memory, profile, realistic, report, scenarios
 from .procs import ROOT, echo_server, free_port, null_server, statestream_server
 
-PARTS = ("transport", "frames", "halfload", "profile", "memory", "keras")
+PARTS = ("transport", "frames", "groups", "halfload", "profile", "realistic", "memory", "keras")
 
 
 def log(msg: str) -> None:
@@ -207,6 +207,16 @@ def main(argv: list[str] | None = None) -> int:
             res["meta"]["notes"].append(f"the server exited during the bench (code {srv.proc.returncode}); "
                                         f"its last output: {srv.output()[-1000:]!r}")
     res["commands"] = plan.commands
+
+    if "realistic" not in a.skip:
+        log(f"realistic model ({realistic.NAME}): server vs onnxruntime in-process, intra-op threads {realistic.THREADS}")
+        try:
+            res["realistic"] = realistic.measure(raw, a.duration, a.ghz_cpus, log)
+        except Exception as e:
+            res["realistic"] = {"error": f"realistic model failed: {str(e)[-800:]}"}
+            log(res["realistic"]["error"])
+    else:
+        res["realistic"] = {"skipped": "skipped (--skip realistic)"}
 
     if "memory" not in a.skip:
         log(f"memory: a fresh server, then {', '.join(f'{n:,}' for n in a.memory_sessions)} idle sessions")
