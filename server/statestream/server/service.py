@@ -122,14 +122,14 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
         try:
-            x = codec.parse_input(runner, req.input, self.max_timesteps)
+            x = codec.parse_input(runner, req.input, self.max_timesteps, raw=req.input_raw)
             seq = req.sequence_number if req.HasField("sequence_number") else None
             self.table.touch(s)
             res, replayed = await self.batchers[s.model].step(s, x, seq, stream)
         except StatestreamError:
             await self.directory.abandon(s, opened)
             raise
-        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed)
+        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed, req.raw_output)
 
     # -- models ---------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s = await self.directory.fresh(request.session_id, self.auth.owner(context))
         self.table.touch(s)
         runner = self.table.runners[s.model]
-        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
+        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s), request.raw_output))
 
     @unary
     async def SetState(self, request, context):
