@@ -118,6 +118,14 @@ class Client:
         """A Session object for an already open session (e.g. after a restart)."""
         return Session(self, session_id, self.model(model))
 
+    def group(self, model: str, size: int = 0, *, session_ids: list[str] | None = None, group_id: str = "",
+              idle_timeout: float = 0.0) -> "Group":
+        """Open a session group: `size` new sessions (random ids) or the given `session_ids`, stepped together
+        by `Group.step` with one message; each member is also an ordinary session (`Group.sessions`)."""
+        reply = self.call("OpenGroup", pb.OpenGroupRequest(model=model, size=size, session_ids=session_ids or [],
+                                                           group_id=group_id, idle_timeout_seconds=idle_timeout))
+        return Group(self, reply.group_id, list(reply.session_ids), reply.model)
+
 
 class Session:
     """One server-side session: its states stay on the server between calls."""
@@ -204,3 +212,50 @@ class Session:
     def close(self) -> int:
         """Close the session; returns its step count."""
         return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count
+
+
+class Group:
+    """A session group: N sessions whose states the server keeps side by side, stepped by one message."""
+
+    def __init__(self, client: Client, group_id: str, session_ids: list[str], info: pb.ModelInfo):
+        self.client = client
+        self.id = group_id
+        self.session_ids = session_ids
+        self.info = info
+        self.sessions = [Session(client, sid, info) for sid in session_ids]
+
+    def __enter__(self) -> "Group":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc[0] is None:
+                raise
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def step(self, x, masked=(), sequence_number: int | None = None, return_sequences: bool = False,
+             timeout: float | None = None) -> np.ndarray:
+        """x: (N, F) for one timestep of every member, or (N, T, F). Members listed in `masked` are not
+        stepped (they keep their states; their rows of the result are zero).
+
+        Returns (N, O), or (N, T, O) with return_sequences. `sequence_number` (the group's last + 1) makes
+        the step exactly-once: a retry of it returns the recorded result without stepping again."""
+        x = np.asarray(x, dtype=np.float32)
+        n = len(self.session_ids)
+        T = 1 if x.ndim == 2 else x.shape[1]
+        req = pb.StepGroupRequest(group_id=self.id, inputs_raw=to_raw(x), timesteps=T, masked=list(masked),
+                                  return_sequences=return_sequences, raw_output=True)
+        if sequence_number is not None:
+            req.sequence_number = sequence_number
+        reply = self.client.call("StepGroup", req, timeout)
+        y = floats(reply.outputs, reply.outputs_raw).reshape(n, reply.rows, self.info.output_size)
+        return y if return_sequences else y[:, -1]
+
+    def close(self, keep_sessions: bool = False) -> int:
+        """Close the group and (unless kept) its member sessions; returns the group steps applied."""
+        reply = self.client.call("CloseGroup", pb.CloseGroupRequest(group_id=self.id, keep_sessions=keep_sessions))
+        return reply.step_count

@@ -17,6 +17,7 @@ from .batcher import Batcher
 from .directory import Directory
 from .errors import InvalidArgument, StatestreamError, Unavailable, as_domain_error, code_number
 from .frames import FrameStepper
+from .groups import Groups
 from .sessions import Session, SessionTable
 from .wire import Undecodable, check
 
@@ -56,6 +57,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.metrics = metrics
         self.draining = False
         self.frames: FrameStepper | None = None
+        self.groups: Groups | None = None
         self._infos: dict[str, pb.ModelInfo] = {}
 
     def attach(self, table: SessionTable, batchers: dict[str, Batcher], directory: Directory) -> None:
@@ -64,6 +66,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.batchers = batchers
         self.directory = directory
         self.frames = FrameStepper(table, batchers, directory, self.max_timesteps, self.check_open)
+        self.groups = Groups(table, batchers, directory, self.max_timesteps, self.check_open)
         self.table = table
 
     # -- helpers shared by every RPC -------------------------------------------------
@@ -233,6 +236,20 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
         async for reply in self.in_order(request_iterator, answer, "StreamFrames"):
             yield reply
+
+    # -- session groups -------------------------------------------------------------
+
+    @unary
+    async def OpenGroup(self, request, context):
+        return await self.groups.open(request, self.auth.owner(context))
+
+    @unary
+    async def StepGroup(self, request, context):
+        return await self.groups.step(request, self.auth.owner(context))
+
+    @unary
+    async def CloseGroup(self, request, context):
+        return await self.groups.close(request, self.auth.owner(context))
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
