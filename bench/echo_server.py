@@ -67,8 +67,20 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
         return self._out(pb.StepFrameResponse(rows=rows, step_counts=[count] * n), "outputs",
                          n * rows * self.output_size, req.raw_output)
 
+    def _group(self, req: pb.StepGroupRequest) -> pb.StepGroupResponse:
+        T = req.timesteps or 1
+        n = (len(req.inputs) or len(req.inputs_raw) // 4) // (T * self.features)
+        rows = T if req.return_sequences else 1
+        count = self.counts.get(req.group_id, 0) + 1
+        self.counts[req.group_id] = count
+        return self._out(pb.StepGroupResponse(group_id=req.group_id, rows=rows, step_count=count), "outputs",
+                         n * rows * self.output_size, req.raw_output)
+
     async def Step(self, request, context):
         return self._step(request)
+
+    async def StepGroup(self, request, context):
+        return self._group(request)
 
     async def StreamSteps(self, request_iterator, context):
         async for req in request_iterator:

@@ -65,6 +65,20 @@ def write_frames(path: Path, model: str, features: int, size: int, frames: int, 
     return path
 
 
+def write_groups(path: Path, features: int, size: int, groups: int) -> Path:
+    """StepGroup: one step of each of `groups` groups of `size` members (ids g{size}-{k}, opened beforehand by
+    `Plan.open_groups`), as a JSON array: ghz cycles through them, so calls in flight step distinct groups."""
+    rng = np.random.default_rng(SEED + size)
+    data = [{"group_id": group_id(size, k), **tensor("inputs", _floats(rng, size * features), True), "timesteps": 1}
+            for k in range(groups)]
+    path.write_text(json.dumps(data, separators=(",", ":")))
+    return path
+
+
+def group_id(size: int, k: int) -> str:
+    return f"g{size}-{k}"
+
+
 METHODS = {"unary": ("Step", pb.StepRequest), "stream": ("StreamSteps", pb.StreamStepsRequest)}
 
 

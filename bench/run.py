@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--concurrency", type=_csv_ints, help="ghz concurrencies (default 1,4,16,64)")
     p.add_argument("--frame-sizes", type=_csv_ints, help="sessions per frame (default 16,256,1024)")
+    p.add_argument("--group-sizes", type=_csv_ints, default=[256, 1024], help="members per session group")
+    p.add_argument("--group-concurrency", type=_csv_ints, default=[1, 4], help="ghz concurrencies of StepGroup")
     p.add_argument("--duration", type=float, help="seconds per ghz run (default 3)")
     p.add_argument("--stream-count", type=int, default=100, help="steps per StreamSteps call")
     p.add_argument("--ghz-cpus", type=int, default=1, help="ghz --cpus: the load generator gets one core")
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     _, man = compute.load(a.model)
     plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=a.concurrency,
                           frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
-                          ghz_cpus=a.ghz_cpus, raw=raw)
+                          ghz_cpus=a.ghz_cpus, raw=raw, group_sizes=[] if "groups" in a.skip else a.group_sizes,
+                          group_concurrencies=a.group_concurrency)
     plan.write_data()
     responses = plan.write_null_responses(man.output_size)
     max_sessions = int(plan.sessions_needed() * 1.2) + 10_000
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"meta": meta(a, man, " ".join(["statestream-server", "--models", str(a.model.name), *server_args]))}
     log(f"model {man.name}: {res['meta']['model_shape']}; ghz {plan.ghz}")
 
-    batches = sorted({1, *a.frame_sizes})
+    batches = sorted({1, *a.frame_sizes, *plan.group_sizes})
     log(f"onnxruntime in-process, batch sizes {batches}")
     res["ort"] = [r.to_dict() for r in compute.ort_ceiling(a.model, batches)]
     try:
@@ -195,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
 
         res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, ceilings, mport, log)) or []
         res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log)) or []
+        if plan.group_sizes:
+            plan.open_groups(srv)
+        res["groups"] = part("groups", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log, "group")) or []
         if res["transport"]:
             res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, null, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)

@@ -87,8 +87,22 @@ class Plan:
     def frames_per_size(self) -> int:
         return max(8, 2 * max(self.concurrencies))
 
+    @property
+    def groups_per_size(self) -> int:
+        return max(8, 2 * max(self.group_concurrencies))
+
     def sessions_needed(self) -> int:
-        return 4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
+        return (4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
+                + self.groups_per_size * sum(self.group_sizes))
+
+    def open_groups(self, proc: Proc) -> None:
+        """Open the groups the StepGroup data names (a gateway opens its group once)."""
+        from statestream.client import Client
+
+        with Client(proc.target, timeout=60) as client:
+            for n in self.group_sizes:
+                for k in range(self.groups_per_size):
+                    client.group(self.model, n, group_id=payloads.group_id(n, k))
 
     def write_data(self) -> None:
         d = self.raw / "data"
@@ -98,6 +112,8 @@ class Plan:
         for n in self.frame_sizes:
             self.data[f"frame{n}"] = payloads.write_frames(d / f"frame{n}.json", self.model, self.features, n,
                                                            self.frames_per_size)
+        for n in self.group_sizes:
+            self.data[f"group{n}"] = payloads.write_groups(d / f"group{n}.json", self.features, n, self.groups_per_size)
 
     def write_null_responses(self, output_size: int) -> Path:
         """The null server's pre-serialized responses, one per data file (same shapes as the server's)."""
