@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from operator import attrgetter
 
 import numpy as np
 
@@ -14,12 +15,14 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from .sessions import Phase, Session, check_session_id
 
 MAX_GROUP_SIZE = 65_536
+TOUCH_EVERY = 1.0  # seconds: members' idle deadlines move with group steps at most this often (not per step)
+_phase = attrgetter("phase")
 
 
 class Group:
     """A group's members (ordinary sessions, slots start..start+N-1) and its own exactly-once record."""
 
-    __slots__ = ("id", "model", "owner", "members", "start", "lock", "step_count", "last_seq", "last")
+    __slots__ = ("id", "model", "owner", "members", "start", "lock", "step_count", "last_seq", "last", "touched")
 
     def __init__(self, gid: str, model: str, owner, members: list[Session]):
         self.id = gid
@@ -31,13 +34,20 @@ class Group:
         self.step_count = 0
         self.last_seq = 0           # last applied group sequence number
         self.last = None            # (outputs [N, rows, O], rows) of the step with last_seq
+        self.touched = float("-inf")  # when the members' idle deadlines were last moved
 
-    def broken(self) -> str | None:
-        """Why the group cannot step (a member closed or expired), or None."""
+    def check_idle(self) -> None:
+        """Every member idle (one C-level pass over their phases), else why not: NotFound for a member that was
+        closed or expired, FailedPrecondition for one with steps in flight."""
+        if list(map(_phase, self.members)).count(Phase.IDLE) == len(self.members):  # identity compares, in C
+            return
         for i, s in enumerate(self.members):
             if s.phase is Phase.CLOSED:
-                return f"member {i} (session {show(s.id)}) was closed or expired; close the group and open a new one"
-        return None
+                raise NotFound(f"group {show(self.id)}: member {i} (session {show(s.id)}) was closed or expired; "
+                               "close the group and open a new one")
+            if s.phase is not Phase.IDLE:
+                raise FailedPrecondition(f"group {show(self.id)}: member {i} (session {show(s.id)}) has steps in "
+                                         "flight; a group step needs every member idle")
 
 
 class Groups:
@@ -133,9 +143,6 @@ class Groups:
                     kind = "stale" if seq < g.last_seq else "out of order (gap)"
                     raise FailedPrecondition(
                         f"sequence number {seq} is {kind} for group {show(g.id)}; expected {g.last_seq + 1}")
-            why = g.broken()
-            if why:
-                raise NotFound(f"group {show(g.id)}: {why}")
             y = await self._run(g, runner, x, keep)
             rows = T if req.return_sequences else 1
             out = y[:, -rows:]
@@ -153,22 +160,12 @@ class Groups:
         batcher = self.batchers[g.model]
         members = g.members if keep is None else [s for s, k in zip(g.members, keep.tolist()) if k]
         inline = not self.persistence.durable and x.shape[0] * x.shape[1] <= batcher.inline_max_batch
-        if inline:  # nothing is awaited from this check to the write: no other step can interleave
-            busy = next((s for s in g.members if s.phase is not Phase.IDLE), None)
-            if busy is not None:
-                raise FailedPrecondition(f"member session {show(busy.id)} has steps in flight; a group step needs "
-                                         "every member idle")
-            held = []
-        else:
-            held = []
-            try:
-                for s in g.members:
-                    s.hold()
-                    held.append(s)
-            except FailedPrecondition:
-                for s in held:
-                    batcher.release(s)
-                raise FailedPrecondition("a member session has steps in flight; a group step needs every member idle")
+        g.check_idle()
+        held = []
+        if not inline:  # hold the members while awaiting (inline, nothing is awaited from the check to the write)
+            for s in g.members:
+                s.hold()
+                held.append(s)
         try:
             y, new_states = await batcher.run_block(g.start, x)
             T = x.shape[1]
@@ -184,11 +181,14 @@ class Groups:
                 block[...] = new_states
             else:
                 np.copyto(block, new_states, where=keep[:, None])
-            deadline = self.table.clock()
             for s in members:
                 s.step_count += T
                 s.version += 1
-                s.deadline = deadline + s.timeout
+            now = self.table.clock()
+            if now - g.touched > TOUCH_EVERY:
+                g.touched = now
+                for s in g.members:
+                    s.deadline = now + s.timeout
         finally:
             for s in held:
                 batcher.release(s)
