@@ -57,6 +57,9 @@ def _requests(features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, in
                                             open_if_missing=True).SerializeToString(), 1),
         "step-floats": ("Step", pb.StepRequest(session_id="hp-rep", input=x, model="demo",
                                                open_if_missing=True).SerializeToString(), 1),
+        "stream100": ("StreamSteps", pb.StreamStepsRequest(step=pb.StepRequest(
+            session_id="hp-stream", input_raw=x.tobytes(), raw_output=True, model="demo",
+            open_if_missing=True)).SerializeToString(), 100),
     }
     for n in sizes:
         xs = rng.uniform(-1, 1, (n, features)).astype(np.float32)
@@ -84,6 +87,15 @@ async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, r
         async def call():
             reply = await handler(parse(data), ctx)
             return reply.SerializeToString()
+
+        if method == "StreamSteps":  # one stream of n steps: parse, step, serialize each message
+            async def requests():
+                for _ in range(n):
+                    yield parse(data)
+
+            async def call():
+                async for reply in handler(requests(), ctx):
+                    reply.SerializeToString()
 
         for _ in range(20):
             await call()

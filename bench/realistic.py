@@ -4,8 +4,8 @@ The model is built with seeded weights and exported by the project's own exporte
 (`statestream.export.export_model`, parity-checked against Keras) into `bench/.cache/` (not committed;
 exported once, in its own process, ~1 minute with TensorFlow). Then, per intra-op thread count
 (1, and 2 = `--intra-op-threads 2`), the server's throughput at batch 1 (unary Step, ghz c=4),
-64 and 256 (StepFrame of that many sessions, ghz c=2) is set against onnxruntime in-process at
-the same batch size and thread count.
+64 and 256 (StepFrame of that many sessions, and StepGroup of a group that size; ghz c=2) is set
+against onnxruntime in-process at the same batch size and thread count.
 
     python -m bench.realistic export --out bench/.cache/realistic.onnx   # what the bench runs once
 """
@@ -72,7 +72,8 @@ def measure(raw: Path, duration: float, ghz_cpus: int, log, threads=THREADS, bat
     out_dir = raw / "realistic"
     frames = [b for b in batches if b > 1]
     plan = scenarios.Plan(model=man.name, features=man.features, concurrencies=[2], frame_sizes=frames,
-                          duration=duration, stream_count=1, ghz_cpus=ghz_cpus, raw=out_dir)
+                          duration=duration, stream_count=1, ghz_cpus=ghz_cpus, raw=out_dir, group_sizes=frames,
+                          group_concurrencies=[2])
     plan.write_data()
     shape = f"{man.features} features -> " + " -> ".join(f"{l.cell}({l.units})" for l in man.layers) + \
             f" -> Dense({man.output_size})"
@@ -82,22 +83,26 @@ def measure(raw: Path, duration: float, ghz_cpus: int, log, threads=THREADS, bat
         mport = free_port()
         args = ["--intra-op-threads", str(t), "--max-sessions", str(plan.sessions_needed() + 1000)]
         with statestream_server(path, *args, metrics_port=mport) as srv:
-            for b in batches:
-                key, c = ("unary", 4) if b == 1 else (f"frame{b}", 2)
+            plan.open_groups(srv)
+            for b, key, c in [(1, "unary", 4)] + [(b, f"{kind}{b}", 2) for b in frames for kind in ("frame", "group")]:
+                if b not in batches:
+                    continue
                 scenarios.warm(plan, srv, f"server-t{t}", key)
                 s = scenarios.run_one(plan, srv, f"server-t{t}", key, c, mport)
                 steps = s["msgs_per_s"] if b == 1 else s["session_steps_per_s"]
                 o = ort[b]
-                row = {"threads": t, "batch": b, "concurrency": c, "server": s, "server_session_steps_per_s": steps,
+                row = {"threads": t, "batch": b, "rpc": {"unary": "Step"}.get(key, "StepFrame" if key.startswith("frame")
+                                                                         else "StepGroup"),
+                       "concurrency": c, "server": s, "server_session_steps_per_s": steps,
                        "ort_session_steps_per_s": o.session_steps_per_s, "ort_us_per_run": o.us_per_run,
                        "ratio_ort": steps / o.session_steps_per_s}
                 rows.append(row)
-                log(f"realistic t={t} B={b:<4d} server {steps:10,.0f} session-steps/s (batch "
+                log(f"realistic t={t} B={b:<4d} {row['rpc']:9s} server {steps:10,.0f} session-steps/s (batch "
                     f"{s.get('mean_batch') or 0:.0f}, p99 {s['p99_ms']:.1f} ms) | ORT {o.session_steps_per_s:10,.0f} "
                     f"({o.us_per_run:,.0f} us/run) | {row['ratio_ort']:.2f}x | errors {s['errors']}")
     return {"model": str(path.relative_to(ROOT)), "shape": shape, "rows": rows,
-            "how": "batch 1: unary Step, ghz c=4; batch N: StepFrame of N sessions, ghz c=2; ORT: in-process, "
-                   "one timestep for B sessions per run, same intra-op threads"}
+            "how": "batch 1: unary Step, ghz c=4; batch N: StepFrame of N sessions and StepGroup of an N-member group, "
+                   "ghz c=2; ORT: in-process, one timestep for B sessions per run, same intra-op threads"}
 
 
 def main(argv: list[str] | None = None) -> int:

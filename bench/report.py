@@ -114,14 +114,15 @@ def markdown(res: dict) -> str:
         lines += ["", f"## Realistic model: {real['shape']}, server vs onnxruntime in-process", "",
                   f"`{real['model']}`, exported in the bench by statestream.export.export_model. {real['how']}. "
                   "threads = `--intra-op-threads` (server) = intra_op_num_threads (ORT).", ""]
-        lines += _table(["threads", "batch", "server session-steps/s", "ORT session-steps/s", "server / ORT",
+        lines += _table(["threads", "batch", "RPC", "server session-steps/s", "ORT session-steps/s", "server / ORT",
                          "ORT us per run", "server mean batch", "server p50 ms", "server p99 ms", "CPU server / loop / ghz"],
-                        [[str(r["threads"]), str(r["batch"]), _n(r["server_session_steps_per_s"]),
+                        [[str(r["threads"]), str(r["batch"]), r.get("rpc", "-"), _n(r["server_session_steps_per_s"]),
                           _n(r["ort_session_steps_per_s"]), _r(r["ratio_ort"]), _n(r["ort_us_per_run"]),
                           _n(r["server"].get("mean_batch"), 1), _n(r["server"]["p50_ms"], 2),
                           _n(r["server"]["p99_ms"], 2), _cpu(r["server"])] for r in real["rows"]])
-        by = {(r["threads"], r["batch"]): r["server_session_steps_per_s"] for r in real["rows"]}
-        gains = [f"B={b}: {by[(2, b)] / by[(1, b)]:.2f}x" for (t, b) in by if t == 1 and (2, b) in by and by[(1, b)]]
+        by = {(r["threads"], r["batch"], r.get("rpc")): r["server_session_steps_per_s"] for r in real["rows"]}
+        gains = [f"B={b} {rpc}: {by[(2, b, rpc)] / by[(1, b, rpc)]:.2f}x" for (t, b, rpc) in by
+                 if t == 1 and (2, b, rpc) in by and by[(1, b, rpc)]]
         if gains:
             lines += ["", "What `--intra-op-threads 2` buys the server on this 2-core machine (server session-steps/s, "
                           "2 threads / 1 thread): " + ", ".join(gains) + "."]
