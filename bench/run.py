@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--concurrency", type=_csv_ints, help="ghz concurrencies (default 1,4,16,64)")
     p.add_argument("--frame-sizes", type=_csv_ints, help="sessions per frame (default 16,256,1024)")
+    p.add_argument("--frame-concurrency", type=_csv_ints, help="ghz concurrencies of StepFrame (default 1,4,16)")
     p.add_argument("--group-sizes", type=_csv_ints, default=[256, 1024], help="members per session group")
     p.add_argument("--group-concurrency", type=_csv_ints, default=[1, 4], help="ghz concurrencies of StepGroup")
     p.add_argument("--duration", type=float, help="seconds per ghz run (default 3)")
@@ -51,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
     a = p.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
-    quick = {"concurrency": [1, 16], "frame_sizes": [16, 256], "duration": 1.5}
-    full = {"concurrency": [1, 4, 16, 64], "frame_sizes": [16, 256, 1024], "duration": 3.0}
+    quick = {"concurrency": [1, 16], "frame_sizes": [16, 256], "duration": 1.5, "frame_concurrency": [1, 16]}
+    full = {"concurrency": [1, 4, 16, 64], "frame_sizes": [16, 256, 1024], "duration": 3.0,
+            "frame_concurrency": [1, 4, 16]}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=a.concurrency,
                           frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
                           ghz_cpus=a.ghz_cpus, raw=raw, group_sizes=[] if "groups" in a.skip else a.group_sizes,
-                          group_concurrencies=a.group_concurrency)
+                          group_concurrencies=a.group_concurrency, frame_concurrencies=a.frame_concurrency)
     plan.write_data()
     responses = plan.write_null_responses(man.output_size)
     max_sessions = int(plan.sessions_needed() * 1.2) + 10_000

@@ -78,6 +78,7 @@ class Plan:
     ghz_cpus: int
     raw: Path
     group_sizes: list[int] = field(default_factory=list)
+    frame_concurrencies: list[int] | None = None  # None: the same as `concurrencies`
     group_concurrencies: list[int] = field(default_factory=lambda: [1, 4])
     ghz: Path = field(default_factory=ghz.ensure_ghz)
     data: dict[str, Path] = field(default_factory=dict)
@@ -235,7 +236,7 @@ def frames(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: in
         key = f"{kind}{n}"
         for who, proc in {"server": server, **ceilings}.items():
             warm(plan, proc, who, key)
-        for c in plan.concurrencies if kind == "frame" else plan.group_concurrencies:
+        for c in (plan.frame_concurrencies or plan.concurrencies) if kind == "frame" else plan.group_concurrencies:
             ceil = _ceilings(plan, ceilings, key, c)
             s = run_one(plan, server, "server", key, c, metrics_port)
             plan.note_command(f"{'StepFrame' if kind == 'frame' else 'StepGroup'} of {n}", s["command"].split())
