@@ -94,16 +94,18 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
             yield pb.StreamFramesResponse(frame=self._frame(req.frame))
 
 
-async def serve(host: str, port: int, features: int, output_size: int) -> None:
+async def serve(host: str, port: int, register, name: str) -> None:
+    """A grpc.aio server with the real server's options and health; `register(server)` adds the service;
+    prints `NAME listening on HOST:PORT` (what ServerProcess waits for), runs until killed."""
     server = grpc.aio.server(options=OPTIONS)
-    pb_grpc.add_StateStreamServiceServicer_to_server(EchoService(features, output_size), server)
+    register(server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    print(f"echo-server listening on {host}:{bound}", flush=True)
+    print(f"{name} listening on {host}:{bound}", flush=True)
     await server.wait_for_termination()
 
 
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-size", type=int, required=True, help="values per row in a response")
     a = p.parse_args(argv)
     try:
-        asyncio.run(serve(a.host, a.port, a.features, a.output_size))
+        service = EchoService(a.features, a.output_size)
+        asyncio.run(serve(a.host, a.port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s),
+                          "echo-server"))
     except KeyboardInterrupt:
         pass
     return 0

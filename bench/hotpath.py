@@ -71,6 +71,26 @@ def _requests(features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, in
     return out
 
 
+def _unary_call(handler, parse, data: bytes, ctx):
+    async def call():
+        (await handler(parse(data), ctx)).SerializeToString()
+
+    return call
+
+
+def _stream_call(handler, parse, data: bytes, n: int, ctx):
+    """One stream of n steps: parse, step and serialize each message."""
+    async def requests():
+        for _ in range(n):
+            yield parse(data)
+
+    async def call():
+        async for reply in handler(requests(), ctx):
+            reply.SerializeToString()
+
+    return call
+
+
 async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, repeats: int = 7) -> list[tuple[str, float, float]]:
     svc = app.service
     ctx = _Context()
@@ -84,18 +104,8 @@ async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, r
         parse = getattr(pb, f"{method}Request").FromString
         handler = getattr(svc, method)
 
-        async def call():
-            reply = await handler(parse(data), ctx)
-            return reply.SerializeToString()
-
-        if method == "StreamSteps":  # one stream of n steps: parse, step, serialize each message
-            async def requests():
-                for _ in range(n):
-                    yield parse(data)
-
-            async def call():
-                async for reply in handler(requests(), ctx):
-                    reply.SerializeToString()
+        call = _stream_call(handler, parse, data, n, ctx) if method == "StreamSteps" else \
+            _unary_call(handler, parse, data, ctx)
 
         for _ in range(20):
             await call()

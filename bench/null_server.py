@@ -19,9 +19,8 @@ import sys
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from .echo_server import OPTIONS, SERVICE_NAME
+from .echo_server import SERVICE_NAME, serve
 
 STREAMING = {"StreamSteps", "StreamFrames"}
 
@@ -78,19 +77,6 @@ class NullHandler(grpc.GenericRpcHandler):
         return handle
 
 
-async def serve(host: str, port: int, responses: Responses) -> None:
-    server = grpc.aio.server(options=OPTIONS)
-    server.add_generic_rpc_handlers((NullHandler(responses),))
-    hs = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    await hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    print(f"null-server listening on {host}:{bound}", flush=True)
-    await server.wait_for_termination()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.null_server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--responses", type=Path, required=True, help="JSON written by bench.payloads.null_responses")
     a = p.parse_args(argv)
     try:
-        asyncio.run(serve(a.host, a.port, Responses.load(a.responses)))
+        handler = NullHandler(Responses.load(a.responses))
+        asyncio.run(serve(a.host, a.port, lambda s: s.add_generic_rpc_handlers((handler,)), "null-server"))
     except KeyboardInterrupt:
         pass
     return 0

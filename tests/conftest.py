@@ -19,3 +19,14 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI, which counts as a failure: {reason}"
+
+
+@pytest.fixture()
+def stub(server):
+    """A generated StateStreamService stub on the test module's `server` fixture (a ServerProcess)."""
+    import grpc
+
+    from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.target) as ch:
+        yield pb_grpc.StateStreamServiceStub(ch)

@@ -9,7 +9,6 @@ import pytest
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 F = 3
 
@@ -31,11 +30,6 @@ def server():
     with ServerProcess(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "5000") as srv:
         yield srv
 
-
-@pytest.fixture()
-def stub(server):
-    with grpc.insecure_channel(server.target) as ch:
-        yield pb_grpc.StateStreamServiceStub(ch)
 
 
 def refused(call, request) -> str:

@@ -56,6 +56,20 @@ def states_to_proto(states: States) -> list[pb.LayerState]:
     return [pb.LayerState(layer=name, h_raw=to_raw(s["h"]), c_raw=to_raw(s.get("c", ()))) for name, s in states.items()]
 
 
+class _Closes:
+    """Context manager: `close()` on leaving; an error from close is raised only if the block raised none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc[0] is None:
+                raise
+
+
 @dataclass
 class SessionState:
     """A session's saved state: enough to restore or migrate it (`Session.set_state`)."""
@@ -127,23 +141,13 @@ class Client:
         return Group(self, reply.group_id, list(reply.session_ids), reply.model)
 
 
-class Session:
+class Session(_Closes):
     """One server-side session: its states stay on the server between calls."""
 
     def __init__(self, client: Client, session_id: str, info: pb.ModelInfo):
         self.client = client
         self.id = session_id
         self.info = info
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.close()
-        except Exception:
-            if exc[0] is None:
-                raise
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, model={self.info.name!r})"
@@ -214,7 +218,7 @@ class Session:
         return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count
 
 
-class Group:
+class Group(_Closes):
     """A session group: N sessions whose states the server keeps side by side, stepped by one message."""
 
     def __init__(self, client: Client, group_id: str, session_ids: list[str], info: pb.ModelInfo):
@@ -223,16 +227,6 @@ class Group:
         self.session_ids = session_ids
         self.info = info
         self.sessions = [Session(client, sid, info) for sid in session_ids]
-
-    def __enter__(self) -> "Group":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.close()
-        except Exception:
-            if exc[0] is None:
-                raise
 
     def __len__(self) -> int:
         return len(self.session_ids)
