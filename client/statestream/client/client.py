@@ -69,6 +69,7 @@ class Client:
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        self.retries = 0  # attempts resent by exactly-once sessions, over this client's life
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> "Client":
@@ -97,7 +98,9 @@ class Client:
         attempts = Attempts(self.retry, timeout or self.timeout)
         for attempt_timeout in attempts:
             try:
-                return fn(request, timeout=attempt_timeout, metadata=metadata, wait_for_ready=attempts.retries > 0)
+                reply = fn(request, timeout=attempt_timeout, metadata=metadata, wait_for_ready=attempts.retries > 0)
+                self.retries += attempts.retries
+                return reply
             except grpc.RpcError as e:
                 attempts.failed(from_rpc_error(e))
 

@@ -160,6 +160,7 @@ def exactly_once(session: "Session", steps: Iterable, return_sequences: bool, re
                         call.close()
                     call = None
                     attempts.failed(e)
+            client.retries += attempts.retries
             session.acknowledged(seq)
             yield session.result(reply, return_sequences, return_state)
     finally:
