@@ -8,7 +8,7 @@ import pytest
 from mdproxy import RecordingProxy
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client
-from test_interop import GO_DIR, NODE_DIR, client_env, run, tool
+from test_interop import EXAMPLES, GO_DIR, NODE_DIR, client_env, run, tool
 
 NAMING = {"Step", "StreamSteps", "GetState", "SetState", "CloseSession"}
 
@@ -65,3 +65,13 @@ def test_node_client(proxy):
     run([node, "--test"], cwd=NODE_DIR, env=client_env(proxy.target), timeout=300)
     seen = check(calls_of(proxy, "grpc-node"))
     assert NAMING | {"OpenSession"} <= seen, seen
+
+
+@pytest.mark.parametrize("script, prefix", [("ghz-unary.sh", "ghz-"), ("ghz-stream.sh", "ghz-stream-")])
+def test_the_readme_ghz_recipes_send_the_header(proxy, script, prefix):
+    tool("ghz")
+    run(["bash", str(EXAMPLES / script), "-O", "json"], env=client_env(proxy.target), timeout=120)
+    calls = calls_of(proxy, "grpc-go")  # ghz is grpc-go too: look at its sessions only
+    mine = [c for c in calls if c.sessions and c.sessions[0].startswith(prefix) and "-g" in c.sessions[0]]
+    assert len(mine) >= 8
+    check(mine)
