@@ -25,6 +25,7 @@ from bench.procs import free_port  # noqa: E402
 CONFIG = ROOT / "deploy" / "haproxy.cfg"
 _SERVERS = re.compile(r"(    # SERVERS BEGIN\n).*?(    # SERVERS END\n)", re.S)
 _BIND = re.compile(r"^    bind :50051 proto h2$", re.M)
+_MONITOR_BIND = re.compile(r"^    bind :8404$", re.M)
 
 
 def health_check_request() -> bytes:
@@ -61,11 +62,14 @@ def require_haproxy() -> str:
     return path
 
 
-def render(backends: list[str], port: int, stats_socket: str | Path | None = None, text: str | None = None) -> str:
+def render(backends: list[str], port: int, stats_socket: str | Path | None = None, monitor_port: int = 0,
+           text: str | None = None) -> str:
     """deploy/haproxy.cfg with `bind 127.0.0.1:PORT`, one server line per backend (host:port) named r0, r1...,
-    and optionally an admin socket (for `server_states`)."""
+    the monitor frontend on 127.0.0.1:monitor_port (0: a free port), optionally an admin socket (for `states`)."""
     text = CONFIG.read_text() if text is None else text
-    assert _BIND.search(text) and _SERVERS.search(text), f"{CONFIG} lost its bind line or SERVERS markers"
+    assert _BIND.search(text) and _SERVERS.search(text) and _MONITOR_BIND.search(text), \
+        f"{CONFIG} lost its bind lines or SERVERS markers"
+    text = _MONITOR_BIND.sub(f"    bind 127.0.0.1:{monitor_port or free_port()}", text)
     servers = "".join(f"    server r{i} {b}\n" for i, b in enumerate(backends))
     text = _SERVERS.sub(lambda m: m.group(1) + servers + m.group(2), text)
     if stats_socket:
@@ -84,11 +88,12 @@ class HAProxy:
     def __init__(self, backends: list[str], timeout: float = 30):
         self.backends = list(backends)
         self.port = free_port()
+        self.monitor_port = free_port()
         self.timeout = timeout
         self._dir = tempfile.TemporaryDirectory(prefix="statestream-haproxy-")
         self.config = Path(self._dir.name) / "haproxy.cfg"
         self.socket = Path(self._dir.name) / "admin.sock"
-        self.config.write_text(render(self.backends, self.port, self.socket))
+        self.config.write_text(render(self.backends, self.port, self.socket, self.monitor_port))
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
 
