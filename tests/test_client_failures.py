@@ -99,3 +99,17 @@ def test_cli_against_no_server_at_all(server):
     assert p.returncode == 1 and not out
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err, err
+
+
+def test_an_error_raised_by_the_callers_input_reaches_the_caller_after_the_steps_before_it(server):
+    def inputs():
+        yield from np.zeros((3, 3), np.float32)
+        raise KeyError("sensor unplugged")
+
+    with Client(server.target) as c:
+        s = c.session("demo")
+        got = []
+        with pytest.raises(KeyError, match="sensor unplugged"):
+            for y in s.stream(inputs()):
+                got.append(y)
+        assert len(got) == 3 and s.get_state().step_count == 3

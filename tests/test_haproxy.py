@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from contextlib import ExitStack
 
@@ -80,3 +81,17 @@ def test_a_killed_replica_is_marked_down_by_the_grpc_health_check():
             for i in range(10):
                 c.session("demo", f"left-{i}").step([0.1, 0.2, 0.3])
         assert len(holders(servers[:1], "left-0")) == 1
+
+
+def test_a_draining_replica_is_taken_out_while_it_finishes_its_streams():
+    with ExitStack() as stack:
+        servers = [stack.enter_context(ServerProcess(DEMO_MODEL, "--grace", "30")) for _ in range(2)]
+        proxy = stack.enter_context(HAProxy([s.target for s in servers]))
+        client = stack.enter_context(Client(servers[1].target))
+        s = client.session("demo")
+        stream = s.stream(itertools.repeat(np.zeros(3, np.float32)))  # endless: the drain waits for it
+        next(stream)
+        servers[1].proc.send_signal(15)  # SIGTERM
+        proxy.wait_state("r1", "DOWN")
+        assert servers[1].proc.poll() is None  # still draining, yet out of rotation
+        stream.close()

@@ -82,12 +82,16 @@ def pipelined(session: "Session", steps: Iterable, return_sequences: bool, retur
     timeout of its step (a whole-call deadline would cut long streams); `timeout` also bounds the whole call."""
     client = session.client
     dog = Watchdog(client.timeout)
+    failed: list[Exception] = []  # raised by `steps` on gRPC's sending thread: re-raised here, after the replies
 
     def requests():
-        for x in steps:
-            req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, None))
-            dog.sent()
-            yield req
+        try:
+            for x in steps:
+                req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, None))
+                dog.sent()
+                yield req
+        except Exception as e:  # noqa: BLE001 - the caller's own error, handed back to the caller
+            failed.append(e)
 
     call = client.stub.StreamSteps(requests(), timeout=timeout, metadata=session.metadata)
     dog.watch(call.cancel)
@@ -97,7 +101,11 @@ def pipelined(session: "Session", steps: Iterable, return_sequences: bool, retur
             if reply.HasField("error"):
                 raise from_code(reply.error.code, reply.error.message)
             yield session.result(reply.step, return_sequences, return_state)
+        if failed:
+            raise failed[0]
     except grpc.RpcError as e:
+        if failed:
+            raise failed[0] from None
         raise dog.error(e) from None
     finally:
         call.cancel()
