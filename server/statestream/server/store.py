@@ -1,16 +1,21 @@
-"""StateStore: where session state survives the process (memory, sqlite; redis is next)."""
+"""StateStore: where session state survives the process (memory, sqlite; redis in store_redis.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from .errors import Unavailable
+
+OK, CONFLICT, MISSING = "ok", "conflict", "missing"
 
 
 @dataclass
@@ -28,24 +33,31 @@ class SessionRecord:
     last_output: np.ndarray | None = None   # recorded result of step `last_seq`: [T, O]
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
+    version: int = 0             # bumped by every committed change; the compare-and-set key of a shared store
 
 
 class StateStore(Protocol):
-    """What the SessionTable and the Batcher need from a backend.
+    """What persistence.py needs from a backend (see CORE_API.md: the store seam).
 
-    `put` is awaited before a step is answered (for a durable store), is called
-    once per batch with every session the batch changed, and runs in submission
-    order. A shared backend (Redis, next milestone) writes the batch in one
-    pipelined round trip with a compare-and-set on `step_count`, so a stale
-    replica can never overwrite a newer state.
+    `commit` is awaited before a step is answered (for a durable store), is called once per batch with every
+    session the batch changed and costs one round trip / one transaction. It is a compare-and-set per record:
+    a record is written only if the stored version is `rec.version - 1`; the answer per record is "ok",
+    "conflict" (the stored version differs: another process wrote it) or "missing" (closed or expired
+    elsewhere). A store that cannot be reached raises `errors.Unavailable`, and nothing of that call was
+    applied by this process.
     """
 
-    durable: bool
+    durable: bool       # a step is answered only after its write succeeded
+    shared: bool        # other processes write it too: the local session table is a cache
     description: str
 
     def load(self) -> list[SessionRecord]: ...
 
-    async def put(self, records: list[SessionRecord]) -> None: ...
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None: ...
+
+    async def create(self, rec: SessionRecord) -> bool: ...
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]: ...
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
 
@@ -53,13 +65,23 @@ class StateStore(Protocol):
 
 
 class MemoryStore:
-    """The default: sessions live in the process only; a restart starts empty."""
+    """The default: sessions live in the process only; a restart starts empty. Nothing to compare: all "ok"."""
 
     durable = False
+    shared = False
     description = "memory: sessions live in this process only; a restart or crash loses them"
 
     def load(self) -> list[SessionRecord]:
         return []
+
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        return None
+
+    async def create(self, rec: SessionRecord) -> bool:
+        return True
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        return [OK] * len(records)
 
     async def put(self, records: list[SessionRecord]) -> None:
         return None
@@ -71,6 +93,8 @@ class MemoryStore:
         return None
 
 
+_COLUMNS = ("id", "model", "owner", "state", "step_count", "last_seq", "timeout", "expires_at", "last_output",
+            "last_rows", "last_state", "last_step_count", "version")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT NOT NULL,
@@ -85,10 +109,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_rows INTEGER,
     last_state BLOB,
     last_step_count INTEGER,
+    version INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
 )"""
-
-_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
+_UPSERT = f"INSERT OR REPLACE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+# CAS: the row of (owner, id) changes only if it is there, unexpired, at the version before this one.
+_CAS = ("UPDATE sessions SET state=?, step_count=?, last_seq=?, timeout=?, expires_at=?, last_output=?, last_rows=?, "
+        "last_state=?, last_step_count=?, version=? WHERE owner=? AND id=? AND version=? AND expires_at>?")
 
 
 def _row(r: SessionRecord) -> tuple:
@@ -96,64 +124,131 @@ def _row(r: SessionRecord) -> tuple:
     return (r.id, r.model, r.owner or "", r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
             r.expires_at, None if out is None else out.astype(np.float32).tobytes(),
             None if out is None else out.shape[0],
-            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count)
+            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count, r.version)
 
 
 def _record(row) -> SessionRecord:
     (sid, model, owner, state, steps, last_seq, timeout, expires_at, last_out, last_rows, last_state,
-     last_steps) = row
+     last_steps, version) = row
     out = None
     if last_out is not None:
         out = np.frombuffer(last_out, dtype=np.float32).reshape(last_rows, -1).copy()
-    return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq, timeout,
-                         expires_at, out,
+    return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq,
+                         timeout, expires_at, out,
                          None if last_state is None else np.frombuffer(last_state, dtype=np.float32).copy(),
-                         last_steps or 0)
+                         last_steps or 0, version)
 
 
 class SqliteStore:
     """Embedded durable store: stdlib sqlite3 in WAL mode, one transaction per batch.
 
-    A step is answered only after its batch's transaction committed, so a
-    `kill -9` of the server loses no acknowledged step (synchronous=NORMAL:
-    durable against a process crash; an OS crash may lose the last commits).
-    Writes run on one dedicated thread, in submission order.
+    A step is answered only after its batch's transaction committed, so a `kill -9` of the server loses no
+    acknowledged step (synchronous=NORMAL: durable against a process crash; an OS crash may lose the last
+    commits). Writes run on one dedicated thread, in submission order. `shared=True` (--workers N): several
+    processes of one machine use the file; each commit is a compare-and-set on `version` inside one
+    BEGIN IMMEDIATE transaction (writers queue on the file lock for up to `busy_timeout` seconds).
     """
 
     durable = True
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, shared: bool = False, busy_timeout: float = 5.0):
         self.path = Path(path)
-        self.description = f"sqlite:{self.path} (WAL, one transaction per batch, survives kill -9)"
+        self.shared = shared
+        mode = "shared by worker processes, compare-and-set per record" if shared else "one process"
+        self.description = f"sqlite:{self.path} (WAL, one transaction per batch, {mode}; survives kill -9)"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                   timeout=busy_timeout)
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        with self._tx():
+            self._db.execute(_SCHEMA)
+            if "version" not in [c[1] for c in self._db.execute("PRAGMA table_info(sessions)")]:
+                self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
+    @contextmanager
+    def _tx(self):
+        """One BEGIN IMMEDIATE transaction: takes the write lock at once (no read-to-write upgrade deadlock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
     def load(self) -> list[SessionRecord]:
+        """Every unexpired session (one process); nothing for shared workers, which read through on a miss."""
+        with self._tx():
+            self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (time.time(),))
+        if self.shared:
+            return []
+        return [_record(row) for row in self._db.execute(_SELECT)]
+
+    def _fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        row = self._db.execute(f"{_SELECT} WHERE owner=? AND id=? AND expires_at>?",
+                               (owner or "", sid, time.time())).fetchone()
+        return None if row is None else _record(row)
+
+    def _create(self, row: tuple) -> bool:
+        with self._tx():
+            self._db.execute("DELETE FROM sessions WHERE owner=? AND id=? AND expires_at<=?",
+                             (row[2], row[0], time.time()))
+            return self._db.execute(_UPSERT.replace("OR REPLACE", "OR IGNORE"), row).rowcount == 1
+
+    def _commit(self, rows: list[tuple]) -> list[str]:
         now = time.time()
-        self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-        return [_record(row) for row in self._db.execute("SELECT * FROM sessions")]
+        out = []
+        with self._tx():
+            for r in rows:
+                (sid, _model, owner, state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version) = r
+                if self._db.execute(_CAS, (state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version,
+                                           owner, sid, version - 1, now)).rowcount == 1:
+                    out.append(OK)
+                    continue
+                found = self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=? AND expires_at>?",
+                                         (owner, sid, now)).fetchone()
+                out.append(CONFLICT if found else MISSING)
+        return out
 
     def _put(self, rows: list[tuple]) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._tx():
             self._db.executemany(_UPSERT, rows)
 
     def _delete(self, keys: list[tuple[str | None, str]]) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._tx():
             self._db.executemany("DELETE FROM sessions WHERE owner = ? AND id = ?", [(o or "", i) for o, i in keys])
 
+    async def _run(self, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.OperationalError as e:  # locked past busy_timeout, disk full, I/O error: rolled back
+            raise Unavailable(f"state store sqlite:{self.path} failed: {e}; nothing was applied") from e
+
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        """The stored session, or None (never stored, closed, or expired)."""
+        return await self._run(self._fetch, owner, sid)
+
+    async def create(self, rec: SessionRecord) -> bool:
+        """Insert `rec` if no unexpired session has its (owner, id); False if one has."""
+        return await self._run(self._create, _row(rec))
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        """Compare-and-set every record in one transaction: "ok" | "conflict" | "missing" per record."""
+        if not records:
+            return []
+        return await self._run(self._commit, [_row(r) for r in records])
+
     async def put(self, records: list[SessionRecord]) -> None:
-        rows = [_row(r) for r in records]
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._put, rows)
+        """Unconditional upsert of every record in one transaction (single-process callers)."""
+        await self._run(self._put, [_row(r) for r in records])
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         if keys:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._delete, list(keys))
+            await self._run(self._delete, list(keys))
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
@@ -163,18 +258,33 @@ class SqliteStore:
         self._db.close()
 
 
+STORE_HELP = (
+    "where session state lives: memory | sqlite:PATH | redis://HOST:PORT/DB. "
+    "memory: this process only, a restart loses every session. "
+    "sqlite:PATH: a file on this machine, one transaction per batch before the answer; survives kill -9 of the "
+    "server, an OS crash may lose the last commits (synchronous=NORMAL); --workers share it with "
+    "compare-and-set. redis://: shared by every replica and worker (the local table is a cache, compare-and-set "
+    "per session, expiry as a Redis TTL); what survives is what the Redis server promises: with AOF everysec a "
+    "crash of the redis process loses no acknowledged step (the AOF write precedes its reply), an OS crash or "
+    "power loss of the Redis machine loses about the last second")
+
+
 def check_spec(spec: str) -> tuple[str, str]:
-    """(`memory`, "") or (`sqlite`, PATH); anything else is refused with the choices."""
+    """(`memory`, ""), (`sqlite`, PATH) or (`redis`, URL); anything else is refused with the choices."""
     if spec == "memory":
         return "memory", ""
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return "sqlite", spec[len("sqlite:"):]
-    if spec.startswith("redis"):
-        raise ValueError(f"--state-store {spec}: the Redis backend is the next milestone; use memory or sqlite:PATH")
-    raise ValueError(f"--state-store {spec!r}: expected memory or sqlite:PATH")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from .store_redis import check_url
+        return "redis", check_url(spec)
+    raise ValueError(f"--state-store {spec!r}: expected memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
-def open_store(spec: str) -> StateStore:
-    """The StateStore named by --state-store."""
-    kind, path = check_spec(spec)
-    return SqliteStore(path) if kind == "sqlite" else MemoryStore()
+def open_store(spec: str, shared: bool = False) -> StateStore:
+    """The StateStore named by --state-store; `shared`: several worker processes use it (--workers > 1)."""
+    kind, where = check_spec(spec)
+    if kind == "redis":
+        from .store_redis import RedisStore
+        return RedisStore(where)
+    return SqliteStore(where, shared=shared) if kind == "sqlite" else MemoryStore()
