@@ -83,9 +83,6 @@ class MemoryStore:
     async def commit(self, records: list[SessionRecord]) -> list[str]:
         return [OK] * len(records)
 
-    async def put(self, records: list[SessionRecord]) -> None:
-        return None
-
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         return None
 
@@ -113,7 +110,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     PRIMARY KEY (owner, id)
 )"""
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
-_UPSERT = f"INSERT OR REPLACE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+_INSERT = f"INSERT OR IGNORE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 # CAS: the row of (owner, id) changes only if it is there, unexpired, at the version before this one.
 _CAS = ("UPDATE sessions SET state=?, step_count=?, last_seq=?, timeout=?, expires_at=?, last_output=?, last_rows=?, "
         "last_state=?, last_step_count=?, version=? WHERE owner=? AND id=? AND version=? AND expires_at>?")
@@ -197,7 +194,7 @@ class SqliteStore:
         with self._tx():
             self._db.execute("DELETE FROM sessions WHERE owner=? AND id=? AND expires_at<=?",
                              (row[2], row[0], time.time()))
-            return self._db.execute(_UPSERT.replace("OR REPLACE", "OR IGNORE"), row).rowcount == 1
+            return self._db.execute(_INSERT, row).rowcount == 1
 
     def _commit(self, rows: list[tuple]) -> list[str]:
         now = time.time()
@@ -213,10 +210,6 @@ class SqliteStore:
                                          (owner, sid, now)).fetchone()
                 out.append(CONFLICT if found else MISSING)
         return out
-
-    def _put(self, rows: list[tuple]) -> None:
-        with self._tx():
-            self._db.executemany(_UPSERT, rows)
 
     def _delete(self, keys: list[tuple[str | None, str]]) -> None:
         with self._tx():
@@ -241,10 +234,6 @@ class SqliteStore:
         if not records:
             return []
         return await self._run(self._commit, [_row(r) for r in records])
-
-    async def put(self, records: list[SessionRecord]) -> None:
-        """Unconditional upsert of every record in one transaction (single-process callers)."""
-        await self._run(self._put, [_row(r) for r in records])
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         if keys:
