@@ -1,0 +1,122 @@
+"""Scale-out with real processes on loopback: workers and replicas sharing one real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
+from reference import Reference
+from serverproc import DEMO_MODEL, ServerProcess
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+from test_workers import worker_metrics_ports
+
+# Each channel its own TCP connection (grpc shares subchannels between identical channels by default), so the
+# kernel's SO_REUSEPORT hashing spreads them over the workers.
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+
+
+def inputs(n_sessions: int, steps: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((steps, n_sessions, 3)).astype(np.float32)
+
+
+def reference(xs: np.ndarray) -> np.ndarray:
+    """Outputs (steps, sessions) of every session stepped from zero states."""
+    ref = Reference(xs.shape[1])
+    return np.array([ref.step(x)[:, 0] for x in xs])
+
+
+def steps_applied(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        m = re.search(r'^statestream_steps_total\{model="demo"\} (\S+)$', r.read().decode(), re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.slow
+def test_two_workers_on_redis_200_sessions_from_many_connections_equal_the_reference(redis_proc):
+    n, steps, n_channels = 200, 6, 8
+    xs = inputs(n, steps)
+    expected = reference(xs)
+    with ServerProcess(DEMO_MODEL, "--workers", "2", "--state-store", redis_proc.url, "--metrics-port", "-1") as srv:
+        async def go():
+            channels = [grpc.aio.insecure_channel(srv.target, options=OWN_CONNECTION) for _ in range(n_channels)]
+            stubs = [pb_grpc.StateStreamServiceStub(c) for c in channels]
+            await asyncio.gather(*(stubs[k % n_channels].OpenSession(
+                pb.OpenSessionRequest(model="demo", session_id=f"s{k}")) for k in range(n)))
+            got = np.zeros((steps, n), np.float32)
+            for t in range(steps):  # step t of session k goes over channel k + t: every step may change worker
+                replies = await asyncio.gather(*(stubs[(k + t) % n_channels].Step(
+                    pb.StepRequest(session_id=f"s{k}", input=xs[t, k], sequence_number=t + 1)) for k in range(n)))
+                for k, r in enumerate(replies):
+                    assert r.step_count == t + 1 and not r.replayed
+                    got[t, k] = r.output[0]
+            for c in channels:
+                await c.close()
+            return got
+        got = asyncio.run(go())
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        served = {i: steps_applied(port) for i, port in worker_metrics_ports(srv).items()}
+        assert len(served) == 2 and all(v > 0 for v in served.values()), served
+        assert sum(served.values()) >= n * steps   # conflicts re-run a step; nothing is skipped
+        assert srv.terminate(60) == 0
+
+
+@pytest.mark.slow
+def test_stale_replica_loses_its_cas_reloads_and_stays_exact(redis_proc):
+    xs = inputs(2, 9, seed=3)
+    expected = reference(xs)
+    with ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as a, \
+            ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as b, \
+            grpc.insecure_channel(a.target) as ca, grpc.insecure_channel(b.target) as cb:
+        on = {"A": pb_grpc.StateStreamServiceStub(ca), "B": pb_grpc.StateStreamServiceStub(cb)}
+        on["A"].OpenSession(pb.OpenSessionRequest(model="demo", session_id="numbered"))
+        on["A"].OpenSession(pb.OpenSessionRequest(model="demo", session_id="plain"))
+        plan = "AAABBBBAA"   # A caches the session, B steps it 4 times, A comes back with stale states
+        for t, where in enumerate(plan):
+            r1 = on[where].Step(pb.StepRequest(session_id="numbered", input=xs[t, 0], sequence_number=t + 1))
+            r2 = on[where].Step(pb.StepRequest(session_id="plain", input=xs[t, 1]))
+            assert (r1.step_count, r2.step_count) == (t + 1, t + 1), (t, where)   # no double step, none lost
+            assert not r1.replayed
+            np.testing.assert_allclose([r1.output[0], r2.output[0]], expected[t], atol=1e-5, err_msg=f"{t}{where}")
+        # a retry of A's last numbered step on B is the recorded answer, not a new step
+        again = on["B"].Step(pb.StepRequest(session_id="numbered", input=xs[8, 0], sequence_number=9))
+        assert again.replayed and again.step_count == 9
+        assert list(again.output) == pytest.approx([expected[8, 0]], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_redis_restart_loses_nothing_acknowledged_and_redis_down_is_unavailable(redis_proc):
+    xs = inputs(1, 12, seed=5)
+    expected = reference(xs)[:, 0]
+    with ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="aof"))
+
+        def step(t: int):
+            return stub.Step(pb.StepRequest(session_id="aof", input=xs[t, 0], sequence_number=t + 1), timeout=30)
+
+        for t in range(5):
+            assert step(t).output[0] == pytest.approx(expected[t], abs=1e-5)
+        redis_proc.restart(kill=True)   # kill -9 of redis: AOF everysec wrote every acknowledged step first
+        for t in range(5, 10):
+            r = step(t)
+            assert r.step_count == t + 1 and r.output[0] == pytest.approx(expected[t], abs=1e-5)
+        redis_proc.kill()
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as e:
+                step(10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert f"state store redis://127.0.0.1:{redis_proc.port}/0 is unreachable" in e.value.details()
+            assert "nothing was applied" in e.value.details()
+        redis_proc.start()               # the failed attempts changed nothing: step 11 is still step 11
+        for t in range(10, 12):
+            r = step(t)
+            assert r.step_count == t + 1 and not r.replayed
+            assert r.output[0] == pytest.approx(expected[t], abs=1e-5)
+        assert srv.terminate(60) == 0
