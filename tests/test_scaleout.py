@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import time
 import urllib.request
 
 import grpc
@@ -38,32 +41,55 @@ def steps_applied(port: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+async def step_all(stubs, xs: np.ndarray, t: int, shift: int = 0) -> np.ndarray:
+    """Step t (sequence number t + 1) of every session s{k}, session k over channel k + t + shift."""
+    replies = await asyncio.gather(*(stubs[(k + t + shift) % len(stubs)].Step(
+        pb.StepRequest(session_id=f"s{k}", input=xs[t, k], sequence_number=t + 1), wait_for_ready=True, timeout=60)
+        for k in range(xs.shape[1])))
+    for r in replies:
+        assert r.step_count == t + 1 and not r.replayed
+    return np.array([r.output[0] for r in replies])
+
+
+def wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_two_workers_on_redis_200_sessions_from_many_connections_equal_the_reference(redis_proc):
-    n, steps, n_channels = 200, 6, 8
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_two_workers_200_sessions_from_many_connections_equal_the_reference(redis_proc, tmp_path, kind):
+    """Every step of a session may land on the other worker; then worker 0 is killed -9, restarted by the
+    parent, and every session goes on exactly where it was."""
+    n, steps, n_channels = 200, 8, 16
     xs = inputs(n, steps)
     expected = reference(xs)
-    with ServerProcess(DEMO_MODEL, "--workers", "2", "--state-store", redis_proc.url, "--metrics-port", "-1") as srv:
-        async def go():
+    store = redis_proc.url if kind == "redis" else f"sqlite:{tmp_path / 'w.db'}"
+    with ServerProcess(DEMO_MODEL, "--workers", "2", "--state-store", store, "--metrics-port", "-1") as srv:
+        async def go(first: int, last: int):
             channels = [grpc.aio.insecure_channel(srv.target, options=OWN_CONNECTION) for _ in range(n_channels)]
             stubs = [pb_grpc.StateStreamServiceStub(c) for c in channels]
-            await asyncio.gather(*(stubs[k % n_channels].OpenSession(
-                pb.OpenSessionRequest(model="demo", session_id=f"s{k}")) for k in range(n)))
-            got = np.zeros((steps, n), np.float32)
-            for t in range(steps):  # step t of session k goes over channel k + t: every step may change worker
-                replies = await asyncio.gather(*(stubs[(k + t) % n_channels].Step(
-                    pb.StepRequest(session_id=f"s{k}", input=xs[t, k], sequence_number=t + 1)) for k in range(n)))
-                for k, r in enumerate(replies):
-                    assert r.step_count == t + 1 and not r.replayed
-                    got[t, k] = r.output[0]
+            if first == 0:
+                await asyncio.gather(*(stubs[k % n_channels].OpenSession(
+                    pb.OpenSessionRequest(model="demo", session_id=f"s{k}")) for k in range(n)))
+            got = np.array([await step_all(stubs, xs, t) for t in range(first, last)])
             for c in channels:
                 await c.close()
             return got
-        got = asyncio.run(go())
-        np.testing.assert_allclose(got, expected, atol=1e-5)
+        got = asyncio.run(go(0, steps - 2))
+        np.testing.assert_allclose(got, expected[:steps - 2], atol=1e-5)
         served = {i: steps_applied(port) for i, port in worker_metrics_ports(srv).items()}
         assert len(served) == 2 and all(v > 0 for v in served.values()), served
-        assert sum(served.values()) >= n * steps   # conflicts re-run a step; nothing is skipped
+        assert sum(served.values()) >= n * (steps - 2)   # conflicts re-run a step; nothing is skipped
+
+        victim = int(re.search(r"worker 0 \(pid (\d+)\) serving", srv.output()).group(1))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(re.findall(r"worker 0 \(pid \d+\) serving", srv.output())) == 2)
+        assert "worker 0 exited with -9; starting it again" in srv.output()
+        got = asyncio.run(go(steps - 2, steps))
+        np.testing.assert_allclose(got, expected[steps - 2:], atol=1e-5)
         assert srv.terminate(60) == 0
 
 

@@ -127,7 +127,8 @@ class App:
         if hasattr(self, "store"):
             if self.store.durable:  # every change was written through when it was answered
                 log.info("persisted %d sessions to %s (written through)", len(self.table), self.store.description)
-            self.store.close()
+            closing = getattr(self.store, "aclose", None)  # a store with connections closes them on this loop
+            await closing() if closing else self.store.close()
         if hasattr(self, "executor"):
             self.executor.shutdown(wait=True)
         log.info("stopped")

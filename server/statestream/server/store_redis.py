@@ -148,7 +148,7 @@ class RedisStore:
 
     def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0, batch_mode: str = "pipeline"):
         self.url = check_url(url)
-        self.description = (f"redis {_shown(url)} (shared by replicas and workers; compare-and-set per session, "
+        self.description = (f"{_shown(url)} (shared by replicas and workers; compare-and-set per session, "
                             "one round trip per batch, expiry as a Redis TTL)")
         self.batch_mode = batch_mode
         self._retry = dict(retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 3),
@@ -171,10 +171,12 @@ class RedisStore:
                            "retry once it is back")
 
     def load(self) -> list[SessionRecord]:
-        """Nothing: sessions are read through on first use. Logs a warning when Redis does not answer now."""
+        """Nothing: sessions are read through on first use. Loads the scripts now (saves the first batch a
+        NOSCRIPT round trip); logs a warning when Redis does not answer."""
         try:
             with redis.Redis.from_url(self.url, **self._timeouts) as r:
-                r.ping()
+                for script in (CAS_SCRIPT, CREATE_SCRIPT):
+                    r.script_load(script)
         except redis.RedisError as e:
             log.warning("state store %s does not answer at start (%s): steps fail UNAVAILABLE until it does",
                         _shown(self.url), e)
@@ -237,7 +239,8 @@ class RedisStore:
             todo = [i for i in todo if codes[i] is None]
             if not todo:
                 break
-            log.info("state store: Lua script cache was flushed; loading the CAS script again")
+            log.info("state store: the CAS script is not in Redis' script cache (a Redis restart or SCRIPT FLUSH); "
+                     "loading it again")
             self._cas.sha = await self.client.script_load(CAS_SCRIPT)
         return codes
 

@@ -16,7 +16,8 @@ from .config import Config
 
 log = logging.getLogger("statestream.server.workers")
 
-_CRASH_LOOP_SECONDS = 10.0   # a worker that dies sooner after its start is not restarted: the parent gives up
+_QUICK_EXIT_SECONDS = 10.0   # a worker that dies sooner than this after its start exited "quickly"
+_QUICK_EXITS = 3             # a worker that exits quickly this many times in a row is not restarted: all stop
 
 
 @contextmanager
@@ -64,10 +65,13 @@ class Supervisor:
         self.ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no grpc/onnxruntime state forked
         self.procs: dict[int, multiprocessing.Process] = {}
         self.started: dict[int, float] = {}
+        self.quick_exits: dict[int, int] = {}
+        self.ready: dict[int, object] = {}   # each worker's Event, held here until the worker exits
         self.stopping = False
         self._termed: set[int] = set()
 
-    def _start(self, index: int, port: int, ready) -> None:
+    def _start(self, index: int, port: int) -> None:
+        ready = self.ready[index] = self.ctx.Event()
         p = self.ctx.Process(target=_worker, args=(worker_config(self.cfg, index, port), index, ready),
                              name=f"statestream-worker{index}", daemon=False)
         p.start()
@@ -92,15 +96,13 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
         with reserve_port(self.cfg.host, self.cfg.port) as port:
-            readies = [self.ctx.Event() for _ in range(self.cfg.workers)]
-            for i, ready in enumerate(readies):
-                self._start(i, port, ready)
-            while not all(r.is_set() for r in readies):
+            for i in range(self.cfg.workers):
+                self._start(i, port)
+            while not all(r.is_set() for r in self.ready.values()):
                 if self.stopping or any(not p.is_alive() for p in self.procs.values()):
                     return self._shutdown(failed=not self.stopping)
                 time.sleep(0.05)
-            log.info("%d workers serving on %s:%d (SO_REUSEPORT), state store %s", self.cfg.workers, self.cfg.host,
-                     port, self.cfg.state_store)
+            log.info("%d workers serving on %s:%d (SO_REUSEPORT)", self.cfg.workers, self.cfg.host, port)
             print(f"statestream-server listening on {self.cfg.host}:{port}", flush=True)
             return self._watch(port)
 
@@ -110,12 +112,15 @@ class Supervisor:
             for i, p in list(self.procs.items()):
                 if p.is_alive() or self.stopping:
                     continue
-                if time.monotonic() - self.started[i] < _CRASH_LOOP_SECONDS:
-                    log.error("worker %d exited with %s right after its start; stopping all", i, p.exitcode)
+                quick = time.monotonic() - self.started[i] < _QUICK_EXIT_SECONDS
+                self.quick_exits[i] = self.quick_exits.get(i, 0) + 1 if quick else 0
+                if self.quick_exits[i] >= _QUICK_EXITS:
+                    log.error("worker %d exited with %s, %d times in a row within %.0f s of its start; stopping all",
+                              i, p.exitcode, _QUICK_EXITS, _QUICK_EXIT_SECONDS)
                     return self._shutdown(failed=True)
                 log.error("worker %d exited with %s; starting it again (sessions live in the shared store)",
                           i, p.exitcode)
-                self._start(i, port, self.ctx.Event())
+                self._start(i, port)
         return self._shutdown(failed=False)
 
     def _shutdown(self, failed: bool) -> int:
