@@ -95,7 +95,7 @@ def test_two_workers_200_sessions_from_many_connections_equal_the_reference(redi
 
 @pytest.mark.slow
 def test_stale_replica_loses_its_cas_reloads_and_stays_exact(redis_proc):
-    xs = inputs(2, 9, seed=3)
+    xs = inputs(2, 11, seed=3)
     expected = reference(xs)
     with ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as a, \
             ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as b, \
@@ -114,6 +114,15 @@ def test_stale_replica_loses_its_cas_reloads_and_stays_exact(redis_proc):
         again = on["B"].Step(pb.StepRequest(session_id="numbered", input=xs[8, 0], sequence_number=9))
         assert again.replayed and again.step_count == 9
         assert list(again.output) == pytest.approx([expected[8, 0]], abs=1e-5)
+        r1 = on["B"].Step(pb.StepRequest(session_id="numbered", input=xs[9, 0], sequence_number=10))
+        r2 = on["B"].Step(pb.StepRequest(session_id="plain", input=xs[9, 1]))
+        np.testing.assert_allclose([r1.output[0], r2.output[0]], expected[9], atol=1e-5)
+        # A is stale again; a frame with sequence numbers re-reads it instead of refusing step 11 as a gap
+        frame = on["A"].StepFrame(pb.StepFrameRequest(model="demo", session_ids=["numbered", "plain"],
+                                                      inputs=np.concatenate([xs[10, 0], xs[10, 1]]),
+                                                      sequence_numbers=[11, 0]))
+        assert not frame.errors and list(frame.step_counts) == [11, 11]
+        np.testing.assert_allclose(frame.outputs, expected[10], atol=1e-5)
 
 
 @pytest.mark.slow
