@@ -126,7 +126,15 @@ def test_stale_replica_loses_its_cas_reloads_and_stays_exact(redis_proc):
 
 
 @pytest.mark.slow
-def test_redis_restart_loses_nothing_acknowledged_and_redis_down_is_unavailable(redis_proc):
+@pytest.mark.parametrize("fsync,kill", [("everysec", False), ("always", True)])
+def test_redis_restart_loses_nothing_acknowledged_and_redis_down_is_unavailable(fsync, kill):
+    """Redis restarted between steps (SIGTERM with AOF everysec, kill -9 with appendfsync always): every
+    acknowledged step is there. Redis down: UNAVAILABLE, and the session is unchanged once it is back."""
+    with RedisProcess(fsync=fsync) as redis_proc:
+        check_restart_and_outage(redis_proc, kill)
+
+
+def check_restart_and_outage(redis_proc: RedisProcess, kill: bool) -> None:
     xs = inputs(1, 12, seed=5)
     expected = reference(xs)[:, 0]
     with ServerProcess(DEMO_MODEL, "--state-store", redis_proc.url) as srv, grpc.insecure_channel(srv.target) as ch:
@@ -138,7 +146,7 @@ def test_redis_restart_loses_nothing_acknowledged_and_redis_down_is_unavailable(
 
         for t in range(5):
             assert step(t).output[0] == pytest.approx(expected[t], abs=1e-5)
-        redis_proc.restart(kill=True)   # kill -9 of redis: AOF everysec wrote every acknowledged step first
+        redis_proc.restart(kill=kill)
         for t in range(5, 10):
             r = step(t)
             assert r.step_count == t + 1 and r.output[0] == pytest.approx(expected[t], abs=1e-5)

@@ -1,4 +1,4 @@
-"""A real redis-server on a free loopback port with its own temp dir (AOF everysec), for tests and bench."""
+"""A real redis-server on a free loopback port with its own temp dir (AOF, everysec or always), for tests and bench."""
 
 from __future__ import annotations
 
@@ -26,14 +26,17 @@ class RedisProcess:
     with RedisProcess() as r:
         r.url           # redis://127.0.0.1:PORT/0 (for --state-store)
         r.client()      # a sync redis-py client
-        r.restart(kill=True)   # kill -9 and start again on the same port and dir
+        r.restart()            # SIGTERM (Redis writes and fsyncs its AOF), start again on the same port and dir
+        r.restart(kill=True)   # kill -9: with appendfsync everysec the last ~2 s of writes may be lost
     """
 
-    def __init__(self, directory: str | Path | None = None, port: int = 0, appendonly: bool = True):
+    def __init__(self, directory: str | Path | None = None, port: int = 0, appendonly: bool = True,
+                 fsync: str = "everysec"):
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="statestream-redis-")
         self.dir = Path(directory or self._tmp.name)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.fsync = fsync  # appendfsync: everysec (Redis' default) or always (no acknowledged write lost)
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "redis.log"
 
@@ -50,7 +53,7 @@ class RedisProcess:
             raise FileNotFoundError("redis-server is not installed (`make tools` installs the Debian package)")
         cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.dir),
                "--daemonize", "no", "--save", "", "--logfile", str(self.log),
-               "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec"]
+               "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

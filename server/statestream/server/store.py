@@ -249,13 +249,15 @@ class SqliteStore:
 
 STORE_HELP = (
     "where session state lives: memory | sqlite:PATH | redis://HOST:PORT/DB. "
-    "memory: this process only, a restart loses every session. "
+    "memory: this process only; a restart loses every session. "
     "sqlite:PATH: a file on this machine, one transaction per batch before the answer; survives kill -9 of the "
     "server, an OS crash may lose the last commits (synchronous=NORMAL); --workers share it with "
     "compare-and-set. redis://: shared by every replica and worker (the local table is a cache, compare-and-set "
-    "per session, expiry as a Redis TTL); what survives is what the Redis server promises: with AOF everysec a "
-    "crash of the redis process loses no acknowledged step (the AOF write precedes its reply), an OS crash or "
-    "power loss of the Redis machine loses about the last second")
+    "per session, idle expiry as a Redis TTL); a step is answered after Redis acknowledged it, and what survives "
+    "a crash is what Redis promises: a clean Redis restart loses nothing; AOF appendfsync always loses no "
+    "acknowledged step even on a crash of Redis or its machine; AOF everysec (Redis' default) may lose the last "
+    "1-2 s of acknowledged steps on a crash of the redis process (it postpones AOF writes while a slow fsync "
+    "runs) or of its machine; without persistence a Redis restart loses every session")
 
 
 def check_spec(spec: str) -> tuple[str, str]:
