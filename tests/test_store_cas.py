@@ -216,6 +216,23 @@ def test_sqlite_cas_across_worker_processes(tmp_path):
     store.close()
 
 
+def test_shared_sqlite_purges_expired_rows(tmp_path, monkeypatch):
+    from statestream.server import store as store_module
+    monkeypatch.setattr(store_module, "_PURGE_SECONDS", 0.0)
+    s = SqliteStore(str(tmp_path / "p.db"), shared=True)
+    live = record("live")
+
+    async def go():
+        await s.create(record("gone", timeout=0.05))
+        await s.create(live)
+        await asyncio.sleep(0.1)
+        assert s.count() == 2
+        assert await s.commit([bumped(live)]) == ["ok"]
+    run(go())
+    assert s.count() == 1
+    s.close()
+
+
 def test_sqlite_single_process_load_and_old_files(tmp_path):
     path = tmp_path / "one.db"
     store = SqliteStore(str(path))

@@ -116,6 +116,9 @@ _CAS = ("UPDATE sessions SET state=?, step_count=?, last_seq=?, timeout=?, expir
         "last_state=?, last_step_count=?, version=? WHERE owner=? AND id=? AND version=? AND expires_at>?")
 
 
+_PURGE_SECONDS = 60.0  # shared sqlite: how often a commit also deletes the expired rows
+
+
 def _row(r: SessionRecord) -> tuple:
     out = r.last_output
     return (r.id, r.model, r.owner or "", r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
@@ -164,6 +167,7 @@ class SqliteStore:
             if "version" not in [c[1] for c in self._db.execute("PRAGMA table_info(sessions)")]:
                 self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._purged = time.monotonic()
 
     @contextmanager
     def _tx(self):
@@ -209,6 +213,10 @@ class SqliteStore:
                 found = self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=? AND expires_at>?",
                                          (owner, sid, now)).fetchone()
                 out.append(CONFLICT if found else MISSING)
+            if self.shared and time.monotonic() - self._purged > _PURGE_SECONDS:
+                # shared: no process deletes what expires in its cache (another may still be stepping it)
+                self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+                self._purged = time.monotonic()
         return out
 
     def _delete(self, keys: list[tuple[str | None, str]]) -> None:
