@@ -128,6 +128,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running = 0
+        self._refreshing: dict[Session, asyncio.Future] = {}  # shared store: re-reads of stale cached sessions
 
     # -- life -----------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Batcher:
 
         Exactly-once: a repeat of the last applied sequence number returns the recorded result; a repeat of
         a step still queued or running waits for it; either way nothing runs twice."""
-        found = s.accept(seq)
+        found = await self._accept(s, seq)
         if found is not None:
             if isinstance(found, StepResult):
                 return found, True
@@ -170,6 +171,35 @@ class Batcher:
         if not unit.future.done():
             await asyncio.shield(unit.future)
         return unit.result(0), False
+
+    async def _accept(self, s: Session, seq: int | None):
+        """Session.accept; with a shared store a refused sequence number first re-reads an idle cached session
+        (another process may have stepped it since) and checks again against the fresh record."""
+        try:
+            return s.accept(seq)
+        except FailedPrecondition:
+            if not self.persistence.shared or not (s.idle or s in self._refreshing):
+                raise
+        pending = self._refreshing.get(s)
+        if pending is None:
+            pending = self._refreshing[s] = asyncio.get_running_loop().create_future()
+            s.hold()
+            try:
+                found = await self.persistence.reload(s)
+            except BaseException as e:
+                pending.set_exception(e)
+                raise
+            finally:
+                del self._refreshing[s]
+                self.release(s)
+                if not pending.done():
+                    pending.set_result(found)
+            pending.exception()  # retrieved: waiters re-raise it themselves
+        found = await asyncio.shield(pending)
+        if not found:
+            self.persistence.forget(s)
+            raise NotFound(f"session {s.id!r} was closed or expired on another replica")
+        return s.accept(seq)
 
     def submit_group(self, sessions: list[Session], x: np.ndarray, seqs: list | None) -> Unit:
         """One step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].

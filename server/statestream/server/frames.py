@@ -9,7 +9,7 @@ import numpy as np
 from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
-from .errors import InvalidArgument, StatestreamError, as_domain_error, code_number, show
+from .errors import FailedPrecondition, InvalidArgument, StatestreamError, as_domain_error, code_number, show
 
 
 class FrameStepper:
@@ -73,6 +73,12 @@ class FrameStepper:
                 continue
             try:
                 new = s.idle and (not seqs or s.accept(seqs[i] or None) is None)
+            except FailedPrecondition as e:
+                if batcher.persistence.shared:  # the cached copy may be stale: Batcher.step re-reads, checks again
+                    single.append(i)
+                else:
+                    errors.append((i, e))
+                continue
             except StatestreamError as e:
                 errors.append((i, e))
                 continue
