@@ -30,3 +30,20 @@ def stub(server):
 
     with grpc.insecure_channel(server.target) as ch:
         yield pb_grpc.StateStreamServiceStub(ch)
+
+
+@pytest.fixture
+def inproc():
+    """A factory of in-process servers (create_server on port 0), all stopped after the test."""
+    from inproc import InProcessServer
+
+    servers = []
+
+    def make(**kwargs):
+        srv = InProcessServer(**kwargs)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()

@@ -113,7 +113,7 @@ def test_python_client_uses_raw_and_matches_repeated(server, stub):
     stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="cli-ref"))
     ref = [stub.Step(pb.StepRequest(session_id="cli-ref", input=x)).output for x in xs]
     with Client(server.target) as client, client.session("demo") as s:
-        req = s._request(xs[0], False, False, None)
+        req = s.request(xs[0], False, False, None)
         assert req.input_raw and not req.input and req.raw_output
         got = [s.step(x) for x in xs]
         assert [bits(g) for g in got] == [bits(r) for r in ref]

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from operator import attrgetter
 
 import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
-from .errors import InvalidArgument, StatestreamError, as_domain_error, code_number, show
-from .sessions import Phase
-
-_phase = attrgetter("phase")
-_model = attrgetter("model")
+from .errors import FailedPrecondition, InvalidArgument, StatestreamError, as_domain_error, code_number, show
 
 
 class FrameStepper:
@@ -43,74 +38,61 @@ class FrameStepper:
         seqs = req.sequence_numbers
         if len(seqs) not in (0, n):
             raise InvalidArgument(f"sequence_numbers has {len(seqs)} entries; expected 0 or {n}")
+        finite = np.isfinite(x).all(axis=(1, 2)).tolist()
         batcher = self.batchers[runner.name]
-        sessions = None if seqs else self._all_idle(req, x, owner)
-        if sessions is not None:  # the common frame: every entry's session open, idle, distinct, finite
-            opened, errors, group, single = [False] * n, [], None, []
-        else:
-            sessions, opened, errors, group, single = await self._each(req, x, seqs, owner)
+        errors: list[tuple[int, StatestreamError]] = []
+        ids = list(req.session_ids)
+        sessions = self.table.find_many(ids, owner)  # cached here: most frames need nothing more
+        opened = [False] * n
+        dupes = len(set(ids)) != n
+        seen: set[str] = set()
+        for i, s in enumerate(sessions):
+            if s is not None and finite[i] and s.model == runner.name and not dupes:
+                continue
+            sessions[i] = None
+            try:
+                if dupes and ids[i] in seen:
+                    raise InvalidArgument(f"session {show(ids[i])} appears twice in the frame")
+                seen.add(ids[i])
+                if not finite[i]:
+                    raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
+                sessions[i], opened[i] = await self.directory.resolve(ids[i], req.model, req.open_if_missing, owner)
+            except StatestreamError as e:
+                errors.append((i, e))
+        # no await from here to the submissions: phases cannot change in between
+        self.table.touch_many(sessions)
+        group: list[int] = []      # idle sessions with a new step: one unit
+        single: list[int] = []     # the others: one step each, in their session's order
+        for i, s in enumerate(sessions):
+            if s is None:
+                continue
+            try:
+                new = s.idle and (not seqs or s.accept(seqs[i] or None) is None)
+            except FailedPrecondition as e:
+                if batcher.persistence.shared:  # the cached copy may be stale: Batcher.step re-reads, checks again
+                    single.append(i)
+                else:
+                    errors.append((i, e))
+                continue
+            except StatestreamError as e:
+                errors.append((i, e))
+                continue
+            (group if new else single).append(i)
         units = []
-        for idx, members, xs in _chunks(batcher.max_batch_size, sessions, x, group):
+        m = batcher.max_batch_size
+        for chunk in (group[k:k + m] for k in range(0, len(group), m)):
+            idx = np.array(chunk, dtype=np.intp)
             try:
                 units.append((idx, batcher.submit_group(
-                    members, xs, [seqs[i] or None for i in idx.tolist()] if seqs else None)))
+                    [sessions[i] for i in chunk], x[idx], [seqs[i] or None for i in chunk] if seqs else None)))
             except StatestreamError as e:  # e.g. the queue is full: these entries fail, others go on
-                errors.extend((i, e) for i in idx.tolist())
+                errors.extend((i, e) for i in chunk)
         steps = [(i, asyncio.ensure_future(batcher.step(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None)))
                  for i in single]
         for i, _ in errors:
             if sessions[i] is not None:
                 await self.directory.abandon(sessions[i], opened[i])
         return await self._gather(runner, req, n, T, units, steps, errors, sessions, opened)
-
-    def _all_idle(self, req, x: np.ndarray, owner) -> list | None:
-        """The sessions of a frame whose entries are all plain new steps of open, idle, distinct sessions of
-        its model with finite inputs, found and touched without per-entry awaits; else None (per entry then)."""
-        ids = req.session_ids
-        n = len(ids)
-        find = self.table.find
-        sessions = [find(sid, owner) for sid in ids]
-        if (None in sessions or list(map(_phase, sessions)).count(Phase.IDLE) != n
-                or (req.model and list(map(_model, sessions)).count(req.model) != n)
-                or len(set(ids)) != n or not np.isfinite(x).all()):
-            return None
-        now = self.table.clock()
-        for s in sessions:
-            s.deadline = now + s.timeout
-        return sessions
-
-    async def _each(self, req, x: np.ndarray, seqs, owner):
-        """Entry by entry: (sessions, opened, errors, group, single); duplicates, NaN, unknown sessions and
-        bad sequence numbers fail their own entry only."""
-        n = len(req.session_ids)
-        finite = np.isfinite(x).all(axis=(1, 2))
-        errors: list[tuple[int, StatestreamError]] = []
-        group: list[int] = []      # idle sessions with a new step: one unit
-        single: list[int] = []     # the others: one step each, in their session's order
-        sessions: list = [None] * n
-        opened = [False] * n
-        seen: set[str] = set()
-        for i, sid in enumerate(req.session_ids):
-            try:
-                if sid in seen:
-                    raise InvalidArgument(f"session {show(sid)} appears twice in the frame")
-                seen.add(sid)
-                if not finite[i]:
-                    raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
-                sessions[i], opened[i] = await self.directory.resolve(sid, req.model, req.open_if_missing, owner)
-            except StatestreamError as e:
-                errors.append((i, e))
-        for i, s in enumerate(sessions):  # no await from here to the submissions: phases cannot change
-            if s is None:
-                continue
-            self.table.touch(s)
-            try:
-                new = s.idle and s.accept(seqs[i] if seqs and seqs[i] else None) is None
-            except StatestreamError as e:
-                errors.append((i, e))
-                continue
-            (group if new else single).append(i)
-        return sessions, opened, errors, group, single
 
     async def _gather(self, runner, req, n, T, units, steps, errors, sessions, opened) -> pb.StepFrameResponse:
         rows = T if req.return_sequences else 1
@@ -151,14 +133,3 @@ class FrameStepper:
             msg.states.extend(codec.layer_states(runner, states, req.raw_output))
         return msg
 
-
-def _chunks(m: int, sessions: list, x: np.ndarray, group: list[int] | None):
-    """(entry indices, sessions, inputs) of each unit of at most m entries: of every entry when `group` is None
-    (slices, no copies), else of the entries listed in `group`."""
-    if group is None:
-        for k in range(0, len(sessions), m):
-            yield np.arange(k, min(k + m, len(sessions))), sessions[k:k + m], x[k:k + m]
-        return
-    for k in range(0, len(group), m):
-        idx = np.array(group[k:k + m], dtype=np.intp)
-        yield idx, [sessions[i] for i in group[k:k + m]], x[idx]
