@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Go/Node tools the interop tests and benchmarks use (pinned), into .tools/bin and client/node/node_modules.
+# Installs the Go/Node tools and perf_analyzer the interop tests and benchmarks use (pinned), into .tools/bin and
+# client/node/node_modules.
 # Idempotent: a tool already at its pinned version is skipped, so a second run takes about a second.
 # Needs only Go, Node and npm; modules come from the Go module proxy and packages from npm.
 set -euo pipefail
@@ -50,5 +51,8 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# perf_analyzer (Triton's load generator) with the newer glibc it needs, for the Triton protocol tests and bench.
+bash scripts/install-perf-analyzer.sh
+
 echo "install-tools: ok (ghz $GHZ_VERSION, grpcurl $GRPCURL_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION," \
-  "protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, node packages from client/node/package-lock.json)"
+  "protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, perf_analyzer, node packages from client/node/package-lock.json)"
