@@ -57,9 +57,11 @@ test: install-dev tools install-triton-client
 
 GO_MODULE := github.com/statestream/statestream/client/go
 
-# Python stubs into client/, Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
+# Python stubs into client/ (statestream.v1 and Triton's inference), Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
 proto: install-dev tools
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/v1/statestream.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client proto/statestream/inference/model_config.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/inference/grpc_service.proto
 	$(PY) -m grpc_tools.protoc -Iproto \
 		--plugin=protoc-gen-go=$(GOBIN)/protoc-gen-go --go_out=client/go --go_opt=module=$(GO_MODULE) \
 		--plugin=protoc-gen-go-grpc=$(GOBIN)/protoc-gen-go-grpc --go-grpc_out=client/go --go-grpc_opt=module=$(GO_MODULE) \
