@@ -34,7 +34,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 # separate process for a real Triton user too. The Triton protocol tests run small driver scripts with it.
 TRITON_VENV ?= .venv-triton
 TRITON_PY := $(TRITON_VENV)/bin/python
-TRITON_REQS := tests/triton/requirements.txt
+TRITON_REQS := tests/triton_client/requirements.txt
 
 $(TRITON_VENV)/.installed: $(TRITON_REQS)
 	$(PYTHON) -m venv $(TRITON_VENV)
