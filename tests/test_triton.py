@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +14,13 @@ from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from statestream.inference import grpc_service_pb2, model_config_pb2
 from statestream.server.model import ModelRunner
 from triton_client.descriptors import describe
-from tritonvenv import PERF_ANALYZER, drive, need
+from tritonvenv import drive, need
+
+if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
+    sys.path.insert(0, str(ROOT))
+from bench import perf_analyzer  # noqa: E402
+
+PERF_ANALYZER = perf_analyzer.PERF_ANALYZER
 
 TOL = 1e-5
 
@@ -119,11 +126,12 @@ def test_retried_requests_with_a_sequence_number_replay_and_never_step_twice(ser
 
 
 @pytest.mark.parametrize("mode", ["unary", "streaming"])
-def test_perf_analyzer_completes_a_sequence_run(server, mode):
+def test_perf_analyzer_completes_a_sequence_run(server, mode, tmp_path):
+    """The bench's perf_analyzer command (sequences of 20) runs clean against a live server and its CSV parses."""
     need(PERF_ANALYZER)
-    cmd = [str(PERF_ANALYZER), "-m", "demo", "-u", server.target, "-i", "grpc", "--shape", "input:1,3",
-           "--sequence-length", "20", "--sequence-id-range", "1:100000", "--request-count", "300",
-           "--concurrency-range", "4"] + (["--streaming"] if mode == "streaming" else [])
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    cmd = perf_analyzer.command(server.target, "demo", 3, mode, concurrency=4, requests=300)
+    r = subprocess.run(cmd + ["-f", str(tmp_path / "pa.csv")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Throughput:" in r.stdout and "Sequence count:" in r.stdout, r.stdout[-2000:]
+    assert "Sequence count:" in r.stdout and "error" not in r.stdout.lower(), r.stdout[-2000:]
+    got = perf_analyzer.parse(tmp_path / "pa.csv")
+    assert got["infer_per_s"] > 0 and 0 < got["p50_ms"] <= got["p99_ms"]

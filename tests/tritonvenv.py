@@ -16,7 +16,6 @@ from serverproc import ROOT
 
 TRITON_PY = ROOT / os.environ.get("TRITON_VENV", ".venv-triton") / "bin" / "python"
 DRIVER = ROOT / "tests" / "triton_client" / "driver.py"
-PERF_ANALYZER = ROOT / ".tools" / "bin" / "perf_analyzer"
 
 
 def need(path) -> None:
