@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from statestream.inference import grpc_service_pb2, model_config_pb2
 from statestream.server.model import ModelRunner
 from triton_client.descriptors import describe
-from tritonvenv import drive, need
+from tritonvenv import TRITON_PY, drive, need
 
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
     sys.path.insert(0, str(ROOT))
@@ -135,3 +136,27 @@ def test_perf_analyzer_completes_a_sequence_run(server, mode, tmp_path):
     assert "Sequence count:" in r.stdout and "error" not in r.stdout.lower(), r.stdout[-2000:]
     got = perf_analyzer.parse(tmp_path / "pa.csv")
     assert got["infer_per_s"] > 0 and 0 < got["p50_ms"] <= got["p99_ms"]
+
+
+def test_an_idle_sequence_expires_with_an_explicit_message():
+    with ServerProcess(DEMO_MODEL, "--idle-timeout", "1", "--sweep-interval", "0.1") as srv:
+        got = drive("expire", srv.target, "demo", "--sequence-id", 31, "--idle", 1.6)
+    assert got["code"] == "NOT_FOUND"
+    assert "expired after 1 s idle" in got["message"] and "sequence_start=true" in got["message"], got
+
+
+def test_the_readme_examples_run(server):
+    """examples/triton_client.py (tritonclient) and examples/perf-analyzer.sh, as the README shows them."""
+    need(PERF_ANALYZER)
+    example = (ROOT / "examples" / "triton_client.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert example.split('"""\n\n', 1)[1].strip() in readme, "README's tritonclient snippet differs from the file"
+    r = subprocess.run([str(TRITON_PY), "examples/triton_client.py", server.target], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    xs = np.array([[0.1, 0.2, 0.3], [0.2, 0.3, 0.4], [0.3, 0.4, 0.5]], np.float32)
+    np.testing.assert_allclose([float(v.strip("[]")) for v in r.stdout.split()], stepped(xs)[:, 0], atol=TOL)
+    env = {**os.environ, "TARGET": server.target, "PATH": f"{PERF_ANALYZER.parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "examples/perf-analyzer.sh", "--streaming"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 0 and "Sequence count:" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]

@@ -11,6 +11,7 @@ import argparse
 import json
 import queue
 import sys
+import time
 
 import numpy as np
 import tritonclient.grpc as tg
@@ -144,6 +145,18 @@ def cmd_retry(client, a) -> dict:
             "middle_retry": send(1, False, False), "end": send(2, False, True), "end_retry": send(2, False, True)}
 
 
+def cmd_expire(client, a) -> dict:
+    """Start a sequence, stay idle for --idle seconds, send its next request: the session expired."""
+    x = np.full((1, 1, a.features), 0.5, np.float32)
+    client.infer(a.model, [_input(x)], sequence_id=a.sequence_id, sequence_start=True)
+    time.sleep(a.idle)
+    try:
+        client.infer(a.model, [_input(x)], sequence_id=a.sequence_id)
+    except InferenceServerException as e:
+        return _error(e)
+    return {"code": "OK", "message": ""}
+
+
 def cmd_descriptors(client, a) -> dict:
     """Every message of tritonclient's own grpc_service.proto and model_config.proto: fields and numbers."""
     from descriptors import describe
@@ -155,7 +168,7 @@ def cmd_descriptors(client, a) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("sequence", "stream", "metadata", "errors", "retry", "descriptors"):
+    for name in ("sequence", "stream", "metadata", "errors", "retry", "expire", "descriptors"):
         s = sub.add_parser(name)
         s.add_argument("target", nargs="?", default="")
         s.add_argument("model", nargs="?", default="")
@@ -166,6 +179,7 @@ def main(argv=None) -> int:
         s.add_argument("--output-size", type=int, default=1)
         s.add_argument("--first-id", type=int, default=1000)
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--idle", type=float, default=0.0)
     a = p.parse_args(argv)
     client = tg.InferenceServerClient(a.target) if a.target else None
     try:
