@@ -145,6 +145,17 @@ def test_an_idle_sequence_expires_with_an_explicit_message():
     assert "expired after 1 s idle" in got["message"] and "sequence_start=true" in got["message"], got
 
 
+def test_sequence_ids_belong_to_their_bearer_token(tmp_path):
+    (tmp_path / "tokens").write_text("token-a\ntoken-b\n")
+    with ServerProcess(DEMO_MODEL, "--auth-token-file", str(tmp_path / "tokens")) as srv:
+        got = drive("tenants", srv.target, "demo", "--tokens", "token-a,token-b")
+    assert got["no_token"]["code"] == "UNAUTHENTICATED"
+    assert got["start_a"] == {"code": "OK", "step_count": 1}
+    assert got["step_b"]["code"] == "NOT_FOUND"  # token b's sequence 9 is not token a's
+    assert got["end_a"] == {"code": "OK", "step_count": 2}
+    assert got["stream_b"] == {"error": None}
+
+
 def test_the_readme_examples_run(server):
     """examples/triton_client.py (tritonclient) and examples/perf-analyzer.sh, as the README shows them."""
     need(PERF_ANALYZER)

@@ -157,6 +157,32 @@ def cmd_expire(client, a) -> dict:
     return {"code": "OK", "message": ""}
 
 
+def cmd_tenants(client, a) -> dict:
+    """Bearer tokens (--tokens A,B): sequence ids are per token, no token is refused, streams carry the token."""
+    a_hdr, b_hdr = ({"authorization": f"Bearer {t}"} for t in a.tokens.split(","))
+    x = _input(np.full((1, 1, a.features), 0.5, np.float32))
+    out = {}
+
+    def call(name, **kw):
+        try:
+            out[name] = {"code": "OK", "step_count": client.infer(a.model, [x], sequence_id=9, **kw)
+                         .get_response().parameters["step_count"].int64_param}
+        except InferenceServerException as e:
+            out[name] = _error(e)
+
+    call("no_token", sequence_start=True)
+    call("start_a", sequence_start=True, headers=a_hdr)
+    call("step_b", headers=b_hdr)
+    call("end_a", sequence_end=True, headers=a_hdr)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)), headers=b_hdr)
+    client.async_stream_infer(a.model, [x], sequence_id=9, sequence_start=True, sequence_end=True)
+    result, error = results.get(timeout=30)
+    client.stop_stream()
+    out["stream_b"] = {"error": str(error) if error else None}
+    return out
+
+
 def cmd_descriptors(client, a) -> dict:
     """Every message of tritonclient's own grpc_service.proto and model_config.proto: fields and numbers."""
     from descriptors import describe
@@ -168,7 +194,7 @@ def cmd_descriptors(client, a) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("sequence", "stream", "metadata", "errors", "retry", "expire", "descriptors"):
+    for name in ("sequence", "stream", "metadata", "errors", "retry", "expire", "tenants", "descriptors"):
         s = sub.add_parser(name)
         s.add_argument("target", nargs="?", default="")
         s.add_argument("model", nargs="?", default="")
@@ -180,6 +206,7 @@ def main(argv=None) -> int:
         s.add_argument("--first-id", type=int, default=1000)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--idle", type=float, default=0.0)
+        s.add_argument("--tokens", default="")
     a = p.parse_args(argv)
     client = tg.InferenceServerClient(a.target) if a.target else None
     try:
