@@ -71,8 +71,13 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request, context):
         return ipb.ServerReadyResponse(ready=self.svc.table is not None and not self.svc.draining)
 
-    @unary
     async def ModelReady(self, request, context):
+        if self.svc.table is None:  # still loading: not ready (like ServerReady), rather than UNAVAILABLE
+            return ipb.ModelReadyResponse(ready=False)
+        return await self._model_ready(request, context)
+
+    @unary
+    async def _model_ready(self, request, context):
         self.svc.auth.owner(context)
         try:
             self._runner(request.name, request.version)

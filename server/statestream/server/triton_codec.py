@@ -95,7 +95,9 @@ def input_values(req: ipb.ModelInferRequest, runner: ModelRunner, max_timesteps:
 
 def requested_outputs(req: ipb.ModelInferRequest, runner: ModelRunner) -> list[str]:
     """Names of the outputs to send: those asked for (`output` and/or state outputs), or `output` alone."""
-    names = [o.name for o in req.outputs] or [OUTPUT_NAME]
+    if not req.outputs:
+        return [OUTPUT_NAME]
+    names = [o.name for o in req.outputs]
     known = [OUTPUT_NAME] + [p[3] for p in runner.manifest.state_pairs()]
     unknown = [n for n in names if n not in known]
     if unknown:
