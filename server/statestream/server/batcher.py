@@ -1,4 +1,4 @@
-"""Batcher: one consumer per model runs at most one pending step per session per batch."""
+"""Batcher: one consumer per model runs queued units of work in shared model runs, each step exactly once."""
 
 from __future__ import annotations
 
@@ -10,25 +10,84 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from .errors import FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, StatestreamError
+from .errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, StatestreamError
 from .model import ModelRunner
+from .persistence import Persistence
+from .policy import BatchPolicy
 from .sessions import Session, SessionTable, StepResult
 
 log = logging.getLogger("statestream.batcher")
 
 
-SHARED_MEMORY_SECONDS = 0.05  # how long one shared run keeps stream steps queuing (so they keep batching)
+class Unit:
+    """Steps that arrive together and run together: one step of one session, or one step of each of N
+    idle sessions (a frame). The batcher owns `future`; it resolves (to the unit) when every entry is
+    settled: applied (`y`, `states`, `counts` rows), replayed, or failed (`errors`)."""
 
+    __slots__ = ("sessions", "x", "seqs", "future", "enqueued", "y", "states", "counts", "errors", "left",
+                 "parent", "dead")
 
-class _Item:
-    __slots__ = ("session", "x", "seq", "future", "enqueued")
-
-    def __init__(self, session: Session, x: np.ndarray, seq: int | None, future: asyncio.Future):
-        self.session = session
-        self.x = x
-        self.seq = seq
+    def __init__(self, sessions: list[Session], x: np.ndarray, seqs: list | None, future: asyncio.Future,
+                 parent: tuple | None = None):
+        self.sessions = sessions
+        self.x = x                  # [N, T, F]
+        self.seqs = seqs            # None, or a sequence number (or None) per entry
         self.future = future
         self.enqueued = time.perf_counter()
+        self.y = self.states = self.counts = None
+        self.errors: dict[int, StatestreamError] | None = None
+        self.left = len(sessions)   # entries not settled yet
+        self.parent = parent        # (unit, index): this re-runs one entry of a frame that lost a compare-and-set
+        self.dead = False           # every entry failed while queued: skip it
+
+    def seq_of(self, s: Session) -> int | None:
+        if self.seqs is None:
+            return None
+        return self.seqs[0] if len(self.sessions) == 1 else self.seqs[self.sessions.index(s)]
+
+    def result(self, i: int = 0) -> StepResult:
+        """Entry i's result, or its error raised."""
+        if self.errors and i in self.errors:
+            raise self.errors[i]
+        return StepResult(self.y[i], self.states[i], int(self.counts[i]), None if self.seqs is None else self.seqs[i])
+
+    # -- settling (the batcher's side) --
+
+    def _settled(self, n: int = 1) -> None:
+        self.left -= n
+        if self.left == 0:
+            if self.parent is not None:
+                parent, i = self.parent
+                self._copy_into(parent, i)
+            elif not self.future.done():
+                self.future.set_result(self)
+
+    def _copy_into(self, parent: "Unit", i: int) -> None:
+        if self.errors:
+            parent.fail(i, self.errors[0])
+        else:
+            parent.y[i], parent.states[i], parent.counts[i] = self.y[0], self.states[0], self.counts[0]
+            parent._settled()
+
+    def fail(self, i: int, err: StatestreamError) -> None:
+        if self.errors is None:
+            self.errors = {}
+        if i not in self.errors:
+            self.errors[i] = err
+            self._settled()
+
+    def replay(self, i: int, res: StepResult) -> None:
+        """Entry i was applied already (found after a reload): its recorded result stands."""
+        self._ensure_buffers(res)
+        self.y[i], self.states[i], self.counts[i] = res.output, res.state, res.step_count
+        self._settled()
+
+    def _ensure_buffers(self, res: StepResult) -> None:
+        if self.y is None:
+            n = len(self.sessions)
+            self.y = np.zeros((n, *res.output.shape), dtype=np.float32)
+            self.states = np.zeros((n, res.state.shape[0]), dtype=np.float32)
+            self.counts = np.zeros(n, dtype=np.int64)
 
 
 class PendingCounter:
@@ -38,34 +97,39 @@ class PendingCounter:
         self.limit = limit
         self.count = 0
 
+    def take(self, n: int) -> None:
+        if self.count + n > self.limit:
+            raise ResourceExhausted(f"server queue is full: {self.limit} steps pending (--max-pending)")
+        self.count += n
+
 
 class Batcher:
-    """Gathers ready sessions of one model into batches and applies them atomically."""
+    """Runs the steps of one model's sessions: strictly in order per session, at most one step of a
+    session per model run, every run applied fully (state, counters, recorded response, store) or not at
+    all. Callers await futures the batcher owns through asyncio.shield: a cancelled caller never cancels
+    a step, and a retry of a step in flight waits for that same step."""
 
-    def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, max_batch_size: int,
-                 max_queue_delay: float, max_pending_per_session: int, pending: PendingCounter, store,
+    def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, policy: BatchPolicy,
+                 max_pending_per_session: int, pending: PendingCounter, persistence: Persistence,
                  inline_max_batch: int = 0, metrics=None):
         self.runner = runner
         self.table = table
         self.slab = table.slabs[runner.name]
         self.executor = executor
-        self.max_batch_size = max_batch_size
-        self.max_queue_delay = max_queue_delay
+        self.policy = policy
+        self.max_batch_size = policy.max_batch_size
         self.max_pending_per_session = max_pending_per_session
         self.pending = pending
-        self.metrics = metrics
-        self.store = store
+        self.persistence = persistence
         self.inline_max_batch = inline_max_batch
-        # With a queue delay the operator asked for batching; with a durable store a step must await its commit.
-        self.direct = max_queue_delay == 0 and not store.durable
-        self._last_shared = 0.0  # when a model run last held more than one session
-        self._probe = 0
-        self._ready: deque[Session] = deque()
-        self._groups: deque = deque()
+        self.metrics = metrics
+        self._ready: deque[Unit] = deque()  # units whose sessions are all QUEUED with it at their head
+        self._ready_sessions = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._running = 0
+
+    # -- life -----------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._consume(), name=f"batcher:{self.runner.name}")
@@ -80,139 +144,157 @@ class Batcher:
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
-        while self._ready or self._groups or not self._idle.is_set():
+        while self._ready or self._running:
             await asyncio.sleep(0.005)
 
-    def submit(self, s: Session, x: np.ndarray, seq: int | None, direct: bool | str = True) -> tuple[asyncio.Future, bool]:
-        """Queue one step (x: float32 [T,F]) of session s. Returns (future of StepResult, replayed).
+    # -- submitting -----------------------------------------------------------------
 
-        Exactly-once: `seq` must be accepted+1; a repeat of the last accepted
-        number returns that step's result (recorded, or still to come) and
-        queues nothing.
-        """
-        loop = asyncio.get_running_loop()
-        if seq is not None:
-            if seq <= 0:
-                raise InvalidArgument(f"sequence_number must be >= 1, got {seq}")
-            if seq == s.accepted_seq:
-                if s.last_seq == seq and s.last_result is not None:
-                    fut = loop.create_future()
-                    fut.set_result(s.last_result)
-                    return fut, True
-                for item in reversed(s.pending):
-                    if item.seq == seq:
-                        return item.future, True
-                raise FailedPrecondition(
-                    f"sequence number {seq} was applied but its response is no longer held; expected {s.accepted_seq + 1}")
-            if seq != s.accepted_seq + 1:
-                kind = "stale" if seq < s.accepted_seq else "out of order (gap)"
-                raise FailedPrecondition(
-                    f"sequence number {seq} is {kind} for session {s.id!r}; expected {s.accepted_seq + 1}")
-        if len(s.pending) >= self.max_pending_per_session:
+    async def step(self, s: Session, x: np.ndarray, seq: int | None, stream: bool = False) -> tuple[StepResult, bool]:
+        """One step (x: float32 [T,F]) of session s; returns (result, replayed).
+
+        Exactly-once: a repeat of the last applied sequence number returns the recorded result; a repeat of
+        a step still queued or running waits for it; either way nothing runs twice."""
+        found = s.accept(seq)
+        if found is not None:
+            if isinstance(found, StepResult):
+                return found, True
+            if not found.future.done():
+                await asyncio.shield(found.future)
+            return found.result(found.sessions.index(s)), True
+        unit = Unit([s], x[None], None if seq is None else [seq], asyncio.get_running_loop().create_future())
+        if self._inline_ok(s, x.shape[0], stream):
+            s.run_now(unit, seq)
+            self._run_inline([unit])
+        else:
+            self._enqueue(s, unit, seq)
+        if not unit.future.done():
+            await asyncio.shield(unit.future)
+        return unit.result(0), False
+
+    def submit_group(self, sessions: list[Session], x: np.ndarray, seqs: list | None) -> Unit:
+        """One step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
+
+        The caller checked (Session.accept) that each sequence number is the next one."""
+        if len(sessions) > self.max_batch_size:
+            raise ValueError("a group is at most max_batch_size sessions")
+        self.pending.take(len(sessions))
+        unit = Unit(sessions, x, seqs, asyncio.get_running_loop().create_future())
+        for i, s in enumerate(sessions):
+            s.enqueue(unit, None if seqs is None else seqs[i])
+        self._push(unit)
+        return unit
+
+    def _inline_ok(self, s: Session, timesteps: int, stream: bool) -> bool:
+        """Nothing is waiting, the session is idle, the run is small and nothing must be awaited."""
+        return (not self.persistence.durable and s.idle and not self._ready and timesteps <= self.inline_max_batch
+                and self.policy.inline(stream))
+
+    def _enqueue(self, s: Session, unit: Unit, seq: int | None) -> None:
+        if s.waiting >= self.max_pending_per_session:
             raise ResourceExhausted(
-                f"session {s.id!r} has {len(s.pending)} queued steps; the limit is {self.max_pending_per_session} "
+                f"session {s.id!r} has {s.waiting} queued steps; the limit is {self.max_pending_per_session} "
                 "(--max-pending-per-session)")
-        if self.pending.count >= self.pending.limit:
-            raise ResourceExhausted(f"server queue is full: {self.pending.limit} steps pending (--max-pending)")
-        fut = loop.create_future()
-        if seq is not None:
-            s.accepted_seq = seq
-        if direct == "auto":
-            direct = self._lone()
-        if direct and self._direct_ok(s, x):
-            self._direct(s, x, seq, fut)
-            return fut, False
-        if not s.pending:
-            s.pending = deque()
-        s.pending.append(_Item(s, x, seq, fut))
-        self.pending.count += 1
-        if not s.busy and len(s.pending) == 1:
-            self._ready.append(s)
-            self._wake.set()
-        return fut, False
+        self.pending.take(1)
+        if s.enqueue(unit, seq):
+            self._push(unit)
 
-    def _direct_ok(self, s: Session, x: np.ndarray) -> bool:
-        """Nothing is waiting, the session is idle and the run is small: no reason to queue it."""
-        return (self.direct and not s.busy and not s.pending and not self._ready and not self._groups
-                and x.shape[0] <= self.inline_max_batch)
-
-    def _lone(self) -> bool:
-        """For stream steps: run at once only while runs have been solo for a while (one busy stream).
-
-        One in 16 such steps queues anyway as a probe: if other streams' steps join it, runs are shared
-        again and streams go back to batching.
-        """
-        if time.perf_counter() - self._last_shared < SHARED_MEMORY_SECONDS:
-            return False
-        self._probe += 1
-        return self._probe % 16 != 0
-
-    def submit_group(self, sessions: list[Session], x: np.ndarray) -> asyncio.Future:
-        """Queue one step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
-
-        The caller checked that none of them is busy or has queued steps, so the
-        group can run as it is; they are busy from now until it has run. The
-        future resolves to (y[N,T,O], states[N,W], step_counts[N]).
-        """
-        if self.pending.count + len(sessions) > self.pending.limit:
-            raise ResourceExhausted(f"server queue is full: {self.pending.limit} steps pending (--max-pending)")
-        fut = asyncio.get_running_loop().create_future()
-        for s in sessions:
-            s.busy = True
-        self.pending.count += len(sessions)
-        self._groups.append((sessions, x, fut, time.perf_counter()))
+    def _push(self, unit: Unit, front: bool = False) -> None:
+        (self._ready.appendleft if front else self._ready.append)(unit)
+        self._ready_sessions += len(unit.sessions)
         self._wake.set()
-        return fut
 
-    def _take(self) -> list[_Item]:
-        """Up to max_batch_size heads of ready sessions that share the first one's T."""
-        while self._ready and (self._ready[0].closed or not self._ready[0].pending):
-            self._ready.popleft()
-        if not self._ready:
-            return []
-        first = self._ready[0].pending[0].x.shape[0]
-        batch: list[_Item] = []
-        skipped: list[Session] = []
-        while self._ready and len(batch) < self.max_batch_size:
-            s = self._ready.popleft()
-            if s.closed or not s.pending:
-                continue
-            head = s.pending[0]
-            if head.x.shape[0] != first:
-                skipped.append(s)
-                continue
-            s.pending.popleft()
-            s.busy = True
-            batch.append(head)
-        self._ready.extendleft(reversed(skipped))
-        self.pending.count -= len(batch)
-        return batch
+    # -- the consumer ---------------------------------------------------------------
 
     async def _consume(self) -> None:
         while True:
-            if not self._ready and not self._groups:
+            if not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            self._idle.clear()
-            try:
-                if self._groups:  # frames first: they are whole batches already
-                    await self._run_group(*self._groups.popleft())
-                if self._ready:
-                    if self.max_queue_delay > 0 and len(self._ready) < self.max_batch_size:
-                        await asyncio.sleep(self.max_queue_delay)
-                    else:  # one loop turn: requests that arrived together join this batch (3x on streams)
-                        await asyncio.sleep(0)
-                    batch = self._take()
-                    if batch:
-                        await self._run_items(batch)
-            except Exception:  # never let the consumer die
-                log.exception("batcher %r: unexpected error", self.runner.name)
-            finally:
-                self._idle.set()
+            delay = self.policy.wait(self._ready_sessions, self._ready[0].enqueued)
+            await asyncio.sleep(delay)  # 0: one loop turn, so steps that arrived together share the run
+            units = self._take()
+            if units:
+                self._running += 1
+                try:
+                    await self._run(units)
+                except Exception:  # never let the consumer die
+                    log.exception("batcher %r: unexpected error", self.runner.name)
+                finally:
+                    self._running -= 1
 
-    def _run_model(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One model run on this thread; any failure becomes Internal (nothing applied)."""
+    def _take(self) -> list[Unit]:
+        """Ready units sharing the first one's T, up to max_batch_size sessions; their sessions start."""
+        taken: list[Unit] = []
+        skipped: list[Unit] = []
+        size = 0
+        T = None
+        while self._ready:
+            unit = self._ready[0]
+            if unit.dead:
+                self._ready.popleft()
+                self._ready_sessions -= len(unit.sessions)
+                continue
+            n = len(unit.sessions)
+            if taken and size + n > self.max_batch_size:
+                break
+            self._ready.popleft()
+            self._ready_sessions -= n
+            if T is None:
+                T = unit.x.shape[1]
+            if unit.x.shape[1] != T:
+                skipped.append(unit)
+                continue
+            taken.append(unit)
+            size += n
+        for unit in reversed(skipped):
+            self._ready.appendleft(unit)
+            self._ready_sessions += len(unit.sessions)
+        for unit in taken:
+            failed = unit.errors or ()
+            self.pending.count -= len(unit.sessions) - len(failed)
+            for i, s in enumerate(unit.sessions):
+                if i not in failed:
+                    s.start(unit)
+        return taken
+
+    # -- running ----------------------------------------------------------------------
+
+    def _run_inline(self, units: list[Unit]) -> None:
+        """Run and apply now, in the caller (memory store: nothing to await)."""
+        sessions, x = _gather(units)
+        t0 = time.perf_counter()
+        try:
+            y, new_states = self._model(x, sessions)
+            counts = self._counts(sessions, y)
+            results = self._results(units, sessions, y, new_states, counts)
+            self._apply(units, sessions, y, new_states, results, counts, None, t0, time.perf_counter())
+        except Exception as e:
+            self._fail_run(units, self._internal(e))
+
+    async def _run(self, units: list[Unit]) -> None:
+        sessions, x = _gather(units)
+        t0 = time.perf_counter()
+        try:
+            if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
+                y, new_states = self._model(x, sessions)
+            else:
+                y, new_states = await asyncio.get_running_loop().run_in_executor(self.executor, self._model, x, sessions)
+            t1 = time.perf_counter()
+            counts = self._counts(sessions, y)
+            results = self._results(units, sessions, y, new_states, counts)
+            statuses = await self.persistence.batch(sessions, new_states, counts.tolist(), results)
+        except Exception as e:  # nothing applied; later queued steps of these sessions neither
+            self._fail_run(units, self._internal(e))
+            return
+        self._apply(units, sessions, y, new_states, results, counts, statuses, t0, t1)
+        if statuses is not None and any(st in ("conflict", "missing") for st in statuses):
+            await self._redo(units, statuses)
+
+    def _model(self, x: np.ndarray, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
+        """One model run; any failure becomes Internal (nothing applied)."""
+        slots = [s.slot for s in sessions]
+        states = self.slab.rows[slots[0]:slots[0] + 1] if len(slots) == 1 else self.slab.rows[slots]
         try:
             y, new_states = self.runner.run(x, states)
         except Exception as e:
@@ -222,73 +304,118 @@ class Batcher:
             raise Internal("the model produced NaN or Inf; nothing was applied")
         return y, new_states
 
-    def _outcome(self, sessions, y, new_states, seqs):
-        """(new step counts, StepResults of sequenced steps or None) for a finished run."""
-        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + y.shape[1]
-        results = None
-        if seqs is not None:
-            results = [StepResult(y[i], new_states[i], int(counts[i]), seq) if seq is not None else None
-                       for i, seq in enumerate(seqs)]
-        return counts, results
+    @staticmethod
+    def _counts(sessions: list[Session], y: np.ndarray) -> np.ndarray:
+        return np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + y.shape[1]
 
-    def _commit(self, sessions, slots, new_states, counts, results, timesteps: int, wait: float,
-                compute: float) -> None:
-        """Make a finished run the sessions' truth (states, step counts, recorded responses); count it."""
+    @staticmethod
+    def _results(units, sessions, y, new_states, counts) -> list | None:
+        """The responses to record (copies), for the sequenced steps of a run; None when it has none."""
+        if all(u.seqs is None for u in units):
+            return None
+        seqs = [q for u in units for q in (u.seqs or [None] * len(u.sessions))]
+        return [None if q is None else StepResult(y[i].copy(), new_states[i].copy(), int(counts[i]), q)
+                for i, q in enumerate(seqs)]
+
+    def _apply(self, units, sessions, y, new_states, results, counts, statuses, t0, t1) -> None:
+        """Make a finished run the truth of its sessions ("ok" ones) and settle their entries."""
+        counts_list = counts.tolist()
+        ok = statuses is None
         if len(sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
-            if not sessions[0].closed:
-                self.slab.rows[slots[0]] = new_states[0]
+            s = sessions[0]
+            if (ok or statuses[0] == "ok") and not s.closed and s.running is units[0]:
+                self.slab.rows[s.slot] = new_states[0]
         else:
-            live = np.fromiter((not s.closed for s in sessions), dtype=bool, count=len(sessions))
+            owners = [u for u in units for _ in u.sessions]
+            live = np.fromiter((not s.closed and s.running is owners[i] and (ok or statuses[i] == "ok")
+                                for i, s in enumerate(sessions)), dtype=bool, count=len(sessions))
+            slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
             self.slab.rows[slots[live]] = new_states[live]
-        for s, count in zip(sessions, counts.tolist()):
-            s.step_count = count
-        if results:
-            for s, res in zip(sessions, results):
-                if res is not None:
-                    s.last_seq = res.sequence_number
-                    s.last_result = StepResult(res.output.copy(), res.state.copy(), res.step_count,
-                                               res.sequence_number)
-        if len(sessions) > 1:
-            self._last_shared = time.perf_counter()
+        a = 0
+        for unit in units:
+            n = len(unit.sessions)
+            unit.y, unit.states, unit.counts = y[a:a + n], new_states[a:a + n], counts[a:a + n]
+            settled = 0
+            for i, s in enumerate(unit.sessions):
+                status = "ok" if ok else statuses[a + i]
+                if status in ("conflict", "missing"):
+                    continue  # _redo settles it
+                if s.running is unit:
+                    ready = s.finish(counts_list[a + i], results[a + i] if results else None)
+                    self.table.release(s)
+                    if ready:
+                        self._push(s.queue[0])
+                settled += 1
+            if settled:
+                unit._settled(settled)
+            a += n
+        self.policy.ran(len(sessions))
         if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, len(sessions), timesteps, wait, compute)
+            self.metrics.observe_batch(self.runner.name, len(sessions), y.shape[1],
+                                       t0 - min(u.enqueued for u in units), t1 - t0)
 
-    async def _apply(self, sessions: list[Session], x: np.ndarray, seqs: list | None, enqueued: float):
-        """Run one batch and apply it atomically: states, counters, store. Returns (y, states', counts)."""
-        slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
-        t0 = time.perf_counter()
-        if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
-            y, new_states = self._run_model(x, self.slab.rows[slots])
-        else:
-            y, new_states = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._run_model, x, self.slab.rows[slots])
-        t1 = time.perf_counter()
-        counts, results = self._outcome(sessions, y, new_states, seqs)
-        if self.store.durable:  # answer only after the batch is committed
-            try:
-                await self.store.put([
-                    self.table.record(s, new_states[i], int(counts[i]), results[i] if results else None)
-                    for i, s in enumerate(sessions) if not s.closed])
-            except Exception as e:
-                log.error("state store write failed: %r", e)
-                raise Internal("the state store failed; nothing was applied")
-        self._commit(sessions, slots, new_states, counts, results, x.shape[1], t0 - enqueued, t1 - t0)
-        return y, new_states, counts
+    async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
+        """Entries whose commit lost a compare-and-set: reload the session, then replay, refuse or re-run."""
+        a = 0
+        for unit in units:
+            for i, s in enumerate(unit.sessions):
+                status = statuses[a + i]
+                if status == "conflict":
+                    await self._reconcile(unit, i, s)
+                elif status == "missing":
+                    self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
+                    self.persistence.forget(s)
+            a += len(unit.sessions)
 
-    def _direct(self, s: Session, x: np.ndarray, seq: int | None, fut: asyncio.Future) -> None:
-        """Apply one step right now, in the caller: a batch of one without a trip through the queue."""
-        s.busy = True
-        t0 = time.perf_counter()
+    async def _reconcile(self, unit: Unit, i: int, s: Session) -> None:
         try:
-            y, new_states = self._run_model(x[None], self.slab.rows[s.slot:s.slot + 1])
-            t1 = time.perf_counter()
-            counts, results = self._outcome([s], y, new_states, None if seq is None else [seq])
-            self._commit([s], [s.slot], new_states, counts, results, x.shape[0], 0.0, t1 - t0)
-        except Exception as e:
-            self._fail_session(s, self._internal(e), fut)
+            found = await self.persistence.reload(s)
+        except StatestreamError as e:
+            self._fail_entry(unit, i, s, e)
             return
-        fut.set_result(StepResult(y[0], new_states[0], int(counts[0]), seq))
-        self._release([s])
+        if not found:
+            self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
+            self.persistence.forget(s)
+            return
+        seq = None if unit.seqs is None else unit.seqs[i]
+        if seq is not None and seq <= s.last_seq:  # another process applied it: its record stands
+            if seq == s.last_seq and s.last_result is not None:
+                unit.replay(i, s.last_result)
+                self._after(s)
+            else:
+                self._fail_entry(unit, i, s, FailedPrecondition(
+                    f"sequence number {seq} is stale for session {s.id!r}; expected {s.last_seq + 1}"))
+            return
+        if seq is not None and seq != s.last_seq + 1:
+            self._fail_entry(unit, i, s, FailedPrecondition(
+                f"sequence number {seq} is out of order (gap) for session {s.id!r}; expected {s.last_seq + 1}"))
+            return
+        # re-run on the fresh state, ahead of this session's later steps
+        redo = unit if len(unit.sessions) == 1 else Unit(
+            [s], unit.x[i:i + 1], None if seq is None else [seq], unit.future, parent=(unit, i))
+        s.retry(redo)
+        self.pending.count += 1
+        self._push(redo, front=True)
+
+    def _after(self, s: Session) -> None:
+        if s.undo():
+            self._push(s.queue[0])
+        self.table.release(s)
+
+    def _fail_entry(self, unit: Unit, i: int, s: Session, err: StatestreamError) -> None:
+        """Entry i failed and was not applied; the session's queued steps fail with it (they were ordered
+        after it, and their sequence numbers would now be a gap)."""
+        unit.fail(i, err)
+        if s.running is unit:
+            s.undo()
+        self.fail_queued(s, err)
+        s.forget_accepted()
+        self.table.release(s)
+
+    def _fail_run(self, units: list[Unit], err: StatestreamError) -> None:
+        for unit in units:
+            for i, s in enumerate(unit.sessions):
+                self._fail_entry(unit, i, s, err)
 
     def _internal(self, e: Exception) -> StatestreamError:
         if isinstance(e, StatestreamError):
@@ -296,69 +423,31 @@ class Batcher:
         log.exception("model %r: unexpected error applying a batch", self.runner.name, exc_info=e)
         return Internal(f"model {self.runner.name!r}: internal error ({type(e).__name__}); nothing was applied")
 
-    def _release(self, sessions: list[Session]) -> None:
-        for s in sessions:
-            s.busy = False
-            self.table.release(s)
-            if s.pending and not s.closed:
-                self._ready.append(s)
-
-    async def _run_items(self, batch: list[_Item]) -> None:
-        sessions = [it.session for it in batch]
-        seqs = [it.seq for it in batch]
-        try:
-            y, new_states, counts = await self._apply(sessions, np.stack([it.x for it in batch]),
-                                                      seqs if any(q is not None for q in seqs) else None,
-                                                      min(it.enqueued for it in batch))
-        except Exception as e:  # nothing applied; later queued steps of these sessions neither
-            err = self._internal(e)
-            for it in batch:
-                self._fail_session(it.session, err, it.future)
-            return
-        for i, it in enumerate(batch):
-            if not it.future.done():
-                it.future.set_result(StepResult(y[i], new_states[i], int(counts[i]), it.seq))
-        self._release(sessions)
-
-    async def _run_group(self, sessions: list[Session], x: np.ndarray, fut: asyncio.Future, enqueued: float) -> None:
-        self.pending.count -= len(sessions)
-        try:
-            result = await self._apply(sessions, x, None, enqueued)
-        except Exception as e:
-            err = self._internal(e)
-            if not fut.done():
-                fut.set_exception(err)
-            for s in sessions:
-                self._fail_session(s, err)
-            return
-        if not fut.done():
-            fut.set_result(result)
-        self._release(sessions)
-
-    def _fail_session(self, s: Session, err: StatestreamError, fut: asyncio.Future | None = None) -> None:
-        if fut is not None and not fut.done():
-            fut.set_exception(err)
-        self.fail_pending(s, err)
-        s.accepted_seq = s.last_seq
-        s.busy = False
-        self.table.release(s)
+    # -- other writers of a session: SetState, close ----------------------------------------
 
     def hold(self, s: Session) -> None:
-        """Keep the batcher off a session (its steps queue) while its state is changed elsewhere."""
-        if s.busy or s.pending:
-            raise FailedPrecondition(
-                f"session {s.id!r} has {len(s.pending) + s.busy} step(s) in flight; change its state when they are done")
-        s.busy = True
+        """Keep the batcher off a session while its state is changed elsewhere (steps queue behind)."""
+        s.hold()
 
-    def unhold(self, s: Session) -> None:
-        self._release([s])
-        if self._ready:
-            self._wake.set()
+    def release(self, s: Session) -> None:
+        if s.release():
+            self._push(s.queue[0])
 
-    def fail_pending(self, s: Session, err: StatestreamError) -> None:
-        """Fail the queued (not running) steps of a session that is going away."""
-        while s.pending:
-            it = s.pending.popleft()
+    def fail_queued(self, s: Session, err: StatestreamError) -> None:
+        """Fail the queued (not running) steps of a session: it is going away, or a step before them failed."""
+        for unit in s.drain():
             self.pending.count -= 1
-            if not it.future.done():
-                it.future.set_exception(err)
+            unit.fail(unit.sessions.index(s) if len(unit.sessions) > 1 else 0, err)
+            if len(unit.errors) == len(unit.sessions):
+                unit.dead = True
+
+    def close(self, s: Session) -> None:
+        """Close a session: its queued steps fail NOT_FOUND; a step already running finishes unapplied."""
+        self.fail_queued(s, NotFound(f"session {s.id!r} was closed"))
+        self.table.close(s)
+
+
+def _gather(units: list[Unit]) -> tuple[list[Session], np.ndarray]:
+    if len(units) == 1:
+        return units[0].sessions, units[0].x
+    return [s for u in units for s in u.sessions], np.concatenate([u.x for u in units])

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
-from .errors import InvalidArgument, StatestreamError, code_number, show
+from .errors import InvalidArgument, StatestreamError, as_domain_error, code_number, show
 
 
 class FrameStepper:
-    """Validates a frame, queues its entries on the model's batcher, gathers one response."""
+    """Validates a frame, runs its entries on the model's batcher, gathers one response.
 
-    def __init__(self, service):
-        self.service = service
+    Entries of idle sessions run as one unit (a batch that arrives whole); an entry whose session is busy,
+    or that retries a sequence number, takes the ordinary one-step path and waits its turn."""
 
-    def start(self, req: pb.StepFrameRequest, owner):
-        """Queue every valid entry now; returns an awaitable of the StepFrameResponse."""
-        svc = self.service
-        svc.check_open()
-        runner = svc.table.runner(req.model)
+    def __init__(self, table, batchers, directory, max_timesteps: int, check_open):
+        self.table = table
+        self.batchers = batchers
+        self.directory = directory
+        self.max_timesteps = max_timesteps
+        self.check_open = check_open
+
+    async def start(self, req: pb.StepFrameRequest, owner) -> pb.StepFrameResponse:
+        self.check_open()
+        runner = self.table.runner(req.model)
         n = len(req.session_ids)
         T = req.timesteps or 1
         F = runner.features
         if n == 0:
             raise InvalidArgument("frame has no session_ids")
-        if T > svc.max_timesteps:
-            raise InvalidArgument(f"frame has T={T} timesteps; the limit is {svc.max_timesteps} (--max-timesteps)")
+        if T > self.max_timesteps:
+            raise InvalidArgument(f"frame has T={T} timesteps; the limit is {self.max_timesteps} (--max-timesteps)")
         x = np.asarray(req.inputs, dtype=np.float32)
         if x.size != n * T * F:
             raise InvalidArgument(
@@ -37,8 +44,10 @@ class FrameStepper:
             raise InvalidArgument(f"sequence_numbers has {len(seqs)} entries; expected 0 or {n}")
         x = x.reshape(n, T, F)
         finite = np.isfinite(x).all(axis=(1, 2))
-        batcher = svc.batchers[runner.name]
+        batcher = self.batchers[runner.name]
         errors: list[tuple[int, StatestreamError]] = []
+        group: list[int] = []      # idle sessions with a new step: one unit
+        single: list[int] = []     # the others: one step each, in their session's order
         sessions: list = [None] * n
         opened = [False] * n
         seen: set[str] = set()
@@ -49,33 +58,62 @@ class FrameStepper:
                 seen.add(sid)
                 if not finite[i]:
                     raise InvalidArgument(f"entry {i} has NaN or Inf; refused")
-                sessions[i], opened[i] = svc.session_for_step(sid, req.model, req.open_if_missing, owner)
+                sessions[i], opened[i] = await self.directory.resolve(sid, req.model, req.open_if_missing, owner)
             except StatestreamError as e:
                 errors.append((i, e))
-        valid = [i for i in range(n) if sessions[i] is not None]
-        for i in valid:
-            svc.table.touch(sessions[i])
-        if not seqs and valid and not any(sessions[i].busy or sessions[i].pending for i in valid):
-            # Fast path: every session is idle, so the frame runs as one unit.
-            idx = np.array(valid, dtype=np.intp)
-            m = batcher.max_batch_size
-            futs = []
-            for chunk in (idx[k:k + m] for k in range(0, len(idx), m)):
-                try:
-                    futs.append((chunk, batcher.submit_group([sessions[i] for i in chunk], x[chunk])))
-                except StatestreamError as e:  # e.g. the queue is full: these entries fail, others go on
-                    for i in chunk.tolist():
-                        svc.abandon(sessions[i], opened[i])
-                        errors.append((i, e))
-            return self._gather_groups(runner, req, n, futs, errors, T)
-        futures: list = [None] * n
-        for i in valid:
+        for i, s in enumerate(sessions):  # no await from here to the submissions: phases cannot change
+            if s is None:
+                continue
+            self.table.touch(s)
             try:
-                futures[i], _ = batcher.submit(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None, direct=False)
+                new = s.idle and s.accept(seqs[i] if seqs and seqs[i] else None) is None
             except StatestreamError as e:
-                svc.abandon(sessions[i], opened[i])
                 errors.append((i, e))
-        return self._gather(runner, req, futures, errors, T)
+                continue
+            (group if new else single).append(i)
+        units = []
+        m = batcher.max_batch_size
+        for chunk in (group[k:k + m] for k in range(0, len(group), m)):
+            idx = np.array(chunk, dtype=np.intp)
+            try:
+                units.append((idx, batcher.submit_group(
+                    [sessions[i] for i in chunk], x[idx], [seqs[i] or None for i in chunk] if seqs else None)))
+            except StatestreamError as e:  # e.g. the queue is full: these entries fail, others go on
+                errors.extend((i, e) for i in chunk)
+        steps = [(i, asyncio.ensure_future(batcher.step(sessions[i], x[i], seqs[i] if seqs and seqs[i] else None)))
+                 for i in single]
+        for i, _ in errors:
+            if sessions[i] is not None:
+                await self.directory.abandon(sessions[i], opened[i])
+        return await self._gather(runner, req, n, T, units, steps, errors, sessions, opened)
+
+    async def _gather(self, runner, req, n, T, units, steps, errors, sessions, opened) -> pb.StepFrameResponse:
+        rows = T if req.return_sequences else 1
+        outputs = np.zeros((n, rows, runner.output_size), dtype=np.float32)
+        counts = np.zeros(n, dtype=np.uint64)
+        states = np.zeros((n, runner.state_width), dtype=np.float32) if req.return_state else None
+        for idx, unit in units:
+            await asyncio.shield(unit.future)
+            outputs[idx] = unit.y[:, -rows:]
+            counts[idx] = unit.counts
+            if states is not None:
+                states[idx] = unit.states
+            for j, err in (unit.errors or {}).items():
+                errors.append((int(idx[j]), err))
+        results = await asyncio.gather(*(step for _, step in steps), return_exceptions=True)
+        for (i, _), res in zip(steps, results):
+            if isinstance(res, BaseException):
+                if isinstance(res, asyncio.CancelledError):
+                    raise res
+                await self.directory.abandon(sessions[i], opened[i])
+                errors.append((i, as_domain_error(res)))
+                continue
+            res = res[0]
+            outputs[i] = res.output[-rows:]
+            counts[i] = res.step_count
+            if states is not None:
+                states[i] = res.state
+        return self._response(runner, req, rows, outputs, counts, states, errors)
 
     def _response(self, runner, req, rows, outputs, counts, states, errors) -> pb.StepFrameResponse:
         errors.sort(key=lambda p: p[0])
@@ -87,40 +125,3 @@ class FrameStepper:
             msg.states.extend(codec.layer_states(runner, states))
         return msg
 
-    def _buffers(self, runner, req, n, T):
-        rows = T if req.return_sequences else 1
-        outputs = np.zeros((n, rows, runner.output_size), dtype=np.float32)
-        counts = np.zeros(n, dtype=np.uint64)
-        states = np.zeros((n, runner.state_width), dtype=np.float32) if req.return_state else None
-        return rows, outputs, counts, states
-
-    async def _gather_groups(self, runner, req, n, futs, errors, T) -> pb.StepFrameResponse:
-        rows, outputs, counts, states = self._buffers(runner, req, n, T)
-        for idx, fut in futs:
-            try:
-                y, new_states, steps = await fut
-            except Exception as e:
-                err = self.service.domain_error(e)
-                errors.extend((int(i), err) for i in idx)
-                continue
-            outputs[idx] = y[:, -rows:]
-            counts[idx] = steps
-            if states is not None:
-                states[idx] = new_states
-        return self._response(runner, req, rows, outputs, counts, states, errors)
-
-    async def _gather(self, runner, req, futures, errors, T) -> pb.StepFrameResponse:
-        rows, outputs, counts, states = self._buffers(runner, req, len(futures), T)
-        for i, fut in enumerate(futures):
-            if fut is None:
-                continue
-            try:
-                res = await fut
-            except Exception as e:
-                errors.append((i, self.service.domain_error(e)))
-                continue
-            outputs[i] = res.output[-rows:]
-            counts[i] = res.step_count
-            if states is not None:
-                states[i] = res.state
-        return self._response(runner, req, rows, outputs, counts, states, errors)

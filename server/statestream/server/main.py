@@ -18,6 +18,9 @@ from statestream.v1 import statestream_pb2 as pb
 
 from .auth import Auth
 from .batcher import Batcher, PendingCounter
+from .directory import Directory
+from .persistence import Persistence
+from .policy import BatchPolicy
 from .config import Config, parse_config
 from .metrics import Metrics
 from .model import ModelRunner
@@ -36,8 +39,9 @@ TRITON_SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 class App:
     """One running server: gRPC server, service, batchers, health, the expiry sweeper."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, store=None):
         self.cfg = cfg
+        self.store_override = store  # tests: a StateStore object instead of --state-store
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -76,22 +80,24 @@ class App:
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
-        self.store = open_store(cfg.state_store)
+        self.store = self.store_override or open_store(cfg.state_store)
         records = await loop.run_in_executor(None, self.store.load)
-        restored = sum(self.table.restore(r) is not None for r in records)
+        restored = sum(self.table.adopt(r) is not None for r in records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
+        self.persistence = Persistence(self.store, self.table)
         self.executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="ort")
         pending = PendingCounter(cfg.max_pending)
         self.batchers = {
-            name: Batcher(r, self.table, self.executor, max_batch_size=cfg.max_batch_size,
-                          max_queue_delay=cfg.max_queue_delay, max_pending_per_session=cfg.max_pending_per_session,
-                          pending=pending, store=self.store, inline_max_batch=cfg.inline_max_batch,
-                          metrics=self.metrics)
+            name: Batcher(r, self.table, self.executor,
+                          policy=BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay),
+                          max_pending_per_session=cfg.max_pending_per_session, pending=pending,
+                          persistence=self.persistence, inline_max_batch=cfg.inline_max_batch, metrics=self.metrics)
             for name, r in runners.items()
         }
         for b in self.batchers.values():
             b.start()
-        self.service.attach(self.table, self.batchers, self.store)
+        self.metrics.watch(self.table)
+        self.service.attach(self.table, self.batchers, Directory(self.table, self.persistence, self.batchers))
         self._tasks.append(loop.create_task(self._sweep()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -103,10 +109,11 @@ class App:
             await asyncio.sleep(self.cfg.sweep_interval)
             gone = self.table.expire()
             if gone:
-                await self.store.delete([(s.owner, s.id) for s in gone])
-                self.metrics.evictions += len(gone)
                 log.debug("expired %d idle sessions", len(gone))
-            self.metrics.active_sessions = len(self.table)
+                try:
+                    await self.persistence.expired(gone)
+                except Exception as e:  # the rows stay; they expire again on the next start
+                    log.warning("could not delete expired sessions from the store: %s", e)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
@@ -123,9 +130,8 @@ class App:
         for t in self._tasks:
             t.cancel()
         if hasattr(self, "store"):
-            if self.store.durable:  # everything is written through already; this refreshes expiry times
-                await self.store.put([self.table.record(s) for s in self.table.sessions()])
-                log.info("persisted %d sessions to %s", len(self.table), self.store.description)
+            if self.store.durable:  # every change was written through when it was answered
+                log.info("persisted %d sessions to %s (written through)", len(self.table), self.store.description)
             self.store.close()
         if hasattr(self, "executor"):
             self.executor.shutdown(wait=True)
@@ -155,9 +161,10 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def create_server(cfg: Config) -> tuple[App, int]:
-    """Start a server for `cfg` (port 0 picks a free port); returns (app, port)."""
-    app = App(cfg)
+async def create_server(cfg: Config, store=None) -> tuple[App, int]:
+    """Start a server for `cfg` (port 0 picks a free port); returns (app, port). `store`: a StateStore object
+    to use instead of cfg.state_store."""
+    app = App(cfg, store)
     port = await app.start()
     return app, port
 

@@ -56,9 +56,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests: dict[tuple[str, str], int] = {}
         self.models: dict[str, _ModelStats] = {}
-        self.active_sessions = 0
-        self.evictions = 0
+        self._table = None
         self.registry.register(self)
+
+    def watch(self, table) -> None:
+        """Read open sessions and evictions from this SessionTable when scraped."""
+        self._table = table
 
     def count_request(self, method: str, code: str) -> None:
         key = (method, code)
@@ -101,8 +104,11 @@ class Metrics:
         yield steps
         yield timesteps
         yield from hists.values()
-        yield GaugeMetricFamily("statestream_active_sessions", "Open sessions", value=self.active_sessions)
-        yield CounterMetricFamily("statestream_evictions", "Sessions closed by idle expiry", value=self.evictions)
+        table = self._table
+        yield GaugeMetricFamily("statestream_active_sessions", "Open sessions",
+                                value=0 if table is None else len(table))
+        yield CounterMetricFamily("statestream_evictions", "Sessions closed by idle expiry",
+                                  value=0 if table is None else table.evictions)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP server; returns its port."""

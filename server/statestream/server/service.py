@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 
@@ -14,7 +13,8 @@ from statestream.v1 import statestream_pb2_grpc as pb_grpc
 from . import codec
 from .auth import Auth
 from .batcher import Batcher
-from .errors import InvalidArgument, NotFound, StatestreamError, Unavailable, as_domain_error, code_number, show
+from .directory import Directory
+from .errors import InvalidArgument, StatestreamError, Unavailable, as_domain_error, code_number
 from .frames import FrameStepper
 from .sessions import Session, SessionTable
 from .wire import Undecodable, check
@@ -48,19 +48,21 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     def __init__(self, max_timesteps: int, auth: Auth, metrics=None):
         self.table: SessionTable | None = None
+        self.directory: Directory | None = None
         self.batchers: dict[str, Batcher] = {}
         self.max_timesteps = max_timesteps
         self.auth = auth
         self.metrics = metrics
         self.draining = False
-        self.frames = FrameStepper(self)
+        self.frames: FrameStepper | None = None
         self._infos: dict[str, pb.ModelInfo] = {}
 
-    def attach(self, table: SessionTable, batchers: dict[str, Batcher], store) -> None:
+    def attach(self, table: SessionTable, batchers: dict[str, Batcher], directory: Directory) -> None:
         """Models are loaded: start answering (until then every RPC is UNAVAILABLE)."""
         self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in table.runners.items()}
         self.batchers = batchers
-        self.store = store
+        self.directory = directory
+        self.frames = FrameStepper(table, batchers, directory, self.max_timesteps, self.check_open)
         self.table = table
 
     # -- helpers shared by every RPC -------------------------------------------------
@@ -98,54 +100,35 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.table.runner(model)
         return self._infos[model]
 
-    def session_for_step(self, sid: str, model: str, open_if_missing: bool, owner) -> tuple[Session, bool]:
-        """(the session a step names, opened now?); with open_if_missing, opened on `model` when absent.
+    # -- entry points other protocols share (Triton) --------------------------------------
 
-        A caller that then refuses the step must `abandon` a session it opened."""
-        if open_if_missing:
-            if not sid:
-                raise InvalidArgument("open_if_missing needs a session_id")
-            if not model:
-                raise InvalidArgument("open_if_missing needs the model name")
-            try:
-                s = self.table.get(sid, owner)
-            except NotFound:
-                return self.table.open(model, sid, owner=owner), True
-        else:
-            s = self.table.get(sid, owner)
-        if model and s.model != model:
-            raise InvalidArgument(f"session {show(sid)} is on model {s.model!r}, not {show(model)}")
-        return s, False
-
-    def abandon(self, s: Session, opened: bool) -> None:
-        """A refused step leaves no trace, not even the session open_if_missing opened for it."""
-        if opened and not s.busy and not s.pending:
-            self.table.close(s)
-
-    def start_step(self, req: pb.StepRequest, owner, direct: bool = True):
-        """Validate and queue one step; returns an awaitable of its StepResponse.
-
-        `direct`: an idle session with nothing queued may run at once (best for
-        lone unary calls); "auto" (streams) runs at once only while no run has held
-        more than one session lately, so the steps of many streams batch together.
-        """
+    async def open_session(self, model: str, sid: str, owner, *, timeout: float = 0.0, reset: bool = False,
+                           row=None) -> Session:
+        """Open a session (`reset`: an open one goes back to zero states and step 0)."""
         self.check_open()
-        s, opened = self.session_for_step(req.session_id, req.model, req.open_if_missing, owner)
+        self._info(model)
+        return await self.directory.open(model, sid, owner, timeout, row, reset)
+
+    async def close_session(self, sid: str, owner) -> int:
+        """Close a session; returns its step count."""
+        return await self.directory.close(await self.directory.get(sid, owner))
+
+    async def start_step(self, req: pb.StepRequest, owner, stream: bool = False) -> pb.StepResponse:
+        """Validate and run one step (in order with the session's others); its StepResponse.
+
+        `stream`: the step comes from a stream (see BatchPolicy.inline)."""
+        self.check_open()
+        s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
         try:
             x = codec.parse_input(runner, req.input, self.max_timesteps)
             seq = req.sequence_number if req.HasField("sequence_number") else None
             self.table.touch(s)
-            fut, replayed = self.batchers[s.model].submit(s, x, seq, direct)
-        except Exception:
-            self.abandon(s, opened)
+            res, replayed = await self.batchers[s.model].step(s, x, seq, stream)
+        except StatestreamError:
+            await self.directory.abandon(s, opened)
             raise
-        return self._respond(runner, s.id, fut, req.return_sequences, req.return_state, replayed)
-
-    @staticmethod
-    async def _respond(runner, sid, fut, return_sequences, return_state, replayed) -> pb.StepResponse:
-        res = await asyncio.shield(fut) if replayed else await fut
-        return codec.step_response(runner, sid, res, return_sequences, return_state, replayed)
+        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed)
 
     # -- models ---------------------------------------------------------------------
 
@@ -164,19 +147,11 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
     @unary
     async def OpenSession(self, request, context):
         owner = self.auth.owner(context)
-        self.check_open()
         info = self._info(request.model)
         runner = self.table.runners[request.model]
         row = codec.parse_layer_states(runner, request.initial_states) if request.initial_states else None
-        s = self.table.open(request.model, request.session_id, request.idle_timeout_seconds, owner)
-        if row is not None:
-            self.table.set_state(s, row)
-        if self.store.durable:
-            try:
-                await self.store.put([self.table.record(s)])
-            except Exception:
-                self.table.close(s)  # not durable, so not opened
-                raise
+        s = await self.open_session(request.model, request.session_id, owner, timeout=request.idle_timeout_seconds,
+                                    row=row)
         return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
 
     @unary
@@ -185,14 +160,14 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     @unary
     async def GetState(self, request, context):
-        s = self.table.get(request.session_id, self.auth.owner(context))
+        s = await self.directory.fresh(request.session_id, self.auth.owner(context))
         self.table.touch(s)
         runner = self.table.runners[s.model]
         return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
 
     @unary
     async def SetState(self, request, context):
-        s = self.table.get(request.session_id, self.auth.owner(context))
+        s = await self.directory.get(request.session_id, self.auth.owner(context))
         runner = self.table.runners[s.model]
         row = codec.parse_layer_states(runner, request.layers)
         if request.HasField("last_sequence_number") and request.last_sequence_number < 0:
@@ -201,26 +176,9 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             raise InvalidArgument(f"step_count must be <= 2^62, got {request.step_count}")
         if request.HasField("last_sequence_number") and request.last_sequence_number > MAX_STEP_COUNT:
             raise InvalidArgument(f"last_sequence_number must be <= 2^62, got {request.last_sequence_number}")
-        batcher = self.batchers[s.model]
-        batcher.hold(s)  # steps that arrive meanwhile queue behind this change
-        old_row = self.table.state(s).copy()
-        before = (s.step_count, s.last_seq, s.accepted_seq, s.last_result)
-        try:
-            self.table.set_state(s, row)
-            if request.HasField("step_count"):
-                s.step_count = request.step_count
-            if request.HasField("last_sequence_number"):
-                s.last_seq = s.accepted_seq = request.last_sequence_number
-                s.last_result = None
-            self.table.touch(s)
-            if self.store.durable:
-                await self.store.put([self.table.record(s)])
-        except Exception:  # not durable: as if it never happened
-            self.table.set_state(s, old_row)
-            s.step_count, s.last_seq, s.accepted_seq, s.last_result = before
-            raise
-        finally:
-            batcher.unhold(s)
+        await self.directory.set_state(
+            s, row, request.step_count if request.HasField("step_count") else None,
+            request.last_sequence_number if request.HasField("last_sequence_number") else None)
         return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
 
     # -- entry points for other protocols (issue-triton: thin versions until the core reshape lands) -----
@@ -267,7 +225,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, direct="auto"), **head)
+                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, stream=True), **head)
             except Exception as e:
                 return pb.StreamStepsResponse(error=self.in_band(e), **head)
 

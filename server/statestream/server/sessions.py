@@ -1,7 +1,8 @@
-"""SessionTable: session ids, per-model state slabs, counters, idle expiry."""
+"""Sessions: one owner of a session's life (explicit phases, sequence numbers, the recorded response)."""
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import secrets
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, show
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, show
 from .model import ModelRunner
 from .store import SessionRecord
 
@@ -27,6 +28,205 @@ class StepResult:
     state: np.ndarray       # [W], states after the last timestep
     step_count: int
     sequence_number: int | None
+
+
+class Phase(enum.Enum):
+    """Where a session is in its life. Only the transition methods of Session change it."""
+
+    IDLE = "idle"        # nothing queued or running: a step may run at once
+    QUEUED = "queued"    # its next unit of work is in its batcher's ready queue
+    RUNNING = "running"  # a unit of it is in a model run or in that run's commit
+    HELD = "held"        # its state is being changed (SetState, reload); steps queue behind
+    CLOSED = "closed"    # gone; its slot is free once nothing of it runs
+
+
+class Session:
+    """One stream's bookkeeping; its states are a row (slot) of its model's slab.
+
+    Steps arrive as units (see batcher.Unit); `queue` holds this session's units
+    that have not run yet, in order. Exactly-once lives here: `accept` checks a
+    sequence number, `finish` records the response of the step it applied.
+    """
+
+    __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
+                 "last_seq", "accepted_seq", "last_result", "running")
+
+    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
+        self.id = sid
+        self.model = model
+        self.slot = slot
+        self.owner = owner
+        self.timeout = timeout
+        self.deadline = now + timeout
+        self.phase = Phase.IDLE
+        self.queue: deque | tuple = ()  # a deque only while units wait: 1M idle sessions stay small
+        self.step_count = 0
+        self.version = 0           # bumped by every committed change; the compare-and-set key of a shared store
+        self.last_seq = 0          # last applied sequence number
+        self.accepted_seq = 0      # last accepted (applied, queued or running) sequence number
+        self.last_result: StepResult | None = None  # recorded result of the step with last_seq
+        self.running = None        # the unit of this session in a model run now
+
+    def __repr__(self) -> str:
+        return f"Session({self.id!r}, {self.phase.value}, step {self.step_count})"
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, running or held: a new step could run right now."""
+        return self.phase is Phase.IDLE
+
+    @property
+    def waiting(self) -> int:
+        """Units not yet run."""
+        return len(self.queue)
+
+    # -- exactly-once ---------------------------------------------------------------
+
+    def accept(self, seq: int | None):
+        """Check a step's sequence number. Returns None (a new step), a StepResult (a retry of
+        the last applied step: replay it) or a unit (a retry of a step still queued or running: wait for it).
+        """
+        if seq is None:
+            return None
+        if seq <= 0:
+            raise InvalidArgument(f"sequence_number must be >= 1, got {seq}")
+        if seq == self.accepted_seq and seq > 0:
+            if self.last_seq == seq and self.last_result is not None:
+                return self.last_result
+            unit = self.find(seq)
+            if unit is not None:
+                return unit
+            raise FailedPrecondition(
+                f"sequence number {seq} was applied but its response is no longer held; expected {seq + 1}")
+        if seq != self.accepted_seq + 1:
+            kind = "stale" if seq < self.accepted_seq else "out of order (gap)"
+            raise FailedPrecondition(
+                f"sequence number {seq} is {kind} for session {self.id!r}; expected {self.accepted_seq + 1}")
+        return None
+
+    def find(self, seq: int):
+        """The queued or running unit that carries this session's step `seq`, or None."""
+        for unit in (self.running, *self.queue):
+            if unit is not None and unit.seq_of(self) == seq:
+                return unit
+        return None
+
+    # -- transitions (called by the batcher, the service and the table only) ----------
+
+    def enqueue(self, unit, seq: int | None) -> bool:
+        """Add a unit (carrying step `seq` of this session) behind this session's others; True when it is
+        ready to run (the session was idle)."""
+        if self.phase is Phase.CLOSED:
+            raise NotFound(f"session {self.id!r} was closed")
+        if seq is not None:
+            self.accepted_seq = seq
+        if not self.queue:
+            self.queue = deque()
+        self.queue.append(unit)
+        if self.phase is Phase.IDLE:
+            self.phase = Phase.QUEUED
+            return True
+        return False
+
+    def start(self, unit) -> None:
+        """QUEUED -> RUNNING with `unit`, which must be the head of the queue."""
+        head = self.queue.popleft()
+        assert head is unit and self.phase is Phase.QUEUED, (self, head, unit)
+        self.phase = Phase.RUNNING
+        self.running = unit
+
+    def run_now(self, unit, seq: int | None) -> None:
+        """IDLE -> RUNNING for a unit that skips the queue (run in the caller)."""
+        assert self.phase is Phase.IDLE and not self.queue, self
+        if seq is not None:
+            self.accepted_seq = seq
+        self.phase = Phase.RUNNING
+        self.running = unit
+
+    def finish(self, step_count: int, result: StepResult | None) -> bool:
+        """RUNNING -> QUEUED/IDLE after its unit was applied; `result` is recorded for a sequenced step.
+
+        Returns True when the next unit of this session is ready to run."""
+        self.step_count = step_count
+        self.version += 1
+        if result is not None:
+            self.last_seq = result.sequence_number
+            self.last_result = result
+        return self._after_run()
+
+    def undo(self) -> bool:
+        """RUNNING -> QUEUED/IDLE after its unit was NOT applied (failed or to be re-run)."""
+        return self._after_run()
+
+    def _after_run(self) -> bool:
+        self.running = None
+        if self.phase is Phase.CLOSED:
+            return False
+        self.phase = Phase.QUEUED if self.queue else Phase.IDLE
+        return self.phase is Phase.QUEUED
+
+    def retry(self, unit) -> None:
+        """RUNNING -> QUEUED with `unit` at the head: its commit lost a compare-and-set, it runs again."""
+        self.running = None
+        if not self.queue:
+            self.queue = deque()
+        self.queue.appendleft(unit)
+        self.phase = Phase.QUEUED
+
+    def drain(self) -> list:
+        """Take every queued unit out (they will fail); a QUEUED session becomes IDLE."""
+        units = list(self.queue)
+        self.queue = ()
+        if self.phase is Phase.QUEUED:
+            self.phase = Phase.IDLE
+        return units
+
+    def hold(self) -> None:
+        """IDLE -> HELD: keep the batcher off while the state is changed elsewhere."""
+        if self.phase is not Phase.IDLE:
+            raise FailedPrecondition(
+                f"session {self.id!r} has {self.waiting + (self.running is not None)} step(s) in flight; "
+                "change its state when they are done")
+        self.phase = Phase.HELD
+
+    def release(self) -> bool:
+        """HELD -> IDLE/QUEUED; True when steps queued meanwhile are ready."""
+        if self.phase is Phase.CLOSED:
+            return False
+        self.phase = Phase.QUEUED if self.queue else Phase.IDLE
+        return self.phase is Phase.QUEUED
+
+    def set_counters(self, step_count: int | None, last_seq: int | None) -> None:
+        """SetState of the counters (HELD): the next sequence number is last_seq + 1, nothing recorded."""
+        if step_count is not None:
+            self.step_count = step_count
+        if last_seq is not None:
+            self.last_seq = self.accepted_seq = last_seq
+            self.last_result = None
+
+    def counters(self) -> tuple:
+        return self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.version
+
+    def restore_counters(self, saved: tuple) -> None:
+        """Undo set_counters (the change could not be made durable)."""
+        self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.version = saved
+
+    def forget_accepted(self) -> None:
+        """A failed step was not applied: the numbers it and the steps behind it took are free again."""
+        self.accepted_seq = self.last_seq
+
+    def load(self, rec: SessionRecord) -> None:
+        """Take counters and the recorded response from a store record (the state row is the table's)."""
+        self.step_count = rec.step_count
+        self.version = rec.version
+        self.last_seq = self.accepted_seq = rec.last_seq
+        self.last_result = None
+        if rec.last_output is not None:
+            self.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
 
 
 class Slab:
@@ -52,30 +252,10 @@ class Slab:
         self._free.append(slot)
 
 
-class Session:
-    """One stream's bookkeeping; its states are a row of its model's slab."""
-
-    __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "step_count", "last_seq",
-                 "accepted_seq", "last_result", "pending", "busy", "closed")
-
-    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
-        self.id = sid
-        self.model = model
-        self.slot = slot
-        self.owner = owner
-        self.timeout = timeout
-        self.deadline = now + timeout
-        self.step_count = 0
-        self.last_seq = 0          # last applied sequence number
-        self.accepted_seq = 0      # last accepted (applied or queued) sequence number
-        self.last_result = None    # recorded result of the step with last_seq
-        self.pending: deque | tuple = ()  # a deque only while steps are queued: 1M idle sessions stay small
-        self.busy = False          # a step of it is in the model run now
-        self.closed = False
-
-
 class SessionTable:
-    """Every open session of the server; all calls happen on the event loop thread."""
+    """Every open session of this process (a cache of the store when the store is shared).
+
+    All calls happen on the event loop thread."""
 
     def __init__(self, runners: dict[str, ModelRunner], max_sessions: int, default_timeout: float,
                  max_timeout: float, clock=time.monotonic):
@@ -100,73 +280,90 @@ class SessionTable:
         except KeyError:
             raise NotFound(f"unknown model {show(model)}; this server serves {sorted(self.runners)}") from None
 
-    def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None) -> Session:
-        """Open a session with zero states; `sid` empty picks a random 128-bit id."""
-        self.runner(model)
+    def check_timeout(self, timeout: float) -> float:
         if timeout < 0 or timeout != timeout:
             raise InvalidArgument(f"idle_timeout_seconds must be >= 0, got {timeout}")
         if timeout > self.max_timeout:
             raise InvalidArgument(f"idle_timeout_seconds {timeout} is over the server's limit {self.max_timeout}")
+        return timeout or self.default_timeout
+
+    def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None) -> Session:
+        """Open a session with zero states; `sid` empty picks a random 128-bit id."""
+        self.runner(model)
+        timeout = self.check_timeout(timeout)
         if sid:
             check_session_id(sid)
             if _key(sid, owner) in self._sessions:
                 raise AlreadyExists(f"session {sid!r} is already open")
         else:
             sid = secrets.token_hex(16)
+        self._check_room()
+        return self._insert(Session(sid, model, self.slabs[model].alloc(), owner, timeout, self.clock()))
+
+    def _check_room(self) -> None:
         if len(self._sessions) >= self.max_sessions:
             raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)")
-        now = self.clock()
-        s = Session(sid, model, self.slabs[model].alloc(), owner, timeout or self.default_timeout, now)
-        self._sessions[_key(sid, owner)] = s
-        self._expired.pop(_key(sid, owner), None)
+
+    def _insert(self, s: Session) -> Session:
+        key = _key(s.id, s.owner)
+        self._sessions[key] = s
+        self._expired.pop(key, None)
         heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
         return s
+
+    def find(self, sid: str, owner: str | None = None) -> Session | None:
+        return self._sessions.get(_key(sid, owner))
 
     def get(self, sid: str, owner: str | None = None) -> Session:
         """The open session `sid`, or NotFound saying whether it expired."""
         key = _key(sid, owner)
         s = self._sessions.get(key)
         if s is None:
-            if not sid:
-                raise InvalidArgument("session_id is empty")
-            if key in self._expired:
-                raise NotFound(f"session {show(sid)} expired after {self._expired[key]:g} s idle")
-            raise NotFound(f"unknown session {show(sid)}")
+            raise self.missing(sid, owner)
         return s
+
+    def missing(self, sid: str, owner: str | None = None) -> Exception:
+        """The error for a session id that is not open."""
+        if not sid:
+            return InvalidArgument("session_id is empty")
+        key = _key(sid, owner)
+        if key in self._expired:
+            return NotFound(f"session {show(sid)} expired after {self._expired[key]:g} s idle")
+        return NotFound(f"unknown session {show(sid)}")
 
     def touch(self, s: Session) -> None:
         s.deadline = self.clock() + s.timeout
 
     def close(self, s: Session) -> None:
-        """Remove a session; its slot is freed now, or after its in-flight step."""
-        if s.closed:
+        """Remove a session; its slot is freed now, or when its running unit is done (`release`)."""
+        if s.phase is Phase.CLOSED:
             return
-        s.closed = True
+        s.phase = Phase.CLOSED
         del self._sessions[_key(s.id, s.owner)]
-        if not s.busy:
+        if s.running is None:
             self.slabs[s.model].free(s.slot)
 
     def release(self, s: Session) -> None:
-        """Called by the batcher after a run: free the slot of a session closed meanwhile."""
-        if s.closed:
+        """After a run: free the slot of a session that was closed while it ran."""
+        if s.phase is Phase.CLOSED and s.running is None:
             self.slabs[s.model].free(s.slot)
 
     def state(self, s: Session) -> np.ndarray:
         return self.slabs[s.model].rows[s.slot]
 
     def set_state(self, s: Session, row: np.ndarray) -> None:
-        """Overwrite a session's states (the caller keeps the batcher off it: Batcher.hold)."""
+        """Overwrite a session's states (the caller holds the session: Session.hold)."""
         self.slabs[s.model].rows[s.slot] = row
 
     def expire(self) -> list[Session]:
-        """Close every session idle past its deadline; returns them."""
+        """Close every idle session past its deadline; returns them."""
         now = self.clock()
         gone = []
         while self._expiry and self._expiry[0][0] <= now:
             _, _, s = heapq.heappop(self._expiry)
-            if s.closed:
+            if s.phase is Phase.CLOSED:
                 continue
-            if s.deadline > now or s.busy or s.pending:
+            if s.deadline > now or s.phase is not Phase.IDLE:
                 heapq.heappush(self._expiry, (max(s.deadline, now + 1e-3), next(self._tie), s))
                 continue
             self.close(s)
@@ -181,33 +378,33 @@ class SessionTable:
         return self._sessions.values()
 
     def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
-               last=None) -> SessionRecord:
-        """A session as the store keeps it; `state`/`step_count`/`last` give values about to be applied."""
-        last = last if last is not None else s.last_result
+               result: StepResult | None = None) -> SessionRecord:
+        """The session as the store keeps it, at its next version; `state`, `step_count` and `result` give
+        the values a run is about to apply."""
+        last = result if result is not None else s.last_result
         return SessionRecord(
             s.id, s.model, s.owner, self.state(s) if state is None else state,
             s.step_count if step_count is None else step_count,
-            s.last_seq if last is None else (last.sequence_number or 0), s.timeout,
-            time.time() + (s.deadline - self.clock()),
+            s.last_seq if result is None else result.sequence_number, s.timeout,
+            time.time() + s.timeout,
             None if last is None else last.output, None if last is None else last.state,
-            0 if last is None else last.step_count)
+            0 if last is None else last.step_count, s.version + 1)
 
-    def restore(self, rec: SessionRecord) -> Session | None:
-        """Re-open a stored session (after a restart); None when its model is no longer served."""
-        if rec.model not in self.runners or _key(rec.id, rec.owner) in self._sessions:
+    def adopt(self, rec: SessionRecord) -> Session | None:
+        """A store record into this table: a new cached session, or the fresh truth of a cached one.
+
+        Returns None when the record cannot be served here (model not served, state width differs). A
+        cached session must be RUNNING (a lost compare-and-set), HELD or IDLE: its queue is kept."""
+        if rec.model not in self.runners or rec.state.shape != (self.slabs[rec.model].width,):
             return None
-        if rec.state.shape != (self.slabs[rec.model].width,):
-            return None
+        s = self._sessions.get(_key(rec.id, rec.owner))
         now = self.clock()
-        s = Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now)
-        s.deadline = now + max(0.0, rec.expires_at - time.time())
+        if s is None:
+            self._check_room()
+            s = self._insert(Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now))
+        s.deadline = now + max(0.0, min(rec.timeout, rec.expires_at - time.time()))
         self.slabs[rec.model].rows[s.slot] = rec.state
-        s.step_count = rec.step_count
-        s.last_seq = s.accepted_seq = rec.last_seq
-        if rec.last_output is not None:
-            s.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
-        self._sessions[_key(s.id, s.owner)] = s
-        heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
+        s.load(rec)
         return s
 
 

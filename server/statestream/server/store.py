@@ -28,24 +28,29 @@ class SessionRecord:
     last_output: np.ndarray | None = None   # recorded result of step `last_seq`: [T, O]
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
+    version: int = 0                        # bumped by every write: the compare-and-set key
 
 
 class StateStore(Protocol):
-    """What the SessionTable and the Batcher need from a backend.
+    """What persistence.Persistence (its one caller) needs from a backend.
 
-    `put` is awaited before a step is answered (for a durable store), is called
-    once per batch with every session the batch changed, and runs in submission
-    order. A shared backend (Redis, next milestone) writes the batch in one
-    pipelined round trip with a compare-and-set on `step_count`, so a stale
-    replica can never overwrite a newer state.
+    `commit` is awaited before any step of a batch is answered and is called once per batch with every
+    session the batch changed: one transaction / round trip, compare-and-set per record on `version`
+    (written only if the stored version is rec.version - 1), so a stale process never overwrites a newer
+    state. A shared store (other processes write it too) makes the local table a cache.
     """
 
     durable: bool
+    shared: bool
     description: str
 
     def load(self) -> list[SessionRecord]: ...
 
-    async def put(self, records: list[SessionRecord]) -> None: ...
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None: ...
+
+    async def create(self, rec: SessionRecord) -> bool: ...
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]: ...  # "ok" | "conflict" | "missing"
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
 
@@ -56,13 +61,20 @@ class MemoryStore:
     """The default: sessions live in the process only; a restart starts empty."""
 
     durable = False
+    shared = False
     description = "memory: sessions live in this process only; a restart or crash loses them"
 
     def load(self) -> list[SessionRecord]:
         return []
 
-    async def put(self, records: list[SessionRecord]) -> None:
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
         return None
+
+    async def create(self, rec: SessionRecord) -> bool:
+        return True
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        return ["ok"] * len(records)
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         return None
@@ -85,10 +97,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_rows INTEGER,
     last_state BLOB,
     last_step_count INTEGER,
+    version INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
 )"""
 
-_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT = "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _row(r: SessionRecord) -> tuple:
@@ -96,19 +110,20 @@ def _row(r: SessionRecord) -> tuple:
     return (r.id, r.model, r.owner or "", r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
             r.expires_at, None if out is None else out.astype(np.float32).tobytes(),
             None if out is None else out.shape[0],
-            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count)
+            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count,
+            r.version)
 
 
 def _record(row) -> SessionRecord:
     (sid, model, owner, state, steps, last_seq, timeout, expires_at, last_out, last_rows, last_state,
-     last_steps) = row
+     last_steps, version) = row
     out = None
     if last_out is not None:
         out = np.frombuffer(last_out, dtype=np.float32).reshape(last_rows, -1).copy()
     return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq, timeout,
                          expires_at, out,
                          None if last_state is None else np.frombuffer(last_state, dtype=np.float32).copy(),
-                         last_steps or 0)
+                         last_steps or 0, version)
 
 
 class SqliteStore:
@@ -121,6 +136,7 @@ class SqliteStore:
     """
 
     durable = True
+    shared = False
 
     def __init__(self, path: str):
         self.path = Path(path)
@@ -130,6 +146,9 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
+        if "version" not in columns:  # a file written before compare-and-set existed
+            self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
 
     def load(self) -> list[SessionRecord]:
@@ -137,23 +156,55 @@ class SqliteStore:
         self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
         return [_record(row) for row in self._db.execute("SELECT * FROM sessions")]
 
-    def _put(self, rows: list[tuple]) -> None:
+    def _commit(self, rows: list[tuple]) -> list[str]:
+        out = []
         with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(_UPSERT, rows)
+            self._db.execute("BEGIN IMMEDIATE")
+            for row in rows:
+                found = self._db.execute("SELECT version FROM sessions WHERE owner = ? AND id = ?",
+                                         (row[2], row[0])).fetchone()
+                if found is None:
+                    out.append("missing")
+                elif found[0] != row[-1] - 1:
+                    out.append("conflict")
+                else:
+                    self._db.execute(_UPSERT, row)
+                    out.append("ok")
+        return out
+
+    def _create(self, row: tuple) -> bool:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(_INSERT, row)
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    def _fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        row = self._db.execute("SELECT * FROM sessions WHERE owner = ? AND id = ?", (owner or "", sid)).fetchone()
+        return None if row is None else _record(row)
 
     def _delete(self, keys: list[tuple[str | None, str]]) -> None:
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM sessions WHERE owner = ? AND id = ?", [(o or "", i) for o, i in keys])
 
-    async def put(self, records: list[SessionRecord]) -> None:
-        rows = [_row(r) for r in records]
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._put, rows)
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        return await self._run(self._commit, [_row(r) for r in records])
+
+    async def create(self, rec: SessionRecord) -> bool:
+        return await self._run(self._create, _row(rec))
+
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        return await self._run(self._fetch, owner, sid)
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         if keys:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._delete, list(keys))
+            await self._run(self._delete, list(keys))
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
