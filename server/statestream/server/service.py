@@ -181,34 +181,6 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             request.last_sequence_number if request.HasField("last_sequence_number") else None)
         return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
 
-    # -- entry points for other protocols (issue-triton: thin versions until the core reshape lands) -----
-
-    async def open_session(self, model: str, sid: str, owner, *, timeout: float = 0.0, reset: bool = False) -> Session:
-        """Open `sid` on `model` with zero states; `reset`: an open `sid` is closed and opened anew."""
-        self.check_open()
-        self.table.runner(model)
-        if reset:
-            try:
-                await self.close_session(sid, owner)
-            except NotFound:
-                pass
-        s = self.table.open(model, sid, timeout, owner)
-        if self.store.durable:
-            try:
-                await self.store.put([self.table.record(s)])
-            except Exception:
-                self.table.close(s)  # not durable, so not opened
-                raise
-        return s
-
-    async def close_session(self, sid: str, owner) -> int:
-        """Close `sid`; its queued steps fail NOT_FOUND. Returns its step count."""
-        s = self.table.get(sid, owner)
-        self.batchers[s.model].fail_pending(s, NotFound(f"session {s.id!r} was closed"))
-        self.table.close(s)
-        await self.store.delete([(s.owner, s.id)])
-        return s.step_count
-
     # -- steps ----------------------------------------------------------------------
 
     @unary

@@ -109,14 +109,14 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         return await self.infer(request, self.svc.auth.owner(context))
 
-    async def infer(self, req: ipb.ModelInferRequest, owner) -> ipb.ModelInferResponse:
-        """One step of a sequence: open/reset on start, step, close on end."""
+    async def infer(self, req: ipb.ModelInferRequest, owner, stream: bool = False) -> ipb.ModelInferResponse:
+        """One step of a sequence: open/reset on start, step, close on end (`stream`: from ModelStreamInfer)."""
         runner = self._runner(req.model_name, req.model_version)
         seq = tc.sequence(req)
         x = tc.input_values(req, runner, self.svc.max_timesteps)
         outputs = tc.requested_outputs(req, runner)
         key = (owner, seq.sid)
-        if seq.start and not self._is_retry(seq, owner):
+        if seq.start and not await self._is_retry(seq, owner):
             self.svc.check_open()
             self._ended.pop(key, None)
             await self.svc.open_session(runner.name, seq.sid, owner, reset=True)
@@ -125,7 +125,7 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         if seq.number is not None:
             step.sequence_number = seq.number
         try:
-            answer = await self.svc.start_step(step, owner)
+            answer = await self.svc.start_step(step, owner, stream)
         except NotFound as e:
             ended = self._ended.get(key)
             if not seq.start and ended is not None and seq.number is not None and ended[0] == seq.number:
@@ -145,12 +145,12 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
                 self._remember_end(key, seq.number, resp)
         return resp
 
-    def _is_retry(self, seq: tc.Sequence, owner) -> bool:
+    async def _is_retry(self, seq: tc.Sequence, owner) -> bool:
         """A start whose sequence number the open session has already accepted: a retry, replayed, not reset."""
         if seq.number is None:
             return False
         try:
-            return self.svc.table.get(seq.sid, owner).accepted_seq == seq.number
+            return (await self.svc.directory.get(seq.sid, owner)).accepted_seq == seq.number
         except StatestreamError:
             return False
 
@@ -184,7 +184,7 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
             try:
                 if before is not None:
                     await asyncio.wait([before])
-                msg = ipb.ModelStreamInferResponse(infer_response=await self.infer(check(req), owner))
+                msg = ipb.ModelStreamInferResponse(infer_response=await self.infer(check(req), owner, stream=True))
                 self.count("ModelStreamInfer", grpc.StatusCode.OK)
             except Exception as e:
                 err = self.domain_error(e)
