@@ -84,6 +84,19 @@ def test_sequence_over_modelinfer_equals_reference(server):
     np.testing.assert_allclose(steps[-1]["outputs"]["state_out.lstm2.h"][0], ref.states["state_in.lstm2.h"][0], atol=TOL)
 
 
+def test_a_sequence_survives_a_restart_with_sqlite(tmp_path):
+    """Sequences are sessions: with a durable store, a restarted server goes on where the sequence was."""
+    xs = np.random.default_rng(4).uniform(-1, 1, (5, 3)).astype(np.float32)
+    store = ["--state-store", f"sqlite:{tmp_path / 'state.db'}"]
+    with ServerProcess(DEMO_MODEL, *store) as srv:
+        first = drive("sequence", srv.target, "demo", json.dumps(xs[:3].tolist()), "--sequence-id", 808, "--no-end")
+    with ServerProcess(DEMO_MODEL, *store) as srv:
+        rest = drive("sequence", srv.target, "demo", json.dumps(xs[3:].tolist()), "--sequence-id", 808, "--no-start")
+    steps = first["steps"] + rest["steps"]
+    assert [s["parameters"]["step_count"] for s in steps] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([s["outputs"]["output"][0][0] for s in steps], stepped(xs), atol=TOL)
+
+
 def test_50_interleaved_sequences_over_one_stream_each_equal_their_reference(server, tmp_path):
     n, T = 50, 8
     xs = np.random.default_rng(2).uniform(-1, 1, (n, T, 3)).astype(np.float32)

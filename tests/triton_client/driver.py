@@ -41,22 +41,24 @@ def _result(r, outputs) -> dict:
             "shapes": {o.name: list(o.shape) for o in resp.outputs}}
 
 
-def sequence(client, model: str, steps: list, outputs: list[str], seq_id, numbers: list | None = None) -> list:
-    """One timestep per request: the first starts the sequence, the last ends it."""
+def sequence(client, model: str, steps: list, outputs: list[str], seq_id, start: bool = True,
+             end: bool = True) -> list:
+    """One timestep per request: the first starts the sequence (unless not `start`), the last ends it (unless
+    not `end`)."""
     out = []
     for t, x in enumerate(steps):
-        params = {"sequence_number": numbers[t]} if numbers else None
         r = client.infer(model, [_input(np.asarray(x, np.float32)[None, None, :])], sequence_id=seq_id,
-                         sequence_start=t == 0, sequence_end=t == len(steps) - 1, request_id=f"req-{t}",
-                         outputs=[tg.InferRequestedOutput(n) for n in outputs] if outputs else None,
-                         parameters=params)
+                         sequence_start=start and t == 0, sequence_end=end and t == len(steps) - 1,
+                         request_id=f"req-{t}",
+                         outputs=[tg.InferRequestedOutput(n) for n in outputs] if outputs else None)
         out.append(_result(r, outputs or ["output"]))
     return out
 
 
 def cmd_sequence(client, a) -> dict:
     outputs = a.outputs.split(",") if a.outputs else []
-    return {"steps": sequence(client, a.model, json.loads(a.data), outputs, a.sequence_id)}
+    return {"steps": sequence(client, a.model, json.loads(a.data), outputs, a.sequence_id, start=not a.no_start,
+                              end=not a.no_end)}
 
 
 def cmd_stream(client, a) -> dict:
@@ -207,6 +209,8 @@ def main(argv=None) -> int:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--idle", type=float, default=0.0)
         s.add_argument("--tokens", default="")
+        s.add_argument("--no-start", action="store_true", help="sequence: the first request does not start it")
+        s.add_argument("--no-end", action="store_true", help="sequence: the last request does not end it")
     a = p.parse_args(argv)
     client = tg.InferenceServerClient(a.target) if a.target else None
     try:
