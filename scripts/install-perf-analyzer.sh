@@ -27,7 +27,7 @@ WANT="perf-analyzer==$PERF_ANALYZER_VERSION ${TRIXIE_PACKAGES[*]}"
 if [[ -x "$WRAPPER" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$WRAPPER" --version >/dev/null 2>&1; then
   exit 0
 fi
-for tool in apt-get dpkg-deb unzip; do
+for tool in apt-get dpkg-deb; do
   command -v "$tool" >/dev/null 2>&1 || { echo "install-perf-analyzer: '$tool' is required" >&2; exit 1; }
 done
 [[ -f "$KEYRING" ]] || { echo "install-perf-analyzer: $KEYRING is missing (package debian-archive-keyring)" >&2; exit 1; }
@@ -37,7 +37,10 @@ rm -rf "$PA_DIR" && mkdir -p "$PA_DIR" "$TOOLS/bin"
 echo "install-perf-analyzer: pip download perf-analyzer==$PERF_ANALYZER_VERSION"
 "$PYTHON" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
   --platform manylinux_2_38_x86_64 -d "$PA_DIR/wheel" "perf-analyzer==$PERF_ANALYZER_VERSION"
-unzip -q -o "$PA_DIR"/wheel/perf_analyzer-*.whl 'perf_analyzer/bin/perf_analyzer' -d "$PA_DIR"
+"$PYTHON" - "$PA_DIR" "$PA_DIR"/wheel/perf_analyzer-*.whl <<'PY'
+import sys, zipfile
+zipfile.ZipFile(sys.argv[2]).extract("perf_analyzer/bin/perf_analyzer", sys.argv[1])
+PY
 chmod +x "$PA_DIR/perf_analyzer/bin/perf_analyzer"
 
 # 2. trixie's C and C++ runtimes, through apt with private state only.
