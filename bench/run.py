@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import compute, ghz, memory, profile, realistic, report, scenarios
+from . import compute, ghz, memory, perf_analyzer, profile, realistic, report, scenarios
 from .procs import ROOT, echo_server, free_port, null_server, statestream_server
 
-PARTS = ("transport", "frames", "groups", "halfload", "profile", "realistic", "memory", "keras")
+PARTS = ("transport", "frames", "groups", "halfload", "triton", "profile", "realistic", "memory", "keras")
 
 
 def log(msg: str) -> None:
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         res["groups"] = part("groups", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log, "group")) or []
         if res["transport"]:
             res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, null, res["transport"], log))
+        res["triton"] = part("triton", lambda: perf_analyzer.run(plan, srv, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:
             log("profiling the server with py-spy (unary, then frames)")
