@@ -12,7 +12,7 @@ from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, show
-from .sessions import Phase, Session, check_session_id
+from .sessions import MAX_SESSION_ID_BYTES, Phase, Session
 
 MAX_GROUP_SIZE = 65_536
 TOUCH_EVERY = 1.0  # seconds: members' idle deadlines move with group steps at most this often (not per step)
@@ -81,7 +81,9 @@ class Groups:
         if not 1 <= n <= MAX_GROUP_SIZE:
             raise InvalidArgument(f"a group has 1 to {MAX_GROUP_SIZE} members; got {n}")
         gid = req.group_id or secrets.token_hex(16)
-        check_session_id(gid)
+        if len(gid.encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES or not gid.isprintable():
+            raise InvalidArgument(f"group_id must be 1 to {MAX_SESSION_ID_BYTES} printable UTF-8 bytes; got "
+                                  f"{len(gid.encode('utf-8', 'surrogatepass'))} bytes")
         if (owner, gid) in self._groups:
             raise AlreadyExists(f"group {gid!r} is already open")
         members = self.table.open_block(req.model, ids or [""] * n, req.idle_timeout_seconds, owner)
