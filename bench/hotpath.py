@@ -66,6 +66,9 @@ def _requests(features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, in
         out[f"frame{n}"] = ("StepFrame", pb.StepFrameRequest(
             model="demo", session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs_raw=xs.tobytes(), raw_output=True,
             open_if_missing=True).SerializeToString(), n)
+        out[f"frame{n}-floats"] = ("StepFrame", pb.StepFrameRequest(
+            model="demo", session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs=xs.ravel(),
+            open_if_missing=True).SerializeToString(), n)
         out[f"group{n}"] = ("StepGroup", pb.StepGroupRequest(
             group_id=f"hp-g{n}", inputs_raw=xs.tobytes(), raw_output=True).SerializeToString(), n)
     return out
