@@ -54,7 +54,8 @@ def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "in
     F = runner.features
     if is_raw:
         if len(values) % (4 * F):
-            raise InvalidArgument(f"{what}_raw has {len(values)} bytes; model {runner.name!r} expects "
+            got = f"{len(values)} bytes" + (f" = {len(values) // 4} values" if len(values) % 4 == 0 else "")
+            raise InvalidArgument(f"{what}_raw has {got}; model {runner.name!r} expects "
                                   f"T x {F} float32 = a multiple of {4 * F} bytes (T >= 1)")
         x = raw_floats(values, f"{what}_raw")
     else:
@@ -139,8 +140,8 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
                 if len(values) != layer.units:
                     raise InvalidArgument(
                         f"layer {layer.name!r} {kind}{'_raw' if is_raw else ''} has "
-                        + (f"{len(values) * 4} bytes; expected {layer.units} x 4 = {layer.units * 4}" if is_raw
-                           else f"{len(values)} values; expected {layer.units}"))
+                        + (f"{len(values) * 4} bytes = {len(values)} values; expected {layer.units} values = "
+                           f"{layer.units * 4} bytes" if is_raw else f"{len(values)} values; expected {layer.units}"))
                 parts.append(np.asarray(values, dtype=np.float32))
             elif len(values):
                 raise InvalidArgument(f"layer {layer.name!r} is {layer.cell}: it has no {kind} state")
