@@ -12,7 +12,7 @@ from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from . import streaming
-from .errors import from_rpc_error
+from .errors import AlreadyExists, from_rpc_error
 from .retry import Attempts, RetryPolicy
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
@@ -115,10 +115,22 @@ class Client:
         """Open a session (closed when used as a context manager and left).
 
         exactly_once: the Session numbers its steps itself and retries them through failures (see `Session`).
+        With a session_id, the open is retried too: ALREADY_EXISTS after a retry, for a session that has not
+        stepped yet, is taken as this call's own open whose answer was lost.
         """
         req = pb.OpenSessionRequest(model=model, session_id=session_id, idle_timeout_seconds=idle_timeout,
                                     initial_states=states_to_proto(initial_states) if initial_states else [])
-        reply = self.call("OpenSession", req, session_id=session_id)
+        retry = exactly_once and bool(session_id)
+        try:
+            reply = self.call("OpenSession", req, session_id=session_id, retry=retry)
+        except AlreadyExists as e:
+            if not retry or getattr(e, "attempts", 1) == 1:
+                raise
+            s = self.attach(session_id, model, exactly_once=True)
+            st = s.get_state()
+            if st.step_count or st.last_sequence_number:
+                raise
+            return s
         return Session(self, reply.session_id, reply.model, exactly_once=exactly_once)
 
     def attach(self, session_id: str, model: str, *, exactly_once: bool = False) -> "Session":
