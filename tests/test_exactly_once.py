@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +14,7 @@ from mdproxy import RecordingProxy
 from reference import stepped
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import AlreadyExists, Client, FailedPrecondition, Unavailable
+from statestream.client.cli import synthetic_signal
 from test_faults import signal_for
 
 
@@ -86,6 +89,22 @@ def test_unary_steps_retry_through_a_restart_and_attach_resumes_the_numbering(du
         with pytest.raises(ValueError, match="numbers its steps itself"):
             s2.step(xs[0], sequence_number=41)
     np.testing.assert_allclose(np.array(got), stepped(xs), atol=1e-6)
+
+
+def test_the_cli_streams_through_a_kill_9_and_restart_with_exactly_once(durable):
+    n = 1500
+    p = subprocess.Popen([sys.executable, "-m", "statestream.client.cli", "--target", f"127.0.0.1:{durable.port}",
+                          "--timeout", "30", "stream", "--model", "demo", "--synthetic", str(n), "--exactly-once"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [p.stdout.readline() for _ in range(50)]
+    durable.kill_and_restart()
+    out, err = p.communicate(timeout=120)
+    durable.join()
+    assert p.returncode == 0, err
+    lines += out.splitlines(keepends=True)
+    rows = np.array([[float(v) for v in line.split()] for line in lines])
+    assert rows.shape == (n, 2) and (rows[:, 0] == np.arange(n)).all()
+    np.testing.assert_allclose(rows[:, 1:], stepped(synthetic_signal(n, 3)), atol=1e-5)
 
 
 def test_a_stale_numbering_is_refused_not_applied(durable):
