@@ -1,9 +1,10 @@
 """Python client for statestream: sessions that keep recurrent state on the server."""
 
-from .client import Client, Session, SessionState
-from .retry import RetryPolicy
+from .client import Client, Group, Session, SessionState
 from .errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
+from .retry import RetryPolicy
 
-__all__ = ["Client", "Session", "SessionState", "RetryPolicy", "StatestreamError", "InvalidArgument", "NotFound",
-           "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated", "DeadlineExceeded", "Internal"]
+__all__ = ["Client", "Group", "Session", "SessionState", "RetryPolicy", "StatestreamError", "InvalidArgument",
+           "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated",
+           "DeadlineExceeded", "Internal"]
