@@ -17,12 +17,17 @@ _FORWARDED = lambda k: not (k.startswith(":") or k.startswith("grpc-") or k == "
 
 
 def session_ids(method: str, raw: bytes) -> list[str]:
-    """The session ids a request of `method` names (empty for calls that name none, or many, like frames)."""
+    """The session ids a request of `method` names (a group's id for group calls; empty for calls that name
+    none, or many, like frames)."""
     if method == "StreamSteps":
         return [pb.StreamStepsRequest.FromString(raw).step.session_id]
     request = {"Step": pb.StepRequest, "GetState": pb.GetStateRequest, "SetState": pb.SetStateRequest,
                "CloseSession": pb.CloseSessionRequest, "OpenSession": pb.OpenSessionRequest}.get(method)
-    return [request.FromString(raw).session_id] if request else []
+    if request:
+        return [request.FromString(raw).session_id]
+    group = {"OpenGroup": pb.OpenGroupRequest, "StepGroup": pb.StepGroupRequest,
+             "CloseGroup": pb.CloseGroupRequest}.get(method)
+    return [group.FromString(raw).group_id] if group else []
 
 
 @dataclass
