@@ -21,6 +21,7 @@ examples:
   statestream stream --model demo --synthetic 200      # a synthetic sensor signal, one line per timestep
   statestream stream --model demo --csv readings.csv --plot out.png
   statestream --target host:50051 --token-file tok stream --model demo --csv -   # CSV from stdin
+  statestream --target haproxy:50051 --timeout 30 stream --model demo --csv - --exactly-once   # survives a failover
 
 A CSV has one row per timestep and one column per feature (a header row is skipped
 if it is not numeric). Each output line is: timestep, then the model's outputs.
