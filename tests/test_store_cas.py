@@ -74,6 +74,10 @@ def test_create_fetch_round_trip_bit_exact(store):
         assert await store.fetch("tenant-2", "a") is None   # ids are per owner
         assert await store.create(record("a", version=1)) is False  # exists: nothing changes
         same(await store.fetch(None, "a"), recs[0])
+        many = await store.fetch_many([(r.owner, r.id) for r in recs] + [(None, "nope")])
+        for got, r in zip(many, recs):
+            same(got, r)
+        assert many[-1] is None and await store.fetch_many([]) == []
     run(go())
 
 

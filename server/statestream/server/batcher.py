@@ -385,24 +385,30 @@ class Batcher:
                                        t0 - min(u.enqueued for u in units), t1 - t0)
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
-        """Entries whose commit lost a compare-and-set: reload the session, then replay, refuse or re-run."""
-        a = 0
+        """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),
+        then replay, refuse or re-run each."""
+        a, conflicts = 0, []
         for unit in units:
             for i, s in enumerate(unit.sessions):
                 status = statuses[a + i]
                 if status == "conflict":
-                    await self._reconcile(unit, i, s)
+                    conflicts.append((unit, i, s))
                 elif status == "missing":
                     self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
                     self.persistence.forget(s)
             a += len(unit.sessions)
-
-    async def _reconcile(self, unit: Unit, i: int, s: Session) -> None:
-        try:
-            found = await self.persistence.reload(s)
-        except StatestreamError as e:
-            self._fail_entry(unit, i, s, e)
+        if not conflicts:
             return
+        try:
+            found = await self.persistence.reload_many([s for _, _, s in conflicts])
+        except StatestreamError as e:
+            for unit, i, s in conflicts:
+                self._fail_entry(unit, i, s, e)
+            return
+        for (unit, i, s), there in zip(conflicts, found):
+            self._reconcile(unit, i, s, there)
+
+    def _reconcile(self, unit: Unit, i: int, s: Session, found: bool) -> None:
         if not found:
             self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
             self.persistence.forget(s)

@@ -189,18 +189,28 @@ class RedisStore:
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
         """The stored session, or None (never stored, closed, or expired): one round trip."""
-        k = key(owner, sid)
+        return (await self.fetch_many([(owner, sid)]))[0]
+
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        """fetch for many sessions in one round trip (a pipeline of one-key reads)."""
+        if not keys:
+            return []
         try:
             async with self.client.pipeline(transaction=False) as p:
-                p.hmget(k, "v", "d")
-                p.pttl(k)
-                (version, data), pttl = await p.execute()
+                for owner, sid in keys:
+                    k = key(owner, sid)
+                    p.hmget(k, "v", "d")
+                    p.pttl(k)
+                replies = await p.execute()
         except redis.RedisError as e:
             raise self._unavailable(e) from e
-        if version is None or data is None:
-            return None
-        expires_at = time.time() + (pttl / 1000 if pttl > 0 else 0.0)
-        return unpack(data, int(version), expires_at)
+        now, out = time.time(), []
+        for (version, data), pttl in zip(replies[::2], replies[1::2]):
+            if version is None or data is None:
+                out.append(None)
+            else:
+                out.append(unpack(data, int(version), now + (pttl / 1000 if pttl > 0 else 0.0)))
+        return out
 
     async def create(self, rec: SessionRecord) -> bool:
         """Store `rec` if its (owner, id) has no session; False if one exists."""
