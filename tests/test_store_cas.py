@@ -266,3 +266,20 @@ def test_specs(tmp_path):
     assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
     assert open_store(f"sqlite:{tmp_path / 'a.db'}", shared=True).shared
     assert not open_store(f"sqlite:{tmp_path / 'b.db'}").shared
+
+
+def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
+    """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
+    from statestream.server.batcher import Unit
+    from statestream.server.sessions import Session
+
+    s = Session("p", "demo", 0, None, 60.0, 0.0)
+    for seq in (8, 9, 10):
+        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None), seq)
+    s.start(s.queue[0])
+    s.load(record("p", version=9, seq=8))   # another replica applied 8 (a retry there): 9 and 10 still queued
+    assert (s.last_seq, s.accepted_seq) == (8, 10)
+    assert s.accept(11) is None
+    s.drain()
+    s.load(record("p", version=12, seq=11))
+    assert s.accepted_seq == 11 and s.accept(12) is None
