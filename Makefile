@@ -9,7 +9,7 @@ MODELS ?= models/demo.onnx
 GOBIN := $(CURDIR)/.tools/bin
 export GOBIN
 
-.PHONY: serve test proto install-server install-dev tools bench clean help
+.PHONY: serve test proto install-server install-dev install-triton-client tools bench clean help
 
 help:
 	@echo "make serve   serve the bundled demo model on port $(PORT) (creates $(VENV))"
@@ -30,8 +30,20 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[server,export,dev]"
 	touch $@
 
+# tritonclient pins protobuf<7 and our server needs protobuf>=7, so Triton's client gets its own venv: it is a
+# separate process for a real Triton user too. The Triton protocol tests run small driver scripts with it.
+TRITON_VENV ?= .venv-triton
+TRITON_PY := $(TRITON_VENV)/bin/python
+TRITON_REQS := tests/triton_client/requirements.txt
+
+$(TRITON_VENV)/.installed: $(TRITON_REQS)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_PY) -m pip --disable-pip-version-check install -q -r $(TRITON_REQS)
+	touch $@
+
 install-server: $(VENV)/.server-installed
 install-dev: $(VENV)/.dev-installed
+install-triton-client: $(TRITON_VENV)/.installed
 
 serve: install-server
 	$(VENV)/bin/statestream-server --models $(MODELS) --port $(PORT)
@@ -40,22 +52,24 @@ serve: install-server
 tools:
 	bash scripts/install-tools.sh
 
-test: install-dev tools
+test: install-dev tools install-triton-client
 	$(PY) -m pytest -q
 
 GO_MODULE := github.com/statestream/statestream/client/go
 
-# Python stubs into client/, Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
+# Python stubs into client/ (statestream.v1 and Triton's inference), Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
 proto: install-dev tools
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/v1/statestream.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client proto/statestream/inference/model_config.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/inference/grpc_service.proto
 	$(PY) -m grpc_tools.protoc -Iproto \
 		--plugin=protoc-gen-go=$(GOBIN)/protoc-gen-go --go_out=client/go --go_opt=module=$(GO_MODULE) \
 		--plugin=protoc-gen-go-grpc=$(GOBIN)/protoc-gen-go-grpc --go-grpc_out=client/go --go-grpc_opt=module=$(GO_MODULE) \
 		proto/statestream/v1/statestream.proto
 
-bench: install-dev tools
+bench: install-dev tools install-triton-client
 	$(PY) -m bench.run
 	$(PY) -m bench.scaleout
 
 clean:
-	rm -rf $(VENV) .tools
+	rm -rf $(VENV) $(TRITON_VENV) .tools

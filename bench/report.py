@@ -170,6 +170,19 @@ def markdown(res: dict) -> str:
                          _n(hl["echo"]["p99_ms"], 2)])
         lines += _table(["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms"], rows)
 
+    tri = res.get("triton")
+    if tri:
+        lines += ["", "## Triton protocol (perf_analyzer), beside ghz on statestream.v1", "",
+                  f"{tri['version']}, `inference.GRPCInferenceService/ModelInfer` (unary) and `ModelStreamInfer` "
+                  f"(streaming) on the same server: sequences of {tri['sequence_length']} one-timestep requests "
+                  "(start, middle, end), concurrency = sequences in flight. ghz: unary `Step` and `StreamSteps` at the "
+                  "same concurrency, from the table above.", ""]
+        lines += _table(["mode", "c", "infer/s", "p50 ms", "p90 ms", "p99 ms", "ghz statestream.v1 msgs/s",
+                         "ghz p99 ms", "Triton / ghz"],
+                        [[r["mode"], str(r["concurrency"]), _n(r["infer_per_s"]), _n(r["p50_ms"], 2),
+                          _n(r["p90_ms"], 2), _n(r["p99_ms"], 2), _n(r["ghz_msgs_per_s"]), _n(r["ghz_p99_ms"], 2),
+                          _r(r["ratio_ghz"])] for r in tri["rows"]])
+
     lines += ["", "## Compute ceilings", ""]
     ort = res.get("ort", [])
     if ort:

@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import compute, ghz, memory, profile, report, scenarios
+from . import compute, ghz, memory, perf_analyzer, profile, report, scenarios
 from .procs import ROOT, echo_server, free_port, statestream_server
 
-PARTS = ("transport", "frames", "halfload", "profile", "memory", "keras")
+PARTS = ("transport", "frames", "halfload", "triton", "profile", "memory", "keras")
 
 
 def log(msg: str) -> None:
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, echo, mport, ort, log)) or []
         if res["transport"]:
             res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, echo, res["transport"], log))
+        res["triton"] = part("triton", lambda: perf_analyzer.run(plan, srv, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:
             log("profiling the server with py-spy (unary, then frames)")

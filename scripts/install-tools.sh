@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the tools the interop/scale-out tests and benchmarks use: redis-server and haproxy (Debian packages),
-# and the Go/Node tools (pinned) into .tools/bin and client/node/node_modules.
+# Installs the tools the interop/scale-out/Triton tests and benchmarks use: redis-server and haproxy (Debian
+# packages), the Go/Node tools (pinned) into .tools/bin and client/node/node_modules, and perf_analyzer with
+# the newer glibc it needs into .tools/.
 # Idempotent: a tool already there is skipped, so a second run takes about a second.
 # Needs apt-get (as root, or sudo), Go, Node and npm; modules come from the Go module proxy and packages from npm.
 set -euo pipefail
@@ -60,5 +61,8 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "$want" > "$stamp"
 fi
 
+# perf_analyzer (Triton's load generator) with the newer glibc it needs, for the Triton protocol tests and bench.
+bash scripts/install-perf-analyzer.sh
+
 echo "install-tools: ok ($(redis-server --version | cut -d' ' -f1-3), $(haproxy -v | head -1 | cut -d' ' -f1-3), ghz $GHZ_VERSION, grpcurl $GRPCURL_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION," \
-  "protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, node packages from client/node/package-lock.json)"
+  "protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, perf_analyzer, node packages from client/node/package-lock.json)"

@@ -19,3 +19,20 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI, which counts as a failure: {reason}"
+
+
+@pytest.fixture
+def inproc():
+    """A factory of in-process servers (create_server on port 0), all stopped after the test."""
+    from inproc import InProcessServer
+
+    servers = []
+
+    def make(**kwargs):
+        srv = InProcessServer(**kwargs)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()

@@ -21,6 +21,8 @@ examples:
   statestream-export model.keras --out models/sensor.onnx      # also .h5 and a SavedModel directory
   statestream-export demo --out models/demo.onnx               # train and export the bundled demo model
   statestream-export model.h5 --out m.onnx --name sensor-v2 --json
+  statestream-export model.keras --out models/sensor.onnx --triton-config triton_models   # + a Triton entry
+  statestream-export models/sensor.onnx --triton-config triton_models     # Triton entry for an exported file
 
 graph of the written file (B = batch, T = time, both dynamic):
   inputs   input [B,T,features], state_in.<layer>.h [B,units], state_in.<layer>.c [B,units] (LSTM only)
@@ -31,6 +33,10 @@ supported: Sequential or functional chains of LSTM / GRU / SimpleRNN (stateful=T
 TimeDistributed(Dense), Activation and Dropout layers. Refused (nothing written): Bidirectional,
 go_backwards=True, Masking, convolution / pooling / attention across time, other layers.
 
+--triton-config DIR writes DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx, a Triton model repository
+entry: every state an implicit state (initial_state zero_data), a sequence_batching section; the same
+configuration a statestream server reports over Triton's ModelConfig RPC.
+
 exit status: 0 written, 1 failed (load/convert), 2 usage, 3 refused, 4 parity check failed.
 """
 
@@ -38,8 +44,12 @@ exit status: 0 written, 1 failed (load/convert), 2 usage, 3 refused, 4 parity ch
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="statestream-export", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a .keras or .h5 file, a SavedModel directory, or the word 'demo'")
-    p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
+    p.add_argument("model", help="a .keras or .h5 file, a SavedModel directory, the word 'demo', or an exported "
+                                 ".onnx file (with --triton-config only)")
+    p.add_argument("--out", "-o", help="the .onnx file to write (replaced atomically); required unless the model "
+                                       "is an exported .onnx file")
+    p.add_argument("--triton-config", metavar="DIR",
+                   help="also write a Triton model repository entry DIR/<name>/ (config.pbtxt, 1/model.onnx)")
     p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
     p.add_argument("--seed", type=int, default=None, help="seed of the parity check's random data")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
@@ -81,8 +91,29 @@ def _report_json(report) -> str:
     }, indent=2)
 
 
+def _triton_only(args) -> int:
+    """An exported .onnx file in, a Triton repository entry out: no TensorFlow needed."""
+    from .errors import ExportError
+    from .triton import write_triton_entry
+
+    try:
+        entry = write_triton_entry(args.model, args.triton_config, args.name)
+    except ExportError as e:
+        print(f"statestream-export: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"wrote Triton model repository entry {entry}/ (config.pbtxt, 1/model.onnx)")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.model.endswith(".onnx"):
+        if args.out or not args.triton_config:
+            parser.error("an .onnx model is already exported: give --triton-config DIR (and no --out)")
+        return _triton_only(args)
+    if not args.out:
+        parser.error("--out is required")
     _quiet_import()
     try:
         from .api import export_model
@@ -107,6 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"statestream-export: {e}", file=sys.stderr)
         return e.exit_code
     print(_report_json(report) if args.json else report)
+    if args.triton_config:
+        from .triton import write_triton_entry
+
+        try:
+            entry = write_triton_entry(args.out, args.triton_config, report.manifest.name)
+        except ExportError as e:
+            print(f"statestream-export: {e}", file=sys.stderr)
+            return e.exit_code
+        if not args.json:
+            print(f"wrote Triton model repository entry {entry}/ (config.pbtxt, 1/model.onnx)")
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from statestream.inference import grpc_service_pb2 as ipb
 from statestream.v1 import statestream_pb2 as pb
 
 from .auth import Auth
@@ -27,12 +28,14 @@ from .model import ModelRunner
 from .service import StateStreamService
 from .sessions import SessionTable
 from .store import open_store
+from .triton import TritonService
 from .wire import add_service
 from .workers import run_workers
 
 log = logging.getLogger("statestream.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
+TRITON_SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 class App:
@@ -58,8 +61,12 @@ class App:
         self.metrics = Metrics()
         self.service = StateStreamService(cfg.max_timesteps, Auth.from_file(cfg.auth_token_file), self.metrics)
         add_service(self.service, self.server)
+        # Triton's protocol on the same port (KServe v2 `inference.GRPCInferenceService`).
+        self.triton = TritonService(self.service, max_batch_size=cfg.max_batch_size, idle_seconds=cfg.idle_timeout)
+        add_service(self.triton, self.server, TRITON_SERVICE, ipb)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{cfg.host}:{cfg.port}"
         self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
             else self.server.add_insecure_port(address)

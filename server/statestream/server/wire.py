@@ -34,16 +34,18 @@ def _parser(cls):
     return deserialize
 
 
-def add_service(servicer, server) -> None:
-    """Like the generated add_StateStreamServiceServicer_to_server, with tolerant deserializers."""
+def add_service(servicer, server, service=SERVICE, messages=pb) -> None:
+    """Like the generated add_<Service>Servicer_to_server, with tolerant deserializers.
+
+    `service` is the service descriptor, `messages` the generated module holding its message classes."""
     handlers = {}
-    for m in SERVICE.methods:
-        req, resp = getattr(pb, m.input_type.name), getattr(pb, m.output_type.name)
+    for m in service.methods:
+        req, resp = getattr(messages, m.input_type.name), getattr(messages, m.output_type.name)
         make = grpc.stream_stream_rpc_method_handler if m.client_streaming else grpc.unary_unary_rpc_method_handler
         handlers[m.name] = make(getattr(servicer, m.name), request_deserializer=_parser(req),
                                 response_serializer=resp.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def check(request):

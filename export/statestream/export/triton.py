@@ -1,0 +1,33 @@
+"""A Triton model repository entry (config.pbtxt + 1/model.onnx) for an exported file, from its manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from statestream.server.config import Config
+from statestream.server.manifest import read_manifest
+from statestream.server.triton_config import write_repository_entry
+
+from .errors import ExportError
+
+
+def write_triton_entry(onnx_path, repo, name: str | None = None, *, max_batch_size: int = Config.max_batch_size,
+                       idle_seconds: float = Config.idle_timeout) -> Path:
+    """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/model.onnx` for an exported ONNX file.
+
+    The configuration is the one a statestream server reports over Triton's ModelConfig (same function):
+    `input`/`output` with a dynamic time dimension, every state an implicit state starting at zero, a
+    `sequence_batching` section. `name` defaults to the model's name in its manifest.
+    """
+    import onnx
+
+    from statestream.server.manifest import ManifestError
+
+    try:
+        manifest = read_manifest(onnx.load(str(onnx_path), load_external_data=False))
+    except ManifestError as e:
+        raise ExportError(f"{onnx_path}: not an exported statestream model: {e}") from None
+    except Exception as e:  # onnx raises DecodeError, OSError and others for what is not an ONNX file
+        raise ExportError(f"{onnx_path}: cannot read it as ONNX: {e}") from None
+    return write_repository_entry(onnx_path, manifest, repo, name or manifest.name,
+                                  max_batch_size=max_batch_size, idle_seconds=idle_seconds)

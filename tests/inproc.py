@@ -1,0 +1,92 @@
+"""A server made by create_server, in this process, on its own event-loop thread: fast tests of logic."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+
+from serverproc import DEMO_MODEL
+from statestream.server.config import Config
+from statestream.server.main import create_server
+from statestream.server.store import SqliteStore
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+
+class InProcessServer:
+    """create_server(Config(...)) on a loopback port 0; `call` runs a coroutine on the server's loop.
+
+    srv = InProcessServer(max_queue_delay=0.01); srv.stub.Step(...); srv.stop()
+    """
+
+    def __init__(self, store=None, **overrides):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
+        self._thread.start()
+        cfg = Config(models=[str(DEMO_MODEL)], port=0, host="127.0.0.1", **overrides)
+        self.app, self.port = self.call(create_server(cfg, store))
+        self.channel = grpc.insecure_channel(self.target)
+        self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def call(self, coro, timeout: float = 30):
+        """Run a coroutine on the server's loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, fn, *args):
+        """Run a plain function on the server's loop (where the table and batchers live); its result."""
+        async def wrapper():
+            return fn(*args)
+        return self.call(wrapper())
+
+    def session(self, sid: str, owner=None):
+        return self.run(self.app.table.find, sid, owner)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.channel.close()
+        self.call(self.app.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class Gate:
+    """An asyncio gate on the server's loop: `wait()` blocks while closed; counts who waits."""
+
+    def __init__(self, srv: InProcessServer):
+        self.srv = srv
+        self.event = srv.call(_make_event())
+        self.waiting = 0
+
+    async def wait(self) -> None:
+        self.waiting += 1
+        try:
+            await self.event.wait()
+        finally:
+            self.waiting -= 1
+
+    def open(self) -> None:
+        self.srv.loop.call_soon_threadsafe(self.event.set)
+
+    def close(self) -> None:
+        self.srv.loop.call_soon_threadsafe(self.event.clear)
+
+
+async def _make_event() -> asyncio.Event:
+    e = asyncio.Event()
+    e.set()
+    return e
+
+
+class GatedSqliteStore(SqliteStore):
+    """The real sqlite store whose batch commits wait at a gate: a test holds a step inside its commit."""
+
+    gate: Gate | None = None
+
+    async def commit(self, records):
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().commit(records)

@@ -1,0 +1,240 @@
+"""Exactly-once under races: retries of steps in flight, cancelled callers, close/SetState/frames/SIGTERM
+racing a running step. In-process servers; a gate holds a step at a chosen point so each race is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from inproc import Gate, GatedSqliteStore
+from reference import stepped
+from statestream.v1 import statestream_pb2 as pb
+
+X = np.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [0.7, 0.8, -0.9]], dtype=np.float32)
+
+
+def step_req(sid: str, x, seq: int | None = None, **kw) -> pb.StepRequest:
+    req = pb.StepRequest(session_id=sid, input=np.asarray(x, np.float32).ravel(), **kw)
+    if seq is not None:
+        req.sequence_number = seq
+    return req
+
+
+def start(srv, req: pb.StepRequest):
+    """Schedule the service's step on the server's loop (what a gRPC handler does); a concurrent future."""
+    return asyncio.run_coroutine_threadsafe(srv.app.service.start_step(req, None), srv.loop)
+
+
+def settle(srv, turns: int = 3) -> None:
+    """Let the server's loop run every callback scheduled so far (tasks reach their next await)."""
+    for _ in range(turns):
+        srv.call(asyncio.sleep(0))
+
+
+def wait_until(pred, timeout: float = 10.0) -> None:
+    import time
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+class GatedExecutor(ThreadPoolExecutor):
+    """A real thread pool whose jobs wait at a threading gate: holds a model run 'on the executor'."""
+
+    def __init__(self):
+        super().__init__(max_workers=1)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Semaphore(0)
+
+    def submit(self, fn, *args, **kwargs):
+        def gated():
+            self.entered.release()
+            self.gate.wait(10)
+            return fn(*args, **kwargs)
+        return super().submit(gated)
+
+
+@pytest.fixture
+def sqlite_srv(inproc, tmp_path):
+    store = GatedSqliteStore(str(tmp_path / "state.db"))
+    srv = inproc(store=store, state_store=f"sqlite:{tmp_path / 'state.db'}")
+    store.gate = Gate(srv)
+    return srv, store
+
+
+def test_retry_waits_for_a_step_inside_its_sqlite_commit(sqlite_srv):
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)  # the step is inside its commit
+    retry = start(srv, step_req("a", X[0], 1))
+    settle(srv)
+    assert not retry.done(), "the retry must wait for the step in flight, not answer early"
+    store.gate.open()
+    a, b = first.result(10), retry.result(10)
+    assert not a.replayed and b.replayed
+    assert a.output == b.output and a.step_count == b.step_count == 1
+    np.testing.assert_allclose(a.output, stepped(X[:1])[-1], atol=1e-6)
+    assert store._fetch(None, "a").step_count == 1
+
+
+def test_retry_waits_for_a_step_running_on_the_executor(inproc):
+    srv = inproc(inline_max_batch=0)  # every model run goes to the executor
+    gated = GatedExecutor()
+    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    gated.gate.clear()
+    first = start(srv, step_req("a", X[0], 1))
+    assert gated.entered.acquire(timeout=10)  # the run is on the executor
+    retry = start(srv, step_req("a", X[0], 1))
+    settle(srv)
+    assert not retry.done()
+    gated.gate.set()
+    a, b = first.result(10), retry.result(10)
+    assert b.replayed and a.output == b.output and b.step_count == 1
+    gated.shutdown()
+
+
+def test_a_cancelled_caller_never_cancels_its_step(sqlite_srv):
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)
+    retry = start(srv, step_req("a", X[0], 1))
+    settle(srv)
+    first.cancel()  # the original caller goes away (deadline, disconnect): its handler task is cancelled
+    settle(srv)
+    store.gate.open()
+    b = retry.result(10)
+    assert b.replayed and b.step_count == 1
+    np.testing.assert_allclose(b.output, stepped(X[:1])[-1], atol=1e-6)
+    # and the step applied exactly once: the next number continues from it
+    c = srv.stub.Step(step_req("a", X[1], 2))
+    np.testing.assert_allclose(c.output, stepped(X[:2])[-1], atol=1e-6)
+    assert c.step_count == 2 and store._fetch(None, "a").step_count == 2
+
+
+def test_a_cancelled_grpc_call_still_applies_once_and_its_retry_replays(sqlite_srv):
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.Step(step_req("a", X[0], 1), timeout=0.3)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert store.gate.waiting == 1  # the step is still in its commit
+    store.gate.open()
+    retry = srv.stub.Step(step_req("a", X[0], 1), timeout=10)
+    assert retry.replayed and retry.step_count == 1
+    np.testing.assert_allclose(retry.output, stepped(X[:1])[-1], atol=1e-6)
+
+
+def test_a_queued_step_whose_caller_is_cancelled_still_runs_once(inproc):
+    srv = inproc(max_queue_delay=0.2)  # steps wait in the queue for a batch
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    first = start(srv, step_req("a", X[0], 1))
+    settle(srv)
+    assert srv.session("a").phase.value == "queued"
+    first.cancel()
+    retry = start(srv, step_req("a", X[0], 1))
+    b = retry.result(10)
+    assert b.replayed and b.step_count == 1
+    np.testing.assert_allclose(b.output, stepped(X[:1])[-1], atol=1e-6)
+
+
+def test_close_during_a_commit_applies_nothing(sqlite_srv):
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)
+    assert srv.stub.CloseSession(pb.CloseSessionRequest(session_id="a")).step_count == 0
+    store.gate.open()
+    from statestream.client.errors import NotFound
+    with pytest.raises(NotFound, match="closed"):
+        first.result(10)
+    assert store._fetch(None, "a") is None  # the commit did not bring the closed session back
+    assert srv.run(lambda: len(srv.app.table)) == 0
+
+
+def test_close_fails_queued_steps_and_frees_the_slot(inproc):
+    srv = inproc(max_queue_delay=0.2)
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    slab = srv.app.table.slabs["demo"]
+    free_before = srv.run(lambda: len(slab._free))
+    queued = start(srv, step_req("a", X[0]))
+    settle(srv)
+    srv.stub.CloseSession(pb.CloseSessionRequest(session_id="a"))
+    from statestream.client.errors import NotFound
+    with pytest.raises(NotFound):
+        queued.result(10)
+    assert srv.run(lambda: len(slab._free)) == free_before + 1
+    assert srv.run(lambda: srv.app.batchers["demo"].pending.count) == 0
+
+
+def test_set_state_while_a_step_runs_is_refused_and_changes_nothing(inproc):
+    srv = inproc(inline_max_batch=0)
+    gated = GatedExecutor()
+    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    zero = srv.stub.GetState(pb.GetStateRequest(session_id="a")).state
+    gated.gate.clear()
+    first = start(srv, step_req("a", X[0], 1))
+    assert gated.entered.acquire(timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        srv.stub.SetState(pb.SetStateRequest(session_id="a", layers=zero.layers, step_count=7))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    gated.gate.set()
+    assert first.result(10).step_count == 1
+    assert srv.stub.GetState(pb.GetStateRequest(session_id="a")).state.step_count == 1
+    gated.shutdown()
+
+
+def test_a_frame_entry_waits_behind_a_running_unary_step_of_its_session(inproc):
+    srv = inproc(inline_max_batch=0)
+    gated = GatedExecutor()
+    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+    for sid in ("a", "b"):
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+    gated.gate.clear()
+    unary = start(srv, step_req("a", X[0]))
+    assert gated.entered.acquire(timeout=10)
+    frame = asyncio.run_coroutine_threadsafe(srv.app.service.frames.start(
+        pb.StepFrameRequest(model="demo", session_ids=["a", "b"], inputs=np.concatenate([X[1], X[0]])), None),
+        srv.loop)
+    settle(srv)
+    assert not frame.done()
+    gated.gate.set()
+    assert unary.result(10).step_count == 1
+    reply = frame.result(10)
+    assert not reply.errors and list(reply.step_counts) == [2, 1]
+    np.testing.assert_allclose(reply.outputs[0], stepped(X[:2])[-1][0], atol=1e-6)
+    np.testing.assert_allclose(reply.outputs[1], stepped(X[:1])[-1][0], atol=1e-6)
+    gated.shutdown()
+
+
+def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    first = srv.stub.Step.future(step_req("a", X[0], 1), timeout=10)
+    wait_until(lambda: store.gate.waiting == 1)
+    stopping = asyncio.run_coroutine_threadsafe(srv.app.stop(5.0), srv.loop)  # what SIGTERM runs
+    settle(srv)
+    assert srv.app.service.draining
+    store.gate.open()
+    assert first.result().step_count == 1
+    stopping.result(10)
+    from statestream.server.store import SqliteStore
+    reopened = SqliteStore(store.path)
+    assert reopened._fetch(None, "a").step_count == 1
+    reopened.close()

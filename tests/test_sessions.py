@@ -1,0 +1,139 @@
+"""Session phases and exactly-once bookkeeping, in-process, on a fake clock."""
+
+import numpy as np
+import pytest
+
+from statestream.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from statestream.server.model import ModelRunner
+from statestream.server.sessions import GONE, READY, Phase, SessionTable, StepResult
+from serverproc import DEMO_MODEL
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeUnit:
+    def __init__(self, seq=None):
+        self.seq = seq
+
+    def seq_of(self, s):
+        return self.seq
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return ModelRunner(DEMO_MODEL)
+
+
+@pytest.fixture
+def table(runner):
+    return SessionTable({"demo": runner}, max_sessions=10, default_timeout=5.0, max_timeout=60.0, clock=Clock())
+
+
+def result(seq, count=1):
+    return StepResult(np.zeros((1, 1), np.float32), np.zeros(64, np.float32), count, seq)
+
+
+def test_a_step_moves_a_session_idle_queued_running_idle(table):
+    s = table.open("demo", "a")
+    assert s.phase is Phase.IDLE
+    u = FakeUnit(1)
+    assert s.accept(1) is None
+    assert s.enqueue(u, 1) is True and s.phase is Phase.QUEUED and s.accepted_seq == 1
+    s.start(u)
+    assert s.phase is Phase.RUNNING and s.running is u
+    assert s.finish(1, result(1)) == 0
+    assert s.phase is Phase.IDLE and s.step_count == 1 and s.last_seq == 1 and s.version == 1
+
+
+def test_a_second_step_queues_behind_a_running_one_and_is_ready_after_it(table):
+    s = table.open("demo", "a")
+    u1, u2 = FakeUnit(), FakeUnit()
+    s.enqueue(u1, None)
+    s.start(u1)
+    assert s.enqueue(u2, None) is False  # not ready: the session is running
+    assert s.finish(1, None) == READY and s.phase is Phase.QUEUED and s.head is u2
+
+
+def test_accept_replays_the_last_applied_step_and_finds_one_in_flight(table):
+    s = table.open("demo", "a")
+    u = FakeUnit(1)
+    s.enqueue(u, 1)
+    assert s.accept(1) is u  # retry of a queued step: wait for it
+    s.start(u)
+    assert s.accept(1) is u  # ... or a running one
+    res = result(1)
+    s.finish(1, res)
+    assert s.accept(1) is res  # recorded: replay
+    with pytest.raises(FailedPrecondition, match="gap.*expected 2"):
+        s.accept(3)
+    with pytest.raises(InvalidArgument):
+        s.accept(0)
+
+
+def test_a_failed_step_frees_its_sequence_number(table):
+    s = table.open("demo", "a")
+    u = FakeUnit(1)
+    s.enqueue(u, 1)
+    s.start(u)
+    s.undo()
+    s.forget_accepted()
+    assert s.phase is Phase.IDLE and s.accept(1) is None
+
+
+def test_hold_is_refused_while_a_step_is_in_flight(table):
+    s = table.open("demo", "a")
+    u = FakeUnit()
+    s.enqueue(u, None)
+    with pytest.raises(FailedPrecondition, match="in flight"):
+        s.hold()
+    s.start(u)
+    s.finish(1, None)
+    s.hold()
+    assert s.phase is Phase.HELD
+    assert s.enqueue(FakeUnit(), None) is False  # steps queue behind a held session
+    assert s.release() is True and s.phase is Phase.QUEUED
+
+
+def test_closing_a_running_session_frees_its_slot_only_after_the_run(table):
+    slab = table.slabs["demo"]
+    s = table.open("demo", "a")
+    u = FakeUnit()
+    s.enqueue(u, None)
+    s.start(u)
+    free = len(slab._free)
+    table.close(s)
+    assert s.phase is Phase.CLOSED and len(slab._free) == free
+    assert s.finish(1, None) == GONE
+    table.release(s)
+    assert len(slab._free) == free + 1
+    with pytest.raises(NotFound):
+        table.get("a")
+    with pytest.raises(NotFound, match="closed"):
+        s.enqueue(FakeUnit(), None)
+
+
+def test_expiry_skips_sessions_with_work_and_says_expired(table):
+    idle = table.open("demo", "idle")
+    busy = table.open("demo", "busy")
+    busy.enqueue(FakeUnit(), None)
+    table.clock.now = 6.0
+    assert table.expire() == [idle]
+    with pytest.raises(NotFound, match="expired after 5 s"):
+        table.get("idle")
+    assert table.get("busy") is busy
+
+
+def test_adopt_replaces_a_stale_cached_copy(table):
+    s = table.open("demo", "a")
+    rec = table.record(s, np.full(table.slabs["demo"].width, 0.5, np.float32), 7, result(3, 7))
+    assert rec.version == 1
+    rec.version = 9
+    assert table.adopt(rec) is s
+    assert s.step_count == 7 and s.last_seq == s.accepted_seq == 3 and s.version == 9
+    assert np.all(table.state(s) == 0.5)

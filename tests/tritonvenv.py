@@ -1,0 +1,33 @@
+"""Runs the tritonclient drivers (tests/triton_client/driver.py) with .venv-triton's python.
+
+tritonclient 2.73.0 pins protobuf<7 and the server needs protobuf>=7, so Triton's client lives in its own venv
+(`make install-triton-client`), a separate process as a Triton user's client is anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from serverproc import ROOT
+
+TRITON_PY = ROOT / os.environ.get("TRITON_VENV", ".venv-triton") / "bin" / "python"
+DRIVER = ROOT / "tests" / "triton_client" / "driver.py"
+
+
+def need(path) -> None:
+    """Skip (a failure under CI) when a tool `make test` installs is missing."""
+    if not path.exists():
+        pytest.skip(f"{path} is missing: run `make install-triton-client tools` (make test does)")
+
+
+def drive(*args, timeout: float = 120) -> dict:
+    """Run one driver subcommand; its JSON answer."""
+    need(TRITON_PY)
+    r = subprocess.run([str(TRITON_PY), str(DRIVER), *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, cwd=ROOT)
+    assert r.returncode == 0, f"driver {args[0]} failed:\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout)
