@@ -245,7 +245,8 @@ class Session:
         self.version = rec.version
         self.last_seq = rec.last_seq
         # steps of this session queued or running here were accepted already: the next one follows them
-        in_flight = [q for u in (self.running, *self.queue) if u is not None and (q := u.seq_of(self)) is not None]
+        in_flight = [q for u in (self.running, self.head, *self.queue)
+                     if u is not None and (q := u.seq_of(self)) is not None]
         self.accepted_seq = max([rec.last_seq, *in_flight])
         self.last_result = None
         if rec.last_output is not None:

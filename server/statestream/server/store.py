@@ -194,11 +194,13 @@ class SqliteStore:
             return []
         return [_record(row) for row in self._db.execute(_SELECT)]
 
-    def _fetch(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
-        now = time.time()
-        rows = [self._db.execute(f"{_SELECT} WHERE owner=? AND id=? AND expires_at>?", (owner or "", sid, now))
-                .fetchone() for owner, sid in keys]
-        return [None if row is None else _record(row) for row in rows]
+    def _fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        row = self._db.execute(f"{_SELECT} WHERE owner=? AND id=? AND expires_at>?",
+                               (owner or "", sid, time.time())).fetchone()
+        return None if row is None else _record(row)
+
+    def _fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        return [self._fetch(owner, sid) for owner, sid in keys]
 
     def _create(self, row: tuple) -> bool:
         with self._tx():
@@ -241,7 +243,7 @@ class SqliteStore:
 
     async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
         """fetch for many sessions in one call on the store's thread."""
-        return await self._run(self._fetch, list(keys)) if keys else []
+        return await self._run(self._fetch_many, list(keys)) if keys else []
 
     async def create(self, rec: SessionRecord) -> bool:
         """Insert `rec` if no unexpired session has its (owner, id); False if one has."""
