@@ -42,13 +42,21 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
             z = self._zeros[n] = [0.0] * n
         return z
 
+    def _out(self, msg, name: str, n: int, raw: bool):
+        """Fill the response's floats (zeros) as the request asked: raw bytes or repeated floats."""
+        if raw:
+            setattr(msg, f"{name}_raw", bytes(4 * n))
+        else:
+            getattr(msg, name).extend(self._floats(n))
+        return msg
+
     def _step(self, req: pb.StepRequest) -> pb.StepResponse:
-        T = max(1, len(req.input) // self.features)
+        T = max(1, (len(req.input) or len(req.input_raw) // 4) // self.features)
         rows = T if req.return_sequences else 1
         count = self.counts.get(req.session_id, 0) + T
         self.counts[req.session_id] = count
-        return pb.StepResponse(session_id=req.session_id, output=self._floats(rows * self.output_size), rows=rows,
-                               step_count=count)
+        return self._out(pb.StepResponse(session_id=req.session_id, rows=rows, step_count=count), "output",
+                         rows * self.output_size, req.raw_output)
 
     def _frame(self, req: pb.StepFrameRequest) -> pb.StepFrameResponse:
         n = len(req.session_ids)
@@ -56,11 +64,23 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
         rows = T if req.return_sequences else 1
         count = self.counts.get("", 0) + T
         self.counts[""] = count
-        return pb.StepFrameResponse(outputs=self._floats(n * rows * self.output_size), rows=rows,
-                                    step_counts=[count] * n)
+        return self._out(pb.StepFrameResponse(rows=rows, step_counts=[count] * n), "outputs",
+                         n * rows * self.output_size, req.raw_output)
+
+    def _group(self, req: pb.StepGroupRequest) -> pb.StepGroupResponse:
+        T = req.timesteps or 1
+        n = (len(req.inputs) or len(req.inputs_raw) // 4) // (T * self.features)
+        rows = T if req.return_sequences else 1
+        count = self.counts.get(req.group_id, 0) + 1
+        self.counts[req.group_id] = count
+        return self._out(pb.StepGroupResponse(group_id=req.group_id, rows=rows, step_count=count), "outputs",
+                         n * rows * self.output_size, req.raw_output)
 
     async def Step(self, request, context):
         return self._step(request)
+
+    async def StepGroup(self, request, context):
+        return self._group(request)
 
     async def StreamSteps(self, request_iterator, context):
         async for req in request_iterator:
@@ -74,16 +94,18 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
             yield pb.StreamFramesResponse(frame=self._frame(req.frame))
 
 
-async def serve(host: str, port: int, features: int, output_size: int) -> None:
+async def serve(host: str, port: int, register, name: str) -> None:
+    """A grpc.aio server with the real server's options and health; `register(server)` adds the service;
+    prints `NAME listening on HOST:PORT` (what ServerProcess waits for), runs until killed."""
     server = grpc.aio.server(options=OPTIONS)
-    pb_grpc.add_StateStreamServiceServicer_to_server(EchoService(features, output_size), server)
+    register(server)
     hs = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    print(f"echo-server listening on {host}:{bound}", flush=True)
+    print(f"{name} listening on {host}:{bound}", flush=True)
     await server.wait_for_termination()
 
 
@@ -96,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-size", type=int, required=True, help="values per row in a response")
     a = p.parse_args(argv)
     try:
-        asyncio.run(serve(a.host, a.port, a.features, a.output_size))
+        service = EchoService(a.features, a.output_size)
+        asyncio.run(serve(a.host, a.port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s),
+                          "echo-server"))
     except KeyboardInterrupt:
         pass
     return 0

@@ -66,3 +66,9 @@ def echo_server(features: int, output_size: int) -> Proc:
     cmd = [sys.executable, "-m", "bench.echo_server", "--port", "0", "--features", str(features),
            "--output-size", str(output_size)]
     return Proc("echo-server", cmd)
+
+
+def null_server(responses: Path) -> Proc:
+    """The tightest transport ceiling: pre-serialized responses, requests never parsed (bench.null_server)."""
+    cmd = [sys.executable, "-m", "bench.null_server", "--port", "0", "--responses", str(responses)]
+    return Proc("null-server", cmd)

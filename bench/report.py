@@ -5,16 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GB = 1e9
-
-# The targets of the throughput issue (issue 4).
-STREAM_RATIO = 0.8
-FRAME_SIZE = 256
-FRAME_STEPS = 100_000
-ORT_FACTOR = 2.0
-HALF_LOAD_P99_MS = 2.0
-MEMORY_SESSIONS = 1_000_000
-MEMORY_BYTES = 2 * GB
+from .targets import HALF_LOAD_P99_MS, targets
 
 
 def _n(v, digits: int = 0) -> str:
@@ -29,69 +20,8 @@ def _r(v) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def _target(name: str, want: str, measured: str, ok: bool | None, margin: str, why: str = "") -> dict:
-    return {"target": name, "wanted": want, "measured": measured,
-            "result": "n/a" if ok is None else ("PASS" if ok else "MISS"), "margin": margin, "note": why}
-
-
-def targets(res: dict) -> list[dict]:
-    """Every target of the issue, PASS/MISS with its margin, from the figures of this run."""
-    out = []
-    for scenario, label in (("unary", "unary Step"), ("stream", "StreamSteps")):
-        rows = [r for r in res.get("transport", []) if r["scenario"] == scenario and r.get("ratio") is not None]
-        if not rows:
-            out.append(_target(f"{label} >= {STREAM_RATIO} x echo msgs/s", f">= {STREAM_RATIO}x", "-", None, "",
-                               "not measured"))
-            continue
-        worst = min(rows, key=lambda r: r["ratio"])
-        ok = worst["ratio"] >= STREAM_RATIO
-        all_r = ", ".join(f"c={r['concurrency']}: {r['ratio']:.2f}" for r in rows)
-        out.append(_target(f"{label} >= {STREAM_RATIO} x echo msgs/s (every concurrency)", f">= {STREAM_RATIO:.2f}x",
-                           f"worst {worst['ratio']:.2f}x at c={worst['concurrency']} ({all_r})", ok,
-                           f"{100 * (worst['ratio'] / STREAM_RATIO - 1):+.0f}%"))
-    frames = [r for r in res.get("frames", []) if r["size"] == FRAME_SIZE]
-    if frames:
-        best = max(frames, key=lambda r: r["server"]["session_steps_per_s"])
-        v = best["server"]["session_steps_per_s"]
-        out.append(_target(f"frames of {FRAME_SIZE}: session-steps/s", f">= {FRAME_STEPS:,}",
-                           f"{v:,.0f} (c={best['concurrency']})", v >= FRAME_STEPS,
-                           f"{100 * (v / FRAME_STEPS - 1):+.0f}%"))
-        ratio = best.get("ratio_ort")
-        if ratio is not None:
-            out.append(_target(f"frames of {FRAME_SIZE}: model path within {ORT_FACTOR:g}x of in-process ORT",
-                               f">= {1 / ORT_FACTOR:.2f}x ORT",
-                               f"{ratio:.3f}x ORT ({v:,.0f} vs {best['ort_session_steps_per_s']:,.0f})",
-                               ratio >= 1 / ORT_FACTOR, f"{100 * (ratio * ORT_FACTOR - 1):+.0f}%",
-                               f"server is {1 / ratio:.0f}x slower than ORT alone" if ratio else ""))
-    else:
-        out.append(_target(f"frames of {FRAME_SIZE}: session-steps/s", f">= {FRAME_STEPS:,}", "-", None, "",
-                           "not measured"))
-        out.append(_target(f"frames of {FRAME_SIZE}: model path within {ORT_FACTOR:g}x of in-process ORT",
-                           f">= {1 / ORT_FACTOR:.2f}x ORT", "-", None, "", "not measured"))
-    hl = res.get("half_load")
-    if hl and hl.get("server") and not hl["server"].get("ok"):
-        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms", "-", None, "",
-                           f"no call succeeded ({hl['server'].get('error_sample', '')[:120]})"))
-    elif hl and hl.get("server"):
-        p99 = hl["server"]["p99_ms"]
-        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms",
-                           f"{p99:.2f} ms at {hl['rps']:,} steps/s (max {hl['max_msgs_per_s']:,.0f}, c={hl['concurrency']})",
-                           p99 <= HALF_LOAD_P99_MS, f"{100 * (HALF_LOAD_P99_MS / p99 - 1):+.0f}%" if p99 else "",
-                           f"echo at the same rate: p99 {hl['echo']['p99_ms']:.2f} ms" if hl.get("echo") else ""))
-    else:
-        out.append(_target("p99 of one step at half the max load", f"<= {HALF_LOAD_P99_MS:g} ms", "-", None, "",
-                           "not measured"))
-    mem = res.get("memory") or {}
-    pts = [p for p in mem.get("points", []) if p["sessions"] == MEMORY_SESSIONS]
-    if pts:
-        rss = pts[0]["rss_bytes"]
-        out.append(_target(f"{MEMORY_SESSIONS:,} idle demo sessions: RSS", f"<= {MEMORY_BYTES / GB:g} GB",
-                           f"{rss / GB:.2f} GB ({pts[0]['bytes_per_session']:,.0f} B/session)", rss <= MEMORY_BYTES,
-                           f"{100 * (MEMORY_BYTES / rss - 1):+.0f}%"))
-    else:
-        out.append(_target(f"{MEMORY_SESSIONS:,} idle demo sessions: RSS", f"<= {MEMORY_BYTES / GB:g} GB", "-", None,
-                           "", mem.get("skipped", "not measured")))
-    return out
+def _ceil(r: dict, who: str, field: str, digits: int = 0) -> str:
+    return _n(r[who][field], digits) if who in r else "-"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -120,40 +50,48 @@ def markdown(res: dict) -> str:
              f"ghz {m['ghz_version']} with `--cpus={m['ghz_cpus']}`, one connection, {m['duration']:g} s per run. "
              f"Server: `{m['server_cmd']}`. Ratios are to ceilings measured in this same run.", ""]
 
-    lines += ["## Targets (issue 4)", ""]
+    lines += ["## Targets (issue 12)", ""]
     lines += _table(["target", "wanted", "measured", "result", "margin", "note"],
                     [[t["target"], t["wanted"], t["measured"], f"**{t['result']}**", t["margin"], t["note"]]
                      for t in res["targets"]])
 
     tr = res.get("transport", [])
     if tr:
-        lines += ["", "## Steps: server vs the echo server (transport ceiling), msgs/s", "",
-                  f"StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s counts steps, "
-                  "latency is of the whole stream call.", ""]
-        lines += _table(["scenario", "c", "server msgs/s", "echo msgs/s", "server / echo", "server p50 ms",
-                         "server p99 ms", "echo p50 ms", "echo p99 ms", "mean batch", "CPU server / loop / ghz",
-                         "CPU echo / loop / ghz"],
+        lines += ["", "## Steps: server vs the null server (transport ceiling) and the echo server, msgs/s", "",
+                  "null: pre-serialized responses, requests never parsed (the tightest ceiling); echo: parses the "
+                  "request and builds the response, no model. Requests carry raw float32 bytes (`input_raw`, "
+                  f"`raw_output`). StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s "
+                  "counts steps, latency is of the whole stream call.", ""]
+        lines += _table(["scenario", "c", "server msgs/s", "null msgs/s", "server / null", "echo msgs/s",
+                         "server / echo", "server p50 ms", "server p99 ms", "null p99 ms", "mean batch",
+                         "CPU server / loop / ghz", "CPU null / loop / ghz"],
                         [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]),
-                          _n(r["echo"]["msgs_per_s"]), _r(r["ratio"]), _n(r["server"]["p50_ms"], 2),
-                          _n(r["server"]["p99_ms"], 2), _n(r["echo"]["p50_ms"], 2), _n(r["echo"]["p99_ms"], 2),
-                          _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]), _cpu(r["echo"])] for r in tr])
+                          _ceil(r, "null", "msgs_per_s"), _r(r.get("ratio_null")), _ceil(r, "echo", "msgs_per_s"),
+                          _r(r.get("ratio_echo")), _n(r["server"]["p50_ms"], 2), _n(r["server"]["p99_ms"], 2),
+                          _ceil(r, "null", "p99_ms", 2), _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]),
+                          _cpu(r.get("null", {}))] for r in tr])
         lines += ["", "CPU: shares of one core during the run: the whole server process, its main thread (the event "
                       "loop) and the ghz client; a loop near 1.0 is saturated."]
     fr = res.get("frames", [])
     ort_us = {o["batch"]: o["us_per_run"] for o in res.get("ort", [])}
-    if fr:
-        lines += ["", "## Frames (StepFrame): session-steps/s against echo (transport) and in-process ORT (compute)", ""]
-        lines += _table(["frame size", "c", "frames/s", "server session-steps/s", "p50 ms", "p99 ms",
-                         "echo session-steps/s", "server / echo", "ORT session-steps/s (same B)", "server / ORT",
-                         "mean batch", "model run us (ORT alone)", "model busy", "CPU server / loop / ghz"],
+    for rows, title in ((fr, "Frames (StepFrame)"), (res.get("groups", []), "Session groups (StepGroup)")):
+        if not rows:
+            continue
+        lines += ["", f"## {title}: session-steps/s against the null server, the echo server and in-process ORT", ""]
+        lines += _table(["size", "c", "calls/s", "server session-steps/s", "p50 ms", "p99 ms",
+                         "null session-steps/s", "server / null", "echo session-steps/s", "server / echo",
+                         "ORT session-steps/s (same B)", "server / ORT", "mean batch", "model run us (ORT alone)",
+                         "model busy", "CPU server / loop / ghz"],
                         [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
                           _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
-                          _n(r["server"]["p99_ms"], 2), _n(r["echo"]["session_steps_per_s"]), _r(r["ratio_echo"]),
+                          _n(r["server"]["p99_ms"], 2), _ceil(r, "null", "session_steps_per_s"),
+                          _r(r.get("ratio_null")), _ceil(r, "echo", "session_steps_per_s"), _r(r.get("ratio_echo")),
                           _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
                           _n(r["server"].get("mean_batch"), 1), _run_us(r, ort_us),
                           "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%",
                           _cpu(r["server"])]
-                         for r in fr])
+                         for r in rows])
+    if fr:
         lines += ["", "model run us: the server's mean time per model run from its compute histogram (batches of "
                       "`mean batch`; as the server times it, around the executor hop, so it includes the thread handoff "
                       "and the wait for the event loop to resume the batcher) and, in brackets, in-process ORT at that "
@@ -165,10 +103,31 @@ def markdown(res: dict) -> str:
                   f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}.", ""]
         rows = [["server", _n(hl["server"]["msgs_per_s"]), _n(hl["server"]["p50_ms"], 2), _n(hl["server"]["p90_ms"], 2),
                  _n(hl["server"]["p99_ms"], 2)]]
-        if hl.get("echo"):
-            rows.append(["echo", _n(hl["echo"]["msgs_per_s"]), _n(hl["echo"]["p50_ms"], 2), _n(hl["echo"]["p90_ms"], 2),
-                         _n(hl["echo"]["p99_ms"], 2)])
+        for who in ("null", "echo"):
+            if hl.get(who):
+                rows.append([who, _n(hl[who]["msgs_per_s"]), _n(hl[who]["p50_ms"], 2), _n(hl[who]["p90_ms"], 2),
+                             _n(hl[who]["p99_ms"], 2)])
         lines += _table(["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms"], rows)
+
+    real = res.get("realistic") or {}
+    if real.get("rows"):
+        lines += ["", f"## Realistic model: {real['shape']}, server vs onnxruntime in-process", "",
+                  f"`{real['model']}`, exported in the bench by statestream.export.export_model. {real['how']}. "
+                  "threads = `--intra-op-threads` (server) = intra_op_num_threads (ORT).", ""]
+        lines += _table(["threads", "batch", "RPC", "server session-steps/s", "ORT session-steps/s", "server / ORT",
+                         "ORT us per run", "server mean batch", "server p50 ms", "server p99 ms", "CPU server / loop / ghz"],
+                        [[str(r["threads"]), str(r["batch"]), r.get("rpc", "-"), _n(r["server_session_steps_per_s"]),
+                          _n(r["ort_session_steps_per_s"]), _r(r["ratio_ort"]), _n(r["ort_us_per_run"]),
+                          _n(r["server"].get("mean_batch"), 1), _n(r["server"]["p50_ms"], 2),
+                          _n(r["server"]["p99_ms"], 2), _cpu(r["server"])] for r in real["rows"]])
+        by = {(r["threads"], r["batch"], r.get("rpc")): r["server_session_steps_per_s"] for r in real["rows"]}
+        gains = [f"B={b} {rpc}: {by[(2, b, rpc)] / by[(1, b, rpc)]:.2f}x" for (t, b, rpc) in by
+                 if t == 1 and (2, b, rpc) in by and by[(1, b, rpc)]]
+        if gains:
+            lines += ["", "What `--intra-op-threads 2` buys the server on this 2-core machine (server session-steps/s, "
+                          "2 threads / 1 thread): " + ", ".join(gains) + "."]
+    elif real:
+        lines += ["", f"Realistic model: {real.get('skipped') or real.get('error')}"]
 
     tri = res.get("triton")
     if tri:
@@ -229,8 +188,8 @@ def markdown(res: dict) -> str:
     notes = list(m.get("notes", []))
     for r in tr + fr:
         what = f"{r['scenario']} c={r['concurrency']}" if "scenario" in r else f"frames of {r['size']} c={r['concurrency']}"
-        for who in ("server", "echo"):
-            if r[who].get("errors"):
+        for who in ("server", "null", "echo"):
+            if who in r and r[who].get("errors"):
                 notes.append(f"{what}: {who} answered {r[who]['errors']:,} calls with errors "
                              f"(e.g. {r[who].get('error_sample') or r[who].get('statuses')}); figures count OK calls only")
         if r["server"].get("inband_errors_suspected"):
@@ -284,8 +243,10 @@ def plots(res: dict, out: Path) -> list[str]:
                 continue
             c = [r["concurrency"] for r in rows]
             ax.plot(c, [r["server"]["msgs_per_s"] for r in rows], "o-", color=color, label=f"{scen}: server")
-            ax.plot(c, [r["echo"]["msgs_per_s"] for r in rows], "s--", color=color, alpha=0.6,
-                    label=f"{scen}: echo (transport ceiling)")
+            for who, style in (("null", "s--"), ("echo", "x:")):
+                if all(who in r for r in rows):
+                    ax.plot(c, [r[who]["msgs_per_s"] for r in rows], style, color=color, alpha=0.6,
+                            label=f"{scen}: {who} (transport ceiling)")
         made.append(_finish(plt, fig, ax, out / "throughput_vs_concurrency.png", [r["concurrency"] for r in tr],
                             "ghz concurrency", "steps (messages) per second",
                             "Step / StreamSteps throughput vs concurrency"))
@@ -294,7 +255,7 @@ def plots(res: dict, out: Path) -> list[str]:
         if rows:
             fig, ax = plt.subplots(figsize=(7, 4.5))
             c = [r["concurrency"] for r in rows]
-            for who, style in (("server", "-"), ("echo", "--")):
+            for who, style in (("server", "-"), ("null", "--")):
                 ax.plot(c, [r[who]["p50_ms"] for r in rows], "o" + style, color="tab:blue", label=f"{who} p50")
                 ax.plot(c, [r[who]["p99_ms"] for r in rows], "^" + style, color="tab:red", label=f"{who} p99")
             hl = res.get("half_load")
@@ -314,12 +275,13 @@ def plots(res: dict, out: Path) -> list[str]:
             color = cmap(i / max(1, len(concs) - 1))
             ax.plot([r["size"] for r in rows], [r["server"]["session_steps_per_s"] for r in rows], "o-", color=color,
                     label=f"server c={c}")
-        best_echo = [max(r["echo"]["session_steps_per_s"] for r in fr if r["size"] == s) for s in sizes]
-        ax.plot(sizes, best_echo, "s--", color="gray", label="echo, best c (transport ceiling)")
+        for who, style in (("null", "s--"), ("echo", "x:")):
+            if all(who in r for r in fr):
+                best = [max(r[who]["session_steps_per_s"] for r in fr if r["size"] == s) for s in sizes]
+                ax.plot(sizes, best, style, color="gray", label=f"{who}, best c (transport ceiling)")
         ort = {o["batch"]: o["session_steps_per_s"] for o in res.get("ort", [])}
         if all(s in ort for s in sizes):
             ax.plot(sizes, [ort[s] for s in sizes], "k:", marker="d", label="onnxruntime in-process (compute ceiling)")
-        ax.axhline(FRAME_STEPS, color="tab:red", lw=0.8, ls=":", label="100k target (frames of 256)")
         made.append(_finish(plt, fig, ax, out / "throughput_vs_frame_size.png", sizes,
                             "sessions per frame (= ORT batch size)", "session-steps per second",
                             "StepFrame throughput vs frame size", logy=True, legend={"fontsize": 7}))

@@ -17,10 +17,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import compute, ghz, memory, perf_analyzer, profile, report, scenarios
-from .procs import ROOT, echo_server, free_port, statestream_server
+from . import compute, ghz, memory, perf_analyzer, profile, realistic, report, scenarios
+from .procs import ROOT, echo_server, free_port, null_server, statestream_server
 
-PARTS = ("transport", "frames", "halfload", "triton", "profile", "memory", "keras")
+PARTS = ("transport", "frames", "groups", "halfload", "triton", "profile", "realistic", "memory", "keras")
 
 
 def log(msg: str) -> None:
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--concurrency", type=_csv_ints, help="ghz concurrencies (default 1,4,16,64)")
     p.add_argument("--frame-sizes", type=_csv_ints, help="sessions per frame (default 16,256,1024)")
+    p.add_argument("--frame-concurrency", type=_csv_ints, help="ghz concurrencies of StepFrame (default 1,4,16)")
+    p.add_argument("--group-sizes", type=_csv_ints, default=[256, 1024], help="members per session group")
+    p.add_argument("--group-concurrency", type=_csv_ints, default=[1, 4], help="ghz concurrencies of StepGroup")
     p.add_argument("--duration", type=float, help="seconds per ghz run (default 3)")
     p.add_argument("--stream-count", type=int, default=100, help="steps per StreamSteps call")
     p.add_argument("--ghz-cpus", type=int, default=1, help="ghz --cpus: the load generator gets one core")
@@ -49,8 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
     a = p.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
-    quick = {"concurrency": [1, 16], "frame_sizes": [16, 256], "duration": 1.5}
-    full = {"concurrency": [1, 4, 16, 64], "frame_sizes": [16, 256, 1024], "duration": 3.0}
+    quick = {"concurrency": [1, 16], "frame_sizes": [16, 256], "duration": 1.5, "frame_concurrency": [1, 16]}
+    full = {"concurrency": [1, 4, 16, 64], "frame_sizes": [16, 256, 1024], "duration": 3.0,
+            "frame_concurrency": [1, 4, 16]}
     for k, v in (quick if a.quick else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
@@ -154,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     _, man = compute.load(a.model)
     plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=a.concurrency,
                           frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
-                          ghz_cpus=a.ghz_cpus, raw=raw)
+                          ghz_cpus=a.ghz_cpus, raw=raw, group_sizes=[] if "groups" in a.skip else a.group_sizes,
+                          group_concurrencies=a.group_concurrency, frame_concurrencies=a.frame_concurrency)
     plan.write_data()
+    responses = plan.write_null_responses(man.output_size)
     max_sessions = int(plan.sessions_needed() * 1.2) + 10_000
     server_args = ["--max-sessions", str(max_sessions), *a.server_arg]
     mport = free_port()
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"meta": meta(a, man, " ".join(["statestream-server", "--models", str(a.model.name), *server_args]))}
     log(f"model {man.name}: {res['meta']['model_shape']}; ghz {plan.ghz}")
 
-    batches = sorted({1, *a.frame_sizes})
+    batches = sorted({1, *a.frame_sizes, *plan.group_sizes})
     log(f"onnxruntime in-process, batch sizes {batches}")
     res["ort"] = [r.to_dict() for r in compute.ort_ceiling(a.model, batches)]
     try:
@@ -176,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["ort"]:
         log(f"ORT batch {r['batch']:5d}: {r['us_per_run']:8.1f} us/run, {r['session_steps_per_s']:12,.0f} session-steps/s")
 
-    with srv, echo_server(man.features, man.output_size) as echo:
-        log(f"server on {srv.target} (metrics :{mport}), echo on {echo.target}")
+    with srv, null_server(responses) as null, echo_server(man.features, man.output_size) as echo:
+        log(f"server on {srv.target} (metrics :{mport}), null on {null.target}, echo on {echo.target}")
+        ceilings = {"null": null, "echo": echo}
         def part(name: str, fn):
             """Run one part; a failure (say, the server died) is recorded and the rest still runs."""
             if name in a.skip:
@@ -191,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
                     res["meta"]["notes"].append(f"the server exited ({srv.proc.returncode}): {srv.output()[-1500:]}")
                 return None
 
-        res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, echo, mport, log)) or []
-        res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, echo, mport, ort, log)) or []
+        res["transport"] = part("transport", lambda: scenarios.transport(plan, srv, ceilings, mport, log)) or []
+        res["frames"] = part("frames", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log)) or []
+        if plan.group_sizes:
+            plan.open_groups(srv)
+        res["groups"] = part("groups", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log, "group")) or []
         if res["transport"]:
-            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, echo, res["transport"], log))
+            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, null, res["transport"], log))
         res["triton"] = part("triton", lambda: perf_analyzer.run(plan, srv, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:
@@ -206,6 +216,16 @@ def main(argv: list[str] | None = None) -> int:
             res["meta"]["notes"].append(f"the server exited during the bench (code {srv.proc.returncode}); "
                                         f"its last output: {srv.output()[-1000:]!r}")
     res["commands"] = plan.commands
+
+    if "realistic" not in a.skip:
+        log(f"realistic model ({realistic.NAME}): server vs onnxruntime in-process, intra-op threads {realistic.THREADS}")
+        try:
+            res["realistic"] = realistic.measure(raw, a.duration, a.ghz_cpus, log)
+        except Exception as e:
+            res["realistic"] = {"error": f"realistic model failed: {str(e)[-800:]}"}
+            log(res["realistic"]["error"])
+    else:
+        res["realistic"] = {"skipped": "skipped (--skip realistic)"}
 
     if "memory" not in a.skip:
         log(f"memory: a fresh server, then {', '.join(f'{n:,}' for n in a.memory_sessions)} idle sessions")

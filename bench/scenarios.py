@@ -1,4 +1,7 @@
-"""The ghz scenarios (unary Step, StreamSteps, StepFrame of N) run alternately on the server and the echo server."""
+"""The ghz scenarios (unary Step, StreamSteps, StepFrame of N) run alternately on the server and its ceilings.
+
+Ceilings: the null server (pre-serialized responses, no parsing: the primary one) and the echo server
+(parses the request, builds the response: the second column)."""
 
 from __future__ import annotations
 
@@ -74,6 +77,9 @@ class Plan:
     stream_count: int
     ghz_cpus: int
     raw: Path
+    group_sizes: list[int] = field(default_factory=list)
+    frame_concurrencies: list[int] | None = None  # None: the same as `concurrencies`
+    group_concurrencies: list[int] = field(default_factory=lambda: [1, 4])
     ghz: Path = field(default_factory=ghz.ensure_ghz)
     data: dict[str, Path] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
@@ -82,8 +88,22 @@ class Plan:
     def frames_per_size(self) -> int:
         return max(8, 2 * max(self.concurrencies))
 
+    @property
+    def groups_per_size(self) -> int:
+        return max(8, 2 * max(self.group_concurrencies))
+
     def sessions_needed(self) -> int:
-        return 4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
+        return (4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
+                + self.groups_per_size * sum(self.group_sizes))
+
+    def open_groups(self, proc: Proc) -> None:
+        """Open the groups the StepGroup data names (a gateway opens its group once)."""
+        from statestream.client import Client
+
+        with Client(proc.target, timeout=60) as client:
+            for n in self.group_sizes:
+                for k in range(self.groups_per_size):
+                    client.group(self.model, n, group_id=payloads.group_id(n, k))
 
     def write_data(self) -> None:
         d = self.raw / "data"
@@ -93,10 +113,16 @@ class Plan:
         for n in self.frame_sizes:
             self.data[f"frame{n}"] = payloads.write_frames(d / f"frame{n}.json", self.model, self.features, n,
                                                            self.frames_per_size)
+        for n in self.group_sizes:
+            self.data[f"group{n}"] = payloads.write_groups(d / f"group{n}.json", self.features, n, self.groups_per_size)
+
+    def write_null_responses(self, output_size: int) -> Path:
+        """The null server's pre-serialized responses, one per data file (same shapes as the server's)."""
+        return payloads.null_responses(self.data, self.features, output_size, self.raw / "data" / "null_responses.json")
 
     def cmd(self, proc: Proc, key: str, concurrency: int, out: Path, *, duration: float | None = None,
             total: int | None = None, rps: float | None = None) -> list[str]:
-        method = {"unary": "Step", "stream": "StreamSteps"}.get(key, "StepFrame")
+        method = {"unary": "Step", "stream": "StreamSteps"}.get(key, "StepGroup" if key.startswith("group") else "StepFrame")
         return ghz.command(self.ghz, proc.target, method, self.data[key], concurrency=concurrency,
                            duration=duration, total=total, rps=rps,
                            stream_count=self.stream_count if key == "stream" else None, cpus=self.ghz_cpus, out=out)
@@ -123,6 +149,14 @@ class Plan:
         self.commands[label] = " ".join(parts + ["127.0.0.1:50051"])
 
 
+def block_size(key: str) -> int | None:
+    """N of a "frame256" / "group1024" scenario key; None for unary and stream."""
+    for kind in ("frame", "group"):
+        if key.startswith(kind):
+            return int(key[len(kind):])
+    return None
+
+
 def _msgs(r: ghz.GhzResult, per_call: int) -> dict:
     d = r.to_dict()
     d["msgs_per_s"] = r.calls_per_s * per_call
@@ -145,8 +179,8 @@ def run_one(plan: Plan, proc: Proc, who: str, key: str, c: int, metrics_port: in
                     "ghz": round((kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) / wall, 3)}
     per_call = plan.stream_count if key == "stream" else 1
     d = {**_msgs(r, per_call), **stats, "command": " ".join(cmd).replace(str(ROOT) + "/", "")}
-    n = int(key[5:]) if key.startswith("frame") else per_call
-    if key.startswith("frame"):
+    n = block_size(key) or per_call
+    if block_size(key):
         d["frames_per_s"] = r.calls_per_s
         d["session_steps_per_s"] = r.calls_per_s * n
     applied = stats.get("steps_applied")
@@ -160,51 +194,67 @@ def run_one(plan: Plan, proc: Proc, who: str, key: str, c: int, metrics_port: in
 def warm(plan: Plan, proc: Proc, who: str, key: str) -> None:
     """Open the sessions (first pass through every frame, every worker id) before anything is timed."""
     cmax = max(plan.concurrencies)
-    total = plan.frames_per_size if key.startswith("frame") else 4 * cmax
+    total = plan.frames_per_size if block_size(key) else 4 * cmax
     out = plan.raw / f"{who}-{key}-warmup.json"
-    ghz.run(plan.cmd(proc, key, min(cmax, 8) if key.startswith("frame") else cmax, out, total=total), out)
+    ghz.run(plan.cmd(proc, key, min(cmax, 8) if block_size(key) else cmax, out, total=total), out)
 
 
-def transport(plan: Plan, server: Proc, echo: Proc, metrics_port: int, log) -> list[dict]:
-    """Unary and stream steps at every concurrency, server and echo alternately (noise hits both alike)."""
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _ceilings(plan: Plan, ceilings: dict[str, Proc], key: str, c: int) -> dict[str, dict]:
+    return {who: run_one(plan, proc, who, key, c) for who, proc in ceilings.items()}
+
+
+def transport(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: int, log) -> list[dict]:
+    """Unary and stream steps at every concurrency, the ceilings and the server alternately (noise hits all alike)."""
     rows = []
     for key in ("unary", "stream"):
-        warm(plan, server, "server", key)
-        warm(plan, echo, "echo", key)
+        for who, proc in {"server": server, **ceilings}.items():
+            warm(plan, proc, who, key)
         for c in plan.concurrencies:
-            e = run_one(plan, echo, "echo", key, c)
+            ceil = _ceilings(plan, ceilings, key, c)
             s = run_one(plan, server, "server", key, c, metrics_port)
             plan.note_command({"unary": "unary Step", "stream": "StreamSteps"}[key], s["command"].split())
-            ratio = s["msgs_per_s"] / e["msgs_per_s"] if e["msgs_per_s"] else None
-            rows.append({"scenario": key, "concurrency": c, "server": s, "echo": e, "ratio": ratio})
-            log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p99 {s['p99_ms']:7.2f} ms | "
-                f"echo {e['msgs_per_s']:9,.0f} msgs/s | ratio {ratio or 0:.2f} | errors {s['errors']}/{e['errors']}")
-    return rows
-
-
-def frames(plan: Plan, server: Proc, echo: Proc, metrics_port: int, ort: dict[int, float], log) -> list[dict]:
-    """StepFrame of every size at every concurrency; session-steps/s against echo and in-process ORT."""
-    rows = []
-    for n in plan.frame_sizes:
-        key = f"frame{n}"
-        warm(plan, server, "server", key)
-        warm(plan, echo, "echo", key)
-        for c in plan.concurrencies:
-            e = run_one(plan, echo, "echo", key, c)
-            s = run_one(plan, server, "server", key, c, metrics_port)
-            plan.note_command(f"StepFrame of {n}", s["command"].split())
-            o = ort.get(n)
-            row = {"size": n, "concurrency": c, "server": s, "echo": e,
-                   "ratio_echo": s["session_steps_per_s"] / e["session_steps_per_s"] if e["session_steps_per_s"] else None,
-                   "ort_session_steps_per_s": o, "ratio_ort": s["session_steps_per_s"] / o if o else None}
+            row = {"scenario": key, "concurrency": c, "server": s, **ceil}
+            for who, r in ceil.items():
+                row[f"ratio_{who}"] = _ratio(s["msgs_per_s"], r["msgs_per_s"])
+            row["ratio"] = row.get("ratio_null", row.get("ratio_echo"))
             rows.append(row)
-            log(f"frame{n:<5d} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p99 "
-                f"{s['p99_ms']:7.2f} ms batch {s.get('mean_batch') or 0:6.1f} | echo {e['session_steps_per_s']:10,.0f} | "
-                f"ORT {o or 0:11,.0f} | errors {s['errors']}/{e['errors']}")
+            log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p99 {s['p99_ms']:7.2f} ms | "
+                + " | ".join(f"{who} {r['msgs_per_s']:9,.0f} ({row[f'ratio_{who}'] or 0:.2f}x)" for who, r in ceil.items())
+                + f" | errors {s['errors']}")
     return rows
 
 
-def half_load(plan: Plan, server: Proc, echo: Proc, transport_rows: list[dict], log) -> dict | None:
+def frames(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: int, ort: dict[int, float], log,
+           kind: str = "frame") -> list[dict]:
+    """StepFrame (or StepGroup) of every size at every concurrency; session-steps/s against the ceilings and ORT."""
+    rows = []
+    for n in plan.frame_sizes if kind == "frame" else plan.group_sizes:
+        key = f"{kind}{n}"
+        for who, proc in {"server": server, **ceilings}.items():
+            warm(plan, proc, who, key)
+        for c in (plan.frame_concurrencies or plan.concurrencies) if kind == "frame" else plan.group_concurrencies:
+            ceil = _ceilings(plan, ceilings, key, c)
+            s = run_one(plan, server, "server", key, c, metrics_port)
+            plan.note_command(f"{'StepFrame' if kind == 'frame' else 'StepGroup'} of {n}", s["command"].split())
+            o = ort.get(n)
+            row = {"size": n, "concurrency": c, "server": s, **ceil, "ort_session_steps_per_s": o,
+                   "ratio_ort": _ratio(s["session_steps_per_s"], o)}
+            for who, r in ceil.items():
+                row[f"ratio_{who}"] = _ratio(s["session_steps_per_s"], r["session_steps_per_s"])
+            rows.append(row)
+            log(f"{key:<9s} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p99 "
+                f"{s['p99_ms']:7.2f} ms batch {s.get('mean_batch') or 0:6.1f} | "
+                + " | ".join(f"{who} {r['session_steps_per_s']:10,.0f} ({row[f'ratio_{who}'] or 0:.2f}x)"
+                             for who, r in ceil.items())
+                + f" | ORT {o or 0:11,.0f} | errors {s['errors']}")
+    return rows
+
+
+def half_load(plan: Plan, server: Proc, null: Proc, transport_rows: list[dict], log) -> dict | None:
     """p99 of one unary step with ghz held at half the best unary rate of this run."""
     unary = [r for r in transport_rows if r["scenario"] == "unary"]
     if not unary:
@@ -213,9 +263,9 @@ def half_load(plan: Plan, server: Proc, echo: Proc, transport_rows: list[dict], 
     rps = max(1, int(best["server"]["msgs_per_s"] / 2))
     c = max(4, best["concurrency"])
     s = run_one(plan, server, "server", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
-    e = run_one(plan, echo, "echo", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+    e = run_one(plan, null, "null", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
     plan.note_command("unary at a fixed rate (half load)", s["command"].split())
     log(f"half load: {rps:,} steps/s, c={c}: server p50 {s['p50_ms']:.2f} p99 {s['p99_ms']:.2f} ms | "
-        f"echo p99 {e['p99_ms']:.2f} ms")
+        f"null p99 {e['p99_ms']:.2f} ms")
     return {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
-            "concurrency": c, "server": s, "echo": e}
+            "concurrency": c, "server": s, "null": e}

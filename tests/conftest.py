@@ -21,6 +21,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI, which counts as a failure: {reason}"
 
 
+@pytest.fixture()
+def stub(server):
+    """A generated StateStreamService stub on the test module's `server` fixture (a ServerProcess)."""
+    import grpc
+
+    from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server.target) as ch:
+        yield pb_grpc.StateStreamServiceStub(ch)
+
+
 @pytest.fixture
 def inproc():
     """A factory of in-process servers (create_server on port 0), all stopped after the test."""

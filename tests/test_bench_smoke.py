@@ -1,4 +1,4 @@
-"""The bench harness itself works: echo server + one tiny ghz run + ORT ceiling + the result writer.
+"""The bench harness itself works: null and echo servers + tiny ghz runs + ORT ceiling + the result writer.
 
 No timing is asserted (timing goals live in bench/results, from `make bench`); only that every
 piece runs and writes the files and fields the report promises, with positive numbers.
@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an in
     sys.path.insert(0, str(ROOT))
 
 from bench import compute, ghz, payloads, report  # noqa: E402
-from bench.procs import echo_server  # noqa: E402
+from bench.procs import echo_server, null_server  # noqa: E402
 DEMO = ROOT / "models" / "demo.onnx"
 
 
@@ -38,11 +38,17 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
     step = payloads.write_step(tmp_path / "step.json", man.name, man.features)
     stream = payloads.write_stream(tmp_path / "stream.json", man.name, man.features)
     frame = payloads.write_frames(tmp_path / "frame16.json", man.name, man.features, 16, 4)
+    data = {"unary": step, "stream": stream, "frame16": frame}
+    responses = payloads.null_responses(data, man.features, man.output_size, tmp_path / "null.json")
     with echo_server(man.features, man.output_size) as echo:
         unary = _run(ghz_path, echo.target, "Step", step, tmp_path / "u.json")
         streamed = _run(ghz_path, echo.target, "StreamSteps", stream, tmp_path / "s.json", stream_count=5)
         framed = _run(ghz_path, echo.target, "StepFrame", frame, tmp_path / "f.json")
-    for r in (unary, streamed, framed):
+    with null_server(responses) as null:
+        nulls = [_run(ghz_path, null.target, "Step", step, tmp_path / "nu.json"),
+                 _run(ghz_path, null.target, "StreamSteps", stream, tmp_path / "ns.json", stream_count=5),
+                 _run(ghz_path, null.target, "StepFrame", frame, tmp_path / "nf.json")]
+    for r in (unary, streamed, framed, *nulls):
         assert r["ok"] == 20 and r["errors"] == 0, r
         assert r["calls_per_s"] > 0 and r["p50_ms"] > 0 and r["p99_ms"] >= r["p50_ms"]
     framed.update(frames_per_s=framed["calls_per_s"], session_steps_per_s=framed["calls_per_s"] * 16)
@@ -56,13 +62,15 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
                  "ghz_version": ghz.GHZ_VERSION, "ghz_cpus": 1, "duration": 0, "stream_count": 5,
                  "server_cmd": "echo", "notes": []},
         "ort": ort,
-        "transport": [{"scenario": s, "concurrency": c, "server": r, "echo": r, "ratio": 1.0}
+        "transport": [{"scenario": s, "concurrency": c, "server": r, "null": r, "echo": r, "ratio": 1.0,
+                       "ratio_null": 1.0, "ratio_echo": 1.0}
                       for s, r in (("unary", unary), ("stream", streamed)) for c in (1, 2)],
-        "frames": [{"size": 16, "concurrency": c, "server": framed, "echo": framed, "ratio_echo": 1.0,
+        "frames": [{"size": 16, "concurrency": c, "server": framed, "null": framed, "echo": framed, "ratio_echo": 1.0,
+                    "ratio_null": 1.0,
                     "ort_session_steps_per_s": ort[1]["session_steps_per_s"],
                     "ratio_ort": framed["session_steps_per_s"] / ort[1]["session_steps_per_s"]} for c in (1, 2)],
         "half_load": {"max_msgs_per_s": unary["msgs_per_s"], "max_concurrency": 2, "rps": 10, "concurrency": 2,
-                      "server": unary, "echo": unary},
+                      "server": unary, "null": unary},
         "memory": {"method": "smoke", "points": [
             {"sessions": 0, "rss_bytes": 1e8, "open_seconds": 0.0},
             {"sessions": 1_000_000, "rss_bytes": 1.5e9, "open_seconds": 1.0, "bytes_per_session": 1400.0}]},

@@ -13,7 +13,6 @@ import pytest
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 F = 3
 
@@ -23,11 +22,6 @@ def server():
     with ServerProcess(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "5000") as srv:
         yield srv
 
-
-@pytest.fixture()
-def stub(server):
-    with grpc.insecure_channel(server.target) as ch:
-        yield pb_grpc.StateStreamServiceStub(ch)
 
 
 def frame(ids, xs, **kw) -> pb.StepFrameRequest:

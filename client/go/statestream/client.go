@@ -152,7 +152,7 @@ func (c *Client) OpenSession(ctx context.Context, model string, opts ...SessionO
 	ctx, cancel := c.unary(WithSession(ctx, o.SessionID))
 	defer cancel()
 	r, err := c.stub.OpenSession(ctx, &pb.OpenSessionRequest{
-		Model: model, SessionId: o.SessionID, InitialStates: o.InitialStates,
+		Model: model, SessionId: o.SessionID, InitialStates: rawStates(o.InitialStates),
 		IdleTimeoutSeconds: o.IdleTimeout.Seconds(),
 	})
 	if err != nil {

@@ -53,14 +53,20 @@ func (r *Result) Last() []float32 {
 }
 
 func (s *Session) request(input []float32, o StepOptions) *pb.StepRequest {
-	return &pb.StepRequest{SessionId: s.ID, Input: input, ReturnSequences: o.ReturnSequences,
-		ReturnState: o.ReturnState, SequenceNumber: o.SequenceNumber}
+	return &pb.StepRequest{SessionId: s.ID, InputRaw: EncodeFloats(input), RawOutput: true,
+		ReturnSequences: o.ReturnSequences, ReturnState: o.ReturnState, SequenceNumber: o.SequenceNumber}
 }
 
-func (s *Session) result(r *pb.StepResponse) *Result {
+func (s *Session) result(r *pb.StepResponse) (*Result, error) {
 	width := int(s.Model.GetOutputSize())
 	res := &Result{StepCount: r.GetStepCount(), Replayed: r.GetReplayed(), Raw: r}
-	out := r.GetOutput()
+	out, err := floatsOf(r.GetOutput(), r.GetOutputRaw())
+	if err != nil {
+		return nil, err
+	}
+	if err := decodeStates(r.GetStates()); err != nil {
+		return nil, err
+	}
 	for i := 0; width > 0 && i+width <= len(out); i += width {
 		res.Output = append(res.Output, out[i:i+width])
 	}
@@ -70,7 +76,7 @@ func (s *Session) result(r *pb.StepResponse) *Result {
 			res.States[l.GetLayer()] = l
 		}
 	}
-	return res
+	return res, nil
 }
 
 // Step applies input (T x features values, row-major, T >= 1) to the session.
@@ -81,18 +87,18 @@ func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Re
 	if err != nil {
 		return nil, err
 	}
-	return s.result(r), nil
+	return s.result(r)
 }
 
 // GetState reads the session's states of every layer, its step count and last sequence number.
 func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
 	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
-	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID})
+	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true})
 	if err != nil {
 		return nil, err
 	}
-	return r.GetState(), nil
+	return r.GetState(), decodeStates(r.GetState().GetLayers())
 }
 
 // SetState overwrites the session's states (every layer) and its counters: restore, migrate, warm start.
@@ -100,7 +106,7 @@ func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.Sessio
 	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	steps, seq := st.GetStepCount(), st.GetLastSequenceNumber()
-	r, err := s.client.stub.SetState(ctx, &pb.SetStateRequest{SessionId: s.ID, Layers: st.GetLayers(),
+	r, err := s.client.stub.SetState(ctx, &pb.SetStateRequest{SessionId: s.ID, Layers: rawStates(st.GetLayers()),
 		StepCount: &steps, LastSequenceNumber: &seq})
 	if err != nil {
 		return nil, err
@@ -152,7 +158,7 @@ func (st *Stream) Recv() (*Result, error) {
 	if e := r.GetError(); e != nil {
 		return nil, status.Error(codes.Code(e.GetCode()), e.GetMessage())
 	}
-	return st.s.result(r.GetStep()), nil
+	return st.s.result(r.GetStep())
 }
 
 // StreamAll streams every input over one StreamSteps call (sending while receiving) and returns

@@ -260,10 +260,14 @@ func (x *ModelInfo) GetParityMaxAbsError() float64 {
 
 // The states of one layer after some step: h (and c for LSTM), `units` values each.
 type LayerState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Layer         string                 `protobuf:"bytes,1,opt,name=layer,proto3" json:"layer,omitempty"`
-	H             []float32              `protobuf:"fixed32,2,rep,packed,name=h,proto3" json:"h,omitempty"`
-	C             []float32              `protobuf:"fixed32,3,rep,packed,name=c,proto3" json:"c,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Layer string                 `protobuf:"bytes,1,opt,name=layer,proto3" json:"layer,omitempty"`
+	H     []float32              `protobuf:"fixed32,2,rep,packed,name=h,proto3" json:"h,omitempty"`
+	C     []float32              `protobuf:"fixed32,3,rep,packed,name=c,proto3" json:"c,omitempty"`
+	// The same values as little-endian float32 bytes (units x 4 bytes), instead
+	// of h / c: in responses to a request with raw_output, and accepted in requests.
+	HRaw          []byte `protobuf:"bytes,4,opt,name=h_raw,json=hRaw,proto3" json:"h_raw,omitempty"`
+	CRaw          []byte `protobuf:"bytes,5,opt,name=c_raw,json=cRaw,proto3" json:"c_raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -315,6 +319,20 @@ func (x *LayerState) GetH() []float32 {
 func (x *LayerState) GetC() []float32 {
 	if x != nil {
 		return x.C
+	}
+	return nil
+}
+
+func (x *LayerState) GetHRaw() []byte {
+	if x != nil {
+		return x.HRaw
+	}
+	return nil
+}
+
+func (x *LayerState) GetCRaw() []byte {
+	if x != nil {
+		return x.CRaw
 	}
 	return nil
 }
@@ -839,8 +857,10 @@ func (x *SessionState) GetLastSequenceNumber() int64 {
 }
 
 type GetStateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// True: the states come as h_raw / c_raw bytes.
+	RawOutput     bool `protobuf:"varint,2,opt,name=raw_output,json=rawOutput,proto3" json:"raw_output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,6 +900,13 @@ func (x *GetStateRequest) GetSessionId() string {
 		return x.SessionId
 	}
 	return ""
+}
+
+func (x *GetStateRequest) GetRawOutput() bool {
+	if x != nil {
+		return x.RawOutput
+	}
+	return false
 }
 
 type GetStateResponse struct {
@@ -1055,6 +1082,10 @@ type StepRequest struct {
 	// With open_if_missing: open `session_id` on this model if it is not open.
 	Model         string `protobuf:"bytes,6,opt,name=model,proto3" json:"model,omitempty"`
 	OpenIfMissing bool   `protobuf:"varint,7,opt,name=open_if_missing,json=openIfMissing,proto3" json:"open_if_missing,omitempty"`
+	// The input as little-endian float32 bytes (T x features x 4), instead of `input`.
+	InputRaw []byte `protobuf:"bytes,8,opt,name=input_raw,json=inputRaw,proto3" json:"input_raw,omitempty"`
+	// True: the response carries output_raw (and h_raw / c_raw states) instead of floats.
+	RawOutput     bool `protobuf:"varint,9,opt,name=raw_output,json=rawOutput,proto3" json:"raw_output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1138,6 +1169,20 @@ func (x *StepRequest) GetOpenIfMissing() bool {
 	return false
 }
 
+func (x *StepRequest) GetInputRaw() []byte {
+	if x != nil {
+		return x.InputRaw
+	}
+	return nil
+}
+
+func (x *StepRequest) GetRawOutput() bool {
+	if x != nil {
+		return x.RawOutput
+	}
+	return false
+}
+
 type StepResponse struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
@@ -1150,7 +1195,9 @@ type StepResponse struct {
 	StepCount      uint64 `protobuf:"varint,5,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
 	SequenceNumber *int64 `protobuf:"varint,6,opt,name=sequence_number,json=sequenceNumber,proto3,oneof" json:"sequence_number,omitempty"`
 	// True when this is the recorded response of an already applied sequence number.
-	Replayed      bool `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	Replayed bool `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// `output` as little-endian float32 bytes, when the request set raw_output.
+	OutputRaw     []byte `protobuf:"bytes,8,opt,name=output_raw,json=outputRaw,proto3" json:"output_raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1232,6 +1279,13 @@ func (x *StepResponse) GetReplayed() bool {
 		return x.Replayed
 	}
 	return false
+}
+
+func (x *StepResponse) GetOutputRaw() []byte {
+	if x != nil {
+		return x.OutputRaw
+	}
+	return nil
 }
 
 type StreamStepsRequest struct {
@@ -1362,8 +1416,12 @@ type StepFrameRequest struct {
 	OpenIfMissing   bool   `protobuf:"varint,7,opt,name=open_if_missing,json=openIfMissing,proto3" json:"open_if_missing,omitempty"`
 	// Empty, or N sequence numbers (0 = no check for that entry).
 	SequenceNumbers []int64 `protobuf:"varint,8,rep,packed,name=sequence_numbers,json=sequenceNumbers,proto3" json:"sequence_numbers,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// `inputs` as little-endian float32 bytes (N x T x features x 4), instead of `inputs`.
+	InputsRaw []byte `protobuf:"bytes,9,opt,name=inputs_raw,json=inputsRaw,proto3" json:"inputs_raw,omitempty"`
+	// True: the response carries outputs_raw (and h_raw / c_raw states) instead of floats.
+	RawOutput     bool `protobuf:"varint,10,opt,name=raw_output,json=rawOutput,proto3" json:"raw_output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepFrameRequest) Reset() {
@@ -1452,6 +1510,20 @@ func (x *StepFrameRequest) GetSequenceNumbers() []int64 {
 	return nil
 }
 
+func (x *StepFrameRequest) GetInputsRaw() []byte {
+	if x != nil {
+		return x.InputsRaw
+	}
+	return nil
+}
+
+func (x *StepFrameRequest) GetRawOutput() bool {
+	if x != nil {
+		return x.RawOutput
+	}
+	return false
+}
+
 type FrameEntryError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Index of the entry in the request.
@@ -1514,7 +1586,9 @@ type StepFrameResponse struct {
 	// Per-entry errors; entries not listed were applied.
 	Errors []*FrameEntryError `protobuf:"bytes,4,rep,name=errors,proto3" json:"errors,omitempty"`
 	// With return_state: per layer, N x units values for h (and c).
-	States        []*LayerState `protobuf:"bytes,5,rep,name=states,proto3" json:"states,omitempty"`
+	States []*LayerState `protobuf:"bytes,5,rep,name=states,proto3" json:"states,omitempty"`
+	// `outputs` as little-endian float32 bytes, when the request set raw_output.
+	OutputsRaw    []byte `protobuf:"bytes,6,opt,name=outputs_raw,json=outputsRaw,proto3" json:"outputs_raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1580,6 +1654,13 @@ func (x *StepFrameResponse) GetErrors() []*FrameEntryError {
 func (x *StepFrameResponse) GetStates() []*LayerState {
 	if x != nil {
 		return x.States
+	}
+	return nil
+}
+
+func (x *StepFrameResponse) GetOutputsRaw() []byte {
+	if x != nil {
+		return x.OutputsRaw
 	}
 	return nil
 }
@@ -1681,6 +1762,464 @@ func (x *StreamFramesResponse) GetError() *Error {
 	return nil
 }
 
+type OpenGroupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Empty: the server picks a random 128-bit id.
+	GroupId string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// N, the number of members; may be 0 when session_ids are given.
+	Size uint32 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// Empty: the server picks N random ids; else N new, distinct session ids.
+	SessionIds []string `protobuf:"bytes,4,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
+	// Idle seconds before the members expire; 0 = the server's default.
+	IdleTimeoutSeconds float64 `protobuf:"fixed64,5,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OpenGroupRequest) Reset() {
+	*x = OpenGroupRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenGroupRequest) ProtoMessage() {}
+
+func (x *OpenGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenGroupRequest.ProtoReflect.Descriptor instead.
+func (*OpenGroupRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *OpenGroupRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *OpenGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *OpenGroupRequest) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *OpenGroupRequest) GetSessionIds() []string {
+	if x != nil {
+		return x.SessionIds
+	}
+	return nil
+}
+
+func (x *OpenGroupRequest) GetIdleTimeoutSeconds() float64 {
+	if x != nil {
+		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+type OpenGroupResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// The members, in the order of the rows of a group step.
+	SessionIds         []string   `protobuf:"bytes,2,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
+	Model              *ModelInfo `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	IdleTimeoutSeconds float64    `protobuf:"fixed64,4,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *OpenGroupResponse) Reset() {
+	*x = OpenGroupResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenGroupResponse) ProtoMessage() {}
+
+func (x *OpenGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenGroupResponse.ProtoReflect.Descriptor instead.
+func (*OpenGroupResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *OpenGroupResponse) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *OpenGroupResponse) GetSessionIds() []string {
+	if x != nil {
+		return x.SessionIds
+	}
+	return nil
+}
+
+func (x *OpenGroupResponse) GetModel() *ModelInfo {
+	if x != nil {
+		return x.Model
+	}
+	return nil
+}
+
+func (x *OpenGroupResponse) GetIdleTimeoutSeconds() float64 {
+	if x != nil {
+		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+type StepGroupRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// N x T x features little-endian float32 bytes, row-major (member order).
+	InputsRaw []byte `protobuf:"bytes,2,opt,name=inputs_raw,json=inputsRaw,proto3" json:"inputs_raw,omitempty"`
+	// The same as floats (for JSON clients); exactly one of inputs_raw / inputs.
+	Inputs []float32 `protobuf:"fixed32,3,rep,packed,name=inputs,proto3" json:"inputs,omitempty"`
+	// T, the timesteps per member (0 means 1).
+	Timesteps uint32 `protobuf:"varint,4,opt,name=timesteps,proto3" json:"timesteps,omitempty"`
+	// Indices of members not stepped this time: they keep their states.
+	Masked []uint32 `protobuf:"varint,5,rep,packed,name=masked,proto3" json:"masked,omitempty"`
+	// Exactly-once per group: must be the group's last + 1; a repeat of the
+	// last one returns the recorded response without stepping again.
+	SequenceNumber  *int64 `protobuf:"varint,6,opt,name=sequence_number,json=sequenceNumber,proto3,oneof" json:"sequence_number,omitempty"`
+	ReturnSequences bool   `protobuf:"varint,7,opt,name=return_sequences,json=returnSequences,proto3" json:"return_sequences,omitempty"`
+	// True: the response carries outputs_raw instead of outputs.
+	RawOutput     bool `protobuf:"varint,8,opt,name=raw_output,json=rawOutput,proto3" json:"raw_output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepGroupRequest) Reset() {
+	*x = StepGroupRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepGroupRequest) ProtoMessage() {}
+
+func (x *StepGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepGroupRequest.ProtoReflect.Descriptor instead.
+func (*StepGroupRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *StepGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *StepGroupRequest) GetInputsRaw() []byte {
+	if x != nil {
+		return x.InputsRaw
+	}
+	return nil
+}
+
+func (x *StepGroupRequest) GetInputs() []float32 {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *StepGroupRequest) GetTimesteps() uint32 {
+	if x != nil {
+		return x.Timesteps
+	}
+	return 0
+}
+
+func (x *StepGroupRequest) GetMasked() []uint32 {
+	if x != nil {
+		return x.Masked
+	}
+	return nil
+}
+
+func (x *StepGroupRequest) GetSequenceNumber() int64 {
+	if x != nil && x.SequenceNumber != nil {
+		return *x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *StepGroupRequest) GetReturnSequences() bool {
+	if x != nil {
+		return x.ReturnSequences
+	}
+	return false
+}
+
+func (x *StepGroupRequest) GetRawOutput() bool {
+	if x != nil {
+		return x.RawOutput
+	}
+	return false
+}
+
+type StepGroupResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// N x rows x output_size little-endian float32 bytes (raw_output); rows of masked members are zero.
+	OutputsRaw []byte `protobuf:"bytes,2,opt,name=outputs_raw,json=outputsRaw,proto3" json:"outputs_raw,omitempty"`
+	// The same as floats, without raw_output.
+	Outputs []float32 `protobuf:"fixed32,3,rep,packed,name=outputs,proto3" json:"outputs,omitempty"`
+	Rows    uint32    `protobuf:"varint,4,opt,name=rows,proto3" json:"rows,omitempty"`
+	// Group steps applied so far, this one included.
+	StepCount      uint64 `protobuf:"varint,5,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	SequenceNumber *int64 `protobuf:"varint,6,opt,name=sequence_number,json=sequenceNumber,proto3,oneof" json:"sequence_number,omitempty"`
+	// True when this is the recorded response of an already applied sequence number.
+	Replayed      bool `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StepGroupResponse) Reset() {
+	*x = StepGroupResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StepGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StepGroupResponse) ProtoMessage() {}
+
+func (x *StepGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StepGroupResponse.ProtoReflect.Descriptor instead.
+func (*StepGroupResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *StepGroupResponse) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *StepGroupResponse) GetOutputsRaw() []byte {
+	if x != nil {
+		return x.OutputsRaw
+	}
+	return nil
+}
+
+func (x *StepGroupResponse) GetOutputs() []float32 {
+	if x != nil {
+		return x.Outputs
+	}
+	return nil
+}
+
+func (x *StepGroupResponse) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *StepGroupResponse) GetStepCount() uint64 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+func (x *StepGroupResponse) GetSequenceNumber() int64 {
+	if x != nil && x.SequenceNumber != nil {
+		return *x.SequenceNumber
+	}
+	return 0
+}
+
+func (x *StepGroupResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+type CloseGroupRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	GroupId string                 `protobuf:"bytes,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// True: the members stay open as ordinary sessions.
+	KeepSessions  bool `protobuf:"varint,2,opt,name=keep_sessions,json=keepSessions,proto3" json:"keep_sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CloseGroupRequest) Reset() {
+	*x = CloseGroupRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseGroupRequest) ProtoMessage() {}
+
+func (x *CloseGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseGroupRequest.ProtoReflect.Descriptor instead.
+func (*CloseGroupRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CloseGroupRequest) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *CloseGroupRequest) GetKeepSessions() bool {
+	if x != nil {
+		return x.KeepSessions
+	}
+	return false
+}
+
+type CloseGroupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Group steps applied.
+	StepCount      uint64 `protobuf:"varint,1,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	ClosedSessions uint32 `protobuf:"varint,2,opt,name=closed_sessions,json=closedSessions,proto3" json:"closed_sessions,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CloseGroupResponse) Reset() {
+	*x = CloseGroupResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CloseGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CloseGroupResponse) ProtoMessage() {}
+
+func (x *CloseGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CloseGroupResponse.ProtoReflect.Descriptor instead.
+func (*CloseGroupResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CloseGroupResponse) GetStepCount() uint64 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+func (x *CloseGroupResponse) GetClosedSessions() uint32 {
+	if x != nil {
+		return x.ClosedSessions
+	}
+	return 0
+}
+
 var File_statestream_v1_statestream_proto protoreflect.FileDescriptor
 
 const file_statestream_v1_statestream_proto_rawDesc = "" +
@@ -1704,12 +2243,14 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x14parity_max_abs_error\x18\b \x01(\x01R\x11parityMaxAbsError\x1a?\n" +
 	"\x11ExportedWithEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\">\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
 	"\n" +
 	"LayerState\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\tR\x05layer\x12\f\n" +
 	"\x01h\x18\x02 \x03(\x02R\x01h\x12\f\n" +
-	"\x01c\x18\x03 \x03(\x02R\x01c\"5\n" +
+	"\x01c\x18\x03 \x03(\x02R\x01c\x12\x13\n" +
+	"\x05h_raw\x18\x04 \x01(\fR\x04hRaw\x12\x13\n" +
+	"\x05c_raw\x18\x05 \x01(\fR\x04cRaw\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x13\n" +
@@ -1744,10 +2285,12 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x06layers\x18\x03 \x03(\v2\x1a.statestream.v1.LayerStateR\x06layers\x12\x1d\n" +
 	"\n" +
 	"step_count\x18\x04 \x01(\x04R\tstepCount\x120\n" +
-	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\"0\n" +
+	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\"O\n" +
 	"\x0fGetStateRequest\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x01 \x01(\tR\tsessionId\"F\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
+	"\n" +
+	"raw_output\x18\x02 \x01(\bR\trawOutput\"F\n" +
 	"\x10GetStateResponse\x122\n" +
 	"\x05state\x18\x01 \x01(\v2\x1c.statestream.v1.SessionStateR\x05state\"\xe7\x01\n" +
 	"\x0fSetStateRequest\x12\x1d\n" +
@@ -1760,7 +2303,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\v_step_countB\x17\n" +
 	"\x15_last_sequence_number\"F\n" +
 	"\x10SetStateResponse\x122\n" +
-	"\x05state\x18\x01 \x01(\v2\x1c.statestream.v1.SessionStateR\x05state\"\x90\x02\n" +
+	"\x05state\x18\x01 \x01(\v2\x1c.statestream.v1.SessionStateR\x05state\"\xcc\x02\n" +
 	"\vStepRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -1769,8 +2312,11 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\freturn_state\x18\x04 \x01(\bR\vreturnState\x12,\n" +
 	"\x0fsequence_number\x18\x05 \x01(\x03H\x00R\x0esequenceNumber\x88\x01\x01\x12\x14\n" +
 	"\x05model\x18\x06 \x01(\tR\x05model\x12&\n" +
-	"\x0fopen_if_missing\x18\a \x01(\bR\ropenIfMissingB\x12\n" +
-	"\x10_sequence_number\"\x8a\x02\n" +
+	"\x0fopen_if_missing\x18\a \x01(\bR\ropenIfMissing\x12\x1b\n" +
+	"\tinput_raw\x18\b \x01(\fR\binputRaw\x12\x1d\n" +
+	"\n" +
+	"raw_output\x18\t \x01(\bR\trawOutputB\x12\n" +
+	"\x10_sequence_number\"\xa9\x02\n" +
 	"\fStepResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x16\n" +
@@ -1780,7 +2326,9 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\n" +
 	"step_count\x18\x05 \x01(\x04R\tstepCount\x12,\n" +
 	"\x0fsequence_number\x18\x06 \x01(\x03H\x00R\x0esequenceNumber\x88\x01\x01\x12\x1a\n" +
-	"\breplayed\x18\a \x01(\bR\breplayedB\x12\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\x12\x1d\n" +
+	"\n" +
+	"output_raw\x18\b \x01(\fR\toutputRawB\x12\n" +
 	"\x10_sequence_number\"E\n" +
 	"\x12StreamStepsRequest\x12/\n" +
 	"\x04step\x18\x01 \x01(\v2\x1b.statestream.v1.StepRequestR\x04step\"\xd5\x01\n" +
@@ -1790,7 +2338,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\n" +
 	"session_id\x18\x03 \x01(\tR\tsessionId\x12,\n" +
 	"\x0fsequence_number\x18\x04 \x01(\x03H\x00R\x0esequenceNumber\x88\x01\x01B\x12\n" +
-	"\x10_sequence_number\"\xa0\x02\n" +
+	"\x10_sequence_number\"\xde\x02\n" +
 	"\x10StepFrameRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n" +
 	"\vsession_ids\x18\x02 \x03(\tR\n" +
@@ -1800,27 +2348,77 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x10return_sequences\x18\x05 \x01(\bR\x0freturnSequences\x12!\n" +
 	"\freturn_state\x18\x06 \x01(\bR\vreturnState\x12&\n" +
 	"\x0fopen_if_missing\x18\a \x01(\bR\ropenIfMissing\x12)\n" +
-	"\x10sequence_numbers\x18\b \x03(\x03R\x0fsequenceNumbers\"T\n" +
+	"\x10sequence_numbers\x18\b \x03(\x03R\x0fsequenceNumbers\x12\x1d\n" +
+	"\n" +
+	"inputs_raw\x18\t \x01(\fR\tinputsRaw\x12\x1d\n" +
+	"\n" +
+	"raw_output\x18\n" +
+	" \x01(\bR\trawOutput\"T\n" +
 	"\x0fFrameEntryError\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xcf\x01\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xf0\x01\n" +
 	"\x11StepFrameResponse\x12\x18\n" +
 	"\aoutputs\x18\x01 \x03(\x02R\aoutputs\x12\x12\n" +
 	"\x04rows\x18\x02 \x01(\rR\x04rows\x12\x1f\n" +
 	"\vstep_counts\x18\x03 \x03(\x04R\n" +
 	"stepCounts\x127\n" +
 	"\x06errors\x18\x04 \x03(\v2\x1f.statestream.v1.FrameEntryErrorR\x06errors\x122\n" +
-	"\x06states\x18\x05 \x03(\v2\x1a.statestream.v1.LayerStateR\x06states\"M\n" +
+	"\x06states\x18\x05 \x03(\v2\x1a.statestream.v1.LayerStateR\x06states\x12\x1f\n" +
+	"\voutputs_raw\x18\x06 \x01(\fR\n" +
+	"outputsRaw\"M\n" +
 	"\x13StreamFramesRequest\x126\n" +
 	"\x05frame\x18\x01 \x01(\v2 .statestream.v1.StepFrameRequestR\x05frame\"|\n" +
 	"\x14StreamFramesResponse\x127\n" +
 	"\x05frame\x18\x01 \x01(\v2!.statestream.v1.StepFrameResponseR\x05frame\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error*f\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xaa\x01\n" +
+	"\x10OpenGroupRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
+	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\rR\x04size\x12\x1f\n" +
+	"\vsession_ids\x18\x04 \x03(\tR\n" +
+	"sessionIds\x120\n" +
+	"\x14idle_timeout_seconds\x18\x05 \x01(\x01R\x12idleTimeoutSeconds\"\xb2\x01\n" +
+	"\x11OpenGroupResponse\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\vsession_ids\x18\x02 \x03(\tR\n" +
+	"sessionIds\x12/\n" +
+	"\x05model\x18\x03 \x01(\v2\x19.statestream.v1.ModelInfoR\x05model\x120\n" +
+	"\x14idle_timeout_seconds\x18\x04 \x01(\x01R\x12idleTimeoutSeconds\"\xa6\x02\n" +
+	"\x10StepGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1d\n" +
+	"\n" +
+	"inputs_raw\x18\x02 \x01(\fR\tinputsRaw\x12\x16\n" +
+	"\x06inputs\x18\x03 \x03(\x02R\x06inputs\x12\x1c\n" +
+	"\ttimesteps\x18\x04 \x01(\rR\ttimesteps\x12\x16\n" +
+	"\x06masked\x18\x05 \x03(\rR\x06masked\x12,\n" +
+	"\x0fsequence_number\x18\x06 \x01(\x03H\x00R\x0esequenceNumber\x88\x01\x01\x12)\n" +
+	"\x10return_sequences\x18\a \x01(\bR\x0freturnSequences\x12\x1d\n" +
+	"\n" +
+	"raw_output\x18\b \x01(\bR\trawOutputB\x12\n" +
+	"\x10_sequence_number\"\xfa\x01\n" +
+	"\x11StepGroupResponse\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
+	"\voutputs_raw\x18\x02 \x01(\fR\n" +
+	"outputsRaw\x12\x18\n" +
+	"\aoutputs\x18\x03 \x03(\x02R\aoutputs\x12\x12\n" +
+	"\x04rows\x18\x04 \x01(\rR\x04rows\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x05 \x01(\x04R\tstepCount\x12,\n" +
+	"\x0fsequence_number\x18\x06 \x01(\x03H\x00R\x0esequenceNumber\x88\x01\x01\x12\x1a\n" +
+	"\breplayed\x18\a \x01(\bR\breplayedB\x12\n" +
+	"\x10_sequence_number\"S\n" +
+	"\x11CloseGroupRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12#\n" +
+	"\rkeep_sessions\x18\x02 \x01(\bR\fkeepSessions\"\\\n" +
+	"\x12CloseGroupResponse\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x01 \x01(\x04R\tstepCount\x12'\n" +
+	"\x0fclosed_sessions\x18\x02 \x01(\rR\x0eclosedSessions*f\n" +
 	"\bCellType\x12\x19\n" +
 	"\x15CELL_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eCELL_TYPE_LSTM\x10\x01\x12\x11\n" +
 	"\rCELL_TYPE_GRU\x10\x02\x12\x18\n" +
-	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\xd9\x06\n" +
+	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\xd2\b\n" +
 	"\x12StateStreamService\x12S\n" +
 	"\n" +
 	"ListModels\x12!.statestream.v1.ListModelsRequest\x1a\".statestream.v1.ListModelsResponse\x12M\n" +
@@ -1832,7 +2430,11 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x04Step\x12\x1b.statestream.v1.StepRequest\x1a\x1c.statestream.v1.StepResponse\x12Z\n" +
 	"\vStreamSteps\x12\".statestream.v1.StreamStepsRequest\x1a#.statestream.v1.StreamStepsResponse(\x010\x01\x12P\n" +
 	"\tStepFrame\x12 .statestream.v1.StepFrameRequest\x1a!.statestream.v1.StepFrameResponse\x12]\n" +
-	"\fStreamFrames\x12#.statestream.v1.StreamFramesRequest\x1a$.statestream.v1.StreamFramesResponse(\x010\x01BJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
+	"\fStreamFrames\x12#.statestream.v1.StreamFramesRequest\x1a$.statestream.v1.StreamFramesResponse(\x010\x01\x12P\n" +
+	"\tOpenGroup\x12 .statestream.v1.OpenGroupRequest\x1a!.statestream.v1.OpenGroupResponse\x12P\n" +
+	"\tStepGroup\x12 .statestream.v1.StepGroupRequest\x1a!.statestream.v1.StepGroupResponse\x12S\n" +
+	"\n" +
+	"CloseGroup\x12!.statestream.v1.CloseGroupRequest\x1a\".statestream.v1.CloseGroupResponseBJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
 
 var (
 	file_statestream_v1_statestream_proto_rawDescOnce sync.Once
@@ -1847,7 +2449,7 @@ func file_statestream_v1_statestream_proto_rawDescGZIP() []byte {
 }
 
 var file_statestream_v1_statestream_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_statestream_v1_statestream_proto_goTypes = []any{
 	(CellType)(0),                // 0: statestream.v1.CellType
 	(*LayerInfo)(nil),            // 1: statestream.v1.LayerInfo
@@ -1876,12 +2478,18 @@ var file_statestream_v1_statestream_proto_goTypes = []any{
 	(*StepFrameResponse)(nil),    // 24: statestream.v1.StepFrameResponse
 	(*StreamFramesRequest)(nil),  // 25: statestream.v1.StreamFramesRequest
 	(*StreamFramesResponse)(nil), // 26: statestream.v1.StreamFramesResponse
-	nil,                          // 27: statestream.v1.ModelInfo.ExportedWithEntry
+	(*OpenGroupRequest)(nil),     // 27: statestream.v1.OpenGroupRequest
+	(*OpenGroupResponse)(nil),    // 28: statestream.v1.OpenGroupResponse
+	(*StepGroupRequest)(nil),     // 29: statestream.v1.StepGroupRequest
+	(*StepGroupResponse)(nil),    // 30: statestream.v1.StepGroupResponse
+	(*CloseGroupRequest)(nil),    // 31: statestream.v1.CloseGroupRequest
+	(*CloseGroupResponse)(nil),   // 32: statestream.v1.CloseGroupResponse
+	nil,                          // 33: statestream.v1.ModelInfo.ExportedWithEntry
 }
 var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	0,  // 0: statestream.v1.LayerInfo.cell:type_name -> statestream.v1.CellType
 	1,  // 1: statestream.v1.ModelInfo.layers:type_name -> statestream.v1.LayerInfo
-	27, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
+	33, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
 	2,  // 3: statestream.v1.ListModelsResponse.models:type_name -> statestream.v1.ModelInfo
 	2,  // 4: statestream.v1.GetModelResponse.model:type_name -> statestream.v1.ModelInfo
 	3,  // 5: statestream.v1.OpenSessionRequest.initial_states:type_name -> statestream.v1.LayerState
@@ -1900,31 +2508,38 @@ var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	22, // 18: statestream.v1.StreamFramesRequest.frame:type_name -> statestream.v1.StepFrameRequest
 	24, // 19: statestream.v1.StreamFramesResponse.frame:type_name -> statestream.v1.StepFrameResponse
 	4,  // 20: statestream.v1.StreamFramesResponse.error:type_name -> statestream.v1.Error
-	5,  // 21: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
-	7,  // 22: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
-	9,  // 23: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
-	11, // 24: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
-	14, // 25: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
-	16, // 26: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
-	18, // 27: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
-	20, // 28: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
-	22, // 29: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
-	25, // 30: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
-	6,  // 31: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
-	8,  // 32: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
-	10, // 33: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
-	12, // 34: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
-	15, // 35: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
-	17, // 36: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
-	19, // 37: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
-	21, // 38: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
-	24, // 39: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
-	26, // 40: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
-	31, // [31:41] is the sub-list for method output_type
-	21, // [21:31] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	2,  // 21: statestream.v1.OpenGroupResponse.model:type_name -> statestream.v1.ModelInfo
+	5,  // 22: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
+	7,  // 23: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
+	9,  // 24: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
+	11, // 25: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
+	14, // 26: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
+	16, // 27: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
+	18, // 28: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
+	20, // 29: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
+	22, // 30: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
+	25, // 31: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
+	27, // 32: statestream.v1.StateStreamService.OpenGroup:input_type -> statestream.v1.OpenGroupRequest
+	29, // 33: statestream.v1.StateStreamService.StepGroup:input_type -> statestream.v1.StepGroupRequest
+	31, // 34: statestream.v1.StateStreamService.CloseGroup:input_type -> statestream.v1.CloseGroupRequest
+	6,  // 35: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
+	8,  // 36: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
+	10, // 37: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
+	12, // 38: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
+	15, // 39: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
+	17, // 40: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
+	19, // 41: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
+	21, // 42: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
+	24, // 43: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
+	26, // 44: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
+	28, // 45: statestream.v1.StateStreamService.OpenGroup:output_type -> statestream.v1.OpenGroupResponse
+	30, // 46: statestream.v1.StateStreamService.StepGroup:output_type -> statestream.v1.StepGroupResponse
+	32, // 47: statestream.v1.StateStreamService.CloseGroup:output_type -> statestream.v1.CloseGroupResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_statestream_v1_statestream_proto_init() }
@@ -1936,13 +2551,15 @@ func file_statestream_v1_statestream_proto_init() {
 	file_statestream_v1_statestream_proto_msgTypes[17].OneofWrappers = []any{}
 	file_statestream_v1_statestream_proto_msgTypes[18].OneofWrappers = []any{}
 	file_statestream_v1_statestream_proto_msgTypes[20].OneofWrappers = []any{}
+	file_statestream_v1_statestream_proto_msgTypes[28].OneofWrappers = []any{}
+	file_statestream_v1_statestream_proto_msgTypes[29].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_statestream_v1_statestream_proto_rawDesc), len(file_statestream_v1_statestream_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,9 @@ const (
 	StateStreamService_StreamSteps_FullMethodName  = "/statestream.v1.StateStreamService/StreamSteps"
 	StateStreamService_StepFrame_FullMethodName    = "/statestream.v1.StateStreamService/StepFrame"
 	StateStreamService_StreamFrames_FullMethodName = "/statestream.v1.StateStreamService/StreamFrames"
+	StateStreamService_OpenGroup_FullMethodName    = "/statestream.v1.StateStreamService/OpenGroup"
+	StateStreamService_StepGroup_FullMethodName    = "/statestream.v1.StateStreamService/StepGroup"
+	StateStreamService_CloseGroup_FullMethodName   = "/statestream.v1.StateStreamService/CloseGroup"
 )
 
 // StateStreamServiceClient is the client API for StateStreamService service.
@@ -63,6 +66,13 @@ type StateStreamServiceClient interface {
 	StepFrame(ctx context.Context, in *StepFrameRequest, opts ...grpc.CallOption) (*StepFrameResponse, error)
 	// Frames over one stream; one response per frame, in order.
 	StreamFrames(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamFramesRequest, StreamFramesResponse], error)
+	// Open N sessions of one model as a group (a gateway's devices); their
+	// states are contiguous rows on the server, so a group step is one model run.
+	OpenGroup(ctx context.Context, in *OpenGroupRequest, opts ...grpc.CallOption) (*OpenGroupResponse, error)
+	// One step of every member of a group (masked members keep their states).
+	StepGroup(ctx context.Context, in *StepGroupRequest, opts ...grpc.CallOption) (*StepGroupResponse, error)
+	// Close a group and, unless kept, its member sessions.
+	CloseGroup(ctx context.Context, in *CloseGroupRequest, opts ...grpc.CallOption) (*CloseGroupResponse, error)
 }
 
 type stateStreamServiceClient struct {
@@ -179,6 +189,36 @@ func (c *stateStreamServiceClient) StreamFrames(ctx context.Context, opts ...grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StateStreamService_StreamFramesClient = grpc.BidiStreamingClient[StreamFramesRequest, StreamFramesResponse]
 
+func (c *stateStreamServiceClient) OpenGroup(ctx context.Context, in *OpenGroupRequest, opts ...grpc.CallOption) (*OpenGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenGroupResponse)
+	err := c.cc.Invoke(ctx, StateStreamService_OpenGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stateStreamServiceClient) StepGroup(ctx context.Context, in *StepGroupRequest, opts ...grpc.CallOption) (*StepGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StepGroupResponse)
+	err := c.cc.Invoke(ctx, StateStreamService_StepGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stateStreamServiceClient) CloseGroup(ctx context.Context, in *CloseGroupRequest, opts ...grpc.CallOption) (*CloseGroupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CloseGroupResponse)
+	err := c.cc.Invoke(ctx, StateStreamService_CloseGroup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StateStreamServiceServer is the server API for StateStreamService service.
 // All implementations must embed UnimplementedStateStreamServiceServer
 // for forward compatibility.
@@ -203,6 +243,13 @@ type StateStreamServiceServer interface {
 	StepFrame(context.Context, *StepFrameRequest) (*StepFrameResponse, error)
 	// Frames over one stream; one response per frame, in order.
 	StreamFrames(grpc.BidiStreamingServer[StreamFramesRequest, StreamFramesResponse]) error
+	// Open N sessions of one model as a group (a gateway's devices); their
+	// states are contiguous rows on the server, so a group step is one model run.
+	OpenGroup(context.Context, *OpenGroupRequest) (*OpenGroupResponse, error)
+	// One step of every member of a group (masked members keep their states).
+	StepGroup(context.Context, *StepGroupRequest) (*StepGroupResponse, error)
+	// Close a group and, unless kept, its member sessions.
+	CloseGroup(context.Context, *CloseGroupRequest) (*CloseGroupResponse, error)
 	mustEmbedUnimplementedStateStreamServiceServer()
 }
 
@@ -242,6 +289,15 @@ func (UnimplementedStateStreamServiceServer) StepFrame(context.Context, *StepFra
 }
 func (UnimplementedStateStreamServiceServer) StreamFrames(grpc.BidiStreamingServer[StreamFramesRequest, StreamFramesResponse]) error {
 	return status.Error(codes.Unimplemented, "method StreamFrames not implemented")
+}
+func (UnimplementedStateStreamServiceServer) OpenGroup(context.Context, *OpenGroupRequest) (*OpenGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenGroup not implemented")
+}
+func (UnimplementedStateStreamServiceServer) StepGroup(context.Context, *StepGroupRequest) (*StepGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StepGroup not implemented")
+}
+func (UnimplementedStateStreamServiceServer) CloseGroup(context.Context, *CloseGroupRequest) (*CloseGroupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CloseGroup not implemented")
 }
 func (UnimplementedStateStreamServiceServer) mustEmbedUnimplementedStateStreamServiceServer() {}
 func (UnimplementedStateStreamServiceServer) testEmbeddedByValue()                            {}
@@ -422,6 +478,60 @@ func _StateStreamService_StreamFrames_Handler(srv interface{}, stream grpc.Serve
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type StateStreamService_StreamFramesServer = grpc.BidiStreamingServer[StreamFramesRequest, StreamFramesResponse]
 
+func _StateStreamService_OpenGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateStreamServiceServer).OpenGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateStreamService_OpenGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateStreamServiceServer).OpenGroup(ctx, req.(*OpenGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StateStreamService_StepGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StepGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateStreamServiceServer).StepGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateStreamService_StepGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateStreamServiceServer).StepGroup(ctx, req.(*StepGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StateStreamService_CloseGroup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CloseGroupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateStreamServiceServer).CloseGroup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateStreamService_CloseGroup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateStreamServiceServer).CloseGroup(ctx, req.(*CloseGroupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StateStreamService_ServiceDesc is the grpc.ServiceDesc for StateStreamService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -460,6 +570,18 @@ var StateStreamService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StepFrame",
 			Handler:    _StateStreamService_StepFrame_Handler,
+		},
+		{
+			MethodName: "OpenGroup",
+			Handler:    _StateStreamService_OpenGroup_Handler,
+		},
+		{
+			MethodName: "StepGroup",
+			Handler:    _StateStreamService_StepGroup_Handler,
+		},
+		{
+			MethodName: "CloseGroup",
+			Handler:    _StateStreamService_CloseGroup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -28,6 +28,36 @@ export function loadProto(protoPath = DEFAULT_PROTO) {
   return grpc.loadPackageDefinition(definition).statestream.v1;
 }
 
+/** Numbers as the wire's raw tensor bytes: little-endian float32, row-major (the *_raw fields). */
+export function encodeFloats(values) {
+  const buf = Buffer.alloc(4 * values.length);
+  for (let i = 0; i < values.length; i++) buf.writeFloatLE(values[i], 4 * i);
+  return buf;
+}
+
+/** Raw little-endian float32 bytes as numbers; the size must be a multiple of 4. */
+export function decodeFloats(buf) {
+  if (buf.length % 4) throw new StatestreamError(grpc.status.INTERNAL, `${buf.length} raw bytes are not whole float32 values`);
+  const out = new Array(buf.length / 4);
+  for (let i = 0; i < out.length; i++) out[i] = buf.readFloatLE(4 * i);
+  return out;
+}
+
+/** A response's floats: its raw bytes decoded if the server sent them, else the repeated field. */
+function floatsOf(values, raw) {
+  return raw && raw.length ? decodeFloats(raw) : values;
+}
+
+/** Layer states as callers read them ({layer, h, c} numbers), from raw or repeated fields. */
+function decodeStates(layers) {
+  return layers.map((l) => ({ layer: l.layer, h: floatsOf(l.h, l.h_raw), c: floatsOf(l.c, l.c_raw) }));
+}
+
+/** Layer states ({layer, h, c}) in their raw form for a request. */
+function rawStates(layers) {
+  return layers.map((l) => ({ layer: l.layer, h_raw: encodeFloats(l.h ?? []), c_raw: encodeFloats(l.c ?? []) }));
+}
+
 /** A gRPC status (grpc.status.*) with the server's message. */
 export class StatestreamError extends Error {
   constructor(code, details) {
@@ -92,7 +122,7 @@ export class Client {
   async openSession(model, options = {}) {
     const reply = await this.call("OpenSession", {
       model, session_id: options.sessionId ?? "", idle_timeout_seconds: options.idleTimeoutSeconds ?? 0,
-      initial_states: options.initialStates ?? [],
+      initial_states: rawStates(options.initialStates ?? []),
     }, this.timeoutMs, options.sessionId ?? "");
     return new Session(this, reply.session_id, reply.model);
   }
@@ -113,7 +143,8 @@ export class Session {
 
   /** input: F numbers (one timestep), T x F nested, or T*F flat; Keras's per-call choices in `options`. */
   request(input, { returnSequences = false, returnState = false, sequenceNumber } = {}) {
-    const req = { session_id: this.id, input: input.flat(), return_sequences: returnSequences, return_state: returnState };
+    const req = { session_id: this.id, input_raw: encodeFloats(input.flat()), raw_output: true,
+      return_sequences: returnSequences, return_state: returnState };
     if (sequenceNumber !== undefined && sequenceNumber !== null) req.sequence_number = sequenceNumber;
     return req;
   }
@@ -122,9 +153,10 @@ export class Session {
   result(reply) {
     const width = this.info.output_size;
     const output = [];
-    for (let i = 0; i + width <= reply.output.length; i += width) output.push(reply.output.slice(i, i + width));
+    const values = floatsOf(reply.output, reply.output_raw);
+    for (let i = 0; i + width <= values.length; i += width) output.push(values.slice(i, i + width));
     const states = {};
-    for (const l of reply.states) states[l.layer] = l.c.length ? { h: l.h, c: l.c } : { h: l.h };
+    for (const l of decodeStates(reply.states)) states[l.layer] = l.c.length ? { h: l.h, c: l.c } : { h: l.h };
     return { output, last: output.at(-1), states, stepCount: reply.step_count, replayed: reply.replayed, raw: reply };
   }
 
@@ -163,15 +195,17 @@ export class Session {
 
   /** {session_id, model, layers: [{layer, h, c}], step_count, last_sequence_number} */
   async getState() {
-    return (await this.call("GetState", { session_id: this.id })).state;
+    const { state } = await this.call("GetState", { session_id: this.id, raw_output: true });
+    return { ...state, layers: decodeStates(state.layers) };
   }
 
   /** Overwrites states (every layer) and, when given, the counters; takes what getState returned. */
   async setState({ layers, step_count, last_sequence_number }) {
-    const req = { session_id: this.id, layers };
+    const req = { session_id: this.id, layers: rawStates(layers) };
     if (step_count !== undefined) req.step_count = step_count;
     if (last_sequence_number !== undefined) req.last_sequence_number = last_sequence_number;
-    return (await this.call("SetState", req)).state;
+    const { state } = await this.call("SetState", req);
+    return { ...state, layers: decodeStates(state.layers) };
   }
 
   /** Closes the session; resolves to its step count. */

@@ -1,8 +1,8 @@
 """Python client for statestream: sessions that keep recurrent state on the server."""
 
-from .client import Client, Session, SessionState
+from .client import Client, Group, Session, SessionState
 from .errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
 
-__all__ = ["Client", "Session", "SessionState", "StatestreamError", "InvalidArgument", "NotFound", "AlreadyExists",
+__all__ = ["Client", "Group", "Session", "SessionState", "StatestreamError", "InvalidArgument", "NotFound", "AlreadyExists",
            "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated", "DeadlineExceeded", "Internal"]

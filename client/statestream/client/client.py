@@ -29,14 +29,44 @@ DEFAULT_CHANNEL_OPTIONS = {
 }
 
 
+F32 = np.dtype("<f4")  # tensors travel as little-endian float32 bytes (the *_raw fields)
+
+
+def to_raw(x) -> bytes:
+    """float32 values as the wire's raw bytes (little-endian, row-major)."""
+    return np.ascontiguousarray(x, dtype=F32).tobytes()
+
+
+def floats(values, raw: bytes) -> np.ndarray:
+    """A response's floats, from its raw bytes if the server sent them, else from the repeated field."""
+    return np.frombuffer(raw, dtype=F32).astype(np.float32) if raw else np.array(values, dtype=np.float32)
+
+
 def states_from_proto(layers) -> States:
-    return {l.layer: {"h": np.array(l.h, dtype=np.float32), **({"c": np.array(l.c, dtype=np.float32)} if l.c else {})}
-            for l in layers}
+    out: States = {}
+    for l in layers:
+        out[l.layer] = {"h": floats(l.h, l.h_raw)}
+        if l.c or l.c_raw:
+            out[l.layer]["c"] = floats(l.c, l.c_raw)
+    return out
 
 
 def states_to_proto(states: States) -> list[pb.LayerState]:
-    return [pb.LayerState(layer=name, h=np.asarray(s["h"], np.float32).ravel(),
-                          c=np.asarray(s.get("c", ()), np.float32).ravel()) for name, s in states.items()]
+    return [pb.LayerState(layer=name, h_raw=to_raw(s["h"]), c_raw=to_raw(s.get("c", ()))) for name, s in states.items()]
+
+
+class _Closes:
+    """Context manager: `close()` on leaving; an error from close is raised only if the block raised none."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc[0] is None:
+                raise
 
 
 @dataclass
@@ -131,8 +161,16 @@ class Client:
             s.last_sequence_number = s.get_state().last_sequence_number
         return s
 
+    def group(self, model: str, size: int = 0, *, session_ids: list[str] | None = None, group_id: str = "",
+              idle_timeout: float = 0.0) -> "Group":
+        """Open a session group: `size` new sessions (random ids) or the given `session_ids`, stepped together
+        by `Group.step` with one message; each member is also an ordinary session (`Group.sessions`)."""
+        reply = self.call("OpenGroup", pb.OpenGroupRequest(model=model, size=size, session_ids=session_ids or [],
+                                                           group_id=group_id, idle_timeout_seconds=idle_timeout))
+        return Group(self, reply.group_id, list(reply.session_ids), reply.model)
 
-class Session:
+
+class Session(_Closes):
     """One server-side session: its states stay on the server between calls.
 
     Every call names the session in the x-session-id header, so a proxy can keep it on one replica.
@@ -153,16 +191,6 @@ class Session:
         self.last_sequence_number = 0  # the last acknowledged one (exactly-once mode)
         self.metadata = client.metadata + ((SESSION_HEADER, session_id),)
 
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.close()
-        except Exception:
-            if exc[0] is None:
-                raise
-
     def __repr__(self) -> str:
         return f"Session({self.id!r}, model={self.info.name!r})"
 
@@ -171,16 +199,15 @@ class Session:
 
     def request(self, x, return_sequences: bool, return_state: bool, sequence_number: int | None) -> pb.StepRequest:
         """The StepRequest for input x (F,) or (T, F)."""
-        x = np.asarray(x, dtype=np.float32)
-        req = pb.StepRequest(session_id=self.id, input=x.ravel(), return_sequences=return_sequences,
-                             return_state=return_state)
+        req = pb.StepRequest(session_id=self.id, input_raw=to_raw(x), raw_output=True,
+                             return_sequences=return_sequences, return_state=return_state)
         if sequence_number is not None:
             req.sequence_number = sequence_number
         return req
 
     def result(self, reply: pb.StepResponse, return_sequences: bool, return_state: bool):
         """A StepResponse as numpy, shaped like Keras (see `step`)."""
-        y = np.array(reply.output, dtype=np.float32).reshape(reply.rows, self.info.output_size)
+        y = floats(reply.output, reply.output_raw).reshape(reply.rows, self.info.output_size)
         if not return_sequences:
             y = y[-1]
         return (y, states_from_proto(reply.states)) if return_state else y
@@ -221,7 +248,7 @@ class Session:
         return run(self, steps, return_sequences, return_state, timeout)
 
     def get_state(self) -> SessionState:
-        st = self._call("GetState", pb.GetStateRequest(session_id=self.id), retry=self.exactly_once).state
+        st = self._call("GetState", pb.GetStateRequest(session_id=self.id, raw_output=True), retry=self.exactly_once).state
         return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
                             st.session_id)
 
@@ -245,3 +272,40 @@ class Session:
     def close(self) -> int:
         """Close the session; returns its step count."""
         return self._call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count
+
+
+class Group(_Closes):
+    """A session group: N sessions whose states the server keeps side by side, stepped by one message."""
+
+    def __init__(self, client: Client, group_id: str, session_ids: list[str], info: pb.ModelInfo):
+        self.client = client
+        self.id = group_id
+        self.session_ids = session_ids
+        self.info = info
+        self.sessions = [Session(client, sid, info) for sid in session_ids]
+
+    def __len__(self) -> int:
+        return len(self.session_ids)
+
+    def step(self, x, masked=(), sequence_number: int | None = None, return_sequences: bool = False,
+             timeout: float | None = None) -> np.ndarray:
+        """x: (N, F) for one timestep of every member, or (N, T, F). Members listed in `masked` are not
+        stepped (they keep their states; their rows of the result are zero).
+
+        Returns (N, O), or (N, T, O) with return_sequences. `sequence_number` (the group's last + 1) makes
+        the step exactly-once: a retry of it returns the recorded result without stepping again."""
+        x = np.asarray(x, dtype=np.float32)
+        n = len(self.session_ids)
+        T = 1 if x.ndim == 2 else x.shape[1]
+        req = pb.StepGroupRequest(group_id=self.id, inputs_raw=to_raw(x), timesteps=T, masked=list(masked),
+                                  return_sequences=return_sequences, raw_output=True)
+        if sequence_number is not None:
+            req.sequence_number = sequence_number
+        reply = self.client.call("StepGroup", req, timeout)
+        y = floats(reply.outputs, reply.outputs_raw).reshape(n, reply.rows, self.info.output_size)
+        return y if return_sequences else y[:, -1]
+
+    def close(self, keep_sessions: bool = False) -> int:
+        """Close the group and (unless kept) its member sessions; returns the group steps applied."""
+        reply = self.client.call("CloseGroup", pb.CloseGroupRequest(group_id=self.id, keep_sessions=keep_sessions))
+        return reply.step_count

@@ -58,14 +58,18 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., features: _Optional[int] = ..., output_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., max_timesteps: _Optional[int] = ..., sha256: _Optional[str] = ..., exported_with: _Optional[_Mapping[str, str]] = ..., parity_max_abs_error: _Optional[float] = ...) -> None: ...
 
 class LayerState(_message.Message):
-    __slots__ = ("layer", "h", "c")
+    __slots__ = ("layer", "h", "c", "h_raw", "c_raw")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     H_FIELD_NUMBER: _ClassVar[int]
     C_FIELD_NUMBER: _ClassVar[int]
+    H_RAW_FIELD_NUMBER: _ClassVar[int]
+    C_RAW_FIELD_NUMBER: _ClassVar[int]
     layer: str
     h: _containers.RepeatedScalarFieldContainer[float]
     c: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, layer: _Optional[str] = ..., h: _Optional[_Iterable[float]] = ..., c: _Optional[_Iterable[float]] = ...) -> None: ...
+    h_raw: bytes
+    c_raw: bytes
+    def __init__(self, layer: _Optional[str] = ..., h: _Optional[_Iterable[float]] = ..., c: _Optional[_Iterable[float]] = ..., h_raw: _Optional[bytes] = ..., c_raw: _Optional[bytes] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -146,10 +150,12 @@ class SessionState(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., step_count: _Optional[int] = ..., last_sequence_number: _Optional[int] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "raw_output")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RAW_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    raw_output: bool
+    def __init__(self, session_id: _Optional[str] = ..., raw_output: _Optional[bool] = ...) -> None: ...
 
 class GetStateResponse(_message.Message):
     __slots__ = ("state",)
@@ -176,7 +182,7 @@ class SetStateResponse(_message.Message):
     def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ...) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "input", "return_sequences", "return_state", "sequence_number", "model", "open_if_missing")
+    __slots__ = ("session_id", "input", "return_sequences", "return_state", "sequence_number", "model", "open_if_missing", "input_raw", "raw_output")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     RETURN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +190,8 @@ class StepRequest(_message.Message):
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OPEN_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
+    INPUT_RAW_FIELD_NUMBER: _ClassVar[int]
+    RAW_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     input: _containers.RepeatedScalarFieldContainer[float]
     return_sequences: bool
@@ -191,10 +199,12 @@ class StepRequest(_message.Message):
     sequence_number: int
     model: str
     open_if_missing: bool
-    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[_Iterable[float]] = ..., return_sequences: _Optional[bool] = ..., return_state: _Optional[bool] = ..., sequence_number: _Optional[int] = ..., model: _Optional[str] = ..., open_if_missing: _Optional[bool] = ...) -> None: ...
+    input_raw: bytes
+    raw_output: bool
+    def __init__(self, session_id: _Optional[str] = ..., input: _Optional[_Iterable[float]] = ..., return_sequences: _Optional[bool] = ..., return_state: _Optional[bool] = ..., sequence_number: _Optional[int] = ..., model: _Optional[str] = ..., open_if_missing: _Optional[bool] = ..., input_raw: _Optional[bytes] = ..., raw_output: _Optional[bool] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("session_id", "output", "rows", "states", "step_count", "sequence_number", "replayed")
+    __slots__ = ("session_id", "output", "rows", "states", "step_count", "sequence_number", "replayed", "output_raw")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +212,7 @@ class StepResponse(_message.Message):
     STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_RAW_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     output: _containers.RepeatedScalarFieldContainer[float]
     rows: int
@@ -209,7 +220,8 @@ class StepResponse(_message.Message):
     step_count: int
     sequence_number: int
     replayed: bool
-    def __init__(self, session_id: _Optional[str] = ..., output: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., step_count: _Optional[int] = ..., sequence_number: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    output_raw: bytes
+    def __init__(self, session_id: _Optional[str] = ..., output: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., step_count: _Optional[int] = ..., sequence_number: _Optional[int] = ..., replayed: _Optional[bool] = ..., output_raw: _Optional[bytes] = ...) -> None: ...
 
 class StreamStepsRequest(_message.Message):
     __slots__ = ("step",)
@@ -230,7 +242,7 @@ class StreamStepsResponse(_message.Message):
     def __init__(self, step: _Optional[_Union[StepResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., session_id: _Optional[str] = ..., sequence_number: _Optional[int] = ...) -> None: ...
 
 class StepFrameRequest(_message.Message):
-    __slots__ = ("model", "session_ids", "inputs", "timesteps", "return_sequences", "return_state", "open_if_missing", "sequence_numbers")
+    __slots__ = ("model", "session_ids", "inputs", "timesteps", "return_sequences", "return_state", "open_if_missing", "sequence_numbers", "inputs_raw", "raw_output")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +251,8 @@ class StepFrameRequest(_message.Message):
     RETURN_STATE_FIELD_NUMBER: _ClassVar[int]
     OPEN_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_RAW_FIELD_NUMBER: _ClassVar[int]
+    RAW_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     inputs: _containers.RepeatedScalarFieldContainer[float]
@@ -247,7 +261,9 @@ class StepFrameRequest(_message.Message):
     return_state: bool
     open_if_missing: bool
     sequence_numbers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[float]] = ..., timesteps: _Optional[int] = ..., return_sequences: _Optional[bool] = ..., return_state: _Optional[bool] = ..., open_if_missing: _Optional[bool] = ..., sequence_numbers: _Optional[_Iterable[int]] = ...) -> None: ...
+    inputs_raw: bytes
+    raw_output: bool
+    def __init__(self, model: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., inputs: _Optional[_Iterable[float]] = ..., timesteps: _Optional[int] = ..., return_sequences: _Optional[bool] = ..., return_state: _Optional[bool] = ..., open_if_missing: _Optional[bool] = ..., sequence_numbers: _Optional[_Iterable[int]] = ..., inputs_raw: _Optional[bytes] = ..., raw_output: _Optional[bool] = ...) -> None: ...
 
 class FrameEntryError(_message.Message):
     __slots__ = ("index", "error")
@@ -258,18 +274,20 @@ class FrameEntryError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class StepFrameResponse(_message.Message):
-    __slots__ = ("outputs", "rows", "step_counts", "errors", "states")
+    __slots__ = ("outputs", "rows", "step_counts", "errors", "states", "outputs_raw")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     STEP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_RAW_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedScalarFieldContainer[float]
     rows: int
     step_counts: _containers.RepeatedScalarFieldContainer[int]
     errors: _containers.RepeatedCompositeFieldContainer[FrameEntryError]
     states: _containers.RepeatedCompositeFieldContainer[LayerState]
-    def __init__(self, outputs: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., step_counts: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[FrameEntryError, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ...) -> None: ...
+    outputs_raw: bytes
+    def __init__(self, outputs: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., step_counts: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[FrameEntryError, _Mapping]]] = ..., states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., outputs_raw: _Optional[bytes] = ...) -> None: ...
 
 class StreamFramesRequest(_message.Message):
     __slots__ = ("frame",)
@@ -284,3 +302,83 @@ class StreamFramesResponse(_message.Message):
     frame: StepFrameResponse
     error: Error
     def __init__(self, frame: _Optional[_Union[StepFrameResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class OpenGroupRequest(_message.Message):
+    __slots__ = ("model", "group_id", "size", "session_ids", "idle_timeout_seconds")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    group_id: str
+    size: int
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    idle_timeout_seconds: float
+    def __init__(self, model: _Optional[str] = ..., group_id: _Optional[str] = ..., size: _Optional[int] = ..., session_ids: _Optional[_Iterable[str]] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class OpenGroupResponse(_message.Message):
+    __slots__ = ("group_id", "session_ids", "model", "idle_timeout_seconds")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    model: ModelInfo
+    idle_timeout_seconds: float
+    def __init__(self, group_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class StepGroupRequest(_message.Message):
+    __slots__ = ("group_id", "inputs_raw", "inputs", "timesteps", "masked", "sequence_number", "return_sequences", "raw_output")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_RAW_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RETURN_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    RAW_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    inputs_raw: bytes
+    inputs: _containers.RepeatedScalarFieldContainer[float]
+    timesteps: int
+    masked: _containers.RepeatedScalarFieldContainer[int]
+    sequence_number: int
+    return_sequences: bool
+    raw_output: bool
+    def __init__(self, group_id: _Optional[str] = ..., inputs_raw: _Optional[bytes] = ..., inputs: _Optional[_Iterable[float]] = ..., timesteps: _Optional[int] = ..., masked: _Optional[_Iterable[int]] = ..., sequence_number: _Optional[int] = ..., return_sequences: _Optional[bool] = ..., raw_output: _Optional[bool] = ...) -> None: ...
+
+class StepGroupResponse(_message.Message):
+    __slots__ = ("group_id", "outputs_raw", "outputs", "rows", "step_count", "sequence_number", "replayed")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_RAW_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    outputs_raw: bytes
+    outputs: _containers.RepeatedScalarFieldContainer[float]
+    rows: int
+    step_count: int
+    sequence_number: int
+    replayed: bool
+    def __init__(self, group_id: _Optional[str] = ..., outputs_raw: _Optional[bytes] = ..., outputs: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., step_count: _Optional[int] = ..., sequence_number: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+
+class CloseGroupRequest(_message.Message):
+    __slots__ = ("group_id", "keep_sessions")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    KEEP_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    keep_sessions: bool
+    def __init__(self, group_id: _Optional[str] = ..., keep_sessions: _Optional[bool] = ...) -> None: ...
+
+class CloseGroupResponse(_message.Message):
+    __slots__ = ("step_count", "closed_sessions")
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    step_count: int
+    closed_sessions: int
+    def __init__(self, step_count: _Optional[int] = ..., closed_sessions: _Optional[int] = ...) -> None: ...

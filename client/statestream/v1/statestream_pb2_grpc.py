@@ -84,6 +84,21 @@ class StateStreamServiceStub:
                 request_serializer=statestream_dot_v1_dot_statestream__pb2.StreamFramesRequest.SerializeToString,
                 response_deserializer=statestream_dot_v1_dot_statestream__pb2.StreamFramesResponse.FromString,
                 _registered_method=True)
+        self.OpenGroup = channel.unary_unary(
+                '/statestream.v1.StateStreamService/OpenGroup',
+                request_serializer=statestream_dot_v1_dot_statestream__pb2.OpenGroupRequest.SerializeToString,
+                response_deserializer=statestream_dot_v1_dot_statestream__pb2.OpenGroupResponse.FromString,
+                _registered_method=True)
+        self.StepGroup = channel.unary_unary(
+                '/statestream.v1.StateStreamService/StepGroup',
+                request_serializer=statestream_dot_v1_dot_statestream__pb2.StepGroupRequest.SerializeToString,
+                response_deserializer=statestream_dot_v1_dot_statestream__pb2.StepGroupResponse.FromString,
+                _registered_method=True)
+        self.CloseGroup = channel.unary_unary(
+                '/statestream.v1.StateStreamService/CloseGroup',
+                request_serializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.SerializeToString,
+                response_deserializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.FromString,
+                _registered_method=True)
 
 
 class StateStreamServiceServicer:
@@ -159,6 +174,28 @@ class StateStreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenGroup(self, request, context):
+        """Open N sessions of one model as a group (a gateway's devices); their
+        states are contiguous rows on the server, so a group step is one model run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StepGroup(self, request, context):
+        """One step of every member of a group (masked members keep their states).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseGroup(self, request, context):
+        """Close a group and, unless kept, its member sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateStreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +248,21 @@ def add_StateStreamServiceServicer_to_server(servicer, server):
                     servicer.StreamFrames,
                     request_deserializer=statestream_dot_v1_dot_statestream__pb2.StreamFramesRequest.FromString,
                     response_serializer=statestream_dot_v1_dot_statestream__pb2.StreamFramesResponse.SerializeToString,
+            ),
+            'OpenGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenGroup,
+                    request_deserializer=statestream_dot_v1_dot_statestream__pb2.OpenGroupRequest.FromString,
+                    response_serializer=statestream_dot_v1_dot_statestream__pb2.OpenGroupResponse.SerializeToString,
+            ),
+            'StepGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.StepGroup,
+                    request_deserializer=statestream_dot_v1_dot_statestream__pb2.StepGroupRequest.FromString,
+                    response_serializer=statestream_dot_v1_dot_statestream__pb2.StepGroupResponse.SerializeToString,
+            ),
+            'CloseGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseGroup,
+                    request_deserializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.FromString,
+                    response_serializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +535,87 @@ class StateStreamService:
             '/statestream.v1.StateStreamService/StreamFrames',
             statestream_dot_v1_dot_statestream__pb2.StreamFramesRequest.SerializeToString,
             statestream_dot_v1_dot_statestream__pb2.StreamFramesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statestream.v1.StateStreamService/OpenGroup',
+            statestream_dot_v1_dot_statestream__pb2.OpenGroupRequest.SerializeToString,
+            statestream_dot_v1_dot_statestream__pb2.OpenGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statestream.v1.StateStreamService/StepGroup',
+            statestream_dot_v1_dot_statestream__pb2.StepGroupRequest.SerializeToString,
+            statestream_dot_v1_dot_statestream__pb2.StepGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statestream.v1.StateStreamService/CloseGroup',
+            statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.SerializeToString,
+            statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.FromString,
             options,
             channel_credentials,
             insecure,

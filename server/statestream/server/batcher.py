@@ -319,13 +319,33 @@ class Batcher:
         if statuses is not None and any(st in ("conflict", "missing") for st in statuses):
             await self._redo(units, statuses)
 
+    async def run_block(self, start: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One model run on the contiguous slab rows [start, start + N) of a session group, x: [N,T,F].
+
+        No gather: the states are a view of the slab. The caller keeps the batcher off those sessions
+        (they are idle and nothing is awaited before it applies, or it holds them) and applies the result.
+        Inline when small, else on the executor, like a queued run; recorded in the metrics."""
+        n = x.shape[0]
+        t0 = time.perf_counter()
+        if n * x.shape[1] <= self.inline_max_batch:
+            y, new_states = self._infer(x, self.slab.rows[start:start + n])
+        else:
+            y, new_states = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._infer, x, self.slab.rows[start:start + n])
+        self.policy.ran(n)
+        if self.metrics is not None:
+            self.metrics.observe_batch(self.runner.name, n, x.shape[1], 0.0, time.perf_counter() - t0)
+        return y, new_states
+
     def _model(self, x: np.ndarray, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
         """One model run; any failure becomes Internal (nothing applied)."""
         if len(sessions) == 1:
             slot = sessions[0].slot
-            states = self.slab.rows[slot:slot + 1]
-        else:
-            states = self.slab.rows[[s.slot for s in sessions]]
+            return self._infer(x, self.slab.rows[slot:slot + 1])
+        return self._infer(x, self.slab.rows[[s.slot for s in sessions]])
+
+    def _infer(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model on these states; any failure becomes Internal (nothing applied)."""
         try:
             y, new_states = self.runner.run(x, states)
         except Exception as e:

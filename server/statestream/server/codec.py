@@ -28,30 +28,88 @@ def model_info(runner: ModelRunner, max_timesteps: int) -> pb.ModelInfo:
     )
 
 
-def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "input") -> np.ndarray:
-    """Request floats as float32 [T, F]; INVALID_ARGUMENT names expected vs got."""
-    x = np.array(values[:] if len(values) < 64 else values, dtype=np.float32)  # a list converts 2x faster when short
+F32 = np.dtype("<f4")  # the raw wire format: little-endian float32, like KServe's raw contents
+
+
+def raw_floats(data: bytes, what: str) -> np.ndarray:
+    """Raw bytes as a read-only float32 view (no copy, no per-element work); the size must be a multiple of 4."""
+    if len(data) % 4:
+        raise InvalidArgument(f"{what} has {len(data)} bytes; expected a multiple of 4 (little-endian float32)")
+    return np.frombuffer(data, dtype=F32)
+
+
+def one_of(values, data: bytes, name: str) -> tuple[object, bool]:
+    """(the values a request carries, raw?): exactly one of `name` (repeated float) and `name`_raw (bytes)."""
+    if data:
+        if len(values):
+            raise InvalidArgument(f"both {name} ({len(values)} floats) and {name}_raw ({len(data)} bytes) are set; "
+                                  "send exactly one")
+        return data, True
+    return values, False
+
+
+def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "input", raw: bytes = b"") -> np.ndarray:
+    """Request floats (or raw float32 bytes) as float32 [T, F]; INVALID_ARGUMENT names expected vs got."""
+    values, is_raw = one_of(values, raw, what)
     F = runner.features
+    if is_raw:
+        if len(values) % (4 * F):
+            raise InvalidArgument(f"{what}_raw has {len(values)} bytes; model {runner.name!r} expects "
+                                  f"T x {F} float32 = a multiple of {4 * F} bytes (T >= 1)")
+        x = raw_floats(values, f"{what}_raw")
+    else:
+        x = np.array(values[:] if len(values) < 64 else values, dtype=np.float32)  # a list converts 2x faster when short
     n = x.size
     if n == 0 or n % F:
         raise InvalidArgument(f"{what} has {n} values; model {runner.name!r} expects T x {F} (T >= 1)")
     T = n // F
     if T > max_timesteps:
         raise InvalidArgument(f"{what} has T={T} timesteps; the limit is {max_timesteps} (--max-timesteps)")
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise InvalidArgument(f"{what} value {bad} is {x[bad]}; NaN and Inf are refused")
+    check_finite(x, what)
     return x.reshape(T, F)
 
 
-def layer_states(runner: ModelRunner, rows: np.ndarray) -> list[pb.LayerState]:
+def check_finite(x: np.ndarray, what: str) -> None:
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise InvalidArgument(f"{what} value {bad} is {x[bad]}; NaN and Inf are refused")
+
+
+def parse_block(runner: ModelRunner, values, raw: bytes, n: int, T: int, what: str = "inputs") -> np.ndarray:
+    """An N x T x F block from repeated floats or raw bytes (exactly one) as float32 [N, T, F]; not checked for NaN."""
+    values, is_raw = one_of(values, raw, what)
+    F = runner.features
+    want = n * T * F
+    if is_raw:
+        if len(values) != 4 * want:
+            raise InvalidArgument(f"{what}_raw has {len(values)} bytes; model {runner.name!r} expects "
+                                  f"N x T x F x 4 = {n} x {T} x {F} x 4 = {4 * want} bytes")
+        x = raw_floats(values, f"{what}_raw")
+    else:
+        x = np.asarray(values, dtype=np.float32)
+        if x.size != want:
+            raise InvalidArgument(
+                f"{what} has {x.size} values; model {runner.name!r} expects N x T x F = {n} x {T} x {F} = {want}")
+    return x.reshape(n, T, F)
+
+
+def put_floats(msg, name: str, values: np.ndarray, raw: bool) -> None:
+    """Fill msg.`name` (repeated float) or, raw, msg.`name`_raw (bytes) with float32 values."""
+    if raw:
+        setattr(msg, f"{name}_raw", np.ascontiguousarray(values, dtype=F32).tobytes())
+    else:
+        getattr(msg, name).extend(values.ravel().tolist())
+
+
+def layer_states(runner: ModelRunner, rows: np.ndarray, raw: bool = False) -> list[pb.LayerState]:
     """A state row [W] (or N rows [N,W], then N x units values each) as one LayerState per layer."""
     parts = iter(runner.split_state(rows))
     out = []
     for layer in runner.manifest.layers:
-        msg = pb.LayerState(layer=layer.name, h=next(parts).ravel().tolist())
+        msg = pb.LayerState(layer=layer.name)
+        put_floats(msg, "h", next(parts), raw)
         if len(layer.state_names) == 2:
-            msg.c.extend(next(parts).ravel().tolist())
+            put_floats(msg, "c", next(parts), raw)
         out.append(msg)
     return out
 
@@ -74,11 +132,15 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
     for layer in runner.manifest.layers:
         msg = by_name[layer.name]
         for kind in ("h", "c"):
-            values = getattr(msg, kind)
+            values, is_raw = one_of(getattr(msg, kind), getattr(msg, f"{kind}_raw"), f"layer {layer.name!r} {kind}")
+            if is_raw:
+                values = raw_floats(values, f"layer {layer.name!r} {kind}_raw")
             if kind in layer.state_names:
                 if len(values) != layer.units:
                     raise InvalidArgument(
-                        f"layer {layer.name!r} {kind} has {len(values)} values; expected {layer.units}")
+                        f"layer {layer.name!r} {kind}{'_raw' if is_raw else ''} has "
+                        + (f"{len(values) * 4} bytes; expected {layer.units} x 4 = {layer.units * 4}" if is_raw
+                           else f"{len(values)} values; expected {layer.units}"))
                 parts.append(np.asarray(values, dtype=np.float32))
             elif len(values):
                 raise InvalidArgument(f"layer {layer.name!r} is {layer.cell}: it has no {kind} state")
@@ -89,17 +151,17 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
 
 
 def step_response(runner: ModelRunner, sid: str, res: StepResult, return_sequences: bool, return_state: bool,
-                  replayed: bool = False) -> pb.StepResponse:
+                  replayed: bool = False, raw: bool = False) -> pb.StepResponse:
     out = res.output if return_sequences else res.output[-1:]
-    msg = pb.StepResponse(session_id=sid, output=out.ravel().tolist(), rows=out.shape[0], step_count=res.step_count,
-                          replayed=replayed)
+    msg = pb.StepResponse(session_id=sid, rows=out.shape[0], step_count=res.step_count, replayed=replayed)
+    put_floats(msg, "output", out, raw)
     if res.sequence_number is not None:
         msg.sequence_number = res.sequence_number
     if return_state:
-        msg.states.extend(layer_states(runner, res.state))
+        msg.states.extend(layer_states(runner, res.state, raw))
     return msg
 
 
-def session_state(runner: ModelRunner, s, row: np.ndarray) -> pb.SessionState:
-    return pb.SessionState(session_id=s.id, model=s.model, layers=layer_states(runner, row),
+def session_state(runner: ModelRunner, s, row: np.ndarray, raw: bool = False) -> pb.SessionState:
+    return pb.SessionState(session_id=s.id, model=s.model, layers=layer_states(runner, row, raw),
                            step_count=s.step_count, last_sequence_number=s.last_seq)

@@ -30,19 +30,14 @@ class FrameStepper:
         runner = self.table.runner(req.model)
         n = len(req.session_ids)
         T = req.timesteps or 1
-        F = runner.features
         if n == 0:
             raise InvalidArgument("frame has no session_ids")
         if T > self.max_timesteps:
             raise InvalidArgument(f"frame has T={T} timesteps; the limit is {self.max_timesteps} (--max-timesteps)")
-        x = np.asarray(req.inputs, dtype=np.float32)
-        if x.size != n * T * F:
-            raise InvalidArgument(
-                f"inputs has {x.size} values; model {runner.name!r} expects N x T x F = {n} x {T} x {F} = {n * T * F}")
+        x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
         seqs = req.sequence_numbers
         if len(seqs) not in (0, n):
             raise InvalidArgument(f"sequence_numbers has {len(seqs)} entries; expected 0 or {n}")
-        x = x.reshape(n, T, F)
         finite = np.isfinite(x).all(axis=(1, 2)).tolist()
         batcher = self.batchers[runner.name]
         errors: list[tuple[int, StatestreamError]] = []
@@ -130,10 +125,11 @@ class FrameStepper:
     def _response(self, runner, req, rows, outputs, counts, states, errors) -> pb.StepFrameResponse:
         errors.sort(key=lambda p: p[0])
         msg = pb.StepFrameResponse(
-            outputs=outputs.ravel().tolist(), rows=rows, step_counts=counts.tolist(),
+            rows=rows, step_counts=counts.tolist(),
             errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
                     for i, e in errors])
+        codec.put_floats(msg, "outputs", outputs, req.raw_output)
         if states is not None:
-            msg.states.extend(codec.layer_states(runner, states))
+            msg.states.extend(codec.layer_states(runner, states, req.raw_output))
         return msg
 

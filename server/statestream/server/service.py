@@ -16,6 +16,7 @@ from .batcher import Batcher
 from .directory import Directory
 from .errors import InvalidArgument, StatestreamError, Unavailable, as_domain_error, code_number
 from .frames import FrameStepper
+from .groups import Groups
 from .sessions import Session, SessionTable
 from .wire import Undecodable, check
 
@@ -55,6 +56,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.metrics = metrics
         self.draining = False
         self.frames: FrameStepper | None = None
+        self.groups: Groups | None = None
         self._infos: dict[str, pb.ModelInfo] = {}
 
     def attach(self, table: SessionTable, batchers: dict[str, Batcher], directory: Directory) -> None:
@@ -63,6 +65,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.batchers = batchers
         self.directory = directory
         self.frames = FrameStepper(table, batchers, directory, self.max_timesteps, self.check_open)
+        self.groups = Groups(table, batchers, directory, self.max_timesteps, self.check_open)
         self.table = table
 
     # -- helpers shared by every RPC -------------------------------------------------
@@ -121,14 +124,14 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
         try:
-            x = codec.parse_input(runner, req.input, self.max_timesteps)
+            x = codec.parse_input(runner, req.input, self.max_timesteps, raw=req.input_raw)
             seq = req.sequence_number if req.HasField("sequence_number") else None
             self.table.touch(s)
             res, replayed = await self.batchers[s.model].step(s, x, seq, stream)
         except StatestreamError:
             await self.directory.abandon(s, opened)
             raise
-        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed)
+        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed, req.raw_output)
 
     # -- models ---------------------------------------------------------------------
 
@@ -163,7 +166,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         s = await self.directory.fresh(request.session_id, self.auth.owner(context))
         self.table.touch(s)
         runner = self.table.runners[s.model]
-        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
+        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s), request.raw_output))
 
     @unary
     async def SetState(self, request, context):
@@ -232,6 +235,20 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
         async for reply in self.in_order(request_iterator, answer, "StreamFrames"):
             yield reply
+
+    # -- session groups -------------------------------------------------------------
+
+    @unary
+    async def OpenGroup(self, request, context):
+        return await self.groups.open(request, self.auth.owner(context))
+
+    @unary
+    async def StepGroup(self, request, context):
+        return await self.groups.step(request, self.auth.owner(context))
+
+    @unary
+    async def CloseGroup(self, request, context):
+        return await self.groups.close(request, self.auth.owner(context))
 
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}

@@ -272,6 +272,29 @@ class Slab:
         self.rows[slot] = 0.0
         return slot
 
+    def alloc_block(self, n: int) -> int:
+        """n contiguous rows (a session group): a run of free rows if there is one, else new rows at the end.
+        Returns the first row."""
+        free = np.sort(np.array(self._free, dtype=np.int64))
+        start = None
+        if len(free) >= n:  # a run of n consecutive free rows: free[i + n - 1] - free[i] == n - 1
+            runs = np.flatnonzero(free[n - 1:] - free[:len(free) - n + 1] == n - 1)
+            if len(runs):
+                start = int(free[runs[0]])
+        if start is None:
+            old = self.rows.shape[0]
+            cap = old + max(n, old)
+            grown = np.zeros((cap, self.width), dtype=np.float32)
+            grown[:old] = self.rows
+            self.rows = grown
+            self._free = list(range(cap - 1, old + n - 1, -1)) + self._free  # the rest, used after older free rows
+            start = old
+        else:
+            taken = set(range(start, start + n))
+            self._free = [f for f in self._free if f not in taken]
+        self.rows[start:start + n] = 0.0
+        return start
+
     def free(self, slot: int) -> None:
         self._free.append(slot)
 
@@ -324,9 +347,27 @@ class SessionTable:
         self._check_room()
         return self._insert(Session(sid, model, self.slabs[model].alloc(), owner, timeout, self.clock()))
 
-    def _check_room(self) -> None:
-        if len(self._sessions) >= self.max_sessions:
-            raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)")
+    def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None) -> list[Session]:
+        """Open N sessions whose state rows are contiguous (a session group), in order; all or none.
+        An empty id picks a random one."""
+        self.runner(model)
+        timeout = self.check_timeout(timeout)
+        sids = [sid or secrets.token_hex(16) for sid in sids]
+        if len(set(sids)) != len(sids):
+            raise InvalidArgument("session_ids has duplicates")
+        for sid in sids:
+            check_session_id(sid)
+            if _key(sid, owner) in self._sessions:
+                raise AlreadyExists(f"session {sid!r} is already open")
+        self._check_room(len(sids))
+        start = self.slabs[model].alloc_block(len(sids))
+        now = self.clock()
+        return [self._insert(Session(sid, model, start + i, owner, timeout, now)) for i, sid in enumerate(sids)]
+
+    def _check_room(self, n: int = 1) -> None:
+        if len(self._sessions) + n > self.max_sessions:
+            raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)"
+                                    + (f"; {n} more do not fit" if n > 1 else ""))
 
     def _insert(self, s: Session) -> Session:
         key = _key(s.id, s.owner)

@@ -1,0 +1,156 @@
+"""The server's own CPU per request, in-process (no gRPC): parse the request bytes, run the handler, serialize.
+
+Less noisy than ghz on a shared machine: it times exactly the work the server adds on top of the transport,
+for unary Step (raw and repeated floats), StepFrame and StepGroup of N, with the demo model. Printed as
+microseconds of the event loop thread's CPU time per call (the best of 7 short repeats, which is what
+neighbours on a shared machine disturb least) and session-steps per second of server CPU.
+
+    python -m bench.hotpath                 # Step, frames and groups of 256 and 1024
+    python -m bench.hotpath --profile frame256   # cProfile of one scenario, top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from statestream.v1 import statestream_pb2 as pb
+
+from .procs import ROOT
+
+MODEL = ROOT / "models" / "demo.onnx"
+
+
+class _Context:
+    """Stands in for grpc.aio's context: no metadata, abort raises."""
+
+    def invocation_metadata(self):
+        return ()
+
+    async def abort(self, code, message):
+        raise RuntimeError(f"{code}: {message}")
+
+
+async def _app():
+    from statestream.server.config import Config
+    from statestream.server.main import create_server
+
+    cfg = Config(models=[str(MODEL)], host="127.0.0.1", port=0, metrics_port=0, max_sessions=200_000)
+    app, _ = await create_server(cfg)
+    return app
+
+
+def _requests(features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, int]]:
+    """name -> (method, serialized request, session-steps per call)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, features).astype(np.float32)
+    out = {
+        "step-raw": ("Step", pb.StepRequest(session_id="hp-raw", input_raw=x.tobytes(), raw_output=True, model="demo",
+                                            open_if_missing=True).SerializeToString(), 1),
+        "step-floats": ("Step", pb.StepRequest(session_id="hp-rep", input=x, model="demo",
+                                               open_if_missing=True).SerializeToString(), 1),
+        "stream100": ("StreamSteps", pb.StreamStepsRequest(step=pb.StepRequest(
+            session_id="hp-stream", input_raw=x.tobytes(), raw_output=True, model="demo",
+            open_if_missing=True)).SerializeToString(), 100),
+    }
+    for n in sizes:
+        xs = rng.uniform(-1, 1, (n, features)).astype(np.float32)
+        out[f"frame{n}"] = ("StepFrame", pb.StepFrameRequest(
+            model="demo", session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs_raw=xs.tobytes(), raw_output=True,
+            open_if_missing=True).SerializeToString(), n)
+        out[f"group{n}"] = ("StepGroup", pb.StepGroupRequest(
+            group_id=f"hp-g{n}", inputs_raw=xs.tobytes(), raw_output=True).SerializeToString(), n)
+    return out
+
+
+def _unary_call(handler, parse, data: bytes, ctx):
+    async def call():
+        (await handler(parse(data), ctx)).SerializeToString()
+
+    return call
+
+
+def _stream_call(handler, parse, data: bytes, n: int, ctx):
+    """One stream of n steps: parse, step and serialize each message."""
+    async def requests():
+        for _ in range(n):
+            yield parse(data)
+
+    async def call():
+        async for reply in handler(requests(), ctx):
+            reply.SerializeToString()
+
+    return call
+
+
+async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, repeats: int = 7) -> list[tuple[str, float, float]]:
+    svc = app.service
+    ctx = _Context()
+    for name, (method, _, n) in reqs.items():
+        if method == "StepGroup":
+            await svc.OpenGroup(pb.OpenGroupRequest(model="demo", size=n, group_id=f"hp-g{n}"), ctx)
+    rows = []
+    for name, (method, data, n) in reqs.items():
+        if only and name != only:
+            continue
+        parse = getattr(pb, f"{method}Request").FromString
+        handler = getattr(svc, method)
+
+        call = _stream_call(handler, parse, data, n, ctx) if method == "StreamSteps" else \
+            _unary_call(handler, parse, data, ctx)
+
+        for _ in range(20):
+            await call()
+        prof = cProfile.Profile() if profile else None
+        if prof:
+            prof.enable()
+        best = float("inf")
+        for _ in range(repeats):  # the best of short repeats, in this thread's CPU time: least hurt by neighbours
+            calls, t0, deadline = 0, time.thread_time(), time.perf_counter() + seconds / repeats
+            while time.perf_counter() < deadline or calls < 3:
+                await call()
+                calls += 1
+            best = min(best, (time.thread_time() - t0) / calls)
+        if prof:
+            prof.disable()
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+            print(buf.getvalue())
+        us = best * 1e6
+        rows.append((name, us, n / us * 1e6))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="256,1024")
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
+    a = p.parse_args(argv)
+
+    async def run():
+        app = await _app()
+        try:
+            runner = next(iter(app.table.runners.values()))
+            reqs = _requests(runner.features, [int(s) for s in a.sizes.split(",")])
+            return await _measure(app, reqs, a.seconds, a.profile, bool(a.profile))
+        finally:
+            await app.stop(0)
+
+    for name, us, steps in asyncio.run(run()):
+        print(f"{name:12s} {us:9.1f} us/call  {steps:12,.0f} session-steps/s of server CPU")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
