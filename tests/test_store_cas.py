@@ -283,3 +283,34 @@ def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     s.drain()
     s.load(record("p", version=12, seq=11))
     assert s.accepted_seq == 11 and s.accept(12) is None
+
+
+def test_redis_refusing_writes_is_unavailable_with_its_reason(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url)
+        rec = record("oom")
+        await store.create(rec)
+        redis_proc.client().config_set("maxmemory", 1)       # every write is refused: OOM
+        with pytest.raises(Unavailable) as e:
+            await store.commit([bumped(rec)])
+        assert "refused the call" in e.value.message and "maxmemory" in e.value.message
+        assert "nothing was applied" in e.value.message
+        redis_proc.client().config_set("maxmemory", 0)
+        same(await store.fetch(None, "oom"), rec)
+        assert await store.commit([bumped(rec)]) == ["ok"]
+        await store.aclose()
+    run(go())
+
+
+def test_redis_batch_partly_refused_says_some_sessions_were_written(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url)
+        good, bad = record("good"), record("bad")
+        await store.create(good)
+        redis_proc.client().set(b"statestream:s:\x00bad", b"not a hash")   # this record's script fails: WRONGTYPE
+        with pytest.raises(Unavailable) as e:
+            await store.commit([bumped(good), bumped(bad)])
+        assert "refused part of a batch" in e.value.message and "some of its sessions were written" in e.value.message
+        assert (await store.fetch(None, "good")).version == 2   # the good one was written, as the message says
+        await store.aclose()
+    run(go())
