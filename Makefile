@@ -15,7 +15,7 @@ help:
 	@echo "make serve   serve the bundled demo model on port $(PORT) (creates $(VENV))"
 	@echo "make test    install everything the tests need into $(VENV) and run them"
 	@echo "make proto   regenerate the committed Python and Go stubs from proto/"
-	@echo "make bench   run the benchmarks (ghz, baselines) into bench/results/"
+	@echo "make bench   run the benchmarks (ghz, baselines; stores and workers) into bench/results/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,7 @@ proto: install-dev tools
 
 bench: install-dev tools install-triton-client
 	$(PY) -m bench.run
+	$(PY) -m bench.scaleout
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .tools

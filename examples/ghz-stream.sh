@@ -7,6 +7,7 @@ TARGET="${TARGET:-localhost:50051}"
 
 ghz --insecure \
   --proto proto/statestream/v1/statestream.proto \
+  --metadata '{"x-session-id": "ghz-stream-{{.WorkerID}}"}' \
   --call statestream.v1.StateStreamService.StreamSteps \
   -d '{"step": {"session_id": "ghz-stream-{{.WorkerID}}", "model": "demo", "open_if_missing": true, "input": [0.1, 0.2, 0.3]}}' \
   --stream-call-count 10 \

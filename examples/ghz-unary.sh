@@ -7,6 +7,7 @@ TARGET="${TARGET:-localhost:50051}"
 
 ghz --insecure \
   --proto proto/statestream/v1/statestream.proto \
+  --metadata '{"x-session-id": "ghz-{{.WorkerID}}"}' \
   --call statestream.v1.StateStreamService.Step \
   -d '{"session_id": "ghz-{{.WorkerID}}", "model": "demo", "open_if_missing": true, "input": [0.1, 0.2, 0.3]}' \
   -c 4 -n 400 \

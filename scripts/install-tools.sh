@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Go/Node tools and perf_analyzer the interop tests and benchmarks use (pinned), into .tools/bin and
-# client/node/node_modules.
-# Idempotent: a tool already at its pinned version is skipped, so a second run takes about a second.
-# Needs only Go, Node and npm; modules come from the Go module proxy and packages from npm.
+# Installs the tools the interop/scale-out/Triton tests and benchmarks use: redis-server and haproxy (Debian
+# packages), the Go/Node tools (pinned) into .tools/bin and client/node/node_modules, and perf_analyzer with
+# the newer glibc it needs into .tools/.
+# Idempotent: a tool already there is skipped, so a second run takes about a second.
+# Needs apt-get (as root, or sudo), Go, Node and npm; modules come from the Go module proxy and packages from npm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -19,6 +20,15 @@ mkdir -p "$GOBIN"
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "install-tools: '$1' is required but not on PATH" >&2; exit 1; }
 }
+# Debian packages: redis-server (the shared state store of the scale-out tests) and haproxy (the affinity proxy),
+# in one apt step, only when one of them is missing.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v haproxy >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]]; then SUDO=(); else need sudo; SUDO=(sudo); fi
+  echo "install-tools: apt-get install redis-server haproxy"
+  "${SUDO[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends redis-server haproxy >/dev/null
+fi
+
 need go
 need node
 need npm
@@ -54,5 +64,5 @@ fi
 # perf_analyzer (Triton's load generator) with the newer glibc it needs, for the Triton protocol tests and bench.
 bash scripts/install-perf-analyzer.sh
 
-echo "install-tools: ok (ghz $GHZ_VERSION, grpcurl $GRPCURL_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION," \
+echo "install-tools: ok ($(redis-server --version | cut -d' ' -f1-3), $(haproxy -v | head -1 | cut -d' ' -f1-3), ghz $GHZ_VERSION, grpcurl $GRPCURL_VERSION, protoc-gen-go $PROTOC_GEN_GO_VERSION," \
   "protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION, perf_analyzer, node packages from client/node/package-lock.json)"

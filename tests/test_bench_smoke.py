@@ -78,3 +78,21 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
     assert {t["result"] for t in data["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(data["targets"]) == 6
     assert "## Targets" in md and "| unary | 1 |" in md
+
+
+def test_scaleout_commit_cost_and_report(tmp_path: Path):
+    from bench import scaleout
+    from redisproc import RedisProcess
+
+    with RedisProcess() as r:
+        commits = scaleout.commit_costs(r.url, tmp_path, 0.01, batches=(1, 16))
+    assert [(c["store"].split(":")[0].split(" ")[0], c["batch"]) for c in commits] == \
+        [("sqlite", 1), ("sqlite", 16), ("redis", 1), ("redis", 16), ("redis", 1), ("redis", 16)]
+    assert all(c["us_per_commit"] > 0 and c["commits"] >= 10 for c in commits)
+    row = {"store": "memory", "workers": 1, "load": "unary", "concurrency": 16, "connections": 8,
+           "session_steps_per_s": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "vs_memory_1": 1.0,
+           "vs_same_store_1": 1.0}
+    md = scaleout.report({"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7"},
+                          "commits": commits, "throughput": [row]})
+    assert "| unary c=16, 8 conns | memory | 1 | 1,000 | 1.00x | 1.00x |" in md
+    assert md.count("| redis: pipeline of one-key scripts |") == 2

@@ -102,6 +102,7 @@ def test_every_sequence_number_applies_exactly_once(server, waves, cancel_after)
                 req = pb.SetStateRequest(session_id=m.sid, layers=list(layers.values()), step_count=m.acked,
                                          last_sequence_number=m.acked)
                 calls.append((op, m, m.acked, stub.SetState.future(req, timeout=10)))
+                busy.add(i)  # nothing else on this session in this wave
             elif op == "close" and i not in busy and not m.unknown:
                 calls.append((op, m, 0, stub.CloseSession.future(pb.CloseSessionRequest(session_id=m.sid), timeout=10)))
                 busy.add(i)

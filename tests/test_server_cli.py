@@ -65,7 +65,8 @@ def test_resolved_config_is_logged_and_sigterm_exits_zero():
 
 
 def compose_service() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["statestream"]
+    """The single-server setup (docker-compose.single.yml); the replicated one is tested in test_compose.py."""
+    return yaml.safe_load((ROOT / "docker-compose.single.yml").read_text())["services"]["statestream"]
 
 
 def test_compose_command_parses_with_the_server_cli_and_matches_ports():

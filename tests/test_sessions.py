@@ -5,7 +5,7 @@ import pytest
 
 from statestream.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.model import ModelRunner
-from statestream.server.sessions import Phase, SessionTable, StepResult
+from statestream.server.sessions import GONE, READY, Phase, SessionTable, StepResult
 from serverproc import DEMO_MODEL
 
 
@@ -47,7 +47,7 @@ def test_a_step_moves_a_session_idle_queued_running_idle(table):
     assert s.enqueue(u, 1) is True and s.phase is Phase.QUEUED and s.accepted_seq == 1
     s.start(u)
     assert s.phase is Phase.RUNNING and s.running is u
-    assert s.finish(1, result(1)) is False
+    assert s.finish(1, result(1)) == 0
     assert s.phase is Phase.IDLE and s.step_count == 1 and s.last_seq == 1 and s.version == 1
 
 
@@ -57,7 +57,7 @@ def test_a_second_step_queues_behind_a_running_one_and_is_ready_after_it(table):
     s.enqueue(u1, None)
     s.start(u1)
     assert s.enqueue(u2, None) is False  # not ready: the session is running
-    assert s.finish(1, None) is True and s.phase is Phase.QUEUED and s.queue[0] is u2
+    assert s.finish(1, None) == READY and s.phase is Phase.QUEUED and s.head is u2
 
 
 def test_accept_replays_the_last_applied_step_and_finds_one_in_flight(table):
@@ -109,7 +109,7 @@ def test_closing_a_running_session_frees_its_slot_only_after_the_run(table):
     free = len(slab._free)
     table.close(s)
     assert s.phase is Phase.CLOSED and len(slab._free) == free
-    assert s.finish(1, None) is False
+    assert s.finish(1, None) == GONE
     table.release(s)
     assert len(slab._free) == free + 1
     with pytest.raises(NotFound):

@@ -82,6 +82,18 @@ func (c *Client) Close() error { return c.conn.Close() }
 // Use Context to add the token.
 func (c *Client) Stub() pb.StateStreamServiceClient { return c.stub }
 
+// SessionHeader names the session of a call in its metadata, so a proxy can route every call of one session to
+// the same replica (HAProxy: balance hdr(x-session-id)). Sent automatically on every call that names a session.
+const SessionHeader = "x-session-id"
+
+// WithSession adds the x-session-id header for sessionID to ctx's outgoing metadata.
+func WithSession(ctx context.Context, sessionID string) context.Context {
+	if sessionID == "" {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, SessionHeader, sessionID)
+}
+
 // Context adds the bearer token (if any) to ctx's outgoing metadata.
 func (c *Client) Context(ctx context.Context) context.Context {
 	if c.token == "" {
@@ -137,7 +149,7 @@ func (c *Client) OpenSession(ctx context.Context, model string, opts ...SessionO
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	ctx, cancel := c.unary(ctx)
+	ctx, cancel := c.unary(WithSession(ctx, o.SessionID))
 	defer cancel()
 	r, err := c.stub.OpenSession(ctx, &pb.OpenSessionRequest{
 		Model: model, SessionId: o.SessionID, InitialStates: o.InitialStates,

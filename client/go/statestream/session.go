@@ -12,6 +12,7 @@ import (
 )
 
 // Session is one server-side session: its recurrent states stay on the server between calls.
+// Every call it makes carries the x-session-id header (SessionHeader).
 type Session struct {
 	ID     string
 	Model  *pb.ModelInfo
@@ -74,7 +75,7 @@ func (s *Session) result(r *pb.StepResponse) *Result {
 
 // Step applies input (T x features values, row-major, T >= 1) to the session.
 func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Result, error) {
-	ctx, cancel := s.client.unary(ctx)
+	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	r, err := s.client.stub.Step(ctx, s.request(input, o))
 	if err != nil {
@@ -85,7 +86,7 @@ func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Re
 
 // GetState reads the session's states of every layer, its step count and last sequence number.
 func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
-	ctx, cancel := s.client.unary(ctx)
+	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID})
 	if err != nil {
@@ -96,7 +97,7 @@ func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
 
 // SetState overwrites the session's states (every layer) and its counters: restore, migrate, warm start.
 func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.SessionState, error) {
-	ctx, cancel := s.client.unary(ctx)
+	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	steps, seq := st.GetStepCount(), st.GetLastSequenceNumber()
 	r, err := s.client.stub.SetState(ctx, &pb.SetStateRequest{SessionId: s.ID, Layers: st.GetLayers(),
@@ -109,7 +110,7 @@ func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.Sessio
 
 // Close closes the session on the server; returns its step count.
 func (s *Session) Close(ctx context.Context) (uint64, error) {
-	ctx, cancel := s.client.unary(ctx)
+	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	r, err := s.client.stub.CloseSession(ctx, &pb.CloseSessionRequest{SessionId: s.ID})
 	if err != nil {
@@ -126,7 +127,7 @@ type Stream struct {
 
 // Stream opens a bidirectional stream; ctx bounds the whole stream (no default deadline).
 func (s *Session) Stream(ctx context.Context) (*Stream, error) {
-	call, err := s.client.stub.StreamSteps(s.client.Context(ctx))
+	call, err := s.client.stub.StreamSteps(s.client.Context(WithSession(ctx, s.ID)))
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,8 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The contract in this repository; pass `protoPath` when the client lives elsewhere. */
 export const DEFAULT_PROTO = path.resolve(HERE, "../../../proto/statestream/v1/statestream.proto");
 export const DEFAULT_TIMEOUT_MS = 10_000;
+/** The header naming a call's session, for a proxy's affinity (HAProxy `balance hdr(x-session-id)`). */
+export const SESSION_HEADER = "x-session-id";
 export { grpc };
 
 const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, arrays: true, oneofs: true };
@@ -55,17 +57,18 @@ export class Client {
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
-  /** Metadata of every call: the bearer token, if any. */
-  metadata() {
+  /** Metadata of every call: the bearer token, if any, and x-session-id when the call names a session. */
+  metadata(sessionId = "") {
     const md = new grpc.Metadata();
     if (this.token) md.set("authorization", `Bearer ${this.token}`);
+    if (sessionId) md.set(SESSION_HEADER, sessionId);
     return md;
   }
 
   /** One unary call with this client's deadline and token; resolves to the response message. */
-  call(method, request, timeoutMs = this.timeoutMs) {
+  call(method, request, timeoutMs = this.timeoutMs, sessionId = "") {
     return new Promise((resolve, reject) => {
-      this.stub[method](request, this.metadata(), { deadline: Date.now() + timeoutMs }, (err, reply) =>
+      this.stub[method](request, this.metadata(sessionId), { deadline: Date.now() + timeoutMs }, (err, reply) =>
         err ? reject(StatestreamError.from(err)) : resolve(reply));
     });
   }
@@ -90,7 +93,7 @@ export class Client {
     const reply = await this.call("OpenSession", {
       model, session_id: options.sessionId ?? "", idle_timeout_seconds: options.idleTimeoutSeconds ?? 0,
       initial_states: options.initialStates ?? [],
-    });
+    }, this.timeoutMs, options.sessionId ?? "");
     return new Session(this, reply.session_id, reply.model);
   }
 
@@ -100,7 +103,7 @@ export class Client {
   }
 }
 
-/** One server-side session: its recurrent states stay on the server between calls. */
+/** One server-side session: its recurrent states stay on the server between calls; every call carries x-session-id. */
 export class Session {
   constructor(client, id, info) {
     this.client = client;
@@ -125,14 +128,19 @@ export class Session {
     return { output, last: output.at(-1), states, stepCount: reply.step_count, replayed: reply.replayed, raw: reply };
   }
 
+  /** A unary call about this session (x-session-id set). */
+  call(method, request) {
+    return this.client.call(method, request, this.client.timeoutMs, this.id);
+  }
+
   async step(input, options = {}) {
-    return this.result(await this.client.call("Step", this.request(input, options)));
+    return this.result(await this.call("Step", this.request(input, options)));
   }
 
   /** A StreamSteps call bound to this session (no deadline unless `timeoutMs`). */
   stream({ timeoutMs } = {}) {
     const opts = timeoutMs ? { deadline: Date.now() + timeoutMs } : {};
-    return new StepStream(this, this.client.stub.StreamSteps(this.client.metadata(), opts));
+    return new StepStream(this, this.client.stub.StreamSteps(this.client.metadata(this.id), opts));
   }
 
   /** Streams every input over one StreamSteps call; resolves to the results in order, rejects on the first error. */
@@ -155,7 +163,7 @@ export class Session {
 
   /** {session_id, model, layers: [{layer, h, c}], step_count, last_sequence_number} */
   async getState() {
-    return (await this.client.call("GetState", { session_id: this.id })).state;
+    return (await this.call("GetState", { session_id: this.id })).state;
   }
 
   /** Overwrites states (every layer) and, when given, the counters; takes what getState returned. */
@@ -163,12 +171,12 @@ export class Session {
     const req = { session_id: this.id, layers };
     if (step_count !== undefined) req.step_count = step_count;
     if (last_sequence_number !== undefined) req.last_sequence_number = last_sequence_number;
-    return (await this.client.call("SetState", req)).state;
+    return (await this.call("SetState", req)).state;
   }
 
   /** Closes the session; resolves to its step count. */
   async close() {
-    return (await this.client.call("CloseSession", { session_id: this.id })).step_count;
+    return (await this.call("CloseSession", { session_id: this.id })).step_count;
   }
 }
 

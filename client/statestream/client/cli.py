@@ -11,7 +11,7 @@ import numpy as np
 from statestream.v1 import statestream_pb2 as pb
 
 from .client import Client
-from .errors import StatestreamError
+from .errors import StatestreamError, Unavailable
 
 USAGE = """\
 Talk to a statestream server from the shell.
@@ -124,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.target, timeout=args.timeout, credentials=creds, token=token) as client:
             return {"models": cmd_models, "stream": cmd_stream}[args.command](client, args)
+    except Unavailable as e:
+        print(f"statestream: the server at {args.target} went away or cannot be reached ({e})", file=sys.stderr)
+        return 1
     except StatestreamError as e:
         print(f"statestream: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("statestream: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

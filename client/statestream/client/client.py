@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -12,22 +11,22 @@ import numpy as np
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
-from .errors import from_code, from_rpc_error
+from . import streaming
+from .errors import from_rpc_error
+from .retry import Attempts, RetryPolicy
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
 
+# The header a proxy routes on (HAProxy `balance hdr(x-session-id)`): sent on every call that names a session.
+SESSION_HEADER = "x-session-id"
 
-def _translate(fn):
-    """gRPC errors leave this library as the StatestreamError family."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
-
-    return wrapper
+# A restarted server or a recovered replica is found again within about a second (gRPC's default backoff
+# grows to 120 s); callers may override any of these through `options`.
+DEFAULT_CHANNEL_OPTIONS = {
+    "grpc.max_receive_message_length": 64 * 1024 * 1024,
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+}
 
 
 def states_from_proto(layers) -> States:
@@ -60,12 +59,17 @@ class Client:
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float = 10.0,
                  credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
-                 options: list | None = None):
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)] + list(options or [])
+                 options: list | None = None, retry: RetryPolicy | None = None):
+        """timeout: the deadline of each call (of each step, with its retries, in exactly-once mode); a stream's
+        replies must each come within it. retry: the backoff of exactly-once sessions."""
+        opts = list({**DEFAULT_CHANNEL_OPTIONS, **dict(options or [])}.items())
+        self.target = target
         self.channel = grpc.secure_channel(target, credentials, opts) if credentials \
             else grpc.insecure_channel(target, opts)
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.retries = 0  # attempts resent by exactly-once sessions, over this client's life
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def __enter__(self) -> "Client":
@@ -77,12 +81,28 @@ class Client:
     def close(self) -> None:
         self.channel.close()
 
-    def call(self, method: str, request, timeout: float | None = None):
-        """One unary RPC with this client's deadline and credentials; errors translated."""
-        try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+    def call(self, method: str, request, timeout: float | None = None, *, session_id: str = "",
+             retry: bool = False):
+        """One unary RPC with this client's deadline and credentials; errors translated.
+
+        session_id: sent as the x-session-id header. retry: resend on a retryable failure (`retry.retryable`)
+        until the deadline; only for requests that are safe to repeat (reads, numbered steps).
+        """
+        metadata = self.metadata + ((SESSION_HEADER, session_id),) if session_id else self.metadata
+        fn = getattr(self.stub, method)
+        if not retry:
+            try:
+                return fn(request, timeout=timeout or self.timeout, metadata=metadata)
+            except grpc.RpcError as e:
+                raise from_rpc_error(e) from None
+        attempts = Attempts(self.retry, timeout or self.timeout)
+        for attempt_timeout in attempts:
+            try:
+                reply = fn(request, timeout=attempt_timeout, metadata=metadata, wait_for_ready=attempts.retries > 0)
+                self.retries += attempts.retries
+                return reply
+            except grpc.RpcError as e:
+                attempts.failed(from_rpc_error(e))
 
     def models(self) -> list[pb.ModelInfo]:
         return list(self.call("ListModels", pb.ListModelsRequest()).models)
@@ -91,25 +111,47 @@ class Client:
         return self.call("GetModel", pb.GetModelRequest(name=name)).model
 
     def session(self, model: str, session_id: str = "", *, initial_states: States | None = None,
-                idle_timeout: float = 0.0) -> "Session":
-        """Open a session (closed when used as a context manager and left)."""
+                idle_timeout: float = 0.0, exactly_once: bool = False) -> "Session":
+        """Open a session (closed when used as a context manager and left).
+
+        exactly_once: the Session numbers its steps itself and retries them through failures (see `Session`).
+        """
         req = pb.OpenSessionRequest(model=model, session_id=session_id, idle_timeout_seconds=idle_timeout,
                                     initial_states=states_to_proto(initial_states) if initial_states else [])
-        reply = self.call("OpenSession", req)
-        return Session(self, reply.session_id, reply.model)
+        reply = self.call("OpenSession", req, session_id=session_id)
+        return Session(self, reply.session_id, reply.model, exactly_once=exactly_once)
 
-    def attach(self, session_id: str, model: str) -> "Session":
-        """A Session object for an already open session (e.g. after a restart)."""
-        return Session(self, session_id, self.model(model))
+    def attach(self, session_id: str, model: str, *, exactly_once: bool = False) -> "Session":
+        """A Session object for an already open session (e.g. after a restart).
+
+        exactly_once: numbering resumes from the server's last sequence number (one GetState).
+        """
+        s = Session(self, session_id, self.model(model), exactly_once=exactly_once)
+        if exactly_once:
+            s.last_sequence_number = s.get_state().last_sequence_number
+        return s
 
 
 class Session:
-    """One server-side session: its states stay on the server between calls."""
+    """One server-side session: its states stay on the server between calls.
 
-    def __init__(self, client: Client, session_id: str, info: pb.ModelInfo):
+    Every call names the session in the x-session-id header, so a proxy can keep it on one replica.
+
+    exactly_once=True: the session numbers its steps (sequence_number = last + 1; `attach` resumes from the
+    server's last one) and retries a step with the same number on UNAVAILABLE, CANCELLED, an INTERNAL that did
+    not come from our server, a timed-out attempt and a lost connection, backing off until the call's deadline
+    (`retry.retryable`). The server applies a sequence number once and replays its recorded response to a retry,
+    so a step lost on the way back is answered without being applied twice. `stream` then sends one step at a
+    time and resumes a broken stream on a new call.
+    """
+
+    def __init__(self, client: Client, session_id: str, info: pb.ModelInfo, *, exactly_once: bool = False):
         self.client = client
         self.id = session_id
         self.info = info
+        self.exactly_once = exactly_once
+        self.last_sequence_number = 0  # the last acknowledged one (exactly-once mode)
+        self.metadata = client.metadata + ((SESSION_HEADER, session_id),)
 
     def __enter__(self) -> "Session":
         return self
@@ -124,7 +166,11 @@ class Session:
     def __repr__(self) -> str:
         return f"Session({self.id!r}, model={self.info.name!r})"
 
-    def _request(self, x, return_sequences: bool, return_state: bool, sequence_number: int | None) -> pb.StepRequest:
+    def _call(self, method: str, request, timeout: float | None = None, retry: bool = False):
+        return self.client.call(method, request, timeout, session_id=self.id, retry=retry)
+
+    def request(self, x, return_sequences: bool, return_state: bool, sequence_number: int | None) -> pb.StepRequest:
+        """The StepRequest for input x (F,) or (T, F)."""
         x = np.asarray(x, dtype=np.float32)
         req = pb.StepRequest(session_id=self.id, input=x.ravel(), return_sequences=return_sequences,
                              return_state=return_state)
@@ -132,11 +178,16 @@ class Session:
             req.sequence_number = sequence_number
         return req
 
-    def _result(self, reply: pb.StepResponse, return_sequences: bool, return_state: bool):
+    def result(self, reply: pb.StepResponse, return_sequences: bool, return_state: bool):
+        """A StepResponse as numpy, shaped like Keras (see `step`)."""
         y = np.array(reply.output, dtype=np.float32).reshape(reply.rows, self.info.output_size)
         if not return_sequences:
             y = y[-1]
         return (y, states_from_proto(reply.states)) if return_state else y
+
+    def acknowledged(self, seq: int) -> None:
+        """Exactly-once: the step numbered `seq` was answered."""
+        self.last_sequence_number = seq
 
     def step(self, x, return_sequences: bool = False, return_state: bool = False,
              sequence_number: int | None = None, timeout: float | None = None):
@@ -145,28 +196,32 @@ class Session:
         Returns the output like Keras: (O,) for the last timestep, (T, O) with
         return_sequences; with return_state, (output, {layer: {"h", "c"}}).
         """
-        req = self._request(x, return_sequences, return_state, sequence_number)
-        reply = self.client.call("Step", req, timeout)
-        return self._result(reply, return_sequences, return_state)
+        if self.exactly_once:
+            if sequence_number is not None:
+                raise ValueError("an exactly_once session numbers its steps itself; do not pass sequence_number")
+            seq = self.last_sequence_number + 1
+            reply = self._call("Step", self.request(x, return_sequences, return_state, seq), timeout, retry=True)
+            self.acknowledged(seq)
+        else:
+            reply = self._call("Step", self.request(x, return_sequences, return_state, sequence_number), timeout)
+        return self.result(reply, return_sequences, return_state)
 
-    @_translate
     def stream(self, steps: Iterable, return_sequences: bool = False, return_state: bool = False,
                timeout: float | None = None) -> Iterator:
         """Stream many steps over one bidirectional call; yields one result per step, in order.
 
-        An in-band error on one step raises that step's exception here (the
-        server keeps the stream open, the session unchanged by that step).
+        An in-band error on one step raises that step's exception here (the server keeps the stream open, the
+        session unchanged by that step); a broken call raises its StatestreamError. Each reply must come within
+        the client's timeout of its step; `timeout` also bounds the whole call.
+
+        exactly_once: one step in flight at a time; a broken call is resumed on a new one from the last
+        acknowledged step, and `timeout` bounds each step with its retries (default: the client's timeout).
         """
-        requests = (pb.StreamStepsRequest(step=self._request(x, return_sequences, return_state, None)) for x in steps)
-        replies = self.client.stub.StreamSteps(requests, timeout=timeout, metadata=self.client.metadata)
-        for reply in replies:
-            if reply.HasField("error"):
-                replies.cancel()
-                raise from_code(reply.error.code, reply.error.message)
-            yield self._result(reply.step, return_sequences, return_state)
+        run = streaming.exactly_once if self.exactly_once else streaming.pipelined
+        return run(self, steps, return_sequences, return_state, timeout)
 
     def get_state(self) -> SessionState:
-        st = self.client.call("GetState", pb.GetStateRequest(session_id=self.id)).state
+        st = self._call("GetState", pb.GetStateRequest(session_id=self.id), retry=self.exactly_once).state
         return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
                             st.session_id)
 
@@ -182,10 +237,11 @@ class Session:
             req.step_count = step_count
         if last_sequence_number is not None:
             req.last_sequence_number = last_sequence_number
-        st = self.client.call("SetState", req).state
+        st = self._call("SetState", req).state
+        self.last_sequence_number = st.last_sequence_number
         return SessionState(states_from_proto(st.layers), st.step_count, st.last_sequence_number, st.model,
                             st.session_id)
 
     def close(self) -> int:
         """Close the session; returns its step count."""
-        return self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count
+        return self._call("CloseSession", pb.CloseSessionRequest(session_id=self.id)).step_count

@@ -14,7 +14,7 @@ from .errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, S
 from .model import ModelRunner
 from .persistence import Persistence
 from .policy import BatchPolicy
-from .sessions import Session, SessionTable, StepResult
+from .sessions import GONE, READY, Session, SessionTable, StepResult
 
 log = logging.getLogger("statestream.batcher")
 
@@ -128,6 +128,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running = 0
+        self._refreshing: dict[Session, asyncio.Future] = {}  # shared store: re-reads of stale cached sessions
 
     # -- life -----------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class Batcher:
 
         Exactly-once: a repeat of the last applied sequence number returns the recorded result; a repeat of
         a step still queued or running waits for it; either way nothing runs twice."""
-        found = s.accept(seq)
+        found = await self._accept(s, seq)
         if found is not None:
             if isinstance(found, StepResult):
                 return found, True
@@ -170,6 +171,35 @@ class Batcher:
         if not unit.future.done():
             await asyncio.shield(unit.future)
         return unit.result(0), False
+
+    async def _accept(self, s: Session, seq: int | None):
+        """Session.accept; with a shared store a refused sequence number first re-reads an idle cached session
+        (another process may have stepped it since) and checks again against the fresh record."""
+        try:
+            return s.accept(seq)
+        except FailedPrecondition:
+            if not self.persistence.shared or not (s.idle or s in self._refreshing):
+                raise
+        pending = self._refreshing.get(s)
+        if pending is None:
+            pending = self._refreshing[s] = asyncio.get_running_loop().create_future()
+            s.hold()
+            try:
+                found = await self.persistence.reload(s)
+            except BaseException as e:
+                pending.set_exception(e)
+                raise
+            finally:
+                del self._refreshing[s]
+                self.release(s)
+                if not pending.done():
+                    pending.set_result(found)
+            pending.exception()  # retrieved: waiters re-raise it themselves
+        found = await asyncio.shield(pending)
+        if not found:
+            self.persistence.forget(s)
+            raise NotFound(f"session {s.id!r} was closed or expired on another replica")
+        return s.accept(seq)
 
     def submit_group(self, sessions: list[Session], x: np.ndarray, seqs: list | None) -> Unit:
         """One step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
@@ -293,8 +323,11 @@ class Batcher:
 
     def _model(self, x: np.ndarray, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
         """One model run; any failure becomes Internal (nothing applied)."""
-        slots = [s.slot for s in sessions]
-        states = self.slab.rows[slots[0]:slots[0] + 1] if len(slots) == 1 else self.slab.rows[slots]
+        if len(sessions) == 1:
+            slot = sessions[0].slot
+            states = self.slab.rows[slot:slot + 1]
+        else:
+            states = self.slab.rows[[s.slot for s in sessions]]
         try:
             y, new_states = self.runner.run(x, states)
         except Exception as e:
@@ -320,35 +353,44 @@ class Batcher:
     def _apply(self, units, sessions, y, new_states, results, counts, statuses, t0, t1) -> None:
         """Make a finished run the truth of its sessions ("ok" ones) and settle their entries."""
         counts_list = counts.tolist()
-        ok = statuses is None
-        if len(sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
-            s = sessions[0]
-            if (ok or statuses[0] == "ok") and not s.closed and s.running is units[0]:
-                self.slab.rows[s.slot] = new_states[0]
-        else:
-            owners = [u for u in units for _ in u.sessions]
-            live = np.fromiter((not s.closed and s.running is owners[i] and (ok or statuses[i] == "ok")
-                                for i, s in enumerate(sessions)), dtype=bool, count=len(sessions))
-            slots = np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
-            self.slab.rows[slots[live]] = new_states[live]
+        slots = [s.slot for s in sessions]
+        skip: list[int] = []  # rows not to write: not committed, failed while queued, or closed meanwhile
+        push = self._push
         a = 0
         for unit in units:
             n = len(unit.sessions)
-            unit.y, unit.states, unit.counts = y[a:a + n], new_states[a:a + n], counts[a:a + n]
+            unit.y, unit.states, unit.counts = (y, new_states, counts) if len(units) == 1 else \
+                (y[a:a + n], new_states[a:a + n], counts[a:a + n])
             settled = 0
             for i, s in enumerate(unit.sessions):
-                status = "ok" if ok else statuses[a + i]
-                if status in ("conflict", "missing"):
-                    continue  # _redo settles it
-                if s.running is unit:
-                    ready = s.finish(counts_list[a + i], results[a + i] if results else None)
-                    self.table.release(s)
-                    if ready:
-                        self._push(s.queue[0])
+                j = a + i
+                if statuses is not None and statuses[j] != "ok":
+                    skip.append(j)
+                    if statuses[j] != "closed":
+                        continue  # conflict or missing: _redo settles it
                 settled += 1
+                if s.running is not unit:  # its entry failed while queued
+                    skip.append(j)
+                    continue
+                after = s.finish(counts_list[j], results[j] if results else None)
+                if after is READY:
+                    push(s.head)
+                elif after is GONE:
+                    skip.append(j)
+                    self.table.release(s)
             if settled:
                 unit._settled(settled)
             a += n
+        rows = self.slab.rows
+        if not skip:
+            if len(slots) == 1:  # the common unary case, without numpy's fancy-indexing overheads
+                rows[slots[0]] = new_states[0]
+            else:
+                rows[slots] = new_states
+        elif len(skip) < len(slots):
+            keep = np.ones(len(slots), dtype=bool)
+            keep[skip] = False
+            rows[np.asarray(slots)[keep]] = new_states[keep]
         self.policy.ran(len(sessions))
         if self.metrics is not None:
             self.metrics.observe_batch(self.runner.name, len(sessions), y.shape[1],
@@ -399,7 +441,7 @@ class Batcher:
 
     def _after(self, s: Session) -> None:
         if s.undo():
-            self._push(s.queue[0])
+            self._push(s.head)
         self.table.release(s)
 
     def _fail_entry(self, unit: Unit, i: int, s: Session, err: StatestreamError) -> None:
@@ -431,7 +473,7 @@ class Batcher:
 
     def release(self, s: Session) -> None:
         if s.release():
-            self._push(s.queue[0])
+            self._push(s.head)
 
     def fail_queued(self, s: Session, err: StatestreamError) -> None:
         """Fail the queued (not running) steps of a session: it is going away, or a step before them failed."""

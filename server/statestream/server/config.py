@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .store import check_spec
+from .store import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
 
@@ -23,6 +23,8 @@ Every flag can also be set as STATESTREAM_<FLAG> (e.g. STATESTREAM_PORT=50052);
 a flag given on the command line wins over the environment.
 The model name is the file's stem: models/demo.onnx serves as "demo".
 Health (grpc.health.v1) and reflection are always on; SIGTERM drains and exits 0.
+Scale out: --workers N runs N processes on one port (one machine); replicas on several machines share
+--state-store redis://HOST:PORT/DB, and any replica can serve any session.
 """
 
 
@@ -48,6 +50,7 @@ class Config:
     grace: float = 10.0
     sweep_interval: float = 1.0
     state_store: str = "memory"
+    workers: int = 1
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
@@ -93,7 +96,13 @@ class Config:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
-        check_spec(self.state_store)
+        kind, _ = check_spec(self.state_store)
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and kind == "memory":
+            raise ValueError(f"--workers {self.workers} needs a shared state store: with --state-store memory each "
+                             "worker process would hold its own sessions and a step could land on a worker that "
+                             "does not know its session; use --state-store sqlite:PATH or redis://HOST:PORT/DB")
         for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_token_file"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
@@ -120,7 +129,9 @@ HELP = {
                         "measured 2x slower for frames of 256)",
     "grace": "seconds to drain in-flight calls on SIGTERM",
     "sweep_interval": "seconds between idle-expiry sweeps",
-    "state_store": "where session state lives: memory | sqlite:PATH",
+    "state_store": STORE_HELP,
+    "workers": "server processes sharing the port (SO_REUSEPORT: the kernel spreads connections over them); "
+               "> 1 needs --state-store sqlite:PATH or redis://...; worker i serves metrics on --metrics-port + i",
     "tls_cert": "PEM certificate chain (enables TLS)",
     "tls_key": "PEM private key",
     "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",

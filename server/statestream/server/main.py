@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from .sessions import SessionTable
 from .store import open_store
 from .triton import TritonService
 from .wire import add_service
+from .workers import run_workers
 
 log = logging.getLogger("statestream.server")
 
@@ -54,7 +56,7 @@ class App:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", max(cfg.max_message_bytes, 64 * 1024 * 1024)),
-                ("grpc.so_reuseport", 0)]
+                ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]  # --workers: N processes share the port
         self.server = grpc.aio.server(options=opts)
         self.metrics = Metrics()
         self.service = StateStreamService(cfg.max_timesteps, Auth.from_file(cfg.auth_token_file), self.metrics)
@@ -80,7 +82,7 @@ class App:
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
-        self.store = self.store_override or open_store(cfg.state_store)
+        self.store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1)
         records = await loop.run_in_executor(None, self.store.load)
         restored = sum(self.table.adopt(r) is not None for r in records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
@@ -132,7 +134,8 @@ class App:
         if hasattr(self, "store"):
             if self.store.durable:  # every change was written through when it was answered
                 log.info("persisted %d sessions to %s (written through)", len(self.table), self.store.description)
-            self.store.close()
+            closing = getattr(self.store, "aclose", None)  # a store with connections closes them on this loop
+            await closing() if closing else self.store.close()
         if hasattr(self, "executor"):
             self.executor.shutdown(wait=True)
         log.info("stopped")
@@ -169,15 +172,20 @@ async def create_server(cfg: Config, store=None) -> tuple[App, int]:
     return app, port
 
 
-async def serve(cfg: Config) -> None:
-    """Start, wait for SIGTERM/SIGINT, drain gracefully."""
+async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
+    """Start, wait for SIGTERM/SIGINT, drain gracefully. A worker of --workers sets `ready` instead of printing."""
     log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
     app, _ = await create_server(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
+    if ready is None:
+        print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
+    else:
+        log.info("worker %d (pid %d) serving on %s:%d, metrics port %d", worker, os.getpid(), cfg.host, app.port,
+                 app.metrics_port)
+        ready.set()
     await stop.wait()
     log.info("signal received: draining (grace %.1f s)", cfg.grace)
     await app.stop()
@@ -187,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.workers > 1:
+        return run_workers(cfg)
     try:
         asyncio.run(serve(cfg))
     except (OSError, ValueError) as e:

@@ -40,16 +40,20 @@ class Phase(enum.Enum):
     CLOSED = "closed"    # gone; its slot is free once nothing of it runs
 
 
+IDLE, QUEUED, RUNNING, HELD, CLOSED = Phase.IDLE, Phase.QUEUED, Phase.RUNNING, Phase.HELD, Phase.CLOSED
+READY, GONE = 1, 2  # what Session.finish says of a session's next unit
+
+
 class Session:
     """One stream's bookkeeping; its states are a row (slot) of its model's slab.
 
-    Steps arrive as units (see batcher.Unit); `queue` holds this session's units
-    that have not run yet, in order. Exactly-once lives here: `accept` checks a
+    Steps arrive as units (see batcher.Unit); `head` is the unit this session runs
+    next (in its batcher's ready queue while QUEUED) and `queue` the units behind it. Exactly-once lives here: `accept` checks a
     sequence number, `finish` records the response of the step it applied.
     """
 
     __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
-                 "last_seq", "accepted_seq", "last_result", "running")
+                 "last_seq", "accepted_seq", "last_result", "running", "head")
 
     def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
         self.id = sid
@@ -58,8 +62,9 @@ class Session:
         self.owner = owner
         self.timeout = timeout
         self.deadline = now + timeout
-        self.phase = Phase.IDLE
-        self.queue: deque | tuple = ()  # a deque only while units wait: 1M idle sessions stay small
+        self.phase = IDLE
+        self.head = None           # the unit this session runs next
+        self.queue: deque | tuple = ()  # units behind head; a deque only while there are some (1M idle sessions stay small)
         self.step_count = 0
         self.version = 0           # bumped by every committed change; the compare-and-set key of a shared store
         self.last_seq = 0          # last applied sequence number
@@ -72,17 +77,17 @@ class Session:
 
     @property
     def closed(self) -> bool:
-        return self.phase is Phase.CLOSED
+        return self.phase is CLOSED
 
     @property
     def idle(self) -> bool:
         """Nothing queued, running or held: a new step could run right now."""
-        return self.phase is Phase.IDLE
+        return self.phase is IDLE
 
     @property
     def waiting(self) -> int:
         """Units not yet run."""
-        return len(self.queue)
+        return (self.head is not None) + len(self.queue)
 
     # -- exactly-once ---------------------------------------------------------------
 
@@ -110,7 +115,7 @@ class Session:
 
     def find(self, seq: int):
         """The queued or running unit that carries this session's step `seq`, or None."""
-        for unit in (self.running, *self.queue):
+        for unit in (self.running, self.head, *self.queue):
             if unit is not None and unit.seq_of(self) == seq:
                 return unit
         return None
@@ -120,43 +125,55 @@ class Session:
     def enqueue(self, unit, seq: int | None) -> bool:
         """Add a unit (carrying step `seq` of this session) behind this session's others; True when it is
         ready to run (the session was idle)."""
-        if self.phase is Phase.CLOSED:
+        if self.phase is CLOSED:
             raise NotFound(f"session {self.id!r} was closed")
         if seq is not None:
             self.accepted_seq = seq
+        if self.head is None:
+            self.head = unit
+            if self.phase is IDLE:
+                self.phase = QUEUED
+                return True
+            return False
         if not self.queue:
             self.queue = deque()
         self.queue.append(unit)
-        if self.phase is Phase.IDLE:
-            self.phase = Phase.QUEUED
-            return True
         return False
 
     def start(self, unit) -> None:
-        """QUEUED -> RUNNING with `unit`, which must be the head of the queue."""
-        head = self.queue.popleft()
-        assert head is unit and self.phase is Phase.QUEUED, (self, head, unit)
-        self.phase = Phase.RUNNING
+        """QUEUED -> RUNNING with `unit`, which must be its head."""
+        if self.head is not unit or self.phase is not QUEUED:
+            raise RuntimeError(f"{self}: started a unit that is not its next one")
+        self.head = self.queue.popleft() if self.queue else None
+        self.phase = RUNNING
         self.running = unit
 
     def run_now(self, unit, seq: int | None) -> None:
         """IDLE -> RUNNING for a unit that skips the queue (run in the caller)."""
-        assert self.phase is Phase.IDLE and not self.queue, self
+        if self.phase is not IDLE or self.head is not None:
+            raise RuntimeError(f"{self}: run at once while not idle")
         if seq is not None:
             self.accepted_seq = seq
-        self.phase = Phase.RUNNING
+        self.phase = RUNNING
         self.running = unit
 
-    def finish(self, step_count: int, result: StepResult | None) -> bool:
+    def finish(self, step_count: int, result: StepResult | None) -> int:
         """RUNNING -> QUEUED/IDLE after its unit was applied; `result` is recorded for a sequenced step.
 
-        Returns True when the next unit of this session is ready to run."""
+        Returns READY when its next unit is ready to run, GONE when it was closed meanwhile, else 0."""
         self.step_count = step_count
         self.version += 1
         if result is not None:
             self.last_seq = result.sequence_number
             self.last_result = result
-        return self._after_run()
+        self.running = None
+        if self.phase is CLOSED:
+            return GONE
+        if self.head is None:
+            self.phase = IDLE
+            return 0
+        self.phase = QUEUED
+        return READY
 
     def undo(self) -> bool:
         """RUNNING -> QUEUED/IDLE after its unit was NOT applied (failed or to be re-run)."""
@@ -164,41 +181,44 @@ class Session:
 
     def _after_run(self) -> bool:
         self.running = None
-        if self.phase is Phase.CLOSED:
+        if self.phase is CLOSED:
             return False
-        self.phase = Phase.QUEUED if self.queue else Phase.IDLE
-        return self.phase is Phase.QUEUED
+        self.phase = IDLE if self.head is None else QUEUED
+        return self.head is not None
 
     def retry(self, unit) -> None:
         """RUNNING -> QUEUED with `unit` at the head: its commit lost a compare-and-set, it runs again."""
         self.running = None
-        if not self.queue:
-            self.queue = deque()
-        self.queue.appendleft(unit)
-        self.phase = Phase.QUEUED
+        if self.head is not None:
+            if not self.queue:
+                self.queue = deque()
+            self.queue.appendleft(self.head)
+        self.head = unit
+        self.phase = QUEUED
 
     def drain(self) -> list:
         """Take every queued unit out (they will fail); a QUEUED session becomes IDLE."""
-        units = list(self.queue)
+        units = [] if self.head is None else [self.head, *self.queue]
+        self.head = None
         self.queue = ()
-        if self.phase is Phase.QUEUED:
-            self.phase = Phase.IDLE
+        if self.phase is QUEUED:
+            self.phase = IDLE
         return units
 
     def hold(self) -> None:
         """IDLE -> HELD: keep the batcher off while the state is changed elsewhere."""
-        if self.phase is not Phase.IDLE:
+        if self.phase is not IDLE:
             raise FailedPrecondition(
                 f"session {self.id!r} has {self.waiting + (self.running is not None)} step(s) in flight; "
                 "change its state when they are done")
-        self.phase = Phase.HELD
+        self.phase = HELD
 
     def release(self) -> bool:
-        """HELD -> IDLE/QUEUED; True when steps queued meanwhile are ready."""
-        if self.phase is Phase.CLOSED:
+        """HELD -> IDLE/QUEUED; True when steps queued meanwhile are ready (the head)."""
+        if self.phase is CLOSED:
             return False
-        self.phase = Phase.QUEUED if self.queue else Phase.IDLE
-        return self.phase is Phase.QUEUED
+        self.phase = IDLE if self.head is None else QUEUED
+        return self.head is not None
 
     def set_counters(self, step_count: int | None, last_seq: int | None) -> None:
         """SetState of the counters (HELD): the next sequence number is last_seq + 1, nothing recorded."""
@@ -314,6 +334,12 @@ class SessionTable:
     def find(self, sid: str, owner: str | None = None) -> Session | None:
         return self._sessions.get(_key(sid, owner))
 
+    def find_many(self, ids: list[str], owner: str | None = None) -> list[Session | None]:
+        get = self._sessions.get
+        if owner is None:
+            return [get(sid) for sid in ids]
+        return [get(_key(sid, owner)) for sid in ids]
+
     def get(self, sid: str, owner: str | None = None) -> Session:
         """The open session `sid`, or NotFound saying whether it expired."""
         key = _key(sid, owner)
@@ -334,18 +360,24 @@ class SessionTable:
     def touch(self, s: Session) -> None:
         s.deadline = self.clock() + s.timeout
 
+    def touch_many(self, sessions: list[Session | None]) -> None:
+        now = self.clock()
+        for s in sessions:
+            if s is not None:
+                s.deadline = now + s.timeout
+
     def close(self, s: Session) -> None:
         """Remove a session; its slot is freed now, or when its running unit is done (`release`)."""
-        if s.phase is Phase.CLOSED:
+        if s.phase is CLOSED:
             return
-        s.phase = Phase.CLOSED
+        s.phase = CLOSED
         del self._sessions[_key(s.id, s.owner)]
         if s.running is None:
             self.slabs[s.model].free(s.slot)
 
     def release(self, s: Session) -> None:
         """After a run: free the slot of a session that was closed while it ran."""
-        if s.phase is Phase.CLOSED and s.running is None:
+        if s.phase is CLOSED and s.running is None:
             self.slabs[s.model].free(s.slot)
 
     def state(self, s: Session) -> np.ndarray:
@@ -361,9 +393,9 @@ class SessionTable:
         gone = []
         while self._expiry and self._expiry[0][0] <= now:
             _, _, s = heapq.heappop(self._expiry)
-            if s.phase is Phase.CLOSED:
+            if s.phase is CLOSED:
                 continue
-            if s.deadline > now or s.phase is not Phase.IDLE:
+            if s.deadline > now or s.phase is not IDLE:
                 heapq.heappush(self._expiry, (max(s.deadline, now + 1e-3), next(self._tie), s))
                 continue
             self.close(s)

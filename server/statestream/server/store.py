@@ -1,16 +1,21 @@
-"""StateStore: where session state survives the process (memory, sqlite; redis is next)."""
+"""StateStore: where session state survives the process (memory, sqlite; redis in store_redis.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from .errors import Unavailable
+
+OK, CONFLICT, MISSING = "ok", "conflict", "missing"
 
 
 @dataclass
@@ -28,20 +33,22 @@ class SessionRecord:
     last_output: np.ndarray | None = None   # recorded result of step `last_seq`: [T, O]
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
-    version: int = 0                        # bumped by every write: the compare-and-set key
+    version: int = 0             # bumped by every committed change; the compare-and-set key of a shared store
 
 
 class StateStore(Protocol):
-    """What persistence.Persistence (its one caller) needs from a backend.
+    """What persistence.py needs from a backend (see CORE_API.md: the store seam).
 
-    `commit` is awaited before any step of a batch is answered and is called once per batch with every
-    session the batch changed: one transaction / round trip, compare-and-set per record on `version`
-    (written only if the stored version is rec.version - 1), so a stale process never overwrites a newer
-    state. A shared store (other processes write it too) makes the local table a cache.
+    `commit` is awaited before a step is answered (for a durable store), is called once per batch with every
+    session the batch changed and costs one round trip / one transaction. It is a compare-and-set per record:
+    a record is written only if the stored version is `rec.version - 1`; the answer per record is "ok",
+    "conflict" (the stored version differs: another process wrote it) or "missing" (closed or expired
+    elsewhere). A store that cannot be reached raises `errors.Unavailable`, and nothing of that call was
+    applied by this process.
     """
 
-    durable: bool
-    shared: bool
+    durable: bool       # a step is answered only after its write succeeded
+    shared: bool        # other processes write it too: the local session table is a cache
     description: str
 
     def load(self) -> list[SessionRecord]: ...
@@ -50,7 +57,7 @@ class StateStore(Protocol):
 
     async def create(self, rec: SessionRecord) -> bool: ...
 
-    async def commit(self, records: list[SessionRecord]) -> list[str]: ...  # "ok" | "conflict" | "missing"
+    async def commit(self, records: list[SessionRecord]) -> list[str]: ...
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
 
@@ -58,7 +65,7 @@ class StateStore(Protocol):
 
 
 class MemoryStore:
-    """The default: sessions live in the process only; a restart starts empty."""
+    """The default: sessions live in the process only; a restart starts empty. Nothing to compare: all "ok"."""
 
     durable = False
     shared = False
@@ -74,7 +81,7 @@ class MemoryStore:
         return True
 
     async def commit(self, records: list[SessionRecord]) -> list[str]:
-        return ["ok"] * len(records)
+        return [OK] * len(records)
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         return None
@@ -83,6 +90,8 @@ class MemoryStore:
         return None
 
 
+_COLUMNS = ("id", "model", "owner", "state", "step_count", "last_seq", "timeout", "expires_at", "last_output",
+            "last_rows", "last_state", "last_step_count", "version")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT NOT NULL,
@@ -100,9 +109,14 @@ CREATE TABLE IF NOT EXISTS sessions (
     version INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
 )"""
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
+_INSERT = f"INSERT OR IGNORE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+# CAS: the row of (owner, id) changes only if it is there, unexpired, at the version before this one.
+_CAS = ("UPDATE sessions SET state=?, step_count=?, last_seq=?, timeout=?, expires_at=?, last_output=?, last_rows=?, "
+        "last_state=?, last_step_count=?, version=? WHERE owner=? AND id=? AND version=? AND expires_at>?")
 
-_INSERT = "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_UPSERT = "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+_PURGE_SECONDS = 60.0  # shared sqlite: how often a commit also deletes the expired rows
 
 
 def _row(r: SessionRecord) -> tuple:
@@ -110,8 +124,7 @@ def _row(r: SessionRecord) -> tuple:
     return (r.id, r.model, r.owner or "", r.state.astype(np.float32).tobytes(), r.step_count, r.last_seq, r.timeout,
             r.expires_at, None if out is None else out.astype(np.float32).tobytes(),
             None if out is None else out.shape[0],
-            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count,
-            r.version)
+            None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count, r.version)
 
 
 def _record(row) -> SessionRecord:
@@ -120,8 +133,8 @@ def _record(row) -> SessionRecord:
     out = None
     if last_out is not None:
         out = np.frombuffer(last_out, dtype=np.float32).reshape(last_rows, -1).copy()
-    return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq, timeout,
-                         expires_at, out,
+    return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq,
+                         timeout, expires_at, out,
                          None if last_state is None else np.frombuffer(last_state, dtype=np.float32).copy(),
                          last_steps or 0, version)
 
@@ -129,78 +142,106 @@ def _record(row) -> SessionRecord:
 class SqliteStore:
     """Embedded durable store: stdlib sqlite3 in WAL mode, one transaction per batch.
 
-    A step is answered only after its batch's transaction committed, so a
-    `kill -9` of the server loses no acknowledged step (synchronous=NORMAL:
-    durable against a process crash; an OS crash may lose the last commits).
-    Writes run on one dedicated thread, in submission order.
+    A step is answered only after its batch's transaction committed, so a `kill -9` of the server loses no
+    acknowledged step (synchronous=NORMAL: durable against a process crash; an OS crash may lose the last
+    commits). Writes run on one dedicated thread, in submission order. `shared=True` (--workers N): several
+    processes of one machine use the file; each commit is a compare-and-set on `version` inside one
+    BEGIN IMMEDIATE transaction (writers queue on the file lock for up to `busy_timeout` seconds).
     """
 
     durable = True
-    shared = False
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, shared: bool = False, busy_timeout: float = 5.0):
         self.path = Path(path)
-        self.description = f"sqlite:{self.path} (WAL, one transaction per batch, survives kill -9)"
+        self.shared = shared
+        mode = "shared by worker processes, compare-and-set per record" if shared else "one process"
+        self.description = f"sqlite:{self.path} (WAL, one transaction per batch, {mode}; survives kill -9)"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
+                                   timeout=busy_timeout)
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(sessions)")}
-        if "version" not in columns:  # a file written before compare-and-set existed
-            self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+        with self._tx():
+            self._db.execute(_SCHEMA)
+            if "version" not in [c[1] for c in self._db.execute("PRAGMA table_info(sessions)")]:
+                self._db.execute("ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._purged = time.monotonic()
+
+    @contextmanager
+    def _tx(self):
+        """One BEGIN IMMEDIATE transaction: takes the write lock at once (no read-to-write upgrade deadlock)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def load(self) -> list[SessionRecord]:
-        now = time.time()
-        self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-        return [_record(row) for row in self._db.execute("SELECT * FROM sessions")]
-
-    def _commit(self, rows: list[tuple]) -> list[str]:
-        out = []
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            for row in rows:
-                found = self._db.execute("SELECT version FROM sessions WHERE owner = ? AND id = ?",
-                                         (row[2], row[0])).fetchone()
-                if found is None:
-                    out.append("missing")
-                elif found[0] != row[-1] - 1:
-                    out.append("conflict")
-                else:
-                    self._db.execute(_UPSERT, row)
-                    out.append("ok")
-        return out
-
-    def _create(self, row: tuple) -> bool:
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(_INSERT, row)
-            except sqlite3.IntegrityError:
-                return False
-        return True
+        """Every unexpired session (one process); nothing for shared workers, which read through on a miss."""
+        with self._tx():
+            self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (time.time(),))
+        if self.shared:
+            return []
+        return [_record(row) for row in self._db.execute(_SELECT)]
 
     def _fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
-        row = self._db.execute("SELECT * FROM sessions WHERE owner = ? AND id = ?", (owner or "", sid)).fetchone()
+        row = self._db.execute(f"{_SELECT} WHERE owner=? AND id=? AND expires_at>?",
+                               (owner or "", sid, time.time())).fetchone()
         return None if row is None else _record(row)
 
+    def _create(self, row: tuple) -> bool:
+        with self._tx():
+            self._db.execute("DELETE FROM sessions WHERE owner=? AND id=? AND expires_at<=?",
+                             (row[2], row[0], time.time()))
+            return self._db.execute(_INSERT, row).rowcount == 1
+
+    def _commit(self, rows: list[tuple]) -> list[str]:
+        now = time.time()
+        out = []
+        with self._tx():
+            for r in rows:
+                (sid, _model, owner, state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version) = r
+                if self._db.execute(_CAS, (state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version,
+                                           owner, sid, version - 1, now)).rowcount == 1:
+                    out.append(OK)
+                    continue
+                found = self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=? AND expires_at>?",
+                                         (owner, sid, now)).fetchone()
+                out.append(CONFLICT if found else MISSING)
+            if self.shared and time.monotonic() - self._purged > _PURGE_SECONDS:
+                # shared: no process deletes what expires in its cache (another may still be stepping it)
+                self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+                self._purged = time.monotonic()
+        return out
+
     def _delete(self, keys: list[tuple[str | None, str]]) -> None:
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._tx():
             self._db.executemany("DELETE FROM sessions WHERE owner = ? AND id = ?", [(o or "", i) for o, i in keys])
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-    async def commit(self, records: list[SessionRecord]) -> list[str]:
-        return await self._run(self._commit, [_row(r) for r in records])
-
-    async def create(self, rec: SessionRecord) -> bool:
-        return await self._run(self._create, _row(rec))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        except sqlite3.OperationalError as e:  # locked past busy_timeout, disk full, I/O error: rolled back
+            raise Unavailable(f"state store sqlite:{self.path} failed: {e}; nothing was applied") from e
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        """The stored session, or None (never stored, closed, or expired)."""
         return await self._run(self._fetch, owner, sid)
+
+    async def create(self, rec: SessionRecord) -> bool:
+        """Insert `rec` if no unexpired session has its (owner, id); False if one has."""
+        return await self._run(self._create, _row(rec))
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        """Compare-and-set every record in one transaction: "ok" | "conflict" | "missing" per record."""
+        if not records:
+            return []
+        return await self._run(self._commit, [_row(r) for r in records])
 
     async def delete(self, keys: list[tuple[str | None, str]]) -> None:
         if keys:
@@ -214,18 +255,35 @@ class SqliteStore:
         self._db.close()
 
 
+STORE_HELP = (
+    "where session state lives: memory | sqlite:PATH | redis://HOST:PORT/DB. "
+    "memory: this process only; a restart loses every session. "
+    "sqlite:PATH: a file on this machine, one transaction per batch before the answer; survives kill -9 of the "
+    "server, an OS crash may lose the last commits (synchronous=NORMAL); --workers share it with "
+    "compare-and-set. redis://: shared by every replica and worker (the local table is a cache, compare-and-set "
+    "per session, idle expiry as a Redis TTL); a step is answered after Redis acknowledged it, and what survives "
+    "a crash is what Redis promises: a clean Redis restart loses nothing; AOF appendfsync always loses no "
+    "acknowledged step even on a crash of Redis or its machine; AOF everysec (Redis' default) may lose the last "
+    "1-2 s of acknowledged steps on a crash of the redis process (it postpones AOF writes while a slow fsync "
+    "runs) or of its machine; without persistence a Redis restart loses every session")
+
+
 def check_spec(spec: str) -> tuple[str, str]:
-    """(`memory`, "") or (`sqlite`, PATH); anything else is refused with the choices."""
+    """(`memory`, ""), (`sqlite`, PATH) or (`redis`, URL); anything else is refused with the choices."""
     if spec == "memory":
         return "memory", ""
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return "sqlite", spec[len("sqlite:"):]
-    if spec.startswith("redis"):
-        raise ValueError(f"--state-store {spec}: the Redis backend is the next milestone; use memory or sqlite:PATH")
-    raise ValueError(f"--state-store {spec!r}: expected memory or sqlite:PATH")
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        from .store_redis import check_url
+        return "redis", check_url(spec)
+    raise ValueError(f"--state-store {spec!r}: expected memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
-def open_store(spec: str) -> StateStore:
-    """The StateStore named by --state-store."""
-    kind, path = check_spec(spec)
-    return SqliteStore(path) if kind == "sqlite" else MemoryStore()
+def open_store(spec: str, shared: bool = False) -> StateStore:
+    """The StateStore named by --state-store; `shared`: several worker processes use it (--workers > 1)."""
+    kind, where = check_spec(spec)
+    if kind == "redis":
+        from .store_redis import RedisStore
+        return RedisStore(where)
+    return SqliteStore(where, shared=shared) if kind == "sqlite" else MemoryStore()

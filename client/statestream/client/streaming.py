@@ -1,0 +1,176 @@
+"""The two ways `Session.stream` drives StreamSteps: pipelined, or one step at a time that survives a broken call."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+import grpc
+
+from statestream.v1 import statestream_pb2 as pb
+
+from .errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
+from .retry import Attempts
+
+if TYPE_CHECKING:
+    from .client import Session
+
+
+class Watchdog:
+    """Cancels a call when a reply is overdue: `timeout` seconds after the oldest unanswered step was sent
+    (or after the last reply, while steps are still unanswered). One thread per stream, woken per message."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.fired = False
+        self._cancel: Callable[[], object] | None = None
+        self._outstanding = 0
+        self._deadline: float | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def watch(self, cancel: Callable[[], object]) -> "Watchdog":
+        """Start watching: `cancel` is called once if a reply is overdue."""
+        self._cancel = cancel
+        threading.Thread(target=self._run, name="statestream-watchdog", daemon=True).start()
+        return self
+
+    def sent(self, timeout: float | None = None) -> None:
+        with self._cond:
+            self._outstanding += 1
+            if self._outstanding == 1:
+                self._deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+                self._cond.notify()
+
+    def received(self) -> None:
+        with self._cond:
+            self._outstanding = max(0, self._outstanding - 1)
+            self._deadline = time.monotonic() + self.timeout if self._outstanding else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self.fired = True
+                break
+        if self.fired:
+            self._cancel()
+
+    def error(self, e: grpc.RpcError) -> StatestreamError:
+        """The exception for a call that failed: DeadlineExceeded if this watchdog cancelled it."""
+        if self.fired:
+            return DeadlineExceeded(f"no reply within {self.timeout:g} s of a step being sent; the stream was cancelled")
+        return from_rpc_error(e)
+
+
+def pipelined(session: "Session", steps: Iterable, return_sequences: bool, return_state: bool,
+              timeout: float | None) -> Iterator:
+    """Every step sent as soon as it is produced; replies in order. Each reply must come within the client's
+    timeout of its step (a whole-call deadline would cut long streams); `timeout` also bounds the whole call."""
+    client = session.client
+    dog = Watchdog(client.timeout)
+    failed: list[Exception] = []  # raised by `steps` on gRPC's sending thread: re-raised here, after the replies
+
+    def requests():
+        try:
+            for x in steps:
+                req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, None))
+                dog.sent()
+                yield req
+        except Exception as e:  # noqa: BLE001 - the caller's own error, handed back to the caller
+            failed.append(e)
+
+    call = client.stub.StreamSteps(requests(), timeout=timeout, metadata=session.metadata)
+    dog.watch(call.cancel)
+    try:
+        for reply in call:
+            dog.received()
+            if reply.HasField("error"):
+                raise from_code(reply.error.code, reply.error.message)
+            yield session.result(reply.step, return_sequences, return_state)
+        if failed:
+            raise failed[0]
+    except grpc.RpcError as e:
+        if failed:
+            raise failed[0] from None
+        raise dog.error(e) from None
+    finally:
+        call.cancel()
+        dog.close()
+
+
+class LockstepCall:
+    """One StreamSteps call carrying one step at a time: `exchange` sends a step and waits for its reply."""
+
+    def __init__(self, session: "Session", wait_for_ready: bool):
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.call = session.client.stub.StreamSteps(iter(self._outbox.get, None), metadata=session.metadata,
+                                                    wait_for_ready=wait_for_ready)
+        self.dog = Watchdog(session.client.timeout).watch(self.call.cancel)
+
+    def exchange(self, req: pb.StreamStepsRequest, timeout: float) -> pb.StepResponse:
+        """The step's reply; an in-band error or a broken call raises (then this call is done: `close` it)."""
+        self.dog.timeout = timeout
+        self.dog.sent(timeout)
+        self._outbox.put(req)
+        try:
+            reply = next(self.call)
+        except StopIteration:
+            raise Unavailable("the server ended the stream before answering") from None
+        except grpc.RpcError as e:
+            raise self.dog.error(e) from None
+        self.dog.received()
+        if reply.HasField("error"):
+            raise from_code(reply.error.code, reply.error.message)
+        return reply.step
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self.call.cancel()
+        self.dog.close()
+
+
+def exactly_once(session: "Session", steps: Iterable, return_sequences: bool, return_state: bool,
+                 timeout: float | None) -> Iterator:
+    """Steps numbered by the session, one unacknowledged at a time (the server records only the last response:
+    two applied-but-unanswered steps would lose an output). A broken call is replaced by a new one that resends
+    the unacknowledged step with its sequence number; each step's retries are bounded by `timeout` (default:
+    the client's)."""
+    client = session.client
+    budget = timeout or client.timeout
+    call: LockstepCall | None = None
+    try:
+        for x in steps:
+            seq = session.last_sequence_number + 1
+            req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, seq))
+            attempts = Attempts(client.retry, budget)
+            for attempt_timeout in attempts:
+                try:
+                    if call is None:
+                        call = LockstepCall(session, wait_for_ready=attempts.retries > 0)
+                    reply = call.exchange(req, attempt_timeout)
+                    break
+                except StatestreamError as e:
+                    if call is not None:
+                        call.close()
+                    call = None
+                    attempts.failed(e)
+            client.retries += attempts.retries
+            session.acknowledged(seq)
+            yield session.result(reply, return_sequences, return_state)
+    finally:
+        if call is not None:
+            call.close()

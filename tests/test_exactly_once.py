@@ -1,0 +1,100 @@
+"""Exactly-once sessions of the Python client against a server killed with SIGKILL and restarted on the same port."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from reference import stepped
+from serverproc import DEMO_MODEL, ServerProcess
+from statestream.client import Client, FailedPrecondition
+from test_faults import signal_for
+
+
+class Restarter:
+    """kill -9 a sqlite-backed server, then start it again on the same port and file after `down` seconds."""
+
+    def __init__(self, db: str, srv: ServerProcess, down: float = 0.5):
+        self.db, self.srv, self.down = db, srv, down
+        self.port = srv.port
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def kill_and_restart(self) -> None:
+        self.srv.kill()
+        self.thread = threading.Thread(target=self._restart, daemon=True)
+        self.thread.start()
+
+    def _restart(self) -> None:
+        try:
+            time.sleep(self.down)
+            self.srv = ServerProcess(DEMO_MODEL, "--state-store", self.db, "--port", str(self.port)).start()
+        except BaseException as e:  # noqa: BLE001 - reported by join()
+            self.error = e
+
+    def join(self) -> ServerProcess:
+        self.thread.join(60)
+        if self.error:
+            raise self.error
+        return self.srv
+
+
+@pytest.fixture
+def durable(tmp_path):
+    db = f"sqlite:{tmp_path / 'state.db'}"
+    srv = ServerProcess(DEMO_MODEL, "--state-store", db).start()
+    r = Restarter(db, srv)
+    yield r
+    r.srv.stop()
+
+
+def test_stream_resumes_after_kill_9_and_equals_the_uninterrupted_reference(durable):
+    xs = signal_for(80, seed=3)
+    with Client(f"127.0.0.1:{durable.port}", timeout=30) as c:
+        s = c.session("demo", "eo-stream", exactly_once=True)
+        got = []
+        for y in s.stream(xs):
+            got.append(y)
+            if len(got) == 30:
+                durable.kill_and_restart()  # the next step is on the wire or about to be
+        srv = durable.join()
+        assert "restored 1 of 1" in srv.output()
+        st = s.get_state()
+        assert c.retries >= 1
+    np.testing.assert_allclose(np.array(got), stepped(xs), atol=1e-6)
+    assert len(got) == 80 and st.step_count == 80 and st.last_sequence_number == 80  # none lost, none doubled
+
+
+def test_unary_steps_retry_through_a_restart_and_attach_resumes_the_numbering(durable):
+    xs = signal_for(40, seed=4)
+    with Client(f"127.0.0.1:{durable.port}", timeout=30) as c:
+        s = c.session("demo", "eo-unary", exactly_once=True)
+        got = [s.step(x) for x in xs[:15]]
+        durable.kill_and_restart()
+        got += [s.step(x) for x in xs[15:25]]  # the first of these waits for the restarted server
+        durable.join()
+        assert c.retries >= 1
+    with Client(f"127.0.0.1:{durable.port}", timeout=30) as c2:  # a new process of the caller, say
+        s2 = c2.attach("eo-unary", "demo", exactly_once=True)
+        assert s2.last_sequence_number == 25
+        got += [s2.step(x) for x in xs[25:]]
+        assert s2.get_state().step_count == 40
+        with pytest.raises(ValueError, match="numbers its steps itself"):
+            s2.step(xs[0], sequence_number=41)
+    np.testing.assert_allclose(np.array(got), stepped(xs), atol=1e-6)
+
+
+def test_a_stale_numbering_is_refused_not_applied(durable):
+    """Two exactly-once writers of one session: the second's number is already taken, so it is told, not applied."""
+    xs = signal_for(3, seed=5)
+    with Client(f"127.0.0.1:{durable.port}") as c:
+        a = c.session("demo", "eo-two", exactly_once=True)
+        b = c.attach("eo-two", "demo", exactly_once=True)
+        a.step(xs[0])
+        a.step(xs[1])
+        with pytest.raises(FailedPrecondition):
+            b.step(xs[2])  # b believes the next number is 1
+        assert a.get_state().step_count == 2

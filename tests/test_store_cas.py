@@ -1,0 +1,264 @@
+"""The store protocol against a real redis-server and a real sqlite file: CAS, create, expiry, fetch, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
+from statestream.server.errors import Unavailable
+from statestream.server.store import MemoryStore, SessionRecord, SqliteStore, check_spec, open_store
+from statestream.server.store_redis import RedisStore
+
+RNG = np.random.default_rng(7)
+
+
+def record(sid="s1", owner=None, version=1, timeout=60.0, steps=0, seq=0, last=True) -> SessionRecord:
+    state = RNG.standard_normal(32).astype(np.float32)
+    state[3] = np.float32(-0.0)
+    out = RNG.standard_normal((4, 3)).astype(np.float32) if last else None
+    return SessionRecord(sid, "demo", owner, state, steps, seq, timeout, time.time() + timeout, out,
+                         state.copy() if last else None, steps, version)
+
+
+def same(a: SessionRecord, b: SessionRecord) -> None:
+    """Equal field by field; float arrays bit for bit."""
+    for f in ("id", "model", "owner", "step_count", "last_seq", "timeout", "last_step_count", "version"):
+        assert getattr(a, f) == getattr(b, f), f
+    for f in ("state", "last_output", "last_state"):
+        x, y = getattr(a, f), getattr(b, f)
+        assert (x is None) == (y is None), f
+        if x is not None:
+            assert x.dtype == y.dtype == np.float32 and x.shape == y.shape and x.tobytes() == y.tobytes(), f
+    assert abs(a.expires_at - b.expires_at) < 1.0
+
+
+def bumped(rec: SessionRecord, version: int | None = None) -> SessionRecord:
+    """The record after one more step (a new version)."""
+    new = SessionRecord(**{**rec.__dict__})
+    new.state = rec.state + 1
+    new.step_count += 1
+    new.last_seq += 1
+    new.version = rec.version + 1 if version is None else version
+    new.expires_at = time.time() + rec.timeout
+    return new
+
+
+@pytest.fixture(params=["sqlite", "redis", "redis-script"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "s.db"), shared=True)
+        yield s
+        s.close()
+        return
+    with RedisProcess() as r:
+        mode = "script" if request.param == "redis-script" else "pipeline"
+        yield RedisStore(r.url, batch_mode=mode)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_create_fetch_round_trip_bit_exact(store):
+    async def go():
+        recs = [record("a"), record("a", owner="tenant-1"), record("b", last=False), record("ü-☃ id", owner="t:2")]
+        assert [await store.create(r) for r in recs] == [True] * 4
+        for r in recs:
+            same(await store.fetch(r.owner, r.id), r)
+        assert await store.fetch(None, "nope") is None
+        assert await store.fetch("tenant-2", "a") is None   # ids are per owner
+        assert await store.create(record("a", version=1)) is False  # exists: nothing changes
+        same(await store.fetch(None, "a"), recs[0])
+    run(go())
+
+
+def test_commit_cas_ok_conflict_missing(store):
+    async def go():
+        a, b = record("a"), record("b")
+        await store.create(a)
+        await store.create(b)
+        a2, b2 = bumped(a), bumped(b)
+        assert await store.commit([a2, b2]) == ["ok", "ok"]
+        same(await store.fetch(None, "a"), a2)
+        stale = bumped(a)                      # a writer that still has version 1: another process wrote 2
+        stale.state = stale.state * 3
+        a3 = bumped(a2)
+        ghost = record("never-opened", version=2)
+        assert await store.commit([stale, a3, ghost]) == ["conflict", "ok", "missing"]
+        same(await store.fetch(None, "a"), a3)       # the stale write changed nothing
+        assert await store.commit([bumped(a2)]) == ["conflict"]   # same version again, another write
+        await store.delete([(None, "a")])
+        assert await store.commit([bumped(a3)]) == ["missing"]
+        assert await store.fetch(None, "a") is None
+        assert await store.create(a) is True           # a closed id can be opened again
+        await store.delete([])
+        assert await store.commit([]) == []
+    run(go())
+
+
+def test_expired_session_is_missing(store):
+    async def go():
+        short = record("short", timeout=0.3)
+        await store.create(short)
+        assert await store.commit([bumped(short)]) == ["ok"]
+        await asyncio.sleep(0.6)
+        assert await store.fetch(None, "short") is None
+        assert await store.commit([bumped(bumped(short))]) == ["missing"]
+        assert await store.create(record("short")) is True   # the id is free again
+    run(go())
+
+
+def test_redis_ttl_is_the_idle_timeout_refreshed_by_every_write(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url)
+        rec = record("t", timeout=100.0)
+        rec.expires_at = time.time() + 40
+        await store.create(rec)
+        r = redis_proc.client()
+        key = b"statestream:s:\x00t"
+        assert 38_000 < r.pttl(key) <= 40_000
+        assert await store.commit([bumped(rec)]) == ["ok"]      # a step: the full idle timeout again
+        assert 98_000 < r.pttl(key) <= 100_000
+        assert r.hget(key, "v") == b"2"
+        await store.aclose()
+    run(go())
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "script"])
+def test_redis_script_flush_reloads_the_script(redis_proc, mode):
+    async def go():
+        store = RedisStore(redis_proc.url, batch_mode=mode)
+        recs = [record(f"f{i}") for i in range(5)]
+        for r in recs:
+            await store.create(r)
+        recs = [bumped(r) for r in recs]
+        assert await store.commit(recs) == ["ok"] * 5
+        redis_proc.client().script_flush()
+        recs = [bumped(r) for r in recs]
+        assert await store.commit(recs) == ["ok"] * 5
+        redis_proc.client().script_flush()
+        assert await store.create(record("after-flush")) is True
+        for r in recs:
+            same(await store.fetch(None, r.id), r)
+        await store.aclose()
+    run(go())
+
+
+def test_redis_down_is_unavailable_and_nothing_is_applied(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url, connect_timeout=0.5)
+        rec = record("d")
+        await store.create(rec)
+        redis_proc.kill()
+        for call in (store.commit([bumped(rec)]), store.fetch(None, "d"), store.create(record("e")),
+                     store.delete([(None, "d")])):
+            with pytest.raises(Unavailable) as e:
+                await call
+            assert f"state store redis://127.0.0.1:{redis_proc.port}/0 is unreachable" in e.value.message
+            assert "nothing was applied" in e.value.message
+        redis_proc.start()       # AOF: the session comes back as it was acknowledged
+        same(await store.fetch(None, "d"), rec)
+        assert await store.commit([bumped(rec)]) == ["ok"]
+        await store.aclose()
+    run(go())
+
+
+@pytest.mark.parametrize("fsync,kill", [("everysec", False), ("always", True)])
+def test_redis_restart_keeps_every_acknowledged_write(fsync, kill):
+    """A clean Redis restart loses nothing; neither does a kill -9 with appendfsync always (with everysec a
+    kill -9 may lose the last ~2 s: Redis postpones AOF writes while a slow fsync runs; measured here)."""
+    async def go(r):
+        store = RedisStore(r.url)
+        recs = [record(f"k{i}") for i in range(20)]
+        for rec in recs:
+            await store.create(rec)
+        for _ in range(5):
+            recs = [bumped(rec) for rec in recs]
+            assert await store.commit(recs) == ["ok"] * 20
+        r.restart(kill=kill)
+        for rec in recs:
+            same(await store.fetch(None, rec.id), rec)
+        await store.aclose()
+    with RedisProcess(fsync=fsync) as r:
+        run(go(r))
+
+
+def _increment(path: str, n: int) -> None:
+    """One worker process: n steps of session 'shared' by CAS, re-reading on conflict."""
+    async def go():
+        store = SqliteStore(path, shared=True, busy_timeout=10)
+        done = 0
+        while done < n:
+            rec = await store.fetch(None, "shared")
+            if (await store.commit([bumped(rec)]))[0] == "ok":
+                done += 1
+        store.close()
+    asyncio.run(go())
+
+
+def test_sqlite_cas_across_worker_processes(tmp_path):
+    path = str(tmp_path / "w.db")
+    store = SqliteStore(path, shared=True)
+    run(store.create(record("shared", steps=0)))
+    procs = [multiprocessing.get_context("spawn").Process(target=_increment, args=(path, 60)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    rec = run(store.fetch(None, "shared"))
+    assert rec.version == 121 and rec.step_count == 120   # no step lost or applied on a stale copy
+    store.close()
+
+
+def test_shared_sqlite_purges_expired_rows(tmp_path, monkeypatch):
+    from statestream.server import store as store_module
+    monkeypatch.setattr(store_module, "_PURGE_SECONDS", 0.0)
+    s = SqliteStore(str(tmp_path / "p.db"), shared=True)
+    live = record("live")
+
+    async def go():
+        await s.create(record("gone", timeout=0.05))
+        await s.create(live)
+        await asyncio.sleep(0.1)
+        assert s.count() == 2
+        assert await s.commit([bumped(live)]) == ["ok"]
+    run(go())
+    assert s.count() == 1
+    s.close()
+
+
+def test_sqlite_single_process_load_and_old_files(tmp_path):
+    path = tmp_path / "one.db"
+    store = SqliteStore(str(path))
+    run(store.create(record("x")))
+    store.close()
+    again = SqliteStore(str(path))
+    assert [r.id for r in again.load()] == ["x"] and not again.shared
+    again.close()
+    assert SqliteStore(str(path), shared=True).load() == []   # workers read through instead
+
+
+def test_memory_store_has_nothing_to_compare():
+    async def go():
+        m = MemoryStore()
+        assert await m.create(record()) and await m.commit([record(), record()]) == ["ok", "ok"]
+        assert await m.fetch(None, "s1") is None and not m.shared and not m.durable
+    run(go())
+
+
+def test_specs(tmp_path):
+    assert check_spec("redis://127.0.0.1:6379/0") == ("redis", "redis://127.0.0.1:6379/0")
+    assert check_spec("memory") == ("memory", "")
+    for bad, why in [("redis://", "no host"), ("redis://h:port/0", "port is not a number"),
+                     ("redis://h:1/zero", "database must be a number"), ("postgres://x", "expected memory")]:
+        with pytest.raises(ValueError, match=why):
+            check_spec(bad)
+    assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
+    assert open_store(f"sqlite:{tmp_path / 'a.db'}", shared=True).shared
+    assert not open_store(f"sqlite:{tmp_path / 'b.db'}").shared
