@@ -70,6 +70,8 @@ proto: install-dev tools
 bench: install-dev tools install-triton-client
 	$(PY) -m bench.run
 	$(PY) -m bench.scaleout
+	$(PY) -m bench.proxy
+	$(PY) -m bench.client_stream
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .tools

@@ -138,9 +138,10 @@ def markdown(res: dict) -> str:
                   "same concurrency, from the table above.", ""]
         lines += _table(["mode", "c", "infer/s", "p50 ms", "p90 ms", "p99 ms", "ghz statestream.v1 msgs/s",
                          "ghz p99 ms", "Triton / ghz"],
-                        [[r["mode"], str(r["concurrency"]), _n(r["infer_per_s"]), _n(r["p50_ms"], 2),
-                          _n(r["p90_ms"], 2), _n(r["p99_ms"], 2), _n(r["ghz_msgs_per_s"]), _n(r["ghz_p99_ms"], 2),
-                          _r(r["ratio_ghz"])] for r in tri["rows"]])
+                        [[r["mode"], str(r["concurrency"]), _n(r.get("infer_per_s")), _n(r.get("p50_ms"), 2),
+                          _n(r.get("p90_ms"), 2), _n(r.get("p99_ms"), 2), _n(r.get("ghz_msgs_per_s")),
+                          _n(r.get("ghz_p99_ms"), 2), _r(r.get("ratio_ghz"))] for r in tri["rows"]])
+        lines += [f"- {r['mode']} c={r['concurrency']}: {r['error']}" for r in tri["rows"] if "error" in r]
 
     lines += ["", "## Compute ceilings", ""]
     ort = res.get("ort", [])

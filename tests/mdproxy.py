@@ -1,4 +1,5 @@
-"""A recording gRPC pass-through proxy on loopback: forwards every call to a real server and notes its metadata."""
+"""A recording gRPC pass-through proxy on loopback: forwards every call to a real server, notes its metadata,
+and on request loses a reply after the server applied the call (what a dying proxy or connection does)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ _FORWARDED = lambda k: not (k.startswith(":") or k.startswith("grpc-") or k == "
 
 
 def session_ids(method: str, raw: bytes) -> list[str]:
-    """The session ids a request of `method` names (empty for calls that name none, or many, like frames)."""
+    """The session ids a request of `method` names (a group's id for group calls; empty for calls that name
+    none, or many, like frames)."""
     if method == "StreamSteps":
         return [pb.StreamStepsRequest.FromString(raw).step.session_id]
     request = {"Step": pb.StepRequest, "GetState": pb.GetStateRequest, "SetState": pb.SetStateRequest,
                "CloseSession": pb.CloseSessionRequest, "OpenSession": pb.OpenSessionRequest}.get(method)
-    return [request.FromString(raw).session_id] if request else []
+    if request:
+        return [request.FromString(raw).session_id]
+    group = {"OpenGroup": pb.OpenGroupRequest, "StepGroup": pb.StepGroupRequest,
+             "CloseGroup": pb.CloseGroupRequest}.get(method)
+    return [group.FromString(raw).group_id] if group else []
 
 
 @dataclass
@@ -35,11 +41,17 @@ class Call:
 
 
 class RecordingProxy:
-    """with RecordingProxy(server.target) as proxy: Client(proxy.target) ...; proxy.calls"""
+    """with RecordingProxy(server.target) as proxy: Client(proxy.target) ...; proxy.calls
+
+    proxy.drop_replies["Step"] = 1   # the next Step is applied upstream, its caller gets UNAVAILABLE instead
+    proxy.break_streams.append(5)    # the next stream passes 5 replies, then loses the 6th and fails UNAVAILABLE
+    """
 
     def __init__(self, upstream: str):
         self.upstream = grpc.insecure_channel(upstream)
         self.calls: list[Call] = []
+        self.drop_replies: dict[str, int] = {}
+        self.break_streams: list[int] = []
         self._lock = threading.Lock()
         self.server = grpc.server(ThreadPoolExecutor(max_workers=16))
         self.server.add_generic_rpc_handlers([_Handler(self)])
@@ -56,6 +68,17 @@ class RecordingProxy:
         with self._lock:
             self.calls.append(call)
         return call
+
+    def take_drop(self, method: str) -> bool:
+        with self._lock:
+            if self.drop_replies.get(method, 0) > 0:
+                self.drop_replies[method] -= 1
+                return True
+            return False
+
+    def take_break(self) -> int | None:
+        with self._lock:
+            return self.break_streams.pop(0) if self.break_streams else None
 
     def __enter__(self) -> "RecordingProxy":
         self.server.start()
@@ -84,9 +107,12 @@ class _Handler(grpc.GenericRpcHandler):
         def unary(raw: bytes, context: grpc.ServicerContext) -> bytes:
             call.sessions += session_ids(call.method, raw)
             try:
-                return upstream.unary_unary(details.method)(raw, metadata=metadata, timeout=remaining(context))
+                reply = upstream.unary_unary(details.method)(raw, metadata=metadata, timeout=remaining(context))
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details())
+            if self.proxy.take_drop(call.method):
+                context.abort(grpc.StatusCode.UNAVAILABLE, "test proxy: the reply was lost on the way back")
+            return reply
 
         def streaming(requests, context: grpc.ServicerContext):
             def forwarded():
@@ -97,8 +123,14 @@ class _Handler(grpc.GenericRpcHandler):
             replies = upstream.stream_stream(details.method)(forwarded(), metadata=metadata,
                                                              timeout=remaining(context))
             context.add_callback(replies.cancel)
+            passed, limit = 0, self.proxy.take_break()
             try:
-                yield from replies
+                for reply in replies:
+                    if passed == limit:
+                        replies.cancel()
+                        context.abort(grpc.StatusCode.UNAVAILABLE, "test proxy: the stream broke")
+                    passed += 1
+                    yield reply
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details())
 

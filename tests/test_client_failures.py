@@ -75,6 +75,17 @@ def test_a_stream_may_last_longer_than_the_clients_timeout(server):
         assert n > 10 and s.get_state().step_count >= n
 
 
+def test_a_caller_slow_with_each_result_is_not_a_hung_server(server):
+    """Replies waiting for the caller do not count against the server's deadline."""
+    with Client(server.target, timeout=0.3) as c:
+        s = c.session("demo")
+        got = 0
+        for _ in s.stream(np.zeros((4, 3), np.float32)):  # all four are sent at once, answered at once
+            time.sleep(0.5)  # longer than the timeout, with results in hand
+            got += 1
+        assert got == 4
+
+
 def cli(target: str, *args: str, timeout: float = 60) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "statestream.client.cli", "--target", target, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

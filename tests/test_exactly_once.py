@@ -1,16 +1,20 @@
-"""Exactly-once sessions of the Python client against a server killed with SIGKILL and restarted on the same port."""
+"""Exactly-once sessions of the Python client: a server killed with SIGKILL and restarted on the same port, replies lost."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from mdproxy import RecordingProxy
 from reference import stepped
 from serverproc import DEMO_MODEL, ServerProcess
-from statestream.client import Client, FailedPrecondition
+from statestream.client import AlreadyExists, Client, FailedPrecondition, Unavailable
+from statestream.client.cli import synthetic_signal
 from test_faults import signal_for
 
 
@@ -87,6 +91,22 @@ def test_unary_steps_retry_through_a_restart_and_attach_resumes_the_numbering(du
     np.testing.assert_allclose(np.array(got), stepped(xs), atol=1e-6)
 
 
+def test_the_cli_streams_through_a_kill_9_and_restart_with_exactly_once(durable):
+    n = 1500
+    p = subprocess.Popen([sys.executable, "-m", "statestream.client.cli", "--target", f"127.0.0.1:{durable.port}",
+                          "--timeout", "30", "stream", "--model", "demo", "--synthetic", str(n), "--exactly-once"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [p.stdout.readline() for _ in range(50)]
+    durable.kill_and_restart()
+    out, err = p.communicate(timeout=120)
+    durable.join()
+    assert p.returncode == 0, err
+    lines += out.splitlines(keepends=True)
+    rows = np.array([[float(v) for v in line.split()] for line in lines])
+    assert rows.shape == (n, 2) and (rows[:, 0] == np.arange(n)).all()
+    np.testing.assert_allclose(rows[:, 1:], stepped(synthetic_signal(n, 3)), atol=1e-5)
+
+
 def test_a_stale_numbering_is_refused_not_applied(durable):
     """Two exactly-once writers of one session: the second's number is already taken, so it is told, not applied."""
     xs = signal_for(3, seed=5)
@@ -98,3 +118,51 @@ def test_a_stale_numbering_is_refused_not_applied(durable):
         with pytest.raises(FailedPrecondition):
             b.step(xs[2])  # b believes the next number is 1
         assert a.get_state().step_count == 2
+
+
+@pytest.fixture(scope="module")
+def lossy():
+    """A memory-store server behind a pass-through proxy that loses chosen replies after the server applied them."""
+    with ServerProcess(DEMO_MODEL) as srv, RecordingProxy(srv.target) as proxy:
+        yield proxy
+
+
+def test_a_lost_step_reply_is_retried_and_replayed_not_applied_twice(lossy):
+    xs = signal_for(3, seed=6)
+    with Client(lossy.target) as c:
+        s = c.session("demo", "lost-step", exactly_once=True)
+        y0 = s.step(xs[0])
+        lossy.drop_replies["Step"] = 1
+        y1 = s.step(xs[1])  # applied, answer lost, resent with sequence number 2: the recorded answer comes back
+        y2 = s.step(xs[2])
+        assert c.retries == 1 and s.get_state().step_count == 3
+    np.testing.assert_allclose(np.array([y0, y1, y2]), stepped(xs), atol=1e-6)
+
+
+def test_a_lost_open_reply_of_a_named_session_is_taken_as_its_own(lossy):
+    with Client(lossy.target) as c:
+        lossy.drop_replies["OpenSession"] = 1
+        s = c.session("demo", "lost-open", exactly_once=True)  # retried: ALREADY_EXISTS, untouched -> ours
+        assert s.step([0.1, 0.2, 0.3]).shape == (1,) and s.last_sequence_number == 1
+        with pytest.raises(AlreadyExists):
+            c.session("demo", "lost-open", exactly_once=True)  # no retry happened: someone else's session
+
+
+def test_a_stream_broken_after_the_server_applied_a_step_resumes_without_doubling_it(lossy):
+    xs = signal_for(30, seed=7)
+    with Client(lossy.target) as c:
+        s = c.session("demo", "broken-stream", exactly_once=True)
+        lossy.break_streams.append(10)  # reply 11 is lost after step 11 was applied
+        got = list(s.stream(xs))
+        assert c.retries == 1 and s.get_state().step_count == 30
+        streams = [k for k in lossy.calls if k.method == "StreamSteps" and k.sessions[:1] == ["broken-stream"]]
+        assert len(streams) == 2 and streams[1].sessions.count("broken-stream") == 20  # resumed at step 11
+    np.testing.assert_allclose(np.array(got), stepped(xs), atol=1e-6)
+
+
+def test_without_exactly_once_a_broken_stream_is_an_error(lossy):
+    with Client(lossy.target) as c:
+        s = c.session("demo")
+        lossy.break_streams.append(3)
+        with pytest.raises(Unavailable, match="the stream broke"):
+            list(s.stream(signal_for(10)))

@@ -67,7 +67,7 @@ def test_set_state_accepts_raw_layers(stub):
     st = stub.SetState(pb.SetStateRequest(session_id="set-raw", layers=layers)).state
     assert all(bits(l.h) == bits(h) and bits(l.c) == bits(-h) for l in st.layers)
     bad = [pb.LayerState(layer="lstm1", h_raw=raw(h[:15]), c_raw=raw(h)), layers[1]]
-    assert "h_raw has 60 bytes = 15 values; expected 16 values = 64 bytes" in refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=bad))
+    assert "15 values (60 bytes); expected 16" in refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=bad))
     both = [pb.LayerState(layer="lstm1", h=h, h_raw=raw(h), c_raw=raw(h)), layers[1]]
     assert "exactly one" in refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=both))
 

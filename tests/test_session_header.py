@@ -10,7 +10,8 @@ from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client
 from test_interop import EXAMPLES, GO_DIR, NODE_DIR, client_env, run, tool
 
-NAMING = {"Step", "StreamSteps", "GetState", "SetState", "CloseSession"}
+NAMING = {"Step", "StreamSteps", "GetState", "SetState", "CloseSession", "StepGroup", "CloseGroup"}
+OPENING = {"OpenSession", "OpenGroup"}  # the header only when the caller chose the id
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def check(calls) -> set[str]:
         header = c.metadata.get("x-session-id")
         if c.method in NAMING:
             assert c.sessions and set(c.sessions) == {header}, (c.method, header, c.sessions)
-        elif c.method == "OpenSession":
+        elif c.method in OPENING:
             assert header == (c.sessions[0] or None), (header, c.sessions)
         else:
             assert header is None, c
@@ -48,14 +49,18 @@ def test_python_client(proxy):
             s.step(xs[0])
             list(s.stream(xs))
             s.set_state(s.get_state())
+        with c.group("demo", 3) as g:
+            g.step(xs[:3])
+        with c.group("demo", session_ids=["gm-1", "gm-2"], group_id="named-group") as g:
+            g.step(xs[:2])
     seen = check(calls_of(proxy, "grpc-python"))
-    assert NAMING | {"OpenSession"} <= seen, seen
+    assert NAMING | OPENING <= seen, seen
 
 
 def test_go_client(proxy):
     run([tool("go"), "test", "-count=1", "./statestream"], cwd=GO_DIR, env=client_env(proxy.target), timeout=300)
     seen = check(calls_of(proxy, "grpc-go"))
-    assert NAMING | {"OpenSession"} <= seen, seen
+    assert NAMING - {"StepGroup", "CloseGroup"} | {"OpenSession"} <= seen, seen
     named = [c for c in calls_of(proxy, "grpc-go") if c.method == "OpenSession" and c.sessions[0]]
     assert named, "the Go tests open no session with a chosen id"
 
@@ -64,7 +69,7 @@ def test_node_client(proxy):
     node = tool("node")
     run([node, "--test"], cwd=NODE_DIR, env=client_env(proxy.target), timeout=300)
     seen = check(calls_of(proxy, "grpc-node"))
-    assert NAMING | {"OpenSession"} <= seen, seen
+    assert NAMING - {"StepGroup", "CloseGroup"} | {"OpenSession"} <= seen, seen
 
 
 @pytest.mark.parametrize("script, prefix", [("ghz-unary.sh", "ghz-"), ("ghz-stream.sh", "ghz-stream-")])

@@ -72,7 +72,7 @@ def test_invalid_argument_bad_fields(client):
         state = s.get_state()
         layer = next(iter(state.states))
         state.states[layer]["h"] = state.states[layer]["h"][:-1]
-        with pytest.raises(InvalidArgument, match=f"layer '{layer}' h(_raw has 60 bytes =)? (has )?15 values; expected 16"):
+        with pytest.raises(InvalidArgument, match=f"layer '{layer}' h(_raw)? has 15 values.*; expected 16"):
             s.set_state(state)
         with pytest.raises(InvalidArgument, match="must name every layer"):
             s.set_state({"nope": {"h": np.zeros(16)}})

@@ -74,6 +74,10 @@ def test_create_fetch_round_trip_bit_exact(store):
         assert await store.fetch("tenant-2", "a") is None   # ids are per owner
         assert await store.create(record("a", version=1)) is False  # exists: nothing changes
         same(await store.fetch(None, "a"), recs[0])
+        many = await store.fetch_many([(r.owner, r.id) for r in recs] + [(None, "nope")])
+        for got, r in zip(many, recs):
+            same(got, r)
+        assert many[-1] is None and await store.fetch_many([]) == []
     run(go())
 
 
@@ -262,3 +266,51 @@ def test_specs(tmp_path):
     assert isinstance(open_store("redis://127.0.0.1:1/0"), RedisStore)
     assert open_store(f"sqlite:{tmp_path / 'a.db'}", shared=True).shared
     assert not open_store(f"sqlite:{tmp_path / 'b.db'}").shared
+
+
+def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
+    """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
+    from statestream.server.batcher import Unit
+    from statestream.server.sessions import Session
+
+    s = Session("p", "demo", 0, None, 60.0, 0.0)
+    for seq in (8, 9, 10):
+        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None), seq)
+    s.start(s.head)
+    s.load(record("p", version=9, seq=8))   # another replica applied 8 (a retry there): 9 and 10 still queued
+    assert (s.last_seq, s.accepted_seq) == (8, 10)
+    assert s.accept(11) is None
+    s.drain()
+    s.load(record("p", version=12, seq=11))
+    assert s.accepted_seq == 11 and s.accept(12) is None
+
+
+def test_redis_refusing_writes_is_unavailable_with_its_reason(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url)
+        rec = record("oom")
+        await store.create(rec)
+        redis_proc.client().config_set("maxmemory", 1)       # every write is refused: OOM
+        with pytest.raises(Unavailable) as e:
+            await store.commit([bumped(rec)])
+        assert "refused the call" in e.value.message and "maxmemory" in e.value.message
+        assert "nothing was applied" in e.value.message
+        redis_proc.client().config_set("maxmemory", 0)
+        same(await store.fetch(None, "oom"), rec)
+        assert await store.commit([bumped(rec)]) == ["ok"]
+        await store.aclose()
+    run(go())
+
+
+def test_redis_batch_partly_refused_says_some_sessions_were_written(redis_proc):
+    async def go():
+        store = RedisStore(redis_proc.url)
+        good, bad = record("good"), record("bad")
+        await store.create(good)
+        redis_proc.client().set(b"statestream:s:\x00bad", b"not a hash")   # this record's script fails: WRONGTYPE
+        with pytest.raises(Unavailable) as e:
+            await store.commit([bumped(good), bumped(bad)])
+        assert "refused part of a batch" in e.value.message and "some of its sessions were written" in e.value.message
+        assert (await store.fetch(None, "good")).version == 2   # the good one was written, as the message says
+        await store.aclose()
+    run(go())

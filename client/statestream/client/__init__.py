@@ -3,6 +3,8 @@
 from .client import Client, Group, Session, SessionState
 from .errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
+from .retry import RetryPolicy
 
-__all__ = ["Client", "Group", "Session", "SessionState", "StatestreamError", "InvalidArgument", "NotFound", "AlreadyExists",
-           "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated", "DeadlineExceeded", "Internal"]
+__all__ = ["Client", "Group", "Session", "SessionState", "RetryPolicy", "StatestreamError", "InvalidArgument",
+           "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated",
+           "DeadlineExceeded", "Internal"]

@@ -21,6 +21,7 @@ examples:
   statestream stream --model demo --synthetic 200      # a synthetic sensor signal, one line per timestep
   statestream stream --model demo --csv readings.csv --plot out.png
   statestream --target host:50051 --token-file tok stream --model demo --csv -   # CSV from stdin
+  statestream --target haproxy:50051 --timeout 30 stream --model demo --csv - --exactly-once   # survives a failover
 
 A CSV has one row per timestep and one column per feature (a header row is skipped
 if it is not numeric). Each output line is: timestep, then the model's outputs.
@@ -84,7 +85,7 @@ def cmd_stream(client: Client, args) -> int:
     info = client.model(args.model)
     x = read_csv(args.csv, info.features) if args.csv else synthetic_signal(args.synthetic, info.features)
     outputs = []
-    with client.session(args.model) as s:
+    with client.session(args.model, exactly_once=args.exactly_once) as s:
         for t, y in enumerate(s.stream(x)):
             outputs.append(y)
             print(t, *(f"{v:.6g}" for v in y), flush=True)
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--csv", help="CSV file (or - for stdin), one row per timestep")
     src.add_argument("--synthetic", type=int, metavar="N", help="N timesteps of a synthetic sensor signal")
     st.add_argument("--plot", metavar="PNG", help="also plot input and output to this PNG")
+    st.add_argument("--exactly-once", action="store_true",
+                    help="number the steps and resume through a failover (one step in flight: slower)")
     return p
 
 

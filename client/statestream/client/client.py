@@ -12,7 +12,7 @@ from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from . import streaming
-from .errors import from_rpc_error
+from .errors import AlreadyExists, from_rpc_error
 from .retry import Attempts, RetryPolicy
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
@@ -115,7 +115,7 @@ class Client:
              retry: bool = False):
         """One unary RPC with this client's deadline and credentials; errors translated.
 
-        session_id: sent as the x-session-id header. retry: resend on a retryable failure (`retry.retryable`)
+        session_id: sent as the x-session-id header (a group's calls send the group id). retry: resend on a retryable failure (`retry.retryable`)
         until the deadline; only for requests that are safe to repeat (reads, numbered steps).
         """
         metadata = self.metadata + ((SESSION_HEADER, session_id),) if session_id else self.metadata
@@ -145,10 +145,22 @@ class Client:
         """Open a session (closed when used as a context manager and left).
 
         exactly_once: the Session numbers its steps itself and retries them through failures (see `Session`).
+        With a session_id, the open is retried too: ALREADY_EXISTS after a retry, for a session that has not
+        stepped yet, is taken as this call's own open whose answer was lost.
         """
         req = pb.OpenSessionRequest(model=model, session_id=session_id, idle_timeout_seconds=idle_timeout,
                                     initial_states=states_to_proto(initial_states) if initial_states else [])
-        reply = self.call("OpenSession", req, session_id=session_id)
+        retry = exactly_once and bool(session_id)
+        try:
+            reply = self.call("OpenSession", req, session_id=session_id, retry=retry)
+        except AlreadyExists as e:
+            if not retry or getattr(e, "attempts", 1) == 1:
+                raise
+            s = self.attach(session_id, model, exactly_once=True)
+            st = s.get_state()
+            if st.step_count or st.last_sequence_number:
+                raise
+            return s
         return Session(self, reply.session_id, reply.model, exactly_once=exactly_once)
 
     def attach(self, session_id: str, model: str, *, exactly_once: bool = False) -> "Session":
@@ -166,7 +178,8 @@ class Client:
         """Open a session group: `size` new sessions (random ids) or the given `session_ids`, stepped together
         by `Group.step` with one message; each member is also an ordinary session (`Group.sessions`)."""
         reply = self.call("OpenGroup", pb.OpenGroupRequest(model=model, size=size, session_ids=session_ids or [],
-                                                           group_id=group_id, idle_timeout_seconds=idle_timeout))
+                                                           group_id=group_id, idle_timeout_seconds=idle_timeout),
+                          session_id=group_id)
         return Group(self, reply.group_id, list(reply.session_ids), reply.model)
 
 
@@ -275,7 +288,8 @@ class Session(_Closes):
 
 
 class Group(_Closes):
-    """A session group: N sessions whose states the server keeps side by side, stepped by one message."""
+    """A session group: N sessions whose states the server keeps side by side, stepped by one message.
+    Its calls carry the group id as x-session-id, so a proxy keeps the group on one replica."""
 
     def __init__(self, client: Client, group_id: str, session_ids: list[str], info: pb.ModelInfo):
         self.client = client
@@ -301,11 +315,12 @@ class Group(_Closes):
                                   return_sequences=return_sequences, raw_output=True)
         if sequence_number is not None:
             req.sequence_number = sequence_number
-        reply = self.client.call("StepGroup", req, timeout)
+        reply = self.client.call("StepGroup", req, timeout, session_id=self.id)
         y = floats(reply.outputs, reply.outputs_raw).reshape(n, reply.rows, self.info.output_size)
         return y if return_sequences else y[:, -1]
 
     def close(self, keep_sessions: bool = False) -> int:
         """Close the group and (unless kept) its member sessions; returns the group steps applied."""
-        reply = self.client.call("CloseGroup", pb.CloseGroupRequest(group_id=self.id, keep_sessions=keep_sessions))
+        reply = self.client.call("CloseGroup", pb.CloseGroupRequest(group_id=self.id, keep_sessions=keep_sessions),
+                                 session_id=self.id)
         return reply.step_count

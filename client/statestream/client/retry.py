@@ -91,8 +91,12 @@ class Attempts:
             self.sleep(pause)
 
     def failed(self, err: StatestreamError) -> None:
-        """Record a failed attempt; raise it unless another attempt is worth making."""
+        """Record a failed attempt; raise it unless another attempt is worth making.
+
+        The raised error's `attempts` says how many were made (more than 1: an earlier one may have been applied).
+        """
         self.last_error = err
+        err.attempts = self.retries + 1
         if not retryable(err) or self.remaining() <= 0:
             raise err from None
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 class Watchdog:
     """Cancels a call when a reply is overdue: `timeout` seconds after the oldest unanswered step was sent
-    (or after the last reply, while steps are still unanswered). One thread per stream, woken per message."""
+    (or after the last reply, while steps are still unanswered), not counting the time the caller spends
+    with a result in hand (`suspend`/`resume`). One thread per stream, woken per message."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
@@ -28,6 +29,7 @@ class Watchdog:
         self._cancel: Callable[[], object] | None = None
         self._outstanding = 0
         self._deadline: float | None = None
+        self._suspended = False
         self._closed = False
         self._cond = threading.Condition()
 
@@ -40,14 +42,29 @@ class Watchdog:
     def sent(self, timeout: float | None = None) -> None:
         with self._cond:
             self._outstanding += 1
-            if self._outstanding == 1:
+            if self._outstanding == 1 and not self._suspended:
                 self._deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
                 self._cond.notify()
 
     def received(self) -> None:
         with self._cond:
             self._outstanding = max(0, self._outstanding - 1)
-            self._deadline = time.monotonic() + self.timeout if self._outstanding else None
+            self._rearm()
+
+    def suspend(self) -> None:
+        """The caller holds a result: its time is not the server's."""
+        with self._cond:
+            self._suspended = True
+            self._deadline = None
+
+    def resume(self) -> None:
+        with self._cond:
+            self._suspended = False
+            self._rearm()
+
+    def _rearm(self) -> None:
+        self._deadline = time.monotonic() + self.timeout if self._outstanding and not self._suspended else None
+        self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
@@ -100,7 +117,10 @@ def pipelined(session: "Session", steps: Iterable, return_sequences: bool, retur
             dog.received()
             if reply.HasField("error"):
                 raise from_code(reply.error.code, reply.error.message)
-            yield session.result(reply.step, return_sequences, return_state)
+            result = session.result(reply.step, return_sequences, return_state)
+            dog.suspend()
+            yield result
+            dog.resume()
         if failed:
             raise failed[0]
     except grpc.RpcError as e:

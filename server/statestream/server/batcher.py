@@ -128,7 +128,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running = 0
-        self._refreshing: dict[Session, asyncio.Future] = {}  # shared store: re-reads of stale cached sessions
+        self._refreshing: dict[Session, asyncio.Task] = {}  # shared store: re-reads of stale cached sessions
 
     # -- life -----------------------------------------------------------------------
 
@@ -180,26 +180,24 @@ class Batcher:
         except FailedPrecondition:
             if not self.persistence.shared or not (s.idle or s in self._refreshing):
                 raise
-        pending = self._refreshing.get(s)
-        if pending is None:
-            pending = self._refreshing[s] = asyncio.get_running_loop().create_future()
+        task = self._refreshing.get(s)
+        if task is None:  # one re-read at a time per session; steps arriving meanwhile wait for it
             s.hold()
-            try:
-                found = await self.persistence.reload(s)
-            except BaseException as e:
-                pending.set_exception(e)
-                raise
-            finally:
-                del self._refreshing[s]
-                self.release(s)
-                if not pending.done():
-                    pending.set_result(found)
-            pending.exception()  # retrieved: waiters re-raise it themselves
-        found = await asyncio.shield(pending)
-        if not found:
-            self.persistence.forget(s)
+            task = self._refreshing[s] = asyncio.get_running_loop().create_task(self._refresh(s))
+        if not await asyncio.shield(task):
             raise NotFound(f"session {s.id!r} was closed or expired on another replica")
         return s.accept(seq)
+
+    async def _refresh(self, s: Session) -> bool:
+        """Re-read a HELD session from the store, then release it; False (and dropped here) when it is gone."""
+        try:
+            found = await self.persistence.reload(s)
+        finally:
+            del self._refreshing[s]
+            self.release(s)
+        if not found:
+            self.persistence.forget(s)
+        return found
 
     def submit_group(self, sessions: list[Session], x: np.ndarray, seqs: list | None) -> Unit:
         """One step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
@@ -417,24 +415,30 @@ class Batcher:
                                        t0 - min(u.enqueued for u in units), t1 - t0)
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
-        """Entries whose commit lost a compare-and-set: reload the session, then replay, refuse or re-run."""
-        a = 0
+        """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),
+        then replay, refuse or re-run each."""
+        a, conflicts = 0, []
         for unit in units:
             for i, s in enumerate(unit.sessions):
                 status = statuses[a + i]
                 if status == "conflict":
-                    await self._reconcile(unit, i, s)
+                    conflicts.append((unit, i, s))
                 elif status == "missing":
                     self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
                     self.persistence.forget(s)
             a += len(unit.sessions)
-
-    async def _reconcile(self, unit: Unit, i: int, s: Session) -> None:
-        try:
-            found = await self.persistence.reload(s)
-        except StatestreamError as e:
-            self._fail_entry(unit, i, s, e)
+        if not conflicts:
             return
+        try:
+            found = await self.persistence.reload_many([s for _, _, s in conflicts])
+        except StatestreamError as e:
+            for unit, i, s in conflicts:
+                self._fail_entry(unit, i, s, e)
+            return
+        for (unit, i, s), there in zip(conflicts, found):
+            self._reconcile(unit, i, s, there)
+
+    def _reconcile(self, unit: Unit, i: int, s: Session, found: bool) -> None:
         if not found:
             self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
             self.persistence.forget(s)

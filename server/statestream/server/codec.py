@@ -54,15 +54,15 @@ def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "in
     F = runner.features
     if is_raw:
         if len(values) % (4 * F):
-            got = f"{len(values)} bytes" + (f" = {len(values) // 4} values" if len(values) % 4 == 0 else "")
-            raise InvalidArgument(f"{what}_raw has {got}; model {runner.name!r} expects "
-                                  f"T x {F} float32 = a multiple of {4 * F} bytes (T >= 1)")
+            raise InvalidArgument(f"{what}_raw has {len(values)} bytes ({len(values) / 4:g} values); model "
+                                  f"{runner.name!r} expects T x {F} float32 = a multiple of {4 * F} bytes (T >= 1)")
         x = raw_floats(values, f"{what}_raw")
     else:
         x = np.array(values[:] if len(values) < 64 else values, dtype=np.float32)  # a list converts 2x faster when short
     n = x.size
     if n == 0 or n % F:
-        raise InvalidArgument(f"{what} has {n} values; model {runner.name!r} expects T x {F} (T >= 1)")
+        got = f"{what}_raw has {n} values ({4 * n} bytes)" if is_raw else f"{what} has {n} values"
+        raise InvalidArgument(f"{got}; model {runner.name!r} expects T x {F} (T >= 1)")
     T = n // F
     if T > max_timesteps:
         raise InvalidArgument(f"{what} has T={T} timesteps; the limit is {max_timesteps} (--max-timesteps)")
@@ -139,9 +139,8 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
             if kind in layer.state_names:
                 if len(values) != layer.units:
                     raise InvalidArgument(
-                        f"layer {layer.name!r} {kind}{'_raw' if is_raw else ''} has "
-                        + (f"{len(values) * 4} bytes = {len(values)} values; expected {layer.units} values = "
-                           f"{layer.units * 4} bytes" if is_raw else f"{len(values)} values; expected {layer.units}"))
+                        f"layer {layer.name!r} {kind}{'_raw' if is_raw else ''} has {len(values)} values"
+                        + (f" ({len(values) * 4} bytes)" if is_raw else "") + f"; expected {layer.units}")
                 parts.append(np.asarray(values, dtype=np.float32))
             elif len(values):
                 raise InvalidArgument(f"layer {layer.name!r} is {layer.cell}: it has no {kind} state")

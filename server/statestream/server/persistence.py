@@ -100,11 +100,15 @@ class Persistence:
         """Replace a cached session's state and counters by the store's (after a lost compare-and-set).
 
         False when the store no longer has it (closed or expired elsewhere)."""
-        rec = await self._call("fetch", self.store.fetch(s.owner, s.id))
-        if rec is None:
-            return False
-        self.table.adopt(rec)
-        return True
+        return (await self.reload_many([s]))[0]
+
+    async def reload_many(self, sessions: list[Session]) -> list[bool]:
+        """reload for many sessions with one read of the store (one round trip)."""
+        recs = await self._call("fetch", self.store.fetch_many([(s.owner, s.id) for s in sessions]))
+        for rec in recs:
+            if rec is not None:
+                self.table.adopt(rec)
+        return [rec is not None for rec in recs]
 
     async def closed(self, s: Session) -> None:
         if self.durable:

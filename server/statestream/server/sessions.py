@@ -243,7 +243,11 @@ class Session:
         """Take counters and the recorded response from a store record (the state row is the table's)."""
         self.step_count = rec.step_count
         self.version = rec.version
-        self.last_seq = self.accepted_seq = rec.last_seq
+        self.last_seq = rec.last_seq
+        # steps of this session queued or running here were accepted already: the next one follows them
+        in_flight = [q for u in (self.running, self.head, *self.queue)
+                     if u is not None and (q := u.seq_of(self)) is not None]
+        self.accepted_seq = max([rec.last_seq, *in_flight])
         self.last_result = None
         if rec.last_output is not None:
             self.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)

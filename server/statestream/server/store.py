@@ -55,6 +55,8 @@ class StateStore(Protocol):
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None: ...
 
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]: ...
+
     async def create(self, rec: SessionRecord) -> bool: ...
 
     async def commit(self, records: list[SessionRecord]) -> list[str]: ...
@@ -76,6 +78,9 @@ class MemoryStore:
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
         return None
+
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        return [None] * len(keys)
 
     async def create(self, rec: SessionRecord) -> bool:
         return True
@@ -194,6 +199,9 @@ class SqliteStore:
                                (owner or "", sid, time.time())).fetchone()
         return None if row is None else _record(row)
 
+    def _fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        return [self._fetch(owner, sid) for owner, sid in keys]
+
     def _create(self, row: tuple) -> bool:
         with self._tx():
             self._db.execute("DELETE FROM sessions WHERE owner=? AND id=? AND expires_at<=?",
@@ -231,7 +239,11 @@ class SqliteStore:
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
         """The stored session, or None (never stored, closed, or expired)."""
-        return await self._run(self._fetch, owner, sid)
+        return (await self.fetch_many([(owner, sid)]))[0]
+
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        """fetch for many sessions in one call on the store's thread."""
+        return await self._run(self._fetch_many, list(keys)) if keys else []
 
     async def create(self, rec: SessionRecord) -> bool:
         """Insert `rec` if no unexpired session has its (owner, id); False if one has."""

@@ -62,6 +62,10 @@ return 1
 """
 _CODES = (OK, CONFLICT, MISSING)
 
+
+class _PartlyWritten(redis.RedisError):
+    """Some records of a batch were written, others refused (one-key scripts are atomic one by one)."""
+
 # Packed record: step_count, last_seq, last_step_count, timeout, byte lengths of id/model/owner (owner -1: None),
 # floats in state, rows and floats of the last output (-1: none), floats of the last state (-1: none).
 _HEAD = struct.Struct("<qqqdiiiiiii")
@@ -166,9 +170,21 @@ class RedisStore:
         self._writes += 1
         return f"{self._writer}:{self._writes}"
 
-    def _unavailable(self, e: Exception) -> Unavailable:
-        return Unavailable(f"state store {_shown(self.url)} is unreachable ({e}); nothing was applied, "
-                           "retry once it is back")
+    def _unavailable(self, e: Exception, write: bool = False) -> Unavailable:
+        """The error for a failed call: a read or a refused connection applied nothing; a write whose connection
+        broke after it was sent may have reached Redis (then a retry with its sequence number is a replay)."""
+        if isinstance(e, _PartlyWritten):
+            return Unavailable(f"state store {_shown(self.url)} refused part of a batch ({e}); this server applied "
+                               "nothing, but some of its sessions were written: retry with the same sequence "
+                               "numbers (an applied step is then answered from its record, not run twice)")
+        if isinstance(e, redis.ResponseError):  # Redis answered: out of memory, read-only replica, ...
+            return Unavailable(f"state store {_shown(self.url)} refused the call ({e}); nothing was applied")
+        if not write or (isinstance(e, redis.ConnectionError) and "connecting to" in str(e)):
+            outcome = "nothing was applied, retry once it is back"
+        else:
+            outcome = ("this server applied nothing, but the write may have reached Redis: retry with the same "
+                       "sequence number (an applied step is then answered from its record, not run twice)")
+        return Unavailable(f"state store {_shown(self.url)} is unreachable ({e}); {outcome}")
 
     def load(self) -> list[SessionRecord]:
         """Nothing: sessions are read through on first use. Loads the scripts now (saves the first batch a
@@ -189,25 +205,35 @@ class RedisStore:
 
     async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
         """The stored session, or None (never stored, closed, or expired): one round trip."""
-        k = key(owner, sid)
+        return (await self.fetch_many([(owner, sid)]))[0]
+
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        """fetch for many sessions in one round trip (a pipeline of one-key reads)."""
+        if not keys:
+            return []
         try:
             async with self.client.pipeline(transaction=False) as p:
-                p.hmget(k, "v", "d")
-                p.pttl(k)
-                (version, data), pttl = await p.execute()
+                for owner, sid in keys:
+                    k = key(owner, sid)
+                    p.hmget(k, "v", "d")
+                    p.pttl(k)
+                replies = await p.execute()
         except redis.RedisError as e:
             raise self._unavailable(e) from e
-        if version is None or data is None:
-            return None
-        expires_at = time.time() + (pttl / 1000 if pttl > 0 else 0.0)
-        return unpack(data, int(version), expires_at)
+        now, out = time.time(), []
+        for (version, data), pttl in zip(replies[::2], replies[1::2]):
+            if version is None or data is None:
+                out.append(None)
+            else:
+                out.append(unpack(data, int(version), now + (pttl / 1000 if pttl > 0 else 0.0)))
+        return out
 
     async def create(self, rec: SessionRecord) -> bool:
         """Store `rec` if its (owner, id) has no session; False if one exists."""
         try:
             return bool(await self._create(keys=[key(rec.owner, rec.id)], args=self._args(rec, self._token())))
         except redis.RedisError as e:
-            raise self._unavailable(e) from e
+            raise self._unavailable(e, write=True) from e
 
     async def commit(self, records: list[SessionRecord]) -> list[str]:
         """Compare-and-set every record in one round trip: "ok" | "conflict" | "missing" per record."""
@@ -219,7 +245,7 @@ class RedisStore:
                 return await self._commit_script(records, token)
             return await self._commit_pipeline(records, token)
         except redis.RedisError as e:
-            raise self._unavailable(e) from e
+            raise self._unavailable(e, write=True) from e
 
     async def _commit_pipeline(self, records: list[SessionRecord], token: str) -> list[str]:
         args = [(key(r.owner, r.id), self._args(r, token)) for r in records]
@@ -230,12 +256,16 @@ class RedisStore:
                 for i in todo:
                     p.evalsha(self._cas.sha, 1, args[i][0], *args[i][1])
                 results = await p.execute(raise_on_error=False)
+            errors = []
             for i, res in zip(todo, results):
                 if isinstance(res, NoScriptError) and attempt == 0:
                     continue
                 if isinstance(res, Exception):
-                    raise res
-                codes[i] = _CODES[res]
+                    errors.append(res)
+                else:
+                    codes[i] = _CODES[res]
+            if errors:  # e.g. out of memory: written records stay written, so say so
+                raise _PartlyWritten(str(errors[0])) if OK in codes else errors[0]
             todo = [i for i in todo if codes[i] is None]
             if not todo:
                 break

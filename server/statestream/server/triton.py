@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from importlib import metadata
@@ -27,6 +28,7 @@ ENDED_MEMORY = 10_000      # ended sequences whose last response a retried end c
 STREAM_IN_FLIGHT = 1024    # requests one ModelStreamInfer stream runs at once (then it stops reading)
 
 
+@functools.cache
 def _version() -> str:
     try:
         return metadata.version("statestream")
