@@ -8,7 +8,7 @@ import pytest
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client, FailedPrecondition, InvalidArgument, NotFound
-from statestream.server.sessions import Slab
+from statestream.server.table import Slab
 from statestream.v1 import statestream_pb2 as pb
 
 F, UNITS = 3, 16

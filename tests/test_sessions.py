@@ -5,7 +5,8 @@ import pytest
 
 from statestream.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.model import ModelRunner
-from statestream.server.sessions import GONE, READY, Phase, SessionTable, StepResult
+from statestream.server.sessions import GONE, READY, Phase, StepResult
+from statestream.server.table import SessionTable
 from serverproc import DEMO_MODEL
 
 

@@ -270,7 +270,7 @@ def test_specs(tmp_path):
 
 def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
-    from statestream.server.batcher import Unit
+    from statestream.server.units import Unit
     from statestream.server.sessions import Session
 
     s = Session("p", "demo", 0, None, 60.0, 0.0)

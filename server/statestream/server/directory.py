@@ -7,7 +7,8 @@ import numpy as np
 from .batcher import Batcher
 from .errors import AlreadyExists, InvalidArgument, NotFound, show
 from .persistence import Persistence
-from .sessions import Session, SessionTable
+from .sessions import Session
+from .table import SessionTable
 
 
 class Directory:

@@ -191,8 +191,7 @@ class Groups:
             now = self.table.clock()
             if now - g.touched > TOUCH_EVERY or keep is not None:
                 g.touched = now
-                for s in members:
-                    s.deadline = now + s.timeout
+                self.table.touch_many(members)
         finally:
             for s in held:
                 batcher.release(s)

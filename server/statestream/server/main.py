@@ -18,7 +18,8 @@ from statestream.inference import grpc_service_pb2 as ipb
 from statestream.v1 import statestream_pb2 as pb
 
 from .auth import Auth
-from .batcher import Batcher, PendingCounter
+from .batcher import Batcher
+from .units import PendingCounter
 from .directory import Directory
 from .persistence import Persistence
 from .policy import BatchPolicy
@@ -26,7 +27,7 @@ from .config import Config, parse_config
 from .metrics import Metrics
 from .model import ModelRunner
 from .service import StateStreamService
-from .sessions import SessionTable
+from .table import SessionTable
 from .store import open_store
 from .triton import TritonService
 from .wire import add_service

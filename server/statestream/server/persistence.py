@@ -7,7 +7,8 @@ import logging
 import numpy as np
 
 from .errors import AlreadyExists, NotFound, StatestreamError, Unavailable
-from .sessions import Session, SessionTable, StepResult
+from .sessions import Session, StepResult
+from .table import SessionTable
 
 log = logging.getLogger("statestream.persistence")
 
@@ -49,25 +50,25 @@ class Persistence:
         if not created:
             self.table.close(s)
             raise AlreadyExists(f"session {s.id!r} is already open")
-        s.version = rec.version
+        s.stored(rec.version)
 
     async def changed(self, s: Session) -> None:
         """A held session's state or counters were set (SetState): write them, winning over a stale copy."""
         if not self.durable:
-            s.version += 1
+            s.stored(s.version + 1)
             return
         for _ in range(_CAS_TRIES):
             rec = self.table.record(s)
             status = (await self._call("commit", self.store.commit([rec])))[0]
             if status == "ok":
-                s.version = rec.version
+                s.stored(rec.version)
                 return
             if status == "missing":
                 raise NotFound(f"session {s.id!r} was closed or expired on another replica")
             fresh = await self._call("fetch", self.store.fetch(s.owner, s.id))
             if fresh is None:
                 raise NotFound(f"session {s.id!r} was closed or expired on another replica")
-            s.version = fresh.version  # ours overwrites it: SetState is a deliberate write
+            s.stored(fresh.version)  # ours overwrites it: SetState is a deliberate write
         raise Unavailable(f"session {s.id!r} is being changed elsewhere; SetState lost {_CAS_TRIES} times")
 
     async def batch(self, sessions: list[Session], states: np.ndarray, counts: list[int],

@@ -17,7 +17,8 @@ from .directory import Directory
 from .errors import InvalidArgument, StatestreamError, Unavailable, as_domain_error, code_number
 from .frames import FrameStepper
 from .groups import Groups
-from .sessions import Session, SessionTable
+from .sessions import Session
+from .table import SessionTable
 from .wire import Undecodable, check
 
 log = logging.getLogger("statestream.service")

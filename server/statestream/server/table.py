@@ -1,0 +1,254 @@
+"""SessionTable: the open sessions of this process, their state slabs (one row per session) and idle expiry."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, show
+from .model import ModelRunner
+from .sessions import CLOSED, IDLE, Session, StepResult, check_session_id
+from .store import SessionRecord
+
+_EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
+
+
+class Slab:
+    """A model's states: float32 [capacity, W]; a session owns one row (slot)."""
+
+    def __init__(self, width: int, capacity: int = 1024):
+        self.width = width
+        self.rows = np.zeros((capacity, width), dtype=np.float32)
+        self._free: list[int] = list(range(capacity - 1, -1, -1))
+
+    def alloc(self) -> int:
+        if not self._free:
+            old = self.rows.shape[0]
+            grown = np.zeros((old * 2, self.width), dtype=np.float32)
+            grown[:old] = self.rows
+            self.rows = grown
+            self._free = list(range(2 * old - 1, old - 1, -1))
+        slot = self._free.pop()
+        self.rows[slot] = 0.0
+        return slot
+
+    def alloc_block(self, n: int) -> int:
+        """n contiguous rows (a session group): a run of free rows if there is one, else new rows at the end.
+        Returns the first row."""
+        free = np.sort(np.array(self._free, dtype=np.int64))
+        start = None
+        if len(free) >= n:  # a run of n consecutive free rows: free[i + n - 1] - free[i] == n - 1
+            runs = np.flatnonzero(free[n - 1:] - free[:len(free) - n + 1] == n - 1)
+            if len(runs):
+                start = int(free[runs[0]])
+        if start is None:
+            old = self.rows.shape[0]
+            cap = old + max(n, old)
+            grown = np.zeros((cap, self.width), dtype=np.float32)
+            grown[:old] = self.rows
+            self.rows = grown
+            self._free = list(range(cap - 1, old + n - 1, -1)) + self._free  # the rest, used after older free rows
+            start = old
+        else:
+            taken = set(range(start, start + n))
+            self._free = [f for f in self._free if f not in taken]
+        self.rows[start:start + n] = 0.0
+        return start
+
+    def free(self, slot: int) -> None:
+        self._free.append(slot)
+
+
+class SessionTable:
+    """Every open session of this process (a cache of the store when the store is shared).
+
+    All calls happen on the event loop thread."""
+
+    def __init__(self, runners: dict[str, ModelRunner], max_sessions: int, default_timeout: float,
+                 max_timeout: float, clock=time.monotonic):
+        self.runners = runners
+        self.slabs = {name: Slab(r.state_width) for name, r in runners.items()}
+        self.max_sessions = max_sessions
+        self.default_timeout = default_timeout
+        self.max_timeout = max_timeout
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._expiry: list = []
+        self._tie = itertools.count()
+        self._expired: OrderedDict[str, float] = OrderedDict()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def runner(self, model: str) -> ModelRunner:
+        try:
+            return self.runners[model]
+        except KeyError:
+            raise NotFound(f"unknown model {show(model)}; this server serves {sorted(self.runners)}") from None
+
+    def check_timeout(self, timeout: float) -> float:
+        if timeout < 0 or timeout != timeout:
+            raise InvalidArgument(f"idle_timeout_seconds must be >= 0, got {timeout}")
+        if timeout > self.max_timeout:
+            raise InvalidArgument(f"idle_timeout_seconds {timeout} is over the server's limit {self.max_timeout}")
+        return timeout or self.default_timeout
+
+    def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None) -> Session:
+        """Open a session with zero states; `sid` empty picks a random 128-bit id."""
+        self.runner(model)
+        timeout = self.check_timeout(timeout)
+        if sid:
+            check_session_id(sid)
+            if _key(sid, owner) in self._sessions:
+                raise AlreadyExists(f"session {sid!r} is already open")
+        else:
+            sid = secrets.token_hex(16)
+        self._check_room()
+        return self._insert(Session(sid, model, self.slabs[model].alloc(), owner, timeout, self.clock()))
+
+    def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None) -> list[Session]:
+        """Open N sessions whose state rows are contiguous (a session group), in order; all or none.
+        An empty id picks a random one."""
+        self.runner(model)
+        timeout = self.check_timeout(timeout)
+        sids = [sid or secrets.token_hex(16) for sid in sids]
+        if len(set(sids)) != len(sids):
+            raise InvalidArgument("session_ids has duplicates")
+        for sid in sids:
+            check_session_id(sid)
+            if _key(sid, owner) in self._sessions:
+                raise AlreadyExists(f"session {sid!r} is already open")
+        self._check_room(len(sids))
+        start = self.slabs[model].alloc_block(len(sids))
+        now = self.clock()
+        return [self._insert(Session(sid, model, start + i, owner, timeout, now)) for i, sid in enumerate(sids)]
+
+    def _check_room(self, n: int = 1) -> None:
+        if len(self._sessions) + n > self.max_sessions:
+            raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)"
+                                    + (f"; {n} more do not fit" if n > 1 else ""))
+
+    def _insert(self, s: Session) -> Session:
+        key = _key(s.id, s.owner)
+        self._sessions[key] = s
+        self._expired.pop(key, None)
+        heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
+        return s
+
+    def find(self, sid: str, owner: str | None = None) -> Session | None:
+        return self._sessions.get(_key(sid, owner))
+
+    def find_many(self, ids: list[str], owner: str | None = None) -> list[Session | None]:
+        get = self._sessions.get
+        if owner is None:
+            return [get(sid) for sid in ids]
+        return [get(_key(sid, owner)) for sid in ids]
+
+    def get(self, sid: str, owner: str | None = None) -> Session:
+        """The open session `sid`, or NotFound saying whether it expired."""
+        key = _key(sid, owner)
+        s = self._sessions.get(key)
+        if s is None:
+            raise self.missing(sid, owner)
+        return s
+
+    def missing(self, sid: str, owner: str | None = None) -> Exception:
+        """The error for a session id that is not open."""
+        if not sid:
+            return InvalidArgument("session_id is empty")
+        key = _key(sid, owner)
+        if key in self._expired:
+            return NotFound(f"session {show(sid)} expired after {self._expired[key]:g} s idle")
+        return NotFound(f"unknown session {show(sid)}")
+
+    def touch(self, s: Session) -> None:
+        s.touch(self.clock())
+
+    def touch_many(self, sessions: list[Session | None]) -> None:
+        now = self.clock()
+        for s in sessions:
+            if s is not None:
+                s.touch(now)
+
+    def close(self, s: Session) -> None:
+        """Remove a session; its slot is freed now, or when its running unit is done (`release`)."""
+        if s.phase is CLOSED:
+            return
+        del self._sessions[_key(s.id, s.owner)]
+        if s.close():
+            self.slabs[s.model].free(s.slot)
+
+    def release(self, s: Session) -> None:
+        """After a run: free the slot of a session that was closed while it ran."""
+        if s.phase is CLOSED and s.running is None:
+            self.slabs[s.model].free(s.slot)
+
+    def state(self, s: Session) -> np.ndarray:
+        return self.slabs[s.model].rows[s.slot]
+
+    def set_state(self, s: Session, row: np.ndarray) -> None:
+        """Overwrite a session's states (the caller holds the session: Session.hold)."""
+        self.slabs[s.model].rows[s.slot] = row
+
+    def expire(self) -> list[Session]:
+        """Close every idle session past its deadline; returns them."""
+        now = self.clock()
+        gone = []
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, s = heapq.heappop(self._expiry)
+            if s.phase is CLOSED:
+                continue
+            if s.deadline > now or s.phase is not IDLE:
+                heapq.heappush(self._expiry, (max(s.deadline, now + 1e-3), next(self._tie), s))
+                continue
+            self.close(s)
+            self._expired[_key(s.id, s.owner)] = s.timeout
+            if len(self._expired) > _EXPIRED_MEMORY:
+                self._expired.popitem(last=False)
+            self.evictions += 1
+            gone.append(s)
+        return gone
+
+    def sessions(self):
+        return self._sessions.values()
+
+    def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
+               result: StepResult | None = None) -> SessionRecord:
+        """The session as the store keeps it, at its next version; `state`, `step_count` and `result` give
+        the values a run is about to apply."""
+        last = result if result is not None else s.last_result
+        return SessionRecord(
+            s.id, s.model, s.owner, self.state(s) if state is None else state,
+            s.step_count if step_count is None else step_count,
+            s.last_seq if result is None else result.sequence_number, s.timeout,
+            time.time() + s.timeout,
+            None if last is None else last.output, None if last is None else last.state,
+            0 if last is None else last.step_count, s.version + 1)
+
+    def adopt(self, rec: SessionRecord) -> Session | None:
+        """A store record into this table: a new cached session, or the fresh truth of a cached one.
+
+        Returns None when the record cannot be served here (model not served, state width differs). A
+        cached session must be RUNNING (a lost compare-and-set), HELD or IDLE: its queue is kept."""
+        if rec.model not in self.runners or rec.state.shape != (self.slabs[rec.model].width,):
+            return None
+        s = self._sessions.get(_key(rec.id, rec.owner))
+        now = self.clock()
+        if s is None:
+            self._check_room()
+            s = self._insert(Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now))
+        self.slabs[rec.model].rows[s.slot] = rec.state
+        s.load(rec)
+        s.touch(now - rec.timeout + max(0.0, min(rec.timeout, rec.expires_at - time.time())))
+        return s
+
+
+def _key(sid: str, owner: str | None) -> str:
+    """Sessions are keyed per owner: tenants can neither collide nor probe each other's ids."""
+    return sid if owner is None else f"{owner}\x00{sid}"
