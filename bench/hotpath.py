@@ -39,32 +39,35 @@ class _Context:
         raise RuntimeError(f"{code}: {message}")
 
 
-async def _app():
+async def _app(path: Path):
     from statestream.server.config import Config
     from statestream.server.main import create_server
 
-    cfg = Config(models=[str(MODEL)], host="127.0.0.1", port=0, metrics_port=0, max_sessions=200_000)
+    cfg = Config(models=[str(path)], host="127.0.0.1", port=0, metrics_port=0, max_sessions=200_000)
     app, _ = await create_server(cfg)
     return app
 
 
-def _requests(features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, int]]:
+def _requests(model: str, features: int, sizes: list[int]) -> dict[str, tuple[str, bytes, int]]:
     """name -> (method, serialized request, session-steps per call)."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, features).astype(np.float32)
     out = {
-        "step-raw": ("Step", pb.StepRequest(session_id="hp-raw", input_raw=x.tobytes(), raw_output=True, model="demo",
+        "step-raw": ("Step", pb.StepRequest(session_id="hp-raw", input_raw=x.tobytes(), raw_output=True, model=model,
                                             open_if_missing=True).SerializeToString(), 1),
-        "step-floats": ("Step", pb.StepRequest(session_id="hp-rep", input=x, model="demo",
+        "step-floats": ("Step", pb.StepRequest(session_id="hp-rep", input=x, model=model,
                                                open_if_missing=True).SerializeToString(), 1),
         "stream100": ("StreamSteps", pb.StreamStepsRequest(step=pb.StepRequest(
-            session_id="hp-stream", input_raw=x.tobytes(), raw_output=True, model="demo",
+            session_id="hp-stream", input_raw=x.tobytes(), raw_output=True, model=model,
             open_if_missing=True)).SerializeToString(), 100),
     }
     for n in sizes:
         xs = rng.uniform(-1, 1, (n, features)).astype(np.float32)
         out[f"frame{n}"] = ("StepFrame", pb.StepFrameRequest(
-            model="demo", session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs_raw=xs.tobytes(), raw_output=True,
+            model=model, session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs_raw=xs.tobytes(), raw_output=True,
+            open_if_missing=True).SerializeToString(), n)
+        out[f"frame{n}-floats"] = ("StepFrame", pb.StepFrameRequest(
+            model=model, session_ids=[f"hp-f{n}-{i}" for i in range(n)], inputs=xs.ravel(),
             open_if_missing=True).SerializeToString(), n)
         out[f"group{n}"] = ("StepGroup", pb.StepGroupRequest(
             group_id=f"hp-g{n}", inputs_raw=xs.tobytes(), raw_output=True).SerializeToString(), n)
@@ -91,12 +94,12 @@ def _stream_call(handler, parse, data: bytes, n: int, ctx):
     return call
 
 
-async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, repeats: int = 7) -> list[tuple[str, float, float]]:
+async def _measure(app, model: str, reqs, seconds: float, only: str | None, profile: bool, repeats: int = 7) -> list[tuple[str, float, float]]:
     svc = app.service
     ctx = _Context()
     for name, (method, _, n) in reqs.items():
         if method == "StepGroup":
-            await svc.OpenGroup(pb.OpenGroupRequest(model="demo", size=n, group_id=f"hp-g{n}"), ctx)
+            await svc.OpenGroup(pb.OpenGroupRequest(model=model, size=n, group_id=f"hp-g{n}"), ctx)
     rows = []
     for name, (method, data, n) in reqs.items():
         if only and name != only:
@@ -132,17 +135,18 @@ async def _measure(app, reqs, seconds: float, only: str | None, profile: bool, r
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=MODEL, help="an exported .onnx (default the demo)")
     p.add_argument("--sizes", default="256,1024")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
     a = p.parse_args(argv)
 
     async def run():
-        app = await _app()
+        app = await _app(a.model)
         try:
             runner = next(iter(app.table.runners.values()))
-            reqs = _requests(runner.features, [int(s) for s in a.sizes.split(",")])
-            return await _measure(app, reqs, a.seconds, a.profile, bool(a.profile))
+            reqs = _requests(runner.name, runner.features, [int(s) for s in a.sizes.split(",")])
+            return await _measure(app, runner.name, reqs, a.seconds, a.profile, bool(a.profile))
         finally:
             await app.stop(0)
 

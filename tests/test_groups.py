@@ -9,6 +9,7 @@ from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client, FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.table import Slab
+from statestream.v1 import statestream_pb2 as pb
 
 F, UNITS = 3, 16
 
@@ -126,6 +127,8 @@ def test_closed_member_breaks_the_group_and_keep_sessions(client):
     g.sessions[1].close()
     with pytest.raises(NotFound, match="member 1 .* was closed or expired"):
         g.step(x)
+    g.step(x, masked=[1])  # a closed member that is masked is not read for anything kept
+    assert g.sessions[2].get_state().step_count == 1
     g.close()
     g = client.group("demo", 4)
     g.step(x)
@@ -166,3 +169,27 @@ def test_groups_with_a_durable_store_survive_a_restart(tmp_path):
         s = c.attach(ids[9], "demo")
         assert s.get_state().step_count == 2
         np.testing.assert_allclose(state_of(s), ref_state(ref, 9), atol=1e-5)
+
+
+def test_open_group_refusals(client):
+    with pytest.raises(InvalidArgument, match="1 to 65536 members; got 0"):
+        client.group("demo")
+    with pytest.raises(InvalidArgument, match="size is 3 but 2 session_ids"):
+        client.group("demo", 3, session_ids=["a-1", "a-2"])
+    with pytest.raises(InvalidArgument, match="duplicates"):
+        client.group("demo", session_ids=["d-1", "d-1"])
+    with pytest.raises(InvalidArgument, match="group_id must be 1 to 128 printable"):
+        client.group("demo", 2, group_id="x" * 129)
+    with pytest.raises(NotFound, match="unknown model"):
+        client.group("nope", 2)
+    with pytest.raises(NotFound, match="unknown group"):
+        client.call("StepGroup", pb.StepGroupRequest(group_id="never-opened", inputs=[0, 0, 0]))
+    assert client.attach("a-1", "demo") and not _is_open(client, "a-1")  # a refused group opened nothing
+
+
+def _is_open(client, sid: str) -> bool:
+    try:
+        client.attach(sid, "demo").get_state()
+        return True
+    except NotFound:
+        return False

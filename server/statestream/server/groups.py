@@ -12,7 +12,7 @@ from statestream.v1 import statestream_pb2 as pb
 
 from . import codec
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, show
-from .sessions import Phase, Session, check_session_id
+from .sessions import MAX_SESSION_ID_BYTES, Phase, Session
 
 MAX_GROUP_SIZE = 65_536
 TOUCH_EVERY = 1.0  # seconds: members' idle deadlines move with group steps at most this often (not per step)
@@ -36,12 +36,13 @@ class Group:
         self.last = None            # (outputs [N, rows, O], rows) of the step with last_seq
         self.touched = float("-inf")  # when the members' idle deadlines were last moved
 
-    def check_idle(self) -> None:
-        """Every member idle (one C-level pass over their phases), else why not: NotFound for a member that was
-        closed or expired, FailedPrecondition for one with steps in flight."""
-        if list(map(_phase, self.members)).count(Phase.IDLE) == len(self.members):  # identity compares, in C
+    def check_idle(self, members: list[Session]) -> None:
+        """These members all idle (one C-level pass over their phases), else why not: NotFound for a member
+        that was closed or expired, FailedPrecondition for one with steps in flight."""
+        if list(map(_phase, members)).count(Phase.IDLE) == len(members):  # identity compares, in C
             return
-        for i, s in enumerate(self.members):
+        for s in members:
+            i = s.slot - self.start
             if s.phase is Phase.CLOSED:
                 raise NotFound(f"group {show(self.id)}: member {i} (session {show(s.id)}) was closed or expired; "
                                "close the group and open a new one")
@@ -81,7 +82,9 @@ class Groups:
         if not 1 <= n <= MAX_GROUP_SIZE:
             raise InvalidArgument(f"a group has 1 to {MAX_GROUP_SIZE} members; got {n}")
         gid = req.group_id or secrets.token_hex(16)
-        check_session_id(gid)
+        if len(gid.encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES or not gid.isprintable():
+            raise InvalidArgument(f"group_id must be 1 to {MAX_SESSION_ID_BYTES} printable UTF-8 bytes; got "
+                                  f"{len(gid.encode('utf-8', 'surrogatepass'))} bytes")
         if (owner, gid) in self._groups:
             raise AlreadyExists(f"group {gid!r} is already open")
         members = self.table.open_block(req.model, ids or [""] * n, req.idle_timeout_seconds, owner)
@@ -156,14 +159,15 @@ class Groups:
 
     async def _run(self, g: Group, runner, x: np.ndarray, keep) -> np.ndarray:
         """One gather-free model run on the group's rows, written back in place (masked rows kept); the
-        members' counters follow. Members must be idle; they are held when the run awaits anything."""
+        members' counters follow. Stepped members must be idle (masked ones may be busy or even closed: their
+        rows are read, never written); they are held while the run awaits anything."""
         batcher = self.batchers[g.model]
         members = g.members if keep is None else [s for s, k in zip(g.members, keep.tolist()) if k]
         inline = not self.persistence.durable and x.shape[0] * x.shape[1] <= batcher.inline_max_batch
-        g.check_idle()
+        g.check_idle(members)
         held = []
         if not inline:  # hold the members while awaiting (inline, nothing is awaited from the check to the write)
-            for s in g.members:
+            for s in members:
                 s.hold()
                 held.append(s)
         try:
@@ -185,10 +189,9 @@ class Groups:
                 s.step_count += T
                 s.version += 1
             now = self.table.clock()
-            if now - g.touched > TOUCH_EVERY:
+            if now - g.touched > TOUCH_EVERY or keep is not None:
                 g.touched = now
-                for s in g.members:
-                    s.deadline = now + s.timeout
+                self.table.touch_many(members)
         finally:
             for s in held:
                 batcher.release(s)
