@@ -238,3 +238,29 @@ def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
     reopened = SqliteStore(store.path)
     assert reopened._fetch(None, "a").step_count == 1
     reopened.close()
+
+
+def test_a_cancelled_group_step_still_applies_once_and_its_retry_replays(sqlite_srv):
+    srv, store = sqlite_srv
+    g = srv.stub.OpenGroup(pb.OpenGroupRequest(model="demo", size=3))
+    x = np.concatenate([X[0], X[1], X[2]]).astype(np.float32)
+    req = pb.StepGroupRequest(group_id=g.group_id, inputs=x, sequence_number=1)
+
+    def group_step():
+        return asyncio.run_coroutine_threadsafe(srv.app.service.groups.step(req, None), srv.loop)
+
+    store.gate.close()
+    first = group_step()
+    wait_until(lambda: store.gate.waiting == 1)  # the group's commit is in the store
+    first.cancel()  # the caller goes away
+    settle(srv)
+    retry = group_step()
+    settle(srv)
+    assert not retry.done()
+    store.gate.open()
+    reply = retry.result(10)
+    assert reply.replayed and reply.step_count == 1
+    for i, sid in enumerate(g.session_ids):
+        np.testing.assert_allclose(reply.outputs[i], stepped(X[i:i + 1])[-1][0], atol=1e-6)
+        state = srv.stub.GetState(pb.GetStateRequest(session_id=sid)).state
+        assert state.step_count == 1 and store._fetch(None, sid).step_count == 1

@@ -136,6 +136,13 @@ class Groups:
             x[~keep] = 0.0  # masked entries run on zeros (their results are dropped): no NaN from unused rows
         codec.check_finite(x.reshape(-1), "inputs")
         seq = req.sequence_number if req.HasField("sequence_number") else None
+        # The step runs in its own task: a cancelled caller (deadline, disconnect) never cancels it halfway
+        # (the store written, the slab not); a retry with the same sequence number waits for it and replays.
+        task = asyncio.ensure_future(self._step(g, req, runner, x, keep, seq, T))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _step(self, g: Group, req, runner, x: np.ndarray, keep, seq, T: int) -> pb.StepGroupResponse:
         async with g.lock:
             if seq is not None:
                 if seq <= 0:
@@ -174,20 +181,21 @@ class Groups:
             y, new_states = await batcher.run_block(g.start, x)
             T = x.shape[1]
             if self.persistence.durable:
-                idx = range(len(g.members)) if keep is None else np.flatnonzero(keep)
+                idx = np.arange(len(g.members)) if keep is None else np.flatnonzero(keep)
                 statuses = await self.persistence.batch(members, new_states[idx], [s.step_count + T for s in members],
                                                         None)
-                if any(st != "ok" for st in statuses):
-                    raise FailedPrecondition(f"group {show(g.id)}: a member was closed during the step; "
-                                             "its state store write was refused")
+                if any(st != "ok" for st in statuses):  # members closed meanwhile: their rows are not written
+                    gone = [i for i, st in zip(idx.tolist(), statuses) if st != "ok"]
+                    keep = np.ones(len(g.members), dtype=bool) if keep is None else keep.copy()
+                    keep[gone] = False
+                    members = [s for s, st in zip(members, statuses) if st == "ok"]
             block = batcher.slab.rows[g.start:g.start + len(g.members)]  # the slab may have grown: look it up now
             if keep is None:
                 block[...] = new_states
             else:
                 np.copyto(block, new_states, where=keep[:, None])
             for s in members:
-                s.step_count += T
-                s.version += 1
+                s.advance(T)
             now = self.table.clock()
             if now - g.touched > TOUCH_EVERY or keep is not None:
                 g.touched = now
@@ -204,3 +212,9 @@ class Groups:
         if seq is not None:
             msg.sequence_number = seq
         return msg
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """A group step whose caller went away: its outcome is recorded (or its error logged by the handler)."""
+    if not task.cancelled():
+        task.exception()

@@ -214,6 +214,11 @@ class Session:
         self.phase = IDLE if self.head is None else QUEUED
         return self.head is not None
 
+    def advance(self, timesteps: int) -> None:
+        """A group step applied `timesteps` to this idle or held session outside the queue (groups.py)."""
+        self.step_count += timesteps
+        self.version += 1
+
     def close(self) -> bool:
         """Any phase -> CLOSED; True when its slot can be freed now (no unit of it is running)."""
         self.phase = CLOSED
