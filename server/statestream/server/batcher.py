@@ -73,7 +73,10 @@ class Batcher:
 
         Exactly-once: a repeat of the last applied sequence number returns the recorded result; a repeat of
         a step still queued or running waits for it; either way nothing runs twice."""
-        found = await self._accept(s, seq)
+        try:
+            found = s.accept(seq)
+        except FailedPrecondition:
+            found = await self._accept_fresh(s, seq)
         if found is not None:
             if isinstance(found, StepResult):
                 return found, True
@@ -90,14 +93,11 @@ class Batcher:
             await asyncio.shield(unit.future)
         return unit.result(0), False
 
-    async def _accept(self, s: Session, seq: int | None):
-        """Session.accept; with a shared store a refused sequence number first re-reads an idle cached session
-        (another process may have stepped it since) and checks again against the fresh record."""
-        try:
-            return s.accept(seq)
-        except FailedPrecondition:
-            if not self.persistence.shared or not (s.idle or s in self._refreshing):
-                raise
+    async def _accept_fresh(self, s: Session, seq: int | None):
+        """A sequence number Session.accept refused: with a shared store, re-read an idle cached session first
+        (another process may have stepped it since) and check again against the fresh record; else refuse."""
+        if not self.persistence.shared or not (s.idle or s in self._refreshing):
+            return s.accept(seq)  # raises the same refusal
         task = self._refreshing.get(s)
         if task is None:  # one re-read at a time per session; steps arriving meanwhile wait for it
             s.hold()

@@ -122,7 +122,9 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
         `stream`: the step comes from a stream (see BatchPolicy.inline)."""
         self.check_open()
-        s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
+        s, opened = self.table.find(req.session_id, owner), False  # cached here: the common case, no awaits
+        if s is None or (req.model and s.model != req.model):
+            s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
         runner = self.table.runners[s.model]
         try:
             x = codec.parse_input(runner, req.input, self.max_timesteps, raw=req.input_raw)
