@@ -10,7 +10,6 @@ allows on this machine; the real server's figures are reported as a ratio to it.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 
@@ -19,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+from .cli import parser
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
 # The real server's channel options (server/statestream/server/main.py), so both pay the same transport.
@@ -110,8 +111,7 @@ async def serve(host: str, port: int, register, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.echo_server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("echo_server", __doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--features", type=int, required=True, help="values per timestep in a request")

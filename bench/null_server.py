@@ -11,7 +11,6 @@ get their own sizes. No protobuf, no numpy, no sessions: what is left is gRPC an
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import grpc
 
+from .cli import parser
 from .echo_server import SERVICE_NAME, serve
 
 STREAMING = {"StreamSteps", "StreamFrames"}
@@ -78,8 +78,7 @@ class NullHandler(grpc.GenericRpcHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.null_server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("null_server", __doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--responses", type=Path, required=True, help="JSON written by bench.payloads.null_responses")

@@ -10,7 +10,6 @@ measured in the same run (on 2 shared cores, 3 replicas + HAProxy + Redis + ghz 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,6 +21,7 @@ from types import SimpleNamespace
 from statestream.server.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
+from .cli import ghz_parser
 from .procs import ROOT, statestream_server
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -82,12 +82,7 @@ def report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
-    p.add_argument("--quick", action="store_true", help="1.5 s runs")
+    p = ghz_parser("proxy", __doc__)
     a = p.parse_args(argv)
     a.duration = 1.5 if a.quick else a.duration
     raw = a.out / "raw"

@@ -11,7 +11,6 @@ real redis-server (AOF everysec) and a real sqlite file, per batch of 1 / 16 / 2
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -27,6 +26,7 @@ from statestream.server.store import SessionRecord, SqliteStore
 from statestream.server.store_redis import RedisStore
 
 from . import compute, ghz, scenarios
+from .cli import ghz_parser
 from .procs import ROOT, statestream_server
 
 CONFIGS = (("memory", 1), ("sqlite", 1), ("sqlite", 2), ("redis", 1), ("redis", 2))
@@ -148,13 +148,8 @@ def report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.scaleout", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
+    p = ghz_parser("scaleout", __doc__, "1.5 s runs, 0.3 s of commits per cell")
     p.add_argument("--commit-seconds", type=float, default=1.0, help="seconds of commits per store and batch size")
-    p.add_argument("--quick", action="store_true", help="1.5 s runs, 0.3 s of commits per cell")
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.commit_seconds = 1.5, 0.3

@@ -11,6 +11,18 @@ NO_SKIP = os.environ.get("STATESTREAM_NO_SKIP") == "1" or os.environ.get("CI", "
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def require_tool(name: str) -> str:
+    """The path of a tool `make tools` installs (a Debian package); skips locally, FAILS under CI."""
+    import shutil
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (run `make tools`: it installs the Debian package)"
+        if NO_SKIP:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,9 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from conftest import NO_SKIP
+from conftest import require_tool
 from serverproc import ROOT
 
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root
@@ -52,14 +50,8 @@ SERVING_REPLY = "00000000020801"  # a gRPC frame holding HealthCheckResponse{sta
 
 
 def require_haproxy() -> str:
-    """The haproxy binary; skips locally, FAILS under CI (`make tools` installs the Debian package)."""
-    path = shutil.which("haproxy")
-    if path is None:
-        msg = "haproxy is not installed (run `make tools`: it installs the Debian package)"
-        if NO_SKIP:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    """The haproxy binary; skips locally, fails under CI."""
+    return require_tool("haproxy")
 
 
 def render(backends: list[str], port: int, stats_socket: str | Path | None = None, monitor_port: int = 0,

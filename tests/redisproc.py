@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from conftest import NO_SKIP
+from conftest import require_tool
 from statestream.server import redis_process
 
 
 def require_redis_server() -> str:
     """The redis-server binary; skips locally, fails under CI."""
-    path = shutil.which("redis-server")
-    if path is None:
-        msg = "redis-server is not installed (run `make tools`: it installs the Debian package)"
-        if NO_SKIP:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return require_tool("redis-server")
 
 
 class RedisProcess(redis_process.RedisProcess):
