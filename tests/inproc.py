@@ -8,7 +8,7 @@ import threading
 import grpc
 
 from serverproc import DEMO_MODEL
-from statestream.server.config import Config
+from statestream.server.config import Config, parse_config
 from statestream.server.main import create_server
 from statestream.server.store import SqliteStore
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
@@ -20,14 +20,26 @@ class InProcessServer:
     srv = InProcessServer(max_queue_delay=0.01); srv.stub.Step(...); srv.stop()
     """
 
-    def __init__(self, store=None, **overrides):
+    def __init__(self, store=None, cfg: Config | None = None, **overrides):
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="inproc-server", daemon=True)
         self._thread.start()
-        cfg = Config(models=[str(DEMO_MODEL)], port=0, host="127.0.0.1", **overrides)
+        cfg = cfg or Config(models=[str(DEMO_MODEL)], port=0, host="127.0.0.1", **overrides)
         self.app, self.port = self.call(create_server(cfg, store))
         self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+
+    @classmethod
+    def from_args(cls, models, *args: str) -> "InProcessServer":
+        """The same flags as ServerProcess(models, *args), parsed by the server's own parser."""
+        models = [str(m) for m in (models if isinstance(models, (list, tuple)) else [models])]
+        return cls(cfg=parse_config(["--models", *models, "--port", "0", "--host", "127.0.0.1", *args]))
+
+    def __enter__(self) -> "InProcessServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     @property
     def target(self) -> str:

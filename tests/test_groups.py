@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from reference import Reference
-from serverproc import DEMO_MODEL, ServerProcess
+from inproc import InProcessServer
+from serverproc import DEMO_MODEL
 from statestream.client import Client, FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.table import Slab
 from statestream.v1 import statestream_pb2 as pb
@@ -16,7 +17,7 @@ F, UNITS = 3, 16
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerProcess(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "20000") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "20000") as srv:
         yield srv
 
 
@@ -160,12 +161,12 @@ def test_groups_with_a_durable_store_survive_a_restart(tmp_path):
     args = ("--metrics-port", "-1", "--state-store", f"sqlite:{tmp_path / 'state.db'}")
     xs = np.random.default_rng(4).normal(size=(2, n, F)).astype(np.float32)
     ref = Reference(n)
-    with ServerProcess(DEMO_MODEL, *args) as srv, Client(srv.target) as c:
+    with InProcessServer.from_args(DEMO_MODEL, *args) as srv, Client(srv.target) as c:
         g = c.group("demo", n, group_id="durable")
         for x in xs:
             np.testing.assert_allclose(g.step(x), ref.step(x), atol=1e-5)
         ids = g.session_ids
-    with ServerProcess(DEMO_MODEL, *args) as srv, Client(srv.target) as c:
+    with InProcessServer.from_args(DEMO_MODEL, *args) as srv, Client(srv.target) as c:
         s = c.attach(ids[9], "demo")
         assert s.get_state().step_count == 2
         np.testing.assert_allclose(state_of(s), ref_state(ref, 9), atol=1e-5)

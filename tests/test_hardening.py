@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from inproc import InProcessServer
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
@@ -27,7 +28,7 @@ def call(stub, method, req, token=None):
 
 @pytest.fixture(scope="module")
 def stub():
-    with ServerProcess(DEMO_MODEL, "--max-timesteps", "32") as srv, grpc.insecure_channel(srv.target) as ch:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-timesteps", "32") as srv, grpc.insecure_channel(srv.target) as ch:
         yield pb_grpc.StateStreamServiceStub(ch)
 
 
@@ -106,7 +107,7 @@ def test_huge_step_count_never_wedges_or_half_applies(stub, big):
 
 
 def test_sqlite_set_state_step_count_over_int64(tmp_path):
-    with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{tmp_path}/s.db") as srv, \
+    with InProcessServer.from_args(DEMO_MODEL, "--state-store", f"sqlite:{tmp_path}/s.db") as srv, \
             grpc.insecure_channel(srv.target) as ch:
         stub = pb_grpc.StateStreamServiceStub(ch)
         stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="b3s"))

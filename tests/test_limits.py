@@ -8,13 +8,14 @@ import time
 import grpc
 import numpy as np
 
+from inproc import InProcessServer
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 
 def test_message_size_limit():
-    with ServerProcess(DEMO_MODEL, "--max-message-bytes", "2000") as srv, grpc.insecure_channel(srv.target) as ch:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-message-bytes", "2000") as srv, grpc.insecure_channel(srv.target) as ch:
         stub = pb_grpc.StateStreamServiceStub(ch)
         stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="big"))
         try:
@@ -40,7 +41,7 @@ async def _burst(target: str, requests) -> list:
 
 
 def test_global_pending_queue_limit():
-    with ServerProcess(DEMO_MODEL, "--max-pending", "4", "--max-queue-delay", "0.3") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-pending", "4", "--max-queue-delay", "0.3") as srv:
         reqs = [pb.StepRequest(session_id=f"g{i}", input=[1, 2, 3]) for i in range(12)]
         results, counts = asyncio.run(_burst(srv.target, reqs))
     refused = [r for r in results if isinstance(r, grpc.RpcError)]
@@ -51,7 +52,7 @@ def test_global_pending_queue_limit():
 
 
 def test_per_session_pending_limit():
-    with ServerProcess(DEMO_MODEL, "--max-pending-per-session", "3", "--max-queue-delay", "0.3") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-pending-per-session", "3", "--max-queue-delay", "0.3") as srv:
         reqs = [pb.StepRequest(session_id="p", input=[1, 2, 3]) for _ in range(10)]
         results, counts = asyncio.run(_burst(srv.target, reqs))
     refused = [r for r in results if isinstance(r, grpc.RpcError)]
@@ -76,7 +77,7 @@ def test_sigterm_lets_in_flight_calls_finish():
 
 
 def test_frame_over_the_queue_limit_refuses_those_entries_only():
-    with ServerProcess(DEMO_MODEL, "--max-pending", "4", "--max-batch-size", "2") as srv, \
+    with InProcessServer.from_args(DEMO_MODEL, "--max-pending", "4", "--max-batch-size", "2") as srv, \
             grpc.insecure_channel(srv.target) as ch:
         stub = pb_grpc.StateStreamServiceStub(ch)
         ids = [f"q{i}" for i in range(6)]

@@ -8,7 +8,8 @@ import grpc
 import numpy as np
 
 from reference import stepped
-from serverproc import DEMO_MODEL, ServerProcess
+from inproc import InProcessServer
+from serverproc import DEMO_MODEL
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
@@ -16,7 +17,7 @@ from statestream.v1 import statestream_pb2_grpc as pb_grpc
 def test_concurrent_unary_steps_on_one_session_apply_in_order():
     n = 200
     xs = np.random.default_rng(3).normal(size=(n, 3)).astype(np.float32)
-    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.002", "--max-pending-per-session", "1000") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-queue-delay", "0.002", "--max-pending-per-session", "1000") as srv:
 
         async def run():
             async with grpc.aio.insecure_channel(srv.target) as ch:
@@ -34,7 +35,7 @@ def test_concurrent_unary_steps_on_one_session_apply_in_order():
 
 
 def test_close_with_queued_steps_fails_them_and_the_batcher_carries_on():
-    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
 
         async def run():
             async with grpc.aio.insecure_channel(srv.target) as ch:
@@ -60,7 +61,7 @@ def test_requests_with_different_T_batch_separately_and_stay_exact():
     """Sessions stepping T=1 and T=3 at once: each batch holds one T; every session equals its reference."""
     n = 24
     rng = np.random.default_rng(11)
-    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.01") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-queue-delay", "0.01") as srv:
 
         async def run():
             async with grpc.aio.insecure_channel(srv.target) as ch:

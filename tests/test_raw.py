@@ -6,7 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serverproc import DEMO_MODEL, ServerProcess
+from inproc import InProcessServer
+from serverproc import DEMO_MODEL
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
 
@@ -27,7 +28,7 @@ def raw_bits(data: bytes) -> list[int]:
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerProcess(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "5000") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--metrics-port", "-1", "--max-sessions", "5000") as srv:
         yield srv
 
 

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serverproc import ServerProcess
+from inproc import InProcessServer
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
@@ -31,7 +31,7 @@ def reference(models):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     paths = export_all(tmp_path_factory.mktemp("tutorial"))
-    with ServerProcess(list(paths.values())) as srv:
+    with InProcessServer.from_args(list(paths.values())) as srv:
         yield srv
 
 

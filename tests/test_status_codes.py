@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onnx_fixtures import fragile_model
+from inproc import InProcessServer
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import (AlreadyExists, Client, FailedPrecondition, Internal, InvalidArgument, NotFound,
                                 ResourceExhausted)
@@ -21,7 +22,7 @@ F = 3  # the demo model's features
 
 @pytest.fixture(scope="module")
 def server():
-    with ServerProcess(DEMO_MODEL, "--max-sessions", "50", "--idle-timeout", "30", "--max-timesteps", "64",
+    with InProcessServer.from_args(DEMO_MODEL, "--max-sessions", "50", "--idle-timeout", "30", "--max-timesteps", "64",
                        "--sweep-interval", "0.05") as srv:
         yield srv
 
@@ -137,7 +138,7 @@ def test_resource_exhausted_session_limit(server):
 def test_internal_runtime_failure_applies_nothing(tmp_path):
     path = tmp_path / "fragile.onnx"
     fragile_model(path)
-    with ServerProcess(path) as srv, Client(srv.target) as c, c.session("fragile") as s:
+    with InProcessServer.from_args(path) as srv, Client(srv.target) as c, c.session("fragile") as s:
         s.step(np.ones(F))
         with pytest.raises(Internal, match="failed to run.*nothing was applied") as info:
             s.step(np.ones((2, F)))  # this model's Reshape fails for T=2
