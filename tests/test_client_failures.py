@@ -52,7 +52,8 @@ def test_a_hung_server_gives_deadline_exceeded_within_the_clients_timeout(server
         os.kill(server.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="no reply within 1 s"):
-            next(stream)
+            for _ in range(100_000):  # replies sent before the server froze may still be buffered: read past them
+                next(stream)
         assert time.monotonic() - t0 < 5
         os.kill(server.pid, signal.SIGCONT)
 
