@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from serverproc import DEMO_MODEL, ServerProcess
+from inproc import InProcessServer
+from serverproc import DEMO_MODEL
 from statestream.client import Client, NotFound, Unauthenticated
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
@@ -83,22 +84,19 @@ def pki(tmp_path_factory):
 
 def _tls_server(pki, *extra):
     d = pki["dir"]
-    return ServerProcess(DEMO_MODEL, "--tls-cert", str(d / "server.pem"), "--tls-key", str(d / "server.key"), *extra,
-                         wait_serving=False)
+    return InProcessServer.from_args(DEMO_MODEL, "--tls-cert", str(d / "server.pem"), "--tls-key",
+                                     str(d / "server.key"), *extra)
 
 
 @pytest.fixture(scope="module")
 def tls(pki):
     with _tls_server(pki) as srv:
-        srv.wait_until_serving(credentials=grpc.ssl_channel_credentials(pki["ca"]))
         yield srv
 
 
 @pytest.fixture(scope="module")
 def mtls(pki):
     with _tls_server(pki, "--tls-client-ca", str(pki["dir"] / "ca.pem")) as srv:
-        key, cert = pki["client"]
-        srv.wait_until_serving(credentials=grpc.ssl_channel_credentials(pki["ca"], key, cert))
         yield srv
 
 
@@ -171,7 +169,7 @@ ALICE, BOB = "tok-alice-3f9c2a", "tok-bob-77d01e"
 def auth(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "tokens"
     path.write_text(f"# accepted bearer tokens\n{ALICE}\n\n  {BOB}  \n")
-    with ServerProcess(DEMO_MODEL, "--auth-token-file", str(path), "--sweep-interval", "0.05") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--auth-token-file", str(path), "--sweep-interval", "0.05") as srv:
         yield srv
 
 
