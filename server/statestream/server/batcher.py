@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, StatestreamError
 from .model import ModelRunner
-from .persistence import Persistence
+from .persistence import Persistence, gone
 from .policy import BatchPolicy
 from .sessions import GONE, READY, Session, StepResult
 from .units import PendingCounter, Unit, gather
@@ -98,16 +98,20 @@ class Batcher:
         (another process may have stepped it since) and check again against the fresh record; else refuse."""
         if not self.persistence.shared or not (s.idle or s in self._refreshing):
             return s.accept(seq)  # raises the same refusal
+        await self.reread(s)
+        return s.accept(seq)
+
+    async def reread(self, s: Session) -> None:
+        """Replace an idle cached session by the shared store's record (one re-read at a time per session:
+        callers arriving meanwhile wait for it); NotFound, and dropped here, when the store has it no more."""
         task = self._refreshing.get(s)
-        if task is None:  # one re-read at a time per session; steps arriving meanwhile wait for it
+        if task is None:
             s.hold()
             task = self._refreshing[s] = asyncio.get_running_loop().create_task(self._refresh(s))
         if not await asyncio.shield(task):
-            raise NotFound(f"session {s.id!r} was closed or expired on another replica")
-        return s.accept(seq)
+            raise gone(s)
 
     async def _refresh(self, s: Session) -> bool:
-        """Re-read a HELD session from the store, then release it; False (and dropped here) when it is gone."""
         try:
             found = await self.persistence.reload(s)
         finally:
@@ -342,8 +346,7 @@ class Batcher:
                 if status == "conflict":
                     conflicts.append((unit, i, s))
                 elif status == "missing":
-                    self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
-                    self.persistence.forget(s)
+                    self._gone(unit, i, s)
             a += len(unit.sessions)
         if not conflicts:
             return
@@ -358,8 +361,7 @@ class Batcher:
 
     def _reconcile(self, unit: Unit, i: int, s: Session, found: bool) -> None:
         if not found:
-            self._fail_entry(unit, i, s, NotFound(f"session {s.id!r} was closed or expired on another replica"))
-            self.persistence.forget(s)
+            self._gone(unit, i, s)
             return
         seq = None if unit.seqs is None else unit.seqs[i]
         if seq is not None and seq <= s.last_seq:  # another process applied it: its record stands
@@ -380,6 +382,11 @@ class Batcher:
         s.retry(redo)
         self.pending.count += 1
         self._push(redo, front=True)
+
+    def _gone(self, unit: Unit, i: int, s: Session) -> None:
+        """Entry i's session is no longer in the store: the entry fails NOT_FOUND and the session leaves here."""
+        self._fail_entry(unit, i, s, gone(s))
+        self.persistence.forget(s)
 
     def _after(self, s: Session) -> None:
         if s.undo():

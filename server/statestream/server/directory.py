@@ -33,14 +33,7 @@ class Directory:
         stepped it): what GetState answers must not be stale, clients resume their numbering from it."""
         s = await self.get(sid, owner)
         if self.persistence.shared and s.idle:
-            s.hold()
-            try:
-                found = await self.persistence.reload(s)
-            finally:
-                self.batchers[s.model].release(s)
-            if not found:
-                self.persistence.forget(s)
-                raise NotFound(f"session {show(sid)} was closed or expired on another replica")
+            await self.batchers[s.model].reread(s)
         return s
 
     async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None, reset: bool = False) -> Session:

@@ -15,6 +15,11 @@ log = logging.getLogger("statestream.persistence")
 _CAS_TRIES = 5  # a SetState that keeps losing its compare-and-set gives up after this many tries
 
 
+def gone(s: Session) -> NotFound:
+    """The error for a session the store no longer has: closed or expired by another process."""
+    return NotFound(f"session {s.id!r} was closed or expired on another replica")
+
+
 class Persistence:
     """Writes through to a StateStore (or nothing, for the memory store) and reads through on a miss.
 
@@ -64,10 +69,10 @@ class Persistence:
                 s.stored(rec.version)
                 return
             if status == "missing":
-                raise NotFound(f"session {s.id!r} was closed or expired on another replica")
+                raise gone(s)
             fresh = await self._call("fetch", self.store.fetch(s.owner, s.id))
             if fresh is None:
-                raise NotFound(f"session {s.id!r} was closed or expired on another replica")
+                raise gone(s)
             s.stored(fresh.version)  # ours overwrites it: SetState is a deliberate write
         raise Unavailable(f"session {s.id!r} is being changed elsewhere; SetState lost {_CAS_TRIES} times")
 
