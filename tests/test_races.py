@@ -62,6 +62,25 @@ class GatedExecutor(ThreadPoolExecutor):
         return super().submit(gated)
 
 
+def held_in_commit(srv, store):
+    """Open session "a" and start its step 1, held inside its sqlite commit; the step's future."""
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)
+    return first
+
+
+@pytest.fixture
+def executor_srv(inproc):
+    """A server whose every model run goes to a gated executor: (server, executor)."""
+    srv = inproc(inline_max_batch=0)
+    gated = GatedExecutor()
+    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+    yield srv, gated
+    gated.gate.set()
+
+
 @pytest.fixture
 def sqlite_srv(inproc, tmp_path):
     store = GatedSqliteStore(str(tmp_path / "state.db"))
@@ -72,10 +91,7 @@ def sqlite_srv(inproc, tmp_path):
 
 def test_retry_waits_for_a_step_inside_its_sqlite_commit(sqlite_srv):
     srv, store = sqlite_srv
-    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
-    store.gate.close()
-    first = start(srv, step_req("a", X[0], 1))
-    wait_until(lambda: store.gate.waiting == 1)  # the step is inside its commit
+    first = held_in_commit(srv, store)
     retry = start(srv, step_req("a", X[0], 1))
     settle(srv)
     assert not retry.done(), "the retry must wait for the step in flight, not answer early"
@@ -87,10 +103,8 @@ def test_retry_waits_for_a_step_inside_its_sqlite_commit(sqlite_srv):
     assert store._fetch(None, "a").step_count == 1
 
 
-def test_retry_waits_for_a_step_running_on_the_executor(inproc):
-    srv = inproc(inline_max_batch=0)  # every model run goes to the executor
-    gated = GatedExecutor()
-    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+def test_retry_waits_for_a_step_running_on_the_executor(executor_srv):
+    srv, gated = executor_srv
     srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
     gated.gate.clear()
     first = start(srv, step_req("a", X[0], 1))
@@ -101,15 +115,11 @@ def test_retry_waits_for_a_step_running_on_the_executor(inproc):
     gated.gate.set()
     a, b = first.result(10), retry.result(10)
     assert b.replayed and a.output == b.output and b.step_count == 1
-    gated.shutdown()
 
 
 def test_a_cancelled_caller_never_cancels_its_step(sqlite_srv):
     srv, store = sqlite_srv
-    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
-    store.gate.close()
-    first = start(srv, step_req("a", X[0], 1))
-    wait_until(lambda: store.gate.waiting == 1)
+    first = held_in_commit(srv, store)
     retry = start(srv, step_req("a", X[0], 1))
     settle(srv)
     first.cancel()  # the original caller goes away (deadline, disconnect): its handler task is cancelled
@@ -153,10 +163,7 @@ def test_a_queued_step_whose_caller_is_cancelled_still_runs_once(inproc):
 
 def test_close_during_a_commit_applies_nothing(sqlite_srv):
     srv, store = sqlite_srv
-    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
-    store.gate.close()
-    first = start(srv, step_req("a", X[0], 1))
-    wait_until(lambda: store.gate.waiting == 1)
+    first = held_in_commit(srv, store)
     assert srv.stub.CloseSession(pb.CloseSessionRequest(session_id="a")).step_count == 0
     store.gate.open()
     from statestream.client.errors import NotFound
@@ -181,10 +188,8 @@ def test_close_fails_queued_steps_and_frees_the_slot(inproc):
     assert srv.run(lambda: srv.app.batchers["demo"].pending.count) == 0
 
 
-def test_set_state_while_a_step_runs_is_refused_and_changes_nothing(inproc):
-    srv = inproc(inline_max_batch=0)
-    gated = GatedExecutor()
-    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+def test_set_state_while_a_step_runs_is_refused_and_changes_nothing(executor_srv):
+    srv, gated = executor_srv
     srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
     zero = srv.stub.GetState(pb.GetStateRequest(session_id="a")).state
     gated.gate.clear()
@@ -196,13 +201,10 @@ def test_set_state_while_a_step_runs_is_refused_and_changes_nothing(inproc):
     gated.gate.set()
     assert first.result(10).step_count == 1
     assert srv.stub.GetState(pb.GetStateRequest(session_id="a")).state.step_count == 1
-    gated.shutdown()
 
 
-def test_a_frame_entry_waits_behind_a_running_unary_step_of_its_session(inproc):
-    srv = inproc(inline_max_batch=0)
-    gated = GatedExecutor()
-    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+def test_a_frame_entry_waits_behind_a_running_unary_step_of_its_session(executor_srv):
+    srv, gated = executor_srv
     for sid in ("a", "b"):
         srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
     gated.gate.clear()
@@ -219,7 +221,6 @@ def test_a_frame_entry_waits_behind_a_running_unary_step_of_its_session(inproc):
     assert not reply.errors and list(reply.step_counts) == [2, 1]
     np.testing.assert_allclose(reply.outputs[0], stepped(X[:2])[-1][0], atol=1e-6)
     np.testing.assert_allclose(reply.outputs[1], stepped(X[:1])[-1][0], atol=1e-6)
-    gated.shutdown()
 
 
 def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
