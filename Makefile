@@ -52,7 +52,12 @@ serve: install-server
 tools:
 	bash scripts/install-tools.sh
 
-test: install-dev tools install-triton-client
+# One optional tool that fails to install (recorded in .tools/failed/) fails only its own tests; the suite still runs.
+test: install-dev
+	bash scripts/install-tools.sh --keep-going
+	@$(MAKE) --no-print-directory install-triton-client || { mkdir -p .tools/failed; printf '%s\n' \
+	  "install of 'tritonclient' failed (make install-triton-client)" "cause: pip could not install $(TRITON_REQS) into $(TRITON_VENV)" \
+	  "fix: check that PyPI is reachable, then run make install-triton-client" > .tools/failed/tritonclient; }
 	$(PY) -m pytest -q
 
 GO_MODULE := github.com/statestream/statestream/client/go

@@ -1,6 +1,7 @@
 """Shared pytest set-up: skips of required tests fail under CI."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -11,16 +12,42 @@ NO_SKIP = os.environ.get("STATESTREAM_NO_SKIP") == "1" or os.environ.get("CI", "
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def require_tool(name: str) -> str:
-    """The path of a tool `make tools` installs (a Debian package); skips locally, FAILS under CI."""
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = Path(os.environ.get("STATESTREAM_TOOLS_DIR", ROOT / ".tools"))
+TOOLS_BIN = TOOLS / "bin"
+INSTALL_FAILED = TOOLS / "failed"  # scripts/install-tools.sh: one file per tool whose install failed
+
+
+def install_failure(name: str) -> str | None:
+    """Why `make tools` could not install `name` (the tool, the cause, the fix), or None."""
+    f = INSTALL_FAILED / name
+    return f.read_text().strip() if f.is_file() else None
+
+
+def require_tool(name: str, *, installed_as: str | None = None) -> str:
+    """The path of a tool `make tools` installs (.tools/bin, else PATH). A tool whose install failed fails the
+    test with the installer's reason; a tool never installed skips locally and FAILS under CI.
+    `installed_as`: the install step's name when it differs from the command (go-client, node-client)."""
     import shutil
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (run `make tools`: it installs the Debian package)"
+    reason = install_failure(installed_as or name)
+    if reason:
+        pytest.fail(reason, pytrace=False)
+    path = TOOLS_BIN / name
+    found = str(path) if path.is_file() else shutil.which(name)
+    if found is None:
+        msg = f"{name} is not installed (run `make tools`: scripts/install-tools.sh)"
         if NO_SKIP:
             pytest.fail(msg)
         pytest.skip(msg)
-    return path
+    return found
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say at the end of the run which tools failed to install, so one tool's failure is read as that."""
+    if INSTALL_FAILED.is_dir():
+        for f in sorted(INSTALL_FAILED.iterdir()):
+            terminalreporter.write_line(f"TOOL INSTALL FAILED: {f.name}: " + " | ".join(f.read_text().split("\n")[1:3]),
+                                        red=True)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
+from conftest import require_tool
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 
 TOOLS = ROOT / ".tools" / "bin"
@@ -27,13 +27,8 @@ TOKEN = "interop-token-0123456789"
 
 
 def tool(name: str) -> str:
-    """A pinned tool from .tools/bin (or go/node from PATH); skipped, which CI turns into a failure, if missing."""
-    path = TOOLS / name
-    if path.is_file():
-        return str(path)
-    if name in ("go", "node", "npm") and shutil.which(name):
-        return shutil.which(name)
-    pytest.skip(f"{name} is not installed: run `make tools` (scripts/install-tools.sh)")
+    """A pinned tool from .tools/bin (or go/node from PATH): fails with the installer's reason if its install failed."""
+    return require_tool(name, installed_as={"go": "go-client", "node": "node-client"}.get(name))
 
 
 def run(cmd: list[str], *, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120) -> str:
@@ -117,7 +112,7 @@ def node_counts(out: str) -> dict[str, int]:
 def test_node_client_tests_pass_against_a_live_server(server):
     node = tool("node")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        pytest.skip("client/node/node_modules is missing: run `make tools` (npm ci)")
+        pytest.fail("client/node/node_modules is missing: run `make tools` (npm ci)")
     out = run([node, "--test"], cwd=NODE_DIR, env=client_env(server.target))
     counts = node_counts(out)
     assert counts.get("fail") == 0 and counts.get("cancelled") == 0, out

@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from conftest import install_failure
 from serverproc import ROOT
 
 TRITON_PY = ROOT / os.environ.get("TRITON_VENV", ".venv-triton") / "bin" / "python"
@@ -19,7 +20,10 @@ DRIVER = ROOT / "tests" / "triton_client" / "driver.py"
 
 
 def need(path) -> None:
-    """Skip (a failure under CI) when a tool `make test` installs is missing."""
+    """Fail with the installer's reason if the tool's install failed; skip (a failure under CI) when it is missing."""
+    reason = install_failure("tritonclient" if path == TRITON_PY else path.name)
+    if reason:
+        pytest.fail(reason, pytrace=False)
     if not path.exists():
         pytest.skip(f"{path} is missing: run `make install-triton-client tools` (make test does)")
 
