@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from statestream.server.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, read_manifest
+from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, read_manifest
 
 
 def load(path: Path, threads: int = 1) -> tuple[ort.InferenceSession, Manifest]:
@@ -63,7 +63,7 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
 
 def runner_ceiling(path: Path, batches: list[int], seconds: float = 0.5) -> list[dict]:
     """The server's own ModelRunner.run (state split/concat around ORT) in-process: the model path minus serving."""
-    from statestream.server.model import ModelRunner
+    from statestream.server.engine.model import ModelRunner
 
     runner = ModelRunner(path, intra_op_threads=1)
     rng = np.random.default_rng(0)

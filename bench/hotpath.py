@@ -40,8 +40,8 @@ class _Context:
 
 
 async def _app(path: Path):
-    from statestream.server.config import Config
-    from statestream.server.main import create_server
+    from statestream.server.app.config import Config
+    from statestream.server.app.server import create_server
 
     cfg = Config(models=[str(path)], host="127.0.0.1", port=0, metrics_port=0, max_sessions=200_000)
     app, _ = await create_server(cfg)

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def manifest_of(path: Path):
     import onnxruntime as ort
 
-    from statestream.server.manifest import read_manifest
+    from statestream.contract.manifest import read_manifest
 
     return read_manifest(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta())
 

@@ -6,7 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
-from statestream.server.process import ServerProcess
+from tests.support.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def _vmrss(pid: int) -> int:
 
 
 class Proc(ServerProcess):
-    """A server subprocess of the bench (statestream.server.process), plus the RSS of its process tree."""
+    """A server subprocess of the bench (tests.support.process), plus the RSS of its process tree."""
 
     def __init__(self, name: str, cmd: list[str], timeout: float = 60):
         super().__init__(cmd, name=name, cwd=ROOT, timeout=timeout)
@@ -56,7 +56,7 @@ class Proc(ServerProcess):
 
 def statestream_server(model: Path, *args: str, metrics_port: int = 0) -> Proc:
     """The real server on a free port (and a Prometheus port when metrics_port is given)."""
-    cmd = [sys.executable, "-m", "statestream.server.main", "--models", str(model), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "statestream.server.app.main", "--models", str(model), "--host", "127.0.0.1",
            "--port", "0", "--metrics-port", str(metrics_port), "--log-level", "WARNING", *args]
     return Proc("statestream-server", cmd)
 

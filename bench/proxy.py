@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
-from statestream.server.redis_process import RedisProcess
+from tests.support.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
 from .cli import ghz_parser

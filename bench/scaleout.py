@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from statestream.server.redis_process import RedisProcess
-from statestream.server.store import SessionRecord, SqliteStore
-from statestream.server.store_redis import RedisStore
+from tests.support.redis_process import RedisProcess
+from statestream.server.store.base import SessionRecord, SqliteStore
+from statestream.server.store.redis import RedisStore
 
 from . import compute, ghz, scenarios
 from .cli import ghz_parser

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from statestream.server.manifest import MANIFEST_KEY, Layer, Manifest
+from statestream.contract.manifest import MANIFEST_KEY, Layer, Manifest
 
 
 def fragile_model(path, features: int = 3) -> None:

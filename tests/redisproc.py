@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import require_tool
-from statestream.server import redis_process
+from support import redis_process
 
 
 def require_redis_server() -> str:
@@ -15,7 +15,7 @@ def require_redis_server() -> str:
 
 
 class RedisProcess(redis_process.RedisProcess):
-    """statestream.server.redis_process.RedisProcess that skips (locally) or fails (CI) without redis-server."""
+    """tests.support.redis_process.RedisProcess that skips (locally) or fails (CI) without redis-server."""
 
     def start(self, timeout: float = 20) -> "RedisProcess":
         require_redis_server()

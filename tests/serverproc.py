@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from statestream.server import process
+from support import process
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "models" / "demo.onnx"
@@ -20,6 +20,6 @@ class ServerProcess(process.ServerProcess):
 
     def __init__(self, models, *args: str, env: dict | None = None, wait_serving: bool = True, timeout: float = 60):
         models = [str(m) for m in (models if isinstance(models, (list, tuple)) else [models])]
-        super().__init__([sys.executable, "-m", "statestream.server.main", "--models", *models, "--port", "0",
+        super().__init__([sys.executable, "-m", "statestream.server.app.main", "--models", *models, "--port", "0",
                           "--host", "127.0.0.1", *args], name="statestream-server", env=env, cwd=ROOT,
                          wait_serving=wait_serving, timeout=timeout)

@@ -11,7 +11,7 @@ import yaml
 
 from haproxyproc import CONFIG, HAProxy
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
-from statestream.server.config import build_parser
+from statestream.server.app.config import build_parser
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
@@ -35,7 +35,7 @@ def test_every_replica_command_parses_with_the_server_cli(name):
     assert args.state_store == "redis://redis:6379/0" and args.host == "0.0.0.0" and args.port == 50051
     assert args.models == ["/app/models"] and args.grace < int(svc["stop_grace_period"].rstrip("s"))
     health = svc["healthcheck"]["test"]
-    assert health[:4] == ["CMD", "python", "-m", "statestream.server.healthcheck"]
+    assert health[:4] == ["CMD", "python", "-m", "statestream.server.app.healthcheck"]
     assert health[health.index("--target") + 1] == f"localhost:{args.port}"
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert svc["ports"] == [f"{9100 + int(name[-1])}:{args.metrics_port}"]

@@ -10,7 +10,7 @@ from tutorial import stream_onnx
 
 from statestream.export import cli, demo
 from statestream.export.convert import op_counts
-from statestream.server.manifest import Layer, read_manifest
+from statestream.contract.manifest import Layer, read_manifest
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo.onnx"
 IO = {

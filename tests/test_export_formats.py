@@ -9,7 +9,7 @@ from tutorial import stream_onnx
 
 from statestream.export import ExportError, export_model
 from statestream.export.load import load_model, sha256_of_path
-from statestream.server.manifest import Layer
+from statestream.contract.manifest import Layer
 
 KERAS2 = Path(__file__).resolve().parent / "data" / "keras2"
 LAYERS = (Layer("enc", "LSTM", 3), Layer("dec", "GRU", 2))

@@ -11,7 +11,7 @@ from tutorial import stream_onnx
 
 from statestream.export import export_model
 from statestream.export.convert import op_counts
-from statestream.server.manifest import Layer, read_manifest
+from statestream.contract.manifest import Layer, read_manifest
 
 L = keras.layers
 ATOL = 1e-5

@@ -6,7 +6,7 @@ import pytest
 from tutorial import NAMES, TUTORIAL_INPUT, export_all, keras_outputs, stream_onnx, tutorial_models
 
 from statestream.export.convert import op_counts
-from statestream.server.manifest import Layer, read_manifest
+from statestream.contract.manifest import Layer, read_manifest
 
 ATOL = 1e-5
 

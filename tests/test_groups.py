@@ -9,7 +9,7 @@ from reference import Reference
 from inproc import InProcessServer
 from serverproc import DEMO_MODEL
 from statestream.client import Client, FailedPrecondition, InvalidArgument, NotFound
-from statestream.server.table import Slab
+from statestream.server.engine.table import Slab
 from statestream.v1 import statestream_pb2 as pb
 
 F, UNITS = 3, 16

@@ -1,6 +1,6 @@
 """BatchPolicy on a fake clock: run at once, after one loop turn, or after waiting for more."""
 
-from statestream.server.policy import BatchPolicy
+from statestream.server.engine.policy import BatchPolicy
 
 
 class Clock:

@@ -166,7 +166,7 @@ def test_close_during_a_commit_applies_nothing(sqlite_srv):
     first = held_in_commit(srv, store)
     assert srv.stub.CloseSession(pb.CloseSessionRequest(session_id="a")).step_count == 0
     store.gate.open()
-    from statestream.client.errors import NotFound
+    from statestream.contract.errors import NotFound
     with pytest.raises(NotFound, match="closed"):
         first.result(10)
     assert store._fetch(None, "a") is None  # the commit did not bring the closed session back
@@ -181,7 +181,7 @@ def test_close_fails_queued_steps_and_frees_the_slot(inproc):
     queued = start(srv, step_req("a", X[0]))
     settle(srv)
     srv.stub.CloseSession(pb.CloseSessionRequest(session_id="a"))
-    from statestream.client.errors import NotFound
+    from statestream.contract.errors import NotFound
     with pytest.raises(NotFound):
         queued.result(10)
     assert srv.run(lambda: len(slab._free)) == free_before + 1
@@ -235,7 +235,7 @@ def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
     store.gate.open()
     assert first.result().step_count == 1
     stopping.result(10)
-    from statestream.server.store import SqliteStore
+    from statestream.server.store.base import SqliteStore
     reopened = SqliteStore(store.path)
     assert reopened._fetch(None, "a").step_count == 1
     reopened.close()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
-from statestream.server.config import build_parser, parse_config
+from statestream.server.app.config import build_parser, parse_config
 
 
 def test_flag_beats_env_beats_default(monkeypatch):
@@ -29,7 +29,7 @@ def test_flag_beats_env_beats_default(monkeypatch):
     (["--models", str(DEMO_MODEL), "--auth-token-file", "/nonexistent"], "--auth-token-file /nonexistent: no such file"),
 ])
 def test_bad_settings_refused_before_start(args, message):
-    r = subprocess.run([sys.executable, "-m", "statestream.server.main", *args], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", *args], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert message in r.stderr
@@ -37,7 +37,7 @@ def test_bad_settings_refused_before_start(args, message):
 
 def test_bad_env_value_refused():
     env = {**os.environ, "STATESTREAM_PORT": "not-a-port"}
-    r = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(DEMO_MODEL)],
+    r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", "--models", str(DEMO_MODEL)],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "not-a-port" in r.stderr
 
@@ -45,7 +45,7 @@ def test_bad_env_value_refused():
 def test_not_an_exported_model_is_refused(tmp_path):
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"not onnx at all")
-    r = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(bogus), "--port", "0"],
+    r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", "--models", str(bogus), "--port", "0"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
     assert "bogus.onnx" in r.stderr and "cannot load" in r.stderr
@@ -76,7 +76,7 @@ def test_compose_command_parses_with_the_server_cli_and_matches_ports():
     published = {int(p.split(":")[1]) for p in svc["ports"]}
     assert {args.port, args.metrics_port} == published
     health = svc["healthcheck"]["test"]
-    assert health[:4] == ["CMD", "python", "-m", "statestream.server.healthcheck"]
+    assert health[:4] == ["CMD", "python", "-m", "statestream.server.app.healthcheck"]
     assert health[health.index("--target") + 1] == f"localhost:{args.port}"
     dockerfile = (ROOT / "Dockerfile").read_text()
     installs = [l for l in dockerfile.splitlines() if l.startswith("RUN pip install")]

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from statestream.server.errors import FailedPrecondition, InvalidArgument, NotFound
-from statestream.server.model import ModelRunner
-from statestream.server.sessions import GONE, READY, Phase, StepResult
-from statestream.server.table import SessionTable
+from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.sessions import GONE, READY, Phase, StepResult
+from statestream.server.engine.table import SessionTable
 from serverproc import DEMO_MODEL
 
 

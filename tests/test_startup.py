@@ -19,7 +19,7 @@ from statestream.v1 import statestream_pb2_grpc as pb_grpc
 def test_not_serving_until_models_are_loaded(tmp_path):
     for i in range(60):  # enough models that loading takes a while
         os.symlink(DEMO_MODEL, tmp_path / f"m{i:02d}.onnx")
-    proc = subprocess.Popen([sys.executable, "-m", "statestream.server.main", "--models", str(tmp_path), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "statestream.server.app.main", "--models", str(tmp_path), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     try:
         port = None

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
-from statestream.server.errors import Unavailable
-from statestream.server.store import MemoryStore, SessionRecord, SqliteStore, check_spec, open_store
-from statestream.server.store_redis import RedisStore
+from statestream.contract.errors import Unavailable
+from statestream.server.store.base import MemoryStore, SessionRecord, SqliteStore, check_spec, open_store
+from statestream.server.store.redis import RedisStore
 
 RNG = np.random.default_rng(7)
 
@@ -270,8 +270,8 @@ def test_specs(tmp_path):
 
 def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
-    from statestream.server.units import Unit
-    from statestream.server.sessions import Session
+    from statestream.server.engine.units import Unit
+    from statestream.server.engine.sessions import Session
 
     s = Session("p", "demo", 0, None, 60.0, 0.0)
     for seq in (8, 9, 10):

@@ -13,7 +13,7 @@ import pytest
 from reference import Reference, stepped
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from statestream.inference import grpc_service_pb2, model_config_pb2
-from statestream.server.model import ModelRunner
+from statestream.server.engine.model import ModelRunner
 from triton_client.descriptors import describe
 from tritonvenv import TRITON_PY, drive, need
 

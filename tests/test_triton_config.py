@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from serverproc import DEMO_MODEL, ROOT
 from statestream.export import cli
 from statestream.inference import model_config_pb2 as mc
-from statestream.server.model import ModelRunner
+from statestream.server.engine.model import ModelRunner
 
 
 def read_config(path) -> mc.ModelConfig:

@@ -24,13 +24,13 @@ def scrape(port: int) -> str:
 
 def test_workers_with_the_memory_store_are_refused():
     for extra in ([], ["--state-store", "memory"]):
-        p = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(DEMO_MODEL),
+        p = subprocess.run([sys.executable, "-m", "statestream.server.app.main", "--models", str(DEMO_MODEL),
                             "--workers", "2", *extra], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert p.returncode == 2, p.stderr
         assert "--workers 2 needs a shared state store" in p.stderr
         assert "use --state-store sqlite:PATH or redis://HOST:PORT/DB" in p.stderr
         assert "listening" not in p.stdout
-    p = subprocess.run([sys.executable, "-m", "statestream.server.main", "--models", str(DEMO_MODEL), "--workers", "0"],
+    p = subprocess.run([sys.executable, "-m", "statestream.server.app.main", "--models", str(DEMO_MODEL), "--workers", "0"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert p.returncode == 2 and "--workers must be >= 1, got 0" in p.stderr
 

@@ -11,7 +11,7 @@ import numpy as np
 from statestream.v1 import statestream_pb2 as pb
 
 from .client import Client
-from .errors import StatestreamError, Unavailable
+from statestream.contract.errors import StatestreamError, Unavailable
 
 USAGE = """\
 Talk to a statestream server from the shell.

@@ -12,7 +12,7 @@ from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from . import streaming
-from .errors import AlreadyExists, from_rpc_error
+from statestream.contract.errors import AlreadyExists, from_rpc_error
 from .retry import Attempts, RetryPolicy
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import grpc
 
-from .errors import DeadlineExceeded, StatestreamError
+from statestream.contract.errors import DeadlineExceeded, StatestreamError
 
 # Every INTERNAL our own server raises says so: it is a deterministic failure (model run, NaN) that a retry would
 # repeat. Any other INTERNAL comes from a proxy or the transport (an HTTP/2 RST_STREAM, a reset connection), where

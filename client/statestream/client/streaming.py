@@ -11,7 +11,7 @@ import grpc
 
 from statestream.v1 import statestream_pb2 as pb
 
-from .errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
+from statestream.contract.errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
 from .retry import Attempts
 
 if TYPE_CHECKING:

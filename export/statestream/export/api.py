@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from statestream.server.manifest import MANIFEST_KEY, Layer, Manifest, read_manifest
+from statestream.contract.manifest import MANIFEST_KEY, Layer, Manifest, read_manifest
 
 from .errors import ExportError, ParityError
 from .parity import SEED, ParityResult

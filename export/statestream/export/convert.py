@@ -8,7 +8,7 @@ from collections import Counter
 import onnx
 from onnx import helper
 
-from statestream.server.manifest import INPUT_NAME
+from statestream.contract.manifest import INPUT_NAME
 
 from .errors import ExportError
 from .twin import Twin

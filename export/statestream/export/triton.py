@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statestream.server.config import Config
-from statestream.server.manifest import read_manifest
-from statestream.server.triton_config import write_repository_entry
+from statestream.contract.manifest import read_manifest
+from statestream.contract.triton_config import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_BATCH_SIZE, write_repository_entry
 
 from .errors import ExportError
 
 
-def write_triton_entry(onnx_path, repo, name: str | None = None, *, max_batch_size: int = Config.max_batch_size,
-                       idle_seconds: float = Config.idle_timeout) -> Path:
+def write_triton_entry(onnx_path, repo, name: str | None = None, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                       idle_seconds: float = DEFAULT_IDLE_SECONDS) -> Path:
     """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/model.onnx` for an exported ONNX file.
 
     The configuration is the one a statestream server reports over Triton's ModelConfig (same function):
@@ -21,7 +20,7 @@ def write_triton_entry(onnx_path, repo, name: str | None = None, *, max_batch_si
     """
     import onnx
 
-    from statestream.server.manifest import ManifestError
+    from statestream.contract.manifest import ManifestError
 
     try:
         manifest = read_manifest(onnx.load(str(onnx_path), load_external_data=False))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import keras
 
-from statestream.server.manifest import CELL_STATES, INPUT_NAME, OUTPUT_NAME, Layer, state_in_name, state_out_name
+from statestream.contract.manifest import CELL_STATES, INPUT_NAME, OUTPUT_NAME, Layer, state_in_name, state_out_name
 
 from .errors import ExportRefused
 

@@ -10,13 +10,15 @@ from google.protobuf import text_format
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import model_config_pb2 as mc
 
-from .manifest import INPUT_NAME, OUTPUT_NAME, Manifest
+from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 VERSION = "1"           # the one version every statestream model has
 FILENAME = "model.onnx"
 DATATYPE = "FP32"       # every tensor of an exported model
+DEFAULT_MAX_BATCH_SIZE = 256     # the server's --max-batch-size default
+DEFAULT_IDLE_SECONDS = 3600.0    # the server's --idle-timeout default
 
 
 def model_config(manifest: Manifest, name: str, *, max_batch_size: int, idle_seconds: float) -> mc.ModelConfig:

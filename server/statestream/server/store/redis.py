@@ -16,8 +16,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.asyncio.retry import Retry
 
-from .errors import Unavailable
-from .store import CONFLICT, MISSING, OK, SessionRecord
+from statestream.contract.errors import Unavailable
+from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord
 
 log = logging.getLogger("statestream.server.store")
 

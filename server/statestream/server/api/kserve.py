@@ -14,11 +14,11 @@ from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.v1 import statestream_pb2 as pb
 
-from . import triton_codec as tc
-from .errors import NotFound, StatestreamError
-from .service import StateStreamService, unary
-from .triton_config import VERSION, model_config, model_metadata
-from .wire import Undecodable, check
+from statestream.server.api import kserve_codec as tc
+from statestream.contract.errors import NotFound, StatestreamError
+from statestream.server.api.v1 import StateStreamService, unary
+from statestream.contract.triton_config import VERSION, model_config, model_metadata
+from statestream.server.api.wire import Undecodable, check
 
 log = logging.getLogger("statestream.triton")
 

@@ -1,22 +1,15 @@
-"""Domain errors (one family, shared with the client) and the one place they become status codes."""
+"""The one place domain errors (statestream.contract.errors) become gRPC status codes."""
 
 from __future__ import annotations
 
 import grpc
 
-from statestream.client.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,
+from statestream.contract.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,
                                        NotFound, ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
 
 __all__ = ["AlreadyExists", "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "ResourceExhausted",
            "StatestreamError", "Unauthenticated", "Unavailable", "code_number", "as_domain_error"]
 
-
-def show(text: str, limit: int = 64) -> str:
-    """A client-supplied string for an error message: repr, cut to `limit` characters (status details travel in
-    HTTP/2 trailers, which clients cap at 8-16 KiB)."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text.encode('utf-8', 'surrogatepass'))} bytes)"
 
 
 def code_number(code: grpc.StatusCode) -> int:

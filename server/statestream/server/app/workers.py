@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.connection import wait
 
-from .config import Config
+from statestream.server.app.config import Config
+from statestream.server.app.server import serve
 
 log = logging.getLogger("statestream.server.workers")
 
@@ -47,7 +48,6 @@ def _worker(cfg: Config, index: int, ready) -> None:
     """A worker process: one server (asyncio, its own models and cache), SIGTERM drains it."""
     import asyncio
 
-    from .main import serve
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
     try:

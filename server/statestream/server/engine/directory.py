@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batcher import Batcher
-from .errors import AlreadyExists, InvalidArgument, NotFound, show
-from .persistence import Persistence
-from .sessions import Session
-from .table import SessionTable
+from statestream.server.engine.batcher import Batcher
+from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, show
+from statestream.server.store.persistence import Persistence
+from statestream.server.engine.sessions import Session
+from statestream.server.engine.table import SessionTable
 
 
 class Directory:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import FailedPrecondition, InvalidArgument, NotFound
-from .store import SessionRecord
+from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
+from statestream.server.store.base import SessionRecord
 
 MAX_SESSION_ID_BYTES = 128
 

@@ -7,7 +7,11 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .store import STORE_HELP, check_spec
+from statestream.contract.triton_config import (
+    DEFAULT_IDLE_SECONDS,
+    DEFAULT_MAX_BATCH_SIZE,
+)
+from statestream.server.store.base import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
 
@@ -37,10 +41,10 @@ class Config:
     port: int = 50051
     metrics_port: int = 0
     max_sessions: int = 100_000
-    idle_timeout: float = 3600.0
+    idle_timeout: float = DEFAULT_IDLE_SECONDS
     max_idle_timeout: float = 7 * 86400.0
     max_timesteps: int = 1024
-    max_batch_size: int = 256
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_queue_delay: float = 0.0
     max_pending_per_session: int = 64
     max_pending: int = 100_000

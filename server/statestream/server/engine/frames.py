@@ -8,8 +8,9 @@ import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
-from . import codec
-from .errors import FailedPrecondition, InvalidArgument, StatestreamError, as_domain_error, code_number, show
+from statestream.server.api import codec
+from statestream.contract.errors import FailedPrecondition, InvalidArgument, StatestreamError, show
+from statestream.server.api.status import as_domain_error, code_number
 
 
 class FrameStepper:

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from .errors import AlreadyExists, NotFound, StatestreamError, Unavailable
-from .sessions import Session, StepResult
-from .table import SessionTable
+from statestream.contract.errors import AlreadyExists, NotFound, StatestreamError, Unavailable
+from statestream.server.engine.sessions import Session, StepResult
+from statestream.server.engine.table import SessionTable
 
 log = logging.getLogger("statestream.persistence")
 

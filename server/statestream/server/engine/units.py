@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from .errors import ResourceExhausted, StatestreamError
-from .sessions import Session, StepResult
+from statestream.contract.errors import ResourceExhausted, StatestreamError
+from statestream.server.engine.sessions import Session, StepResult
 
 
 class Unit:

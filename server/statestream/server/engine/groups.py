@@ -10,9 +10,9 @@ import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
-from . import codec
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, show
-from .sessions import MAX_SESSION_ID_BYTES, Phase, Session
+from statestream.server.api import codec
+from statestream.contract.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, show
+from statestream.server.engine.sessions import MAX_SESSION_ID_BYTES, Phase, Session
 
 MAX_GROUP_SIZE = 65_536
 TOUCH_EVERY = 1.0  # seconds: members' idle deadlines move with group steps at most this often (not per step)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import INPUT_NAME, OUTPUT_NAME, Manifest, ManifestError, read_manifest
+from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, ManifestError, read_manifest
 
 
 class ModelRunner:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-from .errors import Unauthenticated
+from statestream.contract.errors import Unauthenticated
 
 
 class Auth:

@@ -6,32 +6,28 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from statestream.inference import grpc_service_pb2 as ipb
+from statestream.server.api.auth import Auth
+from statestream.server.api.kserve import TritonService
+from statestream.server.api.v1 import StateStreamService
+from statestream.server.api.wire import add_service
+from statestream.server.app.config import Config
+from statestream.server.app.metrics import Metrics
+from statestream.server.engine.batcher import Batcher
+from statestream.server.engine.directory import Directory
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.policy import BatchPolicy
+from statestream.server.engine.table import SessionTable
+from statestream.server.engine.units import PendingCounter
+from statestream.server.store.base import open_store
+from statestream.server.store.persistence import Persistence
 from statestream.v1 import statestream_pb2 as pb
-
-from .auth import Auth
-from .batcher import Batcher
-from .units import PendingCounter
-from .directory import Directory
-from .persistence import Persistence
-from .policy import BatchPolicy
-from .config import Config, parse_config
-from .metrics import Metrics
-from .model import ModelRunner
-from .service import StateStreamService
-from .table import SessionTable
-from .store import open_store
-from .triton import TritonService
-from .wire import add_service
-from .workers import run_workers
 
 log = logging.getLogger("statestream.server")
 
@@ -190,21 +186,3 @@ async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     await stop.wait()
     log.info("signal received: draining (grace %.1f s)", cfg.grace)
     await app.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.workers > 1:
-        return run_workers(cfg)
-    try:
-        asyncio.run(serve(cfg))
-    except (OSError, ValueError) as e:
-        log.error("%s", e)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

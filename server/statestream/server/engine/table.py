@@ -10,10 +10,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, show
-from .model import ModelRunner
-from .sessions import CLOSED, IDLE, Session, StepResult, check_session_id
-from .store import SessionRecord
+from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, show
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.sessions import CLOSED, IDLE, Session, StepResult, check_session_id
+from statestream.server.store.base import SessionRecord
 
 _EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
 

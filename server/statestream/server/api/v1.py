@@ -10,16 +10,17 @@ import grpc
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
-from . import codec
-from .auth import Auth
-from .batcher import Batcher
-from .directory import Directory
-from .errors import InvalidArgument, StatestreamError, Unavailable, as_domain_error, code_number
-from .frames import FrameStepper
-from .groups import Groups
-from .sessions import Session
-from .table import SessionTable
-from .wire import Undecodable, check
+from statestream.server.api import codec
+from statestream.server.api.auth import Auth
+from statestream.server.engine.batcher import Batcher
+from statestream.server.engine.directory import Directory
+from statestream.contract.errors import InvalidArgument, StatestreamError, Unavailable
+from statestream.server.api.status import as_domain_error, code_number
+from statestream.server.engine.frames import FrameStepper
+from statestream.server.engine.groups import Groups
+from statestream.server.engine.sessions import Session
+from statestream.server.engine.table import SessionTable
+from statestream.server.api.wire import Undecodable, check
 
 log = logging.getLogger("statestream.service")
 

@@ -10,13 +10,13 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from .errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, StatestreamError
-from .model import ModelRunner
-from .persistence import Persistence, gone
-from .policy import BatchPolicy
-from .sessions import GONE, READY, Session, StepResult
-from .units import PendingCounter, Unit, gather
-from .table import SessionTable
+from statestream.contract.errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, StatestreamError
+from statestream.server.engine.model import ModelRunner
+from statestream.server.store.persistence import Persistence, gone
+from statestream.server.engine.policy import BatchPolicy
+from statestream.server.engine.sessions import GONE, READY, Session, StepResult
+from statestream.server.engine.units import PendingCounter, Unit, gather
+from statestream.server.engine.table import SessionTable
 
 log = logging.getLogger("statestream.batcher")
 

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import Unavailable
+from statestream.contract.errors import Unavailable
 
 OK, CONFLICT, MISSING = "ok", "conflict", "missing"
 
@@ -287,7 +287,7 @@ def check_spec(spec: str) -> tuple[str, str]:
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return "sqlite", spec[len("sqlite:"):]
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        from .store_redis import check_url
+        from statestream.server.store.redis import check_url
         return "redis", check_url(spec)
     raise ValueError(f"--state-store {spec!r}: expected memory, sqlite:PATH or redis://HOST:PORT/DB")
 
@@ -296,6 +296,6 @@ def open_store(spec: str, shared: bool = False) -> StateStore:
     """The StateStore named by --state-store; `shared`: several worker processes use it (--workers > 1)."""
     kind, where = check_spec(spec)
     if kind == "redis":
-        from .store_redis import RedisStore
+        from statestream.server.store.redis import RedisStore
         return RedisStore(where)
     return SqliteStore(where, shared=shared) if kind == "sqlite" else MemoryStore()

@@ -6,9 +6,9 @@ import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
-from .errors import InvalidArgument
-from .model import ModelRunner
-from .sessions import StepResult
+from statestream.contract.errors import InvalidArgument
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.sessions import StepResult
 
 CELLS = {"LSTM": pb.CELL_TYPE_LSTM, "GRU": pb.CELL_TYPE_GRU, "SimpleRNN": pb.CELL_TYPE_SIMPLE_RNN}
 

@@ -7,7 +7,7 @@ from google.protobuf.message import DecodeError
 
 from statestream.v1 import statestream_pb2 as pb
 
-from .errors import InvalidArgument
+from statestream.contract.errors import InvalidArgument
 
 SERVICE = pb.DESCRIPTOR.services_by_name["StateStreamService"]
 

@@ -20,7 +20,7 @@ _MAX_LINES = 5000
 class ServerProcess:
     """Runs `cmd` (a server started with port 0 that prints `... listening on HOST:PORT`).
 
-    with ServerProcess([sys.executable, "-m", "statestream.server.main", "--models", m, "--port", "0"]) as srv:
+    with ServerProcess([sys.executable, "-m", "statestream.server.app.main", "--models", m, "--port", "0"]) as srv:
         grpc.insecure_channel(srv.target) ...
     """
 

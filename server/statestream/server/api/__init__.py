@@ -1,0 +1,1 @@
+"""statestream server: api layer."""

@@ -1,0 +1,1 @@
+"""statestream server: app layer."""

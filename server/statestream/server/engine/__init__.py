@@ -1,0 +1,1 @@
+"""statestream server: engine layer."""

@@ -1,0 +1,1 @@
+"""Test and bench harness: server and Redis subprocesses on loopback ports."""
