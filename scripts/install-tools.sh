@@ -29,14 +29,15 @@ FAILURES=()
 
 # step TOOL FIX COMMAND...: run COMMAND; on failure record TOOL, the cause (the command's last lines) and FIX.
 step() {
-  local tool="$1" fix="$2" log
+  local tool="$1" fix="$2" log rc
   shift 2
   log="$(mktemp)"
-  if "$@" > >(tee "$log") 2> >(tee -a "$log" >&2); then
+  "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  if ((rc == 0)); then
     rm -f "$FAILED_DIR/$tool" "$log"
     return 0
   fi
-  sleep 0.1  # let tee finish writing
   {
     echo "install of '$tool' failed (scripts/install-tools.sh)"
     echo "cause: $(grep -v '^\s*$' "$log" | tail -3 | tr '\n' ' ')"
