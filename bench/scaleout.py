@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from tests.support.redis_process import RedisProcess
-from statestream.server.store.base import SessionRecord, SqliteStore
+from statestream.server.store.base import SessionRecord
+from statestream.server.store.sqlite import SqliteStore
 from statestream.server.store.redis import RedisStore
 
 from . import compute, ghz, scenarios

@@ -10,7 +10,7 @@ import grpc
 from serverproc import DEMO_MODEL
 from statestream.server.app.config import Config, parse_config
 from statestream.server.app.server import create_server
-from statestream.server.store.base import SqliteStore
+from statestream.server.store.sqlite import SqliteStore
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 

@@ -235,7 +235,7 @@ def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
     store.gate.open()
     assert first.result().step_count == 1
     stopping.result(10)
-    from statestream.server.store.base import SqliteStore
+    from statestream.server.store.sqlite import SqliteStore
     reopened = SqliteStore(store.path)
     assert reopened._fetch(None, "a").step_count == 1
     reopened.close()

@@ -11,7 +11,9 @@ import pytest
 
 from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import MemoryStore, SessionRecord, SqliteStore, check_spec, open_store
+from statestream.server.store.base import SessionRecord, check_spec, open_store
+from statestream.server.store.memory import MemoryStore
+from statestream.server.store.sqlite import SqliteStore
 from statestream.server.store.redis import RedisStore
 
 RNG = np.random.default_rng(7)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-
-from statestream.contract.errors import AlreadyExists, NotFound, StatestreamError, Unavailable
+from statestream.contract.errors import (
+    AlreadyExists,
+    NotFound,
+    StatestreamError,
+    Unavailable,
+)
 from statestream.server.engine.sessions import Session, StepResult
 from statestream.server.engine.table import SessionTable
 

@@ -12,10 +12,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
-from redis.asyncio.retry import Retry
-
 from statestream.contract.errors import Unavailable
 from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord
 

@@ -1,0 +1,34 @@
+"""MemoryStore: sessions live in this process only (the default)."""
+
+from __future__ import annotations
+
+from statestream.server.store.base import OK, SessionRecord
+
+
+class MemoryStore:
+    """The default: sessions live in the process only; a restart starts empty. Nothing to compare: all "ok"."""
+
+    durable = False
+    shared = False
+    description = "memory: sessions live in this process only; a restart or crash loses them"
+
+    def load(self) -> list[SessionRecord]:
+        return []
+
+    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+        return None
+
+    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+        return [None] * len(keys)
+
+    async def create(self, rec: SessionRecord) -> bool:
+        return True
+
+    async def commit(self, records: list[SessionRecord]) -> list[str]:
+        return [OK] * len(records)
+
+    async def delete(self, keys: list[tuple[str | None, str]]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
