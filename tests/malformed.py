@@ -76,7 +76,7 @@ def bad_seq(draw, K: int, zero_means_unset: bool = False) -> int:
 
 
 def seq_code(v: int) -> C:
-    return INVALID if v <= 0 else PRECOND
+    return INVALID if v <= 0 or v > 2**62 else PRECOND  # beyond 2^62: out of range
 
 
 def good_layers(draw) -> list[pb.LayerState]:

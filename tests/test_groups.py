@@ -82,8 +82,10 @@ def test_group_step_is_exactly_once(client):
     with client.group("demo", n) as g:
         a = g.step(xs[0], sequence_number=1)
         st = state_of(g.sessions[7])
-        again = g.step(xs[1], sequence_number=1)  # a retry (even with other values) replays the recorded result
+        again = g.step(xs[0], sequence_number=1)  # a retry replays the recorded result
         assert a.view(np.uint32).tolist() == again.view(np.uint32).tolist()
+        with pytest.raises(FailedPrecondition, match="other input"):  # a retry must repeat its input
+            g.step(xs[1], sequence_number=1)
         assert np.array_equal(state_of(g.sessions[7]), st) and g.sessions[7].get_state().step_count == 1
         with pytest.raises(FailedPrecondition, match="out of order .*expected 2"):
             g.step(xs[1], sequence_number=3)
@@ -173,7 +175,7 @@ def test_groups_with_a_durable_store_survive_a_restart(tmp_path):
 
 
 def test_open_group_refusals(client):
-    with pytest.raises(InvalidArgument, match="1 to 65536 members; got 0"):
+    with pytest.raises(InvalidArgument, match="1 to \\d+ members; got 0"):
         client.group("demo")
     with pytest.raises(InvalidArgument, match="size is 3 but 2 session_ids"):
         client.group("demo", 3, session_ids=["a-1", "a-2"])

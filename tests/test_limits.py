@@ -77,7 +77,9 @@ def test_sigterm_lets_in_flight_calls_finish():
 
 
 def test_frame_over_the_queue_limit_refuses_those_entries_only():
-    with InProcessServer.from_args(DEMO_MODEL, "--max-pending", "4", "--max-batch-size", "2") as srv, \
+    # a queue delay keeps the units queued (without one, the memory store runs each unit at once in its caller)
+    with InProcessServer.from_args(DEMO_MODEL, "--max-pending", "4", "--max-batch-size", "2",
+                                   "--max-queue-delay", "0.05") as srv, \
             grpc.insecure_channel(srv.target) as ch:
         stub = pb_grpc.StateStreamServiceStub(ch)
         ids = [f"q{i}" for i in range(6)]

@@ -27,7 +27,7 @@ def step_req(sid: str, x, seq: int | None = None, **kw) -> pb.StepRequest:
 
 def start(srv, req: pb.StepRequest):
     """Schedule the service's step on the server's loop (what a gRPC handler does); a concurrent future."""
-    return asyncio.run_coroutine_threadsafe(srv.app.service.start_step(req, None), srv.loop)
+    return asyncio.run_coroutine_threadsafe(srv.app.service.step(req, None), srv.loop)
 
 
 def settle(srv, turns: int = 3) -> None:
@@ -210,7 +210,7 @@ def test_a_frame_entry_waits_behind_a_running_unary_step_of_its_session(executor
     gated.gate.clear()
     unary = start(srv, step_req("a", X[0]))
     assert gated.entered.acquire(timeout=10)
-    frame = asyncio.run_coroutine_threadsafe(srv.app.service.frames.start(
+    frame = asyncio.run_coroutine_threadsafe(srv.app.service.frame(
         pb.StepFrameRequest(model="demo", session_ids=["a", "b"], inputs=np.concatenate([X[1], X[0]])), None),
         srv.loop)
     settle(srv)
@@ -231,7 +231,7 @@ def test_sigterm_drain_during_a_commit_answers_and_persists(sqlite_srv):
     wait_until(lambda: store.gate.waiting == 1)
     stopping = asyncio.run_coroutine_threadsafe(srv.app.stop(5.0), srv.loop)  # what SIGTERM runs
     settle(srv)
-    assert srv.app.service.draining
+    assert srv.app.engine.draining
     store.gate.open()
     assert first.result().step_count == 1
     stopping.result(10)
@@ -248,7 +248,7 @@ def test_a_cancelled_group_step_still_applies_once_and_its_retry_replays(sqlite_
     req = pb.StepGroupRequest(group_id=g.group_id, inputs=x, sequence_number=1)
 
     def group_step():
-        return asyncio.run_coroutine_threadsafe(srv.app.service.groups.step(req, None), srv.loop)
+        return asyncio.run_coroutine_threadsafe(srv.app.service.group_step(req, None), srv.loop)
 
     store.gate.close()
     first = group_step()

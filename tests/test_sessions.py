@@ -25,6 +25,9 @@ class FakeUnit:
     def seq_of(self, s):
         return self.seq
 
+    def fp_of(self, s):
+        return 0
+
 
 @pytest.fixture(scope="module")
 def runner():

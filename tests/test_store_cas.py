@@ -223,7 +223,7 @@ def test_sqlite_cas_across_worker_processes(tmp_path):
 
 
 def test_shared_sqlite_purges_expired_rows(tmp_path, monkeypatch):
-    from statestream.server import store as store_module
+    from statestream.server.store import sqlite as store_module
     monkeypatch.setattr(store_module, "_PURGE_SECONDS", 0.0)
     s = SqliteStore(str(tmp_path / "p.db"), shared=True)
     live = record("live")
@@ -277,7 +277,7 @@ def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
 
     s = Session("p", "demo", 0, None, 60.0, 0.0)
     for seq in (8, 9, 10):
-        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None), seq)
+        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None, None), seq)
     s.start(s.head)
     s.load(record("p", version=9, seq=8))   # another replica applied 8 (a retry there): 9 and 10 still queued
     assert (s.last_seq, s.accepted_seq) == (8, 10)

@@ -25,10 +25,6 @@ class Auth:
             raise ValueError(f"--auth-token-file {path}: no tokens in it")
         return cls(tokens)
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._owners)
-
     def owner(self, context) -> str | None:
         """The caller's owner id (None when auth is off); UNAUTHENTICATED without a good token."""
         if not self._owners:

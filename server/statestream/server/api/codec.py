@@ -8,7 +8,6 @@ from statestream.v1 import statestream_pb2 as pb
 
 from statestream.contract.errors import InvalidArgument
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import StepResult
 
 CELLS = {"LSTM": pb.CELL_TYPE_LSTM, "GRU": pb.CELL_TYPE_GRU, "SimpleRNN": pb.CELL_TYPE_SIMPLE_RNN}
 
@@ -48,8 +47,9 @@ def one_of(values, data: bytes, name: str) -> tuple[object, bool]:
     return values, False
 
 
-def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "input", raw: bytes = b"") -> np.ndarray:
-    """Request floats (or raw float32 bytes) as float32 [T, F]; INVALID_ARGUMENT names expected vs got."""
+def parse_input(runner: ModelRunner, values, what: str = "input", raw: bytes = b"") -> np.ndarray:
+    """Request floats (or raw float32 bytes) as float32 [T, F]; INVALID_ARGUMENT names expected vs got. (Limits and
+    NaN/Inf are the engine's to check, once for every protocol.)"""
     values, is_raw = one_of(values, raw, what)
     F = runner.features
     if is_raw:
@@ -63,17 +63,7 @@ def parse_input(runner: ModelRunner, values, max_timesteps: int, what: str = "in
     if n == 0 or n % F:
         got = f"{what}_raw has {n} values ({4 * n} bytes)" if is_raw else f"{what} has {n} values"
         raise InvalidArgument(f"{got}; model {runner.name!r} expects T x {F} (T >= 1)")
-    T = n // F
-    if T > max_timesteps:
-        raise InvalidArgument(f"{what} has T={T} timesteps; the limit is {max_timesteps} (--max-timesteps)")
-    check_finite(x, what)
-    return x.reshape(T, F)
-
-
-def check_finite(x: np.ndarray, what: str) -> None:
-    if not np.isfinite(x).all():
-        bad = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise InvalidArgument(f"{what} value {bad} is {x[bad]}; NaN and Inf are refused")
+    return x.reshape(n // F, F)
 
 
 def parse_block(runner: ModelRunner, values, raw: bytes, n: int, T: int, what: str = "inputs") -> np.ndarray:
@@ -150,15 +140,17 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
     return row
 
 
-def step_response(runner: ModelRunner, sid: str, res: StepResult, return_sequences: bool, return_state: bool,
-                  replayed: bool = False, raw: bool = False) -> pb.StepResponse:
-    out = res.output if return_sequences else res.output[-1:]
-    msg = pb.StepResponse(session_id=sid, rows=out.shape[0], step_count=res.step_count, replayed=replayed)
+def step_response(runner: ModelRunner, sid: str, output: np.ndarray, state: np.ndarray, step_count: int,
+                  seq: int | None, replayed: bool, req) -> pb.StepResponse:
+    """One step's answer (output [T, O], states [W]) as the StepRequest `req` asked for it."""
+    raw = req.raw_output
+    out = output if req.return_sequences else output[-1:]
+    msg = pb.StepResponse(session_id=sid, rows=out.shape[0], step_count=step_count, replayed=replayed)
     put_floats(msg, "output", out, raw)
-    if res.sequence_number is not None:
-        msg.sequence_number = res.sequence_number
-    if return_state:
-        msg.states.extend(layer_states(runner, res.state, raw))
+    if seq is not None:
+        msg.sequence_number = seq
+    if req.return_state:
+        msg.states.extend(layer_states(runner, state, raw))
     return msg
 
 

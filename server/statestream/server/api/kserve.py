@@ -12,20 +12,21 @@ import grpc
 
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
-from statestream.v1 import statestream_pb2 as pb
-
-from statestream.server.api import kserve_codec as tc
-from statestream.contract.errors import NotFound, StatestreamError
-from statestream.server.api.v1 import StateStreamService, unary
+from statestream.contract.errors import NotFound, Unavailable
 from statestream.contract.triton_config import VERSION, model_config, model_metadata
+from statestream.server.api import kserve_codec as tc
+from statestream.server.api.auth import Auth
+from statestream.server.api.status import domain_error, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
+from statestream.server.engine.engine import Engine
+from statestream.server.engine.types import REPLAYED, StepRequest
 
 log = logging.getLogger("statestream.triton")
 
 SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 EXTENSIONS = ["sequence", "model_configuration", "parameters"]
 ENDED_MEMORY = 10_000      # ended sequences whose last response a retried end can replay
-STREAM_IN_FLIGHT = 1024    # requests one ModelStreamInfer stream runs at once (then it stops reading)
+STREAM_WINDOW = 1024       # requests of one ModelStreamInfer stream running or answered but not yet sent
 
 
 @functools.cache
@@ -37,30 +38,33 @@ def _version() -> str:
 
 
 class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
-    """Triton's inference service over the statestream service: a sequence id is a session id.
+    """Triton's inference service over the Engine: a sequence id is a session id.
 
-    `sequence_start` opens the session (or resets an open one to zero states), `sequence_end` closes it after
-    the step. Only the service's entry points are used (open_session, start_step, close_session).
-    """
+    `sequence_start` opens the session, or restarts an open one from zero states as part of the step itself (so a
+    refused start changes nothing); `sequence_end` closes it after the step."""
 
-    def __init__(self, svc: StateStreamService, *, max_batch_size: int, idle_seconds: float):
-        self.svc = svc
+    def __init__(self, auth: Auth, metrics=None, *, max_batch_size: int, idle_seconds: float):
+        self.engine: Engine | None = None
+        self.auth = auth
+        self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.idle_seconds = idle_seconds
         self._ended: OrderedDict[tuple, tuple[int, ipb.ModelInferResponse]] = OrderedDict()
 
-    # what the `unary` decorator calls: readiness, the error family, request counts
-    def check_ready(self) -> None:
-        self.svc.check_ready()
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
 
-    def domain_error(self, e: BaseException) -> StatestreamError:
-        return self.svc.domain_error(e)
+    # what the `unary` decorator calls: readiness, request counts
+    def check_ready(self) -> None:
+        if self.engine is None:
+            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
 
     def count(self, method: str, code: grpc.StatusCode) -> None:
-        self.svc.count(method, code)
+        if self.metrics is not None:
+            self.metrics.count_request(method, code.name)
 
     def _runner(self, name: str, version: str):
-        runner = self.svc.table.runner(name)
+        runner = self.engine.runner(name)
         if version not in ("", VERSION):
             raise NotFound(f"model {name!r} has no version {version!r}; statestream serves version {VERSION} only")
         return runner
@@ -71,36 +75,36 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         return ipb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return ipb.ServerReadyResponse(ready=self.svc.table is not None and not self.svc.draining)
+        return ipb.ServerReadyResponse(ready=self.engine is not None and not self.engine.draining)
 
     async def ModelReady(self, request, context):
-        if self.svc.table is None:  # still loading: not ready (like ServerReady), rather than UNAVAILABLE
+        if self.engine is None:  # still loading: not ready (like ServerReady), rather than UNAVAILABLE
             return ipb.ModelReadyResponse(ready=False)
         return await self._model_ready(request, context)
 
     @unary
     async def _model_ready(self, request, context):
-        self.svc.auth.owner(context)
+        self.auth.owner(context)
         try:
             self._runner(request.name, request.version)
         except NotFound:
             return ipb.ModelReadyResponse(ready=False)
-        return ipb.ModelReadyResponse(ready=not self.svc.draining)
+        return ipb.ModelReadyResponse(ready=not self.engine.draining)
 
     @unary
     async def ServerMetadata(self, request, context):
-        self.svc.auth.owner(context)
+        self.auth.owner(context)
         return ipb.ServerMetadataResponse(name="statestream", version=_version(), extensions=EXTENSIONS)
 
     @unary
     async def ModelMetadata(self, request, context):
-        self.svc.auth.owner(context)
+        self.auth.owner(context)
         runner = self._runner(request.name, request.version)
         return model_metadata(runner.manifest, runner.name)
 
     @unary
     async def ModelConfig(self, request, context):
-        self.svc.auth.owner(context)
+        self.auth.owner(context)
         runner = self._runner(request.name, request.version)
         return ipb.ModelConfigResponse(config=model_config(
             runner.manifest, runner.name, max_batch_size=self.max_batch_size, idle_seconds=self.idle_seconds))
@@ -109,25 +113,22 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ModelInfer(self, request, context):
-        return await self.infer(request, self.svc.auth.owner(context))
+        return await self.infer(request, self.auth.owner(context))
 
     async def infer(self, req: ipb.ModelInferRequest, owner, stream: bool = False) -> ipb.ModelInferResponse:
-        """One step of a sequence: open/reset on start, step, close on end (`stream`: from ModelStreamInfer)."""
+        """One step of a sequence: a start (re)opens it as part of the step, an end closes it after the step.
+        Everything is validated before anything changes (`stream`: from ModelStreamInfer)."""
         runner = self._runner(req.model_name, req.model_version)
         seq = tc.sequence(req)
-        x = tc.input_values(req, runner, self.svc.max_timesteps)
+        x = tc.input_values(req, runner)
         outputs = tc.requested_outputs(req, runner)
         key = (owner, seq.sid)
-        if seq.start and not await self._is_retry(seq, owner):
-            self.svc.check_open()
-            self._ended.pop(key, None)
-            await self.svc.open_session(runner.name, seq.sid, owner, reset=True)
-        step = pb.StepRequest(session_id=seq.sid, model=runner.name, input=x.ravel().tolist(),
-                              return_sequences=True, return_state=tc.wants_states(outputs))
-        if seq.number is not None:
-            step.sequence_number = seq.number
+        step = StepRequest(owner, x[None], model=runner.name, ids=[seq.sid],
+                           seqs=None if seq.number is None else [seq.number], open_if_missing=seq.start,
+                           reset=seq.start, stream=stream)
         try:
-            answer = await self.svc.start_step(step, owner, stream)
+            reply = await self.engine.step(step)
+            reply.raise_first()
         except NotFound as e:
             ended = self._ended.get(key)
             if not seq.start and ended is not None and seq.number is not None and ended[0] == seq.number:
@@ -137,24 +138,18 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
             raise NotFound(f"inference request for sequence {seq.sid} to model {runner.name!r} must specify the "
                            f"START flag ({tc.SEQUENCE_START}=true) on the first request of the sequence "
                            f"({e.message})") from None
-        resp = tc.infer_response(req, runner, answer, outputs)
+        if seq.start:
+            self._ended.pop(key, None)
+        resp = tc.infer_response(req, runner, reply.output[0], reply.state[0], int(reply.step_count[0]),
+                                 reply.outcome[0] is REPLAYED, outputs)
         if seq.end:
             try:
-                await self.svc.close_session(seq.sid, owner)
+                await self.engine.close(seq.sid, owner)
             except NotFound:
                 pass  # a retried end whose first attempt closed it meanwhile
             if seq.number is not None:
                 self._remember_end(key, seq.number, resp)
         return resp
-
-    async def _is_retry(self, seq: tc.Sequence, owner) -> bool:
-        """A start whose sequence number the open session has already accepted: a retry, replayed, not reset."""
-        if seq.number is None:
-            return False
-        try:
-            return (await self.svc.directory.get(seq.sid, owner)).accepted_seq == seq.number
-        except StatestreamError:
-            return False
 
     def _remember_end(self, key: tuple, number: int, resp: ipb.ModelInferResponse) -> None:
         self._ended[key] = (number, resp)
@@ -172,14 +167,12 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests of different sequences run concurrently, those of one sequence in order; each answer is sent
-        when it is ready (matched by the request id, as Triton's stream does); errors go in `error_message`."""
-        try:
-            self.svc.check_ready()
-            owner = self.svc.auth.owner(context)
-        except StatestreamError as e:
-            await context.abort(e.code, e.message)
+        when it is ready (matched by the request id, as Triton's stream does); errors go in `error_message`.
+        At most STREAM_WINDOW requests are running or answered-but-unsent: a client that writes without reading
+        stops being read (back-pressure), it never grows the server."""
+        owner = await stream_owner(self, context)
         answers: asyncio.Queue = asyncio.Queue()
-        room = asyncio.Semaphore(STREAM_IN_FLIGHT)
+        room = asyncio.Semaphore(STREAM_WINDOW)
         tails: dict[str, asyncio.Task] = {}
 
         async def answer(req, before: asyncio.Task | None) -> None:
@@ -189,14 +182,12 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
                 msg = ipb.ModelStreamInferResponse(infer_response=await self.infer(check(req), owner, stream=True))
                 self.count("ModelStreamInfer", grpc.StatusCode.OK)
             except Exception as e:
-                err = self.domain_error(e)
+                err = domain_error(e)
                 self.count("ModelStreamInfer", err.code)
                 echo = ipb.ModelInferResponse() if isinstance(req, Undecodable) else \
                     ipb.ModelInferResponse(id=req.id, model_name=req.model_name, model_version=req.model_version)
                 msg = ipb.ModelStreamInferResponse(error_message=str(err), infer_response=echo)
-            finally:
-                room.release()
-            answers.put_nowait(msg)
+            answers.put_nowait(msg)  # its slot of the window is freed once it was sent
 
         async def read() -> None:
             running: set[asyncio.Task] = set()
@@ -219,5 +210,6 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         try:
             while (msg := await answers.get()) is not None:
                 yield msg
+                room.release()
         finally:
             reader.cancel()

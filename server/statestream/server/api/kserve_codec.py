@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from statestream.inference import grpc_service_pb2 as ipb
-from statestream.v1 import statestream_pb2 as pb
 
 from statestream.server.api import codec
 from statestream.contract.errors import InvalidArgument
@@ -64,7 +63,7 @@ def ordering_key(req: ipb.ModelInferRequest) -> str | None:
     return session_id(getattr(p, kind)) if kind else None
 
 
-def input_values(req: ipb.ModelInferRequest, runner: ModelRunner, max_timesteps: int) -> np.ndarray:
+def input_values(req: ipb.ModelInferRequest, runner: ModelRunner) -> np.ndarray:
     """The request's one input `input` FP32 [1, T, features] as float32 [T, F]; INVALID_ARGUMENT says what is off."""
     names = [t.name for t in req.inputs]
     if names != [INPUT_NAME]:
@@ -78,6 +77,8 @@ def input_values(req: ipb.ModelInferRequest, runner: ModelRunner, max_timesteps:
         raise InvalidArgument(f"input {INPUT_NAME!r} must have shape [1, T, {runner.features}] (one sequence, "
                               f"T >= 1 timesteps); got {shape}")
     if req.raw_input_contents:
+        if tensor.HasField("contents"):
+            raise InvalidArgument(f"input {INPUT_NAME!r} has both raw_input_contents and typed contents; send one")
         if len(req.raw_input_contents) != 1:
             raise InvalidArgument(f"raw_input_contents has {len(req.raw_input_contents)} entries; expected 1")
         raw = req.raw_input_contents[0]
@@ -90,7 +91,7 @@ def input_values(req: ipb.ModelInferRequest, runner: ModelRunner, max_timesteps:
         if len(values) != shape[1] * shape[2]:
             raise InvalidArgument(f"input {INPUT_NAME!r} of shape {shape} needs {shape[1] * shape[2]} values; "
                                   f"contents.fp32_contents has {len(values)}")
-    return codec.parse_input(runner, values, max_timesteps, what=f"input {INPUT_NAME!r}")
+    return codec.parse_input(runner, values, what=f"input {INPUT_NAME!r}")
 
 
 def requested_outputs(req: ipb.ModelInferRequest, runner: ModelRunner) -> list[str]:
@@ -105,21 +106,22 @@ def requested_outputs(req: ipb.ModelInferRequest, runner: ModelRunner) -> list[s
     return names
 
 
-def infer_response(req: ipb.ModelInferRequest, runner: ModelRunner, step: pb.StepResponse,
-                   outputs: list[str]) -> ipb.ModelInferResponse:
-    """The step as a ModelInferResponse: outputs in raw_output_contents, request id echoed."""
+def infer_response(req: ipb.ModelInferRequest, runner: ModelRunner, output: np.ndarray, state: np.ndarray,
+                   step_count: int, replayed: bool, outputs: list[str]) -> ipb.ModelInferResponse:
+    """The step (output [T, O], states [W]) as a ModelInferResponse: outputs in raw_output_contents, id echoed."""
     resp = ipb.ModelInferResponse(model_name=runner.name, model_version=VERSION, id=req.id)
-    resp.parameters["step_count"].int64_param = step.step_count
-    if step.replayed:
+    resp.parameters["step_count"].int64_param = step_count
+    if replayed:
         resp.parameters["replayed"].bool_param = True
     states = {}
     if len(outputs) > 1 or outputs[0] != OUTPUT_NAME:
-        for msg in step.states:
-            states[state_out_name(msg.layer, "h")] = msg.h
-            states[state_out_name(msg.layer, "c")] = msg.c
+        parts = iter(runner.split_state(state))
+        for layer in runner.manifest.layers:
+            for kind in layer.state_names:
+                states[state_out_name(layer.name, kind)] = next(parts)
     for name in outputs:
         if name == OUTPUT_NAME:
-            values, shape = step.output, [1, step.rows, runner.output_size]
+            values, shape = output, [1, output.shape[0], runner.output_size]
         else:
             values = states[name]
             shape = [1, len(values)]
@@ -127,6 +129,3 @@ def infer_response(req: ipb.ModelInferRequest, runner: ModelRunner, step: pb.Ste
         resp.raw_output_contents.append(np.asarray(values, dtype="<f4").tobytes())
     return resp
 
-
-def wants_states(outputs: list[str]) -> bool:
-    return any(n != OUTPUT_NAME for n in outputs)

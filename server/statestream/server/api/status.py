@@ -1,15 +1,18 @@
-"""The one place domain errors (statestream.contract.errors) become gRPC status codes."""
+"""The one place domain errors (statestream.contract.errors) become gRPC status codes, for both services."""
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import grpc
 
-from statestream.contract.errors import (AlreadyExists, FailedPrecondition, Internal, InvalidArgument,
-                                       NotFound, ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
+from statestream.contract.errors import Internal, StatestreamError
+from statestream.server.api.wire import check
 
-__all__ = ["AlreadyExists", "FailedPrecondition", "Internal", "InvalidArgument", "NotFound", "ResourceExhausted",
-           "StatestreamError", "Unauthenticated", "Unavailable", "code_number", "as_domain_error"]
+log = logging.getLogger("statestream.api")
 
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def code_number(code: grpc.StatusCode) -> int:
@@ -17,8 +20,43 @@ def code_number(code: grpc.StatusCode) -> int:
     return code.value[0]
 
 
-def as_domain_error(exc: BaseException) -> StatestreamError:
-    """Any exception as a StatestreamError; unknown ones become INTERNAL without leaking details."""
+def status_of(number: int) -> grpc.StatusCode:
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def domain_error(exc: BaseException) -> StatestreamError:
+    """Any exception as a StatestreamError. A domain error is the caller's answer as it is; anything else is a bug:
+    logged here, once, with its traceback, and INTERNAL to the caller without details."""
     if isinstance(exc, StatestreamError):
         return exc
+    log.error("unexpected error", exc_info=exc)
     return Internal(f"internal error ({type(exc).__name__}); nothing was applied")
+
+
+def unary(fn):
+    """A unary handler of either service: a ready server, a decoded request; any error becomes its status code
+    here and nowhere else. The service provides `check_ready()` and `count(method, code)`."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    async def handler(self, request, context):
+        try:
+            self.check_ready()
+            reply = await fn(self, check(request), context)
+        except Exception as e:
+            err = domain_error(e)
+            self.count(name, err.code)
+            await context.abort(err.code, err.message)
+        self.count(name, grpc.StatusCode.OK)
+        return reply
+
+    return handler
+
+
+async def stream_owner(service, context):
+    """The owner of a stream's caller, once, before it reads anything; a refusal ends the call with its code."""
+    try:
+        service.check_ready()
+        return service.auth.owner(context)
+    except StatestreamError as e:
+        await context.abort(e.code, e.message)

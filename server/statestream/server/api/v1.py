@@ -1,143 +1,69 @@
-"""The gRPC service: maps RPCs onto the SessionTable and the per-model Batchers."""
+"""statestream.v1 adapter: unary steps, streams, frames, groups and state RPCs, each a thin call of the Engine."""
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import grpc
+import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
+from statestream.contract.errors import InvalidArgument, Unavailable
 from statestream.server.api import codec
 from statestream.server.api.auth import Auth
-from statestream.server.engine.batcher import Batcher
-from statestream.server.engine.directory import Directory
-from statestream.contract.errors import InvalidArgument, StatestreamError, Unavailable
-from statestream.server.api.status import as_domain_error, code_number
-from statestream.server.engine.frames import FrameStepper
-from statestream.server.engine.groups import Groups
-from statestream.server.engine.sessions import Session
-from statestream.server.engine.table import SessionTable
+from statestream.server.api.status import code_number, domain_error, status_of, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
+from statestream.server.engine.engine import Engine
+from statestream.server.engine.types import REPLAYED, StepRequest
 
-log = logging.getLogger("statestream.service")
-
-MAX_STEP_COUNT = 2**62  # far beyond any real stream; keeps step arithmetic inside int64 (numpy, sqlite)
-
-
-def unary(fn):
-    """Run a unary handler; any error becomes its status code here, and nowhere else."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    async def handler(self, request, context):
-        try:
-            self.check_ready()
-            reply = await fn(self, check(request), context)
-        except Exception as e:
-            err = self.domain_error(e)
-            self.count(name, err.code)
-            await context.abort(err.code, err.message)
-        self.count(name, grpc.StatusCode.OK)
-        return reply
-
-    return handler
+log = logging.getLogger("statestream.v1")
 
 
 class StateStreamService(pb_grpc.StateStreamServiceServicer):
-    """StateStreamService over one SessionTable and one Batcher per model."""
+    """StateStreamService over the Engine (attached once the models are loaded; until then UNAVAILABLE)."""
 
     def __init__(self, max_timesteps: int, auth: Auth, metrics=None):
-        self.table: SessionTable | None = None
-        self.directory: Directory | None = None
-        self.batchers: dict[str, Batcher] = {}
+        self.engine: Engine | None = None
         self.max_timesteps = max_timesteps
         self.auth = auth
         self.metrics = metrics
-        self.draining = False
-        self.frames: FrameStepper | None = None
-        self.groups: Groups | None = None
         self._infos: dict[str, pb.ModelInfo] = {}
 
-    def attach(self, table: SessionTable, batchers: dict[str, Batcher], directory: Directory) -> None:
-        """Models are loaded: start answering (until then every RPC is UNAVAILABLE)."""
-        self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in table.runners.items()}
-        self.batchers = batchers
-        self.directory = directory
-        self.frames = FrameStepper(table, batchers, directory, self.max_timesteps, self.check_open)
-        self.groups = Groups(table, batchers, directory, self.max_timesteps, self.check_open)
-        self.table = table
+    def attach(self, engine: Engine) -> None:
+        """Models are loaded: start answering."""
+        self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in engine.runners.items()}
+        self.engine = engine
 
-    # -- helpers shared by every RPC -------------------------------------------------
+    # -- what every handler shares ---------------------------------------------------
 
-    def domain_error(self, e: BaseException) -> StatestreamError:
-        err = as_domain_error(e)
-        if err is not e:
-            log.exception("unexpected error", exc_info=e)
-        return err
+    def check_ready(self) -> None:
+        if self.engine is None:
+            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
 
     def count(self, method: str, code: grpc.StatusCode) -> None:
         if self.metrics is not None:
             self.metrics.count_request(method, code.name)
 
-    def in_band(self, e: BaseException) -> pb.Error:
-        err = self.domain_error(e)
-        return pb.Error(code=code_number(err.code), message=err.message)
-
-    async def _stream_owner(self, context):
-        try:
-            self.check_ready()
-            return self.auth.owner(context)
-        except StatestreamError as e:
-            await context.abort(e.code, e.message)
-
-    def check_ready(self) -> None:
-        if self.table is None:
-            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
-
-    def check_open(self) -> None:
-        if self.draining:
-            raise Unavailable("server is draining (shutting down); retry on another replica")
-
     def _info(self, model: str) -> pb.ModelInfo:
-        self.table.runner(model)
+        self.engine.runner(model)
         return self._infos[model]
 
-    # -- entry points other protocols share (Triton) --------------------------------------
+    @staticmethod
+    def _in_band(e: BaseException) -> pb.Error:
+        err = domain_error(e)
+        return pb.Error(code=code_number(err.code), message=err.message)
 
-    async def open_session(self, model: str, sid: str, owner, *, timeout: float = 0.0, reset: bool = False,
-                           row=None) -> Session:
-        """Open a session (`reset`: an open one goes back to zero states and step 0)."""
-        self.check_open()
-        self._info(model)
-        return await self.directory.open(model, sid, owner, timeout, row, reset)
+    async def _in_order(self, request_iterator, answer, method: str):
+        """One reply per request, in order, errors in-band; a transport fault ends the stream. The window of unsent
+        replies is one: the next request is read only after its reply was taken by the transport."""
+        async for req in request_iterator:
+            reply = await answer(req)
+            self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else status_of(reply.error.code))
+            yield reply
 
-    async def close_session(self, sid: str, owner) -> int:
-        """Close a session; returns its step count."""
-        return await self.directory.close(await self.directory.get(sid, owner))
-
-    async def start_step(self, req: pb.StepRequest, owner, stream: bool = False) -> pb.StepResponse:
-        """Validate and run one step (in order with the session's others); its StepResponse.
-
-        `stream`: the step comes from a stream (see BatchPolicy.inline)."""
-        self.check_open()
-        s, opened = self.table.find(req.session_id, owner), False  # cached here: the common case, no awaits
-        if s is None or (req.model and s.model != req.model):
-            s, opened = await self.directory.resolve(req.session_id, req.model, req.open_if_missing, owner)
-        runner = self.table.runners[s.model]
-        try:
-            x = codec.parse_input(runner, req.input, self.max_timesteps, raw=req.input_raw)
-            seq = req.sequence_number if req.HasField("sequence_number") else None
-            self.table.touch(s)
-            res, replayed = await self.batchers[s.model].step(s, x, seq, stream)
-        except StatestreamError:
-            await self.directory.abandon(s, opened)
-            raise
-        return codec.step_response(runner, s.id, res, req.return_sequences, req.return_state, replayed, req.raw_output)
-
-    # -- models ---------------------------------------------------------------------
+    # -- models -----------------------------------------------------------------------
 
     @unary
     async def ListModels(self, request, context):
@@ -149,114 +75,146 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         self.auth.owner(context)
         return pb.GetModelResponse(model=self._info(request.name))
 
-    # -- sessions -------------------------------------------------------------------
+    # -- sessions ---------------------------------------------------------------------
 
     @unary
     async def OpenSession(self, request, context):
         owner = self.auth.owner(context)
         info = self._info(request.model)
-        runner = self.table.runners[request.model]
+        runner = self.engine.runner(request.model)
         row = codec.parse_layer_states(runner, request.initial_states) if request.initial_states else None
-        s = await self.open_session(request.model, request.session_id, owner, timeout=request.idle_timeout_seconds,
-                                    row=row)
+        s = await self.engine.open(request.model, request.session_id, owner, timeout=request.idle_timeout_seconds,
+                                   row=row)
         return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
 
     @unary
     async def CloseSession(self, request, context):
-        return pb.CloseSessionResponse(step_count=await self.close_session(request.session_id, self.auth.owner(context)))
+        return pb.CloseSessionResponse(step_count=await self.engine.close(request.session_id,
+                                                                          self.auth.owner(context)))
 
     @unary
     async def GetState(self, request, context):
-        s = await self.directory.fresh(request.session_id, self.auth.owner(context))
-        self.table.touch(s)
-        runner = self.table.runners[s.model]
-        return pb.GetStateResponse(state=codec.session_state(runner, s, self.table.state(s), request.raw_output))
+        s, row = await self.engine.get(request.session_id, self.auth.owner(context))
+        return pb.GetStateResponse(state=codec.session_state(self.engine.runner(s.model), s, row, request.raw_output))
 
     @unary
     async def SetState(self, request, context):
-        s = await self.directory.get(request.session_id, self.auth.owner(context))
-        runner = self.table.runners[s.model]
+        owner = self.auth.owner(context)
+        runner = self.engine.runner(await self.engine.model_of(request.session_id, owner))
         row = codec.parse_layer_states(runner, request.layers)
-        if request.HasField("last_sequence_number") and request.last_sequence_number < 0:
-            raise InvalidArgument(f"last_sequence_number must be >= 0, got {request.last_sequence_number}")
-        if request.HasField("step_count") and request.step_count > MAX_STEP_COUNT:
-            raise InvalidArgument(f"step_count must be <= 2^62, got {request.step_count}")
-        if request.HasField("last_sequence_number") and request.last_sequence_number > MAX_STEP_COUNT:
-            raise InvalidArgument(f"last_sequence_number must be <= 2^62, got {request.last_sequence_number}")
-        await self.directory.set_state(
-            s, row, request.step_count if request.HasField("step_count") else None,
+        s, row = await self.engine.set(
+            request.session_id, owner, row, request.step_count if request.HasField("step_count") else None,
             request.last_sequence_number if request.HasField("last_sequence_number") else None)
-        return pb.SetStateResponse(state=codec.session_state(runner, s, self.table.state(s)))
+        return pb.SetStateResponse(state=codec.session_state(runner, s, row))
 
-    # -- steps ----------------------------------------------------------------------
+    # -- steps ------------------------------------------------------------------------
+
+    async def step(self, req: pb.StepRequest, owner, stream: bool = False) -> pb.StepResponse:
+        """One StepRequest through the engine (Step, and each StreamSteps message)."""
+        engine = self.engine
+        model = await engine.model_of(req.session_id, owner, req.model, req.open_if_missing)
+        runner = engine.runner(model)
+        x = codec.parse_input(runner, req.input, raw=req.input_raw)
+        seqs = [req.sequence_number] if req.HasField("sequence_number") else None
+        reply = await engine.step(StepRequest(owner, x[None], model=req.model, ids=[req.session_id], seqs=seqs,
+                                              open_if_missing=req.open_if_missing, stream=stream))
+        reply.raise_first()
+        return codec.step_response(runner, reply.ids[0], reply.output[0], reply.state[0], int(reply.step_count[0]),
+                                   seqs[0] if seqs else None, reply.outcome[0] is REPLAYED, req)
 
     @unary
     async def Step(self, request, context):
-        return await self.start_step(request, self.auth.owner(context))
+        return await self.step(request, self.auth.owner(context))
 
     async def StreamSteps(self, request_iterator, context):
-        owner = await self._stream_owner(context)
+        owner = await stream_owner(self, context)
 
         async def answer(req: pb.StreamStepsRequest) -> pb.StreamStepsResponse:
             if isinstance(req, Undecodable):
-                return pb.StreamStepsResponse(error=self.in_band(req.error))
+                return pb.StreamStepsResponse(error=self._in_band(req.error))
             head = {"session_id": req.step.session_id}
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await self.start_step(req.step, owner, stream=True), **head)
+                return pb.StreamStepsResponse(step=await self.step(req.step, owner, stream=True), **head)
             except Exception as e:
-                return pb.StreamStepsResponse(error=self.in_band(e), **head)
+                return pb.StreamStepsResponse(error=self._in_band(e), **head)
 
-        async for reply in self.in_order(request_iterator, answer, "StreamSteps"):
+        async for reply in self._in_order(request_iterator, answer, "StreamSteps"):
             yield reply
 
-    async def in_order(self, request_iterator, answer, method: str):
-        """One reply per request, in order, errors in-band; a transport fault ends the stream.
+    # -- frames -----------------------------------------------------------------------
 
-        Requests are answered one after the other: the steps of one session are
-        sequential anyway, and many sessions in one message is what frames are for.
-        """
-        async for req in request_iterator:
-            reply = await answer(req)
-            self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else _status(reply.error.code))
-            yield reply
-
-    # -- frames ---------------------------------------------------------------------
+    async def frame(self, req: pb.StepFrameRequest, owner) -> pb.StepFrameResponse:
+        """One StepFrameRequest through the engine (StepFrame, and each StreamFrames message)."""
+        runner = self.engine.runner(req.model)
+        n, T = len(req.session_ids), req.timesteps or 1
+        if n == 0:
+            raise InvalidArgument("frame has no session_ids")
+        x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
+        seqs = list(req.sequence_numbers) or None
+        reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=list(req.session_ids), seqs=seqs,
+                                                   open_if_missing=req.open_if_missing))
+        rows = T if req.return_sequences else 1
+        msg = pb.StepFrameResponse(
+            rows=rows, step_counts=reply.step_count.tolist(),
+            errors=[pb.FrameEntryError(index=i, error=pb.Error(code=code_number(e.code), message=e.message))
+                    for i, e in sorted(reply.errors.items())])
+        codec.put_floats(msg, "outputs", reply.output[:, -rows:], req.raw_output)
+        if req.return_state:
+            msg.states.extend(codec.layer_states(runner, reply.state, req.raw_output))
+        return msg
 
     @unary
     async def StepFrame(self, request, context):
-        return await self.frames.start(request, self.auth.owner(context))
+        return await self.frame(request, self.auth.owner(context))
 
     async def StreamFrames(self, request_iterator, context):
-        owner = await self._stream_owner(context)
+        owner = await stream_owner(self, context)
 
         async def answer(req: pb.StreamFramesRequest) -> pb.StreamFramesResponse:
             try:
-                return pb.StreamFramesResponse(frame=await self.frames.start(check(req).frame, owner))
+                return pb.StreamFramesResponse(frame=await self.frame(check(req).frame, owner))
             except Exception as e:
-                return pb.StreamFramesResponse(error=self.in_band(e))
+                return pb.StreamFramesResponse(error=self._in_band(e))
 
-        async for reply in self.in_order(request_iterator, answer, "StreamFrames"):
+        async for reply in self._in_order(request_iterator, answer, "StreamFrames"):
             yield reply
 
-    # -- session groups -------------------------------------------------------------
+    # -- session groups ---------------------------------------------------------------
 
     @unary
     async def OpenGroup(self, request, context):
-        return await self.groups.open(request, self.auth.owner(context))
+        owner = self.auth.owner(context)
+        info = self._info(request.model)
+        g = await self.engine.open_group(request.model, request.group_id, list(request.session_ids), request.size,
+                                         owner, request.idle_timeout_seconds)
+        return pb.OpenGroupResponse(group_id=g.id, session_ids=[s.id for s in g.members], model=info,
+                                    idle_timeout_seconds=g.members[0].timeout)
 
     @unary
     async def StepGroup(self, request, context):
-        return await self.groups.step(request, self.auth.owner(context))
+        return await self.group_step(request, self.auth.owner(context))
+
+    async def group_step(self, request: pb.StepGroupRequest, owner) -> pb.StepGroupResponse:
+        """One StepGroupRequest through the engine."""
+        g = self.engine.groups.get(request.group_id, owner)
+        runner = self.engine.runner(g.model)
+        T = request.timesteps or 1
+        x = codec.parse_block(runner, request.inputs, request.inputs_raw, len(g.members), T)
+        seq = request.sequence_number if request.HasField("sequence_number") else None
+        reply = await self.engine.step(StepRequest(owner, x, group=g.id, seq=seq,
+                                                   masked=np.asarray(request.masked, dtype=np.int64)))
+        rows = T if request.return_sequences else 1
+        msg = pb.StepGroupResponse(group_id=g.id, rows=rows, step_count=reply.group_step_count,
+                                   replayed=reply.outcome[0] is REPLAYED)
+        codec.put_floats(msg, "outputs", reply.output[:, -rows:], request.raw_output)
+        if seq is not None:
+            msg.sequence_number = seq
+        return msg
 
     @unary
     async def CloseGroup(self, request, context):
-        return await self.groups.close(request, self.auth.owner(context))
-
-
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
-
-
-def _status(number: int) -> grpc.StatusCode:
-    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+        step_count, closed = await self.engine.close_group(request.group_id, self.auth.owner(context),
+                                                           request.keep_sessions)
+        return pb.CloseGroupResponse(step_count=step_count, closed_sessions=closed)

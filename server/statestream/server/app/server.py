@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -21,6 +22,8 @@ from statestream.server.app.config import Config
 from statestream.server.app.metrics import Metrics
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
+from statestream.server.engine.engine import Engine
+from statestream.server.engine.groups import Groups
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import BatchPolicy
 from statestream.server.engine.table import SessionTable
@@ -38,9 +41,10 @@ TRITON_SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 class App:
     """One running server: gRPC server, service, batchers, health, the expiry sweeper."""
 
-    def __init__(self, cfg: Config, store=None):
+    def __init__(self, cfg: Config, store=None, clock=time.monotonic):
         self.cfg = cfg
         self.store_override = store  # tests: a StateStore object instead of --state-store
+        self.clock = clock           # idle expiry's clock (tests: a fake one, then `sweep()`)
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
@@ -56,10 +60,12 @@ class App:
                 ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]  # --workers: N processes share the port
         self.server = grpc.aio.server(options=opts)
         self.metrics = Metrics()
-        self.service = StateStreamService(cfg.max_timesteps, Auth.from_file(cfg.auth_token_file), self.metrics)
+        auth = Auth.from_file(cfg.auth_token_file)
+        self.service = StateStreamService(cfg.max_timesteps, auth, self.metrics)
         add_service(self.service, self.server)
         # Triton's protocol on the same port (KServe v2 `inference.GRPCInferenceService`).
-        self.triton = TritonService(self.service, max_batch_size=cfg.max_batch_size, idle_seconds=cfg.idle_timeout)
+        self.triton = TritonService(auth, self.metrics, max_batch_size=cfg.max_batch_size,
+                                    idle_seconds=cfg.idle_timeout)
         add_service(self.triton, self.server, TRITON_SERVICE, ipb)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -78,25 +84,29 @@ class App:
             log.info("Prometheus metrics on :%d/metrics", self.metrics_port)
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
-        self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
+        self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout,
+                                  clock=self.clock)
         self.store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1)
         records = await loop.run_in_executor(None, self.store.load)
         restored = sum(self.table.adopt(r) is not None for r in records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
-        self.persistence = Persistence(self.store, self.table)
+        persistence = Persistence(self.store)
         self.executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="ort")
         pending = PendingCounter(cfg.max_pending)
         self.batchers = {
-            name: Batcher(r, self.table, self.executor,
-                          policy=BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay),
-                          max_pending_per_session=cfg.max_pending_per_session, pending=pending,
-                          persistence=self.persistence, inline_max_batch=cfg.inline_max_batch, metrics=self.metrics)
+            name: Batcher(r, self.table, self.executor, pending=pending, persistence=persistence, metrics=self.metrics,
+                          policy=BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay,
+                                             inline_max_batch=cfg.inline_max_batch))
             for name, r in runners.items()
         }
         for b in self.batchers.values():
             b.start()
         self.metrics.watch(self.table)
-        self.service.attach(self.table, self.batchers, Directory(self.table, self.persistence, self.batchers))
+        self.engine = Engine(self.table, Directory(self.table, persistence, self.batchers), self.batchers,
+                             Groups(cfg.max_groups, cfg.max_entries), max_timesteps=cfg.max_timesteps,
+                             max_entries=cfg.max_entries, max_pending_per_session=cfg.max_pending_per_session)
+        self.service.attach(self.engine)
+        self.triton.attach(self.engine)
         self._tasks.append(loop.create_task(self._sweep()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -106,21 +116,26 @@ class App:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.sweep_interval)
-            gone = self.table.expire()
-            if gone:
-                log.debug("expired %d idle sessions", len(gone))
-                try:
-                    await self.persistence.expired(gone)
-                except Exception as e:  # the rows stay; they expire again on the next start
-                    log.warning("could not delete expired sessions from the store: %s", e)
+            await self.sweep()
+
+    async def sweep(self) -> int:
+        """Expire idle sessions now (the sweeper calls this every --sweep-interval; tests with a fake clock too)."""
+        try:
+            n = await self.engine.sweep()
+        except Exception as e:  # the rows stay; they expire again on the next start
+            log.warning("could not delete expired sessions from the store: %s", e)
+            return 0
+        if n:
+            log.debug("expired %d idle sessions", n)
+        return n
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
         grace = self.cfg.grace if grace is None else grace
         if hasattr(self, "health"):
             await self.health.enter_graceful_shutdown()
-        if hasattr(self, "service"):
-            self.service.draining = True
+        if hasattr(self, "engine"):
+            self.engine.draining = True
         if self.server is not None:
             await self.server.stop(grace)
         for b in getattr(self, "batchers", {}).values():
@@ -161,10 +176,10 @@ def _credentials(cfg: Config) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-async def create_server(cfg: Config, store=None) -> tuple[App, int]:
+async def create_server(cfg: Config, store=None, clock=time.monotonic) -> tuple[App, int]:
     """Start a server for `cfg` (port 0 picks a free port); returns (app, port). `store`: a StateStore object
-    to use instead of cfg.state_store."""
-    app = App(cfg, store)
+    to use instead of cfg.state_store; `clock`: the idle-expiry clock."""
+    app = App(cfg, store, clock)
     port = await app.start()
     return app, port
 

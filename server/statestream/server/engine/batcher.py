@@ -10,43 +10,42 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from statestream.contract.errors import FailedPrecondition, Internal, NotFound, ResourceExhausted, StatestreamError
+from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
 from statestream.server.engine.model import ModelRunner
-from statestream.server.store.persistence import Persistence, gone
-from statestream.server.engine.policy import BatchPolicy
-from statestream.server.engine.sessions import GONE, READY, Session, StepResult
-from statestream.server.engine.units import PendingCounter, Unit, gather
-from statestream.server.engine.table import SessionTable
+from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
+from statestream.server.engine.sessions import GONE, READY, Session
+from statestream.server.engine.table import SessionTable, gone
+from statestream.server.engine.types import StepResult
+from statestream.server.engine.units import APPLIED, PENDING, PendingCounter, Unit
+from statestream.server.store.base import CLOSED, CONFLICT, MISSING, OK
+from statestream.server.store.persistence import Persistence
 
 log = logging.getLogger("statestream.batcher")
 
 
 class Batcher:
-    """Runs the steps of one model's sessions: strictly in order per session, at most one step of a
-    session per model run, every run applied fully (state, counters, recorded response, store) or not at
-    all. Callers await futures the batcher owns through asyncio.shield: a cancelled caller never cancels
-    a step, and a retry of a step in flight waits for that same step."""
+    """Runs the units of one model's sessions: strictly in order per session, at most one step of a session per
+    model run, every entry applied fully (state, counters, recorded response, store) or not at all. Callers await
+    futures the batcher owns through asyncio.shield: a cancelled caller never cancels a step, and a retry of a step
+    in flight waits for that same unit. Every run goes through `_execute`; `where` (BatchPolicy) decides whether it
+    runs in the caller, on the loop or on the executor."""
 
     def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, policy: BatchPolicy,
-                 max_pending_per_session: int, pending: PendingCounter, persistence: Persistence,
-                 inline_max_batch: int = 0, metrics=None):
+                 pending: PendingCounter, persistence: Persistence, metrics=None):
         self.runner = runner
         self.table = table
         self.slab = table.slabs[runner.name]
         self.executor = executor
         self.policy = policy
         self.max_batch_size = policy.max_batch_size
-        self.max_pending_per_session = max_pending_per_session
         self.pending = pending
         self.persistence = persistence
-        self.inline_max_batch = inline_max_batch
         self.metrics = metrics
-        self._ready: deque[Unit] = deque()  # units whose sessions are all QUEUED with it at their head
+        self._ready: deque[Unit] = deque()  # units every session of which is ready for them
         self._ready_sessions = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._running = 0
-        self._refreshing: dict[Session, asyncio.Task] = {}  # shared store: re-reads of stale cached sessions
 
     # -- life -----------------------------------------------------------------------
 
@@ -68,84 +67,29 @@ class Batcher:
 
     # -- submitting -----------------------------------------------------------------
 
-    async def step(self, s: Session, x: np.ndarray, seq: int | None, stream: bool = False) -> tuple[StepResult, bool]:
-        """One step (x: float32 [T,F]) of session s; returns (result, replayed).
-
-        Exactly-once: a repeat of the last applied sequence number returns the recorded result; a repeat of
-        a step still queued or running waits for it; either way nothing runs twice."""
-        try:
-            found = s.accept(seq)
-        except FailedPrecondition:
-            found = await self._accept_fresh(s, seq)
-        if found is not None:
-            if isinstance(found, StepResult):
-                return found, True
-            if not found.future.done():
-                await asyncio.shield(found.future)
-            return found.result(found.sessions.index(s)), True
-        unit = Unit([s], x[None], None if seq is None else [seq], asyncio.get_running_loop().create_future())
-        if self._inline_ok(s, x.shape[0], stream):
-            s.run_now(unit, seq)
-            self._run_inline([unit])
+    async def submit(self, unit: Unit, *, stream: bool = False) -> None:
+        """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
+        when BatchPolicy.where says so. Returns once it is queued or done: await `unit.future` for its outcome."""
+        self.pending.take(len(unit.sessions))
+        seqs = unit.seqs
+        blocked = 0
+        for i, s in enumerate(unit.sessions):
+            if not s.enqueue(unit, None if seqs is None else seqs[i]):
+                blocked += 1
+        unit.blocked = blocked
+        if blocked:
+            return
+        if self.policy.where(len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
+                             stream=stream) is CALLER:
+            self._start([unit])
+            await self._execute([unit])
         else:
-            self._enqueue(s, unit, seq)
-        if not unit.future.done():
-            await asyncio.shield(unit.future)
-        return unit.result(0), False
+            self._push(unit)
 
-    async def _accept_fresh(self, s: Session, seq: int | None):
-        """A sequence number Session.accept refused: with a shared store, re-read an idle cached session first
-        (another process may have stepped it since) and check again against the fresh record; else refuse."""
-        if not self.persistence.shared or not (s.idle or s in self._refreshing):
-            return s.accept(seq)  # raises the same refusal
-        await self.reread(s)
-        return s.accept(seq)
-
-    async def reread(self, s: Session) -> None:
-        """Replace an idle cached session by the shared store's record (one re-read at a time per session:
-        callers arriving meanwhile wait for it); NotFound, and dropped here, when the store has it no more."""
-        task = self._refreshing.get(s)
-        if task is None:
-            s.hold()
-            task = self._refreshing[s] = asyncio.get_running_loop().create_task(self._refresh(s))
-        if not await asyncio.shield(task):
-            raise gone(s)
-
-    async def _refresh(self, s: Session) -> bool:
-        try:
-            found = await self.persistence.reload(s)
-        finally:
-            del self._refreshing[s]
-            self.release(s)
-        if not found:
-            self.persistence.forget(s)
-        return found
-
-    def submit_group(self, sessions: list[Session], x: np.ndarray, seqs: list | None) -> Unit:
-        """One step for each of N distinct idle sessions (a frame) as one unit; x: [N,T,F].
-
-        The caller checked (Session.accept) that each sequence number is the next one."""
-        if len(sessions) > self.max_batch_size:
-            raise ValueError("a group is at most max_batch_size sessions")
-        self.pending.take(len(sessions))
-        unit = Unit(sessions, x, seqs, asyncio.get_running_loop().create_future())
-        for i, s in enumerate(sessions):
-            s.enqueue(unit, None if seqs is None else seqs[i])
-        self._push(unit)
-        return unit
-
-    def _inline_ok(self, s: Session, timesteps: int, stream: bool) -> bool:
-        """Nothing is waiting, the session is idle, the run is small and nothing must be awaited."""
-        return (not self.persistence.durable and s.idle and not self._ready and timesteps <= self.inline_max_batch
-                and self.policy.inline(stream))
-
-    def _enqueue(self, s: Session, unit: Unit, seq: int | None) -> None:
-        if s.waiting >= self.max_pending_per_session:
-            raise ResourceExhausted(
-                f"session {s.id!r} has {s.waiting} queued steps; the limit is {self.max_pending_per_session} "
-                "(--max-pending-per-session)")
-        self.pending.take(1)
-        if s.enqueue(unit, seq):
+    def _one_ready(self, unit: Unit) -> None:
+        """One more session of `unit` is ready for it."""
+        unit.blocked -= 1
+        if unit.blocked == 0 and unit.alive:
             self._push(unit)
 
     def _push(self, unit: Unit, front: bool = False) -> None:
@@ -167,26 +111,25 @@ class Batcher:
             if units:
                 self._running += 1
                 try:
-                    await self._run(units)
-                except Exception:  # never let the consumer die
-                    log.exception("batcher %r: unexpected error", self.runner.name)
+                    await self._execute(units)
                 finally:
                     self._running -= 1
 
     def _take(self) -> list[Unit]:
-        """Ready units sharing the first one's T, up to max_batch_size sessions; their sessions start."""
+        """Ready units sharing the first one's T, up to max_batch_size sessions (a group step runs alone); their
+        sessions start."""
         taken: list[Unit] = []
         skipped: list[Unit] = []
         size = 0
         T = None
         while self._ready:
             unit = self._ready[0]
-            if unit.dead:
-                self._ready.popleft()
-                self._ready_sessions -= len(unit.sessions)
-                continue
             n = len(unit.sessions)
-            if taken and size + n > self.max_batch_size:
+            if not unit.alive:
+                self._ready.popleft()
+                self._ready_sessions -= n
+                continue
+            if taken and (size + n > self.max_batch_size or unit.block is not None or taken[0].block is not None):
                 break
             self._ready.popleft()
             self._ready_sessions -= n
@@ -200,74 +143,82 @@ class Batcher:
         for unit in reversed(skipped):
             self._ready.appendleft(unit)
             self._ready_sessions += len(unit.sessions)
-        for unit in taken:
-            failed = unit.errors or ()
-            self.pending.count -= len(unit.sessions) - len(failed)
-            for i, s in enumerate(unit.sessions):
-                if i not in failed:
-                    s.start(unit)
+        self._start(taken)
         return taken
 
-    # -- running ----------------------------------------------------------------------
+    def _start(self, units: list[Unit]) -> None:
+        for unit in units:
+            fate = unit.fate
+            self.pending.count -= fate.count(PENDING)
+            for i, s in enumerate(unit.sessions):
+                if fate[i] == PENDING:
+                    s.start(unit)
 
-    def _run_inline(self, units: list[Unit]) -> None:
-        """Run and apply now, in the caller (memory store: nothing to await)."""
-        sessions, x = gather(units)
+    # -- the one run path -------------------------------------------------------------
+
+    async def _execute(self, units: list[Unit]) -> None:
+        """Run units in one model run, commit, apply. An exception at any stage fails exactly the entries not
+        applied (their sessions go back to idle); store errors are UNAVAILABLE "nothing was applied", anything
+        else INTERNAL, logged once here."""
         t0 = time.perf_counter()
         try:
-            y, new_states = self._model(x, sessions)
-            counts = self._counts(sessions, y)
-            results = self._results(units, sessions, y, new_states, counts)
-            self._apply(units, sessions, y, new_states, results, counts, None, t0, time.perf_counter())
-        except Exception as e:
-            self._fail_run(units, self._internal(e))
-
-    async def _run(self, units: list[Unit]) -> None:
-        sessions, x = gather(units)
-        t0 = time.perf_counter()
-        try:
-            if len(sessions) * x.shape[1] <= self.inline_max_batch:  # a thread hop costs more than the run
-                y, new_states = self._model(x, sessions)
+            sessions, x, states = self._gather(units)
+            where = self.policy.where(len(sessions) * x.shape[1])
+            if where is EXECUTOR:
+                y, new = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, x, states)
             else:
-                y, new_states = await asyncio.get_running_loop().run_in_executor(self.executor, self._model, x, sessions)
-            t1 = time.perf_counter()
-            counts = self._counts(sessions, y)
-            results = self._results(units, sessions, y, new_states, counts)
-            statuses = await self.persistence.batch(sessions, new_states, counts.tolist(), results)
-        except Exception as e:  # nothing applied; later queued steps of these sessions neither
-            self._fail_run(units, self._internal(e))
+                y, new = self._infer(x, states)
+            counts = self._counts(units, sessions, y.shape[1])
+            new_entries = new if units[0].block is None else new[units[0].rows]
+            results = self._results(units, y, new_entries, counts)
+            statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results))
+        except Exception as e:  # nothing applied
+            self._fail_units(units, self._internal(e, "running a batch"))
             return
-        self._apply(units, sessions, y, new_states, results, counts, statuses, t0, t1)
-        if statuses is not None and any(st in ("conflict", "missing") for st in statuses):
-            await self._redo(units, statuses)
+        try:
+            self._apply(units, sessions, y, new, new_entries, counts, results, statuses)
+        except Exception as e:  # the entries applied so far stand; the others fail
+            self._fail_units(units, self._internal(e, "applying a batch"))
+            return
+        finally:
+            self.policy.ran(len(sessions))
+            if self.metrics is not None:
+                self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1],
+                                           t0 - min(u.enqueued for u in units), time.perf_counter() - t0)
+        if statuses is not None and (CONFLICT in statuses or MISSING in statuses):  # after the apply: these wait
+            try:
+                await self._redo(units, statuses)
+            except Exception as e:
+                self._fail_units(units, self._internal(e, "re-reading sessions that lost a compare-and-set"))
 
-    async def run_block(self, start: int, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One model run on the contiguous slab rows [start, start + N) of a session group, x: [N,T,F].
-
-        No gather: the states are a view of the slab. The caller keeps the batcher off those sessions
-        (they are idle and nothing is awaited before it applies, or it holds them) and applies the result.
-        Inline when small, else on the executor, like a queued run; recorded in the metrics."""
-        n = x.shape[0]
-        t0 = time.perf_counter()
-        if n * x.shape[1] <= self.inline_max_batch:
-            y, new_states = self._infer(x, self.slab.rows[start:start + n])
+    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray]:
+        """The sessions, stacked inputs and states of a run: a group step's rows are a view of the slab (no
+        gather); a sequence start runs from zero states."""
+        rows = self.slab.rows
+        if len(units) == 1:
+            unit = units[0]
+            if unit.block is not None:
+                return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)]
+            sessions, x = unit.sessions, unit.x
         else:
-            y, new_states = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._infer, x, self.slab.rows[start:start + n])
-        self.policy.ran(n)
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, n, x.shape[1], 0.0, time.perf_counter() - t0)
-        return y, new_states
-
-    def _model(self, x: np.ndarray, sessions: list[Session]) -> tuple[np.ndarray, np.ndarray]:
-        """One model run; any failure becomes Internal (nothing applied)."""
+            sessions = [s for u in units for s in u.sessions]
+            x = np.concatenate([u.x for u in units])
         if len(sessions) == 1:
             slot = sessions[0].slot
-            return self._infer(x, self.slab.rows[slot:slot + 1])
-        return self._infer(x, self.slab.rows[[s.slot for s in sessions]])
+            states = rows[slot:slot + 1]
+        else:
+            states = rows[[s.slot for s in sessions]]
+        if any(u.reset for u in units):
+            states = states.copy()
+            a = 0
+            for u in units:
+                if u.reset:
+                    states[a:a + len(u.sessions)] = 0.0
+                a += len(u.sessions)
+        return sessions, x, states
 
     def _infer(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Run the model on these states; any failure becomes Internal (nothing applied)."""
+        """Run the model on these states; a failure or a non-finite result is Internal (nothing applied)."""
         try:
             y, new_states = self.runner.run(x, states)
         except Exception as e:
@@ -278,63 +229,94 @@ class Batcher:
         return y, new_states
 
     @staticmethod
-    def _counts(sessions: list[Session], y: np.ndarray) -> np.ndarray:
-        return np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions)) + y.shape[1]
+    def _counts(units: list[Unit], sessions: list[Session], T: int) -> np.ndarray:
+        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions))
+        a = 0
+        for u in units:
+            if u.reset:
+                counts[a:a + len(u.sessions)] = 0
+            a += len(u.sessions)
+        return counts + T
 
     @staticmethod
-    def _results(units, sessions, y, new_states, counts) -> list | None:
-        """The responses to record (copies), for the sequenced steps of a run; None when it has none."""
+    def _results(units, y, new_states, counts) -> list | None:
+        """The responses to record (copies), for the numbered steps of a run; None when it has none."""
         if all(u.seqs is None for u in units):
             return None
         seqs = [q for u in units for q in (u.seqs or [None] * len(u.sessions))]
         return [None if q is None else StepResult(y[i].copy(), new_states[i].copy(), int(counts[i]), q)
                 for i, q in enumerate(seqs)]
 
-    def _apply(self, units, sessions, y, new_states, results, counts, statuses, t0, t1) -> None:
-        """Make a finished run the truth of its sessions ("ok" ones) and settle their entries."""
+    def _records(self, units, sessions, new_states, counts, results) -> list | None:
+        """What the store must hold after this run (None: nothing is stored); a closed session's entry is None."""
+        if not self.persistence.durable:
+            return None
+        fps = [f for u in units for f in (u.fps or [0] * len(u.sessions))]
+        record = self.table.record
+        return [None if s.closed else record(s, new_states[j], int(counts[j]), results[j] if results else None,
+                                             fps[j], restart=self._reset_of(units, j))
+                for j, s in enumerate(sessions)]
+
+    @staticmethod
+    def _reset_of(units, j: int) -> bool:
+        for u in units:
+            if j < len(u.sessions):
+                return u.reset
+            j -= len(u.sessions)
+        return False
+
+    def _apply(self, units, sessions, y, new, new_entries, counts, results, statuses) -> None:
+        """Make a finished run the truth of its sessions and settle their entries, unit by unit. An entry whose
+        commit lost a compare-and-set (conflict, missing) is left to _redo; one of a session closed meanwhile is
+        answered but not written."""
         counts_list = counts.tolist()
-        slots = [s.slot for s in sessions]
-        skip: list[int] = []  # rows not to write: not committed, failed while queued, or closed meanwhile
-        push = self._push
         a = 0
         for unit in units:
             n = len(unit.sessions)
-            unit.y, unit.states, unit.counts = (y, new_states, counts) if len(units) == 1 else \
-                (y[a:a + n], new_states[a:a + n], counts[a:a + n])
-            settled = 0
+            if len(units) == 1:
+                unit.y, unit.states, unit.counts = (y if unit.block is None else y[unit.rows]), new_entries, counts
+            else:
+                unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
+            skip: list[int] = []  # entries whose row is not written
+            fps = unit.fps
             for i, s in enumerate(unit.sessions):
                 j = a + i
-                if statuses is not None and statuses[j] != "ok":
-                    skip.append(j)
-                    if statuses[j] != "closed":
-                        continue  # conflict or missing: _redo settles it
-                settled += 1
-                if s.running is not unit:  # its entry failed while queued
-                    skip.append(j)
+                status = OK if statuses is None else statuses[j]
+                if status == CONFLICT or status == MISSING or unit.fate[i] != PENDING or s.running is not unit:
+                    skip.append(i)  # _redo settles the first two; the others failed while queued
                     continue
-                after = s.finish(counts_list[j], results[j] if results else None)
+                unit.fate[i] = APPLIED
+                after = s.finish(counts_list[j], results[j] if results else None, fps[i] if fps else 0, unit.reset)
                 if after is READY:
-                    push(s.head)
-                elif after is GONE:
-                    skip.append(j)
+                    self._one_ready(s.head)
+                elif after is GONE or status == CLOSED:
+                    skip.append(i)
                     self.table.release(s)
-            if settled:
-                unit._settled(settled)
+                unit.settle()
+            self._write_rows(unit, new_entries[a:a + n], skip)
+            if unit.group is not None:
+                unit.group.applied(unit)
             a += n
+
+    def _write_rows(self, unit: Unit, new: np.ndarray, skip: list[int]) -> None:
+        """One slab write for a unit's applied entries (a group's: into its block, in place)."""
         rows = self.slab.rows
+        if unit.block is not None:
+            if not skip and unit.keep is None:
+                rows[unit.block:unit.block + len(unit.rows)] = new
+                return
+            entries = unit.rows if not skip else np.delete(unit.rows, skip)
+            rows[unit.block + entries] = new if not skip else np.delete(new, skip, axis=0)
+            return
         if not skip:
-            if len(slots) == 1:  # the common unary case, without numpy's fancy-indexing overheads
-                rows[slots[0]] = new_states[0]
+            if len(unit.sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
+                rows[unit.sessions[0].slot] = new[0]
             else:
-                rows[slots] = new_states
-        elif len(skip) < len(slots):
-            keep = np.ones(len(slots), dtype=bool)
+                rows[[s.slot for s in unit.sessions]] = new
+        elif len(skip) < len(unit.sessions):
+            keep = np.ones(len(unit.sessions), dtype=bool)
             keep[skip] = False
-            rows[np.asarray(slots)[keep]] = new_states[keep]
-        self.policy.ran(len(sessions))
-        if self.metrics is not None:
-            self.metrics.observe_batch(self.runner.name, len(sessions), y.shape[1],
-                                       t0 - min(u.enqueued for u in units), t1 - t0)
+            rows[np.asarray([s.slot for s in unit.sessions])[keep]] = new[keep]
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
         """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),
@@ -343,42 +325,47 @@ class Batcher:
         for unit in units:
             for i, s in enumerate(unit.sessions):
                 status = statuses[a + i]
-                if status == "conflict":
+                if status == CONFLICT:
                     conflicts.append((unit, i, s))
-                elif status == "missing":
+                elif status == MISSING:
                     self._gone(unit, i, s)
             a += len(unit.sessions)
         if not conflicts:
             return
         try:
-            found = await self.persistence.reload_many([s for _, _, s in conflicts])
+            found = await self.persistence.fetch_many([(s.owner, s.id) for _, _, s in conflicts])
         except StatestreamError as e:
             for unit, i, s in conflicts:
                 self._fail_entry(unit, i, s, e)
             return
-        for (unit, i, s), there in zip(conflicts, found):
-            self._reconcile(unit, i, s, there)
+        for (unit, i, s), rec in zip(conflicts, found):
+            if rec is None:
+                self._gone(unit, i, s)
+            else:
+                self.table.adopt(rec)
+                self._reconcile(unit, i, s)
 
-    def _reconcile(self, unit: Unit, i: int, s: Session, found: bool) -> None:
-        if not found:
-            self._gone(unit, i, s)
-            return
+    def _reconcile(self, unit: Unit, i: int, s: Session) -> None:
         seq = None if unit.seqs is None else unit.seqs[i]
         if seq is not None and seq <= s.last_seq:  # another process applied it: its record stands
             if seq == s.last_seq and s.last_result is not None:
                 unit.replay(i, s.last_result)
-                self._after(s)
+                if s.undo():
+                    self._one_ready(s.head)
+                self.table.release(s)
             else:
                 self._fail_entry(unit, i, s, FailedPrecondition(
                     f"sequence number {seq} is stale for session {s.id!r}; expected {s.last_seq + 1}"))
             return
-        if seq is not None and seq != s.last_seq + 1:
+        if seq is not None and seq != s.last_seq + 1 and not unit.reset:
             self._fail_entry(unit, i, s, FailedPrecondition(
                 f"sequence number {seq} is out of order (gap) for session {s.id!r}; expected {s.last_seq + 1}"))
             return
-        # re-run on the fresh state, ahead of this session's later steps
-        redo = unit if len(unit.sessions) == 1 else Unit(
-            [s], unit.x[i:i + 1], None if seq is None else [seq], unit.future, parent=(unit, i))
+        # re-run on the fresh state, ahead of this session's later steps: a unit of the one queue
+        redo = unit if len(unit.sessions) == 1 and unit.block is None else Unit(
+            [s], unit.x[i:i + 1] if unit.block is None else unit.x[unit.rows[i]:unit.rows[i] + 1],
+            None if seq is None else [seq], None if unit.fps is None else [unit.fps[i]], unit.future,
+            parent=(unit, i), reset=unit.reset)
         s.retry(redo)
         self.pending.count += 1
         self._push(redo, front=True)
@@ -386,51 +373,51 @@ class Batcher:
     def _gone(self, unit: Unit, i: int, s: Session) -> None:
         """Entry i's session is no longer in the store: the entry fails NOT_FOUND and the session leaves here."""
         self._fail_entry(unit, i, s, gone(s))
-        self.persistence.forget(s)
-
-    def _after(self, s: Session) -> None:
-        if s.undo():
-            self._push(s.head)
-        self.table.release(s)
+        self.table.close(s)
 
     def _fail_entry(self, unit: Unit, i: int, s: Session, err: StatestreamError) -> None:
-        """Entry i failed and was not applied; the session's queued steps fail with it (they were ordered
-        after it, and their sequence numbers would now be a gap)."""
+        """Entry i failed and was not applied; the session's queued steps fail with it (they were ordered after it,
+        and their sequence numbers would now be a gap)."""
         unit.fail(i, err)
-        if s.running is unit:
-            s.undo()
+        if s.running is unit and s.undo():
+            self._one_ready(s.head)
         self.fail_queued(s, err)
         s.forget_accepted()
         self.table.release(s)
 
-    def _fail_run(self, units: list[Unit], err: StatestreamError) -> None:
+    def _fail_units(self, units: list[Unit], err: StatestreamError) -> None:
+        """Every entry of these units that is not applied fails with `err`."""
         for unit in units:
+            unit.recount()
             for i, s in enumerate(unit.sessions):
-                self._fail_entry(unit, i, s, err)
+                if unit.fate[i] == PENDING:
+                    self._fail_entry(unit, i, s, err)
 
-    def _internal(self, e: Exception) -> StatestreamError:
+    def _internal(self, e: Exception, doing: str) -> StatestreamError:
+        """The domain error for an exception of a run: store and model errors as they are; anything else is a bug,
+        logged here once with its traceback, INTERNAL to the caller."""
         if isinstance(e, StatestreamError):
             return e
-        log.exception("model %r: unexpected error applying a batch", self.runner.name, exc_info=e)
+        log.error("model %r: unexpected error %s", self.runner.name, doing, exc_info=e)
         return Internal(f"model {self.runner.name!r}: internal error ({type(e).__name__}); nothing was applied")
 
     # -- other writers of a session: SetState, close ----------------------------------------
 
-    def hold(self, s: Session) -> None:
-        """Keep the batcher off a session while its state is changed elsewhere (steps queue behind)."""
-        s.hold()
-
     def release(self, s: Session) -> None:
+        """A held session is free again: steps queued meanwhile may run."""
         if s.release():
-            self._push(s.head)
+            self._one_ready(s.head)
 
     def fail_queued(self, s: Session, err: StatestreamError) -> None:
         """Fail the queued (not running) steps of a session: it is going away, or a step before them failed."""
-        for unit in s.drain():
-            self.pending.count -= 1
-            unit.fail(unit.sessions.index(s) if len(unit.sessions) > 1 else 0, err)
-            if len(unit.errors) == len(unit.sessions):
-                unit.dead = True
+        units, was_ready = s.drain()
+        for k, unit in enumerate(units):
+            i = unit.index(s)
+            if unit.fate[i] == PENDING:
+                self.pending.count -= 1
+            unit.fail(i, err)
+            if not (k == 0 and was_ready):  # this session was blocking it: one fewer to wait for
+                self._one_ready(unit)
 
     def close(self, s: Session) -> None:
         """Close a session: its queued steps fail NOT_FOUND; a step already running finishes unapplied."""

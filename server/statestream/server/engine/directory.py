@@ -1,60 +1,127 @@
-"""Directory: finds, opens, resets and closes sessions (the local table, read through to a shared store)."""
+"""Directory: finds, opens, re-reads, changes and closes sessions (the local table, read through to a store)."""
 
 from __future__ import annotations
 
-import numpy as np
+import asyncio
+import logging
 
+
+from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, show
 from statestream.server.engine.batcher import Batcher
-from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, show
-from statestream.server.store.persistence import Persistence
 from statestream.server.engine.sessions import Session
-from statestream.server.engine.table import SessionTable
+from statestream.server.engine.table import SessionTable, gone
+from statestream.server.store.persistence import Persistence
+
+log = logging.getLogger("statestream.directory")
+
+_CAS_TRIES = 5  # a SetState that keeps losing its compare-and-set gives up after this many tries
 
 
 class Directory:
-    """Every way a request names a session, for every protocol (statestream.v1, frames, Triton)."""
+    """Every way a request names a session. With a shared store the table is a cache: a miss reads through, a
+    refused sequence number or a GetState re-reads an idle cached session first (another process may have
+    stepped it), and a full cache evicts its least recently used idle session."""
 
     def __init__(self, table: SessionTable, persistence: Persistence, batchers: dict[str, Batcher]):
         self.table = table
         self.persistence = persistence
         self.batchers = batchers
+        self._rereads: dict[Session, asyncio.Task] = {}
 
     async def get(self, sid: str, owner) -> Session:
         """The session `sid`: cached here, or read from a shared store; NotFound otherwise."""
         s = self.table.find(sid, owner)
         if s is None:
-            s = await self.persistence.lookup(sid, owner)
+            s = await self._lookup(sid, owner)
             if s is None:
                 raise self.table.missing(sid, owner)
         return s
 
+    async def _lookup(self, sid: str, owner) -> Session | None:
+        if not sid:
+            return None
+        rec = await self.persistence.fetch((owner, sid))
+        if rec is None:
+            return None
+        cached = self.table.find(sid, owner)  # another call may have read it meanwhile
+        if cached is not None:
+            return cached
+        if self.persistence.shared:
+            self.table.make_room()
+        return self.table.adopt(rec)
+
     async def fresh(self, sid: str, owner) -> Session:
-        """Like get, but an idle session cached from a shared store is re-read (another replica may have
-        stepped it): what GetState answers must not be stale, clients resume their numbering from it."""
+        """Like get, but an idle session cached from a shared store is re-read first: what GetState answers must
+        not be stale, clients resume their numbering from it."""
         s = await self.get(sid, owner)
         if self.persistence.shared and s.idle:
-            await self.batchers[s.model].reread(s)
+            await self.reread(s)
         return s
 
-    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None, reset: bool = False) -> Session:
-        """Open a session (zero states, or `row`); `reset`: an open one goes back to zero states and step 0."""
-        if reset and sid:
-            try:
-                s = await self.get(sid, owner)
-            except NotFound:
-                pass
-            else:
-                if s.model != model:
-                    raise InvalidArgument(f"session {show(sid)} is on model {s.model!r}, not {show(model)}")
-                await self.set_state(s, np.zeros(self.table.slabs[model].width, np.float32) if row is None else row, 0, 0)
-                return s
-        elif sid and self.persistence.shared and await self.persistence.lookup(sid, owner) is not None:
+    async def reread(self, s: Session) -> None:
+        """Replace an idle cached session by the shared store's record (one re-read at a time per session: callers
+        arriving meanwhile wait for it); NotFound, and dropped here, when the store has it no more."""
+        task = self._rereads.get(s)
+        if task is None:
+            s.hold()
+            task = self._rereads[s] = asyncio.get_running_loop().create_task(self._reread(s))
+        if not await asyncio.shield(task):
+            raise gone(s)
+
+    async def _reread(self, s: Session) -> bool:
+        try:
+            rec = (await self.persistence.fetch_many([(s.owner, s.id)]))[0]
+            if rec is not None:
+                self.table.adopt(rec)
+        finally:
+            del self._rereads[s]
+            self.batchers[s.model].release(s)
+        if rec is None:
+            self.table.close(s)
+        return rec is not None
+
+    def rereading(self, s: Session) -> bool:
+        return s in self._rereads
+
+    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None) -> Session:
+        """Open a session (zero states, or `row`)."""
+        if sid and self.persistence.shared and await self._lookup(sid, owner) is not None:
             raise AlreadyExists(f"session {sid!r} is already open")
+        if self.persistence.shared:
+            self.table.make_room()
         s = self.table.open(model, sid, timeout, owner)
         if row is not None:
             self.table.set_state(s, row)
-        await self.persistence.opened(s)
+        await self._created(s)
         return s
+
+    async def _created(self, s: Session) -> None:
+        """A session was opened here: create its record (another process may have it already)."""
+        rec = self.table.record(s)
+        try:
+            created = await self.persistence.create(rec)
+        except Exception:
+            self.table.close(s)  # not durable, so not opened
+            raise
+        if not created:
+            self.table.close(s)
+            raise AlreadyExists(f"session {s.id!r} is already open")
+        s.stored(rec.version)
+
+    async def open_block(self, model: str, sids: list[str], owner, timeout: float) -> list[Session]:
+        """N sessions with contiguous state rows (a group), all or none."""
+        members = self.table.open_block(model, sids, timeout, owner)
+        created = []
+        try:
+            for s in members:
+                await self._created(s)
+                created.append(s)
+        except Exception:
+            for s in members:
+                self.table.close(s)
+            await self.persistence.delete([(s.owner, s.id) for s in created])
+            raise
+        return members
 
     async def resolve(self, sid: str, model: str, open_if_missing: bool, owner) -> tuple[Session, bool]:
         """(the session a step names, opened now?); with open_if_missing, opened on `model` when absent.
@@ -80,19 +147,19 @@ class Directory:
         """A refused step leaves no trace, not even the session open_if_missing opened for it."""
         if opened and s.idle:
             self.table.close(s)
-            await self.persistence.closed(s)
+            await self.persistence.delete([(s.owner, s.id)])
 
     async def set_state(self, s: Session, row, step_count: int | None, last_seq: int | None) -> None:
         """Overwrite a session's states and (optionally) counters; all or nothing."""
         batcher = self.batchers[s.model]
-        batcher.hold(s)  # steps that arrive meanwhile queue behind this change
+        s.hold()  # steps that arrive meanwhile queue behind this change
         old_row = self.table.state(s).copy()
         before = s.counters()
         try:
             self.table.set_state(s, row)
             s.set_counters(step_count, last_seq)
             self.table.touch(s)
-            await self.persistence.changed(s)
+            await self._changed(s)
         except Exception:  # not durable: as if it never happened
             self.table.set_state(s, old_row)
             s.restore_counters(before)
@@ -100,8 +167,32 @@ class Directory:
         finally:
             batcher.release(s)
 
+    async def _changed(self, s: Session) -> None:
+        """A held session's state or counters were set: write them, winning over a stale copy."""
+        if not self.persistence.durable:
+            s.stored(s.version + 1)
+            return
+        for _ in range(_CAS_TRIES):
+            rec = self.table.record(s)
+            status = (await self.persistence.commit([rec]))[0]
+            if status == "ok":
+                s.stored(rec.version)
+                return
+            if status == "missing":
+                raise gone(s)
+            fresh = (await self.persistence.fetch_many([(s.owner, s.id)]))[0]
+            if fresh is None:
+                raise gone(s)
+            s.stored(fresh.version)  # ours overwrites it: SetState is a deliberate write
+        raise Unavailable(f"session {s.id!r} is being changed elsewhere; SetState lost {_CAS_TRIES} times")
+
     async def close(self, s: Session) -> int:
         """Close a session: its queued steps fail NOT_FOUND, a running one finishes unapplied."""
         self.batchers[s.model].close(s)
-        await self.persistence.closed(s)
+        await self.persistence.delete([(s.owner, s.id)])
         return s.step_count
+
+    async def expired(self, sessions: list[Session]) -> None:
+        """Idle sessions left this process. A shared store keeps them (its own TTL expires them there)."""
+        if not self.persistence.shared:
+            await self.persistence.delete([(s.owner, s.id) for s in sessions])

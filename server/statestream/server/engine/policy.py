@@ -1,8 +1,10 @@
-"""BatchPolicy: when a step runs - at once in its caller, after one loop turn, or after waiting for more."""
+"""BatchPolicy: where and when a unit runs - at once in its caller, on the loop or the executor, after waiting."""
 
 from __future__ import annotations
 
 import time
+
+CALLER, LOOP, EXECUTOR = "caller", "loop", "executor"  # where a unit runs (BatchPolicy.where)
 
 
 class BatchPolicy:
@@ -15,15 +17,25 @@ class BatchPolicy:
     steps queues anyway: if other streams' steps join it, runs are shared again and streams batch again.
     """
 
-    def __init__(self, max_batch_size: int, max_queue_delay: float, *, clock=time.perf_counter,
-                 solo_window: float = 0.05, probe_every: int = 16):
+    def __init__(self, max_batch_size: int, max_queue_delay: float, *, inline_max_batch: int = 0,
+                 clock=time.perf_counter, solo_window: float = 0.05, probe_every: int = 16):
         self.max_batch_size = max_batch_size
+        self.inline_max_batch = inline_max_batch  # session-timesteps of a run below which a thread hop costs more
         self.max_queue_delay = max_queue_delay
         self.clock = clock
         self.solo_window = solo_window
         self.probe_every = probe_every
         self._last_shared = float("-inf")  # when a model run last held more than one session
         self._probes = 0
+
+    def where(self, work: int, *, queued: bool = True, durable: bool = False, stream: bool = False) -> str:
+        """The one decision of where a run of `work` session-timesteps happens: CALLER (a unit that is ready, with
+        nothing queued before it and nothing to await: the memory store), LOOP (small: a thread hop costs more than
+        the run) or EXECUTOR. `queued`: the unit already waits in the queue (the consumer runs it)."""
+        small = work <= self.inline_max_batch
+        if not queued and small and not durable and self.inline(stream):
+            return CALLER
+        return LOOP if small else EXECUTOR
 
     def inline(self, stream: bool) -> bool:
         """May the step of an idle session, with nothing else queued, run at once in its caller?"""

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
-
-import numpy as np
 
 from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
-from statestream.server.store.base import SessionRecord
+from statestream.server.engine.ledger import Ledger
+from statestream.server.engine.types import StepResult
 
 MAX_SESSION_ID_BYTES = 128
 
-
-@dataclass(slots=True)
-class StepResult:
-    """What one applied step produced: every timestep's output and the states after it."""
-
-    output: np.ndarray      # [T, O]
-    state: np.ndarray       # [W], states after the last timestep
-    step_count: int
-    sequence_number: int | None
 
 
 class Phase(enum.Enum):
@@ -38,18 +27,19 @@ IDLE, QUEUED, RUNNING, HELD, CLOSED = Phase.IDLE, Phase.QUEUED, Phase.RUNNING, P
 READY, GONE = 1, 2  # what Session.finish says of a session's next unit
 
 
-class Session:
+class Session(Ledger):
     """One stream's bookkeeping; its states are a row (slot) of its model's slab.
 
-    Steps arrive as units (see batcher.Unit); `head` is the unit this session runs
-    next (in its batcher's ready queue while QUEUED) and `queue` the units behind it. Exactly-once lives here: `accept` checks a
-    sequence number, `finish` records the response of the step it applied.
+    Steps arrive as units (units.Unit); `head` is the unit this session runs next and `queue` the units behind
+    it. While QUEUED its head waits for the batcher (or, for a unit of several sessions, for the others too).
+    Exactly-once is its Ledger: `accept` decides on a sequence number, `finish` records the step it applied.
     """
 
     __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
-                 "last_seq", "accepted_seq", "last_result", "running", "head")
+                 "running", "head")
 
     def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
+        Ledger.__init__(self)
         self.id = sid
         self.model = model
         self.slot = slot
@@ -61,9 +51,6 @@ class Session:
         self.queue: deque | tuple = ()  # units behind head; a deque only while there are some (1M idle sessions stay small)
         self.step_count = 0
         self.version = 0           # bumped by every committed change; the compare-and-set key of a shared store
-        self.last_seq = 0          # last applied sequence number
-        self.accepted_seq = 0      # last accepted (applied, queued or running) sequence number
-        self.last_result: StepResult | None = None  # recorded result of the step with last_seq
         self.running = None        # the unit of this session in a model run now
 
     def __repr__(self) -> str:
@@ -83,42 +70,20 @@ class Session:
         """Units not yet run."""
         return (self.head is not None) + len(self.queue)
 
-    # -- exactly-once ---------------------------------------------------------------
+    # -- exactly-once (Ledger) -------------------------------------------------------
 
-    def accept(self, seq: int | None):
-        """Check a step's sequence number. Returns None (a new step), a StepResult (a retry of
-        the last applied step: replay it) or a unit (a retry of a step still queued or running: wait for it).
-        """
-        if seq is None:
-            return None
-        if seq <= 0:
-            raise InvalidArgument(f"sequence_number must be >= 1, got {seq}")
-        if seq == self.accepted_seq and seq > 0:
-            if self.last_seq == seq and self.last_result is not None:
-                return self.last_result
-            unit = self.find(seq)
-            if unit is not None:
-                return unit
-            raise FailedPrecondition(
-                f"sequence number {seq} was applied but its response is no longer held; expected {seq + 1}")
-        if seq != self.accepted_seq + 1:
-            kind = "stale" if seq < self.accepted_seq else "out of order (gap)"
-            raise FailedPrecondition(
-                f"sequence number {seq} is {kind} for session {self.id!r}; expected {self.accepted_seq + 1}")
-        return None
-
-    def find(self, seq: int):
-        """The queued or running unit that carries this session's step `seq`, or None."""
+    def in_flight(self):
         for unit in (self.running, self.head, *self.queue):
-            if unit is not None and unit.seq_of(self) == seq:
-                return unit
-        return None
+            if unit is not None:
+                q = unit.seq_of(self)
+                if q is not None:
+                    yield q, unit.fp_of(self), unit
 
     # -- transitions (called by the batcher, the service and the table only) ----------
 
     def enqueue(self, unit, seq: int | None) -> bool:
-        """Add a unit (carrying step `seq` of this session) behind this session's others; True when it is
-        ready to run (the session was idle)."""
+        """Add a unit (carrying step `seq` of this session) behind this session's others; True when this session
+        is ready for it (it was idle). A unit of several sessions runs once every one of them is ready."""
         if self.phase is CLOSED:
             raise NotFound(f"session {self.id!r} was closed")
         if seq is not None:
@@ -142,24 +107,17 @@ class Session:
         self.phase = RUNNING
         self.running = unit
 
-    def run_now(self, unit, seq: int | None) -> None:
-        """IDLE -> RUNNING for a unit that skips the queue (run in the caller)."""
-        if self.phase is not IDLE or self.head is not None:
-            raise RuntimeError(f"{self}: run at once while not idle")
-        if seq is not None:
-            self.accepted_seq = seq
-        self.phase = RUNNING
-        self.running = unit
-
-    def finish(self, step_count: int, result: StepResult | None) -> int:
-        """RUNNING -> QUEUED/IDLE after its unit was applied; `result` is recorded for a sequenced step.
+    def finish(self, step_count: int, result: StepResult | None, fp: int = 0, restart: bool = False) -> int:
+        """RUNNING -> QUEUED/IDLE after its unit was applied; `result` is recorded for a sequenced step, `restart`
+        (a sequence start) begins the numbering again.
 
         Returns READY when its next unit is ready to run, GONE when it was closed meanwhile, else 0."""
         self.step_count = step_count
         self.version += 1
+        if restart:
+            self.restarted()
         if result is not None:
-            self.last_seq = result.sequence_number
-            self.last_result = result
+            self.record(result.sequence_number, result, fp)
         self.running = None
         if self.phase is CLOSED:
             return GONE
@@ -170,10 +128,7 @@ class Session:
         return READY
 
     def undo(self) -> bool:
-        """RUNNING -> QUEUED/IDLE after its unit was NOT applied (failed or to be re-run)."""
-        return self._after_run()
-
-    def _after_run(self) -> bool:
+        """RUNNING -> QUEUED/IDLE after its unit was NOT applied; True when it is now ready for its head."""
         self.running = None
         if self.phase is CLOSED:
             return False
@@ -190,14 +145,16 @@ class Session:
         self.head = unit
         self.phase = QUEUED
 
-    def drain(self) -> list:
-        """Take every queued unit out (they will fail); a QUEUED session becomes IDLE."""
+    def drain(self) -> tuple[list, bool]:
+        """Take every queued unit out (they will fail); a QUEUED session becomes IDLE. Returns (the units, whether
+        this session was ready for the first of them: QUEUED, not running or held)."""
         units = [] if self.head is None else [self.head, *self.queue]
+        was_ready = self.phase is QUEUED
         self.head = None
         self.queue = ()
         if self.phase is QUEUED:
             self.phase = IDLE
-        return units
+        return units, was_ready
 
     def hold(self) -> None:
         """IDLE -> HELD: keep the batcher off while the state is changed elsewhere."""
@@ -213,11 +170,6 @@ class Session:
             return False
         self.phase = IDLE if self.head is None else QUEUED
         return self.head is not None
-
-    def advance(self, timesteps: int) -> None:
-        """A group step applied `timesteps` to this idle or held session outside the queue (groups.py)."""
-        self.step_count += timesteps
-        self.version += 1
 
     def close(self) -> bool:
         """Any phase -> CLOSED; True when its slot can be freed now (no unit of it is running)."""
@@ -238,20 +190,20 @@ class Session:
             self.step_count = step_count
         if last_seq is not None:
             self.last_seq = self.accepted_seq = last_seq
-            self.last_result = None
+            self.last_result, self.last_fp = None, 0
 
     def counters(self) -> tuple:
-        return self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.version
+        return self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.last_fp, self.version
 
     def restore_counters(self, saved: tuple) -> None:
         """Undo set_counters (the change could not be made durable)."""
-        self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.version = saved
+        self.step_count, self.last_seq, self.accepted_seq, self.last_result, self.last_fp, self.version = saved
 
     def forget_accepted(self) -> None:
         """A failed step was not applied: the numbers it and the steps behind it took are free again."""
         self.accepted_seq = self.last_seq
 
-    def load(self, rec: SessionRecord) -> None:
+    def load(self, rec) -> None:
         """Take counters and the recorded response from a store record (the state row is the table's)."""
         self.step_count = rec.step_count
         self.version = rec.version
@@ -260,7 +212,7 @@ class Session:
         in_flight = [q for u in (self.running, self.head, *self.queue)
                      if u is not None and (q := u.seq_of(self)) is not None]
         self.accepted_seq = max([rec.last_seq, *in_flight])
-        self.last_result = None
+        self.last_result, self.last_fp = None, rec.last_fp
         if rec.last_output is not None:
             self.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
 

@@ -10,12 +10,18 @@ from collections import OrderedDict
 
 import numpy as np
 
-from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, show
+from statestream.contract.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, show
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import CLOSED, IDLE, Session, StepResult, check_session_id
+from statestream.server.engine.sessions import CLOSED, IDLE, Session, check_session_id
+from statestream.server.engine.types import StepResult
 from statestream.server.store.base import SessionRecord
 
 _EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
+
+
+def gone(s: Session) -> NotFound:
+    """The error for a session the store no longer has: closed or expired by another process."""
+    return NotFound(f"session {s.id!r} was closed or expired on another replica")
 
 
 class Slab:
@@ -134,6 +140,47 @@ class SessionTable:
             raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)"
                                     + (f"; {n} more do not fit" if n > 1 else ""))
 
+    def regroup(self, model: str, sessions: list[Session]) -> list[Session]:
+        """Existing idle sessions of `model` moved onto contiguous rows (re-opening a group after a restart, when
+        its members came back one by one); their states move with them."""
+        for s in sessions:
+            if s.model != model:
+                raise InvalidArgument(f"session {show(s.id)} is on model {s.model!r}, not {show(model)}")
+            if not s.idle:
+                raise FailedPrecondition(f"session {show(s.id)} has steps in flight; re-open the group when they "
+                                         "are done")
+        if len({id(s) for s in sessions}) != len(sessions):
+            raise InvalidArgument("session_ids has duplicates")
+        slab = self.slabs[model]
+        start = slab.alloc_block(len(sessions))
+        for i, s in enumerate(sessions):
+            slab.rows[start + i] = slab.rows[s.slot]
+            slab.free(s.slot)
+            s.slot = start + i
+        return sessions
+
+    def make_room(self) -> None:
+        """A cache of a shared store that is full evicts its least recently used idle session (the store keeps it;
+        a later request reads it through again). --max-sessions then bounds what this process holds."""
+        if len(self._sessions) < self.max_sessions:
+            return
+        busy = []
+        while self._expiry:
+            deadline, _, s = heapq.heappop(self._expiry)
+            if s.phase is CLOSED:
+                continue
+            if deadline < s.deadline:  # touched since: its place in the heap is later
+                heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
+                continue
+            if s.phase is not IDLE:
+                busy.append((deadline, next(self._tie), s))
+                continue
+            self.close(s)
+            self.evictions += 1
+            break
+        for entry in busy:
+            heapq.heappush(self._expiry, entry)
+
     def _insert(self, s: Session) -> Session:
         key = _key(s.id, s.owner)
         self._sessions[key] = s
@@ -215,21 +262,21 @@ class SessionTable:
             gone.append(s)
         return gone
 
-    def sessions(self):
-        return self._sessions.values()
-
     def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
-               result: StepResult | None = None) -> SessionRecord:
-        """The session as the store keeps it, at its next version; `state`, `step_count` and `result` give
-        the values a run is about to apply."""
-        last = result if result is not None else s.last_result
+               result: StepResult | None = None, fp: int = 0, restart: bool = False) -> SessionRecord:
+        """The session as the store keeps it, at its next version; `state`, `step_count`, `result` (and its input's
+        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start."""
+        if result is not None:
+            last, last_seq, last_fp = result, result.sequence_number, fp
+        elif restart:
+            last, last_seq, last_fp = None, 0, 0
+        else:
+            last, last_seq, last_fp = s.last_result, s.last_seq, s.last_fp
         return SessionRecord(
             s.id, s.model, s.owner, self.state(s) if state is None else state,
-            s.step_count if step_count is None else step_count,
-            s.last_seq if result is None else result.sequence_number, s.timeout,
-            time.time() + s.timeout,
+            s.step_count if step_count is None else step_count, last_seq, s.timeout, time.time() + s.timeout,
             None if last is None else last.output, None if last is None else last.state,
-            0 if last is None else last.step_count, s.version + 1)
+            0 if last is None else last.step_count, s.version + 1, last_fp)
 
     def adopt(self, rec: SessionRecord) -> Session | None:
         """A store record into this table: a new cached session, or the fresh truth of a cached one.

@@ -1,4 +1,4 @@
-"""Units of work for the batcher (one step, or a frame's steps of idle sessions) and the server-wide queue count."""
+"""Units of work for the batcher (one step of each of N sessions) and the server-wide queue count."""
 
 from __future__ import annotations
 
@@ -8,34 +8,62 @@ import time
 import numpy as np
 
 from statestream.contract.errors import ResourceExhausted, StatestreamError
-from statestream.server.engine.sessions import Session, StepResult
+from statestream.server.engine.types import StepResult
+
+PENDING, APPLIED, FAILED = 0, 1, 2  # an entry's fate
 
 
 class Unit:
-    """Steps that arrive together and run together: one step of one session, or one step of each of N
-    idle sessions (a frame). The batcher owns `future`; it resolves (to the unit) when every entry is
-    settled: applied (`y`, `states`, `counts` rows), replayed, or failed (`errors`)."""
+    """Steps that arrive together and run together: one step of one session, one step of each of N sessions (a
+    frame), or a group step. The batcher owns `future`; it resolves (to the unit) when every entry is settled:
+    applied (`y`, `states`, `counts` rows), replayed, or failed (`errors`).
 
-    __slots__ = ("sessions", "x", "seqs", "future", "enqueued", "y", "states", "counts", "errors", "left",
-                 "parent", "dead")
+    A unit runs once each of its sessions is ready for it (`blocked` counts those that are not). A group step
+    keeps its members' contiguous slab rows: `block` is the first row and `keep` the rows it steps (None: all),
+    so it runs alone and gather-free; `x` then has one row per block row and entry i is row `rows[i]`."""
 
-    def __init__(self, sessions: list[Session], x: np.ndarray, seqs: list | None, future: asyncio.Future,
-                 parent: tuple | None = None):
+    __slots__ = ("sessions", "x", "seqs", "fps", "future", "enqueued", "y", "states", "counts", "errors", "fate",
+                 "left", "parent", "blocked", "block", "keep", "rows", "reset", "group", "group_seq", "group_fp")
+
+    def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
+                 future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
+                 keep: np.ndarray | None = None, reset: bool = False, group=None):
         self.sessions = sessions
-        self.x = x                  # [N, T, F]
+        self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
+        self.fps = fps              # None, or the input's fingerprint per entry (numbered entries only)
         self.future = future
         self.enqueued = time.perf_counter()
         self.y = self.states = self.counts = None
         self.errors: dict[int, StatestreamError] | None = None
+        self.fate = bytearray(len(sessions))  # PENDING / APPLIED / FAILED per entry
         self.left = len(sessions)   # entries not settled yet
-        self.parent = parent        # (unit, index): this re-runs one entry of a frame that lost a compare-and-set
-        self.dead = False           # every entry failed while queued: skip it
+        self.parent = parent        # (unit, index): this re-runs one entry of a unit that lost a compare-and-set
+        self.blocked = 0            # sessions not yet ready for this unit
+        self.block = block
+        self.keep = keep
+        self.rows = None if block is None else (np.arange(len(x)) if keep is None else np.flatnonzero(keep))
+        self.reset = reset          # a sequence start: every entry starts from zero states and step 0
+        self.group = group          # the Group whose step this is (its ledger records it) ...
+        self.group_seq = None       # ... with this group sequence number
+        self.group_fp = 0           # ... and input fingerprint
 
-    def seq_of(self, s: Session) -> int | None:
-        if self.seqs is None:
-            return None
-        return self.seqs[0] if len(self.sessions) == 1 else self.seqs[self.sessions.index(s)]
+    def __repr__(self) -> str:
+        return f"Unit({len(self.sessions)} sessions, left {self.left}, blocked {self.blocked})"
+
+    @property
+    def alive(self) -> bool:
+        """Some entry can still run (not every one failed while queued)."""
+        return self.left > 0
+
+    def index(self, s) -> int:
+        return 0 if len(self.sessions) == 1 else self.sessions.index(s)
+
+    def seq_of(self, s) -> int | None:
+        return None if self.seqs is None else self.seqs[self.index(s)]
+
+    def fp_of(self, s) -> int:
+        return 0 if self.fps is None else self.fps[self.index(s)]
 
     def result(self, i: int = 0) -> StepResult:
         """Entry i's result, or its error raised."""
@@ -45,41 +73,52 @@ class Unit:
 
     # -- settling (the batcher's side) --
 
-    def _settled(self, n: int = 1) -> None:
+    def settle(self, n: int = 1) -> None:
+        """n entries were applied or replayed."""
         self.left -= n
         if self.left == 0:
-            if self.parent is not None:
-                parent, i = self.parent
-                self._copy_into(parent, i)
-            elif not self.future.done():
-                self.future.set_result(self)
+            self._done()
 
-    def _copy_into(self, parent: "Unit", i: int) -> None:
-        if self.errors:
-            parent.fail(i, self.errors[0])
-        else:
-            parent.y[i], parent.states[i], parent.counts[i] = self.y[0], self.states[0], self.counts[0]
-            parent._settled()
+    def recount(self) -> None:
+        """After a run broke off halfway: `left` from the entries' fates (the applied ones count as settled)."""
+        self.left = self.fate.count(PENDING)
+        if self.left == 0:
+            self._done()
+
+    def _done(self) -> None:
+        if self.parent is not None:
+            parent, i = self.parent
+            if self.errors:
+                parent.fail(i, self.errors[0])
+            else:
+                parent.y[i], parent.states[i], parent.counts[i] = self.y[0], self.states[0], self.counts[0]
+                parent.fate[i] = APPLIED
+                parent.settle()
+        elif self.future is not None and not self.future.done():
+            self.future.set_result(self)
 
     def fail(self, i: int, err: StatestreamError) -> None:
+        """Entry i was not applied (and never will be)."""
+        if self.fate[i] != PENDING:
+            return
         if self.errors is None:
             self.errors = {}
-        if i not in self.errors:
-            self.errors[i] = err
-            self._settled()
+        self.errors[i] = err
+        self.fate[i] = FAILED
+        self.left -= 1
+        if self.left == 0:
+            self._done()
 
     def replay(self, i: int, res: StepResult) -> None:
         """Entry i was applied already (found after a reload): its recorded result stands."""
-        self._ensure_buffers(res)
-        self.y[i], self.states[i], self.counts[i] = res.output, res.state, res.step_count
-        self._settled()
-
-    def _ensure_buffers(self, res: StepResult) -> None:
         if self.y is None:
             n = len(self.sessions)
             self.y = np.zeros((n, *res.output.shape), dtype=np.float32)
             self.states = np.zeros((n, res.state.shape[0]), dtype=np.float32)
             self.counts = np.zeros(n, dtype=np.int64)
+        self.y[i], self.states[i], self.counts[i] = res.output, res.state, res.step_count
+        self.fate[i] = APPLIED
+        self.settle()
 
 
 class PendingCounter:
@@ -93,10 +132,3 @@ class PendingCounter:
         if self.count + n > self.limit:
             raise ResourceExhausted(f"server queue is full: {self.limit} steps pending (--max-pending)")
         self.count += n
-
-
-def gather(units: list[Unit]) -> tuple[list[Session], np.ndarray]:
-    """The sessions and the stacked inputs of units that run together."""
-    if len(units) == 1:
-        return units[0].sessions, units[0].x
-    return [s for u in units for s in u.sessions], np.concatenate([u.x for u in units])

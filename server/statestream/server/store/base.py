@@ -7,7 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
-OK, CONFLICT, MISSING = "ok", "conflict", "missing"
+OK, CONFLICT, MISSING = "ok", "conflict", "missing"  # a record's compare-and-set (StateStore.commit)
+CLOSED = "closed"  # persistence: the session was closed before its commit, nothing was written for it
 
 
 @dataclass

@@ -1,0 +1,411 @@
+"""Engine: the one protocol-neutral API every adapter calls (open, step, get, set, close; groups)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+
+from statestream.contract.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
+                                         StatestreamError, Unavailable, show)
+from statestream.server.engine.batcher import Batcher
+from statestream.server.engine.directory import Directory
+from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
+from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.sessions import Session
+from statestream.server.engine.table import SessionTable
+from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
+from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
+from statestream.server.engine.units import Unit
+
+log = logging.getLogger("statestream.engine")
+
+RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
+
+
+def check_finite(x: np.ndarray, what: str = "input") -> None:
+    """NaN and Inf are refused, naming the first bad value."""
+    if not np.isfinite(x).all():
+        flat = x.reshape(-1)
+        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+        raise InvalidArgument(f"{what} value {bad} is {flat[bad]}; NaN and Inf are refused")
+
+
+class Engine:
+    """Sessions of every model of this process, stepped through one function, `step`.
+
+    Numpy in, numpy out; exactly-once as data (a sequence number in, APPLIED or REPLAYED out, a refusal as
+    FailedPrecondition); domain errors of one family (statestream.contract.errors)."""
+
+    def __init__(self, table: SessionTable, directory: Directory, batchers: dict[str, Batcher], groups: Groups, *,
+                 max_timesteps: int, max_entries: int, max_pending_per_session: int):
+        self.table = table
+        self.directory = directory
+        self.batchers = batchers
+        self.groups = groups
+        self.max_timesteps = max_timesteps
+        self.max_entries = max_entries
+        self.max_pending_per_session = max_pending_per_session
+        self.draining = False
+        self.shared = directory.persistence.shared
+        self.calls = 0  # engine steps so far (tests count them: every protocol goes through `step`)
+
+    # -- models -----------------------------------------------------------------------
+
+    @property
+    def runners(self) -> dict[str, ModelRunner]:
+        return self.table.runners
+
+    def runner(self, model: str) -> ModelRunner:
+        """The model's runner, or NotFound naming the models served."""
+        return self.table.runner(model)
+
+    async def model_of(self, sid: str, owner, model: str = "", open_if_missing: bool = False) -> str:
+        """The model a step of session `sid` runs on (so an adapter can parse its input): the open session's
+        (read through a shared store), or `model` for one that open_if_missing will open. NotFound, or
+        InvalidArgument for a model that is not the session's."""
+        if open_if_missing and not model:
+            raise InvalidArgument("open_if_missing needs the model name")
+        s = self.table.find(sid, owner)
+        if s is None:
+            try:
+                s = await self.directory.get(sid, owner)
+            except NotFound:
+                if open_if_missing:
+                    return model
+                raise
+        if model and s.model != model:
+            raise InvalidArgument(f"session {show(sid)} is on model {s.model!r}, not {show(model)}")
+        return s.model
+
+    def check_open(self) -> None:
+        if self.draining:
+            raise Unavailable("server is draining (shutting down); retry on another replica")
+
+    # -- sessions ---------------------------------------------------------------------
+
+    async def open(self, model: str, sid: str, owner, *, timeout: float = 0.0, row: np.ndarray | None = None) -> Session:
+        """Open a session with zero states (or `row`); `sid` "" picks a random id."""
+        self.check_open()
+        self.runner(model)
+        return await self.directory.open(model, sid, owner, timeout, row)
+
+    async def get(self, sid: str, owner) -> tuple[Session, np.ndarray]:
+        """A session and its states now (re-read first from a shared store)."""
+        s = await self.directory.fresh(sid, owner)
+        self.table.touch(s)
+        return s, self.table.state(s)
+
+    async def set(self, sid: str, owner, row: np.ndarray, step_count: int | None = None,
+                  last_seq: int | None = None) -> tuple[Session, np.ndarray]:
+        """Overwrite a session's states and optionally its counters (FailedPrecondition while steps are in flight)."""
+        for name, value in (("step_count", step_count), ("last_sequence_number", last_seq)):
+            if value is not None and not 0 <= value <= MAX_SEQUENCE_NUMBER:
+                raise InvalidArgument(f"{name} must be 0 to 2^62, got {value}")
+        s = await self.directory.get(sid, owner)
+        await self.directory.set_state(s, row, step_count, last_seq)
+        return s, self.table.state(s)
+
+    async def close(self, sid: str, owner) -> int:
+        """Close a session; its step count."""
+        return await self.directory.close(await self.directory.get(sid, owner))
+
+    async def sweep(self) -> int:
+        """Expire idle sessions (and forget groups left without members); how many sessions expired."""
+        gone = self.table.expire()
+        self.groups.prune()
+        if gone:
+            await self.directory.expired(gone)
+        return len(gone)
+
+    # -- the one step function ------------------------------------------------------------
+
+    async def step(self, req: StepRequest) -> StepReply:
+        """One step of each named session (or of a group): resolve, decide exactly-once, queue one unit per
+        max_batch_size entries on the model's batcher, wait, answer entry by entry."""
+        self.calls += 1
+        self.check_open()
+        n, T = req.x.shape[0], req.x.shape[1]
+        if T > self.max_timesteps:
+            raise InvalidArgument(f"input has T={T} timesteps; the limit is {self.max_timesteps} (--max-timesteps)")
+        if n > self.max_entries:
+            raise ResourceExhausted(f"{n} entries in one request; the limit is {self.max_entries} (--max-entries)")
+        if req.group:
+            return await self._group_step(req)
+        if n != len(req.ids) or n == 0:
+            raise InvalidArgument("no session_ids" if not req.ids else f"{len(req.ids)} session ids for {n} inputs")
+        if req.seqs is not None and len(req.seqs) != n:
+            raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
+        errors: dict[int, StatestreamError] = {}
+        sessions, opened = await self._resolve(req, errors)
+        decided = await self._decide(req, sessions, errors)
+        if decided is None:
+            decided = await self._decide(req, sessions, errors, reread=False)
+        new, fps, replays, waits = decided
+        model = req.model or next((s.model for s in sessions if s is not None), "")
+        units = await self._submit(req, model, sessions, new, fps, errors) if new else []
+        reply = await self._answer(req, model, sessions, units, replays, waits, errors)
+        if opened:
+            for i in reply.errors:
+                if opened[i]:
+                    await self.directory.abandon(sessions[i], True)
+        return reply
+
+    async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
+        """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input)."""
+        owner = req.owner
+        sessions = self.table.find_many(req.ids, owner)  # cached here: most requests need nothing more
+        n = len(sessions)
+        finite = np.isfinite(req.x).all(axis=(1, 2))
+        if n == 1:
+            s = sessions[0]
+            if s is not None and (not req.model or s.model == req.model) and finite[0]:
+                return sessions, None
+        opened: list | None = None
+        seen: set[str] = set()
+        dupes = len(set(req.ids)) != n
+        todo = 0
+        for i, s in enumerate(sessions):
+            if s is not None and s.model == (req.model or s.model) and not dupes and finite[i]:
+                continue
+            sessions[i] = None
+            sid = req.ids[i]
+            try:
+                if dupes and sid in seen:
+                    raise InvalidArgument(f"session {sid!r} appears twice in the request")
+                seen.add(sid)
+                if not finite[i]:
+                    check_finite(req.x[i], "input" if n == 1 else f"entry {i}")
+                sessions[i], was_opened = await self.directory.resolve(sid, req.model, req.open_if_missing, owner)
+            except StatestreamError as e:
+                errors[i] = e
+                continue
+            if was_opened:
+                if opened is None:
+                    opened = [False] * n
+                opened[i] = True
+            todo += 1
+            if todo % RESOLVE_CHUNK == 0:
+                await asyncio.sleep(0)
+        return sessions, opened
+
+    async def _decide(self, req: StepRequest, sessions: list, errors: dict, reread: bool = True):
+        """The exactly-once decision of every entry: (new entries, their fingerprints, replays {i: result}, waits
+        [(i, unit)]). A refusal of a session cached from a shared store re-reads it first and returns None (decide
+        again: nothing was queued meanwhile)."""
+        seqs = req.seqs
+        new: list[int] = []
+        fps: list[int] | None = None if seqs is None else []
+        replays: dict[int, StepResult] = {}
+        waits: list[tuple[int, Unit]] = []
+        stale: list[Session] = []
+        limit = self.max_pending_per_session
+        for i, s in enumerate(sessions):
+            if s is None or i in errors:
+                continue
+            seq = None if seqs is None else (seqs[i] or None)
+            fp = 0 if seq is None else fingerprint(req.x[i])
+            try:
+                found = s.accept(seq, fp, req.reset)
+            except FailedPrecondition as e:
+                if reread and self.shared and (s.idle or self.directory.rereading(s)):
+                    stale.append(s)
+                    continue
+                errors[i] = e
+                continue
+            except StatestreamError as e:
+                errors[i] = e
+                continue
+            if found is None:
+                if s.waiting >= limit:
+                    err = ResourceExhausted(f"session {s.id!r} has {s.waiting} queued steps; the limit is {limit} "
+                                            "(--max-pending-per-session)")
+                    errors[i] = err
+                    continue
+                new.append(i)
+                if fps is not None:
+                    fps.append(fp)
+            elif isinstance(found, StepResult):
+                replays[i] = found
+            else:
+                waits.append((i, found))
+        if stale:
+            for s in stale:
+                try:
+                    await self.directory.reread(s)
+                except StatestreamError as e:
+                    errors[sessions.index(s)] = e
+            return None
+        return new, fps, replays, waits
+
+    async def _submit(self, req: StepRequest, model: str, sessions: list, new: list[int], fps: list | None,
+                      errors: dict) -> list[tuple[list[int], Unit]]:
+        """Queue the new entries, one unit per max_batch_size of them."""
+        batcher = self.batchers[model]
+        m = batcher.max_batch_size
+        loop = asyncio.get_running_loop()
+        now_sessions = [sessions[i] for i in new]
+        self.table.touch_many(now_sessions)
+        units = []
+        for k in range(0, len(new), m):
+            chunk = new[k:k + m]
+            x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]
+            seqs = None if req.seqs is None else [req.seqs[i] or None for i in chunk]
+            unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
+                        reset=req.reset)
+            try:
+                await batcher.submit(unit, stream=req.stream)
+            except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
+                errors.update((i, e) for i in chunk)
+                continue
+            units.append((chunk, unit))
+        return units
+
+    async def _answer(self, req: StepRequest, model: str, sessions: list, units: list, replays: dict, waits: list,
+                      errors: dict) -> StepReply:
+        n, T = req.x.shape[0], req.x.shape[1]
+        for _, unit in units:
+            if not unit.future.done():
+                await asyncio.shield(unit.future)
+        if n == 1 and units and not units[0][1].errors:  # the unary case: the unit's arrays are the answer
+            unit = units[0][1]
+            return StepReply(model, [sessions[0].id], unit.y, unit.states, unit.counts, req.seqs, [APPLIED], errors)
+        runner = self.runner(model) if model else None
+        O = runner.output_size if runner else 0
+        W = runner.state_width if runner else 0
+        output = np.zeros((n, T, O), dtype=np.float32)
+        state = np.zeros((n, W), dtype=np.float32)
+        counts = np.zeros(n, dtype=np.int64)
+        outcome = [APPLIED] * n
+        for chunk, unit in units:
+            if unit.y is not None:
+                idx = np.asarray(chunk)
+                output[idx], state[idx], counts[idx] = unit.y, unit.states, unit.counts
+            for j, err in (unit.errors or {}).items():
+                errors[chunk[j]] = err
+        for i, unit in waits:
+            if not unit.future.done():
+                await asyncio.shield(unit.future)
+            try:
+                replays[i] = unit.result(unit.index(sessions[i]))
+            except StatestreamError as e:
+                errors[i] = e
+        for i, res in replays.items():
+            if res.output.shape[0] != T:
+                errors[i] = FailedPrecondition(f"sequence number {res.sequence_number} was applied with T="
+                                               f"{res.output.shape[0]} timesteps; this retry has T={T}")
+                continue
+            output[i], state[i], counts[i], outcome[i] = res.output, res.state, res.step_count, REPLAYED
+        for i in errors:  # what was not applied is not answered
+            output[i], state[i], counts[i] = 0.0, 0.0, 0
+        ids = [req.ids[i] if s is None else s.id for i, s in enumerate(sessions)]
+        return StepReply(model, ids, output, state, counts, req.seqs, outcome, errors)
+
+    # -- groups -----------------------------------------------------------------------------
+
+    async def open_group(self, model: str, gid: str, ids: list[str], size: int, owner, timeout: float) -> Group:
+        """Open a group of N new sessions with contiguous state rows; or, when every id names an existing idle
+        session of this model (a restart on sqlite), re-open the group over them (their rows move together)."""
+        self.check_open()
+        if self.shared:
+            raise FailedPrecondition("session groups live in one process; this server's state store is shared "
+                                     "between processes (use frames, or a process-local store)")
+        self.runner(model)
+        n = len(ids) or size
+        if size and ids and size != len(ids):
+            raise InvalidArgument(f"size is {size} but {len(ids)} session_ids are given")
+        gid = self.groups.check_new(gid, n, owner)
+        existing = [self.table.find(sid, owner) for sid in ids] if ids else []
+        if existing and all(s is not None for s in existing):
+            if any(self.groups.holds(s) for s in existing):
+                raise AlreadyExists(f"a session of group {gid!r} is already open in another group")
+            members = self.table.regroup(model, existing)
+        else:
+            members = await self.directory.open_block(model, ids or [""] * n, owner, timeout)
+        return self.groups.add(Group(gid, model, owner, members))
+
+    async def close_group(self, gid: str, owner, keep_sessions: bool) -> tuple[int, int]:
+        """Close a group (and its members unless `keep_sessions`); (its step count, sessions closed)."""
+        g = self.groups.get(gid, owner)
+        self.groups.remove(g)
+        closed = 0
+        if not keep_sessions:
+            for s in g.members:
+                if not s.closed:
+                    await self.directory.close(s)
+                    closed += 1
+        return g.step_count, closed
+
+    async def _group_step(self, req: StepRequest) -> StepReply:
+        g = self.groups.get(req.group, req.owner)
+        x = req.x
+        n = len(g.members)
+        if x.shape[0] != n:
+            raise InvalidArgument(f"group {g.id!r} has {n} members; the input has {x.shape[0]} rows")
+        keep = None
+        if req.masked is not None and len(req.masked):
+            masked = req.masked
+            if masked.min() < 0 or masked.max() >= n:
+                raise InvalidArgument(f"masked index {int(masked.max())} is out of range; the group has {n} members")
+            keep = np.ones(n, dtype=bool)
+            keep[masked] = False
+            x = x.copy()
+            x[~keep] = 0.0  # masked entries run on zeros (their results are dropped): no NaN from unused rows
+        check_finite(x, "inputs")
+        fp = 0 if req.seq is None else fingerprint(x)
+        found = g.accept(req.seq, fp)
+        if found is None:
+            unit = await self._group_unit(g, x, keep, req.seq, fp)
+            if not unit.fate.count(ENTRY_APPLIED):
+                g.dropped(unit)
+                raise unit.errors[min(unit.errors)]
+            if req.seq is None:
+                out = np.zeros((n, *unit.y.shape[1:]), dtype=np.float32)
+                out[unit.rows] = unit.y
+                return self._group_reply(g, out, g.step_count, APPLIED, req)
+            found = g.last_result
+            outcome = APPLIED
+        else:
+            outcome = REPLAYED
+            if isinstance(found, Unit):
+                if not found.future.done():
+                    await asyncio.shield(found.future)
+                if g.last_seq != req.seq:
+                    raise found.errors[min(found.errors)]
+                found = g.last_result
+        out, step_count = found
+        if out.shape[1] != x.shape[1]:
+            raise FailedPrecondition(f"sequence number {req.seq} was applied with T={out.shape[1]} timesteps; "
+                                     f"this retry has T={x.shape[1]}")
+        return self._group_reply(g, out, step_count, outcome, req)
+
+    async def _group_unit(self, g: Group, x: np.ndarray, keep, seq, fp) -> Unit:
+        """Queue a group step as one unit over its members' block of rows and wait for it."""
+        members = g.members_of(keep)
+        unit = Unit(members, x, None, None, asyncio.get_running_loop().create_future(), block=g.start, keep=keep,
+                    group=g)
+        unit.group_seq, unit.group_fp = seq, fp
+        if seq is not None:
+            g.accepted_seq = seq
+        g.units.append(unit)
+        try:
+            await self.batchers[g.model].submit(unit)
+        except StatestreamError:
+            g.dropped(unit)
+            raise
+        now = self.table.clock()
+        if now - g.touched > TOUCH_EVERY or keep is not None:
+            g.touched = now
+            self.table.touch_many(members)
+        if not unit.future.done():
+            await asyncio.shield(unit.future)
+        return unit
+
+    @staticmethod
+    def _group_reply(g: Group, out: np.ndarray, step_count: int, outcome: str, req: StepRequest) -> StepReply:
+        n = len(g.members)
+        return StepReply(g.model, [s.id for s in g.members], out, np.zeros((n, 0), np.float32),
+                         np.zeros(n, np.int64), None if req.seq is None else [req.seq], [outcome], {},
+                         group_step_count=step_count)
