@@ -94,7 +94,8 @@ def _stream_call(handler, parse, data: bytes, n: int, ctx):
     return call
 
 
-async def _measure(app, model: str, reqs, seconds: float, only: str | None, profile: bool, repeats: int = 7) -> list[tuple[str, float, float]]:
+async def _measure(app, model: str, reqs, seconds: float, only: str | None, profile: bool,
+                   repeats: int = 7) -> list[tuple[str, float, float]]:
     svc = app.service
     ctx = _Context()
     for name, (method, _, n) in reqs.items():

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.redis_process import RedisProcess
 from statestream.server.store.base import SessionRecord
-from statestream.server.store.sqlite import SqliteStore
 from statestream.server.store.redis import RedisStore
+from statestream.server.store.sqlite import SqliteStore
+from tests.support.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
 from .cli import ghz_parser
@@ -99,7 +99,8 @@ def throughput(plan: scenarios.Plan, redis_url: str, tmp: Path, log_) -> list[di
                 out = plan.raw / f"scaleout-{kind}-{workers}-{key}.json"
                 cmd = [p.replace("--connections=1", f"--connections={conns}") for p in plan.cmd(srv, key, c, out)]
                 warm = [p.replace("--connections=1", f"--connections={conns}")
-                        for p in plan.cmd(srv, key, c, out.with_suffix(".warm.json"), total=4 * c * (4 if key == "frame256" else 1))]
+                        for p in plan.cmd(srv, key, c, out.with_suffix(".warm.json"),
+                                          total=4 * c * (4 if key == "frame256" else 1))]
                 ghz.run(warm, out.with_suffix(".warm.json"))
                 r = ghz.run(cmd, out)
                 per = 256 if key == "frame256" else 1

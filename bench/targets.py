@@ -89,7 +89,8 @@ def _memory(res: dict) -> list[dict]:
     if not pts:
         return [_missing(name, f"<= {MEMORY_BYTES / GB:g} GB", mem.get("skipped", "not measured"))]
     rss = pts[0]["rss_bytes"]
-    return [_target(name, f"<= {MEMORY_BYTES / GB:g} GB", f"{rss / GB:.2f} GB ({pts[0]['bytes_per_session']:,.0f} B/session)",
+    return [_target(name, f"<= {MEMORY_BYTES / GB:g} GB",
+                    f"{rss / GB:.2f} GB ({pts[0]['bytes_per_session']:,.0f} B/session)",
                     rss <= MEMORY_BYTES, _pct(MEMORY_BYTES, rss))]
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["redisproc"]  # the redis_proc fixture, for every module
+
 # CI (CI=true) or STATESTREAM_NO_SKIP=1 turns every skip into a failure: a
 # required test that cannot run in CI must be red, not silently skipped.
 NO_SKIP = os.environ.get("STATESTREAM_NO_SKIP") == "1" or os.environ.get("CI", "").lower() == "true"

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-
 from conftest import require_tool
 from serverproc import ROOT
 

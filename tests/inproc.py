@@ -6,8 +6,8 @@ import asyncio
 import threading
 
 import grpc
-
 from serverproc import DEMO_MODEL
+
 from statestream.server.app.config import Config, parse_config
 from statestream.server.app.server import create_server
 from statestream.server.store.sqlite import SqliteStore

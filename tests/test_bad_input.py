@@ -9,10 +9,30 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from malformed import (BYSTANDERS, CANARY, EXISTS, F, INVALID, KNOWN, LAYERS, MAX_T, NOT_FOUND, OK, PRECOND, UNITS, C,
-                       frame_cases, garbage, lookup_cases, open_cases, parses, set_state_cases, step_cases)
+from malformed import (
+    BYSTANDERS,
+    CANARY,
+    EXISTS,
+    INVALID,
+    KNOWN,
+    LAYERS,
+    MAX_T,
+    NOT_FOUND,
+    OK,
+    PRECOND,
+    UNITS,
+    C,
+    F,
+    frame_cases,
+    garbage,
+    lookup_cases,
+    open_cases,
+    parses,
+    set_state_cases,
+    step_cases,
+)
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 

@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an in
 
 from bench import compute, ghz, payloads, report  # noqa: E402
 from bench.procs import echo_server, null_server  # noqa: E402
+
 DEMO = ROOT / "models" / "demo.onnx"
 
 
@@ -89,8 +90,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
 
 
 def test_scaleout_commit_cost_and_report(tmp_path: Path):
-    from bench import scaleout
     from redisproc import RedisProcess
+
+    from bench import scaleout
 
     with RedisProcess() as r:
         commits = scaleout.commit_costs(r.url, tmp_path, 0.01, batches=(1, 16))

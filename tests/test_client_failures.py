@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.client import Client, DeadlineExceeded, StatestreamError, Unavailable
 
 

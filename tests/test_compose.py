@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import yaml
-
 from haproxyproc import CONFIG, HAProxy
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
+
 from statestream.server.app.config import build_parser
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import pytest
-
 from mdproxy import RecordingProxy
 from reference import stepped
 from serverproc import DEMO_MODEL, ServerProcess
+from test_faults import signal_for
+
 from statestream.client import AlreadyExists, Client, FailedPrecondition, Unavailable
 from statestream.client.cli import synthetic_signal
-from test_faults import signal_for
 
 
 class Restarter:

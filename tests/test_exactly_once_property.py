@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from reference import Reference
+
 from statestream.v1 import statestream_pb2 as pb
 
 pytestmark = pytest.mark.slow

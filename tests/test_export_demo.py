@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from tutorial import stream_onnx
 
+from statestream.contract.manifest import Layer, read_manifest
 from statestream.export import cli, demo
 from statestream.export.convert import op_counts
-from statestream.contract.manifest import Layer, read_manifest
 
 DEMO = Path(__file__).resolve().parent.parent / "models" / "demo.onnx"
 IO = {

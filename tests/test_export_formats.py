@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from tutorial import stream_onnx
 
+from statestream.contract.manifest import Layer
 from statestream.export import ExportError, export_model
 from statestream.export.load import load_model, sha256_of_path
-from statestream.contract.manifest import Layer
 
 KERAS2 = Path(__file__).resolve().parent / "data" / "keras2"
 LAYERS = (Layer("enc", "LSTM", 3), Layer("dec", "GRU", 2))

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from tutorial import stream_onnx
 
+from statestream.contract.manifest import Layer, read_manifest
 from statestream.export import export_model
 from statestream.export.convert import op_counts
-from statestream.contract.manifest import Layer, read_manifest
 
 L = keras.layers
 ATOL = 1e-5

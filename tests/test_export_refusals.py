@@ -10,8 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from statestream.export import ExportError, ExportRefused, ParityError, export_model
-from statestream.export import cli, convert
+from statestream.export import ExportError, ExportRefused, ParityError, cli, convert, export_model
 
 L = keras.layers
 

@@ -5,8 +5,8 @@ import onnx
 import pytest
 from tutorial import NAMES, TUTORIAL_INPUT, export_all, keras_outputs, stream_onnx, tutorial_models
 
-from statestream.export.convert import op_counts
 from statestream.contract.manifest import Layer, read_manifest
+from statestream.export.convert import op_counts
 
 ATOL = 1e-5
 

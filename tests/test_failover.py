@@ -9,10 +9,10 @@ from contextlib import ExitStack
 
 import numpy as np
 import pytest
-
 from haproxyproc import HAProxy
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.client import Client
 
 N_SESSIONS, STEPS, F = 12, 60, 3

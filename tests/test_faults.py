@@ -9,9 +9,9 @@ import time
 
 import grpc
 import numpy as np
-
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc

@@ -9,9 +9,9 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.v1 import statestream_pb2 as pb
 
 F = 3

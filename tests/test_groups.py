@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from reference import Reference
 from inproc import InProcessServer
+from reference import Reference
 from serverproc import DEMO_MODEL
+
 from statestream.client import Client, FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.engine.table import Slab
 from statestream.v1 import statestream_pb2 as pb

@@ -8,9 +8,9 @@ from contextlib import ExitStack
 
 import numpy as np
 import pytest
-
 from haproxyproc import CONFIG, SERVING_REPLY, HAProxy, health_check_request, render, require_haproxy
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.client import Client, NotFound
 from statestream.v1 import statestream_pb2 as pb
 

@@ -1,12 +1,13 @@
-"""Regressions found by the bad-input and tenant tests: refused steps open nothing, huge strings and counts, tenants in sqlite."""
+"""Regressions found by the bad-input and tenant tests: refused steps open nothing, huge strings and counts, tenants in
+sqlite."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
-
 from inproc import InProcessServer
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 

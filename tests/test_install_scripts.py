@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,9 @@ def test_a_failed_tool_install_names_the_tool_cause_and_fix_and_the_suite_still_
         "from conftest import require_tool\n"
         "def test_needs_ghz():\n    require_tool('ghz')\n"
         "def test_needs_nothing():\n    assert 1 + 1 == 2\n")
-    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    for name in ("conftest.py", "redisproc.py"):  # the suite's own conftest, and the fixture module it loads
+        (tmp_path / name).write_text((ROOT / "tests" / name).read_text())
+    shutil.copytree(ROOT / "tests" / "support", tmp_path / "support")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_probe.py")],
                          env={**env, "STATESTREAM_NO_SKIP": "1"}, cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)

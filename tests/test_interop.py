@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_tool
+from serverproc import DEMO_MODEL, ROOT, ServerProcess
 
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
-from conftest import require_tool
-from serverproc import DEMO_MODEL, ROOT, ServerProcess
 
 TOOLS = ROOT / ".tools" / "bin"
 GO_DIR = ROOT / "client" / "go"

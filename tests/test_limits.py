@@ -7,15 +7,16 @@ import time
 
 import grpc
 import numpy as np
-
 from inproc import InProcessServer
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 
 def test_message_size_limit():
-    with InProcessServer.from_args(DEMO_MODEL, "--max-message-bytes", "2000") as srv, grpc.insecure_channel(srv.target) as ch:
+    with InProcessServer.from_args(DEMO_MODEL, "--max-message-bytes", "2000") as srv, \
+            grpc.insecure_channel(srv.target) as ch:
         stub = pb_grpc.StateStreamServiceStub(ch)
         stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="big"))
         try:

@@ -6,10 +6,10 @@ import asyncio
 
 import grpc
 import numpy as np
-
-from reference import stepped
 from inproc import InProcessServer
+from reference import stepped
 from serverproc import DEMO_MODEL
+
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from serverproc import ROOT
+
 from statestream.v1 import statestream_pb2 as pb
 
 PROTO = "statestream/v1/statestream.proto"

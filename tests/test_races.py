@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-
 from inproc import Gate, GatedSqliteStore
 from reference import stepped
+
 from statestream.v1 import statestream_pb2 as pb
 
 X = np.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [0.7, 0.8, -0.9]], dtype=np.float32)

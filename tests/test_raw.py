@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-
 from inproc import InProcessServer
 from serverproc import DEMO_MODEL
+
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
 
@@ -68,7 +68,8 @@ def test_set_state_accepts_raw_layers(stub):
     st = stub.SetState(pb.SetStateRequest(session_id="set-raw", layers=layers)).state
     assert all(bits(l.h) == bits(h) and bits(l.c) == bits(-h) for l in st.layers)
     bad = [pb.LayerState(layer="lstm1", h_raw=raw(h[:15]), c_raw=raw(h)), layers[1]]
-    assert "15 values (60 bytes); expected 16" in refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=bad))
+    refusal = refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=bad))
+    assert "15 values (60 bytes); expected 16" in refusal
     both = [pb.LayerState(layer="lstm1", h=h, h_raw=raw(h), c_raw=raw(h)), layers[1]]
     assert "exactly one" in refused(stub.SetState, pb.SetStateRequest(session_id="set-raw", layers=both))
 

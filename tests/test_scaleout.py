@@ -12,13 +12,13 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-
-from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
+from redisproc import RedisProcess
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
+from test_workers import worker_metrics_ports
+
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
-from test_workers import worker_metrics_ports
 
 # Each channel its own TCP connection (grpc shares subchannels between identical channels by default), so the
 # kernel's SO_REUSEPORT hashing spreads them over the workers.

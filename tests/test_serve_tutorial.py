@@ -7,12 +7,12 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-
 from inproc import InProcessServer
+from tutorial import NAMES, STACK, TUTORIAL_INPUT, export_all, keras_outputs, tutorial_models
+
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
-from tutorial import NAMES, STACK, TUTORIAL_INPUT, export_all, keras_outputs, tutorial_models
 
 TOL = 1e-5
 X = TUTORIAL_INPUT[0]  # (3, 1)

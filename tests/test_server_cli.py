@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import yaml
-
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
+
 from statestream.server.app.config import build_parser, parse_config
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from mdproxy import RecordingProxy
 from serverproc import DEMO_MODEL, ServerProcess
-from statestream.client import Client
 from test_interop import EXAMPLES, GO_DIR, NODE_DIR, client_env, run, tool
+
+from statestream.client import Client
 
 NAMING = {"Step", "StreamSteps", "GetState", "SetState", "CloseSession", "StepGroup", "CloseGroup"}
 OPENING = {"OpenSession", "OpenGroup"}  # the header only when the caller chose the id

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from serverproc import DEMO_MODEL
 
 from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import GONE, READY, Phase, StepResult
 from statestream.server.engine.table import SessionTable
-from serverproc import DEMO_MODEL
 
 
 class Clock:

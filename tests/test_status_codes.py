@@ -8,12 +8,19 @@ import time
 import grpc
 import numpy as np
 import pytest
-
-from onnx_fixtures import fragile_model
 from inproc import InProcessServer
+from onnx_fixtures import fragile_model
 from serverproc import DEMO_MODEL, ServerProcess
-from statestream.client import (AlreadyExists, Client, FailedPrecondition, Internal, InvalidArgument, NotFound,
-                                ResourceExhausted)
+
+from statestream.client import (
+    AlreadyExists,
+    Client,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 

@@ -8,13 +8,14 @@ import time
 
 import numpy as np
 import pytest
+from redisproc import RedisProcess
 
-from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import SessionRecord, check_spec, open_store
+from statestream.server.store.base import SessionRecord
 from statestream.server.store.memory import MemoryStore
-from statestream.server.store.sqlite import SqliteStore
 from statestream.server.store.redis import RedisStore
+from statestream.server.store.spec import check_spec, open_store
+from statestream.server.store.sqlite import SqliteStore
 
 RNG = np.random.default_rng(7)
 
@@ -272,8 +273,8 @@ def test_specs(tmp_path):
 
 def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
-    from statestream.server.engine.units import Unit
     from statestream.server.engine.sessions import Session
+    from statestream.server.engine.units import Unit
 
     s = Session("p", "demo", 0, None, 60.0, 0.0)
     for seq in (8, 9, 10):

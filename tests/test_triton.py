@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from reference import Reference, stepped
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
-from statestream.inference import grpc_service_pb2, model_config_pb2
-from statestream.server.engine.model import ModelRunner
 from triton_client.descriptors import describe
 from tritonvenv import TRITON_PY, drive, need
+
+from statestream.inference import grpc_service_pb2, model_config_pb2
+from statestream.server.engine.model import ModelRunner
 
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
     sys.path.insert(0, str(ROOT))

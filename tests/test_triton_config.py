@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from google.protobuf import text_format
-
 from serverproc import DEMO_MODEL, ROOT
+
 from statestream.export import cli
 from statestream.inference import model_config_pb2 as mc
 from statestream.server.engine.model import ModelRunner

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
 from serverproc import ServerProcess
-from statestream.export import cli
 from test_triton_config import check_entry
 from tritonvenv import drive
 from tutorial import TUTORIAL_INPUT, keras_outputs, tutorial_model
+
+from statestream.export import cli
 
 TOL = 1e-5
 NAME = "lstm_both"  # LSTM(1, return_sequences=True, return_state=True): every output, h and c

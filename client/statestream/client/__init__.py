@@ -1,8 +1,18 @@
 """Python client for statestream: sessions that keep recurrent state on the server."""
 
 from .client import Client, Group, Session, SessionState
-from .errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
-                     ResourceExhausted, StatestreamError, Unauthenticated, Unavailable)
+from .errors import (
+                     AlreadyExists,
+                     DeadlineExceeded,
+                     FailedPrecondition,
+                     Internal,
+                     InvalidArgument,
+                     NotFound,
+                     ResourceExhausted,
+                     StatestreamError,
+                     Unauthenticated,
+                     Unavailable,
+)
 from .retry import RetryPolicy
 
 __all__ = ["Client", "Group", "Session", "SessionState", "RetryPolicy", "StatestreamError", "InvalidArgument",

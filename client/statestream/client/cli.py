@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
+from statestream.contract.errors import StatestreamError, Unavailable
 from statestream.v1 import statestream_pb2 as pb
 
 from .client import Client
-from statestream.contract.errors import StatestreamError, Unavailable
 
 USAGE = """\
 Talk to a statestream server from the shell.

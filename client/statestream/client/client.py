@@ -8,11 +8,11 @@ from typing import Iterable, Iterator
 import grpc
 import numpy as np
 
+from statestream.contract.errors import AlreadyExists, from_rpc_error
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from . import streaming
-from statestream.contract.errors import AlreadyExists, from_rpc_error
 from .retry import Attempts, RetryPolicy
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
@@ -115,7 +115,8 @@ class Client:
              retry: bool = False):
         """One unary RPC with this client's deadline and credentials; errors translated.
 
-        session_id: sent as the x-session-id header (a group's calls send the group id). retry: resend on a retryable failure (`retry.retryable`)
+        session_id: sent as the x-session-id header (a group's calls send the group id).
+        retry: resend on a retryable failure (`retry.retryable`)
         until the deadline; only for requests that are safe to repeat (reads, numbered steps).
         """
         metadata = self.metadata + ((SESSION_HEADER, session_id),) if session_id else self.metadata

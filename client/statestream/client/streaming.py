@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import grpc
 
+from statestream.contract.errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
 from statestream.v1 import statestream_pb2 as pb
 
-from statestream.contract.errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
 from .retry import Attempts
 
 if TYPE_CHECKING:

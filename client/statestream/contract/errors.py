@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+
 def show(text: str, limit: int = 64) -> str:
     """A client-supplied string for an error message: repr, cut to `limit` characters (status details travel in
     HTTP/2 trailers, which clients cap at 8-16 KiB)."""

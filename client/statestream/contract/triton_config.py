@@ -7,10 +7,9 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import model_config_pb2 as mc
-
-from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

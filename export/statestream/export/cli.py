@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_PARITY = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED = 0, 1  # usage errors exit 2 (argparse); refusals 3 and parity failures 4 (errors.py)
 
 DESCRIPTION = """\
 Export a Keras recurrent model (LSTM, GRU, SimpleRNN, stacked, with Dense heads) to one ONNX file that a

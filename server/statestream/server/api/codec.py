@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from statestream.v1 import statestream_pb2 as pb
-
 from statestream.contract.errors import InvalidArgument
 from statestream.server.engine.model import ModelRunner
+from statestream.v1 import statestream_pb2 as pb
 
 CELLS = {"LSTM": pb.CELL_TYPE_LSTM, "GRU": pb.CELL_TYPE_GRU, "SimpleRNN": pb.CELL_TYPE_SIMPLE_RNN}
 

@@ -10,10 +10,10 @@ from importlib import metadata
 
 import grpc
 
-from statestream.inference import grpc_service_pb2 as ipb
-from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.contract.errors import NotFound, Unavailable
 from statestream.contract.triton_config import VERSION, model_config, model_metadata
+from statestream.inference import grpc_service_pb2 as ipb
+from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api import kserve_codec as tc
 from statestream.server.api.auth import Auth
 from statestream.server.api.status import domain_error, stream_owner, unary

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from statestream.inference import grpc_service_pb2 as ipb
-
-from statestream.server.api import codec
 from statestream.contract.errors import InvalidArgument
 from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, state_out_name
-from statestream.server.engine.model import ModelRunner
 from statestream.contract.triton_config import DATATYPE, VERSION
+from statestream.inference import grpc_service_pb2 as ipb
+from statestream.server.api import codec
+from statestream.server.engine.model import ModelRunner
 
 SEQUENCE_ID, SEQUENCE_START, SEQUENCE_END = "sequence_id", "sequence_start", "sequence_end"
 SEQUENCE_NUMBER = "sequence_number"  # statestream's exactly-once number (int64), optional

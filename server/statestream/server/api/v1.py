@@ -7,9 +7,6 @@ import logging
 import grpc
 import numpy as np
 
-from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as pb_grpc
-
 from statestream.contract.errors import InvalidArgument, Unavailable
 from statestream.server.api import codec
 from statestream.server.api.auth import Auth
@@ -17,6 +14,8 @@ from statestream.server.api.status import code_number, domain_error, status_of, 
 from statestream.server.api.wire import Undecodable, check
 from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 log = logging.getLogger("statestream.v1")
 

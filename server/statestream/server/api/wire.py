@@ -5,9 +5,8 @@ from __future__ import annotations
 import grpc
 from google.protobuf.message import DecodeError
 
-from statestream.v1 import statestream_pb2 as pb
-
 from statestream.contract.errors import InvalidArgument
+from statestream.v1 import statestream_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["StateStreamService"]
 

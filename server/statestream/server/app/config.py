@@ -11,7 +11,7 @@ from statestream.contract.triton_config import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_BATCH_SIZE,
 )
-from statestream.server.store.base import STORE_HELP, check_spec
+from statestream.server.store.spec import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
 

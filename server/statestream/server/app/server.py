@@ -13,6 +13,7 @@ from dataclasses import asdict
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.server.api.auth import Auth
 from statestream.server.api.kserve import TritonService
@@ -28,8 +29,8 @@ from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import BatchPolicy
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.units import PendingCounter
-from statestream.server.store.base import open_store
 from statestream.server.store.persistence import Persistence
+from statestream.server.store.spec import open_store
 from statestream.v1 import statestream_pb2 as pb
 
 log = logging.getLogger("statestream.server")

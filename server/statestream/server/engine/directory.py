@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-
 from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, show
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.sessions import Session

@@ -7,8 +7,16 @@ import logging
 
 import numpy as np
 
-from statestream.contract.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted,
-                                         StatestreamError, Unavailable, show)
+from statestream.contract.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StatestreamError,
+    Unavailable,
+    show,
+)
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups

@@ -220,6 +220,7 @@ class Session(Ledger):
 def check_session_id(sid: str) -> None:
     """Client-chosen ids: 1..128 UTF-8 bytes, printable."""
     if len(sid.encode("utf-8", "surrogatepass")) > MAX_SESSION_ID_BYTES:
-        raise InvalidArgument(f"session_id is {len(sid.encode('utf-8', 'surrogatepass'))} bytes; at most {MAX_SESSION_ID_BYTES}")
+        size = len(sid.encode("utf-8", "surrogatepass"))
+        raise InvalidArgument(f"session_id is {size} bytes; at most {MAX_SESSION_ID_BYTES}")
     if not sid.isprintable():
         raise InvalidArgument("session_id has non-printable characters")

@@ -10,7 +10,14 @@ from collections import OrderedDict
 
 import numpy as np
 
-from statestream.contract.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, show
+from statestream.contract.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    show,
+)
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import CLOSED, IDLE, Session, check_session_id
 from statestream.server.engine.types import StepResult

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
+
 from statestream.contract.errors import Unavailable
 from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord
 

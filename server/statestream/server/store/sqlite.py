@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
 from statestream.contract.errors import Unavailable
 from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord
 
