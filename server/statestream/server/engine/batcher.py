@@ -279,21 +279,25 @@ class Batcher:
                 unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
             skip: list[int] = []  # entries whose row is not written
             fps = unit.fps
-            for i, s in enumerate(unit.sessions):
-                j = a + i
-                status = OK if statuses is None else statuses[j]
-                if status == CONFLICT or status == MISSING or unit.fate[i] != PENDING or s.running is not unit:
-                    skip.append(i)  # _redo settles the first two; the others failed while queued
-                    continue
-                unit.fate[i] = APPLIED
-                after = s.finish(counts_list[j], results[j] if results else None, fps[i] if fps else 0, unit.reset)
-                if after is READY:
-                    self._one_ready(s.head)
-                elif after is GONE or status == CLOSED:
-                    skip.append(i)
-                    self.table.release(s)
-                unit.settle()
-            self._write_rows(unit, new_entries[a:a + n], skip)
+            try:
+                for i, s in enumerate(unit.sessions):
+                    j = a + i
+                    status = OK if statuses is None else statuses[j]
+                    if status == CONFLICT or status == MISSING or unit.fate[i] != PENDING or s.running is not unit:
+                        skip.append(i)  # _redo settles the first two; the others failed while queued
+                        continue
+                    after = s.finish(counts_list[j], results[j] if results else None, fps[i] if fps else 0,
+                                     unit.reset)
+                    unit.fate[i] = APPLIED
+                    if after is READY:
+                        self._one_ready(s.head)
+                    elif after is GONE or status == CLOSED:
+                        skip.append(i)
+                        self.table.release(s)
+                    unit.settle()
+            finally:  # what was applied is written, also when an entry after it broke off
+                skip.extend(i for i in range(len(unit.sessions)) if unit.fate[i] != APPLIED and i not in skip)
+                self._write_rows(unit, new_entries[a:a + n], skip)
             if unit.group is not None:
                 unit.group.applied(unit)
             a += n

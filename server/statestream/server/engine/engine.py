@@ -180,6 +180,9 @@ class Engine:
                 continue
             sessions[i] = None
             sid = req.ids[i]
+            todo += 1
+            if todo % RESOLVE_CHUNK == 0:
+                await asyncio.sleep(0)
             try:
                 if dupes and sid in seen:
                     raise InvalidArgument(f"session {sid!r} appears twice in the request")
@@ -194,9 +197,6 @@ class Engine:
                 if opened is None:
                     opened = [False] * n
                 opened[i] = True
-            todo += 1
-            if todo % RESOLVE_CHUNK == 0:
-                await asyncio.sleep(0)
         return sessions, opened
 
     async def _decide(self, req: StepRequest, sessions: list, errors: dict, reread: bool = True):
@@ -213,7 +213,7 @@ class Engine:
         for i, s in enumerate(sessions):
             if s is None or i in errors:
                 continue
-            seq = None if seqs is None else (seqs[i] or None)
+            seq = None if seqs is None else seqs[i]
             fp = 0 if seq is None else fingerprint(req.x[i])
             try:
                 found = s.accept(seq, fp, req.reset)
@@ -260,7 +260,7 @@ class Engine:
         for k in range(0, len(new), m):
             chunk = new[k:k + m]
             x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]
-            seqs = None if req.seqs is None else [req.seqs[i] or None for i in chunk]
+            seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
                         reset=req.reset)
             try:
