@@ -10,6 +10,10 @@ import numpy as np
 OK, CONFLICT, MISSING = "ok", "conflict", "missing"
 
 
+class StoreUnreadable(Exception):
+    """The store's data can not be read at start (a corrupt or foreign file); the message names it, in one line."""
+
+
 @dataclass
 class SessionRecord:
     """Everything that must survive a restart for one session."""
@@ -26,7 +30,8 @@ class SessionRecord:
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
     version: int = 0             # bumped by every committed change; the compare-and-set key of a shared store
-    last_fp: int = 0             # fingerprint of step `last_seq`'s input: a retry with other input is refused
+    last_fp: int = 0             # fingerprint of step `last_seq`'s input (unsigned 64-bit): a retry with other input
+                                 # is refused
 
 
 class StateStore(Protocol):
@@ -38,6 +43,11 @@ class StateStore(Protocol):
     "conflict" (the stored version differs: another process wrote it) or "missing" (closed or expired
     elsewhere). A store that cannot be reached raises `errors.Unavailable`, and nothing of that call was
     applied by this process.
+
+    Every call takes an optional keyword `timeout` (seconds; None: the store's default, --store-timeout): when
+    it passes, the call raises `errors.Unavailable` (the caller can pass a request's remaining deadline, so
+    the client learns "nothing was applied" in time to retry). `check()` says whether the store can take
+    writes now (None) or why not; the server's health follows it.
     """
 
     durable: bool       # a step is answered only after its write succeeded
@@ -46,18 +56,23 @@ class StateStore(Protocol):
 
     def load(self) -> list[SessionRecord]: ...
 
-    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None: ...
+    async def fetch(self, owner: str | None, sid: str, *, timeout: float | None = None) -> SessionRecord | None: ...
 
-    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]: ...
+    async def fetch_many(self, keys: list[tuple[str | None, str]], *,
+                         timeout: float | None = None) -> list[SessionRecord | None]: ...
 
-    async def create(self, rec: SessionRecord) -> bool: ...
+    async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool: ...
 
-    async def commit(self, records: list[SessionRecord]) -> list[str]: ...
+    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]: ...
 
-    async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
+    async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None: ...
+
+    async def check(self) -> str | None: ...
 
     def close(self) -> None: ...
 
+
+DEFAULT_TIMEOUT = 2.0  # seconds a store call may take before it is UNAVAILABLE (--store-timeout)
 
 STORE_HELP = (
     "where session state lives: memory | sqlite:PATH | redis://HOST:PORT/DB. "
@@ -84,16 +99,17 @@ def check_spec(spec: str) -> tuple[str, str]:
     raise ValueError(f"--state-store {spec!r}: expected memory, sqlite:PATH or redis://HOST:PORT/DB")
 
 
-def open_store(spec: str, shared: bool = False) -> StateStore:
-    """The StateStore named by --state-store; `shared`: several worker processes use it (--workers > 1)."""
+def open_store(spec: str, shared: bool = False, timeout: float | None = DEFAULT_TIMEOUT) -> StateStore:
+    """The StateStore named by --state-store; `shared`: several worker processes use it (--workers > 1);
+    `timeout`: the default bound of one store call, seconds (--store-timeout)."""
     kind, where = check_spec(spec)
     if kind == "redis":
         from statestream.server.store.redis import (
             RedisStore,  # redis-py is imported only when it is used
         )
-        return RedisStore(where)
+        return RedisStore(where, timeout=timeout)
     if kind == "sqlite":
         from statestream.server.store.sqlite import SqliteStore
-        return SqliteStore(where, shared=shared)
+        return SqliteStore(where, shared=shared, timeout=timeout)
     from statestream.server.store.memory import MemoryStore
     return MemoryStore()
