@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.server.api.auth import Auth
@@ -19,6 +19,7 @@ from statestream.server.api.v1 import StateStreamService
 from statestream.server.api.wire import add_service
 from statestream.server.app.config import Config
 from statestream.server.app.metrics import Metrics
+from statestream.server.app.probes import add_health, add_reflection
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
 from statestream.server.engine.model import ModelRunner
@@ -61,9 +62,9 @@ class App:
         # Triton's protocol on the same port (KServe v2 `inference.GRPCInferenceService`).
         self.triton = TritonService(self.service, max_batch_size=cfg.max_batch_size, idle_seconds=cfg.idle_timeout)
         add_service(self.triton, self.server, TRITON_SERVICE, ipb)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        add_health(self.health, self.server)
+        add_reflection((SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                       self.server)
         address = f"{cfg.host}:{cfg.port}"
         self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
             else self.server.add_insecure_port(address)
@@ -145,7 +146,7 @@ def _load_models(cfg: Config) -> dict[str, ModelRunner]:
         runners[r.name] = r
         m = r.manifest
         log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
-                 r.name, path, m.features, m.output_size, [(l.name, l.cell, l.units) for l in m.layers], m.state_width)
+                 r.name, path, m.features, m.output_size, [(ly.name, ly.cell, ly.units) for ly in m.layers], m.state_width)
     return runners
 
 
