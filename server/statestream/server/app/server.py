@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import BatchPolicy
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.units import PendingCounter
-from statestream.server.store.base import open_store
+from statestream.server.store.base import StoreUnreadable, open_store
 from statestream.server.store.persistence import Persistence
 from statestream.v1 import statestream_pb2 as pb
 
@@ -34,6 +35,7 @@ log = logging.getLogger("statestream.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
 TRITON_SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_STORE_CHECK_SECONDS = 1.0  # how often health asks the store whether it can take writes
 
 
 class App:
@@ -80,8 +82,13 @@ class App:
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout)
-        self.store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1)
-        records = await loop.run_in_executor(None, self.store.load)
+        store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1, timeout=cfg.store_timeout)
+        try:
+            records = await loop.run_in_executor(None, store.load)
+        except StoreUnreadable:
+            store.close()
+            raise
+        self.store = store
         restored = sum(self.table.adopt(r) is not None for r in records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
         self.persistence = Persistence(self.store, self.table)
@@ -99,6 +106,7 @@ class App:
         self.metrics.watch(self.table)
         self.service.attach(self.table, self.batchers, Directory(self.table, self.persistence, self.batchers))
         self._tasks.append(loop.create_task(self._sweep()))
+        self._tasks.append(loop.create_task(self._watch_store()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d", sorted(runners), cfg.host, self.port)
@@ -114,6 +122,25 @@ class App:
                     await self.persistence.expired(gone)
                 except Exception as e:  # the rows stay; they expire again on the next start
                     log.warning("could not delete expired sessions from the store: %s", e)
+
+    async def _watch_store(self) -> None:
+        """Health follows the store: NOT_SERVING while it cannot take writes, SERVING again when it can (a
+        sqlite store whose file was removed stays NOT_SERVING until a restart; a Redis that answers again
+        recovers)."""
+        failing: str | None = None
+        while True:
+            await asyncio.sleep(_STORE_CHECK_SECONDS)
+            problem = await self.store.check()
+            if (problem is None) == (failing is None):
+                continue
+            failing = problem
+            status = health_pb2.HealthCheckResponse.NOT_SERVING if problem else health_pb2.HealthCheckResponse.SERVING
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+            if problem:
+                log.error("health NOT_SERVING: %s", problem)
+            else:
+                log.info("health SERVING: the state store %s answers again", self.store.description)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
@@ -173,7 +200,14 @@ async def create_server(cfg: Config, store=None) -> tuple[App, int]:
 async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     """Start, wait for SIGTERM/SIGINT, drain gracefully. A worker of --workers sets `ready` instead of printing."""
     log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
-    app, _ = await create_server(cfg)
+    faulthandler.enable()  # a fatal signal (SIGBUS from a damaged memory-mapped file) leaves a line in the log
+    app = App(cfg)
+    try:
+        await app.start()
+    except StoreUnreadable as e:
+        log.error("%s", e)
+        await app.stop(0)
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -149,10 +149,10 @@ class SqliteStore:
             now = os.stat(self.path)
         except FileNotFoundError:
             now = None
-        if held.st_nlink == 0 or now is None:
-            what = "removed"
-        elif (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+        if now is not None and (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
             what = "replaced by another file"
+        elif now is None or held.st_nlink == 0:
+            what = "removed"
         else:
             return None
         return (f"state store sqlite:{self.path}: the database file was {what} while the server ran; nothing was "
