@@ -130,7 +130,10 @@ class App:
         failing: str | None = None
         while True:
             await asyncio.sleep(_STORE_CHECK_SECONDS)
-            problem = await self.store.check()
+            try:
+                problem = await self.store.check()
+            except Exception as e:  # a check that fails is a store that cannot be trusted to write
+                problem = f"the state store's check failed ({type(e).__name__}: {e})"
             if (problem is None) == (failing is None):
                 continue
             failing = problem

@@ -126,8 +126,13 @@ class SqliteStore:
         self._purged = time.monotonic()
 
     def _unreadable(self, e: sqlite3.Error) -> str:
-        why = "locked by another process (a second server on one file needs --workers)" \
-            if "locked" in str(e) else "not a usable sqlite database"
+        if "locked" in str(e):
+            why = ("another server holds it (one server holds its file exclusively; processes share one file only "
+                   "as --workers of one server)")
+        elif "readonly" in str(e):
+            why = "it, its -wal or its -shm file cannot be written (permissions, an immutable file, a read-only mount)"
+        else:
+            why = "not a usable sqlite database"
         return f"state store sqlite:{self.path}: cannot open the database file ({e}): {why}"
 
     @contextmanager
