@@ -298,4 +298,6 @@ class SqliteStore:
     def close(self) -> None:
         self._thread.shutdown(wait=True)
         self._db.close()
-        os.close(self._fd)  # after the connection: closing a descriptor of the file drops its POSIX locks
+        if self._fd >= 0:  # after the connection: closing a descriptor of the file drops its POSIX locks
+            os.close(self._fd)
+            self._fd = -1
