@@ -154,6 +154,8 @@ class SqliteStore:
             now = os.stat(self.path)
         except FileNotFoundError:
             now = None
+        except OSError as e:  # e.g. its folder is no longer searchable: what is written there can not be known
+            return f"state store sqlite:{self.path}: the database file cannot be checked ({e}); nothing was applied"
         if now is not None and (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
             what = "replaced by another file"
         elif now is None or held.st_nlink == 0:
