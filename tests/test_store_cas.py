@@ -258,6 +258,7 @@ def test_memory_store_has_nothing_to_compare():
         m = MemoryStore()
         assert await m.create(record()) and await m.commit([record(), record()]) == ["ok", "ok"]
         assert await m.fetch(None, "s1") is None and not m.shared and not m.durable
+        assert await m.check() is None and await m.commit([record()], timeout=0.1) == ["ok"]
     run(go())
 
 
