@@ -21,7 +21,7 @@ from redisproc import RedisProcess, redis_proc  # noqa: F401  (fixture)
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from statestream.contract.errors import Unavailable
 from statestream.server.app.server import SERVICE_NAME
-from statestream.server.store.base import SessionRecord
+from statestream.server.store.base import SessionRecord, StoreUnreadable
 from statestream.server.store.redis import RedisStore
 from statestream.server.store.sqlite import SqliteStore
 from statestream.v1 import statestream_pb2 as pb
@@ -144,6 +144,19 @@ def test_corrupt_sqlite_file_stops_startup_with_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in r.stderr
     [line] = [ln for ln in r.stderr.splitlines() if " ERROR " in ln]
     assert f"sqlite:{db}" in line and "not a database" in line
+
+
+def test_a_database_with_damaged_pages_is_named_at_load(tmp_path):
+    db = tmp_path / "s.db"
+    store = SqliteStore(str(db))
+    for i in range(300):
+        asyncio.run(store.create(_record(f"s{i}")))
+    store.close()
+    with open(db, "r+b") as f:   # the schema page is intact, the table's pages are not
+        f.seek(3 * 4096)
+        f.write(b"\xa5" * 3 * 4096)
+    with pytest.raises(StoreUnreadable, match=f"state store sqlite:{db}: the database cannot be read .*malformed"):
+        SqliteStore(str(db)).load()
 
 
 def test_a_bad_row_is_skipped_with_one_line_naming_file_and_row_and_the_others_load(tmp_path, caplog):
