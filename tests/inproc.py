@@ -98,7 +98,7 @@ class GatedSqliteStore(SqliteStore):
 
     gate: Gate | None = None
 
-    async def commit(self, records):
+    async def commit(self, records, **kwargs):
         if self.gate is not None:
             await self.gate.wait()
-        return await super().commit(records)
+        return await super().commit(records, **kwargs)

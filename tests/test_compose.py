@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -85,17 +86,50 @@ def redis_server():
         yield r
 
 
-def test_a_replica_started_with_the_compose_flags_on_a_real_redis_is_healthy(redis_server):
+def replica_args(redis_url: str) -> list[str]:
+    """statestream-1's compose flags for a local server (ServerProcess adds the models and port 0)."""
     args = list(SERVICES["statestream-1"]["command"])
-    args[args.index("--state-store") + 1] = redis_server.url
+    args[args.index("--state-store") + 1] = redis_url
     args[args.index("--host") + 1] = "127.0.0.1"
     args[args.index("--metrics-port") + 1] = "0"
     del args[args.index("--port"):args.index("--port") + 2]
     del args[args.index("--models"):args.index("--models") + 2]
-    with ServerProcess(DEMO_MODEL, *args) as srv:
-        probe = SERVICES["statestream-1"]["healthcheck"]["test"][1:]
-        probe[0] = sys.executable
-        probe[probe.index("--target") + 1] = srv.target
-        r = subprocess.run(probe, capture_output=True, text=True, timeout=30)
+    return args
+
+
+def replica_probe(target: str) -> list[str]:
+    """statestream-1's compose health check, pointed at `target`."""
+    probe = SERVICES["statestream-1"]["healthcheck"]["test"][1:]
+    probe[0] = sys.executable
+    probe[probe.index("--target") + 1] = target
+    return probe
+
+
+def test_a_replica_started_with_the_compose_flags_on_a_real_redis_is_healthy(redis_server):
+    with ServerProcess(DEMO_MODEL, *replica_args(redis_server.url)) as srv:
+        r = subprocess.run(replica_probe(srv.target), capture_output=True, text=True, timeout=30)
         assert r.returncode == 0 and r.stdout.strip() == "SERVING", r.stdout + r.stderr
         assert "redis://127.0.0.1" in srv.output()
+
+
+def test_the_replica_health_check_speaks_tls_when_the_replica_does(redis_server, tmp_path):
+    """A TLS deployment sets STATESTREAM_TLS_CERT/KEY in the replica's environment; the same compose health check
+    then probes over TLS (trusting STATESTREAM_TLS_CA, or the server's own certificate)."""
+    import grpc
+    from test_security import CA
+
+    ca = CA("compose test CA")
+    key, cert = ca.issue("statestream-server", server=True)
+    (tmp_path / "server.key").write_bytes(key)
+    (tmp_path / "server.pem").write_bytes(cert)
+    (tmp_path / "ca.pem").write_bytes(ca.pem)
+    tls = {"STATESTREAM_TLS_CERT": str(tmp_path / "server.pem"), "STATESTREAM_TLS_KEY": str(tmp_path / "server.key")}
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("STATESTREAM_TLS_")}
+    with ServerProcess(DEMO_MODEL, *replica_args(redis_server.url), env=tls, wait_serving=False) as srv:
+        srv.wait_until_serving(grpc.ssl_channel_credentials(ca.pem))
+        for extra in ({}, {"STATESTREAM_TLS_CA": str(tmp_path / "ca.pem")}):
+            r = subprocess.run(replica_probe(srv.target), env={**plain, **tls, **extra}, capture_output=True,
+                               text=True, timeout=30)
+            assert r.returncode == 0 and r.stdout.strip() == "SERVING", r.stdout + r.stderr
+        r = subprocess.run(replica_probe(srv.target), env=plain, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and "UNAVAILABLE" in r.stderr   # plaintext to a TLS server: unhealthy

@@ -8,10 +8,10 @@ import logging
 import grpc
 import numpy as np
 import pytest
-
 from inproc import GatedSqliteStore, InProcessServer
 from reference import stepped
 from serverproc import DEMO_MODEL
+
 from statestream.contract.errors import Unavailable
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
@@ -134,7 +134,7 @@ def test_a_commit_failure_applies_nothing_store_errors_unavailable_bugs_internal
         srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
     real = store.commit
 
-    async def failing(records):
+    async def failing(records, **kw):
         raise error
     store.commit = failing
     with caplog.at_level(logging.ERROR):
@@ -156,11 +156,11 @@ def test_a_failing_re_read_after_a_lost_compare_and_set_fails_those_entries_only
         srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
     real_commit, real_fetch = store.commit, store.fetch_many
 
-    async def conflict_for_b(records):
-        statuses = await real_commit([r for r in records if r.id != "b"])
+    async def conflict_for_b(records, **kw):
+        statuses = await real_commit([r for r in records if r.id != "b"], **kw)
         return [statuses.pop(0) if r.id != "b" else "conflict" for r in records]
 
-    async def broken_fetch(keys):
+    async def broken_fetch(keys, **kw):
         raise RuntimeError("injected: re-read failed")
     store.commit, store.fetch_many = conflict_for_b, broken_fetch
     r = frame(srv)

@@ -182,7 +182,7 @@ def test_cli_parity_failure_exit_code(tmp_path, monkeypatch, capsys):
     _tampered(monkeypatch)
     rc = cli.main([str(src), "--out", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err
-    assert rc == cli.EXIT_PARITY == 4
+    assert rc == ParityError.exit_code == 4
     assert err.startswith("statestream-export: parity check failed: max abs error")
     assert not (tmp_path / "m.onnx").exists()
 

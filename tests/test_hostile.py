@@ -9,10 +9,10 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-
 from inproc import InProcessServer
 from reference import stepped
 from serverproc import DEMO_MODEL, ServerProcess
+
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api.kserve import STREAM_WINDOW
@@ -111,9 +111,12 @@ def test_a_stream_whose_client_never_reads_stops_being_read(kserve):
             pulled += 1
             yield infer_req(f"w{i % 50}", X[0], start=i < 50)
 
-    class Context:
+    class Context:  # what the handler reads of a grpc.aio context
         def invocation_metadata(self):
             return ()
+
+        def time_remaining(self):
+            return None
 
     async def scenario():
         replies = service.ModelStreamInfer(requests(), Context())

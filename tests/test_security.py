@@ -78,7 +78,8 @@ def pki(tmp_path_factory):
     (d / "server.key").write_bytes(key)
     (d / "server.pem").write_bytes(cert)
     (d / "ca.pem").write_bytes(ca.pem)
-    return {"dir": d, "ca": ca.pem, "client": ca.issue("good client", server=False),
+    (d / "other-ca.pem").write_bytes(other.pem)
+    return {"other_ca_file": d / "other-ca.pem", "dir": d, "ca": ca.pem, "client": ca.issue("good client", server=False),
             "foreign": other.issue("foreign client", server=False), "other_ca": other.pem}
 
 
@@ -158,6 +159,51 @@ def test_mtls_refuses_clients_without_a_cert_from_the_ca(pki, mtls, client):
     # and the server keeps serving the right clients
     key, cert = pki["client"]
     assert _list_models(mtls.target, grpc.ssl_channel_credentials(pki["ca"], key, cert))[0] == C.OK
+
+
+# -- the container health probe over TLS ------------------------------------------------------------------------
+
+def _probe(target: str, *args: str) -> int:
+    from statestream.server.app.healthcheck import main
+    return main(["--target", target, "--timeout", "10", *args])
+
+
+@pytest.fixture
+def no_tls_env(monkeypatch):
+    for name in ("STATESTREAM_TLS_CA", "STATESTREAM_TLS_CERT", "STATESTREAM_TLS_SERVER_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_healthcheck_speaks_tls(pki, tls, no_tls_env, capsys):
+    ca = str(pki["dir"] / "ca.pem")
+    assert _probe(tls.target) == 1 and "UNAVAILABLE" in capsys.readouterr().err       # plaintext to a TLS port
+    assert _probe(tls.target, "--tls-ca", ca) == 0 and capsys.readouterr().out.strip() == "SERVING"
+    assert _probe(f"localhost:{tls.port}", "--ca", ca) == 0                           # the CLI's spelling
+    assert _probe(tls.target, "--tls-ca", str(pki["other_ca_file"])) == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    assert _probe(tls.target, "--tls-ca", ca, "--tls-server-name", "elsewhere.example") == 1
+
+
+def test_healthcheck_takes_tls_from_the_servers_environment(pki, tls, no_tls_env, capsys):
+    """In the server's container (compose), STATESTREAM_TLS_CERT says the server speaks TLS."""
+    no_tls_env.setenv("STATESTREAM_TLS_CERT", str(pki["dir"] / "server.pem"))
+    assert _probe(tls.target) == 0 and capsys.readouterr().out.strip() == "SERVING"   # trusts that certificate
+    no_tls_env.setenv("STATESTREAM_TLS_CA", str(pki["other_ca_file"]))
+    assert _probe(tls.target) == 1          # STATESTREAM_TLS_CA, when set, is what it trusts
+    no_tls_env.setenv("STATESTREAM_TLS_CA", str(pki["dir"] / "ca.pem"))
+    assert _probe(tls.target) == 0
+
+
+def test_healthcheck_with_a_client_certificate_and_token_for_mutual_tls(pki, mtls, no_tls_env, tmp_path):
+    key, cert = pki["client"]
+    (tmp_path / "c.key").write_bytes(key)
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "token").write_text("anything\n")
+    ca = str(pki["dir"] / "ca.pem")
+    assert _probe(mtls.target, "--tls-ca", ca) == 1
+    assert _probe(mtls.target, "--tls-ca", ca, "--client-cert", str(tmp_path / "c.pem"),
+                  "--client-key", str(tmp_path / "c.key"), "--token-file", str(tmp_path / "token")) == 0
 
 
 # -- bearer tokens and tenants ----------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ def test_flag_beats_env_beats_default(monkeypatch):
     (["--models", str(DEMO_MODEL), "--max-batch-size", "0"], "--max-batch-size must be >= 1"),
     (["--models", str(DEMO_MODEL), "--tls-cert", "/nonexistent"], "--tls-cert and --tls-key go together"),
     (["--models", str(DEMO_MODEL), "--auth-token-file", "/nonexistent"], "--auth-token-file /nonexistent: no such file"),
+    (["--models", str(DEMO_MODEL), "--store-timeout", "0"], "--store-timeout must be > 0"),
 ])
 def test_bad_settings_refused_before_start(args, message):
     r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", *args], capture_output=True, text=True,

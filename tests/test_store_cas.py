@@ -20,17 +20,18 @@ from statestream.server.store.sqlite import SqliteStore
 RNG = np.random.default_rng(7)
 
 
-def record(sid="s1", owner=None, version=1, timeout=60.0, steps=0, seq=0, last=True) -> SessionRecord:
+def record(sid="s1", owner=None, version=1, timeout=60.0, steps=0, seq=0, last=True, fp=None) -> SessionRecord:
     state = RNG.standard_normal(32).astype(np.float32)
     state[3] = np.float32(-0.0)
     out = RNG.standard_normal((4, 3)).astype(np.float32) if last else None
+    fp = int(RNG.integers(0, 2**64, dtype=np.uint64)) if fp is None else fp
     return SessionRecord(sid, "demo", owner, state, steps, seq, timeout, time.time() + timeout, out,
-                         state.copy() if last else None, steps, version)
+                         state.copy() if last else None, steps, version, fp)
 
 
 def same(a: SessionRecord, b: SessionRecord) -> None:
     """Equal field by field; float arrays bit for bit."""
-    for f in ("id", "model", "owner", "step_count", "last_seq", "timeout", "last_step_count", "version"):
+    for f in ("id", "model", "owner", "step_count", "last_seq", "timeout", "last_step_count", "version", "last_fp"):
         assert getattr(a, f) == getattr(b, f), f
     for f in ("state", "last_output", "last_state"):
         x, y = getattr(a, f), getattr(b, f)
@@ -46,6 +47,7 @@ def bumped(rec: SessionRecord, version: int | None = None) -> SessionRecord:
     new.state = rec.state + 1
     new.step_count += 1
     new.last_seq += 1
+    new.last_fp = (rec.last_fp * 31 + 7) % 2**64
     new.version = rec.version + 1 if version is None else version
     new.expires_at = time.time() + rec.timeout
     return new
@@ -69,7 +71,8 @@ def run(coro):
 
 def test_create_fetch_round_trip_bit_exact(store):
     async def go():
-        recs = [record("a"), record("a", owner="tenant-1"), record("b", last=False), record("ü-☃ id", owner="t:2")]
+        recs = [record("a", fp=2**64 - 1), record("a", owner="tenant-1", fp=2**63), record("b", last=False, fp=0),
+                record("ü-☃ id", owner="t:2")]
         assert [await store.create(r) for r in recs] == [True] * 4
         for r in recs:
             same(await store.fetch(r.owner, r.id), r)
@@ -256,6 +259,7 @@ def test_memory_store_has_nothing_to_compare():
         m = MemoryStore()
         assert await m.create(record()) and await m.commit([record(), record()]) == ["ok", "ok"]
         assert await m.fetch(None, "s1") is None and not m.shared and not m.durable
+        assert await m.check() is None and await m.commit([record()], timeout=0.1) == ["ok"]
     run(go())
 
 
@@ -317,3 +321,40 @@ def test_redis_batch_partly_refused_says_some_sessions_were_written(redis_proc):
         assert (await store.fetch(None, "good")).version == 2   # the good one was written, as the message says
         await store.aclose()
     run(go())
+
+
+def test_sqlite_file_from_before_version_and_last_fp_is_migrated(tmp_path):
+    """A file written before the `version` and `last_fp` columns: its sessions load (version 0, last_fp 0)
+    and the next commit stores both."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = record("old", version=0, fp=0)
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE sessions (id TEXT NOT NULL, model TEXT NOT NULL, owner TEXT NOT NULL, state BLOB "
+                    "NOT NULL, step_count INTEGER NOT NULL, last_seq INTEGER NOT NULL, timeout REAL NOT NULL, "
+                    "expires_at REAL NOT NULL, last_output BLOB, last_rows INTEGER, last_state BLOB, "
+                    "last_step_count INTEGER, PRIMARY KEY (owner, id))")
+        con.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    ("old", "demo", "", old.state.tobytes(), 0, 0, 60.0, old.expires_at, old.last_output.tobytes(),
+                     4, old.last_state.tobytes(), 0))
+    store = SqliteStore(str(path))
+    [loaded] = store.load()
+    same(loaded, old)
+    new = bumped(old)
+    assert new.last_fp != 0 and run(store.commit([new])) == ["ok"]
+    store.close()
+    again = SqliteStore(str(path))
+    [loaded] = again.load()
+    same(loaded, new)
+    again.close()
+
+
+def test_redis_record_packed_before_last_fp_reads_as_zero():
+    from statestream.server.store.redis import pack, unpack
+
+    rec = record("r", fp=12345)
+    data = pack(rec)
+    same(unpack(data, rec.version, rec.expires_at), rec)
+    older = unpack(data[:-8], rec.version, rec.expires_at)   # no last_fp after the floats
+    assert older.last_fp == 0 and older.state.tobytes() == rec.state.tobytes()

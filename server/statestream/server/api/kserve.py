@@ -16,7 +16,7 @@ from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api import kserve_codec as tc
 from statestream.server.api.auth import Auth
-from statestream.server.api.status import domain_error, stream_owner, unary
+from statestream.server.api.status import deadline_of, domain_error, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
 from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
@@ -113,9 +113,10 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
 
     @unary
     async def ModelInfer(self, request, context):
-        return await self.infer(request, self.auth.owner(context))
+        return await self.infer(request, self.auth.owner(context), deadline_of(context))
 
-    async def infer(self, req: ipb.ModelInferRequest, owner, stream: bool = False) -> ipb.ModelInferResponse:
+    async def infer(self, req: ipb.ModelInferRequest, owner, deadline: float | None = None,
+                    stream: bool = False) -> ipb.ModelInferResponse:
         """One step of a sequence: a start (re)opens it as part of the step, an end closes it after the step.
         Everything is validated before anything changes (`stream`: from ModelStreamInfer)."""
         runner = self._runner(req.model_name, req.model_version)
@@ -125,7 +126,7 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         key = (owner, seq.sid)
         step = StepRequest(owner, x[None], model=runner.name, ids=[seq.sid],
                            seqs=None if seq.number is None else [seq.number], open_if_missing=seq.start,
-                           reset=seq.start, stream=stream)
+                           reset=seq.start, stream=stream, deadline=deadline)
         try:
             reply = await self.engine.step(step)
             reply.raise_first()
@@ -179,7 +180,8 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
             try:
                 if before is not None:
                     await asyncio.wait([before])
-                msg = ipb.ModelStreamInferResponse(infer_response=await self.infer(check(req), owner, stream=True))
+                resp = await self.infer(check(req), owner, deadline_of(context), stream=True)
+                msg = ipb.ModelStreamInferResponse(infer_response=resp)
                 self.count("ModelStreamInfer", grpc.StatusCode.OK)
             except Exception as e:
                 err = domain_error(e)

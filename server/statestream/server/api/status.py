@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 
@@ -31,6 +32,12 @@ def domain_error(exc: BaseException) -> StatestreamError:
         return exc
     log.error("unexpected error", exc_info=exc)
     return Internal(f"internal error ({type(exc).__name__}); nothing was applied")
+
+
+def deadline_of(context) -> float | None:
+    """When the caller gives up, on time.monotonic()'s clock (None: it set no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def unary(fn):

@@ -10,7 +10,7 @@ import numpy as np
 from statestream.contract.errors import InvalidArgument, Unavailable
 from statestream.server.api import codec
 from statestream.server.api.auth import Auth
-from statestream.server.api.status import code_number, domain_error, status_of, stream_owner, unary
+from statestream.server.api.status import code_number, deadline_of, domain_error, status_of, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
 from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
@@ -108,7 +108,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     # -- steps ------------------------------------------------------------------------
 
-    async def step(self, req: pb.StepRequest, owner, stream: bool = False) -> pb.StepResponse:
+    async def step(self, req: pb.StepRequest, owner, context=None, stream: bool = False) -> pb.StepResponse:
         """One StepRequest through the engine (Step, and each StreamSteps message)."""
         engine = self.engine
         model = await engine.model_of(req.session_id, owner, req.model, req.open_if_missing)
@@ -116,14 +116,15 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         x = codec.parse_input(runner, req.input, raw=req.input_raw)
         seqs = [req.sequence_number] if req.HasField("sequence_number") else None
         reply = await engine.step(StepRequest(owner, x[None], model=req.model, ids=[req.session_id], seqs=seqs,
-                                              open_if_missing=req.open_if_missing, stream=stream))
+                                              open_if_missing=req.open_if_missing, stream=stream,
+                                              deadline=context and deadline_of(context)))
         reply.raise_first()
         return codec.step_response(runner, reply.ids[0], reply.output[0], reply.state[0], int(reply.step_count[0]),
                                    seqs[0] if seqs else None, reply.outcome[0] is REPLAYED, req)
 
     @unary
     async def Step(self, request, context):
-        return await self.step(request, self.auth.owner(context))
+        return await self.step(request, self.auth.owner(context), context)
 
     async def StreamSteps(self, request_iterator, context):
         owner = await stream_owner(self, context)
@@ -135,7 +136,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
             try:
-                return pb.StreamStepsResponse(step=await self.step(req.step, owner, stream=True), **head)
+                return pb.StreamStepsResponse(step=await self.step(req.step, owner, context, stream=True), **head)
             except Exception as e:
                 return pb.StreamStepsResponse(error=self._in_band(e), **head)
 
@@ -144,7 +145,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     # -- frames -----------------------------------------------------------------------
 
-    async def frame(self, req: pb.StepFrameRequest, owner) -> pb.StepFrameResponse:
+    async def frame(self, req: pb.StepFrameRequest, owner, context=None) -> pb.StepFrameResponse:
         """One StepFrameRequest through the engine (StepFrame, and each StreamFrames message)."""
         runner = self.engine.runner(req.model)
         n, T = len(req.session_ids), req.timesteps or 1
@@ -153,7 +154,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
         seqs = [q or None for q in req.sequence_numbers] or None  # 0: this entry has no number
         reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=list(req.session_ids), seqs=seqs,
-                                                   open_if_missing=req.open_if_missing))
+                                                   open_if_missing=req.open_if_missing,
+                                                   deadline=context and deadline_of(context)))
         rows = T if req.return_sequences else 1
         msg = pb.StepFrameResponse(
             rows=rows, step_counts=reply.step_count.tolist(),
@@ -166,14 +168,14 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     @unary
     async def StepFrame(self, request, context):
-        return await self.frame(request, self.auth.owner(context))
+        return await self.frame(request, self.auth.owner(context), context)
 
     async def StreamFrames(self, request_iterator, context):
         owner = await stream_owner(self, context)
 
         async def answer(req: pb.StreamFramesRequest) -> pb.StreamFramesResponse:
             try:
-                return pb.StreamFramesResponse(frame=await self.frame(check(req).frame, owner))
+                return pb.StreamFramesResponse(frame=await self.frame(check(req).frame, owner, context))
             except Exception as e:
                 return pb.StreamFramesResponse(error=self._in_band(e))
 
@@ -193,9 +195,9 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
 
     @unary
     async def StepGroup(self, request, context):
-        return await self.group_step(request, self.auth.owner(context))
+        return await self.group_step(request, self.auth.owner(context), context)
 
-    async def group_step(self, request: pb.StepGroupRequest, owner) -> pb.StepGroupResponse:
+    async def group_step(self, request: pb.StepGroupRequest, owner, context=None) -> pb.StepGroupResponse:
         """One StepGroupRequest through the engine."""
         g = self.engine.groups.get(request.group_id, owner)
         runner = self.engine.runner(g.model)
@@ -203,7 +205,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         x = codec.parse_block(runner, request.inputs, request.inputs_raw, len(g.members), T)
         seq = request.sequence_number if request.HasField("sequence_number") else None
         reply = await self.engine.step(StepRequest(owner, x, group=g.id, seq=seq,
-                                                   masked=np.asarray(request.masked, dtype=np.int64)))
+                                                   masked=np.asarray(request.masked, dtype=np.int64),
+                                                   deadline=context and deadline_of(context)))
         rows = T if request.return_sequences else 1
         msg = pb.StepGroupResponse(group_id=g.id, rows=rows, step_count=reply.group_step_count,
                                    replayed=reply.outcome[0] is REPLAYED)

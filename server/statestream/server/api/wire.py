@@ -21,8 +21,11 @@ class Undecodable:
 
 
 def _parser(cls):
-    parse = cls.FromString
-    name = cls.DESCRIPTOR.full_name
+    return tolerant(cls.FromString, cls.DESCRIPTOR.full_name)
+
+
+def tolerant(parse, name: str):
+    """A request deserializer that returns `Undecodable` instead of raising on bytes that are not a `name`."""
 
     def deserialize(data: bytes):
         try:

@@ -11,6 +11,7 @@ from statestream.contract.triton_config import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_BATCH_SIZE,
 )
+from statestream.server.store.base import DEFAULT_TIMEOUT
 from statestream.server.store.spec import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
@@ -56,6 +57,7 @@ class Config:
     grace: float = 10.0
     sweep_interval: float = 1.0
     state_store: str = "memory"
+    store_timeout: float = DEFAULT_TIMEOUT
     workers: int = 1
     tls_cert: str = ""
     tls_key: str = ""
@@ -103,6 +105,8 @@ class Config:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         kind, _ = check_spec(self.state_store)
+        if self.store_timeout <= 0:
+            raise ValueError(f"--store-timeout must be > 0, got {self.store_timeout}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.workers > 1 and kind == "memory":
@@ -139,6 +143,9 @@ HELP = {
     "grace": "seconds to drain in-flight calls on SIGTERM",
     "sweep_interval": "seconds between idle-expiry sweeps",
     "state_store": STORE_HELP,
+    "store_timeout": "seconds one state store call may take; a store that does not answer in time (a stopped or "
+                     "partitioned Redis, a locked sqlite file) fails the request UNAVAILABLE then, with nothing "
+                     "applied by this server",
     "workers": "server processes sharing the port (SO_REUSEPORT: the kernel spreads connections over them); "
                "> 1 needs --state-store sqlite:PATH or redis://...; worker i serves metrics on --metrics-port + i",
     "tls_cert": "PEM certificate chain (enables TLS)",

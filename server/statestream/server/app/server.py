@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from statestream.inference import grpc_service_pb2 as ipb
@@ -21,6 +22,7 @@ from statestream.server.api.v1 import StateStreamService
 from statestream.server.api.wire import add_service
 from statestream.server.app.config import Config
 from statestream.server.app.metrics import Metrics
+from statestream.server.app.probes import add_health, add_reflection
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
 from statestream.server.engine.engine import Engine
@@ -29,6 +31,7 @@ from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import BatchPolicy
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.units import PendingCounter
+from statestream.server.store.base import StoreUnreadable
 from statestream.server.store.persistence import Persistence
 from statestream.server.store.spec import open_store
 from statestream.v1 import statestream_pb2 as pb
@@ -37,6 +40,7 @@ log = logging.getLogger("statestream.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StateStreamService"].full_name
 TRITON_SERVICE = ipb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+_STORE_CHECK_SECONDS = 1.0  # how often health asks the store whether it can take writes
 
 
 class App:
@@ -68,9 +72,9 @@ class App:
         self.triton = TritonService(auth, self.metrics, max_batch_size=cfg.max_batch_size,
                                     idle_seconds=cfg.idle_timeout)
         add_service(self.triton, self.server, TRITON_SERVICE, ipb)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        add_health(self.health, self.server)
+        add_reflection((SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                       self.server)
         address = f"{cfg.host}:{cfg.port}"
         self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
             else self.server.add_insecure_port(address)
@@ -87,8 +91,13 @@ class App:
         runners = await loop.run_in_executor(None, _load_models, cfg)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout,
                                   clock=self.clock)
-        self.store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1)
-        records = await loop.run_in_executor(None, self.store.load)
+        store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1, timeout=cfg.store_timeout)
+        try:
+            records = await loop.run_in_executor(None, store.load)
+        except StoreUnreadable:
+            store.close()
+            raise
+        self.store = store
         restored = sum(self.table.adopt(r) is not None for r in records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
         persistence = Persistence(self.store)
@@ -109,6 +118,7 @@ class App:
         self.service.attach(self.engine)
         self.triton.attach(self.engine)
         self._tasks.append(loop.create_task(self._sweep()))
+        self._tasks.append(loop.create_task(self._watch_store()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s:%d", sorted(runners), cfg.host, self.port)
@@ -129,6 +139,28 @@ class App:
         if n:
             log.debug("expired %d idle sessions", n)
         return n
+
+    async def _watch_store(self) -> None:
+        """Health follows the store: NOT_SERVING while it cannot take writes, SERVING again when it can (a
+        sqlite store whose file was removed stays NOT_SERVING until a restart; a Redis that answers again
+        recovers)."""
+        failing: str | None = None
+        while True:
+            await asyncio.sleep(_STORE_CHECK_SECONDS)
+            try:
+                problem = await self.store.check()
+            except Exception as e:  # a check that fails is a store that cannot be trusted to write
+                problem = f"the state store's check failed ({type(e).__name__}: {e})"
+            if (problem is None) == (failing is None):
+                continue
+            failing = problem
+            status = health_pb2.HealthCheckResponse.NOT_SERVING if problem else health_pb2.HealthCheckResponse.SERVING
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+            if problem:
+                log.error("health NOT_SERVING: %s", problem)
+            else:
+                log.info("health SERVING: the state store %s answers again", self.store.description)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new steps, finish in-flight calls within the grace period."""
@@ -161,7 +193,7 @@ def _load_models(cfg: Config) -> dict[str, ModelRunner]:
         runners[r.name] = r
         m = r.manifest
         log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
-                 r.name, path, m.features, m.output_size, [(l.name, l.cell, l.units) for l in m.layers], m.state_width)
+                 r.name, path, m.features, m.output_size, [(ly.name, ly.cell, ly.units) for ly in m.layers], m.state_width)
     return runners
 
 
@@ -188,7 +220,14 @@ async def create_server(cfg: Config, store=None, clock=time.monotonic) -> tuple[
 async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     """Start, wait for SIGTERM/SIGINT, drain gracefully. A worker of --workers sets `ready` instead of printing."""
     log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
-    app, _ = await create_server(cfg)
+    faulthandler.enable()  # a fatal signal (SIGBUS from a damaged memory-mapped file) leaves a line in the log
+    app = App(cfg)
+    try:
+        await app.start()
+    except StoreUnreadable as e:
+        log.error("%s", e)
+        await app.stop(0)
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

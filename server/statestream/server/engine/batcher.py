@@ -22,6 +22,8 @@ from statestream.server.store.persistence import Persistence
 
 log = logging.getLogger("statestream.batcher")
 
+DEADLINE_MARGIN = 0.05  # seconds kept for the answer to reach a caller whose deadline bounds the store write
+
 
 class Batcher:
     """Runs the units of one model's sessions: strictly in order per session, at most one step of a session per
@@ -171,7 +173,8 @@ class Batcher:
             counts = self._counts(units, sessions, y.shape[1])
             new_entries = new if units[0].block is None else new[units[0].rows]
             results = self._results(units, y, new_entries, counts)
-            statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results))
+            statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
+                                                     timeout=self._patience(units))
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
             return
@@ -190,6 +193,14 @@ class Batcher:
                 await self._redo(units, statuses)
             except Exception as e:
                 self._fail_units(units, self._internal(e, "re-reading sessions that lost a compare-and-set"))
+
+    @staticmethod
+    def _patience(units: list[Unit]) -> float | None:
+        """How long a run's store write may take: until its most patient caller gives up (a caller that is gone by
+        then learns nothing, the others learn "nothing was applied" in time to retry); None: the store's default."""
+        if any(u.deadline is None for u in units):
+            return None
+        return max(0.0, max(u.deadline for u in units) - time.monotonic() - DEADLINE_MARGIN)
 
     def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray]:
         """The sessions, stacked inputs and states of a run: a group step's rows are a view of the slab (no

@@ -263,6 +263,7 @@ class Engine:
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
                         reset=req.reset)
+            unit.deadline = req.deadline
             try:
                 await batcher.submit(unit, stream=req.stream)
             except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
@@ -365,7 +366,7 @@ class Engine:
         fp = 0 if req.seq is None else fingerprint(x)
         found = g.accept(req.seq, fp)
         if found is None:
-            unit = await self._group_unit(g, x, keep, req.seq, fp)
+            unit = await self._group_unit(g, x, keep, req.seq, fp, req.deadline)
             if not unit.fate.count(ENTRY_APPLIED):
                 g.dropped(unit)
                 raise unit.errors[min(unit.errors)]
@@ -389,12 +390,12 @@ class Engine:
                                      f"this retry has T={x.shape[1]}")
         return self._group_reply(g, out, step_count, outcome, req)
 
-    async def _group_unit(self, g: Group, x: np.ndarray, keep, seq, fp) -> Unit:
+    async def _group_unit(self, g: Group, x: np.ndarray, keep, seq, fp, deadline) -> Unit:
         """Queue a group step as one unit over its members' block of rows and wait for it."""
         members = g.members_of(keep)
         unit = Unit(members, x, None, None, asyncio.get_running_loop().create_future(), block=g.start, keep=keep,
                     group=g)
-        unit.group_seq, unit.group_fp = seq, fp
+        unit.group_seq, unit.group_fp, unit.deadline = seq, fp, deadline
         if seq is not None:
             g.accepted_seq = seq
         g.units.append(unit)

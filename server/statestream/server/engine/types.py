@@ -42,6 +42,7 @@ class StepRequest:
     group: str = ""
     seq: int | None = None
     masked: np.ndarray | None = None
+    deadline: float | None = None  # time.monotonic() when the caller gives up: bounds the step's store write
 
 
 @dataclass(slots=True)

@@ -23,7 +23,8 @@ class Unit:
     so it runs alone and gather-free; `x` then has one row per block row and entry i is row `rows[i]`."""
 
     __slots__ = ("sessions", "x", "seqs", "fps", "future", "enqueued", "y", "states", "counts", "errors", "fate",
-                 "left", "parent", "blocked", "block", "keep", "rows", "reset", "group", "group_seq", "group_fp")
+                 "left", "parent", "blocked", "block", "keep", "rows", "reset", "group", "group_seq", "group_fp",
+                 "deadline")
 
     def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                  future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
@@ -47,6 +48,7 @@ class Unit:
         self.group = group          # the Group whose step this is (its ledger records it) ...
         self.group_seq = None       # ... with this group sequence number
         self.group_fp = 0           # ... and input fingerprint
+        self.deadline = None        # time.monotonic() when its caller gives up (None: no deadline)
 
     def __repr__(self) -> str:
         return f"Unit({len(self.sessions)} sessions, left {self.left}, blocked {self.blocked})"

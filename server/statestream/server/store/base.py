@@ -9,6 +9,11 @@ import numpy as np
 
 OK, CONFLICT, MISSING = "ok", "conflict", "missing"  # a record's compare-and-set (StateStore.commit)
 CLOSED = "closed"  # persistence: the session was closed before its commit, nothing was written for it
+DEFAULT_TIMEOUT = 2.0  # seconds a store call may take before it is UNAVAILABLE (--store-timeout)
+
+
+class StoreUnreadable(Exception):
+    """The store's data can not be read at start (a corrupt or foreign file); the message names it, in one line."""
 
 
 @dataclass
@@ -27,7 +32,8 @@ class SessionRecord:
     last_state: np.ndarray | None = None    # and the states after it
     last_step_count: int = 0
     version: int = 0             # bumped by every committed change; the compare-and-set key of a shared store
-    last_fp: int = 0             # fingerprint of step `last_seq`'s input: a retry with other input is refused
+    last_fp: int = 0             # fingerprint of step `last_seq`'s input (unsigned 64-bit): a retry with other input
+                                 # is refused
 
 
 class StateStore(Protocol):
@@ -39,6 +45,11 @@ class StateStore(Protocol):
     "conflict" (the stored version differs: another process wrote it) or "missing" (closed or expired
     elsewhere). A store that cannot be reached raises `errors.Unavailable`, and nothing of that call was
     applied by this process.
+
+    Every call takes an optional keyword `timeout` (seconds; None: the store's default, --store-timeout): when
+    it passes, the call raises `errors.Unavailable` (the caller can pass a request's remaining deadline, so
+    the client learns "nothing was applied" in time to retry). `check()` says whether the store can take
+    writes now (None) or why not; the server's health follows it.
     """
 
     durable: bool       # a step is answered only after its write succeeded
@@ -47,14 +58,17 @@ class StateStore(Protocol):
 
     def load(self) -> list[SessionRecord]: ...
 
-    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None: ...
+    async def fetch(self, owner: str | None, sid: str, *, timeout: float | None = None) -> SessionRecord | None: ...
 
-    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]: ...
+    async def fetch_many(self, keys: list[tuple[str | None, str]], *,
+                         timeout: float | None = None) -> list[SessionRecord | None]: ...
 
-    async def create(self, rec: SessionRecord) -> bool: ...
+    async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool: ...
 
-    async def commit(self, records: list[SessionRecord]) -> list[str]: ...
+    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]: ...
 
-    async def delete(self, keys: list[tuple[str | None, str]]) -> None: ...
+    async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None: ...
+
+    async def check(self) -> str | None: ...
 
     def close(self) -> None: ...

@@ -15,19 +15,23 @@ class MemoryStore:
     def load(self) -> list[SessionRecord]:
         return []
 
-    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+    async def fetch(self, owner: str | None, sid: str, *, timeout: float | None = None) -> SessionRecord | None:
         return None
 
-    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+    async def fetch_many(self, keys: list[tuple[str | None, str]], *,
+                         timeout: float | None = None) -> list[SessionRecord | None]:
         return [None] * len(keys)
 
-    async def create(self, rec: SessionRecord) -> bool:
+    async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool:
         return True
 
-    async def commit(self, records: list[SessionRecord]) -> list[str]:
+    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         return [OK] * len(records)
 
-    async def delete(self, keys: list[tuple[str | None, str]]) -> None:
+    async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:
+        return None
+
+    async def check(self) -> str | None:
         return None
 
     def close(self) -> None:

@@ -39,13 +39,17 @@ class Persistence:
             return True
         return await self._call("create", self.store.create(rec))
 
-    async def commit(self, records: list[SessionRecord | None] | None) -> list[str] | None:
+    async def commit(self, records: list[SessionRecord | None] | None, timeout: float | None = None) -> list[str] | None:
         """One write for a model run: a compare-and-set per record, "ok" | "conflict" | "missing" each, CLOSED for
-        an entry without a record (its session was closed meanwhile). None when nothing is stored."""
+        an entry without a record (its session was closed meanwhile). None when nothing is stored. `timeout`:
+        seconds the write may take (None: the store's --store-timeout), then Unavailable."""
         if records is None or not self.durable:
             return None
         todo = [r for r in records if r is not None]
-        got = iter(await self._call("commit", self.store.commit(todo)) if todo else ())
+        default = getattr(self.store, "timeout", None)
+        if timeout is not None and default is not None:
+            timeout = min(timeout, default)
+        got = iter(await self._call("commit", self.store.commit(todo, timeout=timeout)) if todo else ())
         return [CLOSED if r is None else next(got) for r in records]
 
     async def fetch(self, key: Key) -> SessionRecord | None:

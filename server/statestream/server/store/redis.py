@@ -17,11 +17,12 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord
+from statestream.server.store.base import CONFLICT, DEFAULT_TIMEOUT, MISSING, OK, SessionRecord
 
 log = logging.getLogger("statestream.server.store")
 
 NAMESPACE = b"statestream:s:"
+PING_SECONDS = 1.0  # the health probe's bound
 
 # One hash per session: v = version (decimal), w = token of the write that set v, d = the packed record.
 # TTL = what is left of the session's idle timeout, refreshed by every write (an idle session expires in Redis).
@@ -67,8 +68,10 @@ class _PartlyWritten(redis.RedisError):
     """Some records of a batch were written, others refused (one-key scripts are atomic one by one)."""
 
 # Packed record: step_count, last_seq, last_step_count, timeout, byte lengths of id/model/owner (owner -1: None),
-# floats in state, rows and floats of the last output (-1: none), floats of the last state (-1: none).
+# floats in state, rows and floats of the last output (-1: none), floats of the last state (-1: none); after the
+# floats, last_fp (unsigned 64-bit; records packed before it have none: 0).
 _HEAD = struct.Struct("<qqqdiiiiiii")
+_FP = struct.Struct("<Q")
 
 
 def pack(rec: SessionRecord) -> bytes:
@@ -83,7 +86,7 @@ def pack(rec: SessionRecord) -> bytes:
                       -1 if out is None else out.shape[0], -1 if out is None else out.size,
                       -1 if last is None else last.size)
     return b"".join((head, sid, model, owner, state.tobytes(), b"" if out is None else out.tobytes(),
-                     b"" if last is None else last.tobytes()))
+                     b"" if last is None else last.tobytes(), _FP.pack(rec.last_fp)))
 
 
 def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
@@ -105,8 +108,10 @@ def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
     out = floats(n_out)
     if out is not None:
         out = out.reshape(rows, -1) if rows else out.reshape(0, 0)
-    return SessionRecord(sid, model, owner, state, steps, seq, timeout, expires_at, out, floats(n_last), last_steps,
-                         version)
+    last = floats(n_last)
+    fp = _FP.unpack_from(data, pos)[0] if len(data) >= pos + _FP.size else 0
+    return SessionRecord(sid, model, owner, state, steps, seq, timeout, expires_at, out, last, last_steps, version,
+                         fp)
 
 
 def key(owner: str | None, sid: str) -> bytes:
@@ -145,19 +150,25 @@ class RedisStore:
     so it stays valid on Redis Cluster). The scripts are registered with `register_script` and run by SHA; a
     NOSCRIPT answer (SCRIPT FLUSH, a restarted or failed-over Redis) loads them again and re-runs only the
     records that got it. Redis unreachable: `errors.Unavailable`, and this process applies nothing.
+
+    Every call is bounded by its `timeout` (default: the store's, --store-timeout): a Redis that does not
+    answer in time (stopped, partitioned) is `errors.Unavailable` then, not when the client's deadline passed.
     """
 
     durable = True
     shared = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float = 5.0, batch_mode: str = "pipeline"):
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float | None = DEFAULT_TIMEOUT,
+                 batch_mode: str = "pipeline"):
         self.url = check_url(url)
         self.description = (f"{_shown(url)} (shared by replicas and workers; compare-and-set per session, "
                             "one round trip per batch, expiry as a Redis TTL)")
         self.batch_mode = batch_mode
         self._retry = dict(retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 3),
                            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-        self._timeouts = dict(socket_connect_timeout=connect_timeout, socket_timeout=timeout)
+        self.timeout = timeout  # default bound of one call, seconds (None: only the socket timeouts bound it)
+        self._timeouts = dict(socket_connect_timeout=min(connect_timeout, timeout or connect_timeout),
+                              socket_timeout=timeout or 5.0)
         self.client = aioredis.from_url(url, **self._timeouts, **self._retry)
         self._cas = self.client.register_script(CAS_SCRIPT)
         self._cas_many = self.client.register_script(CAS_MANY_SCRIPT)
@@ -186,6 +197,26 @@ class RedisStore:
                        "sequence number (an applied step is then answered from its record, not run twice)")
         return Unavailable(f"state store {_shown(self.url)} is unreachable ({e}); {outcome}")
 
+    async def _bounded(self, coro, timeout: float | None, write: bool = False):
+        """`coro` (one store call), at most `timeout` seconds (None: the store's); Redis errors as Unavailable."""
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except TimeoutError:
+            e = redis.TimeoutError(f"no answer within {timeout:g} s")
+            raise self._unavailable(e, write) from None
+        except redis.RedisError as e:
+            raise self._unavailable(e, write) from e
+
+    async def check(self) -> str | None:
+        """None while Redis answers a PING within the store's timeout (at most PING_SECONDS: health must turn
+        within about a second, whatever --store-timeout is); else why not."""
+        try:
+            await self._bounded(self.client.ping(), min(self.timeout or PING_SECONDS, PING_SECONDS))
+        except Unavailable as e:
+            return e.message
+        return None
+
     def load(self) -> list[SessionRecord]:
         """Nothing: sessions are read through on first use. Loads the scripts now (saves the first batch a
         NOSCRIPT round trip); logs a warning when Redis does not answer."""
@@ -203,23 +234,25 @@ class RedisStore:
         ttl = max(1, int((rec.expires_at - time.time()) * 1000))
         return [rec.version, token, pack(rec), ttl, rec.version - 1]
 
-    async def fetch(self, owner: str | None, sid: str) -> SessionRecord | None:
+    async def fetch(self, owner: str | None, sid: str, *, timeout: float | None = None) -> SessionRecord | None:
         """The stored session, or None (never stored, closed, or expired): one round trip."""
-        return (await self.fetch_many([(owner, sid)]))[0]
+        return (await self.fetch_many([(owner, sid)], timeout=timeout))[0]
 
-    async def fetch_many(self, keys: list[tuple[str | None, str]]) -> list[SessionRecord | None]:
+    async def fetch_many(self, keys: list[tuple[str | None, str]], *,
+                         timeout: float | None = None) -> list[SessionRecord | None]:
         """fetch for many sessions in one round trip (a pipeline of one-key reads)."""
         if not keys:
             return []
-        try:
+
+        async def read():
             async with self.client.pipeline(transaction=False) as p:
                 for owner, sid in keys:
                     k = key(owner, sid)
                     p.hmget(k, "v", "d")
                     p.pttl(k)
-                replies = await p.execute()
-        except redis.RedisError as e:
-            raise self._unavailable(e) from e
+                return await p.execute()
+
+        replies = await self._bounded(read(), timeout)
         now, out = time.time(), []
         for (version, data), pttl in zip(replies[::2], replies[1::2]):
             if version is None or data is None:
@@ -228,24 +261,18 @@ class RedisStore:
                 out.append(unpack(data, int(version), now + (pttl / 1000 if pttl > 0 else 0.0)))
         return out
 
-    async def create(self, rec: SessionRecord) -> bool:
+    async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool:
         """Store `rec` if its (owner, id) has no session; False if one exists."""
-        try:
-            return bool(await self._create(keys=[key(rec.owner, rec.id)], args=self._args(rec, self._token())))
-        except redis.RedisError as e:
-            raise self._unavailable(e, write=True) from e
+        created = self._create(keys=[key(rec.owner, rec.id)], args=self._args(rec, self._token()))
+        return bool(await self._bounded(created, timeout, write=True))
 
-    async def commit(self, records: list[SessionRecord]) -> list[str]:
+    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         """Compare-and-set every record in one round trip: "ok" | "conflict" | "missing" per record."""
         if not records:
             return []
         token = self._token()
-        try:
-            if self.batch_mode == "script":
-                return await self._commit_script(records, token)
-            return await self._commit_pipeline(records, token)
-        except redis.RedisError as e:
-            raise self._unavailable(e, write=True) from e
+        write = self._commit_script if self.batch_mode == "script" else self._commit_pipeline
+        return await self._bounded(write(records, token), timeout, write=True)
 
     async def _commit_pipeline(self, records: list[SessionRecord], token: str) -> list[str]:
         args = [(key(r.owner, r.id), self._args(r, token)) for r in records]
@@ -279,17 +306,18 @@ class RedisStore:
         flat = [a for r in records for a in self._args(r, token)]
         return [_CODES[c] for c in await self._cas_many(keys=keys, args=flat)]
 
-    async def delete(self, keys: list[tuple[str | None, str]]) -> None:
+    async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:
         """Remove sessions (closed): one round trip."""
         if not keys:
             return
-        try:
+
+        async def unlink():
             async with self.client.pipeline(transaction=False) as p:
                 for owner, sid in keys:
                     p.unlink(key(owner, sid))
                 await p.execute()
-        except redis.RedisError as e:
-            raise self._unavailable(e) from e
+
+        await self._bounded(unlink(), timeout)
 
     async def aclose(self) -> None:
         await self.client.aclose()
