@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from statestream.contract.triton_config import (
 from statestream.server.store.base import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 USAGE = """\
 Serve exported recurrent models (statestream-export) over gRPC, one session per stream.
@@ -66,10 +68,14 @@ class Config:
         files: list[Path] = []
         for entry in self.models:
             p = Path(entry)
+            if _is_keras(p):
+                raise ValueError(f"--models {entry}: {_export_hint(p)}")
             if p.is_dir():
                 found = sorted(p.glob("*.onnx"))
                 if not found:
-                    raise ValueError(f"--models {entry}: the folder has no .onnx file")
+                    keras = sorted(f for f in p.iterdir() if _is_keras(f))
+                    hint = f"; it has Keras models: {_export_hint(keras[0])}" if keras else ""
+                    raise ValueError(f"--models {entry}: the folder has no .onnx file{hint}")
                 files.extend(found)
             elif p.is_file():
                 files.append(p)
@@ -111,6 +117,18 @@ class Config:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+def _is_keras(p: Path) -> bool:
+    """A Keras model file (.keras, .h5) or a SavedModel folder: what statestream-export reads, not the server."""
+    return (p.is_file() and p.suffix.lower() in KERAS_SUFFIXES) or (p.is_dir() and (p / "saved_model.pb").is_file())
+
+
+def _export_hint(p: Path) -> str:
+    out = p.parent / f"{p.stem}.onnx"
+    return (f"{p.name} is a Keras model; the server serves exported ONNX files. Export it first: "
+            f"statestream-export {p} --out {out} (pip install \".[export]\" from a statestream checkout), "
+            f"then statestream-server --models {out}")
 
 
 HELP = {
@@ -174,6 +192,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     cfg = Config(**vars(args))
     try:
         cfg.validate()
-    except ValueError as e:
-        parser.error(str(e))
+    except ValueError as e:  # one line, no usage dump: the flags parsed, a value is wrong
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        sys.exit(2)
     return cfg

@@ -19,6 +19,7 @@ from statestream.server.api.v1 import StateStreamService
 from statestream.server.api.wire import add_service
 from statestream.server.app.config import Config
 from statestream.server.app.metrics import Metrics
+from statestream.server.app.ports import BindError, in_use_message
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
 from statestream.server.engine.model import ModelRunner
@@ -65,10 +66,14 @@ class App:
         reflection.enable_server_reflection(
             (SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
-            else self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
+                else self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            await self.server.stop(None)  # a server left to the garbage collector logs "Event loop is closed"
+            raise BindError(in_use_message(cfg.host, cfg.port) if cfg.port else f"cannot bind {address}")
         await self.server.start()
         log.info("bound %s:%d; loading models (health NOT_SERVING until they are loaded)", cfg.host, self.port)
 
@@ -145,7 +150,7 @@ def _load_models(cfg: Config) -> dict[str, ModelRunner]:
         runners[r.name] = r
         m = r.manifest
         log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
-                 r.name, path, m.features, m.output_size, [(l.name, l.cell, l.units) for l in m.layers], m.state_width)
+                 r.name, path, m.features, m.output_size, [(layer.name, layer.cell, layer.units) for layer in m.layers], m.state_width)
     return runners
 
 
