@@ -62,7 +62,7 @@ def test_resolved_config_is_logged_and_sigterm_exits_zero():
     srv = ServerProcess(DEMO_MODEL, "--max-sessions", "123").start()
     assert srv.terminate() == 0
     out = srv.output()
-    assert "'max_sessions': 123" in out and "model 'demo'" in out and "stopped" in out
+    assert "--port 0 --max-sessions 123 (every other" in out and "Ctrl-C" in out and "model 'demo'" in out and "stopped" in out
 
 
 def compose_service() -> dict:

@@ -87,6 +87,13 @@ class Config:
             raise ValueError(f"--models: two files give the model name(s) {sorted(dupes)}")
         return files
 
+    def as_flags(self) -> str:
+        """The settings that differ from the defaults, as the flags that would set them (logged at start)."""
+        changed = [(f.name, getattr(self, f.name)) for f in fields(Config)
+                   if f.name == "models" or getattr(self, f.name) != f.default]
+        return " ".join(f"--{name.replace('_', '-')} " + (" ".join(map(str, value)) if isinstance(value, list)
+                                                          else str(value)) for name, value in changed)
+
     def validate(self) -> None:
         """Refuse bad settings before anything starts."""
         if not self.models:

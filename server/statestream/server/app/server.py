@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -174,9 +173,17 @@ async def create_server(cfg: Config, store=None) -> tuple[App, int]:
     return app, port
 
 
+def started_hint(host: str) -> str:
+    """What a person who just started the server needs next: how to stop it, who can reach it."""
+    stop = "  stop: Ctrl-C (or SIGTERM: in-flight calls drain, then it exits 0)"
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return stop + "\n  only this machine can connect: --host 0.0.0.0 listens on every interface"
+    return stop
+
+
 async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     """Start, wait for SIGTERM/SIGINT, drain gracefully. A worker of --workers sets `ready` instead of printing."""
-    log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
+    log.info("config: %s (every other setting at its default: statestream-server --help)", cfg.as_flags())
     app, _ = await create_server(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,6 +191,7 @@ async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     if ready is None:
         print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
+        print(started_hint(cfg.host), flush=True)
     else:
         log.info("worker %d (pid %d) serving on %s:%d, metrics port %d", worker, os.getpid(), cfg.host, app.port,
                  app.metrics_port)
