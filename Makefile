@@ -49,6 +49,7 @@ install-dev: $(VENV)/.dev-installed ## install the server, export and dev extras
 install-triton-client: $(TRITON_VENV)/.installed ## install tritonclient into its own .venv-triton
 
 serve: install-server ## serve MODELS (the demo) on HOST:PORT (127.0.0.1:50051); Ctrl-C stops it
+	@echo "make serve: $(MODELS) on $(HOST):$(PORT); make serve HOST=0.0.0.0 lets other machines connect, PORT=50052 moves it"
 	@$(VENV)/bin/statestream-server --models $(MODELS) --host $(HOST) --port $(PORT)
 
 # Go/Node tools (ghz, grpcurl, protoc plugins, npm packages) for the interop tests and bench.

@@ -46,7 +46,7 @@ def test_make_serve_says_how_to_stop_it_and_how_to_listen_elsewhere_without_nois
             os.killpg(proc.pid, signal.SIGKILL)
     head = "".join(lines)
     assert re.search(r"listening on 127\.0\.0\.1:\d+", head), head
-    assert "stop: Ctrl-C" in head and "--host 0.0.0.0" in head
+    assert "stop: Ctrl-C" in head and "make serve HOST=0.0.0.0" in head
     for noise in ("{'models'", "Editable installation", "Warning", "Traceback"):
         assert noise not in head + rest, noise
     assert "stopped" in rest

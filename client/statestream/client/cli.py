@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = st.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV file (or - for stdin), one row per timestep")
     src.add_argument("--synthetic", type=int, metavar="N", help="N timesteps of a synthetic sensor signal")
-    st.add_argument("--plot", metavar="PNG", help="also plot input and output to this PNG")
+    st.add_argument("--plot", metavar="PNG", help='also plot input, output (and the demo\'s target) to this PNG; '
+                    'needs the plot extra: pip install ".[plot]"')
     st.add_argument("--exactly-once", action="store_true",
                     help="number the steps and resume through a failover (one step in flight: slower)")
     return p
