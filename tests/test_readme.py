@@ -23,7 +23,7 @@ ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 CHECKED_ELSEWHERE = {
     "make serve": "tests/test_makefile.py runs it and reads what it prints",
     ". .venv/bin/activate": "these tests run the commands of the venv that runs them",
-    'pip install ".[export]"': "make install-dev installs the same extra; tests/test_wheel.py installs a wheel with one",
+    'pip install -e ".[export]"': "make install-dev installs the same extra; tests/test_wheel.py installs a wheel",
 }
 
 
@@ -101,7 +101,6 @@ def test_the_quick_start_commands_run_as_written(server, workdir):
             assert r.returncode == 0, f"{line}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
         ran.append(cmd[0])
     assert sorted(set(ran)) == ["statestream", "statestream-export", "statestream-server"]
-    assert (workdir / "out.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_every_quick_start_command_is_run_or_checked_elsewhere():
