@@ -174,3 +174,9 @@ def test_a_keras_model_is_refused_with_the_export_command_to_run(tmp_path, name)
     assert f"statestream-export {model} --out {tmp_path / stem}.onnx" in r.stderr, r.stderr
     r = run_server("--models", str(tmp_path))  # a folder of Keras models and no .onnx
     assert r.returncode == 2 and "no .onnx file" in r.stderr and f"statestream-export {model}" in r.stderr
+
+
+def test_an_address_not_on_this_machine_is_one_line_exit_2():
+    r = run_server("--models", str(DEMO_MODEL), "--host", "192.0.2.1", "--port", "50051")  # TEST-NET-1: nobody's
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cannot listen on 192.0.2.1:50051" in r.stderr and "--host" in r.stderr

@@ -27,6 +27,7 @@ def check_bindable(host: str, port: int) -> None:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise BindError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    errors = []
     for family, kind, proto, _, address in addresses:
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -35,5 +36,8 @@ def check_bindable(host: str, port: int) -> None:
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
                     raise BindError(in_use_message(host, port)) from None
-                hint = " (ports below 1024 need root)" if e.errno == errno.EACCES else ""
-                raise BindError(f"cannot listen on {host}:{port}: {e.strerror}{hint}; see --host and --port") from None
+                errors.append(e)
+    if len(errors) == len(addresses):  # grpc listens if any address of the host binds (localhost without IPv6)
+        e = errors[0]
+        hint = " (ports below 1024 need root)" if e.errno == errno.EACCES else ""
+        raise BindError(f"cannot listen on {host}:{port}: {e.strerror}{hint}; see --host and --port")
