@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -162,3 +163,35 @@ def test_dockerignore_keeps_heavy_folders_out_and_what_the_dockerfile_copies_in(
     needed = copied + [f"{src}/{f.relative_to(ROOT / src)}" for src in copied if (ROOT / src).is_dir()
                        for f in (ROOT / src).rglob("*.py") if "__pycache__" not in f.parts]
     assert len(needed) > 20 and [p for p in needed if dockerignored(p, patterns)] == []
+
+
+def test_what_the_dockerfile_copies_from_the_build_context_builds_the_server_package(tmp_path):
+    """The image's `pip install ".[server]"`, without Docker: the Dockerfile's COPYs of what .dockerignore lets
+    through, laid out under its WORKDIR, build a wheel with the stubs and the server's command."""
+    import zipfile
+
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    (workdir,) = [c.value[0] for c in DOCKERFILE if c.cmd == "WORKDIR"]
+    app = tmp_path / "app"
+    for copy in (c for c in DOCKERFILE if c.cmd == "COPY"):
+        *sources, dest = copy.value
+        dest = app / dest.removeprefix(workdir).lstrip("/")
+        for src in sources:
+            files = [ROOT / src] if (ROOT / src).is_file() else [f for f in (ROOT / src).rglob("*") if f.is_file()]
+            for f in files:
+                rel = f.relative_to(ROOT).as_posix()
+                if dockerignored(rel, patterns):
+                    continue
+                target = dest / f.name if (ROOT / src).is_file() else dest / f.relative_to(ROOT / src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, target)
+    r = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "-q", "--no-deps",
+                        "-w", str(tmp_path / "dist"), str(app)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("statestream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "statestream/v1/statestream_pb2_grpc.py" in names and "statestream/server/app/main.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "statestream-server = statestream.server.app.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (app / "models" / "demo.onnx").is_file()
