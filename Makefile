@@ -5,17 +5,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PORT ?= 50051
+HOST ?= 127.0.0.1
 MODELS ?= models/demo.onnx
+# setuptools' "Editable installation" banner is a warning printed by pip's build step: noise for `make serve`.
+QUIET_PIP := PYTHONWARNINGS=ignore $(PIP) install -q
 GOBIN := $(CURDIR)/.tools/bin
 export GOBIN
 
-.PHONY: serve test proto install-server install-dev install-triton-client tools bench clean help
+.PHONY: help serve test proto install-server install-dev install-triton-client tools bench clean
 
-help:
-	@echo "make serve   serve the bundled demo model on port $(PORT) (creates $(VENV))"
-	@echo "make test    install everything the tests need into $(VENV) and run them"
-	@echo "make proto   regenerate the committed Python and Go stubs from proto/"
-	@echo "make bench   run the benchmarks (ghz, baselines; stores and workers) into bench/results/"
+# Every target has a `## what it does` comment: `make help` lists them all from here.
+help: ## list the targets
+	@awk -F ':.*## ' '/^[a-z][a-z-]*:.*## / {printf "make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "variables: PORT=$(PORT) HOST=$(HOST) MODELS=$(MODELS) (e.g. make serve HOST=0.0.0.0 PORT=50052)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +25,12 @@ $(PY):
 
 # Stamps are keyed on pyproject.toml so a changed dependency reinstalls.
 $(VENV)/.server-installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[server]"
-	touch $@
+	@echo "installing the server into $(VENV) (first run only)"
+	@$(QUIET_PIP) -e ".[server]"
+	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[server,export,dev]"
+	$(QUIET_PIP) -e ".[server,export,dev]"
 	touch $@
 
 # tritonclient pins protobuf<7 and our server needs protobuf>=7, so Triton's client gets its own venv: it is a
@@ -41,19 +44,20 @@ $(TRITON_VENV)/.installed: $(TRITON_REQS)
 	$(TRITON_PY) -m pip --disable-pip-version-check install -q -r $(TRITON_REQS)
 	touch $@
 
-install-server: $(VENV)/.server-installed
-install-dev: $(VENV)/.dev-installed
-install-triton-client: $(TRITON_VENV)/.installed
+install-server: $(VENV)/.server-installed ## install the server extra into .venv (no TensorFlow)
+install-dev: $(VENV)/.dev-installed ## install the server, export and dev extras into .venv
+install-triton-client: $(TRITON_VENV)/.installed ## install tritonclient into its own .venv-triton
 
-serve: install-server
-	$(VENV)/bin/statestream-server --models $(MODELS) --port $(PORT)
+serve: install-server ## serve MODELS (the demo) on HOST:PORT (127.0.0.1:50051); Ctrl-C stops it
+	@echo "make serve: $(MODELS) on $(HOST):$(PORT); make serve HOST=0.0.0.0 lets other machines connect, PORT=50052 moves it"
+	@$(VENV)/bin/statestream-server --models $(MODELS) --host $(HOST) --port $(PORT)
 
 # Go/Node tools (ghz, grpcurl, protoc plugins, npm packages) for the interop tests and bench.
-tools:
+tools: ## install the pinned Go/Node tools and perf_analyzer into .tools (interop tests, bench)
 	bash scripts/install-tools.sh
 
 # One optional tool that fails to install (recorded in .tools/failed/) fails only its own tests; the suite still runs.
-test: install-dev
+test: install-dev ## install everything the tests need, then run them
 	bash scripts/install-tools.sh --keep-going
 	@$(MAKE) --no-print-directory install-triton-client || { mkdir -p .tools/failed; printf '%s\n' \
 	  "install of 'tritonclient' failed (make install-triton-client)" "cause: pip could not install $(TRITON_REQS) into $(TRITON_VENV)" \
@@ -63,7 +67,7 @@ test: install-dev
 GO_MODULE := github.com/statestream/statestream/client/go
 
 # Python stubs into client/ (statestream.v1 and Triton's inference), Go stubs into client/go/statestreamv1 (protoc from grpcio-tools, pinned Go plugins from `make tools`).
-proto: install-dev tools
+proto: install-dev tools ## regenerate the committed Python and Go stubs from proto/
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/v1/statestream.proto
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client proto/statestream/inference/model_config.proto
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=client --pyi_out=client --grpc_python_out=client proto/statestream/inference/grpc_service.proto
@@ -72,11 +76,11 @@ proto: install-dev tools
 		--plugin=protoc-gen-go-grpc=$(GOBIN)/protoc-gen-go-grpc --go-grpc_out=client/go --go-grpc_opt=module=$(GO_MODULE) \
 		proto/statestream/v1/statestream.proto
 
-bench: install-dev tools install-triton-client
+bench: install-dev tools install-triton-client ## run the benchmarks into bench/results/ (ghz, ceilings, stores, workers)
 	$(PY) -m bench.run
 	$(PY) -m bench.scaleout
 	$(PY) -m bench.proxy
 	$(PY) -m bench.client_stream
 
-clean:
+clean: ## remove .venv, .venv-triton and .tools
 	rm -rf $(VENV) $(TRITON_VENV) .tools

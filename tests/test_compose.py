@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import dockerfile
 import pytest
+import tomllib
 import yaml
 from haproxyproc import CONFIG, HAProxy
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
@@ -17,6 +20,10 @@ from statestream.server.app.config import build_parser
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 REPLICAS = sorted(name for name in SERVICES if name.startswith("statestream-"))
+SINGLE = yaml.safe_load((ROOT / "docker-compose.single.yml").read_text())["services"]
+DOCKERFILE = dockerfile.parse_file(str(ROOT / "Dockerfile"))  # buildkit's own parser
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+EXACT_TAG = re.compile(r"^[a-z0-9._/-]+:\d+\.\d+\.\d+(-[a-z0-9.-]+)?$")  # name:X.Y.Z[-variant], never :latest or :7
 
 
 def test_three_replicas_redis_and_haproxy_each_with_a_health_check():
@@ -133,3 +140,90 @@ def test_the_replica_health_check_speaks_tls_when_the_replica_does(redis_server,
             assert r.returncode == 0 and r.stdout.strip() == "SERVING", r.stdout + r.stderr
         r = subprocess.run(replica_probe(srv.target), env=plain, capture_output=True, text=True, timeout=30)
         assert r.returncode == 1 and "UNAVAILABLE" in r.stderr   # plaintext to a TLS server: unhealthy
+def test_the_replicas_share_one_image_built_once():
+    images = {SERVICES[r]["image"] for r in REPLICAS} | {SINGLE["statestream"]["image"]}
+    assert images == {f"statestream:{VERSION}"}
+    builders = [name for name, svc in SERVICES.items() if "build" in svc]
+    assert builders == ["statestream-1"]  # compose builds it once; statestream-2/3 run the same tag
+    assert SERVICES["statestream-1"]["pull_policy"] == "build"  # never pulled: a registry's "statestream" is not ours
+    assert all(SERVICES[r]["pull_policy"] == "never" for r in REPLICAS[1:])
+
+
+def test_base_and_service_images_are_pinned_to_exact_tags():
+    bases = [c.value[0] for c in DOCKERFILE if c.cmd == "FROM"]
+    tags = bases + [svc["image"] for svc in (*SERVICES.values(), *SINGLE.values())]
+    assert bases == ["python:3.11.7-slim-bookworm"]
+    assert [t for t in tags if not EXACT_TAG.match(t)] == [], tags
+
+
+def test_the_server_image_runs_as_a_non_root_user():
+    users = [c for c in DOCKERFILE if c.cmd == "USER"]
+    assert users, "the Dockerfile has no USER: the server would run as root"
+    user = users[-1].value[0].split(":")[0]
+    assert user not in ("root", "0")
+    last_run = max(c.start_line for c in DOCKERFILE if c.cmd == "RUN")
+    assert users[-1].start_line > last_run  # nothing after it runs as root
+    created = [c.value[0] for c in DOCKERFILE if c.cmd == "RUN" and "useradd" in c.value[0]]
+    assert created and re.search(rf"useradd\b.*\b{user}\b", created[0])
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule: the last pattern that matches the path or one of its parent folders wins."""
+    def regex(pattern: str) -> re.Pattern:
+        out = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        return re.compile(out.replace(r"\?", "[^/]") + "$")
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for p in patterns:
+        negate = p.startswith("!")
+        if any(regex(p.lstrip("!")).match(prefix) for prefix in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_heavy_folders_out_and_what_the_dockerfile_copies_in():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    heavy = [".venv/lib/python3.11/site-packages/tensorflow/__init__.py", ".venv-triton/bin/python", ".tools/bin/ghz",
+             "client/node/node_modules/@grpc/grpc-js/package.json", "bench/results/raw/run.json", ".git/HEAD",
+             "client/go/go.mod", "tests/test_compose.py", "server/statestream/server/__pycache__/x.pyc",
+             "statestream.egg-info/PKG-INFO"]
+    assert [p for p in heavy if not dockerignored(p, patterns)] == []
+    copied = [src for c in DOCKERFILE if c.cmd == "COPY" for src in c.value[:-1]]
+    needed = copied + [f"{src}/{f.relative_to(ROOT / src)}" for src in copied if (ROOT / src).is_dir()
+                       for f in (ROOT / src).rglob("*.py") if "__pycache__" not in f.parts]
+    assert len(needed) > 20 and [p for p in needed if dockerignored(p, patterns)] == []
+
+
+def test_what_the_dockerfile_copies_from_the_build_context_builds_the_server_package(tmp_path):
+    """The image's `pip install ".[server]"`, without Docker: the Dockerfile's COPYs of what .dockerignore lets
+    through, laid out under its WORKDIR, build a wheel with the stubs and the server's command."""
+    import zipfile
+
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    (workdir,) = [c.value[0] for c in DOCKERFILE if c.cmd == "WORKDIR"]
+    app = tmp_path / "app"
+    for copy in (c for c in DOCKERFILE if c.cmd == "COPY"):
+        *sources, dest = copy.value
+        dest = app / dest.removeprefix(workdir).lstrip("/")
+        for src in sources:
+            files = [ROOT / src] if (ROOT / src).is_file() else [f for f in (ROOT / src).rglob("*") if f.is_file()]
+            for f in files:
+                rel = f.relative_to(ROOT).as_posix()
+                if dockerignored(rel, patterns):
+                    continue
+                target = dest / f.name if (ROOT / src).is_file() else dest / f.relative_to(ROOT / src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(f, target)
+    r = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "wheel", "-q", "--no-deps",
+                        "-w", str(tmp_path / "dist"), str(app)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("statestream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "statestream/v1/statestream_pb2_grpc.py" in names and "statestream/server/app/main.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "statestream-server = statestream.server.app.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (app / "models" / "demo.onnx").is_file()

@@ -15,7 +15,7 @@ from serverproc import DEMO_MODEL, ServerProcess
 from test_faults import signal_for
 
 from statestream.client import AlreadyExists, Client, FailedPrecondition, Unavailable
-from statestream.client.cli import synthetic_signal
+from statestream.client.cli import synthetic_input
 
 
 class Restarter:
@@ -104,7 +104,7 @@ def test_the_cli_streams_through_a_kill_9_and_restart_with_exactly_once(durable)
     lines += out.splitlines(keepends=True)
     rows = np.array([[float(v) for v in line.split()] for line in lines])
     assert rows.shape == (n, 2) and (rows[:, 0] == np.arange(n)).all()
-    np.testing.assert_allclose(rows[:, 1:], stepped(synthetic_signal(n, 3)), atol=1e-5)
+    np.testing.assert_allclose(rows[:, 1:], stepped(synthetic_input("demo", n, 3)[0]), atol=1e-5)
 
 
 def test_a_stale_numbering_is_refused_not_applied(durable):

@@ -242,3 +242,11 @@ def test_console_script_help():
         assert needle in p.stdout
     p = subprocess.run([exe], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "required" in p.stderr
+
+
+def test_without_the_export_extra_one_line_says_how_to_install_it_from_a_checkout(tmp_path):
+    code = ("import sys; sys.modules['keras'] = None; from statestream.export.cli import main; "
+            f"sys.exit(main([{str(tmp_path / 'm.keras')!r}, '--out', {str(tmp_path / 'm.onnx')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "keras" in r.stderr and 'pip install ".[export]"' in r.stderr and "statestream[" not in r.stderr

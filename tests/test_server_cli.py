@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -62,7 +63,8 @@ def test_resolved_config_is_logged_and_sigterm_exits_zero():
     srv = ServerProcess(DEMO_MODEL, "--max-sessions", "123").start()
     assert srv.terminate() == 0
     out = srv.output()
-    assert "'max_sessions': 123" in out and "model 'demo'" in out and "stopped" in out
+    assert "--port 0 --max-sessions 123 (every other" in out and "Ctrl-C" in out
+    assert "model 'demo'" in out and "stopped" in out
 
 
 def compose_service() -> dict:
@@ -80,7 +82,7 @@ def test_compose_command_parses_with_the_server_cli_and_matches_ports():
     assert health[:4] == ["CMD", "python", "-m", "statestream.server.app.healthcheck"]
     assert health[health.index("--target") + 1] == f"localhost:{args.port}"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    installs = [l for l in dockerfile.splitlines() if l.startswith("RUN pip install")]
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
     assert installs == ['RUN pip install --no-cache-dir ".[server]"']  # no export extra: no TensorFlow
     assert "COPY models /app/models" in dockerfile
 
@@ -125,3 +127,58 @@ def test_client_cli_models_and_stream_with_plot(tmp_path):
         r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", srv.target, "stream",
                             "--model", "nope", "--synthetic", "3"], capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "'nope'" in r.stderr
+
+
+def run_server(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "statestream.server.app.main", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_a_taken_port_is_one_line_naming_the_port_and_the_flag_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_server("--models", str(DEMO_MODEL), "--port", str(port))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stdout == "", r.stderr  # no traceback, no "Event loop is closed"
+    assert f"port {port} is already in use" in r.stderr and "--port" in r.stderr
+
+
+def test_a_port_taken_after_the_check_is_the_same_one_line_error(tmp_path):
+    """The race the up-front check cannot close: App.start turns grpc's bind failure into BindError."""
+    import asyncio
+
+    from statestream.server.app.ports import BindError
+    from statestream.server.app.server import create_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = parse_config(["--models", str(DEMO_MODEL), "--port", str(port)])
+        with pytest.raises(BindError, match=f"port {port} is already in use.*--port"):
+            asyncio.run(create_server(cfg))
+
+
+@pytest.mark.parametrize("name", ["my.keras", "legacy.h5", "saved"])
+def test_a_keras_model_is_refused_with_the_export_command_to_run(tmp_path, name):
+    model = tmp_path / name
+    if name == "saved":  # a SavedModel folder
+        model.mkdir()
+        (model / "saved_model.pb").write_bytes(b"")
+    else:
+        model.write_bytes(b"keras")
+    r = run_server("--models", str(model))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    stem = model.stem
+    assert "is a Keras model" in r.stderr
+    assert f"statestream-export {model} --out {tmp_path / stem}.onnx" in r.stderr, r.stderr
+    r = run_server("--models", str(tmp_path))  # a folder of Keras models and no .onnx
+    assert r.returncode == 2 and "no .onnx file" in r.stderr and f"statestream-export {model}" in r.stderr
+
+
+def test_an_address_not_on_this_machine_is_one_line_exit_2():
+    r = run_server("--models", str(DEMO_MODEL), "--host", "192.0.2.1", "--port", "50051")  # TEST-NET-1: nobody's
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "cannot listen on 192.0.2.1:50051" in r.stderr and "--host" in r.stderr

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from docblocks import docs_text
 from reference import Reference, stepped
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from triton_client.descriptors import describe
@@ -52,13 +53,13 @@ def test_metadata_and_config_describe_the_model(server, manifest):
     got = drive("metadata", server.target, "demo")
     assert got["live"] and got["ready"] and got["model_ready"] and not got["unknown_model_ready"]
     assert got["server"]["name"] == "statestream" and "sequence" in got["server"]["extensions"]
-    F, O = manifest.features, manifest.output_size
-    assert got["model"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "-1", str(F)]}]
-    assert got["model"]["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "-1", str(O)]}]
+    n_in, n_out = manifest.features, manifest.output_size
+    assert got["model"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "-1", str(n_in)]}]
+    assert got["model"]["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "-1", str(n_out)]}]
     cfg = got["config"]
     assert cfg["name"] == "demo" and cfg["platform"] == "onnxruntime_onnx" and int(cfg["max_batch_size"]) == 256
-    assert cfg["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["-1", str(F)]}]
-    assert cfg["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": ["-1", str(O)]}]
+    assert cfg["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["-1", str(n_in)]}]
+    assert cfg["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": ["-1", str(n_out)]}]
     seq = cfg["sequence_batching"]
     assert int(seq["max_sequence_idle_microseconds"]) == 3600 * 10**6  # the server's --idle-timeout
     states = {s["input_name"]: s for s in seq["state"]}
@@ -170,11 +171,10 @@ def test_sequence_ids_belong_to_their_bearer_token(tmp_path):
 
 
 def test_the_readme_examples_run(server):
-    """examples/triton_client.py (tritonclient) and examples/perf-analyzer.sh, as the README shows them."""
+    """examples/triton_client.py (tritonclient) and examples/perf-analyzer.sh, as docs/triton.md shows them."""
     need(PERF_ANALYZER)
     example = (ROOT / "examples" / "triton_client.py").read_text()
-    readme = (ROOT / "README.md").read_text()
-    assert example.split('"""\n\n', 1)[1].strip() in readme, "README's tritonclient snippet differs from the file"
+    assert example.split('"""\n\n', 1)[1].strip() in docs_text(), "the docs' tritonclient snippet differs from the file"
     r = subprocess.run([str(TRITON_PY), "examples/triton_client.py", server.target], capture_output=True, text=True,
                        timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]

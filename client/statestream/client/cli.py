@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 
+from statestream.contract import demo
 from statestream.contract.errors import StatestreamError, Unavailable
 from statestream.v1 import statestream_pb2 as pb
 
+from . import plot
 from .client import Client
 
 USAGE = """\
@@ -26,6 +28,15 @@ examples:
 A CSV has one row per timestep and one column per feature (a header row is skipped
 if it is not numeric). Each output line is: timestep, then the model's outputs.
 """
+
+
+def synthetic_input(model: str, n: int, features: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """`--synthetic N`: (x [N, F], target [N, O] or None). The demo gets the kind of signal it was trained on
+    (held-out seed) and its target, the next reading of channel 0; other models a generic sensor-like mix."""
+    if model == demo.NAME and features == demo.FEATURES:
+        x, target = demo.synthetic_signal(1, n, seed=0)
+        return x[0], target[0]
+    return synthetic_signal(n, features), None
 
 
 def synthetic_signal(n: int, features: int, seed: int = 0) -> np.ndarray:
@@ -56,41 +67,25 @@ def read_csv(path: str, features: int) -> np.ndarray:
     return np.array(rows, dtype=np.float32).reshape(-1, features)
 
 
-def plot(path: str, x: np.ndarray, y: np.ndarray, model: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    a.plot(x)
-    a.set_ylabel("input")
-    a.set_title(f"statestream: {model}, one timestep per message")
-    b.plot(y)
-    b.set_ylabel("output")
-    b.set_xlabel("timestep")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 def cmd_models(client: Client, args) -> int:
     for m in client.models():
-        layers = ", ".join(f"{l.name}:{pb.CellType.Name(l.cell).removeprefix('CELL_TYPE_')}({l.units})"
-                           for l in m.layers)
+        layers = ", ".join(f"{layer.name}:{pb.CellType.Name(layer.cell).removeprefix('CELL_TYPE_')}({layer.units})"
+                           for layer in m.layers)
         print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]")
     return 0
 
 
 def cmd_stream(client: Client, args) -> int:
     info = client.model(args.model)
-    x = read_csv(args.csv, info.features) if args.csv else synthetic_signal(args.synthetic, info.features)
+    x, target = (read_csv(args.csv, info.features), None) if args.csv else \
+        synthetic_input(args.model, args.synthetic, info.features)
     outputs = []
     with client.session(args.model, exactly_once=args.exactly_once) as s:
         for t, y in enumerate(s.stream(x)):
             outputs.append(y)
             print(t, *(f"{v:.6g}" for v in y), flush=True)
     if args.plot:
-        plot(args.plot, x, np.array(outputs), args.model)
+        plot.save(args.plot, x, np.array(outputs), args.model, target)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
 
@@ -109,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = st.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", help="CSV file (or - for stdin), one row per timestep")
     src.add_argument("--synthetic", type=int, metavar="N", help="N timesteps of a synthetic sensor signal")
-    st.add_argument("--plot", metavar="PNG", help="also plot input and output to this PNG")
+    st.add_argument("--plot", metavar="PNG", help='also plot input, output (and the demo\'s target) to this PNG; '
+                    'needs the plot extra: pip install ".[plot]"')
     st.add_argument("--exactly-once", action="store_true",
                     help="number the steps and resume through a failover (one step in flight: slower)")
     return p
@@ -117,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = getattr(args, "plot", None) and plot.require_matplotlib()
+    if missing:  # before connecting or streaming anything
+        print(f"statestream: {missing}", file=sys.stderr)
+        return 2
     creds = None
     if args.ca:
         import grpc

@@ -56,8 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_import() -> None:
-    """Import TensorFlow with stderr closed at the fd level: its C++ start-up banner is noise here."""
+INSTALL_HINT = 'install the exporter from a statestream checkout: pip install ".[export]"'
+
+
+def _quiet_import() -> str | None:
+    """Import TensorFlow with stderr closed at the fd level: its C++ start-up banner is noise here.
+    Returns what failed to import, or None."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import warnings
 
@@ -71,11 +75,12 @@ def _quiet_import() -> None:
                 import keras  # noqa: F401
                 import tensorflow  # noqa: F401
                 import tf2onnx  # noqa: F401
-            except ImportError:
-                pass  # reported with its message below, once stderr is back
+            except ImportError as e:
+                return str(e)  # reported by the caller, once stderr is back
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+    return None
 
 
 def _report_json(report) -> str:
@@ -114,14 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         return _triton_only(args)
     if not args.out:
         parser.error("--out is required")
-    _quiet_import()
-    try:
-        from .api import export_model
-        from .errors import ExportError
-    except ImportError as e:
-        print(f"statestream-export: {e}; install the exporter with: pip install \"statestream[export]\"",
-              file=sys.stderr)
+    missing = _quiet_import()
+    if missing:
+        print(f"statestream-export: {missing}; {INSTALL_HINT}", file=sys.stderr)
         return EXIT_FAILED
+    from .api import export_model
+    from .errors import ExportError
 
     kwargs = {} if args.seed is None else {"seed": args.seed}
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from statestream.server.store.base import DEFAULT_TIMEOUT
 from statestream.server.store.spec import STORE_HELP, check_spec
 
 ENV_PREFIX = "STATESTREAM_"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 USAGE = """\
 Serve exported recurrent models (statestream-export) over gRPC, one session per stream.
@@ -70,10 +72,14 @@ class Config:
         files: list[Path] = []
         for entry in self.models:
             p = Path(entry)
+            if _is_keras(p):
+                raise ValueError(f"--models {entry}: {_export_hint(p)}")
             if p.is_dir():
                 found = sorted(p.glob("*.onnx"))
                 if not found:
-                    raise ValueError(f"--models {entry}: the folder has no .onnx file")
+                    keras = sorted(f for f in p.iterdir() if _is_keras(f))
+                    hint = f"; it has Keras models: {_export_hint(keras[0])}" if keras else ""
+                    raise ValueError(f"--models {entry}: the folder has no .onnx file{hint}")
                 files.extend(found)
             elif p.is_file():
                 files.append(p)
@@ -84,6 +90,13 @@ class Config:
         if dupes:
             raise ValueError(f"--models: two files give the model name(s) {sorted(dupes)}")
         return files
+
+    def as_flags(self) -> str:
+        """The settings that differ from the defaults, as the flags that would set them (logged at start)."""
+        changed = [(f.name, getattr(self, f.name)) for f in fields(Config)
+                   if f.name == "models" or getattr(self, f.name) != f.default]
+        return " ".join(f"--{name.replace('_', '-')} " + (" ".join(map(str, value)) if isinstance(value, list)
+                                                          else str(value)) for name, value in changed)
 
     def validate(self) -> None:
         """Refuse bad settings before anything starts."""
@@ -117,6 +130,18 @@ class Config:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+def _is_keras(p: Path) -> bool:
+    """A Keras model file (.keras, .h5) or a SavedModel folder: what statestream-export reads, not the server."""
+    return (p.is_file() and p.suffix.lower() in KERAS_SUFFIXES) or (p.is_dir() and (p / "saved_model.pb").is_file())
+
+
+def _export_hint(p: Path) -> str:
+    out = p.parent / f"{p.stem}.onnx"
+    return (f"{p.name} is a Keras model; the server serves exported ONNX files. Export it first: "
+            f"statestream-export {p} --out {out} (pip install \".[export]\" from a statestream checkout), "
+            f"then statestream-server --models {out}")
 
 
 HELP = {
@@ -186,6 +211,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
     cfg = Config(**vars(args))
     try:
         cfg.validate()
-    except ValueError as e:
-        parser.error(str(e))
+    except ValueError as e:  # one line, no usage dump: the flags parsed, a value is wrong
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        sys.exit(2)
     return cfg

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -22,6 +21,7 @@ from statestream.server.api.v1 import StateStreamService
 from statestream.server.api.wire import add_service
 from statestream.server.app.config import Config
 from statestream.server.app.metrics import Metrics
+from statestream.server.app.ports import BindError, in_use_message
 from statestream.server.app.probes import add_health, add_reflection
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
@@ -76,10 +76,14 @@ class App:
         add_reflection((SERVICE_NAME, TRITON_SERVICE.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
                        self.server)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
-            else self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_secure_port(address, _credentials(cfg)) if cfg.tls_cert \
+                else self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind {address}")
+            await self.server.stop(None)  # a server left to the garbage collector logs "Event loop is closed"
+            raise BindError(in_use_message(cfg.host, cfg.port) if cfg.port else f"cannot bind {address}")
         await self.server.start()
         log.info("bound %s:%d; loading models (health NOT_SERVING until they are loaded)", cfg.host, self.port)
 
@@ -193,7 +197,8 @@ def _load_models(cfg: Config) -> dict[str, ModelRunner]:
         runners[r.name] = r
         m = r.manifest
         log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
-                 r.name, path, m.features, m.output_size, [(ly.name, ly.cell, ly.units) for ly in m.layers], m.state_width)
+                 r.name, path, m.features, m.output_size, [(ly.name, ly.cell, ly.units) for ly in m.layers],
+                 m.state_width)
     return runners
 
 
@@ -217,9 +222,17 @@ async def create_server(cfg: Config, store=None, clock=time.monotonic) -> tuple[
     return app, port
 
 
+def started_hint(host: str) -> str:
+    """What a person who just started the server needs next: how to stop it, who can reach it."""
+    stop = "  stop: Ctrl-C (or SIGTERM: in-flight calls drain, then it exits 0)"
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return stop + "\n  only this machine can connect: --host 0.0.0.0 listens on every interface"
+    return stop
+
+
 async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     """Start, wait for SIGTERM/SIGINT, drain gracefully. A worker of --workers sets `ready` instead of printing."""
-    log.info("config: %s", {k: v for k, v in asdict(cfg).items() if v not in ("", None)})
+    log.info("config: %s (every other setting at its default: statestream-server --help)", cfg.as_flags())
     faulthandler.enable()  # a fatal signal (SIGBUS from a damaged memory-mapped file) leaves a line in the log
     app = App(cfg)
     try:
@@ -234,6 +247,7 @@ async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     if ready is None:
         print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
+        print(started_hint(cfg.host), flush=True)
     else:
         log.info("worker %d (pid %d) serving on %s:%d, metrics port %d", worker, os.getpid(), cfg.host, app.port,
                  app.metrics_port)
