@@ -35,6 +35,9 @@ class _Context:
     def invocation_metadata(self):
         return ()
 
+    def time_remaining(self):
+        return None
+
     async def abort(self, code, message):
         raise RuntimeError(f"{code}: {message}")
 

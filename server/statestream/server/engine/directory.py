@@ -9,6 +9,7 @@ from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.sessions import Session
 from statestream.server.engine.table import SessionTable, gone
+from statestream.server.store.base import MISSING, OK
 from statestream.server.store.persistence import Persistence
 
 log = logging.getLogger("statestream.directory")
@@ -174,10 +175,10 @@ class Directory:
         for _ in range(_CAS_TRIES):
             rec = self.table.record(s)
             status = (await self.persistence.commit([rec]))[0]
-            if status == "ok":
+            if status == OK:
                 s.stored(rec.version)
                 return
-            if status == "missing":
+            if status == MISSING:
                 raise gone(s)
             fresh = (await self.persistence.fetch_many([(s.owner, s.id)]))[0]
             if fresh is None:
