@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import queue
 import sqlite3
-import time
 
 import grpc
 import numpy as np
 
+from inproc import InProcessServer, wait_until
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 from statestream.client import Client
@@ -76,7 +76,8 @@ def test_retry_after_dropped_connection_same_response_no_double_step():
     xs = signal_for(4, seed=1)
     ref = Reference()
     expected = [ref.step(x[None])[0] for x in xs]
-    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
+    # in-process: nothing here needs a process, and the test can see when step 3 is queued
+    with InProcessServer.from_args(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
         with grpc.insecure_channel(srv.target) as ch:
             stub = pb_grpc.StateStreamServiceStub(ch)
             stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="flaky"))
@@ -87,7 +88,7 @@ def test_retry_after_dropped_connection_same_response_no_double_step():
         ch = grpc.insecure_channel(srv.target)
         call = pb_grpc.StateStreamServiceStub(ch).Step.future(
             pb.StepRequest(session_id="flaky", input=xs[2], sequence_number=3))
-        time.sleep(0.1)
+        srv.wait_until(lambda: srv.app.table.find("flaky").accepted_seq == 3)  # step 3 is in the server's queue
         ch.close()
         assert call.exception() is not None
         # no wait for the held step: a retry of a step still in flight waits for it and replays it
@@ -120,13 +121,14 @@ def test_sigterm_persists_and_restart_restores(tmp_path):
     xs = signal_for(6, seed=2)
     with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{db}") as srv, Client(srv.target) as c:
         s = c.session("demo", "keep")
-        c.session("demo", "brief", idle_timeout=1.0)
+        c.session("demo", "brief", idle_timeout=5.0)
         for x in xs[:3]:
             s.step(x)
         saved = s.get_state()
         assert srv.terminate() == 0
         assert "persisted 2 sessions" in srv.output()
-    time.sleep(1.2)  # "brief" expires while the server is down
+    with sqlite3.connect(db) as con:  # 10 s pass while the server is down: "brief" (5 s idle) expires, "keep" not
+        con.execute("UPDATE sessions SET expires_at = expires_at - 10")
     with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{db}") as srv, Client(srv.target) as c:
         assert "restored 1 of 1 stored sessions" in srv.output()
         s = c.attach("keep", "demo")
@@ -138,6 +140,11 @@ def test_sigterm_persists_and_restart_restores(tmp_path):
         s.close()
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0  # closed: its row is gone
+
+
+def rows(db) -> int:
+    with sqlite3.connect(db, timeout=10) as con:
+        return con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
 
 
 def rss_kb(pid: int) -> int:
@@ -178,7 +185,9 @@ def test_soak_sessions_stream_open_close_expire_states_exact_memory_flat(tmp_pat
                 for i in range(n):
                     if i % 3 == 2:
                         await stub.CloseSession(pb.CloseSessionRequest(session_id=f"r{r}-{i}"))
-            await asyncio.sleep(3.5)  # the i % 3 == 0 sessions expire
+            # the i % 3 == 0 sessions expire (in real time: the server is a process, its RSS is measured); the
+            # sweeper deletes their rows, the others were closed: poll the file until it is empty
+            wait_until(lambda: rows(db) == 0, timeout=30, interval=0.05)
 
         rss = []
         for r in range(3):
@@ -191,6 +200,5 @@ def test_soak_sessions_stream_open_close_expire_states_exact_memory_flat(tmp_pat
                 raise AssertionError("r2-0 should have expired")
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.NOT_FOUND and "expired" in e.details()
-        with sqlite3.connect(db) as con:
-            assert con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0
+        assert rows(db) == 0
         assert rss[2] - rss[1] < 8 * 1024, f"RSS grew {rss} kB across identical rounds"
