@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from inproc import FakeClock, InProcessServer
 from reference import Reference, stepped
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from statestream.inference import grpc_service_pb2, model_config_pb2
 from statestream.server.engine.model import ModelRunner
 from triton_client.descriptors import describe
-from tritonvenv import TRITON_PY, drive, need
+from tritonvenv import TRITON_PY, answer, drive, need, spawn
 
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
     sys.path.insert(0, str(ROOT))
@@ -52,13 +53,13 @@ def test_metadata_and_config_describe_the_model(server, manifest):
     got = drive("metadata", server.target, "demo")
     assert got["live"] and got["ready"] and got["model_ready"] and not got["unknown_model_ready"]
     assert got["server"]["name"] == "statestream" and "sequence" in got["server"]["extensions"]
-    F, O = manifest.features, manifest.output_size
+    F, out = manifest.features, manifest.output_size
     assert got["model"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "-1", str(F)]}]
-    assert got["model"]["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "-1", str(O)]}]
+    assert got["model"]["outputs"] == [{"name": "output", "datatype": "FP32", "shape": ["-1", "-1", str(out)]}]
     cfg = got["config"]
     assert cfg["name"] == "demo" and cfg["platform"] == "onnxruntime_onnx" and int(cfg["max_batch_size"]) == 256
     assert cfg["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": ["-1", str(F)]}]
-    assert cfg["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": ["-1", str(O)]}]
+    assert cfg["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": ["-1", str(out)]}]
     seq = cfg["sequence_batching"]
     assert int(seq["max_sequence_idle_microseconds"]) == 3600 * 10**6  # the server's --idle-timeout
     states = {s["input_name"]: s for s in seq["state"]}
@@ -152,8 +153,16 @@ def test_perf_analyzer_completes_a_sequence_run(server, mode, tmp_path):
 
 
 def test_an_idle_sequence_expires_with_an_explicit_message():
-    with ServerProcess(DEMO_MODEL, "--idle-timeout", "1", "--sweep-interval", "0.1") as srv:
-        got = drive("expire", srv.target, "demo", "--sequence-id", 31, "--idle", 1.6)
+    with InProcessServer.from_args(DEMO_MODEL, "--idle-timeout", "1", clock=FakeClock()) as srv:
+        p = spawn("expire", srv.target, "demo", "--sequence-id", 31)
+        try:
+            assert p.stdout.readline().strip() == "started"  # the sequence is open, the driver idle
+            assert srv.expire(1.6) == 1  # the fake clock: 1.6 s idle, past the 1 s timeout
+            got = answer(p)  # ... then its next request
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert got["code"] == "NOT_FOUND"
     assert "expired after 1 s idle" in got["message"] and "sequence_start=true" in got["message"], got
 
