@@ -74,8 +74,8 @@ def test_sigterm_lets_in_flight_calls_finish():
     try:
         with grpc.insecure_channel(srv.target) as ch:
             stub = pb_grpc.StateStreamServiceStub(ch)
-            # open_if_missing: the session exists once the server admitted the step (past its draining check),
-            # so GetState answering says the step is queued: SIGTERM comes after it, never before
+            # open_if_missing: the step opens the session after the server admitted it (past its draining check),
+            # so once GetState finds the session the step is in: SIGTERM comes after it, never before
             call = stub.Step.future(pb.StepRequest(session_id="late", model="demo", open_if_missing=True,
                                                    input=[1, 2, 3]))
             wait_until(lambda: _exists(stub, "late"))
