@@ -65,7 +65,7 @@ def test_a_stream_may_last_longer_than_the_clients_timeout(server):
 
         def slow():
             for x in endless():
-                time.sleep(0.05)
+                time.sleep(0.05)  # stays: the subject is a stream outlasting the client's real-time deadline
                 yield x
 
         t0, n = time.monotonic(), 0
@@ -82,7 +82,7 @@ def test_a_caller_slow_with_each_result_is_not_a_hung_server(server):
         s = c.session("demo")
         got = 0
         for _ in s.stream(np.zeros((4, 3), np.float32)):  # all four are sent at once, answered at once
-            time.sleep(0.5)  # longer than the timeout, with results in hand
+            time.sleep(0.5)  # stays (the subject): longer than the real-time timeout, with results in hand
             got += 1
         assert got == 4
 

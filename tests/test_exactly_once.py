@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,10 +18,12 @@ from statestream.client.cli import synthetic_input
 
 
 class Restarter:
-    """kill -9 a sqlite-backed server, then start it again on the same port and file after `down` seconds."""
+    """kill -9 a sqlite-backed server, then start it again on the same port and file. The kill has landed when
+    kill_and_restart returns; the server stays down until the new process is serving (its start-up, model load
+    included): the outage the clients retry through, with no sleep added."""
 
-    def __init__(self, db: str, srv: ServerProcess, down: float = 0.5):
-        self.db, self.srv, self.down = db, srv, down
+    def __init__(self, db: str, srv: ServerProcess):
+        self.db, self.srv = db, srv
         self.port = srv.port
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -34,7 +35,6 @@ class Restarter:
 
     def _restart(self) -> None:
         try:
-            time.sleep(self.down)
             self.srv = ServerProcess(DEMO_MODEL, "--state-store", self.db, "--port", str(self.port)).start()
         except BaseException as e:  # noqa: BLE001 - reported by join()
             self.error = e

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -44,9 +43,15 @@ def test_kill_9_a_replica_mid_stream_every_session_resumes_exact(cluster):
     got: list[list[np.ndarray]] = [[] for _ in range(N_SESSIONS)]
     clients = [Client(proxy.target, timeout=30) for _ in range(N_SESSIONS)]  # one connection per sensor
 
+    hold = STEPS // 3
+    arrived = threading.Semaphore(0)
+    go = threading.Event()
+
     def paced(i: int):
-        for x in xs[i]:
-            time.sleep(0.01)  # a sensor: the kill lands while steps are on the wire
+        for t, x in enumerate(xs[i]):
+            if t == hold:  # every stream waits here, mid-stream; released together just before the kill
+                arrived.release()
+                assert go.wait(60), "never released"
             yield x
 
     def sensor(i: int) -> None:
@@ -60,10 +65,11 @@ def test_kill_9_a_replica_mid_stream_every_session_resumes_exact(cluster):
     for t in threads:
         t.run = _capture(t.run, errors)
         t.start()
-    while sum(progress) < N_SESSIONS * STEPS // 3:
-        time.sleep(0.005)
+    for _ in range(N_SESSIONS):
+        assert arrived.acquire(timeout=60), f"a stream never reached step {hold}: {errors}"
     victim = 1
-    replicas[victim].kill()  # SIGKILL, streams of its sessions in the middle
+    go.set()  # every stream sends its next step at once ...
+    replicas[victim].kill()  # ... and the SIGKILL lands while those are on the wire, streams in the middle
     at_kill = list(progress)
     for t in threads:
         t.join(120)

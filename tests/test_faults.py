@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import sqlite3
-import time
+import urllib.request
+from contextlib import closing
 
 import grpc
 import numpy as np
+from inproc import InProcessServer, wait_until
 from reference import Reference
 from serverproc import DEMO_MODEL, ServerProcess
 
@@ -76,7 +79,8 @@ def test_retry_after_dropped_connection_same_response_no_double_step():
     xs = signal_for(4, seed=1)
     ref = Reference()
     expected = [ref.step(x[None])[0] for x in xs]
-    with ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
+    # in-process: nothing here needs a process, and the test can see when step 3 is queued
+    with InProcessServer.from_args(DEMO_MODEL, "--max-queue-delay", "0.3") as srv:
         with grpc.insecure_channel(srv.target) as ch:
             stub = pb_grpc.StateStreamServiceStub(ch)
             stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="flaky"))
@@ -87,7 +91,7 @@ def test_retry_after_dropped_connection_same_response_no_double_step():
         ch = grpc.insecure_channel(srv.target)
         call = pb_grpc.StateStreamServiceStub(ch).Step.future(
             pb.StepRequest(session_id="flaky", input=xs[2], sequence_number=3))
-        time.sleep(0.1)
+        srv.wait_until(lambda: srv.app.table.find("flaky").accepted_seq == 3)  # step 3 is in the server's queue
         ch.close()
         assert call.exception() is not None
         # no wait for the held step: a retry of a step still in flight waits for it and replays it
@@ -120,13 +124,15 @@ def test_sigterm_persists_and_restart_restores(tmp_path):
     xs = signal_for(6, seed=2)
     with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{db}") as srv, Client(srv.target) as c:
         s = c.session("demo", "keep")
-        c.session("demo", "brief", idle_timeout=1.0)
+        c.session("demo", "brief", idle_timeout=5.0)
         for x in xs[:3]:
             s.step(x)
         saved = s.get_state()
         assert srv.terminate() == 0
         assert "persisted 2 sessions" in srv.output()
-    time.sleep(1.2)  # "brief" expires while the server is down
+    with closing(sqlite3.connect(db)) as con:  # 10 s pass while the server is down: "brief" (5 s idle) expires
+        con.execute("UPDATE sessions SET expires_at = expires_at - 10")  # ("keep" not); closed before the restart:
+        con.commit()                                                      # the server holds its file exclusively
     with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{db}") as srv, Client(srv.target) as c:
         assert "restored 1 of 1 stored sessions" in srv.output()
         s = c.attach("keep", "demo")
@@ -138,6 +144,13 @@ def test_sigterm_persists_and_restart_restores(tmp_path):
         s.close()
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 0  # closed: its row is gone
+
+
+def open_sessions(srv) -> int:
+    """The server's statestream_active_sessions, scraped from its Prometheus port (what it holds, untouched)."""
+    port = int(re.search(r"metrics on :(\d+)", srv.output()).group(1))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return int(float(re.search(r"^statestream_active_sessions (\S+)$", text, re.M).group(1)))
 
 
 def rss_kb(pid: int) -> int:
@@ -152,7 +165,7 @@ def test_soak_sessions_stream_open_close_expire_states_exact_memory_flat(tmp_pat
     db = tmp_path / "soak.db"
     n, T = 200, 20
     with ServerProcess(DEMO_MODEL, "--state-store", f"sqlite:{db}", "--sweep-interval", "0.1",
-                       "--max-queue-delay", "0.001") as srv:
+                       "--max-queue-delay", "0.001", "--metrics-port", "-1") as srv:
 
         async def round_(r: int) -> None:
             xs = np.random.default_rng(r).normal(size=(n, T, F)).astype(np.float32)
@@ -178,7 +191,9 @@ def test_soak_sessions_stream_open_close_expire_states_exact_memory_flat(tmp_pat
                 for i in range(n):
                     if i % 3 == 2:
                         await stub.CloseSession(pb.CloseSessionRequest(session_id=f"r{r}-{i}"))
-            await asyncio.sleep(3.5)  # the i % 3 == 0 sessions expire
+            # the i % 3 == 0 sessions expire (in real time: the server is a process, its RSS is measured), the
+            # others were closed: poll the server's own count (a GetState would keep them alive) until it is 0
+            wait_until(lambda: open_sessions(srv) == 0, timeout=30, interval=0.05)
 
         rss = []
         for r in range(3):

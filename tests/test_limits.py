@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 import numpy as np
-from inproc import InProcessServer
+from inproc import InProcessServer, wait_until
 from serverproc import DEMO_MODEL, ServerProcess
 
 from statestream.v1 import statestream_pb2 as pb
@@ -62,14 +61,25 @@ def test_per_session_pending_limit():
     assert counts["p"] == len(results) - len(refused)
 
 
+def _exists(stub, sid: str) -> bool:
+    try:
+        stub.GetState(pb.GetStateRequest(session_id=sid), timeout=5)
+        return True
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+        return False
+
+
 def test_sigterm_lets_in_flight_calls_finish():
     srv = ServerProcess(DEMO_MODEL, "--max-queue-delay", "0.5", "--grace", "5").start()
     try:
         with grpc.insecure_channel(srv.target) as ch:
             stub = pb_grpc.StateStreamServiceStub(ch)
-            stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="late"))
-            call = stub.Step.future(pb.StepRequest(session_id="late", input=[1, 2, 3]))
-            time.sleep(0.1)
+            # open_if_missing: the step opens the session after the server admitted it (past its draining check),
+            # so once GetState finds the session the step is in: SIGTERM comes after it, never before
+            call = stub.Step.future(pb.StepRequest(session_id="late", model="demo", open_if_missing=True,
+                                                   input=[1, 2, 3]))
+            wait_until(lambda: _exists(stub, "late"))
             srv.proc.send_signal(15)
             assert call.result(timeout=10).step_count == 1  # queued before SIGTERM: answered
         assert srv.proc.wait(20) == 0

@@ -44,7 +44,7 @@ def test_close_with_queued_steps_fails_them_and_the_batcher_carries_on():
                     await stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
                 queued = [asyncio.ensure_future(stub.Step(pb.StepRequest(session_id="a", input=[1, 2, 3])))
                           for _ in range(3)]
-                await asyncio.sleep(0.05)
+                await srv.until(lambda: (s := srv.app.table.find("a")) is not None and s.waiting == 3)
                 await stub.CloseSession(pb.CloseSessionRequest(session_id="a"))
                 outcomes = await asyncio.gather(*queued, return_exceptions=True)
                 after = await stub.Step(pb.StepRequest(session_id="b", input=[1, 2, 3]), timeout=5)

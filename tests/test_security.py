@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import time
 
 import grpc
 import numpy as np
@@ -13,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from inproc import InProcessServer
+from inproc import FakeClock, InProcessServer
 from serverproc import DEMO_MODEL
 
 from statestream.client import Client, NotFound, Unauthenticated
@@ -215,7 +214,7 @@ ALICE, BOB = "tok-alice-3f9c2a", "tok-bob-77d01e"
 def auth(tmp_path_factory):
     path = tmp_path_factory.mktemp("auth") / "tokens"
     path.write_text(f"# accepted bearer tokens\n{ALICE}\n\n  {BOB}  \n")
-    with InProcessServer.from_args(DEMO_MODEL, "--auth-token-file", str(path), "--sweep-interval", "0.05") as srv:
+    with InProcessServer.from_args(DEMO_MODEL, "--auth-token-file", str(path), clock=FakeClock()) as srv:
         yield srv
 
 
@@ -348,7 +347,7 @@ def test_open_if_missing_cannot_hijack_another_tenants_session(stub):
     assert stub.Step(pb.StepRequest(session_id=sid, input=X), metadata=_md(ALICE)).step_count == 4
 
 
-def test_tenants_cannot_probe_each_others_ids(stub):
+def test_tenants_cannot_probe_each_others_ids(auth, stub):
     """OpenSession, open_if_missing (Step, StepFrame) and the "expired" message answer Bob for Alice's ids exactly
     as for ids nobody uses: Bob gets sessions of his own, Alice's are untouched."""
     for sid in ("alice-private-4", "alice-private-5"):
@@ -372,12 +371,8 @@ def test_tenants_cannot_probe_each_others_ids(stub):
 
     stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="alice-short", idle_timeout_seconds=0.1),
                      metadata=_md(ALICE))
-    deadline = time.monotonic() + 10
-    while True:  # each look touches the session: look less often than its 0.1 s timeout
-        time.sleep(0.3)
-        if _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), ALICE)[0] != C.OK:
-            break
-        assert time.monotonic() < deadline, "the session never expired"
+    assert _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), ALICE)[0] == C.OK
+    assert auth.expire(0.3) == 1  # the fake clock: 0.3 s idle, past alice-short's 0.1 s (the others have 1 h)
     assert "expired" in _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), ALICE)[1]
     got = _unary(stub, "GetState", pb.GetStateRequest(session_id="alice-short"), BOB)
     ref = _unary(stub, "GetState", pb.GetStateRequest(session_id="unused-short"), BOB)

@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 from docblocks import docs_text
+from inproc import FakeClock, InProcessServer
 from reference import Reference, stepped
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
 from triton_client.descriptors import describe
-from tritonvenv import TRITON_PY, drive, need
+from tritonvenv import TRITON_PY, answer, drive, need, spawn
 
 from statestream.inference import grpc_service_pb2, model_config_pb2
 from statestream.server.engine.model import ModelRunner
@@ -153,8 +154,16 @@ def test_perf_analyzer_completes_a_sequence_run(server, mode, tmp_path):
 
 
 def test_an_idle_sequence_expires_with_an_explicit_message():
-    with ServerProcess(DEMO_MODEL, "--idle-timeout", "1", "--sweep-interval", "0.1") as srv:
-        got = drive("expire", srv.target, "demo", "--sequence-id", 31, "--idle", 1.6)
+    with InProcessServer.from_args(DEMO_MODEL, "--idle-timeout", "1", clock=FakeClock()) as srv:
+        p = spawn("expire", srv.target, "demo", "--sequence-id", 31)
+        try:
+            assert p.stdout.readline().strip() == "started"  # the sequence is open, the driver idle
+            assert srv.expire(1.6) == 1  # the fake clock: 1.6 s idle, past the 1 s timeout
+            got = answer(p)  # ... then its next request
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert got["code"] == "NOT_FOUND"
     assert "expired after 1 s idle" in got["message"] and "sequence_start=true" in got["message"], got
 

@@ -34,3 +34,17 @@ def drive(*args, timeout: float = 120) -> dict:
                        timeout=timeout, cwd=ROOT)
     assert r.returncode == 0, f"driver {args[0]} failed:\n{r.stderr[-4000:]}"
     return json.loads(r.stdout)
+
+
+def spawn(*args) -> subprocess.Popen:
+    """Start one driver subcommand that talks on stdin/stdout as it goes (expire); finish it with `answer`."""
+    need(TRITON_PY)
+    return subprocess.Popen([str(TRITON_PY), str(DRIVER), *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def answer(p: subprocess.Popen, line: str = "", timeout: float = 120) -> dict:
+    """Send `line` to a spawned driver, wait for it to end; its JSON answer."""
+    out, err = p.communicate(line + "\n", timeout=timeout)
+    assert p.returncode == 0, f"driver failed:\n{err[-4000:]}"
+    return json.loads(out.splitlines()[-1])

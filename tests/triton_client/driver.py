@@ -11,7 +11,6 @@ import argparse
 import json
 import queue
 import sys
-import time
 
 import numpy as np
 import tritonclient.grpc as tg
@@ -148,10 +147,12 @@ def cmd_retry(client, a) -> dict:
 
 
 def cmd_expire(client, a) -> dict:
-    """Start a sequence, stay idle for --idle seconds, send its next request: the session expired."""
+    """Start a sequence, print "started", stay idle until a line comes on stdin (the test lets the idle timeout
+    pass on the server's clock meanwhile), send its next request: the session expired."""
     x = np.full((1, 1, a.features), 0.5, np.float32)
     client.infer(a.model, [_input(x)], sequence_id=a.sequence_id, sequence_start=True)
-    time.sleep(a.idle)
+    print("started", flush=True)
+    sys.stdin.readline()
     try:
         client.infer(a.model, [_input(x)], sequence_id=a.sequence_id)
     except InferenceServerException as e:
@@ -207,7 +208,6 @@ def main(argv=None) -> int:
         s.add_argument("--output-size", type=int, default=1)
         s.add_argument("--first-id", type=int, default=1000)
         s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--idle", type=float, default=0.0)
         s.add_argument("--tokens", default="")
         s.add_argument("--no-start", action="store_true", help="sequence: the first request does not start it")
         s.add_argument("--no-end", action="store_true", help="sequence: the last request does not end it")
