@@ -256,3 +256,34 @@ def test_a_full_cache_of_a_shared_store_evicts_its_least_recently_used_idle_sess
             assert r.step_count == 2
             np.testing.assert_allclose(r.output, stepped(X[:2])[-1], atol=1e-5)
         assert srv.run(lambda: srv.app.table.evictions) >= 3
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_frame_of_700k_unknown_ids_is_refused_at_once_and_other_clients_step_on():
+    """The adversarial frame of the review (700k unknown ids, 13 MB): RESOURCE_EXHAUSTED naming --max-entries,
+    the server's memory barely moves, and another client's steps go on. A subprocess: if this takes the server
+    down, it must not take the test run with it."""
+    from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+    n = 700_000
+    ids = [f"{i:x}" for i in range(n)]  # 13 MB with the inputs, under the 16 MB message limit
+    with ServerProcess(DEMO_MODEL) as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="bystander"))
+        before = rss_mb(srv.proc.pid)
+        big = stub.StepFrame.future(pb.StepFrameRequest(model="demo", session_ids=ids,
+                                                        inputs_raw=np.zeros(n * 3, np.float32).tobytes()), timeout=60)
+        steps = 0
+        while not big.done():  # another client steps while the frame is in the server
+            stub.Step(pb.StepRequest(session_id="bystander", input=X[0]), timeout=10)
+            steps += 1
+        code, msg = code_of(big.result)
+        assert code == C.RESOURCE_EXHAUSTED and "--max-entries" in msg
+        assert rss_mb(srv.proc.pid) - before < 200, "one refused frame grew the server by 200 MB or more"
+        assert stub.Step(pb.StepRequest(session_id="bystander", input=X[0])).step_count == steps + 1

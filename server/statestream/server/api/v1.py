@@ -152,8 +152,8 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         if n == 0:
             raise InvalidArgument("frame has no session_ids")
         x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
-        seqs = [q or None for q in req.sequence_numbers] or None  # 0: this entry has no number
-        reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=list(req.session_ids), seqs=seqs,
+        seqs = [q or None for q in req.sequence_numbers] if len(req.sequence_numbers) else None  # 0: no number
+        reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=req.session_ids, seqs=seqs,
                                                    open_if_missing=req.open_if_missing,
                                                    deadline=context and deadline_of(context)))
         rows = T if req.return_sequences else 1
