@@ -75,8 +75,8 @@ def plot(path: str, x: np.ndarray, y: np.ndarray, model: str) -> None:
 
 def cmd_models(client: Client, args) -> int:
     for m in client.models():
-        layers = ", ".join(f"{l.name}:{pb.CellType.Name(l.cell).removeprefix('CELL_TYPE_')}({l.units})"
-                           for l in m.layers)
+        layers = ", ".join(f"{layer.name}:{pb.CellType.Name(layer.cell).removeprefix('CELL_TYPE_')}({layer.units})"
+                           for layer in m.layers)
         print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]")
     return 0
 

@@ -1,7 +1,10 @@
-"""The two ways `Session.stream` drives StreamSteps: pipelined, or one step at a time that survives a broken call."""
+"""The two ways `Session.stream` drives StreamSteps: pipelined, or one step at a time that survives a broken call.
+
+The asyncio client (statestream.aio) runs the same two with awaits, on the same ReplyDeadline and Attempts."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -18,79 +21,102 @@ if TYPE_CHECKING:
     from .client import Session
 
 
-class Watchdog:
-    """Cancels a call when a reply is overdue: `timeout` seconds after the oldest unanswered step was sent
-    (or after the last reply, while steps are still unanswered), not counting the time the caller spends
-    with a result in hand (`suspend`/`resume`). One thread per stream, woken per message."""
+class ReplyDeadline:
+    """When a stream's reply is overdue: `timeout` seconds after the oldest unanswered step was sent (or after
+    the last reply, while steps are still unanswered), not counting the time the caller spends with a result in
+    hand (`suspend`/`resume`). The bookkeeping of both clients; a subclass decides how to wait for `deadline`
+    (`_guard` is its lock, `_changed` wakes its waiter)."""
 
     def __init__(self, timeout: float):
         self.timeout = timeout
         self.fired = False
-        self._cancel: Callable[[], object] | None = None
+        self.closed = False
+        self.deadline: float | None = None
         self._outstanding = 0
-        self._deadline: float | None = None
         self._suspended = False
-        self._closed = False
-        self._cond = threading.Condition()
 
-    def watch(self, cancel: Callable[[], object]) -> "Watchdog":
-        """Start watching: `cancel` is called once if a reply is overdue."""
-        self._cancel = cancel
-        threading.Thread(target=self._run, name="statestream-watchdog", daemon=True).start()
-        return self
+    def _guard(self):
+        return contextlib.nullcontext()
+
+    def _changed(self) -> None:
+        pass
 
     def sent(self, timeout: float | None = None) -> None:
-        with self._cond:
+        with self._guard():
             self._outstanding += 1
             if self._outstanding == 1 and not self._suspended:
-                self._deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-                self._cond.notify()
+                self.deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+                self._changed()
 
     def received(self) -> None:
-        with self._cond:
+        with self._guard():
             self._outstanding = max(0, self._outstanding - 1)
             self._rearm()
 
     def suspend(self) -> None:
         """The caller holds a result: its time is not the server's."""
-        with self._cond:
+        with self._guard():
             self._suspended = True
-            self._deadline = None
+            self.deadline = None
 
     def resume(self) -> None:
-        with self._cond:
+        with self._guard():
             self._suspended = False
             self._rearm()
 
-    def _rearm(self) -> None:
-        self._deadline = time.monotonic() + self.timeout if self._outstanding and not self._suspended else None
-        self._cond.notify()
-
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+        with self._guard():
+            self.closed = True
+            self._changed()
 
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self.fired = True
-                break
-        if self.fired:
-            self._cancel()
+    def _rearm(self) -> None:
+        self.deadline = time.monotonic() + self.timeout if self._outstanding and not self._suspended else None
+        self._changed()
+
+    def overdue(self) -> float | None:
+        """Seconds until the deadline (fires and returns 0 when it has passed), None without one."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.fired = True
+            return 0.0
+        return left
 
     def error(self, e: grpc.RpcError) -> StatestreamError:
-        """The exception for a call that failed: DeadlineExceeded if this watchdog cancelled it."""
+        """The exception for a call that failed: DeadlineExceeded if this deadline cancelled it."""
         if self.fired:
             return DeadlineExceeded(f"no reply within {self.timeout:g} s of a step being sent; the stream was cancelled")
         return from_rpc_error(e)
+
+
+class Watchdog(ReplyDeadline):
+    """A ReplyDeadline that cancels the call from its own thread, woken per message."""
+
+    def __init__(self, timeout: float):
+        super().__init__(timeout)
+        self._cond = threading.Condition()
+
+    def _guard(self):
+        return self._cond
+
+    def _changed(self) -> None:
+        self._cond.notify()
+
+    def watch(self, cancel: Callable[[], object]) -> "Watchdog":
+        """Start watching: `cancel` is called once if a reply is overdue."""
+        threading.Thread(target=self._run, args=(cancel,), name="statestream-watchdog", daemon=True).start()
+        return self
+
+    def _run(self, cancel: Callable[[], object]) -> None:
+        with self._cond:
+            while not self.closed:
+                left = self.overdue()
+                if left == 0.0:
+                    break
+                self._cond.wait(left)
+        if self.fired:
+            cancel()
 
 
 def pipelined(session: "Session", steps: Iterable, return_sequences: bool, return_state: bool,
