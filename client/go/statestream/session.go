@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	pb "github.com/statestream/statestream/client/go/statestreamv1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -17,6 +19,10 @@ type Session struct {
 	ID     string
 	Model  *pb.ModelInfo
 	client *Client
+
+	exactlyOnce   bool
+	lastSeq       int64  // the last acknowledged sequence number (exactly-once)
+	attachedSteps uint64 // the step count read when attached
 }
 
 // StepOptions are Keras's per-call choices, plus exactly-once sequence numbers.
@@ -80,7 +86,11 @@ func (s *Session) result(r *pb.StepResponse) (*Result, error) {
 }
 
 // Step applies input (T x features values, row-major, T >= 1) to the session.
+// An exactly-once session numbers the step itself (leave SequenceNumber nil) and retries it.
 func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Result, error) {
+	if s.exactlyOnce {
+		return s.stepExactlyOnce(ctx, input, o)
+	}
 	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	r, err := s.client.stub.Step(ctx, s.request(input, o))
@@ -94,7 +104,8 @@ func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Re
 func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
 	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
-	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true})
+	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true},
+		grpc.WaitForReady(s.exactlyOnce))
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +122,8 @@ func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.Sessio
 	if err != nil {
 		return nil, err
 	}
-	return r.GetState(), nil
+	s.lastSeq = r.GetState().GetLastSequenceNumber()
+	return r.GetState(), decodeStates(r.GetState().GetLayers())
 }
 
 // Close closes the session on the server; returns its step count.
@@ -161,9 +173,24 @@ func (st *Stream) Recv() (*Result, error) {
 	return st.s.result(r.GetStep())
 }
 
-// StreamAll streams every input over one StreamSteps call (sending while receiving) and returns
-// the results in order. It stops at the first error, in-band or not.
+// StreamAll streams every input (see Steps) and returns the results in order. It stops at the first error,
+// in-band or not. An exactly-once session resumes a broken stream from its last acknowledged step.
 func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
+	if !s.exactlyOnce {
+		return s.pipelined(ctx, inputs, o)
+	}
+	results := make([]*Result, 0, len(inputs))
+	for r, err := range s.Steps(ctx, slices.Values(inputs), o) {
+		if err != nil {
+			return results, err
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// pipelined sends every input over one StreamSteps call while receiving; ctx bounds the whole call.
+func (s *Session) pipelined(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := s.Stream(ctx)
