@@ -232,6 +232,11 @@ class LockstepCall:
             raise DeadlineExceeded(f"no reply within {timeout:g} s of a step being sent") from None
         except grpc.RpcError as e:
             raise from_rpc_error(e) from None
+        except asyncio.InvalidStateError:  # the call ended before this write: its status says why
+            code, details = await self.call.code(), await self.call.details()
+            if code == grpc.StatusCode.OK:
+                raise Unavailable("the server ended the stream before answering") from None
+            raise from_code(code, details or "") from None
         if reply is aio.EOF:
             raise Unavailable("the server ended the stream before answering")
         if reply.HasField("error"):
