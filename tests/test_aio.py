@@ -278,3 +278,21 @@ async def _paced(steps, pause: float):
     async for x in steps:
         await asyncio.sleep(pause)
         yield x
+
+
+def test_frames_from_both_clients_open_missing_sessions_and_report_entry_errors(server):
+    xs = signal_for(2, seed=26)
+    frame = np.stack([xs[0], [0.0, 0.0, np.nan]]).astype(np.float32)
+    with Client(server.target) as c:
+        y, errors = c.frame("demo", ["py-frame-a", "py-frame-b"], frame, open_if_missing=True)
+
+    async def main():
+        async with aio.Client(server.target) as c:
+            return await c.frame("demo", ["aio-frame-a", "aio-frame-b"], frame, open_if_missing=True)
+
+    ay, aerrors = run(main())
+    assert bits(y) == bits(ay) and y.shape == (2, 1)
+    np.testing.assert_allclose(y[0], stepped(xs[:1])[0], atol=1e-6)
+    assert not y[1].any()  # the failed entry's row is zero
+    for errs in (errors, aerrors):
+        assert list(errs) == [1] and isinstance(errs[1], InvalidArgument) and "NaN" in errs[1].message

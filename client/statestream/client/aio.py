@@ -104,6 +104,7 @@ class Client(ClientPlans):
     attach = awaitable(ClientPlans.attach)
     open_or_attach = awaitable(ClientPlans.open_or_attach)
     group = awaitable(ClientPlans.group)
+    frame = awaitable(ClientPlans.frame)
 
 
 class Session(SessionPlans, _AsyncCloses):

@@ -96,6 +96,7 @@ class Client(ClientPlans):
     attach = blocking(ClientPlans.attach)
     open_or_attach = blocking(ClientPlans.open_or_attach)
     group = blocking(ClientPlans.group)
+    frame = blocking(ClientPlans.frame)
 
 
 class Session(SessionPlans, _Closes):

@@ -16,7 +16,7 @@ import numpy as np
 
 from statestream.v1 import statestream_pb2 as pb
 
-from .errors import AlreadyExists, StatestreamError
+from .errors import AlreadyExists, StatestreamError, from_code
 
 States = dict[str, dict[str, np.ndarray]]  # {layer: {"h": [units], "c": [units]}}
 
@@ -210,6 +210,28 @@ class ClientPlans:
             st = yield from SessionPlans.get_state(s)
             s.last_sequence_number = st.last_sequence_number
         return s, st
+
+    def frame(self, model: str, session_ids: list[str], x, *, open_if_missing: bool = False,
+              sequence_numbers: list[int] | None = None, return_sequences: bool = False,
+              timeout: float | None = None) -> Plan:
+        """Step many sessions of one model with one message: x (N, F) or (N, T, F), row i for session_ids[i].
+
+        Returns (outputs, errors): outputs (N, O), or (N, T, O) with return_sequences, with zero rows for the
+        entries that failed; errors {index: StatestreamError} for those (the other entries were applied).
+        open_if_missing opens the listed sessions that are not open; sequence_numbers (one per entry, 0 = none)
+        make each entry exactly-once.
+        """
+        x = np.asarray(x, dtype=np.float32)  # the server checks the size against N and the model
+        n = len(session_ids)
+        req = pb.StepFrameRequest(model=model, session_ids=session_ids, inputs_raw=to_raw(x),
+                                  timesteps=1 if x.ndim == 2 else x.shape[1], open_if_missing=open_if_missing,
+                                  sequence_numbers=sequence_numbers or [], return_sequences=return_sequences,
+                                  raw_output=True)
+        reply = yield Call("StepFrame", req, timeout)
+        width = (yield from ClientPlans.model(self, model)).output_size
+        y = floats(reply.outputs, reply.outputs_raw).reshape(n, reply.rows, width)
+        errors = {e.index: from_code(e.error.code, e.error.message) for e in reply.errors}
+        return (y if return_sequences else y[:, -1]), errors
 
     def group(self, model: str, size: int = 0, *, session_ids: list[str] | None = None, group_id: str = "",
               idle_timeout: float = 0.0) -> Plan:
