@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -110,3 +111,28 @@ def test_the_load_tests_print_p50_and_p99_for_concurrent_sessions(server, lang):
         assert rep["completed"] == rep["server_steps"] == 40, rep  # every step timed, and counted by the server
         assert 0 < rep["p50_ms"] <= rep["p99_ms"], rep
         assert rep["mode"] == ("stream" if mode else "unary"), rep
+
+
+def test_the_wheel_without_extras_carries_both_python_clients(server, tmp_path):
+    """`pip install statestream` (no extras): the blocking and asyncio clients work, and no server dependency came."""
+    src = tmp_path / "src"  # a clean copy: a build/ left in the checkout could carry deleted modules into the wheel
+    for part in ("client/statestream", "server/statestream", "export/statestream"):
+        shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=src, timeout=300)
+    (wheel,) = tmp_path.glob("statestream-*.whl")
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    python = venv / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], cwd=tmp_path, timeout=600)
+    missing = run([str(python), "-c", "import importlib.util as u; print([m for m in ('onnxruntime', 'tensorflow', "
+                   "'prometheus_client', 'redis') if u.find_spec(m)])"], cwd=tmp_path)
+    assert missing.strip() == "[]", missing  # the client's install pulls in none of the server's dependencies
+    env = client_env(server.target)
+    for name, code in zip(("sync", "asyncio"), blocks(DOCS, "python")):
+        script = tmp_path / f"wheel_{name}.py"
+        script.write_text(code.replace('"sensor-7"', '"wheel-sensor-7"'))
+        out = run([str(python), str(script)], cwd=tmp_path, env=env)
+        assert out.splitlines()[-1].startswith("steps so far: "), (name, out)
