@@ -41,7 +41,10 @@ def code_of(fn) -> tuple[grpc.StatusCode, str]:
 
 def test_invalid_argument_wrong_size_names_expected_and_got(client):
     with client.session("demo") as s:
-        code, msg = code_of(lambda: s.step(np.ones(5)))
+        with pytest.raises(ValueError, match=r"\(F,\) = \(3,\)"):
+            s.step(np.ones(5))  # the client refuses it before sending; the server's own check, on the wire:
+        req = pb.StepRequest(session_id=s.id, input_raw=np.ones(5, "<f4").tobytes())
+        code, msg = code_of(lambda: client.call("Step", req, session_id=s.id))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "5 values" in msg and "T x 3" in msg and "'demo'" in msg
         assert s.get_state().step_count == 0

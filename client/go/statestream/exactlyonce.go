@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"slices"
 	"time"
 
 	pb "github.com/statestream/statestream/client/go/statestreamv1"
@@ -110,17 +109,7 @@ func (l *lockstep) exchange(actx context.Context, req *pb.StreamStepsRequest) (*
 // client's timeout); any other session pipelines its steps (ctx bounds the whole stream).
 func (s *Session) Steps(ctx context.Context, inputs iter.Seq[[]float32], o StepOptions) iter.Seq2[*Result, error] {
 	if !s.exactlyOnce {
-		return func(yield func(*Result, error) bool) {
-			rs, err := s.pipelined(ctx, slices.Collect(inputs), o)
-			for _, r := range rs {
-				if !yield(r, nil) {
-					return
-				}
-			}
-			if err != nil {
-				yield(nil, err)
-			}
-		}
+		return s.pipelined(ctx, inputs, o)
 	}
 	return func(yield func(*Result, error) bool) {
 		var call *lockstep

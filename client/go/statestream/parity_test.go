@@ -168,3 +168,33 @@ func TestErrorHelpersAndTheRetryRule(t *testing.T) {
 		}
 	}
 }
+
+// A sensor's inputs never end: Steps yields each result as it comes, for a pipelined and an exactly-once session.
+func TestStepsOverAnEndlessSensorYieldAsTheyGo(t *testing.T) {
+	c, ctx := dial(t)
+	for _, exactlyOnce := range []bool{false, true} {
+		s := open(t, c, ctx, statestream.SessionOptions{ExactlyOnce: exactlyOnce, SessionID: fmt.Sprintf("go-endless-%v-%d", exactlyOnce, time.Now().UnixNano())})
+		endless := func(yield func([]float32) bool) {
+			for i := 0; ; i++ {
+				if !yield([]float32{float32(i % 7), 0, 1}) {
+					return
+				}
+			}
+		}
+		n := 0
+		for r, err := range s.Steps(ctx, endless, statestream.StepOptions{}) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n++; uint64(n) != r.StepCount && exactlyOnce {
+				t.Fatalf("result %d has step count %d", n, r.StepCount)
+			}
+			if n == 5 {
+				break
+			}
+		}
+		if n != 5 {
+			t.Fatalf("exactly-once %v: %d results", exactlyOnce, n)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"slices"
 
 	pb "github.com/statestream/statestream/client/go/statestreamv1"
@@ -176,9 +177,6 @@ func (st *Stream) Recv() (*Result, error) {
 // StreamAll streams every input (see Steps) and returns the results in order. It stops at the first error,
 // in-band or not. An exactly-once session resumes a broken stream from its last acknowledged step.
 func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
-	if !s.exactlyOnce {
-		return s.pipelined(ctx, inputs, o)
-	}
 	results := make([]*Result, 0, len(inputs))
 	for r, err := range s.Steps(ctx, slices.Values(inputs), o) {
 		if err != nil {
@@ -186,43 +184,48 @@ func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptio
 		}
 		results = append(results, r)
 	}
-	return results, nil
-}
-
-// pipelined sends every input over one StreamSteps call while receiving; ctx bounds the whole call.
-func (s *Session) pipelined(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := s.Stream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sendErr := make(chan error, 1)
-	go func() {
-		for _, x := range inputs {
-			if err := st.Send(x, o); err != nil {
-				sendErr <- err // io.EOF: the stream ended; Recv reports why
-				return
-			}
-		}
-		sendErr <- st.CloseSend()
-	}()
-	results := make([]*Result, 0, len(inputs))
-	for {
-		r, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return results, err
-		}
-		results = append(results, r)
-	}
-	if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
-		return results, err
-	}
 	if len(results) != len(inputs) {
 		return results, fmt.Errorf("statestream: stream ended after %d of %d responses", len(results), len(inputs))
 	}
 	return results, nil
+}
+
+// pipelined sends every input over one StreamSteps call as the iterator produces it, while yielding the
+// replies in order; ctx bounds the whole call.
+func (s *Session) pipelined(ctx context.Context, inputs iter.Seq[[]float32], o StepOptions) iter.Seq2[*Result, error] {
+	return func(yield func(*Result, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.Stream(ctx)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		sendErr := make(chan error, 1)
+		go func() {
+			for x := range inputs {
+				if err := st.Send(x, o); err != nil {
+					sendErr <- err // io.EOF: the stream ended; Recv reports why
+					return
+				}
+			}
+			sendErr <- st.CloseSend()
+		}()
+		for {
+			r, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			if !yield(r, nil) {
+				return
+			}
+		}
+		if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
+			yield(nil, err)
+		}
+	}
 }

@@ -59,6 +59,7 @@ export async function withRetries(attempt, { policy = DEFAULT_RETRY, timeoutMs, 
     try {
       return { value: await attempt(Math.min(perAttempt, left), retries > 0), retries };
     } catch (e) {
+      if (!(e instanceof StatestreamError) && typeof e?.code !== "number") throw e; // not a call's failure
       const err = StatestreamError.from(e);
       last = err;
       err.attempts = retries + 1;

@@ -9,6 +9,7 @@ they wait.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
@@ -125,20 +126,25 @@ async def adrive(plan: Plan, send: Callable[[Call], Any]):
         return stop.value
 
 
+def _as_method(method, plan_method):
+    """`method` documented like `plan_method`, without its Plan return type (help() shows the caller's view)."""
+    functools.update_wrapper(method, plan_method)
+    method.__signature__ = inspect.signature(plan_method).replace(return_annotation=inspect.Signature.empty)
+    return method
+
+
 def blocking(plan_method):
     """A sync method running `plan_method`'s plan on `self._send`."""
-    @functools.wraps(plan_method)
     def method(self, *args, **kwargs):
         return drive(plan_method(self, *args, **kwargs), self._send)
-    return method
+    return _as_method(method, plan_method)
 
 
 def awaitable(plan_method):
     """An async method running `plan_method`'s plan on `self._send`."""
-    @functools.wraps(plan_method)
     async def method(self, *args, **kwargs):
         return await adrive(plan_method(self, *args, **kwargs), self._send)
-    return method
+    return _as_method(method, plan_method)
 
 
 class ClientPlans:
