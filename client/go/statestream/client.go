@@ -209,14 +209,14 @@ func (c *Client) Attach(ctx context.Context, sessionID, model string, opts ...Se
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{ID: sessionID, Model: info, client: c}
-	if len(opts) == 0 || !opts[0].ExactlyOnce {
+	s := &Session{ID: sessionID, Model: info, client: c, exactlyOnce: len(opts) > 0 && opts[0].ExactlyOnce}
+	if !s.exactlyOnce {
 		return s, nil
 	}
-	st, err := s.GetState(ctx)
+	st, err := s.GetState(ctx) // retried, as the session is exactly-once
 	if err != nil {
 		return nil, err
 	}
-	s.exactlyOnce, s.lastSeq, s.attachedSteps = true, st.GetLastSequenceNumber(), st.GetStepCount()
+	s.lastSeq, s.attachedSteps = st.GetLastSequenceNumber(), st.GetStepCount()
 	return s, nil
 }

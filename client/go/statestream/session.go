@@ -101,12 +101,25 @@ func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Re
 	return s.result(r)
 }
 
-// GetState reads the session's states of every layer, its step count and last sequence number.
+// GetState reads the session's states of every layer, its step count and last sequence number (retried like a
+// step for an exactly-once session: a read is safe to repeat).
 func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
-	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
-	defer cancel()
-	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true},
-		grpc.WaitForReady(s.exactlyOnce))
+	var r *pb.GetStateResponse
+	get := func(ctx context.Context, retry bool) error {
+		ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
+		defer cancel()
+		var err error
+		r, err = s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true}, grpc.WaitForReady(retry))
+		return err
+	}
+	var err error
+	if s.exactlyOnce {
+		var retries int
+		retries, err = s.client.retry.attempts(ctx, s.stepBudget(), get)
+		s.client.retries.Add(int64(retries))
+	} else {
+		err = get(ctx, false)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
@@ -68,10 +68,11 @@ class Attempts:
     """
 
     def __init__(self, policy: RetryPolicy, timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random):
+                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random,
+                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.policy = policy
         self.timeout = timeout
-        self.clock, self.sleep, self.rand = clock, sleep, rand
+        self.clock, self.sleep, self.rand, self.asleep = clock, sleep, rand, asleep
         self.deadline = clock() + timeout
         self.retries = 0
         self.last_error: StatestreamError | None = None
@@ -99,10 +100,8 @@ class Attempts:
             yield self.attempt_timeout()
             self.sleep(self.pause())
 
-    async def __aiter__(self) -> AsyncIterator[float]:
-        while True:
-            yield self.attempt_timeout()
-            await asyncio.sleep(self.pause())
+    def __aiter__(self) -> AsyncIterator[float]:
+        return _AsyncAttempts(self)
 
     def failed(self, err: StatestreamError) -> None:
         """Record a failed attempt; raise it unless another attempt is worth making.
@@ -120,3 +119,21 @@ class Attempts:
             return DeadlineExceeded(f"no attempt possible within {self.timeout:g} s")
         err.message = f"{err.message} (gave up after {self.retries} attempts in {self.timeout:g} s)"
         return err
+
+
+class _AsyncAttempts:
+    """`async for` over Attempts: the pause is awaited. A plain iterator, not an async generator, so a caller that
+    returns from inside the loop leaves nothing for the event loop to finalise."""
+
+    def __init__(self, attempts: Attempts):
+        self.attempts = attempts
+        self.started = False
+
+    def __aiter__(self) -> "_AsyncAttempts":
+        return self
+
+    async def __anext__(self) -> float:
+        if self.started:
+            await self.attempts.asleep(self.attempts.pause())
+        self.started = True
+        return self.attempts.attempt_timeout()
