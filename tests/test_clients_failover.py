@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
+import re
+import signal
 import subprocess
 import threading
 import time
@@ -15,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from reference import stepped
+from serverproc import DEMO_MODEL, ServerProcess
 from statestream import aio
 from statestream.client import Client
 from statestream.v1 import statestream_pb2 as pb
@@ -157,3 +161,34 @@ def test_four_clients_stream_through_a_replica_kill_bit_identically(cluster, tmp
         for name in LANGUAGES:
             st = c.attach(sid[name], "demo").get_state()
             assert st.step_count == STEPS and st.last_sequence_number == STEPS, (name, st.step_count)
+
+
+def test_go_and_node_give_up_on_a_frozen_server_within_their_deadline(tmp_path):
+    """SIGSTOP the server under an exactly-once stream: each overdue reply fails its attempt, the retries stop at
+    the step's deadline (2 s), and the program reports DEADLINE_EXCEEDED instead of hanging."""
+    go_bin = tmp_path / "failover"
+    run([tool("go"), "build", "-o", str(go_bin), "./cmd/failover"], cwd=GO_DIR, env=client_env("unused:0"))
+    srv = ServerProcess(DEMO_MODEL).start()
+    try:
+        env = client_env(srv.target)
+        procs = {
+            "go": subprocess.Popen([str(go_bin), "-session", "frozen-go", "-steps", "100000", "-pace", "20ms",
+                                    "-timeout", "2s"], cwd=GO_DIR, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True),
+            "node": subprocess.Popen([tool("node"), "testing/failover.js", "--session", "frozen-node", "--steps",
+                                      "100000", "--pace-ms", "20", "--timeout-ms", "2000"], cwd=NODE_DIR, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+        }
+        for p in procs.values():
+            for _ in range(5):
+                assert json.loads(p.stdout.readline())["step"] >= 1  # streaming
+        os.kill(srv.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        for lang, p in procs.items():
+            _, err = p.communicate(timeout=30)
+            assert p.returncode == 1, (lang, err)
+            assert re.search(r"DeadlineExceeded|DEADLINE_EXCEEDED", err), (lang, err)
+        assert time.monotonic() - t0 < 10  # the 2 s deadline, not a hang (and not 30 s of reconnects)
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
+        srv.stop()
