@@ -210,7 +210,7 @@ def test_exactly_once_retry_returns_recorded_response(client):
         assert retry.replayed and not first.replayed
         assert list(retry.output) == list(first.output)
         assert retry.step_count == first.step_count == 2
-        assert [list(l.h) for l in retry.states] == [list(l.h) for l in first.states]
+        assert [list(layer.h) for layer in retry.states] == [list(layer.h) for layer in first.states]
         assert s.get_state().step_count == 2
         assert s.get_state().last_sequence_number == 2
         y3 = s.step([0.7, 0.8, 0.9], sequence_number=3)
