@@ -25,7 +25,7 @@ from .core import (DEFAULT_CHANNEL_OPTIONS, SESSION_HEADER, Call, ClientPlans, G
                    SessionState, States, awaitable)
 from .errors import DeadlineExceeded, StatestreamError, Unavailable, from_code, from_rpc_error
 from .retry import Attempts, RetryPolicy
-from .streaming import ReplyDeadline
+from .streaming import ReplyDeadline, StreamRules
 
 __all__ = ["Client", "Session", "Group", "SessionState", "States"]
 
@@ -179,13 +179,14 @@ class AsyncWatchdog(ReplyDeadline):
 async def pipelined(session: Session, steps, return_sequences: bool, return_state: bool,
                     timeout: float | None) -> AsyncIterator:
     """Every step sent as soon as it is produced, replies in order; as `streaming.pipelined`."""
+    rules = StreamRules(session, return_sequences, return_state, timeout)
     dog = AsyncWatchdog(session.client.timeout)
     failed: list[BaseException] = []  # raised by `steps`: re-raised here, after the replies before it
 
     async def requests():
         try:
             async for x in _items(steps):
-                req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, None))
+                req = rules.request(x)
                 dog.sent()
                 yield req
         except Exception as e:  # noqa: BLE001 - the caller's own error, handed back to the caller
@@ -199,9 +200,7 @@ async def pipelined(session: Session, steps, return_sequences: bool, return_stat
             if reply is aio.EOF:
                 break
             dog.received()
-            if reply.HasField("error"):
-                raise from_code(reply.error.code, reply.error.message)
-            result = session.result(reply.step, return_sequences, return_state)
+            result = rules.result(rules.step_of(reply))
             dog.suspend()
             yield result
             dog.resume()
@@ -240,9 +239,7 @@ class LockstepCall:
             raise from_code(code, details or "") from None
         if reply is aio.EOF:
             raise Unavailable("the server ended the stream before answering")
-        if reply.HasField("error"):
-            raise from_code(reply.error.code, reply.error.message)
-        return reply.step
+        return StreamRules.step_of(reply)
 
     def close(self) -> None:
         self.call.cancel()
@@ -252,14 +249,11 @@ async def exactly_once(session: Session, steps, return_sequences: bool, return_s
                        timeout: float | None) -> AsyncIterator:
     """Numbered steps, one unacknowledged at a time, a broken call resumed on a new one; as
     `streaming.exactly_once`."""
-    client = session.client
-    budget = timeout or client.timeout
+    rules = StreamRules(session, return_sequences, return_state, timeout)
     call: LockstepCall | None = None
     try:
         async for x in _items(steps):
-            seq = session.last_sequence_number + 1
-            req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, seq))
-            attempts = Attempts(client.retry, budget)
+            seq, req, attempts = rules.numbered(x)
             async for attempt_timeout in attempts:
                 try:
                     if call is None:
@@ -271,9 +265,7 @@ async def exactly_once(session: Session, steps, return_sequences: bool, return_s
                         call.close()
                     call = None
                     attempts.failed(e)
-            client.retries += attempts.retries
-            session.acknowledged(seq)
-            yield session.result(reply, return_sequences, return_state)
+            yield rules.acknowledged(seq, attempts, reply)
     finally:
         if call is not None:
             call.close()

@@ -119,18 +119,55 @@ class Watchdog(ReplyDeadline):
             cancel()
 
 
+class StreamRules:
+    """What a stream of either client decides, whatever its waiting: the requests, in-band errors, and the numbering
+    and acknowledgement of exactly-once steps (the server records only the last response, so one step is
+    unacknowledged at a time; a broken call is replaced by a new one that resends it with its number)."""
+
+    def __init__(self, session: "Session", return_sequences: bool, return_state: bool, timeout: float | None):
+        self.session = session
+        self.return_sequences, self.return_state = return_sequences, return_state
+        self.budget = timeout or session.client.timeout  # exactly-once: one step with its retries
+
+    def request(self, x, sequence_number: int | None = None) -> pb.StreamStepsRequest:
+        return pb.StreamStepsRequest(step=self.session.request(x, self.return_sequences, self.return_state,
+                                                               sequence_number))
+
+    @staticmethod
+    def step_of(reply: pb.StreamStepsResponse) -> pb.StepResponse:
+        """The step's response; an in-band error raises its StatestreamError (the stream stays open)."""
+        if reply.HasField("error"):
+            raise from_code(reply.error.code, reply.error.message)
+        return reply.step
+
+    def result(self, step: pb.StepResponse):
+        return self.session.result(step, self.return_sequences, self.return_state)
+
+    def numbered(self, x) -> tuple[int, pb.StreamStepsRequest, Attempts]:
+        """The next exactly-once step: its sequence number, its request, and the attempts its deadline allows."""
+        seq = self.session.last_sequence_number + 1
+        return seq, self.request(x, seq), Attempts(self.session.client.retry, self.budget)
+
+    def acknowledged(self, seq: int, attempts: Attempts, step: pb.StepResponse):
+        """The step numbered `seq` was answered: its result."""
+        self.session.client.retries += attempts.retries
+        self.session.acknowledged(seq)
+        return self.result(step)
+
+
 def pipelined(session: "Session", steps: Iterable, return_sequences: bool, return_state: bool,
               timeout: float | None) -> Iterator:
     """Every step sent as soon as it is produced; replies in order. Each reply must come within the client's
     timeout of its step (a whole-call deadline would cut long streams); `timeout` also bounds the whole call."""
     client = session.client
+    rules = StreamRules(session, return_sequences, return_state, timeout)
     dog = Watchdog(client.timeout)
     failed: list[Exception] = []  # raised by `steps` on gRPC's sending thread: re-raised here, after the replies
 
     def requests():
         try:
             for x in steps:
-                req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, None))
+                req = rules.request(x)
                 dog.sent()
                 yield req
         except Exception as e:  # noqa: BLE001 - the caller's own error, handed back to the caller
@@ -141,9 +178,7 @@ def pipelined(session: "Session", steps: Iterable, return_sequences: bool, retur
     try:
         for reply in call:
             dog.received()
-            if reply.HasField("error"):
-                raise from_code(reply.error.code, reply.error.message)
-            result = session.result(reply.step, return_sequences, return_state)
+            result = rules.result(rules.step_of(reply))
             dog.suspend()
             yield result
             dog.resume()
@@ -179,9 +214,7 @@ class LockstepCall:
         except grpc.RpcError as e:
             raise self.dog.error(e) from None
         self.dog.received()
-        if reply.HasField("error"):
-            raise from_code(reply.error.code, reply.error.message)
-        return reply.step
+        return StreamRules.step_of(reply)
 
     def close(self) -> None:
         self._outbox.put(None)
@@ -195,14 +228,11 @@ def exactly_once(session: "Session", steps: Iterable, return_sequences: bool, re
     two applied-but-unanswered steps would lose an output). A broken call is replaced by a new one that resends
     the unacknowledged step with its sequence number; each step's retries are bounded by `timeout` (default:
     the client's)."""
-    client = session.client
-    budget = timeout or client.timeout
+    rules = StreamRules(session, return_sequences, return_state, timeout)
     call: LockstepCall | None = None
     try:
         for x in steps:
-            seq = session.last_sequence_number + 1
-            req = pb.StreamStepsRequest(step=session.request(x, return_sequences, return_state, seq))
-            attempts = Attempts(client.retry, budget)
+            seq, req, attempts = rules.numbered(x)
             for attempt_timeout in attempts:
                 try:
                     if call is None:
@@ -214,9 +244,7 @@ def exactly_once(session: "Session", steps: Iterable, return_sequences: bool, re
                         call.close()
                     call = None
                     attempts.failed(e)
-            client.retries += attempts.retries
-            session.acknowledged(seq)
-            yield session.result(reply, return_sequences, return_state)
+            yield rules.acknowledged(seq, attempts, reply)
     finally:
         if call is not None:
             call.close()
