@@ -164,31 +164,35 @@ def test_four_clients_stream_through_a_replica_kill_bit_identically(cluster, tmp
 
 
 def test_go_and_node_give_up_on_a_frozen_server_within_their_deadline(tmp_path):
-    """SIGSTOP the server under an exactly-once stream: each overdue reply fails its attempt, the retries stop at
-    the step's deadline (2 s), and the program reports DEADLINE_EXCEEDED instead of hanging."""
+    """SIGSTOP the server under Go and Node streams, exactly-once and plain: an exactly-once step's attempts time
+    out and its retries stop at its deadline (2 s); a plain (pipelined) stream's overdue reply cancels it. Each
+    program reports DEADLINE_EXCEEDED instead of hanging."""
     go_bin = tmp_path / "failover"
     run([tool("go"), "build", "-o", str(go_bin), "./cmd/failover"], cwd=GO_DIR, env=client_env("unused:0"))
     srv = ServerProcess(DEMO_MODEL).start()
     try:
         env = client_env(srv.target)
-        procs = {
-            "go": subprocess.Popen([str(go_bin), "-session", "frozen-go", "-steps", "100000", "-pace", "20ms",
-                                    "-timeout", "2s"], cwd=GO_DIR, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True),
-            "node": subprocess.Popen([tool("node"), "testing/failover.js", "--session", "frozen-node", "--steps",
-                                      "100000", "--pace-ms", "20", "--timeout-ms", "2000"], cwd=NODE_DIR, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        }
+        procs = {}
+        for mode in ("exactly-once", "plain"):
+            extra = ["-plain"] if mode == "plain" else []
+            procs["go", mode] = [str(go_bin), "-session", f"frozen-go-{mode}", "-steps", "100000", "-pace", "20ms",
+                                 "-timeout", "2s", *extra], GO_DIR
+            procs["node", mode] = [tool("node"), "testing/failover.js", "--session", f"frozen-node-{mode}", "--steps",
+                                   "100000", "--pace-ms", "20", "--timeout-ms", "2000", *[f"-{e}" for e in extra]], NODE_DIR
+        procs = {k: subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for k, (cmd, cwd) in procs.items()}
         for p in procs.values():
             for _ in range(5):
                 assert json.loads(p.stdout.readline())["step"] >= 1  # streaming
         os.kill(srv.pid, signal.SIGSTOP)
         t0 = time.monotonic()
-        for lang, p in procs.items():
+        for (lang, mode), p in procs.items():
             _, err = p.communicate(timeout=30)
-            assert p.returncode == 1, (lang, err)
-            assert re.search(r"DeadlineExceeded|DEADLINE_EXCEEDED", err), (lang, err)
-        assert time.monotonic() - t0 < 10  # the 2 s deadline, not a hang (and not 30 s of reconnects)
+            assert p.returncode == 1, (lang, mode, err)
+            assert re.search(r"DeadlineExceeded|DEADLINE_EXCEEDED", err), (lang, mode, err)
+            if mode == "plain":
+                assert "no reply within 2" in err, (lang, err)  # the per-reply deadline; the call itself has none
+        assert time.monotonic() - t0 < 10  # the 2 s deadlines, not a hang (and not 30 s of reconnects)
     finally:
         os.kill(srv.pid, signal.SIGCONT)
         srv.stop()

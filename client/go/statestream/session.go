@@ -204,7 +204,8 @@ func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptio
 }
 
 // pipelined sends every input over one StreamSteps call as the iterator produces it, while yielding the
-// replies in order; ctx bounds the whole call.
+// replies in order; each reply is due within the client's timeout of its step (DEADLINE_EXCEEDED), not counting
+// the caller's time with a result; ctx bounds the whole call.
 func (s *Session) pipelined(ctx context.Context, inputs iter.Seq[[]float32], o StepOptions) iter.Seq2[*Result, error] {
 	return func(yield func(*Result, error) bool) {
 		ctx, cancel := context.WithCancel(ctx)
@@ -214,9 +215,12 @@ func (s *Session) pipelined(ctx context.Context, inputs iter.Seq[[]float32], o S
 			yield(nil, err)
 			return
 		}
+		clock := newReplyClock(s.client.timeout, cancel)
+		defer clock.stop()
 		sendErr := make(chan error, 1)
 		go func() {
 			for x := range inputs {
+				clock.sent()
 				if err := st.Send(x, o); err != nil {
 					sendErr <- err // io.EOF: the stream ended; Recv reports why
 					return
@@ -230,12 +234,18 @@ func (s *Session) pipelined(ctx context.Context, inputs iter.Seq[[]float32], o S
 				break
 			}
 			if err != nil {
+				if clock.overdue() {
+					err = status.Errorf(codes.DeadlineExceeded, "statestream: no reply within %v of a step being sent; the stream was cancelled", s.client.timeout)
+				}
 				yield(nil, err)
 				return
 			}
+			clock.received()
+			clock.suspend() // the caller's time with a result is not the server's
 			if !yield(r, nil) {
 				return
 			}
+			clock.resume()
 		}
 		if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
 			yield(nil, err)

@@ -308,24 +308,41 @@ export class Session {
    * Results of `inputs` (an iterable or async iterable), in order, over StreamSteps. An exactly-once session sends
    * one step at a time, each reply due within the attempt's timeout, and resumes a broken call on a new one from
    * the last acknowledged step (each step with its retries within `timeoutMs`, default the client's); any other
-   * session pipelines them on one call.
+   * session pipelines them on one call, each reply due within `replyTimeoutMs` (default the client's timeoutMs)
+   * of its step (DeadlineExceededError), the whole call bounded only by `timeoutMs` when given.
    */
   async *steps(inputs, options = {}) {
     if (!this.exactlyOnce) {
       const stream = this.stream(options);
-      let failed; // the caller's inputs threw (or one was refused): raised after the replies before it
+      const replyMs = options.replyTimeoutMs ?? this.client.timeoutMs;
+      const clock = new ReplyClock(replyMs, () => stream.cancel());
+      let failed; // the caller's inputs threw: raised after the replies before it
+      let done = false; // the replies ended (or failed): stop taking inputs
       const feeding = (async () => {
-        for await (const x of inputs) stream.send(x, options);
+        for await (const x of inputs) {
+          if (done) return;
+          stream.send(x, options);
+          clock.sent();
+        }
         stream.end();
       })().catch((err) => {
         failed = err;
         stream.cancel();
       });
       try {
-        yield* stream;
+        for await (const r of stream) {
+          clock.received();
+          clock.suspend(); // the caller's time with a result is not the server's
+          yield r;
+          clock.resume();
+        }
       } catch (err) {
-        throw failed ?? err;
+        if (failed) throw failed;
+        if (clock.fired) throw new DeadlineExceededError(`no reply within ${replyMs} ms of a step being sent; the stream was cancelled`);
+        throw err;
       } finally {
+        done = true;
+        clock.close();
         stream.cancel();
       }
       await feeding;
@@ -385,6 +402,57 @@ export class Session {
   /** Closes the session; resolves to its step count. */
   async close(options = {}) {
     return (await this.call("CloseSession", { session_id: this.id }, options)).step_count;
+  }
+}
+
+/**
+ * When a pipelined stream's reply is overdue: `timeoutMs` after the oldest unanswered step was sent (or after the
+ * last reply, while steps are unanswered), not counting the caller's time with a result (suspend/resume); as the
+ * Python client's ReplyDeadline. Calls `onOverdue` once.
+ */
+class ReplyClock {
+  constructor(timeoutMs, onOverdue) {
+    this.timeoutMs = timeoutMs;
+    this.onOverdue = onOverdue;
+    this.outstanding = 0;
+    this.suspended = false;
+    this.fired = false;
+    this.timer = null;
+  }
+
+  sent() {
+    this.outstanding += 1;
+    if (this.outstanding === 1 && !this.suspended) this.rearm();
+  }
+
+  received() {
+    this.outstanding = Math.max(0, this.outstanding - 1);
+    this.rearm();
+  }
+
+  suspend() {
+    this.suspended = true;
+    this.rearm();
+  }
+
+  resume() {
+    this.suspended = false;
+    this.rearm();
+  }
+
+  rearm() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.outstanding && !this.suspended) {
+      this.timer = setTimeout(() => {
+        this.fired = true;
+        this.onOverdue();
+      }, this.timeoutMs);
+    }
+  }
+
+  close() {
+    clearTimeout(this.timer);
   }
 }
 

@@ -18,6 +18,7 @@ const { values } = parseArgs({
     steps: { type: "string", default: "40" },
     "pace-ms": { type: "string", default: "50" },
     "timeout-ms": { type: "string", default: "30000" },
+    plain: { type: "boolean", default: false }, // a plain (pipelined, not exactly-once) session
   },
 });
 
@@ -30,7 +31,7 @@ async function* paced(inputs, ms) {
 
 const client = new Client(values.target, { timeoutMs: Number(values["timeout-ms"]) });
 try {
-  const session = await client.openOrAttach(values.model, values.session, { exactlyOnce: true });
+  const session = await client.openOrAttach(values.model, values.session, { exactlyOnce: !values.plain });
   const inputs = sensorSignal(Number(values.steps), session.info.features);
   let step = 0;
   for await (const r of session.steps(paced(inputs, Number(values["pace-ms"])))) {

@@ -32,9 +32,10 @@ func main() {
 	id := flag.String("session", "failover-go", "session id (opened, or attached if open)")
 	steps := flag.Int("steps", 40, "timesteps")
 	pace := flag.Duration("pace", 50*time.Millisecond, "pause before each step")
-	timeout := flag.Duration("timeout", 30*time.Second, "deadline of each step with its retries")
+	timeout := flag.Duration("timeout", 30*time.Second, "deadline of each step with its retries (plain: of each reply)")
+	plain := flag.Bool("plain", false, "a plain (pipelined, not exactly-once) session")
 	flag.Parse()
-	if err := run(*target, *model, *id, *steps, *pace, *timeout); err != nil {
+	if err := run(*target, *model, *id, *steps, *pace, *timeout, !*plain); err != nil {
 		fmt.Fprintln(os.Stderr, "failover:", err)
 		os.Exit(1)
 	}
@@ -47,14 +48,14 @@ func envOr(key, def string) string {
 	return def
 }
 
-func run(target, model, id string, steps int, pace, timeout time.Duration) error {
+func run(target, model, id string, steps int, pace, timeout time.Duration, exactlyOnce bool) error {
 	client, err := statestream.Dial(target, statestream.WithTimeout(timeout))
 	if err != nil {
 		return err
 	}
 	defer client.Close()
 	ctx := context.Background()
-	s, err := client.OpenOrAttach(ctx, model, id, statestream.SessionOptions{ExactlyOnce: true})
+	s, err := client.OpenOrAttach(ctx, model, id, statestream.SessionOptions{ExactlyOnce: exactlyOnce})
 	if err != nil {
 		return err
 	}
