@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -196,5 +197,37 @@ func TestStepsOverAnEndlessSensorYieldAsTheyGo(t *testing.T) {
 		if n != 5 {
 			t.Fatalf("exactly-once %v: %d results", exactlyOnce, n)
 		}
+	}
+}
+
+// The reply deadline bounds each reply, not the stream, and not the caller's own time with a result.
+func TestPipelinedStreamOutlastsTheTimeoutAndASlowCallerIsNotAHungServer(t *testing.T) {
+	c, ctx := dial(t, statestream.WithTimeout(300*time.Millisecond))
+	s := open(t, c, ctx)
+	paced := func(yield func([]float32) bool) {
+		for i := 0; i < 40; i++ {
+			time.Sleep(25 * time.Millisecond) // 1 s in all: longer than the timeout
+			if !yield([]float32{0.1, 0.2, 0.3}) {
+				return
+			}
+		}
+	}
+	n := 0
+	for _, err := range s.Steps(ctx, paced, statestream.StepOptions{}) {
+		if err != nil {
+			t.Fatalf("after %d replies: %v", n, err)
+		}
+		n++
+	}
+	held := 0
+	for _, err := range s.Steps(ctx, slices.Values(ramp(3, 3)), statestream.StepOptions{}) {
+		if err != nil {
+			t.Fatalf("a caller holding results: %v", err)
+		}
+		time.Sleep(400 * time.Millisecond) // longer than the timeout, with a result in hand
+		held++
+	}
+	if n != 40 || held != 3 {
+		t.Fatalf("%d and %d results, want 40 and 3", n, held)
 	}
 }

@@ -100,3 +100,25 @@ test("error classes carry the code; the retry rule; an AbortSignal cancels a cal
   await eo.close();
   await s.close();
 });
+
+test("a pipelined stream outlasts the reply deadline, and a slow caller is not a hung server", async (t) => {
+  const client = connect(t);
+  if (!client) return;
+  const s = await client.openSession(MODEL);
+  async function* paced() {
+    for (let i = 0; i < 40; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 25)); // 1 s in all: longer than the deadline
+      yield [0.1, 0.2, 0.3];
+    }
+  }
+  let n = 0;
+  for await (const _ of s.steps(paced(), { replyTimeoutMs: 300 })) n += 1;
+  let held = 0;
+  for await (const _ of s.steps(ramp(3, 3), { replyTimeoutMs: 300 })) {
+    await new Promise((resolve) => setTimeout(resolve, 400)); // longer than the deadline, with a result in hand
+    held += 1;
+  }
+  assert.equal(n, 40);
+  assert.equal(held, 3);
+  await s.close();
+});
