@@ -75,6 +75,7 @@ proto: install-dev tools ## regenerate the committed Python and Go stubs from pr
 		--plugin=protoc-gen-go=$(GOBIN)/protoc-gen-go --go_out=client/go --go_opt=module=$(GO_MODULE) \
 		--plugin=protoc-gen-go-grpc=$(GOBIN)/protoc-gen-go-grpc --go-grpc_out=client/go --go-grpc_opt=module=$(GO_MODULE) \
 		proto/statestream/v1/statestream.proto
+	cp proto/statestream/v1/statestream.proto client/node/proto/statestream/v1/  # shipped inside the npm package
 
 bench: install-dev tools install-triton-client ## run the benchmarks into bench/results/ (ghz, ceilings, stores, workers)
 	$(PY) -m bench.run

@@ -12,6 +12,7 @@ from conftest import ROOT
 PACKAGES = {  # import name prefix -> folder
     "statestream.contract": ROOT / "client" / "statestream" / "contract",
     "statestream.client": ROOT / "client" / "statestream" / "client",
+    "statestream.aio": ROOT / "client" / "statestream" / "aio",
     "statestream.server": ROOT / "server" / "statestream" / "server",
     "statestream.export": ROOT / "export" / "statestream" / "export",
 }
@@ -24,7 +25,8 @@ def test_ruff_finds_nothing():
 
 
 def test_no_dead_code():
-    r = subprocess.run([str(BIN / "vulture"), "server", "client/statestream/client", "client/statestream/contract",
+    r = subprocess.run([str(BIN / "vulture"), "server", "client/statestream/client", "client/statestream/aio",
+                        "client/statestream/contract",
                         "export", "tests/support", "scripts/vulture_whitelist.py", "--min-confidence", "60"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -117,3 +117,28 @@ def test_a_deadline_already_past_makes_no_attempt():
     a = Attempts(RetryPolicy(), 0.0, clock=t.clock, sleep=t.sleep)
     with pytest.raises(errors.DeadlineExceeded, match="no attempt possible"):
         run(a, ["ok"], t)
+
+
+def test_async_iteration_makes_the_same_decisions_and_awaits_the_pauses():
+    import asyncio
+
+    t = FakeTime()
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        t.sleep(seconds)
+
+    a = Attempts(RetryPolicy(initial_backoff=0.5, max_backoff=2.0), 3.0, clock=t.clock, sleep=t.sleep,
+                 rand=lambda: 1.0, asleep=fake_sleep)
+
+    async def main():
+        timeouts = []
+        async for attempt_timeout in a:
+            timeouts.append(attempt_timeout)
+            a.failed(errors.Unavailable("down"))
+        return timeouts
+
+    with pytest.raises(errors.Unavailable, match=r"gave up after 3 attempts in 3 s"):
+        asyncio.run(main())
+    assert slept == [0.5, 1.0]  # the same backoff as the sync loop; a third pause would end past the deadline

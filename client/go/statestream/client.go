@@ -15,10 +15,12 @@ package statestream
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/statestream/statestream/client/go/statestreamv1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -33,6 +35,8 @@ type Client struct {
 	stub    pb.StateStreamServiceClient
 	token   string
 	timeout time.Duration
+	retry   RetryPolicy
+	retries atomic.Int64
 }
 
 // Option configures Dial.
@@ -43,6 +47,7 @@ type dialConfig struct {
 	timeout time.Duration
 	creds   credentials.TransportCredentials
 	extra   []grpc.DialOption
+	retry   RetryPolicy
 }
 
 // WithToken sends "authorization: Bearer TOKEN" on every call (servers started with --auth-token-file).
@@ -50,6 +55,9 @@ func WithToken(token string) Option { return func(c *dialConfig) { c.token = tok
 
 // WithTimeout sets the deadline of unary calls whose context has none (default DefaultTimeout).
 func WithTimeout(d time.Duration) Option { return func(c *dialConfig) { c.timeout = d } }
+
+// WithRetryPolicy sets the backoff of exactly-once sessions (default DefaultRetryPolicy).
+func WithRetryPolicy(p RetryPolicy) Option { return func(c *dialConfig) { c.retry = p } }
 
 // WithTransportCredentials uses TLS (or other credentials) instead of a plaintext connection.
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
@@ -63,17 +71,25 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // Dial creates a client for target ("host:port"); the connection is made lazily, on the first call.
 func Dial(target string, opts ...Option) (*Client, error) {
-	cfg := dialConfig{timeout: DefaultTimeout, creds: insecure.NewCredentials()}
+	cfg := dialConfig{timeout: DefaultTimeout, creds: insecure.NewCredentials(), retry: DefaultRetryPolicy}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(cfg.creds)}, cfg.extra...)
+	// A restarted server or a recovered replica is found again within about a second (gRPC's default backoff
+	// grows to 120 s), as in the Python client.
+	reconnect := grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond,
+		Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}, MinConnectTimeout: 5 * time.Second})
+	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(cfg.creds), reconnect}, cfg.extra...)
 	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("statestream: %s: %w", target, err)
 	}
-	return &Client{conn: conn, stub: pb.NewStateStreamServiceClient(conn), token: cfg.token, timeout: cfg.timeout}, nil
+	return &Client{conn: conn, stub: pb.NewStateStreamServiceClient(conn), token: cfg.token, timeout: cfg.timeout,
+		retry: cfg.retry}, nil
 }
+
+// Retries is the number of attempts exactly-once sessions resent, over this client's life.
+func (c *Client) Retries() int64 { return c.retries.Load() }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
@@ -141,6 +157,10 @@ type SessionOptions struct {
 	IdleTimeout time.Duration
 	// InitialStates start the session from saved states (every layer); nil is zero states.
 	InitialStates []*pb.LayerState
+	// ExactlyOnce: the session numbers its steps and retries them through failures (see exactlyonce.go). With
+	// a SessionID the open is retried too: ALREADY_EXISTS after a retry, for a session that has not stepped,
+	// is taken as this call's own open whose answer was lost.
+	ExactlyOnce bool
 }
 
 // OpenSession opens a session on model.
@@ -149,23 +169,54 @@ func (c *Client) OpenSession(ctx context.Context, model string, opts ...SessionO
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	ctx, cancel := c.unary(WithSession(ctx, o.SessionID))
-	defer cancel()
-	r, err := c.stub.OpenSession(ctx, &pb.OpenSessionRequest{
-		Model: model, SessionId: o.SessionID, InitialStates: rawStates(o.InitialStates),
-		IdleTimeoutSeconds: o.IdleTimeout.Seconds(),
+	req := &pb.OpenSessionRequest{Model: model, SessionId: o.SessionID, InitialStates: rawStates(o.InitialStates),
+		IdleTimeoutSeconds: o.IdleTimeout.Seconds()}
+	open := func(ctx context.Context, retry bool) (*pb.OpenSessionResponse, error) {
+		ctx, cancel := c.unary(WithSession(ctx, o.SessionID))
+		defer cancel()
+		return c.stub.OpenSession(ctx, req, grpc.WaitForReady(retry))
+	}
+	if !o.ExactlyOnce || o.SessionID == "" {
+		r, err := open(ctx, false)
+		if err != nil {
+			return nil, err
+		}
+		return &Session{ID: r.GetSessionId(), Model: r.GetModel(), client: c, exactlyOnce: o.ExactlyOnce}, nil
+	}
+	var r *pb.OpenSessionResponse
+	retries, err := c.retry.attempts(ctx, c.timeout, func(actx context.Context, retry bool) error {
+		var err error
+		r, err = open(actx, retry)
+		return err
 	})
+	c.retries.Add(int64(retries))
+	if IsAlreadyExists(err) && retries > 0 {
+		s, aerr := c.Attach(ctx, o.SessionID, model, SessionOptions{ExactlyOnce: true})
+		if aerr == nil && s.lastSeq == 0 && s.attachedSteps == 0 {
+			return s, nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	return &Session{ID: r.GetSessionId(), Model: r.GetModel(), client: c}, nil
+	return &Session{ID: r.GetSessionId(), Model: r.GetModel(), client: c, exactlyOnce: true}, nil
 }
 
-// Attach returns a Session for an already open session id on model (no call to the server but GetModel).
-func (c *Client) Attach(ctx context.Context, sessionID, model string) (*Session, error) {
+// Attach returns a Session for an already open session id on model (one GetModel). With ExactlyOnce in opts,
+// the numbering resumes from the server's last sequence number (one GetState).
+func (c *Client) Attach(ctx context.Context, sessionID, model string, opts ...SessionOptions) (*Session, error) {
 	info, err := c.Model(ctx, model)
 	if err != nil {
 		return nil, err
 	}
-	return &Session{ID: sessionID, Model: info, client: c}, nil
+	s := &Session{ID: sessionID, Model: info, client: c, exactlyOnce: len(opts) > 0 && opts[0].ExactlyOnce}
+	if !s.exactlyOnce {
+		return s, nil
+	}
+	st, err := s.GetState(ctx) // retried, as the session is exactly-once
+	if err != nil {
+		return nil, err
+	}
+	s.lastSeq, s.attachedSteps = st.GetLastSequenceNumber(), st.GetStepCount()
+	return s, nil
 }

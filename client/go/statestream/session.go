@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
+	"slices"
 
 	pb "github.com/statestream/statestream/client/go/statestreamv1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -17,6 +20,10 @@ type Session struct {
 	ID     string
 	Model  *pb.ModelInfo
 	client *Client
+
+	exactlyOnce   bool
+	lastSeq       int64  // the last acknowledged sequence number (exactly-once)
+	attachedSteps uint64 // the step count read when attached
 }
 
 // StepOptions are Keras's per-call choices, plus exactly-once sequence numbers.
@@ -80,7 +87,11 @@ func (s *Session) result(r *pb.StepResponse) (*Result, error) {
 }
 
 // Step applies input (T x features values, row-major, T >= 1) to the session.
+// An exactly-once session numbers the step itself (leave SequenceNumber nil) and retries it.
 func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Result, error) {
+	if s.exactlyOnce {
+		return s.stepExactlyOnce(ctx, input, o)
+	}
 	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
 	defer cancel()
 	r, err := s.client.stub.Step(ctx, s.request(input, o))
@@ -90,11 +101,25 @@ func (s *Session) Step(ctx context.Context, input []float32, o StepOptions) (*Re
 	return s.result(r)
 }
 
-// GetState reads the session's states of every layer, its step count and last sequence number.
+// GetState reads the session's states of every layer, its step count and last sequence number (retried like a
+// step for an exactly-once session: a read is safe to repeat).
 func (s *Session) GetState(ctx context.Context) (*pb.SessionState, error) {
-	ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
-	defer cancel()
-	r, err := s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true})
+	var r *pb.GetStateResponse
+	get := func(ctx context.Context, retry bool) error {
+		ctx, cancel := s.client.unary(WithSession(ctx, s.ID))
+		defer cancel()
+		var err error
+		r, err = s.client.stub.GetState(ctx, &pb.GetStateRequest{SessionId: s.ID, RawOutput: true}, grpc.WaitForReady(retry))
+		return err
+	}
+	var err error
+	if s.exactlyOnce {
+		var retries int
+		retries, err = s.client.retry.attempts(ctx, s.stepBudget(), get)
+		s.client.retries.Add(int64(retries))
+	} else {
+		err = get(ctx, false)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +136,8 @@ func (s *Session) SetState(ctx context.Context, st *pb.SessionState) (*pb.Sessio
 	if err != nil {
 		return nil, err
 	}
-	return r.GetState(), nil
+	s.lastSeq = r.GetState().GetLastSequenceNumber()
+	return r.GetState(), decodeStates(r.GetState().GetLayers())
 }
 
 // Close closes the session on the server; returns its step count.
@@ -161,41 +187,68 @@ func (st *Stream) Recv() (*Result, error) {
 	return st.s.result(r.GetStep())
 }
 
-// StreamAll streams every input over one StreamSteps call (sending while receiving) and returns
-// the results in order. It stops at the first error, in-band or not.
+// StreamAll streams every input (see Steps) and returns the results in order. It stops at the first error,
+// in-band or not. An exactly-once session resumes a broken stream from its last acknowledged step.
 func (s *Session) StreamAll(ctx context.Context, inputs [][]float32, o StepOptions) ([]*Result, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	st, err := s.Stream(ctx)
-	if err != nil {
-		return nil, err
-	}
-	sendErr := make(chan error, 1)
-	go func() {
-		for _, x := range inputs {
-			if err := st.Send(x, o); err != nil {
-				sendErr <- err // io.EOF: the stream ended; Recv reports why
-				return
-			}
-		}
-		sendErr <- st.CloseSend()
-	}()
 	results := make([]*Result, 0, len(inputs))
-	for {
-		r, err := st.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
+	for r, err := range s.Steps(ctx, slices.Values(inputs), o) {
 		if err != nil {
 			return results, err
 		}
 		results = append(results, r)
 	}
-	if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
-		return results, err
-	}
 	if len(results) != len(inputs) {
 		return results, fmt.Errorf("statestream: stream ended after %d of %d responses", len(results), len(inputs))
 	}
 	return results, nil
+}
+
+// pipelined sends every input over one StreamSteps call as the iterator produces it, while yielding the
+// replies in order; each reply is due within the client's timeout of its step (DEADLINE_EXCEEDED), not counting
+// the caller's time with a result; ctx bounds the whole call.
+func (s *Session) pipelined(ctx context.Context, inputs iter.Seq[[]float32], o StepOptions) iter.Seq2[*Result, error] {
+	return func(yield func(*Result, error) bool) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		st, err := s.Stream(ctx)
+		if err != nil {
+			yield(nil, err)
+			return
+		}
+		clock := newReplyClock(s.client.timeout, cancel)
+		defer clock.stop()
+		sendErr := make(chan error, 1)
+		go func() {
+			for x := range inputs {
+				clock.sent()
+				if err := st.Send(x, o); err != nil {
+					sendErr <- err // io.EOF: the stream ended; Recv reports why
+					return
+				}
+			}
+			sendErr <- st.CloseSend()
+		}()
+		for {
+			r, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				if clock.overdue() {
+					err = status.Errorf(codes.DeadlineExceeded, "statestream: no reply within %v of a step being sent; the stream was cancelled", s.client.timeout)
+				}
+				yield(nil, err)
+				return
+			}
+			clock.received()
+			clock.suspend() // the caller's time with a result is not the server's
+			if !yield(r, nil) {
+				return
+			}
+			clock.resume()
+		}
+		if err := <-sendErr; err != nil && !errors.Is(err, io.EOF) {
+			yield(nil, err)
+		}
+	}
 }

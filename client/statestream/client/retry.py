@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
@@ -55,21 +56,23 @@ class Attempts:
     """The attempts of one call within `timeout` seconds: iterate for each attempt's timeout.
 
         attempts = Attempts(policy, 10.0)
-        for attempt_timeout in attempts:
+        for attempt_timeout in attempts:          # `async for` in asyncio code: the pause is awaited
             try:
                 return send(timeout=attempt_timeout)
             except StatestreamError as e:
                 attempts.failed(e)   # re-raises unless retryable and time remains
 
     Sleeping between attempts is bounded by the deadline: when the next backoff would end past it, the last
-    error is raised instead of waiting for nothing.
+    error is raised instead of waiting for nothing. The decisions are `attempt_timeout` and `pause`; the
+    sync and async iterations differ only in how they wait.
     """
 
     def __init__(self, policy: RetryPolicy, timeout: float, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random):
+                 sleep: Callable[[float], None] = time.sleep, rand: Callable[[], float] = random.random,
+                 asleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self.policy = policy
         self.timeout = timeout
-        self.clock, self.sleep, self.rand = clock, sleep, rand
+        self.clock, self.sleep, self.rand, self.asleep = clock, sleep, rand, asleep
         self.deadline = clock() + timeout
         self.retries = 0
         self.last_error: StatestreamError | None = None
@@ -77,18 +80,28 @@ class Attempts:
     def remaining(self) -> float:
         return self.deadline - self.clock()
 
+    def attempt_timeout(self) -> float:
+        """The timeout of the next attempt; raises when no time is left."""
+        left = self.remaining()
+        if left <= 0:
+            raise self._expired()
+        return min(self.policy.attempt_timeout or self.timeout / 3, left)
+
+    def pause(self) -> float:
+        """After a failed attempt: the seconds to wait before the next; raises if that would end past the deadline."""
+        self.retries += 1
+        pause = self.policy.backoff(self.retries, self.rand)
+        if pause >= self.remaining():
+            raise self._expired()
+        return pause
+
     def __iter__(self) -> Iterator[float]:
-        per_attempt = self.policy.attempt_timeout or self.timeout / 3
         while True:
-            left = self.remaining()
-            if left <= 0:
-                raise self._expired()
-            yield min(per_attempt, left)
-            self.retries += 1
-            pause = self.policy.backoff(self.retries, self.rand)
-            if pause >= self.remaining():
-                raise self._expired()
-            self.sleep(pause)
+            yield self.attempt_timeout()
+            self.sleep(self.pause())
+
+    def __aiter__(self) -> AsyncIterator[float]:
+        return _AsyncAttempts(self)
 
     def failed(self, err: StatestreamError) -> None:
         """Record a failed attempt; raise it unless another attempt is worth making.
@@ -106,3 +119,21 @@ class Attempts:
             return DeadlineExceeded(f"no attempt possible within {self.timeout:g} s")
         err.message = f"{err.message} (gave up after {self.retries} attempts in {self.timeout:g} s)"
         return err
+
+
+class _AsyncAttempts:
+    """`async for` over Attempts: the pause is awaited. A plain iterator, not an async generator, so a caller that
+    returns from inside the loop leaves nothing for the event loop to finalise."""
+
+    def __init__(self, attempts: Attempts):
+        self.attempts = attempts
+        self.started = False
+
+    def __aiter__(self) -> "_AsyncAttempts":
+        return self
+
+    async def __anext__(self) -> float:
+        if self.started:
+            await self.attempts.asleep(self.attempts.pause())
+        self.started = True
+        return self.attempts.attempt_timeout()

@@ -14,6 +14,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/statestream/statestream/client/go/internal/sensor"
 	"github.com/statestream/statestream/client/go/statestream"
 )
 
@@ -72,7 +73,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		return fmt.Errorf("open session on %q: %w", cfg.model, err)
 	}
 	defer session.Close(context.WithoutCancel(ctx))
-	inputs := SensorSignal(cfg.steps, int(session.Model.GetFeatures()))
+	inputs := sensor.Signal(cfg.steps, int(session.Model.GetFeatures()))
 
 	results, err := session.StreamAll(ctx, inputs, statestream.StepOptions{})
 	if err != nil {

@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/statestream/statestream/client/go/internal/livetest"
+	"github.com/statestream/statestream/client/go/internal/sensor"
 )
 
 func TestSensorSignalIsExactAndBounded(t *testing.T) {
-	xs := SensorSignal(100, 3)
+	xs := sensor.Signal(100, 3)
 	for _, row := range xs {
 		for _, v := range row {
 			if v < -1 || v > 1 || float32(float64(v)*256) != float32(int(float64(v)*256)) {

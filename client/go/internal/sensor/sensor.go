@@ -1,10 +1,11 @@
-package main
+// Package sensor is the synthetic sensor signal of the Go examples.
+package sensor
 
-// SensorSignal is the synthetic sensor signal of the examples (Go, Node and the Python test build the
+// Signal is the synthetic sensor signal of the examples (Go, Node and the Python test build the
 // same one): per feature j a triangle wave of period 40 steps, shifted 10 steps per feature, plus a
 // small deterministic jitter. Every value is a multiple of 1/256 below 2 in magnitude, so it is exact
 // in float32 and every language computes the very same input.
-func SensorSignal(steps, features int) [][]float32 {
+func Signal(steps, features int) [][]float32 {
 	xs := make([][]float32, steps)
 	for t := range xs {
 		xs[t] = make([]float32, features)
