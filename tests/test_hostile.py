@@ -287,3 +287,27 @@ def test_a_frame_of_700k_unknown_ids_is_refused_at_once_and_other_clients_step_o
         assert code == C.RESOURCE_EXHAUSTED and "--max-entries" in msg
         assert rss_mb(srv.proc.pid) - before < 200, "one refused frame grew the server by 200 MB or more"
         assert stub.Step(pb.StepRequest(session_id="bystander", input=X[0])).step_count == steps + 1
+
+
+def test_one_big_group_step_is_bounded_in_memory():
+    """The review's big group (65,536 members x T=20) grew the server by 770 MB. Members are bounded by
+    --max-entries, a request's session-timesteps by --max-request-timesteps; within them, repeated big group
+    steps keep the server's memory flat."""
+    from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+    with ServerProcess(DEMO_MODEL, "--max-sessions", "70000") as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        got, msg = code_of(stub.OpenGroup, pb.OpenGroupRequest(model="demo", size=65_536))
+        assert got == C.RESOURCE_EXHAUSTED and "--max-entries" in msg
+        g = stub.OpenGroup(pb.OpenGroupRequest(model="demo", size=16_384))
+        x = np.random.default_rng(0).normal(size=(16_384, 5, 3)).astype(np.float32)
+        got, msg = code_of(stub.StepGroup, pb.StepGroupRequest(group_id=g.group_id, timesteps=5,
+                                                               inputs_raw=x.tobytes()))
+        assert got == C.RESOURCE_EXHAUSTED and "--max-request-timesteps" in msg
+        x = x[:, :4]
+        rss = []
+        for _ in range(4):
+            stub.StepGroup(pb.StepGroupRequest(group_id=g.group_id, timesteps=4, inputs_raw=x.tobytes()))
+            rss.append(rss_mb(srv.proc.pid))
+        assert rss[-1] - rss[1] < 50, f"memory grew across identical group steps: {rss} MB"
+        assert stub.GetState(pb.GetStateRequest(session_id=g.session_ids[0])).state.step_count == 16

@@ -52,6 +52,7 @@ class Config:
     max_pending_per_session: int = 64
     max_pending: int = 100_000
     max_entries: int = 16_384
+    max_request_timesteps: int = 65_536
     max_groups: int = 10_000
     max_message_bytes: int = 16 * 1024 * 1024
     intra_op_threads: int = 1
@@ -104,7 +105,8 @@ class Config:
             raise ValueError("--models is required (a folder of .onnx files, or files)")
         self.model_files()
         for name in ("max_sessions", "max_timesteps", "max_batch_size", "max_pending_per_session",
-                     "max_pending", "max_entries", "max_groups", "max_message_bytes", "intra_op_threads"):
+                     "max_pending", "max_entries", "max_request_timesteps", "max_groups", "max_message_bytes",
+                     "intra_op_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.idle_timeout <= 0 or self.max_idle_timeout < self.idle_timeout:
@@ -160,6 +162,8 @@ HELP = {
     "max_entries": "entries of one StepFrame and members of one group at most (bounds one request's memory and "
                    "loop time); more is RESOURCE_EXHAUSTED",
     "max_groups": "open session groups at most; more is RESOURCE_EXHAUSTED",
+    "max_request_timesteps": "session-timesteps (entries x T) of one request at most: bounds the transient memory of "
+                             "its model run; more is RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest request message",
     "intra_op_threads": "onnxruntime intra-op threads",
     "inline_max_batch": "model runs of at most this many session-timesteps run on the event loop, larger ones "

@@ -118,7 +118,8 @@ class App:
         self.metrics.watch(self.table)
         self.engine = Engine(self.table, Directory(self.table, persistence, self.batchers), self.batchers,
                              Groups(cfg.max_groups, cfg.max_entries), max_timesteps=cfg.max_timesteps,
-                             max_entries=cfg.max_entries, max_pending_per_session=cfg.max_pending_per_session)
+                             max_entries=cfg.max_entries, max_request_timesteps=cfg.max_request_timesteps,
+                             max_pending_per_session=cfg.max_pending_per_session)
         self.service.attach(self.engine)
         self.triton.attach(self.engine)
         self._tasks.append(loop.create_task(self._sweep()))

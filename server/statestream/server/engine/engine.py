@@ -48,13 +48,15 @@ class Engine:
     FailedPrecondition); domain errors of one family (statestream.contract.errors)."""
 
     def __init__(self, table: SessionTable, directory: Directory, batchers: dict[str, Batcher], groups: Groups, *,
-                 max_timesteps: int, max_entries: int, max_pending_per_session: int):
+                 max_timesteps: int, max_entries: int, max_pending_per_session: int,
+                 max_request_timesteps: int = 65_536):
         self.table = table
         self.directory = directory
         self.batchers = batchers
         self.groups = groups
         self.max_timesteps = max_timesteps
         self.max_entries = max_entries
+        self.max_request_timesteps = max_request_timesteps
         self.max_pending_per_session = max_pending_per_session
         self.draining = False
         self.shared = directory.persistence.shared
@@ -140,6 +142,9 @@ class Engine:
             raise InvalidArgument(f"input has T={T} timesteps; the limit is {self.max_timesteps} (--max-timesteps)")
         if n > self.max_entries:
             raise ResourceExhausted(f"{n} entries in one request; the limit is {self.max_entries} (--max-entries)")
+        if n * T > self.max_request_timesteps:
+            raise ResourceExhausted(f"{n} entries x T={T} = {n * T} session-timesteps in one request; the limit is "
+                                    f"{self.max_request_timesteps} (--max-request-timesteps)")
         if req.group:
             return await self._group_step(req)
         if n != len(req.ids) or n == 0:
