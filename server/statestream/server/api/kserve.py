@@ -10,15 +10,14 @@ from importlib import metadata
 
 import grpc
 
-from statestream.contract.errors import NotFound, Unavailable
+from statestream.contract.errors import NotFound
 from statestream.contract.triton_config import VERSION, model_config, model_metadata
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api import kserve_codec as tc
 from statestream.server.api.auth import Auth
-from statestream.server.api.status import deadline_of, domain_error, stream_owner, unary
+from statestream.server.api.status import Adapter, deadline_of, domain_error, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
-from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
 
 log = logging.getLogger("statestream.triton")
@@ -37,31 +36,17 @@ def _version() -> str:
         return "0"
 
 
-class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
+class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
     """Triton's inference service over the Engine: a sequence id is a session id.
 
     `sequence_start` opens the session, or restarts an open one from zero states as part of the step itself (so a
     refused start changes nothing); `sequence_end` closes it after the step."""
 
     def __init__(self, auth: Auth, metrics=None, *, max_batch_size: int, idle_seconds: float):
-        self.engine: Engine | None = None
-        self.auth = auth
-        self.metrics = metrics
+        super().__init__(auth, metrics)
         self.max_batch_size = max_batch_size
         self.idle_seconds = idle_seconds
         self._ended: OrderedDict[tuple, tuple[int, ipb.ModelInferResponse]] = OrderedDict()
-
-    def attach(self, engine: Engine) -> None:
-        self.engine = engine
-
-    # what the `unary` decorator calls: readiness, request counts
-    def check_ready(self) -> None:
-        if self.engine is None:
-            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
-
-    def count(self, method: str, code: grpc.StatusCode) -> None:
-        if self.metrics is not None:
-            self.metrics.count_request(method, code.name)
 
     def _runner(self, name: str, version: str):
         runner = self.engine.runner(name)

@@ -8,7 +8,7 @@ import time
 
 import grpc
 
-from statestream.contract.errors import Internal, StatestreamError
+from statestream.contract.errors import Internal, StatestreamError, Unavailable
 from statestream.server.api.wire import check
 
 log = logging.getLogger("statestream.api")
@@ -58,6 +58,28 @@ def unary(fn):
         return reply
 
     return handler
+
+
+class Adapter:
+    """What both protocol adapters share: the engine (attached once the models are loaded; until then every call is
+    UNAVAILABLE), the bearer-token check, and request counts for the metrics."""
+
+    def __init__(self, auth, metrics=None):
+        self.engine = None
+        self.auth = auth
+        self.metrics = metrics
+
+    def attach(self, engine) -> None:
+        """Models are loaded: start answering."""
+        self.engine = engine
+
+    def check_ready(self) -> None:
+        if self.engine is None:
+            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
+
+    def count(self, method: str, code: grpc.StatusCode) -> None:
+        if self.metrics is not None:
+            self.metrics.count_request(method, code.name)
 
 
 async def stream_owner(service, context):

@@ -7,10 +7,10 @@ import logging
 import grpc
 import numpy as np
 
-from statestream.contract.errors import InvalidArgument, Unavailable
+from statestream.contract.errors import InvalidArgument
 from statestream.server.api import codec
 from statestream.server.api.auth import Auth
-from statestream.server.api.status import code_number, deadline_of, domain_error, status_of, stream_owner, unary
+from statestream.server.api.status import Adapter, code_number, deadline_of, domain_error, status_of, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
 from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
@@ -20,30 +20,17 @@ from statestream.v1 import statestream_pb2_grpc as pb_grpc
 log = logging.getLogger("statestream.v1")
 
 
-class StateStreamService(pb_grpc.StateStreamServiceServicer):
-    """StateStreamService over the Engine (attached once the models are loaded; until then UNAVAILABLE)."""
+class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
+    """StateStreamService over the Engine."""
 
     def __init__(self, max_timesteps: int, auth: Auth, metrics=None):
-        self.engine: Engine | None = None
+        super().__init__(auth, metrics)
         self.max_timesteps = max_timesteps
-        self.auth = auth
-        self.metrics = metrics
         self._infos: dict[str, pb.ModelInfo] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Models are loaded: start answering."""
         self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in engine.runners.items()}
-        self.engine = engine
-
-    # -- what every handler shares ---------------------------------------------------
-
-    def check_ready(self) -> None:
-        if self.engine is None:
-            raise Unavailable("models are still loading; retry shortly (health is NOT_SERVING)")
-
-    def count(self, method: str, code: grpc.StatusCode) -> None:
-        if self.metrics is not None:
-            self.metrics.count_request(method, code.name)
+        super().attach(engine)
 
     def _info(self, model: str) -> pb.ModelInfo:
         self.engine.runner(model)
@@ -54,11 +41,13 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         err = domain_error(e)
         return pb.Error(code=code_number(err.code), message=err.message)
 
-    async def _in_order(self, request_iterator, answer, method: str):
-        """One reply per request, in order, errors in-band; a transport fault ends the stream. The window of unsent
-        replies is one: the next request is read only after its reply was taken by the transport."""
+    async def _stream(self, request_iterator, context, method: str, answer):
+        """A bidirectional stream: the caller's token once, then one reply per request, in order, errors in-band
+        (`answer(request, owner)` returns the reply; an exception becomes its in-band error); a transport fault ends
+        the stream. The window of unsent replies is one: the next request is read after its reply was taken."""
+        owner = await stream_owner(self, context)
         async for req in request_iterator:
-            reply = await answer(req)
+            reply = await answer(req, owner)
             self.count(method, grpc.StatusCode.OK if reply.error.code == 0 else status_of(reply.error.code))
             yield reply
 
@@ -127,9 +116,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         return await self.step(request, self.auth.owner(context), context)
 
     async def StreamSteps(self, request_iterator, context):
-        owner = await stream_owner(self, context)
-
-        async def answer(req: pb.StreamStepsRequest) -> pb.StreamStepsResponse:
+        async def answer(req: pb.StreamStepsRequest, owner) -> pb.StreamStepsResponse:
             if isinstance(req, Undecodable):
                 return pb.StreamStepsResponse(error=self._in_band(req.error))
             head = {"session_id": req.step.session_id}
@@ -140,7 +127,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             except Exception as e:
                 return pb.StreamStepsResponse(error=self._in_band(e), **head)
 
-        async for reply in self._in_order(request_iterator, answer, "StreamSteps"):
+        async for reply in self._stream(request_iterator, context, "StreamSteps", answer):
             yield reply
 
     # -- frames -----------------------------------------------------------------------
@@ -171,15 +158,13 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         return await self.frame(request, self.auth.owner(context), context)
 
     async def StreamFrames(self, request_iterator, context):
-        owner = await stream_owner(self, context)
-
-        async def answer(req: pb.StreamFramesRequest) -> pb.StreamFramesResponse:
+        async def answer(req: pb.StreamFramesRequest, owner) -> pb.StreamFramesResponse:
             try:
                 return pb.StreamFramesResponse(frame=await self.frame(check(req).frame, owner, context))
             except Exception as e:
                 return pb.StreamFramesResponse(error=self._in_band(e))
 
-        async for reply in self._in_order(request_iterator, answer, "StreamFrames"):
+        async for reply in self._stream(request_iterator, context, "StreamFrames", answer):
             yield reply
 
     # -- session groups ---------------------------------------------------------------
