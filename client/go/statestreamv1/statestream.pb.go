@@ -168,8 +168,12 @@ type ModelInfo struct {
 	// Versions of the libraries that exported it, and the measured parity error.
 	ExportedWith      map[string]string `protobuf:"bytes,7,rep,name=exported_with,json=exportedWith,proto3" json:"exported_with,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	ParityMaxAbsError float64           `protobuf:"fixed64,8,opt,name=parity_max_abs_error,json=parityMaxAbsError,proto3" json:"parity_max_abs_error,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The model version this describes (models/<name>/<version>/model.onnx; models/<name>.onnx is version 1).
+	Version int64 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	// True for the version new sessions get when they name none (the latest loaded, not being unloaded).
+	IsDefault     bool `protobuf:"varint,10,opt,name=is_default,json=isDefault,proto3" json:"is_default,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -256,6 +260,20 @@ func (x *ModelInfo) GetParityMaxAbsError() float64 {
 		return x.ParityMaxAbsError
 	}
 	return 0
+}
+
+func (x *ModelInfo) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetIsDefault() bool {
+	if x != nil {
+		return x.IsDefault
+	}
+	return false
 }
 
 // The states of one layer after some step: h (and c for LSTM), `units` values each.
@@ -568,8 +586,10 @@ type OpenSessionRequest struct {
 	InitialStates []*LayerState `protobuf:"bytes,3,rep,name=initial_states,json=initialStates,proto3" json:"initial_states,omitempty"`
 	// Idle seconds before the session expires; 0 = the server's default.
 	IdleTimeoutSeconds float64 `protobuf:"fixed64,4,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version the session runs on for its whole life; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenSessionRequest) Reset() {
@@ -626,6 +646,13 @@ func (x *OpenSessionRequest) GetInitialStates() []*LayerState {
 func (x *OpenSessionRequest) GetIdleTimeoutSeconds() float64 {
 	if x != nil {
 		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *OpenSessionRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
 	}
 	return 0
 }
@@ -787,8 +814,11 @@ type SessionState struct {
 	StepCount uint64 `protobuf:"varint,4,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
 	// Last applied sequence number; 0 when none was used.
 	LastSequenceNumber int64 `protobuf:"varint,5,opt,name=last_sequence_number,json=lastSequenceNumber,proto3" json:"last_sequence_number,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version whose weights made these states, and the sha256 of its file.
+	ModelVersion  int64  `protobuf:"varint,6,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	ModelSha256   string `protobuf:"bytes,7,opt,name=model_sha256,json=modelSha256,proto3" json:"model_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionState) Reset() {
@@ -854,6 +884,20 @@ func (x *SessionState) GetLastSequenceNumber() int64 {
 		return x.LastSequenceNumber
 	}
 	return 0
+}
+
+func (x *SessionState) GetModelVersion() int64 {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return 0
+}
+
+func (x *SessionState) GetModelSha256() string {
+	if x != nil {
+		return x.ModelSha256
+	}
+	return ""
 }
 
 type GetStateRequest struct {
@@ -1773,8 +1817,10 @@ type OpenGroupRequest struct {
 	SessionIds []string `protobuf:"bytes,4,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
 	// Idle seconds before the members expire; 0 = the server's default.
 	IdleTimeoutSeconds float64 `protobuf:"fixed64,5,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version the members run on; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenGroupRequest) Reset() {
@@ -1838,6 +1884,13 @@ func (x *OpenGroupRequest) GetSessionIds() []string {
 func (x *OpenGroupRequest) GetIdleTimeoutSeconds() float64 {
 	if x != nil {
 		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *OpenGroupRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
 	}
 	return 0
 }
@@ -2230,7 +2283,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x04cell\x18\x02 \x01(\x0e2\x18.statestream.v1.CellTypeR\x04cell\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\rR\x05units\x12\x1f\n" +
 	"\vstate_names\x18\x04 \x03(\tR\n" +
-	"stateNames\"\x90\x03\n" +
+	"stateNames\"\xc9\x03\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bfeatures\x18\x02 \x01(\rR\bfeatures\x12\x1f\n" +
@@ -2240,7 +2293,11 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\rmax_timesteps\x18\x05 \x01(\rR\fmaxTimesteps\x12\x16\n" +
 	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12P\n" +
 	"\rexported_with\x18\a \x03(\v2+.statestream.v1.ModelInfo.ExportedWithEntryR\fexportedWith\x12/\n" +
-	"\x14parity_max_abs_error\x18\b \x01(\x01R\x11parityMaxAbsError\x1a?\n" +
+	"\x14parity_max_abs_error\x18\b \x01(\x01R\x11parityMaxAbsError\x12\x18\n" +
+	"\aversion\x18\t \x01(\x03R\aversion\x12\x1d\n" +
+	"\n" +
+	"is_default\x18\n" +
+	" \x01(\bR\tisDefault\x1a?\n" +
 	"\x11ExportedWithEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
@@ -2260,13 +2317,14 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x0fGetModelRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x10GetModelResponse\x12/\n" +
-	"\x05model\x18\x01 \x01(\v2\x19.statestream.v1.ModelInfoR\x05model\"\xbe\x01\n" +
+	"\x05model\x18\x01 \x01(\v2\x19.statestream.v1.ModelInfoR\x05model\"\xd8\x01\n" +
 	"\x12OpenSessionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12A\n" +
 	"\x0einitial_states\x18\x03 \x03(\v2\x1a.statestream.v1.LayerStateR\rinitialStates\x120\n" +
-	"\x14idle_timeout_seconds\x18\x04 \x01(\x01R\x12idleTimeoutSeconds\"\x97\x01\n" +
+	"\x14idle_timeout_seconds\x18\x04 \x01(\x01R\x12idleTimeoutSeconds\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\"\x97\x01\n" +
 	"\x13OpenSessionResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12/\n" +
@@ -2277,7 +2335,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"5\n" +
 	"\x14CloseSessionResponse\x12\x1d\n" +
 	"\n" +
-	"step_count\x18\x01 \x01(\x04R\tstepCount\"\xc8\x01\n" +
+	"step_count\x18\x01 \x01(\x04R\tstepCount\"\x90\x02\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -2285,7 +2343,9 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x06layers\x18\x03 \x03(\v2\x1a.statestream.v1.LayerStateR\x06layers\x12\x1d\n" +
 	"\n" +
 	"step_count\x18\x04 \x01(\x04R\tstepCount\x120\n" +
-	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\"O\n" +
+	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\x12#\n" +
+	"\rmodel_version\x18\x06 \x01(\x03R\fmodelVersion\x12!\n" +
+	"\fmodel_sha256\x18\a \x01(\tR\vmodelSha256\"O\n" +
 	"\x0fGetStateRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
@@ -2370,14 +2430,15 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x05frame\x18\x01 \x01(\v2 .statestream.v1.StepFrameRequestR\x05frame\"|\n" +
 	"\x14StreamFramesResponse\x127\n" +
 	"\x05frame\x18\x01 \x01(\v2!.statestream.v1.StepFrameResponseR\x05frame\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xaa\x01\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xc4\x01\n" +
 	"\x10OpenGroupRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\rR\x04size\x12\x1f\n" +
 	"\vsession_ids\x18\x04 \x03(\tR\n" +
 	"sessionIds\x120\n" +
-	"\x14idle_timeout_seconds\x18\x05 \x01(\x01R\x12idleTimeoutSeconds\"\xb2\x01\n" +
+	"\x14idle_timeout_seconds\x18\x05 \x01(\x01R\x12idleTimeoutSeconds\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\x03R\aversion\"\xb2\x01\n" +
 	"\x11OpenGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
 	"\vsession_ids\x18\x02 \x03(\tR\n" +

@@ -10,8 +10,8 @@ from importlib import metadata
 
 import grpc
 
-from statestream.contract.errors import NotFound, Unavailable
-from statestream.contract.triton_config import VERSION, model_config, model_metadata
+from statestream.contract.errors import InvalidArgument, NotFound, Unavailable
+from statestream.contract.triton_config import model_config, model_metadata
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api import kserve_codec as tc
@@ -19,6 +19,7 @@ from statestream.server.api.auth import Auth
 from statestream.server.api.status import deadline_of, domain_error, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
 from statestream.server.engine.engine import Engine
+from statestream.server.engine.repository import READY
 from statestream.server.engine.types import REPLAYED, StepRequest
 
 log = logging.getLogger("statestream.triton")
@@ -64,10 +65,8 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
             self.metrics.count_request(method, code.name)
 
     def _runner(self, name: str, version: str):
-        runner = self.engine.runner(name)
-        if version not in ("", VERSION):
-            raise NotFound(f"model {name!r} has no version {version!r}; statestream serves version {VERSION} only")
-        return runner
+        """The runner of `version` of model `name` ("": the default, latest)."""
+        return self.engine.runner(name, _number(version))
 
     # -- health and metadata -----------------------------------------------------------
 
@@ -100,7 +99,7 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request, context):
         self.auth.owner(context)
         runner = self._runner(request.name, request.version)
-        return model_metadata(runner.manifest, runner.name)
+        return model_metadata(runner.manifest, runner.name, [str(v) for v in self.engine.versions.of(runner.name)])
 
     @unary
     async def ModelConfig(self, request, context):
@@ -108,6 +107,45 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         runner = self._runner(request.name, request.version)
         return ipb.ModelConfigResponse(config=model_config(
             runner.manifest, runner.name, max_batch_size=self.max_batch_size, idle_seconds=self.idle_seconds))
+
+    # -- model repository (hot reload) ----------------------------------------------------
+
+    @unary
+    async def RepositoryIndex(self, request, context):
+        self.auth.owner(context)
+        index = ipb.RepositoryIndexResponse.ModelIndex
+        return ipb.RepositoryIndexResponse(models=[
+            index(name=e.name, version=str(e.version), state=e.state, reason=e.reason)
+            for e in self.engine.repository.index() if not request.ready or e.state == READY])
+
+    @unary
+    async def RepositoryModelLoad(self, request, context):
+        """Load the versions of the model that the repository holds and that are not loaded (on a thread: steps go
+        on); a version whose file fails to load changes nothing served, and the error names the file."""
+        self.auth.owner(context)
+        if not request.model_name:
+            raise InvalidArgument("model_name is empty")
+        errors = await self.engine.repository.sync(only=request.model_name, explicit=True)
+        if errors:
+            raise InvalidArgument("; ".join(errors.values()))
+        if not self.engine.versions.of(request.model_name):
+            raise NotFound(f"model {request.model_name!r} is not in the model repository (--models)")
+        return ipb.RepositoryModelLoadResponse()
+
+    @unary
+    async def RepositoryModelUnload(self, request, context):
+        """Unload the model's versions (parameter "version": one of them): no new sessions; open ones run until
+        they close or expire, or (parameter "force": true) are closed now. A scan of the repository does not
+        load them again; RepositoryModelLoad does."""
+        self.auth.owner(context)
+        params = request.parameters
+        version = 0
+        if "version" in params:
+            p = params["version"]
+            version = p.int64_param if p.WhichOneof("parameter_choice") == "int64_param" else _number(p.string_param)
+        force = "force" in params and params["force"].bool_param
+        await self.engine.repository.unload(request.model_name, version, force=force, hold=True)
+        return ipb.RepositoryModelUnloadResponse()
 
     # -- inference ---------------------------------------------------------------------
 
@@ -119,14 +157,18 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
                     stream: bool = False) -> ipb.ModelInferResponse:
         """One step of a sequence: a start (re)opens it as part of the step, an end closes it after the step.
         Everything is validated before anything changes (`stream`: from ModelStreamInfer)."""
-        runner = self._runner(req.model_name, req.model_version)
         seq = tc.sequence(req)
+        version = _number(req.model_version)
+        try:  # an open sequence runs on its own version; a new one on the version named, or the default
+            runner = await self.engine.runner_for(seq.sid, owner, req.model_name, seq.start, version)
+        except NotFound:
+            runner = self._runner(req.model_name, req.model_version)
         x = tc.input_values(req, runner)
         outputs = tc.requested_outputs(req, runner)
         key = (owner, seq.sid)
         step = StepRequest(owner, x[None], model=runner.name, ids=[seq.sid],
                            seqs=None if seq.number is None else [seq.number], open_if_missing=seq.start,
-                           reset=seq.start, stream=stream, deadline=deadline)
+                           reset=seq.start, stream=stream, deadline=deadline, version=version)
         try:
             reply = await self.engine.step(step)
             reply.raise_first()
@@ -215,3 +257,12 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
                 room.release()
         finally:
             reader.cancel()
+
+
+def _number(version: str) -> int:
+    """A KServe model_version string as a number ("": 0, the default)."""
+    if not version:
+        return 0
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"model_version must be a positive integer or empty, got {version!r}")
+    return int(version)

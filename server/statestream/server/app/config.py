@@ -66,29 +66,34 @@ class Config:
     tls_client_ca: str = ""
     auth_token_file: str = ""
     log_level: str = "INFO"
+    repository_poll: float = 0.0
 
-    def model_files(self) -> list[Path]:
-        """Every .onnx file named by --models (folders are scanned), or ValueError."""
-        files: list[Path] = []
+    def model_files(self) -> list[tuple[Path, str, int]]:
+        """Every model version named by --models, as (file, name, version), or ValueError. A folder is a model
+        repository: `<name>.onnx` is version 1 of `<name>`, and Triton's layout `<name>/<version>/model.onnx`
+        gives the versions of `<name>`."""
+        files: list[tuple[Path, str, int]] = []
         for entry in self.models:
             p = Path(entry)
             if _is_keras(p):
                 raise ValueError(f"--models {entry}: {_export_hint(p)}")
             if p.is_dir():
-                found = sorted(p.glob("*.onnx"))
+                found = [(f, f.stem, 1) for f in sorted(p.glob("*.onnx"))] + _versioned(p)
                 if not found:
                     keras = sorted(f for f in p.iterdir() if _is_keras(f))
                     hint = f"; it has Keras models: {_export_hint(keras[0])}" if keras else ""
-                    raise ValueError(f"--models {entry}: the folder has no .onnx file{hint}")
+                    raise ValueError(f"--models {entry}: the folder has no .onnx file (nor <name>/<version>/"
+                                     f"model.onnx){hint}")
                 files.extend(found)
             elif p.is_file():
-                files.append(p)
+                files.append((p, p.stem, 1))
             else:
                 raise ValueError(f"--models {entry}: no such file or folder")
-        names = [f.stem for f in files]
-        dupes = {n for n in names if names.count(n) > 1}
+        keys = [(name, v) for _, name, v in files]
+        dupes = {k for k in keys if keys.count(k) > 1}
         if dupes:
-            raise ValueError(f"--models: two files give the model name(s) {sorted(dupes)}")
+            raise ValueError("--models: two files give the model version(s) "
+                             + ", ".join(f"{n!r} version {v}" for n, v in sorted(dupes)))
         return files
 
     def as_flags(self) -> str:
@@ -111,6 +116,8 @@ class Config:
             raise ValueError("--idle-timeout must be > 0 and <= --max-idle-timeout")
         if self.inline_max_batch < 0:
             raise ValueError("--inline-max-batch must be >= 0")
+        if self.repository_poll < 0:
+            raise ValueError("--repository-poll must be >= 0")
         if self.max_queue_delay < 0:
             raise ValueError("--max-queue-delay must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -130,6 +137,16 @@ class Config:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
+
+
+def _versioned(folder: Path) -> list[tuple[Path, str, int]]:
+    """Triton's repository layout: <folder>/<name>/<version>/model.onnx, version a positive integer."""
+    out = []
+    for model in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for vdir in sorted(model.iterdir()):
+            if vdir.name.isdigit() and int(vdir.name) > 0 and (vdir / "model.onnx").is_file():
+                out.append((vdir / "model.onnx", model.name, int(vdir.name)))
+    return out
 
 
 def _is_keras(p: Path) -> bool:
@@ -178,6 +195,8 @@ HELP = {
     "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
     "auth_token_file": "file of accepted bearer tokens, one per line (enables auth)",
     "log_level": "DEBUG | INFO | WARNING | ERROR",
+    "repository_poll": "seconds between scans of the --models folders for new, changed and removed model versions "
+                       "(0 = off; SIGHUP and the KServe repository API rescan too)",
 }
 
 

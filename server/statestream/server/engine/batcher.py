@@ -36,7 +36,7 @@ class Batcher:
                  pending: PendingCounter, persistence: Persistence, metrics=None):
         self.runner = runner
         self.table = table
-        self.slab = table.slabs[runner.name]
+        self.slab = table.slabs[runner.key]
         self.executor = executor
         self.policy = policy
         self.max_batch_size = policy.max_batch_size

@@ -74,7 +74,7 @@ class Directory:
                 self.table.adopt(rec)
         finally:
             del self._rereads[s]
-            self.batchers[s.model].release(s)
+            self.batchers[s.key].release(s)
         if rec is None:
             self.table.close(s)
         return rec is not None
@@ -82,13 +82,13 @@ class Directory:
     def rereading(self, s: Session) -> bool:
         return s in self._rereads
 
-    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None) -> Session:
-        """Open a session (zero states, or `row`)."""
+    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None, version: int = 0) -> Session:
+        """Open a session (zero states, or `row`) on `version` of the model (0: the default)."""
         if sid and self.persistence.shared and await self._lookup(sid, owner) is not None:
             raise AlreadyExists(f"session {sid!r} is already open")
         if self.persistence.shared:
             self.table.make_room()
-        s = self.table.open(model, sid, timeout, owner)
+        s = self.table.open(model, sid, timeout, owner, version)
         if row is not None:
             self.table.set_state(s, row)
         await self._created(s)
@@ -107,9 +107,9 @@ class Directory:
             raise AlreadyExists(f"session {s.id!r} is already open")
         s.stored(rec.version)
 
-    async def open_block(self, model: str, sids: list[str], owner, timeout: float) -> list[Session]:
+    async def open_block(self, model: str, sids: list[str], owner, timeout: float, version: int = 0) -> list[Session]:
         """N sessions with contiguous state rows (a group), all or none."""
-        members = self.table.open_block(model, sids, timeout, owner)
+        members = self.table.open_block(model, sids, timeout, owner, version)
         created = []
         try:
             for s in members:
@@ -122,8 +122,10 @@ class Directory:
             raise
         return members
 
-    async def resolve(self, sid: str, model: str, open_if_missing: bool, owner) -> tuple[Session, bool]:
-        """(the session a step names, opened now?); with open_if_missing, opened on `model` when absent.
+    async def resolve(self, sid: str, model: str, open_if_missing: bool, owner,
+                      version: int = 0) -> tuple[Session, bool]:
+        """(the session a step names, opened now?); with open_if_missing, opened on `model` (`version`, 0: the
+        default) when absent.
 
         A caller that then refuses the step must `abandon` a session it opened."""
         if open_if_missing:
@@ -134,8 +136,8 @@ class Directory:
             try:
                 s = await self.get(sid, owner)
             except NotFound:
-                self.table.runner(model)
-                return await self.open(model, sid, owner), True
+                self.table.runner(model, version)
+                return await self.open(model, sid, owner, version=version), True
         else:
             s = await self.get(sid, owner)
         if model and s.model != model:
@@ -150,7 +152,7 @@ class Directory:
 
     async def set_state(self, s: Session, row, step_count: int | None, last_seq: int | None) -> None:
         """Overwrite a session's states and (optionally) counters; all or nothing."""
-        batcher = self.batchers[s.model]
+        batcher = self.batchers[s.key]
         s.hold()  # steps that arrive meanwhile queue behind this change
         old_row = self.table.state(s).copy()
         before = s.counters()
@@ -187,7 +189,7 @@ class Directory:
 
     async def close(self, s: Session) -> int:
         """Close a session: its queued steps fail NOT_FOUND, a running one finishes unapplied."""
-        self.batchers[s.model].close(s)
+        self.batchers[s.key].close(s)
         await self.persistence.delete([(s.owner, s.id)])
         return s.step_count
 

@@ -35,13 +35,15 @@ class Session(Ledger):
     Exactly-once is its Ledger: `accept` decides on a sequence number, `finish` records the step it applied.
     """
 
-    __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
+    __slots__ = ("id", "model", "key", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
                  "running", "head")
 
-    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
+    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float,
+                 model_version: int = 1):
         Ledger.__init__(self)
         self.id = sid
         self.model = model
+        self.key = (model, model_version)  # the loaded version whose weights made its state: its runner and slab
         self.slot = slot
         self.owner = owner
         self.timeout = timeout
