@@ -1,0 +1,298 @@
+"""Model versions and hot reload: every session stays on the weights that made its state (issue 21)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from inproc import InProcessServer
+from onnx_fixtures import reweighted
+from serverproc import DEMO_MODEL, ServerProcess
+
+from statestream.contract.errors import FailedPrecondition, Unavailable
+from statestream.inference import grpc_service_pb2 as ipb
+from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
+from statestream.server.app.config import Config
+from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.table import SessionTable
+from statestream.server.store.base import SessionRecord
+from statestream.server.store.redis import _MODEL, pack, unpack
+from statestream.server.store.sqlite import SqliteStore
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+RNG = np.random.default_rng(21)
+WAIT = 60.0  # seconds a gate waits at most (never reached when things work)
+
+
+class Ref:
+    """One session stepped in-process on one model file, one timestep per call: what the server must answer."""
+
+    def __init__(self, path):
+        self.runner = ModelRunner(path)
+        self.state = np.zeros((1, self.runner.state_width), np.float32)
+
+    def step(self, x) -> np.ndarray:
+        y, self.state = self.runner.run(np.asarray(x, np.float32).reshape(1, 1, -1), self.state)
+        return y[0, 0]
+
+
+def server(models, **kw) -> InProcessServer:
+    return InProcessServer(cfg=Config(models=[str(m) for m in models], port=0, host="127.0.0.1", **kw))
+
+
+def step(stub, sid, x, seq=None) -> pb.StepResponse:
+    req = pb.StepRequest(session_id=sid, input=[float(v) for v in x])
+    if seq is not None:
+        req.sequence_number = seq
+    return stub.Step(req)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A repository with demo.onnx (version 1, weights A); `b` is weights B of the same architecture."""
+    d = tmp_path / "models"
+    d.mkdir()
+    shutil.copy(DEMO_MODEL, d / "demo.onnx")
+    b = tmp_path / "b.onnx"
+    reweighted(DEMO_MODEL, b, 0.5)
+    return d, b
+
+
+def test_versions_side_by_side_default_is_the_latest(repo):
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    with server([d]) as srv:
+        models = srv.stub.ListModels(pb.ListModelsRequest()).models
+        assert [(m.name, m.version, m.is_default) for m in models] == [("demo", 1, False), ("demo", 2, True)]
+        assert models[0].sha256 != models[1].sha256
+        new = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo"))
+        old = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", version=1))
+        assert (new.model.version, old.model.version) == (2, 1)
+        refs = {new.session_id: Ref(b), old.session_id: Ref(DEMO_MODEL)}
+        for _ in range(4):
+            x = RNG.uniform(-1, 1, 3)
+            for sid, ref in refs.items():
+                assert np.array_equal(np.float32(step(srv.stub, sid, x).output), ref.step(x))
+        st = srv.stub.GetState(pb.GetStateRequest(session_id=old.session_id)).state
+        assert (st.model_version, st.model_sha256) == (1, models[0].sha256)
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", version=3))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND and "no version 3" in e.value.details()
+
+
+def test_weights_swapped_under_one_version_are_refused_and_a_new_version_keeps_the_old_sessions(repo, tmp_path):
+    """The issue's swap, replayed: a stored session is never stepped on weights that did not make its state."""
+    d, b = repo
+    db = f"sqlite:{tmp_path / 's.db'}"
+    xs = RNG.uniform(-1, 1, (8, 3))
+    ref = Ref(DEMO_MODEL)
+    with server([d], state_store=db) as srv:
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="s1"))
+        sha_a = srv.stub.GetModel(pb.GetModelRequest(name="demo")).model.sha256
+        for t in range(5):
+            assert np.array_equal(np.float32(step(srv.stub, "s1", xs[t]).output), ref.step(xs[t]))
+    shutil.copy(b, d / "demo.onnx")  # other weights under the same name and version
+    with server([d], state_store=db) as srv:
+        with pytest.raises(grpc.RpcError) as e:
+            step(srv.stub, "s1", xs[5])
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'demo' version 1" in e.value.details() and sha_a[:16] in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub.GetState(pb.GetStateRequest(session_id="s1"))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    shutil.copy(DEMO_MODEL, d / "demo.onnx")  # the weights as a new version: the old session keeps its own
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    with server([d], state_store=db) as srv:
+        for t in range(5, 8):
+            r = step(srv.stub, "s1", xs[t])
+            assert np.array_equal(np.float32(r.output), ref.step(xs[t])) and r.step_count == t + 1
+        new = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo"))
+        assert new.model.version == 2
+        assert np.array_equal(np.float32(step(srv.stub, new.session_id, xs[0]).output), Ref(b).step(xs[0]))
+
+
+def test_hot_reload_under_100_streams_drops_no_step(repo):
+    """100 streaming sessions while version 2 loads, the default moves to it and version 1 is unloaded: no step
+    fails, the old sessions equal their reference on version 1, new sessions run version 2."""
+    d, b = repo
+    n, before, after = 100, 3, 3
+    xs = RNG.uniform(-1, 1, (n, before + after, 3)).astype(np.float32)
+    with server([d]) as srv:
+        ids = [srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=f"old{i}")).session_id
+               for i in range(n)]
+        reloading = threading.Event()
+        arrived = threading.Semaphore(0)
+        outputs: dict[str, list] = {}
+        failures: list = []
+
+        def stream(i: int) -> None:
+            def requests():
+                for t in range(before + after):
+                    if t == before:
+                        arrived.release()
+                        assert reloading.wait(WAIT)
+                    yield pb.StreamStepsRequest(step=pb.StepRequest(
+                        session_id=ids[i], input=xs[i, t].tolist(), sequence_number=t + 1))
+            got = []
+            with grpc.insecure_channel(srv.target) as ch:
+                for r in pb_grpc.StateStreamServiceStub(ch).StreamSteps(requests()):
+                    if r.HasField("error"):
+                        failures.append((i, r.error.message))
+                    got.append(np.float32(r.step.output))
+            outputs[ids[i]] = got
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for _ in range(n):
+            assert arrived.acquire(timeout=WAIT)
+        (d / "demo" / "2").mkdir(parents=True)
+        shutil.copy(b, d / "demo" / "2" / "model.onnx")
+        reloading.set()  # the streams step on while version 2 loads and version 1 unloads
+        assert srv.call(srv.app.reload()) == {}
+        (d / "demo.onnx").unlink()
+        assert srv.call(srv.app.reload()) == {}  # version 1 left the folder: unloading
+        new_ids = [srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")) for _ in range(10)]
+        assert {r.model.version for r in new_ids} == {2}
+        for t in threads:
+            t.join(WAIT)
+        assert not failures
+        for i, sid in enumerate(ids):
+            ref = Ref(DEMO_MODEL)
+            assert np.array_equal(np.array(outputs[sid]), np.array([ref.step(x) for x in xs[i]])), sid
+        for r in new_ids:
+            ref = Ref(b)
+            assert np.array_equal(np.float32(step(srv.stub, r.session_id, xs[0, 0]).output), ref.step(xs[0, 0]))
+        index = ipb_grpc.GRPCInferenceServiceStub(srv.channel).RepositoryIndex(ipb.RepositoryIndexRequest())
+        assert [(m.version, m.state) for m in index.models] == [("1", "UNLOADING"), ("2", "READY")]
+        for sid in ids:
+            srv.stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
+        srv.call(srv.app.sweep())  # the last session of version 1 closed: it is freed
+        index = ipb_grpc.GRPCInferenceServiceStub(srv.channel).RepositoryIndex(ipb.RepositoryIndexRequest())
+        assert [(m.version, m.state) for m in index.models] == [("2", "READY")]
+        assert ("demo", 1) not in srv.app.batchers and ("demo", 1) not in srv.app.table.slabs
+
+
+def test_a_file_that_fails_to_load_changes_nothing_and_is_named(repo):
+    d, _ = repo
+    with server([d]) as srv:
+        sid = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")).session_id
+        bad = d / "demo" / "2" / "model.onnx"
+        bad.parent.mkdir(parents=True)
+        bad.write_bytes(b"not an onnx file")
+        errors = srv.call(srv.app.reload())
+        assert list(errors) == [("demo", 2)] and str(bad) in errors["demo", 2]
+        kserve = ipb_grpc.GRPCInferenceServiceStub(srv.channel)
+        with pytest.raises(grpc.RpcError) as e:
+            kserve.RepositoryModelLoad(ipb.RepositoryModelLoadRequest(model_name="demo"))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and str(bad) in e.value.details()
+        index = kserve.RepositoryIndex(ipb.RepositoryIndexRequest()).models
+        assert [(m.version, m.state) for m in index] == [("1", "READY"), ("2", "UNAVAILABLE")]
+        assert str(bad) in index[1].reason
+        assert srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")).model.version == 1
+        assert step(srv.stub, sid, [0.1, 0.2, 0.3]).step_count == 1
+
+
+def test_unload_refuses_new_sessions_keeps_open_ones_and_force_closes_them(repo):
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    with server([d]) as srv:
+        kserve = ipb_grpc.GRPCInferenceServiceStub(srv.channel)
+        old = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", version=1)).session_id
+        unload = ipb.RepositoryModelUnloadRequest(model_name="demo")
+        unload.parameters["version"].int64_param = 1
+        kserve.RepositoryModelUnload(unload)
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", version=1))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "being unloaded" in e.value.details()
+        assert step(srv.stub, old, [0.1, 0.2, 0.3]).step_count == 1  # runs on until it closes
+        assert srv.call(srv.app.reload()) == {}  # a scan does not load back what the API unloaded
+        assert srv.app.table.versions.unloading == {("demo", 1)}
+        v2 = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")).session_id
+        unload = ipb.RepositoryModelUnloadRequest(model_name="demo")
+        unload.parameters["force"].bool_param = True
+        kserve.RepositoryModelUnload(unload)  # every version, its sessions closed now
+        for sid in (old, v2):
+            with pytest.raises(grpc.RpcError) as e:
+                step(srv.stub, sid, [0.1, 0.2, 0.3])
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND and "unloaded with force" in e.value.details()
+        assert kserve.RepositoryIndex(ipb.RepositoryIndexRequest()).models == []
+        kserve.RepositoryModelLoad(ipb.RepositoryModelLoadRequest(model_name="demo"))
+        assert srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")).model.version == 2
+
+
+def _record(model_version: int = 1, model_hash: str = "") -> SessionRecord:
+    return SessionRecord("s", "demo", None, np.zeros(64, np.float32), 3, 0, 60.0, 1e12, None, None, 0, 1, 0,
+                         model_version, model_hash)
+
+
+def test_a_stored_session_of_a_version_not_loaded_here_is_handed_back_or_refused():
+    runner = ModelRunner(DEMO_MODEL)
+    for shared, kind in ((True, Unavailable), (False, FailedPrecondition)):
+        table = SessionTable({runner.key: runner}, 10, 5.0, 60.0, shared=shared)
+        with pytest.raises(kind) as e:
+            table.adopt(_record(2, "ab" * 32))
+        assert "'demo' version 2 (sha256 abababababababab)" in e.value.message
+    with pytest.raises(FailedPrecondition) as e:
+        table.adopt(_record(1, "cd" * 32))
+    assert "other weights" in e.value.message and str(DEMO_MODEL) in e.value.message
+    assert table.adopt(_record(1, "")).key == ("demo", 1)  # recorded before versions: whatever version 1 is
+    assert table.record(table.find("s")).model_hash == runner.sha256  # its next write records the hash
+
+
+def test_records_written_before_versions_read_as_version_1(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)  # the schema before model versions
+    db.execute("CREATE TABLE sessions (id TEXT NOT NULL, model TEXT NOT NULL, owner TEXT NOT NULL, state BLOB NOT "
+               "NULL, step_count INTEGER NOT NULL, last_seq INTEGER NOT NULL, timeout REAL NOT NULL, expires_at REAL "
+               "NOT NULL, last_output BLOB, last_rows INTEGER, last_state BLOB, last_step_count INTEGER, version "
+               "INTEGER NOT NULL DEFAULT 0, last_fp INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (owner, id))")
+    db.execute("INSERT INTO sessions VALUES ('s', 'demo', '', ?, 3, 0, 60, 1e12, NULL, NULL, NULL, 0, 1, 0)",
+               (np.zeros(64, np.float32).tobytes(),))
+    db.commit()
+    db.close()
+    store = SqliteStore(str(path))
+    try:
+        [rec] = store.load()
+        assert (rec.model_version, rec.model_hash, rec.step_count) == (1, "", 3)
+    finally:
+        store.close()
+    new = _record(3, "ef" * 32)
+    got = unpack(pack(new), 1, 1e12)
+    assert (got.model_version, got.model_hash) == (3, "ef" * 32)
+    old = unpack(pack(new)[:-(_MODEL.size + 64)], 1, 1e12)  # packed before versions: no tail
+    assert (old.model_version, old.model_hash, old.step_count) == (1, "", 3)
+
+
+def test_kill9_and_restart_on_sqlite_restores_every_session_to_its_own_version(repo, tmp_path):
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    db = f"sqlite:{tmp_path / 'k.db'}"
+    xs = RNG.uniform(-1, 1, (6, 3))
+    refs = {"v1": (1, Ref(DEMO_MODEL)), "v2": (2, Ref(b)), "dflt": (0, Ref(b))}
+    with ServerProcess([d], "--state-store", db) as srv:
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.StateStreamServiceStub(ch)
+            for sid, (v, _) in refs.items():
+                stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid, version=v))
+            for x in xs[:3]:
+                for sid, (_, ref) in refs.items():
+                    assert np.array_equal(np.float32(step(stub, sid, x).output), ref.step(x))
+        srv.kill()
+    with ServerProcess([d], "--state-store", db) as srv:
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = pb_grpc.StateStreamServiceStub(ch)
+            assert {sid: stub.GetState(pb.GetStateRequest(session_id=sid)).state.model_version for sid in refs} == \
+                {"v1": 1, "v2": 2, "dflt": 2}
+            for x in xs[3:]:
+                for sid, (_, ref) in refs.items():
+                    assert np.array_equal(np.float32(step(stub, sid, x).output), ref.step(x))
