@@ -296,3 +296,21 @@ def test_kill9_and_restart_on_sqlite_restores_every_session_to_its_own_version(r
             for x in xs[3:]:
                 for sid, (_, ref) in refs.items():
                     assert np.array_equal(np.float32(step(stub, sid, x).output), ref.step(x))
+
+
+def test_tritonclient_loads_unloads_indexes_and_reads_statistics(repo):
+    from tritonvenv import drive
+
+    d, b = repo
+    with ServerProcess([d]) as srv:
+        (d / "demo" / "2").mkdir(parents=True)
+        shutil.copy(b, d / "demo" / "2" / "model.onnx")
+        got = drive("repository", srv.target, "demo")
+    assert got["before"] == [["demo", "1", "READY"]]
+    assert got["loaded"] == [["demo", "1", "READY"], ["demo", "2", "READY"]]
+    assert got["infer_version"] == "2"  # the default moved to the latest
+    assert got["stats"]["2"] == {"inference_count": "2", "execution_count": "2", "success": "2"}
+    assert got["stats"]["1"] == {"inference_count": "0", "execution_count": "0", "success": "0"}
+    assert got["missing_version"]["code"] == "NOT_FOUND" and "no version 9" in got["missing_version"]["message"]
+    assert got["unloaded"] == [] and got["ready_after_unload"] is False  # no session left: freed at once
+    assert got["reloaded"] == got["loaded"]

@@ -108,6 +108,31 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         return ipb.ModelConfigResponse(config=model_config(
             runner.manifest, runner.name, max_batch_size=self.max_batch_size, idle_seconds=self.idle_seconds))
 
+    @unary
+    async def ModelStatistics(self, request, context):
+        """Per loaded version: steps (inferences), model runs (executions), steps that succeeded or failed in a run
+        with their time from queued to answered, queue and compute time of the runs."""
+        self.auth.owner(context)
+        version = _number(request.version)
+        if request.name and not self.engine.versions.of(request.name):
+            raise self.engine.versions.unknown(request.name)
+        keys = [k for k in sorted(self.engine.table.runners) if (not request.name or k[0] == request.name)
+                and (not version or k[1] == version)]
+        if version and not keys:
+            raise NotFound(f"model {request.name!r} has no version {version} loaded")
+        return ipb.ModelStatisticsResponse(model_stats=[self._stats(k) for k in keys])
+
+    def _stats(self, key) -> ipb.ModelStatistics:
+        m = self.metrics.stats(key)
+        d = ipb.StatisticDuration
+        return ipb.ModelStatistics(
+            name=key[0], version=str(key[1]), last_inference=int(m.last_inference * 1000), inference_count=m.steps,
+            execution_count=m.executions, inference_stats=ipb.InferStatistics(
+                success=d(count=m.success, ns=int(m.success_seconds * 1e9)),
+                fail=d(count=m.failure, ns=int(m.failure_seconds * 1e9)),
+                queue=d(count=m.executions, ns=int(m.queue_seconds.total * 1e9)),
+                compute_infer=d(count=m.executions, ns=int(m.compute_seconds.total * 1e9))))
+
     # -- model repository (hot reload) ----------------------------------------------------
 
     @unary
