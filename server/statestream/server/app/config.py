@@ -28,7 +28,8 @@ examples:
 
 Every flag can also be set as STATESTREAM_<FLAG> (e.g. STATESTREAM_PORT=50052);
 a flag given on the command line wins over the environment.
-The model name is the file's stem: models/demo.onnx serves as "demo".
+The model name is the file's stem: models/demo.onnx serves as "demo" (version 1); Triton's layout
+models/<name>/<version>/model.onnx adds versions, new sessions get the latest (SIGHUP rescans the folders).
 Health (grpc.health.v1) and reflection are always on; SIGTERM drains and exits 0.
 Scale out: --workers N runs N processes on one port (one machine); replicas on several machines share
 --state-store redis://HOST:PORT/DB, and any replica can serve any session.
@@ -162,7 +163,7 @@ def _export_hint(p: Path) -> str:
 
 
 HELP = {
-    "models": "folder of .onnx files, or .onnx files (name = file stem)",
+    "models": "folder of .onnx files (name = file stem, version 1) and <name>/<version>/model.onnx, or .onnx files",
     "host": "address to bind (0.0.0.0 in a container)",
     "port": "gRPC port (0 = pick a free one)",
     "metrics_port": "Prometheus /metrics HTTP port (0 = off, -1 = any free port)",
