@@ -30,6 +30,8 @@ _.bool_param  # unused attribute (server/statestream/server/api/kserve_codec.py:
 _.ListModels  # unused method (server/statestream/server/api/v1.py:67)
 _.GetModel  # unused method (server/statestream/server/api/v1.py:72)
 _.OpenSession  # unused method (server/statestream/server/api/v1.py:79)
+_.MigrateSession  # gRPC handler (api/v1.py)
+_.ListSessions  # gRPC handler (api/v1.py)
 _.CloseSession  # unused method (server/statestream/server/api/v1.py:89)
 _.GetState  # unused method (server/statestream/server/api/v1.py:94)
 _.SetState  # unused method (server/statestream/server/api/v1.py:99)

@@ -314,3 +314,46 @@ def test_tritonclient_loads_unloads_indexes_and_reads_statistics(repo):
     assert got["missing_version"]["code"] == "NOT_FOUND" and "no version 9" in got["missing_version"]["message"]
     assert got["unloaded"] == [] and got["ready_after_unload"] is False  # no session left: freed at once
     assert got["reloaded"] == got["loaded"]
+
+
+def test_migrate_moves_sessions_with_the_same_state_layout_and_refuses_others(repo, tmp_path):
+    """MigrateSession carries a session's states to another version; the client migrates a model with a report."""
+    from onnx_fixtures import fragile_model
+
+    from statestream.client import Client
+
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    (d / "demo" / "3").mkdir(parents=True)
+    fragile_model(d / "demo" / "3" / "model.onnx")  # another state layout (one SimpleRNN unit)
+    xs = RNG.uniform(-1, 1, (4, 3))
+    with server([d], state_store=f"sqlite:{tmp_path / 'm.db'}") as srv:
+        ids = [srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=f"m{i}", version=1)).session_id
+               for i in range(3)]
+        ref_a = Ref(DEMO_MODEL)
+        for x in xs[:2]:
+            ys = [np.float32(step(srv.stub, sid, x).output) for sid in ids]
+            y = ref_a.step(x)
+            assert all(np.array_equal(v, y) for v in ys)
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub.MigrateSession(pb.MigrateSessionRequest(session_id=ids[0], version=3))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "('lstm1', 'LSTM', 16)" in e.value.details() and "('rnn', 'SimpleRNN', 1)" in e.value.details()
+        with Client(srv.target) as client:
+            report = client.migrate("demo", 2, from_version=1)
+        assert report.moved == dict.fromkeys(ids, 1) and not report.refused and report.version == 2
+        ref_b = Ref(b)
+        ref_b.state = ref_a.state.copy()  # the states carried over, now stepped by weights B
+        for x in xs[2:]:
+            y = ref_b.step(x)
+            for sid in ids:
+                r = step(srv.stub, sid, x)
+                assert np.array_equal(np.float32(r.output), y)
+        st = srv.stub.GetState(pb.GetStateRequest(session_id=ids[0])).state
+        assert (st.model_version, st.step_count) == (2, 4)
+        listed = srv.stub.ListSessions(pb.ListSessionsRequest(model="demo", version=1)).sessions
+        assert list(listed) == []
+    with server([d], state_store=f"sqlite:{tmp_path / 'm.db'}") as srv:  # the store recorded the move
+        st = srv.stub.GetState(pb.GetStateRequest(session_id=ids[0])).state
+        assert (st.model_version, st.step_count) == (2, 4)

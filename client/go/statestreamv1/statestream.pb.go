@@ -2273,6 +2273,271 @@ func (x *CloseGroupResponse) GetClosedSessions() uint32 {
 	return 0
 }
 
+type MigrateSessionRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The version to move to; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateSessionRequest) Reset() {
+	*x = MigrateSessionRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateSessionRequest) ProtoMessage() {}
+
+func (x *MigrateSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateSessionRequest.ProtoReflect.Descriptor instead.
+func (*MigrateSessionRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *MigrateSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *MigrateSessionRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type MigrateSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session after the move (its model_version is the new one).
+	State *SessionState `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// The version it was on.
+	FromVersion   int64 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateSessionResponse) Reset() {
+	*x = MigrateSessionResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateSessionResponse) ProtoMessage() {}
+
+func (x *MigrateSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateSessionResponse.ProtoReflect.Descriptor instead.
+func (*MigrateSessionResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *MigrateSessionResponse) GetState() *SessionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *MigrateSessionResponse) GetFromVersion() int64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// 0 = every version.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListSessionsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type SessionSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ModelVersion  int64                  `protobuf:"varint,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	StepCount     uint64                 `protobuf:"varint,3,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionSummary) Reset() {
+	*x = SessionSummary{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionSummary) ProtoMessage() {}
+
+func (x *SessionSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionSummary.ProtoReflect.Descriptor instead.
+func (*SessionSummary) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SessionSummary) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *SessionSummary) GetModelVersion() int64 {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return 0
+}
+
+func (x *SessionSummary) GetStepCount() uint64 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+type ListSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With a state store shared by replicas: the sessions this replica holds in its cache.
+	Sessions      []*SessionSummary `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*SessionSummary {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
 var File_statestream_v1_statestream_proto protoreflect.FileDescriptor
 
 const file_statestream_v1_statestream_proto_rawDesc = "" +
@@ -2474,12 +2739,31 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x12CloseGroupResponse\x12\x1d\n" +
 	"\n" +
 	"step_count\x18\x01 \x01(\x04R\tstepCount\x12'\n" +
-	"\x0fclosed_sessions\x18\x02 \x01(\rR\x0eclosedSessions*f\n" +
+	"\x0fclosed_sessions\x18\x02 \x01(\rR\x0eclosedSessions\"P\n" +
+	"\x15MigrateSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"o\n" +
+	"\x16MigrateSessionResponse\x122\n" +
+	"\x05state\x18\x01 \x01(\v2\x1c.statestream.v1.SessionStateR\x05state\x12!\n" +
+	"\ffrom_version\x18\x02 \x01(\x03R\vfromVersion\"E\n" +
+	"\x13ListSessionsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"s\n" +
+	"\x0eSessionSummary\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\x03R\fmodelVersion\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x03 \x01(\x04R\tstepCount\"R\n" +
+	"\x14ListSessionsResponse\x12:\n" +
+	"\bsessions\x18\x01 \x03(\v2\x1e.statestream.v1.SessionSummaryR\bsessions*f\n" +
 	"\bCellType\x12\x19\n" +
 	"\x15CELL_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eCELL_TYPE_LSTM\x10\x01\x12\x11\n" +
 	"\rCELL_TYPE_GRU\x10\x02\x12\x18\n" +
-	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\xd2\b\n" +
+	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\x8e\n" +
+	"\n" +
 	"\x12StateStreamService\x12S\n" +
 	"\n" +
 	"ListModels\x12!.statestream.v1.ListModelsRequest\x1a\".statestream.v1.ListModelsResponse\x12M\n" +
@@ -2495,7 +2779,9 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\tOpenGroup\x12 .statestream.v1.OpenGroupRequest\x1a!.statestream.v1.OpenGroupResponse\x12P\n" +
 	"\tStepGroup\x12 .statestream.v1.StepGroupRequest\x1a!.statestream.v1.StepGroupResponse\x12S\n" +
 	"\n" +
-	"CloseGroup\x12!.statestream.v1.CloseGroupRequest\x1a\".statestream.v1.CloseGroupResponseBJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
+	"CloseGroup\x12!.statestream.v1.CloseGroupRequest\x1a\".statestream.v1.CloseGroupResponse\x12_\n" +
+	"\x0eMigrateSession\x12%.statestream.v1.MigrateSessionRequest\x1a&.statestream.v1.MigrateSessionResponse\x12Y\n" +
+	"\fListSessions\x12#.statestream.v1.ListSessionsRequest\x1a$.statestream.v1.ListSessionsResponseBJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
 
 var (
 	file_statestream_v1_statestream_proto_rawDescOnce sync.Once
@@ -2510,47 +2796,52 @@ func file_statestream_v1_statestream_proto_rawDescGZIP() []byte {
 }
 
 var file_statestream_v1_statestream_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_statestream_v1_statestream_proto_goTypes = []any{
-	(CellType)(0),                // 0: statestream.v1.CellType
-	(*LayerInfo)(nil),            // 1: statestream.v1.LayerInfo
-	(*ModelInfo)(nil),            // 2: statestream.v1.ModelInfo
-	(*LayerState)(nil),           // 3: statestream.v1.LayerState
-	(*Error)(nil),                // 4: statestream.v1.Error
-	(*ListModelsRequest)(nil),    // 5: statestream.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),   // 6: statestream.v1.ListModelsResponse
-	(*GetModelRequest)(nil),      // 7: statestream.v1.GetModelRequest
-	(*GetModelResponse)(nil),     // 8: statestream.v1.GetModelResponse
-	(*OpenSessionRequest)(nil),   // 9: statestream.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 10: statestream.v1.OpenSessionResponse
-	(*CloseSessionRequest)(nil),  // 11: statestream.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 12: statestream.v1.CloseSessionResponse
-	(*SessionState)(nil),         // 13: statestream.v1.SessionState
-	(*GetStateRequest)(nil),      // 14: statestream.v1.GetStateRequest
-	(*GetStateResponse)(nil),     // 15: statestream.v1.GetStateResponse
-	(*SetStateRequest)(nil),      // 16: statestream.v1.SetStateRequest
-	(*SetStateResponse)(nil),     // 17: statestream.v1.SetStateResponse
-	(*StepRequest)(nil),          // 18: statestream.v1.StepRequest
-	(*StepResponse)(nil),         // 19: statestream.v1.StepResponse
-	(*StreamStepsRequest)(nil),   // 20: statestream.v1.StreamStepsRequest
-	(*StreamStepsResponse)(nil),  // 21: statestream.v1.StreamStepsResponse
-	(*StepFrameRequest)(nil),     // 22: statestream.v1.StepFrameRequest
-	(*FrameEntryError)(nil),      // 23: statestream.v1.FrameEntryError
-	(*StepFrameResponse)(nil),    // 24: statestream.v1.StepFrameResponse
-	(*StreamFramesRequest)(nil),  // 25: statestream.v1.StreamFramesRequest
-	(*StreamFramesResponse)(nil), // 26: statestream.v1.StreamFramesResponse
-	(*OpenGroupRequest)(nil),     // 27: statestream.v1.OpenGroupRequest
-	(*OpenGroupResponse)(nil),    // 28: statestream.v1.OpenGroupResponse
-	(*StepGroupRequest)(nil),     // 29: statestream.v1.StepGroupRequest
-	(*StepGroupResponse)(nil),    // 30: statestream.v1.StepGroupResponse
-	(*CloseGroupRequest)(nil),    // 31: statestream.v1.CloseGroupRequest
-	(*CloseGroupResponse)(nil),   // 32: statestream.v1.CloseGroupResponse
-	nil,                          // 33: statestream.v1.ModelInfo.ExportedWithEntry
+	(CellType)(0),                  // 0: statestream.v1.CellType
+	(*LayerInfo)(nil),              // 1: statestream.v1.LayerInfo
+	(*ModelInfo)(nil),              // 2: statestream.v1.ModelInfo
+	(*LayerState)(nil),             // 3: statestream.v1.LayerState
+	(*Error)(nil),                  // 4: statestream.v1.Error
+	(*ListModelsRequest)(nil),      // 5: statestream.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),     // 6: statestream.v1.ListModelsResponse
+	(*GetModelRequest)(nil),        // 7: statestream.v1.GetModelRequest
+	(*GetModelResponse)(nil),       // 8: statestream.v1.GetModelResponse
+	(*OpenSessionRequest)(nil),     // 9: statestream.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),    // 10: statestream.v1.OpenSessionResponse
+	(*CloseSessionRequest)(nil),    // 11: statestream.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),   // 12: statestream.v1.CloseSessionResponse
+	(*SessionState)(nil),           // 13: statestream.v1.SessionState
+	(*GetStateRequest)(nil),        // 14: statestream.v1.GetStateRequest
+	(*GetStateResponse)(nil),       // 15: statestream.v1.GetStateResponse
+	(*SetStateRequest)(nil),        // 16: statestream.v1.SetStateRequest
+	(*SetStateResponse)(nil),       // 17: statestream.v1.SetStateResponse
+	(*StepRequest)(nil),            // 18: statestream.v1.StepRequest
+	(*StepResponse)(nil),           // 19: statestream.v1.StepResponse
+	(*StreamStepsRequest)(nil),     // 20: statestream.v1.StreamStepsRequest
+	(*StreamStepsResponse)(nil),    // 21: statestream.v1.StreamStepsResponse
+	(*StepFrameRequest)(nil),       // 22: statestream.v1.StepFrameRequest
+	(*FrameEntryError)(nil),        // 23: statestream.v1.FrameEntryError
+	(*StepFrameResponse)(nil),      // 24: statestream.v1.StepFrameResponse
+	(*StreamFramesRequest)(nil),    // 25: statestream.v1.StreamFramesRequest
+	(*StreamFramesResponse)(nil),   // 26: statestream.v1.StreamFramesResponse
+	(*OpenGroupRequest)(nil),       // 27: statestream.v1.OpenGroupRequest
+	(*OpenGroupResponse)(nil),      // 28: statestream.v1.OpenGroupResponse
+	(*StepGroupRequest)(nil),       // 29: statestream.v1.StepGroupRequest
+	(*StepGroupResponse)(nil),      // 30: statestream.v1.StepGroupResponse
+	(*CloseGroupRequest)(nil),      // 31: statestream.v1.CloseGroupRequest
+	(*CloseGroupResponse)(nil),     // 32: statestream.v1.CloseGroupResponse
+	(*MigrateSessionRequest)(nil),  // 33: statestream.v1.MigrateSessionRequest
+	(*MigrateSessionResponse)(nil), // 34: statestream.v1.MigrateSessionResponse
+	(*ListSessionsRequest)(nil),    // 35: statestream.v1.ListSessionsRequest
+	(*SessionSummary)(nil),         // 36: statestream.v1.SessionSummary
+	(*ListSessionsResponse)(nil),   // 37: statestream.v1.ListSessionsResponse
+	nil,                            // 38: statestream.v1.ModelInfo.ExportedWithEntry
 }
 var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	0,  // 0: statestream.v1.LayerInfo.cell:type_name -> statestream.v1.CellType
 	1,  // 1: statestream.v1.ModelInfo.layers:type_name -> statestream.v1.LayerInfo
-	33, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
+	38, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
 	2,  // 3: statestream.v1.ListModelsResponse.models:type_name -> statestream.v1.ModelInfo
 	2,  // 4: statestream.v1.GetModelResponse.model:type_name -> statestream.v1.ModelInfo
 	3,  // 5: statestream.v1.OpenSessionRequest.initial_states:type_name -> statestream.v1.LayerState
@@ -2570,37 +2861,43 @@ var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	24, // 19: statestream.v1.StreamFramesResponse.frame:type_name -> statestream.v1.StepFrameResponse
 	4,  // 20: statestream.v1.StreamFramesResponse.error:type_name -> statestream.v1.Error
 	2,  // 21: statestream.v1.OpenGroupResponse.model:type_name -> statestream.v1.ModelInfo
-	5,  // 22: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
-	7,  // 23: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
-	9,  // 24: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
-	11, // 25: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
-	14, // 26: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
-	16, // 27: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
-	18, // 28: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
-	20, // 29: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
-	22, // 30: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
-	25, // 31: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
-	27, // 32: statestream.v1.StateStreamService.OpenGroup:input_type -> statestream.v1.OpenGroupRequest
-	29, // 33: statestream.v1.StateStreamService.StepGroup:input_type -> statestream.v1.StepGroupRequest
-	31, // 34: statestream.v1.StateStreamService.CloseGroup:input_type -> statestream.v1.CloseGroupRequest
-	6,  // 35: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
-	8,  // 36: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
-	10, // 37: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
-	12, // 38: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
-	15, // 39: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
-	17, // 40: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
-	19, // 41: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
-	21, // 42: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
-	24, // 43: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
-	26, // 44: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
-	28, // 45: statestream.v1.StateStreamService.OpenGroup:output_type -> statestream.v1.OpenGroupResponse
-	30, // 46: statestream.v1.StateStreamService.StepGroup:output_type -> statestream.v1.StepGroupResponse
-	32, // 47: statestream.v1.StateStreamService.CloseGroup:output_type -> statestream.v1.CloseGroupResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	13, // 22: statestream.v1.MigrateSessionResponse.state:type_name -> statestream.v1.SessionState
+	36, // 23: statestream.v1.ListSessionsResponse.sessions:type_name -> statestream.v1.SessionSummary
+	5,  // 24: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
+	7,  // 25: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
+	9,  // 26: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
+	11, // 27: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
+	14, // 28: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
+	16, // 29: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
+	18, // 30: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
+	20, // 31: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
+	22, // 32: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
+	25, // 33: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
+	27, // 34: statestream.v1.StateStreamService.OpenGroup:input_type -> statestream.v1.OpenGroupRequest
+	29, // 35: statestream.v1.StateStreamService.StepGroup:input_type -> statestream.v1.StepGroupRequest
+	31, // 36: statestream.v1.StateStreamService.CloseGroup:input_type -> statestream.v1.CloseGroupRequest
+	33, // 37: statestream.v1.StateStreamService.MigrateSession:input_type -> statestream.v1.MigrateSessionRequest
+	35, // 38: statestream.v1.StateStreamService.ListSessions:input_type -> statestream.v1.ListSessionsRequest
+	6,  // 39: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
+	8,  // 40: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
+	10, // 41: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
+	12, // 42: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
+	15, // 43: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
+	17, // 44: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
+	19, // 45: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
+	21, // 46: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
+	24, // 47: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
+	26, // 48: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
+	28, // 49: statestream.v1.StateStreamService.OpenGroup:output_type -> statestream.v1.OpenGroupResponse
+	30, // 50: statestream.v1.StateStreamService.StepGroup:output_type -> statestream.v1.StepGroupResponse
+	32, // 51: statestream.v1.StateStreamService.CloseGroup:output_type -> statestream.v1.CloseGroupResponse
+	34, // 52: statestream.v1.StateStreamService.MigrateSession:output_type -> statestream.v1.MigrateSessionResponse
+	37, // 53: statestream.v1.StateStreamService.ListSessions:output_type -> statestream.v1.ListSessionsResponse
+	39, // [39:54] is the sub-list for method output_type
+	24, // [24:39] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_statestream_v1_statestream_proto_init() }
@@ -2620,7 +2917,7 @@ func file_statestream_v1_statestream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_statestream_v1_statestream_proto_rawDesc), len(file_statestream_v1_statestream_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

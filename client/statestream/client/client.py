@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 import grpc
 import numpy as np
 
-from statestream.contract.errors import AlreadyExists, from_rpc_error
+from statestream.contract.errors import AlreadyExists, StatestreamError, from_rpc_error
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
@@ -78,6 +78,17 @@ class SessionState:
     last_sequence_number: int = 0
     model: str = ""
     session_id: str = ""
+
+
+@dataclass
+class MigrationReport:
+    """What `Client.migrate` did to each session: moved (id -> the version it was on), already on the target
+    version, or refused (id -> the server's reason, e.g. both state layouts)."""
+
+    version: int
+    moved: dict[str, int]
+    unchanged: list[str]
+    refused: dict[str, str]
 
 
 class Client:
@@ -173,6 +184,30 @@ class Client:
         if exactly_once:
             s.last_sequence_number = s.get_state().last_sequence_number
         return s
+
+    def migrate(self, model: str, version: int = 0, *, from_version: int = 0,
+                session_ids: list[str] | None = None) -> MigrationReport:
+        """Move every open session of `model` (of `from_version`, or of every version; or the `session_ids`
+        given) that this server holds to `version` (0: the default, the latest), states carried over; a session
+        whose state layout differs, or that has steps in flight, is refused and reported, the others go on.
+        With replicas, run it against each (each lists the sessions it holds)."""
+        if session_ids is None:
+            listed = self.call("ListSessions", pb.ListSessionsRequest(model=model, version=from_version)).sessions
+            session_ids = [s.session_id for s in listed]
+        report = MigrationReport(version, {}, [], {})
+        for sid in session_ids:
+            try:
+                reply = self.call("MigrateSession", pb.MigrateSessionRequest(session_id=sid, version=version),
+                                  session_id=sid)
+            except StatestreamError as e:
+                report.refused[sid] = f"{e.code.name}: {e.message}"
+                continue
+            report.version = reply.state.model_version
+            if reply.from_version == reply.state.model_version:
+                report.unchanged.append(sid)
+            else:
+                report.moved[sid] = reply.from_version
+        return report
 
     def group(self, model: str, size: int = 0, *, session_ids: list[str] | None = None, group_id: str = "",
               idle_timeout: float = 0.0) -> "Group":

@@ -119,6 +119,22 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
             request.last_sequence_number if request.HasField("last_sequence_number") else None)
         return pb.SetStateResponse(state=codec.session_state(runner, s, row))
 
+    @unary
+    async def MigrateSession(self, request, context):
+        s, before = await self.engine.migrate(request.session_id, self.auth.owner(context), request.version)
+        return pb.MigrateSessionResponse(state=codec.session_state(self.engine.table.runner_of(s), s,
+                                                                   self.engine.table.state(s)), from_version=before)
+
+    @unary
+    async def ListSessions(self, request, context):
+        owner = self.auth.owner(context)
+        versions = [request.version] if request.version else self.engine.versions.of(request.model)
+        if not self.engine.versions.of(request.model):
+            raise self.engine.versions.unknown(request.model)
+        return pb.ListSessionsResponse(sessions=[
+            pb.SessionSummary(session_id=s.id, model_version=s.key[1], step_count=s.step_count)
+            for v in versions for s in self.engine.table.sessions_of((request.model, v), owner)])
+
     # -- steps ------------------------------------------------------------------------
 
     async def step(self, req: pb.StepRequest, owner, context=None, stream: bool = False) -> pb.StepResponse:

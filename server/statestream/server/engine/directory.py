@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, show
+from statestream.contract.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    show,
+)
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.sessions import Session
 from statestream.server.engine.table import SessionTable, gone
@@ -168,13 +175,30 @@ class Directory:
         finally:
             batcher.release(s)
 
-    async def _changed(self, s: Session) -> None:
-        """A held session's state or counters were set: write them, winning over a stale copy."""
+    async def migrate(self, s: Session, runner) -> None:
+        """Move an idle session onto another loaded version of its model (the caller compared the state layouts):
+        written first, then moved; all or nothing. Steps that arrive meanwhile run on the new version (or fail,
+        when its input size differs from the version they were sent for)."""
+        old = s.key
+        s.hold()
+        try:
+            await self._changed(s, runner)
+            self.table.move(s, runner.key)
+        finally:
+            if s.key != old and s.head is not None and runner.features != self.table.runners[old].features:
+                self.batchers[old].fail_queued(s, FailedPrecondition(
+                    f"session {s.id!r} moved to version {runner.version}, whose input has {runner.features} "
+                    "values per timestep; steps sent meanwhile were not applied"))
+            self.batchers[s.key].release(s)
+
+    async def _changed(self, s: Session, to=None) -> None:
+        """A held session's state or counters were set (or it moves `to` another model version): write them,
+        winning over a stale copy."""
         if not self.persistence.durable:
             s.stored(s.version + 1)
             return
         for _ in range(_CAS_TRIES):
-            rec = self.table.record(s)
+            rec = self.table.record(s, to=to)
             status = (await self.persistence.commit([rec]))[0]
             if status == "ok":
                 s.stored(rec.version)

@@ -34,6 +34,11 @@ log = logging.getLogger("statestream.engine")
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
 
 
+def layout(runner: ModelRunner) -> list[tuple[str, str, int]]:
+    """A version's state layout: its recurrent layers, in order, as (name, cell type, units)."""
+    return [(ly.name, ly.cell, ly.units) for ly in runner.manifest.layers]
+
+
 def check_finite(x: np.ndarray, what: str = "input") -> None:
     """NaN and Inf are refused, naming the first bad value."""
     if not np.isfinite(x).all():
@@ -123,6 +128,26 @@ class Engine:
         s = await self.directory.get(sid, owner)
         await self.directory.set_state(s, row, step_count, last_seq)
         return s, self.table.state(s)
+
+    async def migrate(self, sid: str, owner, version: int = 0) -> tuple[Session, int]:
+        """Move a session to `version` of its model (0: the default), its states carried over, when the state
+        layouts are the same (layers, cell types, units); else FailedPrecondition with both layouts. (the session,
+        the version it was on)."""
+        s = await self.directory.get(sid, owner)
+        old = self.table.runner_of(s)
+        new = self.runner(s.model, version)
+        if new.key == s.key:
+            return s, old.version
+        if self.groups.holds(s):
+            raise FailedPrecondition(f"session {show(sid)} is a member of a group; a group's members move together "
+                                     "(close the group, keeping its sessions, first)")
+        a, b = layout(old), layout(new)
+        if a != b:
+            raise FailedPrecondition(f"session {show(sid)} can not move from version {old.version} to "
+                                     f"{new.version} of {s.model!r}: their states differ; version {old.version}: "
+                                     f"{a}; version {new.version}: {b}")
+        await self.directory.migrate(s, new)
+        return s, old.version
 
     async def close(self, sid: str, owner) -> int:
         """Close a session; its step count."""

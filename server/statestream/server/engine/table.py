@@ -131,8 +131,19 @@ class SessionTable:
         del self.runners[key], self.slabs[key], self.per_version[key]
         self.versions.unloading.discard(key)
 
-    def sessions_of(self, key: Key) -> list[Session]:
-        return [s for s in self._sessions.values() if s.key == key]
+    def sessions_of(self, key: Key, owner=False) -> list[Session]:
+        """The open sessions of a model version (of one owner, unless `owner` is False)."""
+        return [s for s in self._sessions.values() if s.key == key and (owner is False or s.owner == owner)]
+
+    def move(self, s: Session, key: Key) -> None:
+        """A held session onto another loaded version: its state row moves to that version's slab."""
+        row = self.state(s).copy()
+        self.slabs[s.key].free(s.slot)
+        self.per_version[s.key] -= 1
+        s.slot = self.slabs[key].alloc()
+        self.slabs[key].rows[s.slot] = row
+        s.key = key
+        self.per_version[key] += 1
 
     def check_timeout(self, timeout: float) -> float:
         if timeout < 0 or timeout != timeout:
@@ -314,9 +325,11 @@ class SessionTable:
         return gone
 
     def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
-               result: StepResult | None = None, fp: int = 0, restart: bool = False) -> SessionRecord:
+               result: StepResult | None = None, fp: int = 0, restart: bool = False,
+               to: ModelRunner | None = None) -> SessionRecord:
         """The session as the store keeps it, at its next version; `state`, `step_count`, `result` (and its input's
-        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start."""
+        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start; `to`: the model
+        version it is moving to."""
         if result is not None:
             last, last_seq, last_fp = result, result.sequence_number, fp
         elif restart:
@@ -327,7 +340,8 @@ class SessionTable:
             s.id, s.model, s.owner, self.state(s) if state is None else state,
             s.step_count if step_count is None else step_count, last_seq, s.timeout, time.time() + s.timeout,
             None if last is None else last.output, None if last is None else last.state,
-            0 if last is None else last.step_count, s.version + 1, last_fp, s.key[1], self.runners[s.key].sha256)
+            0 if last is None else last.step_count, s.version + 1, last_fp,
+            *((s.key[1], self.runners[s.key].sha256) if to is None else (to.version, to.sha256)))
 
     def restore(self, records: list[SessionRecord]) -> int:
         """The stored sessions at start: adopted, or kept aside with the reason they can not be stepped here (a
