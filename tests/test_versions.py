@@ -357,3 +357,77 @@ def test_migrate_moves_sessions_with_the_same_state_layout_and_refuses_others(re
     with server([d], state_store=f"sqlite:{tmp_path / 'm.db'}") as srv:  # the store recorded the move
         st = srv.stub.GetState(pb.GetStateRequest(session_id=ids[0])).state
         assert (st.model_version, st.step_count) == (2, 4)
+
+
+def test_a_stored_session_waits_for_its_version_and_loading_it_restores_the_session(repo, tmp_path):
+    d, b = repo
+    db = f"sqlite:{tmp_path / 'w.db'}"
+    xs = RNG.uniform(-1, 1, (4, 3))
+    ref = Ref(DEMO_MODEL)
+    with server([d], state_store=db) as srv:
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="w"))
+        for x in xs[:2]:
+            step(srv.stub, "w", x)
+            ref.step(x)
+    (d / "demo.onnx").unlink()  # only version 2 at the next start
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    with server([d], state_store=db) as srv:
+        with pytest.raises(grpc.RpcError) as e:
+            step(srv.stub, "w", xs[2])
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "not loaded" in e.value.details()
+        shutil.copy(DEMO_MODEL, d / "demo.onnx")
+        ipb_grpc.GRPCInferenceServiceStub(srv.channel).RepositoryModelLoad(
+            ipb.RepositoryModelLoadRequest(model_name="demo"))
+        for t, x in enumerate(xs[2:], start=3):
+            r = step(srv.stub, "w", x)
+            assert np.array_equal(np.float32(r.output), ref.step(x)) and r.step_count == t
+
+
+def test_sighup_and_the_poll_load_new_versions_of_a_running_server(repo):
+    import os
+    import signal
+    import time
+
+    d, b = repo
+
+    def versions(stub):
+        return [m.version for m in stub.ListModels(pb.ListModelsRequest()).models]
+
+    def until(stub, want):
+        deadline = time.monotonic() + WAIT
+        while (got := versions(stub)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+    with ServerProcess([d]) as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        (d / "demo" / "2").mkdir(parents=True)
+        shutil.copy(b, d / "demo" / "2" / "model.onnx")
+        assert versions(stub) == [1]  # no poll: nothing changes until asked
+        os.kill(srv.pid, signal.SIGHUP)
+        assert until(stub, [1, 2]) == [1, 2]
+    with ServerProcess([d], "--repository-poll", "0.1") as srv, grpc.insecure_channel(srv.target) as ch:
+        stub = pb_grpc.StateStreamServiceStub(ch)
+        (d / "demo" / "3").mkdir(parents=True)
+        shutil.copy(b, d / "demo" / "3" / "model.onnx")
+        assert until(stub, [1, 2, 3]) == [1, 2, 3]
+        shutil.rmtree(d / "demo" / "2")
+        assert until(stub, [1, 3]) == [1, 3]  # no session on it: unloaded and freed
+
+
+def test_a_replica_without_a_sessions_version_hands_it_back_unavailable(repo, redis_proc, tmp_path):
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    only_v1 = tmp_path / "v1"
+    only_v1.mkdir()
+    shutil.copy(DEMO_MODEL, only_v1 / "demo.onnx")
+    with server([d], state_store=redis_proc.url) as a, server([only_v1], state_store=redis_proc.url) as b_:
+        sid = a.stub.OpenSession(pb.OpenSessionRequest(model="demo")).session_id  # on version 2
+        step(a.stub, sid, [0.1, 0.2, 0.3], seq=1)
+        with pytest.raises(grpc.RpcError) as e:
+            step(b_.stub, sid, [0.1, 0.2, 0.3], seq=2)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "'demo' version 2" in e.value.details() and "retry on a replica" in e.value.details()
+        assert step(a.stub, sid, [0.1, 0.2, 0.3], seq=2).step_count == 2  # the retry elsewhere applies it once

@@ -10,7 +10,7 @@ from importlib import metadata
 
 import grpc
 
-from statestream.contract.errors import InvalidArgument, NotFound, Unavailable
+from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from statestream.contract.triton_config import model_config, model_metadata
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
@@ -65,8 +65,13 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
             self.metrics.count_request(method, code.name)
 
     def _runner(self, name: str, version: str):
-        """The runner of `version` of model `name` ("": the default, latest)."""
+        """The runner of `version` of model `name` ("": the default, latest), for a new sequence."""
         return self.engine.runner(name, _number(version))
+
+    def _loaded(self, name: str, version: str):
+        """The runner of a loaded version, also one being unloaded ("": the default), for metadata."""
+        r = self.engine.table.runners.get((name, _number(version))) if version else None
+        return r or self._runner(name, version)
 
     # -- health and metadata -----------------------------------------------------------
 
@@ -86,7 +91,7 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
         self.auth.owner(context)
         try:
             self._runner(request.name, request.version)
-        except NotFound:
+        except (NotFound, FailedPrecondition):  # unknown, or being unloaded: no new sequences
             return ipb.ModelReadyResponse(ready=False)
         return ipb.ModelReadyResponse(ready=not self.engine.draining)
 
@@ -98,13 +103,13 @@ class TritonService(ipb_grpc.GRPCInferenceServiceServicer):
     @unary
     async def ModelMetadata(self, request, context):
         self.auth.owner(context)
-        runner = self._runner(request.name, request.version)
+        runner = self._loaded(request.name, request.version)
         return model_metadata(runner.manifest, runner.name, [str(v) for v in self.engine.versions.of(runner.name)])
 
     @unary
     async def ModelConfig(self, request, context):
         self.auth.owner(context)
-        runner = self._runner(request.name, request.version)
+        runner = self._loaded(request.name, request.version)
         return ipb.ModelConfigResponse(config=model_config(
             runner.manifest, runner.name, max_batch_size=self.max_batch_size, idle_seconds=self.idle_seconds))
 
