@@ -130,12 +130,15 @@ class Repository:
 
     async def reap(self) -> None:
         """Free the versions being unloaded that have no session left."""
-        for key in [k for k in self.table.versions.unloading if self.table.per_version.get(k) == 0]:
-            self.table.versions.unloading.discard(key)
-            await self.drop_batcher(key)
+        versions = self.table.versions
+        for key in [k for k in versions.unloading if self.table.per_version.get(k) == 0]:
+            await self.engine.batchers[key].drained()  # a run of a session closed meanwhile still uses the slab
+            if key not in versions.unloading or self.table.per_version.get(key) != 0:
+                continue  # back in the repository, or freed by another call, meanwhile
             r = self.table.runners[key]
-            self.table.drop_version(key)
+            self.table.drop_version(key)  # no new session can find it from here on
             self._seen.pop(key, None)
+            await self.drop_batcher(key)
             log.info("unloaded %s", describe(*key, r.sha256))
 
     def index(self) -> list[Entry]:
