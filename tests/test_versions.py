@@ -94,6 +94,8 @@ def test_weights_swapped_under_one_version_are_refused_and_a_new_version_keeps_t
     ref = Ref(DEMO_MODEL)
     with server([d], state_store=db) as srv:
         srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="s1"))
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="s2"))
+        step(srv.stub, "s2", xs[0])
         sha_a = srv.stub.GetModel(pb.GetModelRequest(name="demo")).model.sha256
         for t in range(5):
             assert np.array_equal(np.float32(step(srv.stub, "s1", xs[t]).output), ref.step(xs[t]))
@@ -106,6 +108,7 @@ def test_weights_swapped_under_one_version_are_refused_and_a_new_version_keeps_t
         with pytest.raises(grpc.RpcError) as e:
             srv.stub.GetState(pb.GetStateRequest(session_id="s1"))
         assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert srv.stub.CloseSession(pb.CloseSessionRequest(session_id="s2")).step_count == 1  # it can be dropped
     shutil.copy(DEMO_MODEL, d / "demo.onnx")  # the weights as a new version: the old session keeps its own
     (d / "demo" / "2").mkdir(parents=True)
     shutil.copy(b, d / "demo" / "2" / "model.onnx")
@@ -115,6 +118,9 @@ def test_weights_swapped_under_one_version_are_refused_and_a_new_version_keeps_t
             assert np.array_equal(np.float32(r.output), ref.step(xs[t])) and r.step_count == t + 1
         new = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo"))
         assert new.model.version == 2
+        with pytest.raises(grpc.RpcError) as e:
+            srv.stub.GetState(pb.GetStateRequest(session_id="s2"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
         assert np.array_equal(np.float32(step(srv.stub, new.session_id, xs[0]).output), Ref(b).step(xs[0]))
 
 

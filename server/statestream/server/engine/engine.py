@@ -150,7 +150,13 @@ class Engine:
         return s, old.version
 
     async def close(self, sid: str, owner) -> int:
-        """Close a session; its step count."""
+        """Close a session; its step count. A stored session whose version is not loaded here can be closed too
+        (its record is deleted)."""
+        if self.table.find(sid, owner) is None:
+            rec = self.table.unstrand(sid, owner)
+            if rec is not None:
+                await self.directory.persistence.delete([(owner, sid)])
+                return rec.step_count
         return await self.directory.close(await self.directory.get(sid, owner))
 
     async def sweep(self) -> int:

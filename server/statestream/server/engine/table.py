@@ -126,6 +126,11 @@ class SessionTable:
                 back.append(self.adopt(rec))
         return back
 
+    def unstrand(self, sid: str, owner: str | None = None) -> SessionRecord | None:
+        """Forget a stored session that can not be stepped here (it is being closed); its record, if it was one."""
+        found = self.stranded.pop(_key(sid, owner), None)
+        return None if found is None else found[0]
+
     def drop_version(self, key: Key) -> None:
         """Forget an unloaded version that has no session left."""
         del self.runners[key], self.slabs[key], self.per_version[key]
