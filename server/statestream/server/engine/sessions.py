@@ -10,6 +10,7 @@ from statestream.server.engine.ledger import Ledger
 from statestream.server.engine.types import StepResult
 
 MAX_SESSION_ID_BYTES = 128
+_KEYS: dict[tuple[str, int], tuple[str, int]] = {}  # interned (model, version) keys
 
 
 
@@ -43,7 +44,8 @@ class Session(Ledger):
         Ledger.__init__(self)
         self.id = sid
         self.model = model
-        self.key = (model, model_version)  # the loaded version whose weights made its state: its runner and slab
+        key = (model, model_version)  # the loaded version whose weights made its state: its runner and slab
+        self.key = _KEYS.setdefault(key, key)  # one tuple shared by every session of a version (1M sessions)
         self.slot = slot
         self.owner = owner
         self.timeout = timeout
