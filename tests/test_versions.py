@@ -437,3 +437,36 @@ def test_a_replica_without_a_sessions_version_hands_it_back_unavailable(repo, re
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "'demo' version 2" in e.value.details() and "retry on a replica" in e.value.details()
         assert step(a.stub, sid, [0.1, 0.2, 0.3], seq=2).step_count == 2  # the retry elsewhere applies it once
+
+
+def test_kserve_sequences_and_groups_name_a_version(repo):
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    x = np.float32([0.1, 0.2, 0.3])
+    with server([d]) as srv:
+        kserve = ipb_grpc.GRPCInferenceServiceStub(srv.channel)
+
+        def infer(seq, version, start):
+            req = ipb.ModelInferRequest(model_name="demo", model_version=version)
+            req.parameters["sequence_id"].string_param = seq
+            req.parameters["sequence_start"].bool_param = start
+            req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 3])
+            req.raw_input_contents.append(x.tobytes())
+            resp = kserve.ModelInfer(req)
+            return resp.model_version, np.frombuffer(resp.raw_output_contents[0], np.float32)[-1]
+
+        refs = {"": Ref(b), "1": Ref(DEMO_MODEL), "2": Ref(b)}
+        for v, ref in refs.items():
+            assert infer(f"seq{v}", v, True) == (v or "2", ref.step(x))
+        for v, ref in refs.items():  # a sequence stays on its version when the request names none
+            assert infer(f"seq{v}", "", False) == (v or "2", ref.step(x))
+        with pytest.raises(grpc.RpcError) as e:
+            infer("seq1", "2", False)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "on version 1" in e.value.details()
+        meta = kserve.ModelMetadata(ipb.ModelMetadataRequest(name="demo"))
+        assert list(meta.versions) == ["1", "2"]
+        g = srv.stub.OpenGroup(pb.OpenGroupRequest(model="demo", size=2, version=1))
+        assert g.model.version == 1
+        r = srv.stub.StepGroup(pb.StepGroupRequest(group_id=g.group_id, inputs=np.tile(x, 2).tolist()))
+        assert np.array_equal(np.float32(r.outputs), np.repeat(Ref(DEMO_MODEL).step(x), 2))
