@@ -349,15 +349,17 @@ class SessionTable:
             *((s.key[1], self.runners[s.key].sha256) if to is None else (to.version, to.sha256)))
 
     def restore(self, records: list[SessionRecord]) -> int:
-        """The stored sessions at start: adopted, or kept aside with the reason they can not be stepped here (a
-        request for one gets that reason; loading its version adopts it). How many were adopted."""
+        """The stored sessions at start: adopted, or (a store of this process only) kept aside with the reason they
+        can not be stepped here (a request for one gets that reason; loading its version adopts it). How many were
+        adopted."""
         adopted = 0
         for rec in records:
             try:
                 self.adopt(rec)
                 adopted += 1
             except StatestreamError as e:
-                self.stranded[_key(rec.id, rec.owner)] = (rec, e)
+                if not self.shared:  # a shared store is read through on every miss: it keeps them
+                    self.stranded[_key(rec.id, rec.owner)] = (rec, e)
         return adopted
 
     def adopt(self, rec: SessionRecord) -> Session:
