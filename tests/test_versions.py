@@ -470,3 +470,23 @@ def test_kserve_sequences_and_groups_name_a_version(repo):
         assert g.model.version == 1
         r = srv.stub.StepGroup(pb.StepGroupRequest(group_id=g.group_id, inputs=np.tile(x, 2).tolist()))
         assert np.array_equal(np.float32(r.outputs), np.repeat(Ref(DEMO_MODEL).step(x), 2))
+
+
+def test_prometheus_metrics_are_labelled_by_model_and_version(repo):
+    import re
+    import urllib.request
+
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    with server([d], metrics_port=-1) as srv:
+        for v, n in ((1, 2), (2, 3)):
+            sid = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", version=v)).session_id
+            for _ in range(n):
+                step(srv.stub, sid, [0.1, 0.2, 0.3])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{srv.app.metrics_port}/metrics", timeout=5).read().decode()
+    for v, n in ((1, 2), (2, 3)):
+        assert re.search(rf'statestream_steps_total\{{model="demo",version="{v}"\}} {n}\.0', text), text
+        assert re.search(rf'statestream_model_runs_total\{{model="demo",version="{v}"\}} {n}\.0', text)
+        assert re.search(rf'statestream_step_outcomes_total\{{model="demo",outcome="success",version="{v}"\}} '
+                         rf'{n}\.0', text)
