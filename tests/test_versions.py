@@ -490,3 +490,27 @@ def test_prometheus_metrics_are_labelled_by_model_and_version(repo):
         assert re.search(rf'statestream_model_runs_total\{{model="demo",version="{v}"\}} {n}\.0', text)
         assert re.search(rf'statestream_step_outcomes_total\{{model="demo",outcome="success",version="{v}"\}} '
                          rf'{n}\.0', text)
+
+
+def test_the_cli_loads_unloads_and_migrates(repo, capsys):
+    from statestream.client import cli
+
+    d, b = repo
+    with server([d]) as srv:
+        t = ["--target", srv.target]
+        sid = srv.stub.OpenSession(pb.OpenSessionRequest(model="demo")).session_id
+        step(srv.stub, sid, [0.1, 0.2, 0.3])
+        (d / "demo" / "2").mkdir(parents=True)
+        shutil.copy(b, d / "demo" / "2" / "model.onnx")
+        assert cli.main([*t, "load", "demo"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split("\t", 1)[0] for line in lines] == ["demo", "demo"]
+        assert lines[0].endswith("version=1\tREADY") and lines[1].endswith("version=2 (default)\tREADY")
+        assert cli.main([*t, "migrate", "demo", "--to", "2"]) == 0
+        out = capsys.readouterr()
+        assert out.out == f"{sid}\tmoved from version 1 to 2\n" and "1 moved" in out.err
+        assert cli.main([*t, "unload", "demo", "--version", "2", "--force"]) == 0
+        assert capsys.readouterr().out.splitlines() == [lines[0].replace("version=1", "version=1 (default)")]
+        with pytest.raises(grpc.RpcError) as e:
+            step(srv.stub, sid, [0.1, 0.2, 0.3])
+        assert "unloaded with force" in e.value.details()

@@ -9,6 +9,8 @@ import grpc
 import numpy as np
 
 from statestream.contract.errors import AlreadyExists, StatestreamError, from_rpc_error
+from statestream.inference import grpc_service_pb2 as ipb
+from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
@@ -108,6 +110,7 @@ class Client:
         self.channel = grpc.secure_channel(target, credentials, opts) if credentials \
             else grpc.insecure_channel(target, opts)
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+        self.kserve = ipb_grpc.GRPCInferenceServiceStub(self.channel)  # the same port: model repository control
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.retries = 0  # attempts resent by exactly-once sessions, over this client's life
@@ -123,7 +126,7 @@ class Client:
         self.channel.close()
 
     def call(self, method: str, request, timeout: float | None = None, *, session_id: str = "",
-             retry: bool = False):
+             retry: bool = False, stub=None):
         """One unary RPC with this client's deadline and credentials; errors translated.
 
         session_id: sent as the x-session-id header (a group's calls send the group id).
@@ -131,7 +134,7 @@ class Client:
         until the deadline; only for requests that are safe to repeat (reads, numbered steps).
         """
         metadata = self.metadata + ((SESSION_HEADER, session_id),) if session_id else self.metadata
-        fn = getattr(self.stub, method)
+        fn = getattr(stub or self.stub, method)
         if not retry:
             try:
                 return fn(request, timeout=timeout or self.timeout, metadata=metadata)
@@ -184,6 +187,26 @@ class Client:
         if exactly_once:
             s.last_sequence_number = s.get_state().last_sequence_number
         return s
+
+    def load_model(self, name: str) -> None:
+        """Load the versions of `name` that the server's repository folder holds and that are not loaded (the new
+        latest becomes the default); the server's error names a file that fails to load."""
+        self.call("RepositoryModelLoad", ipb.RepositoryModelLoadRequest(model_name=name), stub=self.kserve)
+
+    def unload_model(self, name: str, version: int = 0, *, force: bool = False) -> None:
+        """Unload `version` of `name` (0: every version): no new sessions; open ones run until they close or
+        expire, or (`force`) are closed now."""
+        req = ipb.RepositoryModelUnloadRequest(model_name=name)
+        if version:
+            req.parameters["version"].int64_param = version
+        if force:
+            req.parameters["force"].bool_param = True
+        self.call("RepositoryModelUnload", req, stub=self.kserve)
+
+    def repository(self) -> list[tuple[str, int, str, str]]:
+        """The server's model versions: (name, version, READY | UNLOADING | UNAVAILABLE, reason)."""
+        index = self.call("RepositoryIndex", ipb.RepositoryIndexRequest(), stub=self.kserve).models
+        return [(m.name, int(m.version), m.state, m.reason) for m in index]
 
     def migrate(self, model: str, version: int = 0, *, from_version: int = 0,
                 session_ids: list[str] | None = None) -> MigrationReport:
