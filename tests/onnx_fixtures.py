@@ -29,3 +29,17 @@ def fragile_model(path, features: int = 3) -> None:
     helper.set_model_props(model, {MANIFEST_KEY: manifest.to_json()})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
+
+
+def reweighted(src, dst, scale: float) -> None:
+    """The model at `src` with every float weight times `scale`: the same architecture and state layout, other
+    weights (a new version of a model)."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.float32:
+            init.CopyFrom(numpy_helper.from_array((w * np.float32(scale)).astype(np.float32), init.name))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))

@@ -71,7 +71,7 @@ def expect_contained(srv, sids, code, stepped_rows):
         reply = srv.stub.Step(pb.StepRequest(session_id=sid, input=X[stepped_rows]))
         assert reply.step_count == stepped_rows + 1
         np.testing.assert_allclose(reply.output, stepped(X[:stepped_rows + 1])[-1], atol=1e-5)
-    assert srv.run(lambda: srv.app.batchers["demo"].pending.count) == 0
+    assert srv.run(lambda: srv.app.batchers["demo", 1].pending.count) == 0
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def frame(srv, ids=("a", "b")):
 
 def test_a_model_failure_fails_the_run_and_nothing_is_applied(two_sessions, monkeypatch, caplog):
     srv = two_sessions
-    runner = srv.app.batchers["demo"].runner
+    runner = srv.app.batchers["demo", 1].runner
 
     def broken(x, states):
         raise RuntimeError("injected: the model run failed")
@@ -175,4 +175,4 @@ def test_in_process_server_fixture_builds_from_flags():
     """The harness the failure tests rely on takes the CLI's flags (sanity: a failure test must not pass because
     the flags were ignored)."""
     with InProcessServer.from_args(DEMO_MODEL, "--inline-max-batch", "0") as srv:
-        assert srv.app.batchers["demo"].policy.inline_max_batch == 0
+        assert srv.app.batchers["demo", 1].policy.inline_max_batch == 0

@@ -98,7 +98,7 @@ def test_prometheus_metrics(server, stub):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert re.search(r'statestream_requests_total\{code="OK",method="Step"\} [1-9]', text)
     assert re.search(r'statestream_requests_total\{code="INVALID_ARGUMENT",method="Step"\} [1-9]', text)
-    assert re.search(r'statestream_steps_total\{model="demo"\} [1-9]', text)
+    assert re.search(r'statestream_steps_total\{model="demo",version="1"\} [1-9]', text)
     assert re.search(r"statestream_active_sessions [1-9]", text)  # read from the table when scraped
     for name in ("statestream_batch_size_bucket", "statestream_queue_seconds_bucket",
                  "statestream_compute_seconds_bucket", "statestream_active_sessions", "statestream_evictions_total"):

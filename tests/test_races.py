@@ -76,7 +76,7 @@ def executor_srv(inproc):
     """A server whose every model run goes to a gated executor: (server, executor)."""
     srv = inproc(inline_max_batch=0)
     gated = GatedExecutor()
-    srv.run(setattr, srv.app.batchers["demo"], "executor", gated)
+    srv.run(setattr, srv.app.batchers["demo", 1], "executor", gated)
     yield srv, gated
     gated.gate.set()
 
@@ -176,7 +176,7 @@ def test_close_during_a_commit_applies_nothing(sqlite_srv):
 def test_close_fails_queued_steps_and_frees_the_slot(inproc):
     srv = inproc(max_queue_delay=0.2)
     srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
-    slab = srv.app.table.slabs["demo"]
+    slab = srv.app.table.slabs["demo", 1]
     free_before = srv.run(lambda: len(slab._free))
     queued = start(srv, step_req("a", X[0]))
     settle(srv)
@@ -185,7 +185,7 @@ def test_close_fails_queued_steps_and_frees_the_slot(inproc):
     with pytest.raises(NotFound):
         queued.result(10)
     assert srv.run(lambda: len(slab._free)) == free_before + 1
-    assert srv.run(lambda: srv.app.batchers["demo"].pending.count) == 0
+    assert srv.run(lambda: srv.app.batchers["demo", 1].pending.count) == 0
 
 
 def test_set_state_while_a_step_runs_is_refused_and_changes_nothing(executor_srv):

@@ -105,7 +105,7 @@ def test_hold_is_refused_while_a_step_is_in_flight(table):
 
 
 def test_closing_a_running_session_frees_its_slot_only_after_the_run(table):
-    slab = table.slabs["demo"]
+    slab = table.slabs["demo", 1]
     s = table.open("demo", "a")
     u = FakeUnit()
     s.enqueue(u, None)
@@ -135,7 +135,7 @@ def test_expiry_skips_sessions_with_work_and_says_expired(table):
 
 def test_adopt_replaces_a_stale_cached_copy(table):
     s = table.open("demo", "a")
-    rec = table.record(s, np.full(table.slabs["demo"].width, 0.5, np.float32), 7, result(3, 7))
+    rec = table.record(s, np.full(table.slabs["demo", 1].width, 0.5, np.float32), 7, result(3, 7))
     assert rec.version == 1
     rec.version = 9
     assert table.adopt(rec) is s

@@ -357,10 +357,10 @@ def test_sqlite_file_from_before_version_and_last_fp_is_migrated(tmp_path):
 
 
 def test_redis_record_packed_before_last_fp_reads_as_zero():
-    from statestream.server.store.redis import pack, unpack
+    from statestream.server.store.redis import _MODEL, pack, unpack
 
     rec = record("r", fp=12345)
     data = pack(rec)
     same(unpack(data, rec.version, rec.expires_at), rec)
-    older = unpack(data[:-8], rec.version, rec.expires_at)   # no last_fp after the floats
+    older = unpack(data[:-8 - _MODEL.size], rec.version, rec.expires_at)   # no last_fp (nor model version) after the floats
     assert older.last_fp == 0 and older.state.tobytes() == rec.state.tobytes()

@@ -186,6 +186,38 @@ def cmd_tenants(client, a) -> dict:
     return out
 
 
+def cmd_repository(client, a) -> dict:
+    """Index, load (the version the test put in the repository), infer on the default, read statistics, unload,
+    load again: the model repository API as a Triton user drives it."""
+    def index():
+        return [(m["name"], m.get("version", ""), m.get("state", "")) for m in
+                client.get_model_repository_index(as_json=True).get("models", [])]
+
+    def stats():
+        return {s["version"]: {k: s.get(k, "0") for k in ("inference_count", "execution_count")}
+                | {"success": s.get("inference_stats", {}).get("success", {}).get("count", "0")}
+                for s in client.get_inference_statistics(a.model, as_json=True).get("model_stats", [])}
+
+    out = {"before": index()}
+    client.load_model(a.model)
+    out["loaded"] = index()
+    x = _input(np.full((1, 1, a.features), 0.5, np.float32))
+    r = client.infer(a.model, [x], sequence_id=77, sequence_start=True)
+    out["infer_version"] = r.get_response().model_version
+    client.infer(a.model, [x], sequence_id=77, sequence_end=True)
+    out["stats"] = stats()
+    try:
+        client.infer(a.model, [x], model_version="9", sequence_id=78, sequence_start=True)
+    except InferenceServerException as e:
+        out["missing_version"] = _error(e)
+    client.unload_model(a.model)
+    out["unloaded"] = index()
+    out["ready_after_unload"] = client.is_model_ready(a.model)
+    client.load_model(a.model)
+    out["reloaded"] = index()
+    return out
+
+
 def cmd_descriptors(client, a) -> dict:
     """Every message of tritonclient's own grpc_service.proto and model_config.proto: fields and numbers."""
     from descriptors import describe
@@ -197,7 +229,8 @@ def cmd_descriptors(client, a) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("sequence", "stream", "metadata", "errors", "retry", "expire", "tenants", "descriptors"):
+    for name in ("sequence", "stream", "metadata", "errors", "retry", "expire", "tenants", "repository",
+                 "descriptors"):
         s = sub.add_parser(name)
         s.add_argument("target", nargs="?", default="")
         s.add_argument("model", nargs="?", default="")

@@ -168,8 +168,12 @@ type ModelInfo struct {
 	// Versions of the libraries that exported it, and the measured parity error.
 	ExportedWith      map[string]string `protobuf:"bytes,7,rep,name=exported_with,json=exportedWith,proto3" json:"exported_with,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	ParityMaxAbsError float64           `protobuf:"fixed64,8,opt,name=parity_max_abs_error,json=parityMaxAbsError,proto3" json:"parity_max_abs_error,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The model version this describes (models/<name>/<version>/model.onnx; models/<name>.onnx is version 1).
+	Version int64 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
+	// True for the version new sessions get when they name none (the latest loaded, not being unloaded).
+	IsDefault     bool `protobuf:"varint,10,opt,name=is_default,json=isDefault,proto3" json:"is_default,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelInfo) Reset() {
@@ -256,6 +260,20 @@ func (x *ModelInfo) GetParityMaxAbsError() float64 {
 		return x.ParityMaxAbsError
 	}
 	return 0
+}
+
+func (x *ModelInfo) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ModelInfo) GetIsDefault() bool {
+	if x != nil {
+		return x.IsDefault
+	}
+	return false
 }
 
 // The states of one layer after some step: h (and c for LSTM), `units` values each.
@@ -568,8 +586,10 @@ type OpenSessionRequest struct {
 	InitialStates []*LayerState `protobuf:"bytes,3,rep,name=initial_states,json=initialStates,proto3" json:"initial_states,omitempty"`
 	// Idle seconds before the session expires; 0 = the server's default.
 	IdleTimeoutSeconds float64 `protobuf:"fixed64,4,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version the session runs on for its whole life; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenSessionRequest) Reset() {
@@ -626,6 +646,13 @@ func (x *OpenSessionRequest) GetInitialStates() []*LayerState {
 func (x *OpenSessionRequest) GetIdleTimeoutSeconds() float64 {
 	if x != nil {
 		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *OpenSessionRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
 	}
 	return 0
 }
@@ -787,8 +814,11 @@ type SessionState struct {
 	StepCount uint64 `protobuf:"varint,4,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
 	// Last applied sequence number; 0 when none was used.
 	LastSequenceNumber int64 `protobuf:"varint,5,opt,name=last_sequence_number,json=lastSequenceNumber,proto3" json:"last_sequence_number,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version whose weights made these states, and the sha256 of its file.
+	ModelVersion  int64  `protobuf:"varint,6,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	ModelSha256   string `protobuf:"bytes,7,opt,name=model_sha256,json=modelSha256,proto3" json:"model_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionState) Reset() {
@@ -854,6 +884,20 @@ func (x *SessionState) GetLastSequenceNumber() int64 {
 		return x.LastSequenceNumber
 	}
 	return 0
+}
+
+func (x *SessionState) GetModelVersion() int64 {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return 0
+}
+
+func (x *SessionState) GetModelSha256() string {
+	if x != nil {
+		return x.ModelSha256
+	}
+	return ""
 }
 
 type GetStateRequest struct {
@@ -1773,8 +1817,10 @@ type OpenGroupRequest struct {
 	SessionIds []string `protobuf:"bytes,4,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
 	// Idle seconds before the members expire; 0 = the server's default.
 	IdleTimeoutSeconds float64 `protobuf:"fixed64,5,opt,name=idle_timeout_seconds,json=idleTimeoutSeconds,proto3" json:"idle_timeout_seconds,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The model version the members run on; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,6,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenGroupRequest) Reset() {
@@ -1838,6 +1884,13 @@ func (x *OpenGroupRequest) GetSessionIds() []string {
 func (x *OpenGroupRequest) GetIdleTimeoutSeconds() float64 {
 	if x != nil {
 		return x.IdleTimeoutSeconds
+	}
+	return 0
+}
+
+func (x *OpenGroupRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
 	}
 	return 0
 }
@@ -2220,6 +2273,271 @@ func (x *CloseGroupResponse) GetClosedSessions() uint32 {
 	return 0
 }
 
+type MigrateSessionRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// The version to move to; 0 = the default (the latest loaded).
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateSessionRequest) Reset() {
+	*x = MigrateSessionRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateSessionRequest) ProtoMessage() {}
+
+func (x *MigrateSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateSessionRequest.ProtoReflect.Descriptor instead.
+func (*MigrateSessionRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *MigrateSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *MigrateSessionRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type MigrateSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session after the move (its model_version is the new one).
+	State *SessionState `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
+	// The version it was on.
+	FromVersion   int64 `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateSessionResponse) Reset() {
+	*x = MigrateSessionResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateSessionResponse) ProtoMessage() {}
+
+func (x *MigrateSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateSessionResponse.ProtoReflect.Descriptor instead.
+func (*MigrateSessionResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *MigrateSessionResponse) GetState() *SessionState {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
+func (x *MigrateSessionResponse) GetFromVersion() int64 {
+	if x != nil {
+		return x.FromVersion
+	}
+	return 0
+}
+
+type ListSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// 0 = every version.
+	Version       int64 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsRequest) Reset() {
+	*x = ListSessionsRequest{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsRequest) ProtoMessage() {}
+
+func (x *ListSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListSessionsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ListSessionsRequest) GetVersion() int64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type SessionSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	ModelVersion  int64                  `protobuf:"varint,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	StepCount     uint64                 `protobuf:"varint,3,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionSummary) Reset() {
+	*x = SessionSummary{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionSummary) ProtoMessage() {}
+
+func (x *SessionSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionSummary.ProtoReflect.Descriptor instead.
+func (*SessionSummary) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *SessionSummary) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+func (x *SessionSummary) GetModelVersion() int64 {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return 0
+}
+
+func (x *SessionSummary) GetStepCount() uint64 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+type ListSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With a state store shared by replicas: the sessions this replica holds in its cache.
+	Sessions      []*SessionSummary `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSessionsResponse) Reset() {
+	*x = ListSessionsResponse{}
+	mi := &file_statestream_v1_statestream_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSessionsResponse) ProtoMessage() {}
+
+func (x *ListSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_statestream_v1_statestream_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_statestream_v1_statestream_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSessionsResponse) GetSessions() []*SessionSummary {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
 var File_statestream_v1_statestream_proto protoreflect.FileDescriptor
 
 const file_statestream_v1_statestream_proto_rawDesc = "" +
@@ -2230,7 +2548,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x04cell\x18\x02 \x01(\x0e2\x18.statestream.v1.CellTypeR\x04cell\x12\x14\n" +
 	"\x05units\x18\x03 \x01(\rR\x05units\x12\x1f\n" +
 	"\vstate_names\x18\x04 \x03(\tR\n" +
-	"stateNames\"\x90\x03\n" +
+	"stateNames\"\xc9\x03\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bfeatures\x18\x02 \x01(\rR\bfeatures\x12\x1f\n" +
@@ -2240,7 +2558,11 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\rmax_timesteps\x18\x05 \x01(\rR\fmaxTimesteps\x12\x16\n" +
 	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12P\n" +
 	"\rexported_with\x18\a \x03(\v2+.statestream.v1.ModelInfo.ExportedWithEntryR\fexportedWith\x12/\n" +
-	"\x14parity_max_abs_error\x18\b \x01(\x01R\x11parityMaxAbsError\x1a?\n" +
+	"\x14parity_max_abs_error\x18\b \x01(\x01R\x11parityMaxAbsError\x12\x18\n" +
+	"\aversion\x18\t \x01(\x03R\aversion\x12\x1d\n" +
+	"\n" +
+	"is_default\x18\n" +
+	" \x01(\bR\tisDefault\x1a?\n" +
 	"\x11ExportedWithEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
@@ -2260,13 +2582,14 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x0fGetModelRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"C\n" +
 	"\x10GetModelResponse\x12/\n" +
-	"\x05model\x18\x01 \x01(\v2\x19.statestream.v1.ModelInfoR\x05model\"\xbe\x01\n" +
+	"\x05model\x18\x01 \x01(\v2\x19.statestream.v1.ModelInfoR\x05model\"\xd8\x01\n" +
 	"\x12OpenSessionRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x02 \x01(\tR\tsessionId\x12A\n" +
 	"\x0einitial_states\x18\x03 \x03(\v2\x1a.statestream.v1.LayerStateR\rinitialStates\x120\n" +
-	"\x14idle_timeout_seconds\x18\x04 \x01(\x01R\x12idleTimeoutSeconds\"\x97\x01\n" +
+	"\x14idle_timeout_seconds\x18\x04 \x01(\x01R\x12idleTimeoutSeconds\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x03R\aversion\"\x97\x01\n" +
 	"\x13OpenSessionResponse\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12/\n" +
@@ -2277,7 +2600,7 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"5\n" +
 	"\x14CloseSessionResponse\x12\x1d\n" +
 	"\n" +
-	"step_count\x18\x01 \x01(\x04R\tstepCount\"\xc8\x01\n" +
+	"step_count\x18\x01 \x01(\x04R\tstepCount\"\x90\x02\n" +
 	"\fSessionState\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x14\n" +
@@ -2285,7 +2608,9 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x06layers\x18\x03 \x03(\v2\x1a.statestream.v1.LayerStateR\x06layers\x12\x1d\n" +
 	"\n" +
 	"step_count\x18\x04 \x01(\x04R\tstepCount\x120\n" +
-	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\"O\n" +
+	"\x14last_sequence_number\x18\x05 \x01(\x03R\x12lastSequenceNumber\x12#\n" +
+	"\rmodel_version\x18\x06 \x01(\x03R\fmodelVersion\x12!\n" +
+	"\fmodel_sha256\x18\a \x01(\tR\vmodelSha256\"O\n" +
 	"\x0fGetStateRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1d\n" +
@@ -2370,14 +2695,15 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x05frame\x18\x01 \x01(\v2 .statestream.v1.StepFrameRequestR\x05frame\"|\n" +
 	"\x14StreamFramesResponse\x127\n" +
 	"\x05frame\x18\x01 \x01(\v2!.statestream.v1.StepFrameResponseR\x05frame\x12+\n" +
-	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xaa\x01\n" +
+	"\x05error\x18\x02 \x01(\v2\x15.statestream.v1.ErrorR\x05error\"\xc4\x01\n" +
 	"\x10OpenGroupRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\rR\x04size\x12\x1f\n" +
 	"\vsession_ids\x18\x04 \x03(\tR\n" +
 	"sessionIds\x120\n" +
-	"\x14idle_timeout_seconds\x18\x05 \x01(\x01R\x12idleTimeoutSeconds\"\xb2\x01\n" +
+	"\x14idle_timeout_seconds\x18\x05 \x01(\x01R\x12idleTimeoutSeconds\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\x03R\aversion\"\xb2\x01\n" +
 	"\x11OpenGroupResponse\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\tR\agroupId\x12\x1f\n" +
 	"\vsession_ids\x18\x02 \x03(\tR\n" +
@@ -2413,12 +2739,31 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\x12CloseGroupResponse\x12\x1d\n" +
 	"\n" +
 	"step_count\x18\x01 \x01(\x04R\tstepCount\x12'\n" +
-	"\x0fclosed_sessions\x18\x02 \x01(\rR\x0eclosedSessions*f\n" +
+	"\x0fclosed_sessions\x18\x02 \x01(\rR\x0eclosedSessions\"P\n" +
+	"\x15MigrateSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"o\n" +
+	"\x16MigrateSessionResponse\x122\n" +
+	"\x05state\x18\x01 \x01(\v2\x1c.statestream.v1.SessionStateR\x05state\x12!\n" +
+	"\ffrom_version\x18\x02 \x01(\x03R\vfromVersion\"E\n" +
+	"\x13ListSessionsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x03R\aversion\"s\n" +
+	"\x0eSessionSummary\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\x03R\fmodelVersion\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x03 \x01(\x04R\tstepCount\"R\n" +
+	"\x14ListSessionsResponse\x12:\n" +
+	"\bsessions\x18\x01 \x03(\v2\x1e.statestream.v1.SessionSummaryR\bsessions*f\n" +
 	"\bCellType\x12\x19\n" +
 	"\x15CELL_TYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eCELL_TYPE_LSTM\x10\x01\x12\x11\n" +
 	"\rCELL_TYPE_GRU\x10\x02\x12\x18\n" +
-	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\xd2\b\n" +
+	"\x14CELL_TYPE_SIMPLE_RNN\x10\x032\x8e\n" +
+	"\n" +
 	"\x12StateStreamService\x12S\n" +
 	"\n" +
 	"ListModels\x12!.statestream.v1.ListModelsRequest\x1a\".statestream.v1.ListModelsResponse\x12M\n" +
@@ -2434,7 +2779,9 @@ const file_statestream_v1_statestream_proto_rawDesc = "" +
 	"\tOpenGroup\x12 .statestream.v1.OpenGroupRequest\x1a!.statestream.v1.OpenGroupResponse\x12P\n" +
 	"\tStepGroup\x12 .statestream.v1.StepGroupRequest\x1a!.statestream.v1.StepGroupResponse\x12S\n" +
 	"\n" +
-	"CloseGroup\x12!.statestream.v1.CloseGroupRequest\x1a\".statestream.v1.CloseGroupResponseBJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
+	"CloseGroup\x12!.statestream.v1.CloseGroupRequest\x1a\".statestream.v1.CloseGroupResponse\x12_\n" +
+	"\x0eMigrateSession\x12%.statestream.v1.MigrateSessionRequest\x1a&.statestream.v1.MigrateSessionResponse\x12Y\n" +
+	"\fListSessions\x12#.statestream.v1.ListSessionsRequest\x1a$.statestream.v1.ListSessionsResponseBJZHgithub.com/statestream/statestream/client/go/statestreamv1;statestreamv1b\x06proto3"
 
 var (
 	file_statestream_v1_statestream_proto_rawDescOnce sync.Once
@@ -2449,47 +2796,52 @@ func file_statestream_v1_statestream_proto_rawDescGZIP() []byte {
 }
 
 var file_statestream_v1_statestream_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_statestream_v1_statestream_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_statestream_v1_statestream_proto_goTypes = []any{
-	(CellType)(0),                // 0: statestream.v1.CellType
-	(*LayerInfo)(nil),            // 1: statestream.v1.LayerInfo
-	(*ModelInfo)(nil),            // 2: statestream.v1.ModelInfo
-	(*LayerState)(nil),           // 3: statestream.v1.LayerState
-	(*Error)(nil),                // 4: statestream.v1.Error
-	(*ListModelsRequest)(nil),    // 5: statestream.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),   // 6: statestream.v1.ListModelsResponse
-	(*GetModelRequest)(nil),      // 7: statestream.v1.GetModelRequest
-	(*GetModelResponse)(nil),     // 8: statestream.v1.GetModelResponse
-	(*OpenSessionRequest)(nil),   // 9: statestream.v1.OpenSessionRequest
-	(*OpenSessionResponse)(nil),  // 10: statestream.v1.OpenSessionResponse
-	(*CloseSessionRequest)(nil),  // 11: statestream.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil), // 12: statestream.v1.CloseSessionResponse
-	(*SessionState)(nil),         // 13: statestream.v1.SessionState
-	(*GetStateRequest)(nil),      // 14: statestream.v1.GetStateRequest
-	(*GetStateResponse)(nil),     // 15: statestream.v1.GetStateResponse
-	(*SetStateRequest)(nil),      // 16: statestream.v1.SetStateRequest
-	(*SetStateResponse)(nil),     // 17: statestream.v1.SetStateResponse
-	(*StepRequest)(nil),          // 18: statestream.v1.StepRequest
-	(*StepResponse)(nil),         // 19: statestream.v1.StepResponse
-	(*StreamStepsRequest)(nil),   // 20: statestream.v1.StreamStepsRequest
-	(*StreamStepsResponse)(nil),  // 21: statestream.v1.StreamStepsResponse
-	(*StepFrameRequest)(nil),     // 22: statestream.v1.StepFrameRequest
-	(*FrameEntryError)(nil),      // 23: statestream.v1.FrameEntryError
-	(*StepFrameResponse)(nil),    // 24: statestream.v1.StepFrameResponse
-	(*StreamFramesRequest)(nil),  // 25: statestream.v1.StreamFramesRequest
-	(*StreamFramesResponse)(nil), // 26: statestream.v1.StreamFramesResponse
-	(*OpenGroupRequest)(nil),     // 27: statestream.v1.OpenGroupRequest
-	(*OpenGroupResponse)(nil),    // 28: statestream.v1.OpenGroupResponse
-	(*StepGroupRequest)(nil),     // 29: statestream.v1.StepGroupRequest
-	(*StepGroupResponse)(nil),    // 30: statestream.v1.StepGroupResponse
-	(*CloseGroupRequest)(nil),    // 31: statestream.v1.CloseGroupRequest
-	(*CloseGroupResponse)(nil),   // 32: statestream.v1.CloseGroupResponse
-	nil,                          // 33: statestream.v1.ModelInfo.ExportedWithEntry
+	(CellType)(0),                  // 0: statestream.v1.CellType
+	(*LayerInfo)(nil),              // 1: statestream.v1.LayerInfo
+	(*ModelInfo)(nil),              // 2: statestream.v1.ModelInfo
+	(*LayerState)(nil),             // 3: statestream.v1.LayerState
+	(*Error)(nil),                  // 4: statestream.v1.Error
+	(*ListModelsRequest)(nil),      // 5: statestream.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),     // 6: statestream.v1.ListModelsResponse
+	(*GetModelRequest)(nil),        // 7: statestream.v1.GetModelRequest
+	(*GetModelResponse)(nil),       // 8: statestream.v1.GetModelResponse
+	(*OpenSessionRequest)(nil),     // 9: statestream.v1.OpenSessionRequest
+	(*OpenSessionResponse)(nil),    // 10: statestream.v1.OpenSessionResponse
+	(*CloseSessionRequest)(nil),    // 11: statestream.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),   // 12: statestream.v1.CloseSessionResponse
+	(*SessionState)(nil),           // 13: statestream.v1.SessionState
+	(*GetStateRequest)(nil),        // 14: statestream.v1.GetStateRequest
+	(*GetStateResponse)(nil),       // 15: statestream.v1.GetStateResponse
+	(*SetStateRequest)(nil),        // 16: statestream.v1.SetStateRequest
+	(*SetStateResponse)(nil),       // 17: statestream.v1.SetStateResponse
+	(*StepRequest)(nil),            // 18: statestream.v1.StepRequest
+	(*StepResponse)(nil),           // 19: statestream.v1.StepResponse
+	(*StreamStepsRequest)(nil),     // 20: statestream.v1.StreamStepsRequest
+	(*StreamStepsResponse)(nil),    // 21: statestream.v1.StreamStepsResponse
+	(*StepFrameRequest)(nil),       // 22: statestream.v1.StepFrameRequest
+	(*FrameEntryError)(nil),        // 23: statestream.v1.FrameEntryError
+	(*StepFrameResponse)(nil),      // 24: statestream.v1.StepFrameResponse
+	(*StreamFramesRequest)(nil),    // 25: statestream.v1.StreamFramesRequest
+	(*StreamFramesResponse)(nil),   // 26: statestream.v1.StreamFramesResponse
+	(*OpenGroupRequest)(nil),       // 27: statestream.v1.OpenGroupRequest
+	(*OpenGroupResponse)(nil),      // 28: statestream.v1.OpenGroupResponse
+	(*StepGroupRequest)(nil),       // 29: statestream.v1.StepGroupRequest
+	(*StepGroupResponse)(nil),      // 30: statestream.v1.StepGroupResponse
+	(*CloseGroupRequest)(nil),      // 31: statestream.v1.CloseGroupRequest
+	(*CloseGroupResponse)(nil),     // 32: statestream.v1.CloseGroupResponse
+	(*MigrateSessionRequest)(nil),  // 33: statestream.v1.MigrateSessionRequest
+	(*MigrateSessionResponse)(nil), // 34: statestream.v1.MigrateSessionResponse
+	(*ListSessionsRequest)(nil),    // 35: statestream.v1.ListSessionsRequest
+	(*SessionSummary)(nil),         // 36: statestream.v1.SessionSummary
+	(*ListSessionsResponse)(nil),   // 37: statestream.v1.ListSessionsResponse
+	nil,                            // 38: statestream.v1.ModelInfo.ExportedWithEntry
 }
 var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	0,  // 0: statestream.v1.LayerInfo.cell:type_name -> statestream.v1.CellType
 	1,  // 1: statestream.v1.ModelInfo.layers:type_name -> statestream.v1.LayerInfo
-	33, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
+	38, // 2: statestream.v1.ModelInfo.exported_with:type_name -> statestream.v1.ModelInfo.ExportedWithEntry
 	2,  // 3: statestream.v1.ListModelsResponse.models:type_name -> statestream.v1.ModelInfo
 	2,  // 4: statestream.v1.GetModelResponse.model:type_name -> statestream.v1.ModelInfo
 	3,  // 5: statestream.v1.OpenSessionRequest.initial_states:type_name -> statestream.v1.LayerState
@@ -2509,37 +2861,43 @@ var file_statestream_v1_statestream_proto_depIdxs = []int32{
 	24, // 19: statestream.v1.StreamFramesResponse.frame:type_name -> statestream.v1.StepFrameResponse
 	4,  // 20: statestream.v1.StreamFramesResponse.error:type_name -> statestream.v1.Error
 	2,  // 21: statestream.v1.OpenGroupResponse.model:type_name -> statestream.v1.ModelInfo
-	5,  // 22: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
-	7,  // 23: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
-	9,  // 24: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
-	11, // 25: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
-	14, // 26: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
-	16, // 27: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
-	18, // 28: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
-	20, // 29: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
-	22, // 30: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
-	25, // 31: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
-	27, // 32: statestream.v1.StateStreamService.OpenGroup:input_type -> statestream.v1.OpenGroupRequest
-	29, // 33: statestream.v1.StateStreamService.StepGroup:input_type -> statestream.v1.StepGroupRequest
-	31, // 34: statestream.v1.StateStreamService.CloseGroup:input_type -> statestream.v1.CloseGroupRequest
-	6,  // 35: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
-	8,  // 36: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
-	10, // 37: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
-	12, // 38: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
-	15, // 39: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
-	17, // 40: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
-	19, // 41: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
-	21, // 42: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
-	24, // 43: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
-	26, // 44: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
-	28, // 45: statestream.v1.StateStreamService.OpenGroup:output_type -> statestream.v1.OpenGroupResponse
-	30, // 46: statestream.v1.StateStreamService.StepGroup:output_type -> statestream.v1.StepGroupResponse
-	32, // 47: statestream.v1.StateStreamService.CloseGroup:output_type -> statestream.v1.CloseGroupResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	13, // 22: statestream.v1.MigrateSessionResponse.state:type_name -> statestream.v1.SessionState
+	36, // 23: statestream.v1.ListSessionsResponse.sessions:type_name -> statestream.v1.SessionSummary
+	5,  // 24: statestream.v1.StateStreamService.ListModels:input_type -> statestream.v1.ListModelsRequest
+	7,  // 25: statestream.v1.StateStreamService.GetModel:input_type -> statestream.v1.GetModelRequest
+	9,  // 26: statestream.v1.StateStreamService.OpenSession:input_type -> statestream.v1.OpenSessionRequest
+	11, // 27: statestream.v1.StateStreamService.CloseSession:input_type -> statestream.v1.CloseSessionRequest
+	14, // 28: statestream.v1.StateStreamService.GetState:input_type -> statestream.v1.GetStateRequest
+	16, // 29: statestream.v1.StateStreamService.SetState:input_type -> statestream.v1.SetStateRequest
+	18, // 30: statestream.v1.StateStreamService.Step:input_type -> statestream.v1.StepRequest
+	20, // 31: statestream.v1.StateStreamService.StreamSteps:input_type -> statestream.v1.StreamStepsRequest
+	22, // 32: statestream.v1.StateStreamService.StepFrame:input_type -> statestream.v1.StepFrameRequest
+	25, // 33: statestream.v1.StateStreamService.StreamFrames:input_type -> statestream.v1.StreamFramesRequest
+	27, // 34: statestream.v1.StateStreamService.OpenGroup:input_type -> statestream.v1.OpenGroupRequest
+	29, // 35: statestream.v1.StateStreamService.StepGroup:input_type -> statestream.v1.StepGroupRequest
+	31, // 36: statestream.v1.StateStreamService.CloseGroup:input_type -> statestream.v1.CloseGroupRequest
+	33, // 37: statestream.v1.StateStreamService.MigrateSession:input_type -> statestream.v1.MigrateSessionRequest
+	35, // 38: statestream.v1.StateStreamService.ListSessions:input_type -> statestream.v1.ListSessionsRequest
+	6,  // 39: statestream.v1.StateStreamService.ListModels:output_type -> statestream.v1.ListModelsResponse
+	8,  // 40: statestream.v1.StateStreamService.GetModel:output_type -> statestream.v1.GetModelResponse
+	10, // 41: statestream.v1.StateStreamService.OpenSession:output_type -> statestream.v1.OpenSessionResponse
+	12, // 42: statestream.v1.StateStreamService.CloseSession:output_type -> statestream.v1.CloseSessionResponse
+	15, // 43: statestream.v1.StateStreamService.GetState:output_type -> statestream.v1.GetStateResponse
+	17, // 44: statestream.v1.StateStreamService.SetState:output_type -> statestream.v1.SetStateResponse
+	19, // 45: statestream.v1.StateStreamService.Step:output_type -> statestream.v1.StepResponse
+	21, // 46: statestream.v1.StateStreamService.StreamSteps:output_type -> statestream.v1.StreamStepsResponse
+	24, // 47: statestream.v1.StateStreamService.StepFrame:output_type -> statestream.v1.StepFrameResponse
+	26, // 48: statestream.v1.StateStreamService.StreamFrames:output_type -> statestream.v1.StreamFramesResponse
+	28, // 49: statestream.v1.StateStreamService.OpenGroup:output_type -> statestream.v1.OpenGroupResponse
+	30, // 50: statestream.v1.StateStreamService.StepGroup:output_type -> statestream.v1.StepGroupResponse
+	32, // 51: statestream.v1.StateStreamService.CloseGroup:output_type -> statestream.v1.CloseGroupResponse
+	34, // 52: statestream.v1.StateStreamService.MigrateSession:output_type -> statestream.v1.MigrateSessionResponse
+	37, // 53: statestream.v1.StateStreamService.ListSessions:output_type -> statestream.v1.ListSessionsResponse
+	39, // [39:54] is the sub-list for method output_type
+	24, // [24:39] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_statestream_v1_statestream_proto_init() }
@@ -2559,7 +2917,7 @@ func file_statestream_v1_statestream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_statestream_v1_statestream_proto_rawDesc), len(file_statestream_v1_statestream_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

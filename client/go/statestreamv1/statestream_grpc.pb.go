@@ -27,19 +27,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	StateStreamService_ListModels_FullMethodName   = "/statestream.v1.StateStreamService/ListModels"
-	StateStreamService_GetModel_FullMethodName     = "/statestream.v1.StateStreamService/GetModel"
-	StateStreamService_OpenSession_FullMethodName  = "/statestream.v1.StateStreamService/OpenSession"
-	StateStreamService_CloseSession_FullMethodName = "/statestream.v1.StateStreamService/CloseSession"
-	StateStreamService_GetState_FullMethodName     = "/statestream.v1.StateStreamService/GetState"
-	StateStreamService_SetState_FullMethodName     = "/statestream.v1.StateStreamService/SetState"
-	StateStreamService_Step_FullMethodName         = "/statestream.v1.StateStreamService/Step"
-	StateStreamService_StreamSteps_FullMethodName  = "/statestream.v1.StateStreamService/StreamSteps"
-	StateStreamService_StepFrame_FullMethodName    = "/statestream.v1.StateStreamService/StepFrame"
-	StateStreamService_StreamFrames_FullMethodName = "/statestream.v1.StateStreamService/StreamFrames"
-	StateStreamService_OpenGroup_FullMethodName    = "/statestream.v1.StateStreamService/OpenGroup"
-	StateStreamService_StepGroup_FullMethodName    = "/statestream.v1.StateStreamService/StepGroup"
-	StateStreamService_CloseGroup_FullMethodName   = "/statestream.v1.StateStreamService/CloseGroup"
+	StateStreamService_ListModels_FullMethodName     = "/statestream.v1.StateStreamService/ListModels"
+	StateStreamService_GetModel_FullMethodName       = "/statestream.v1.StateStreamService/GetModel"
+	StateStreamService_OpenSession_FullMethodName    = "/statestream.v1.StateStreamService/OpenSession"
+	StateStreamService_CloseSession_FullMethodName   = "/statestream.v1.StateStreamService/CloseSession"
+	StateStreamService_GetState_FullMethodName       = "/statestream.v1.StateStreamService/GetState"
+	StateStreamService_SetState_FullMethodName       = "/statestream.v1.StateStreamService/SetState"
+	StateStreamService_Step_FullMethodName           = "/statestream.v1.StateStreamService/Step"
+	StateStreamService_StreamSteps_FullMethodName    = "/statestream.v1.StateStreamService/StreamSteps"
+	StateStreamService_StepFrame_FullMethodName      = "/statestream.v1.StateStreamService/StepFrame"
+	StateStreamService_StreamFrames_FullMethodName   = "/statestream.v1.StateStreamService/StreamFrames"
+	StateStreamService_OpenGroup_FullMethodName      = "/statestream.v1.StateStreamService/OpenGroup"
+	StateStreamService_StepGroup_FullMethodName      = "/statestream.v1.StateStreamService/StepGroup"
+	StateStreamService_CloseGroup_FullMethodName     = "/statestream.v1.StateStreamService/CloseGroup"
+	StateStreamService_MigrateSession_FullMethodName = "/statestream.v1.StateStreamService/MigrateSession"
+	StateStreamService_ListSessions_FullMethodName   = "/statestream.v1.StateStreamService/ListSessions"
 )
 
 // StateStreamServiceClient is the client API for StateStreamService service.
@@ -73,6 +75,11 @@ type StateStreamServiceClient interface {
 	StepGroup(ctx context.Context, in *StepGroupRequest, opts ...grpc.CallOption) (*StepGroupResponse, error)
 	// Close a group and, unless kept, its member sessions.
 	CloseGroup(ctx context.Context, in *CloseGroupRequest, opts ...grpc.CallOption) (*CloseGroupResponse, error)
+	// Move a session to another version of its model, its states carried over; refused (naming both
+	// layouts) unless the two versions have the same state layout (layers, cell types, units).
+	MigrateSession(ctx context.Context, in *MigrateSessionRequest, opts ...grpc.CallOption) (*MigrateSessionResponse, error)
+	// The caller's sessions this server process holds, of one model (and version).
+	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 }
 
 type stateStreamServiceClient struct {
@@ -219,6 +226,26 @@ func (c *stateStreamServiceClient) CloseGroup(ctx context.Context, in *CloseGrou
 	return out, nil
 }
 
+func (c *stateStreamServiceClient) MigrateSession(ctx context.Context, in *MigrateSessionRequest, opts ...grpc.CallOption) (*MigrateSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MigrateSessionResponse)
+	err := c.cc.Invoke(ctx, StateStreamService_MigrateSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stateStreamServiceClient) ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSessionsResponse)
+	err := c.cc.Invoke(ctx, StateStreamService_ListSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StateStreamServiceServer is the server API for StateStreamService service.
 // All implementations must embed UnimplementedStateStreamServiceServer
 // for forward compatibility.
@@ -250,6 +277,11 @@ type StateStreamServiceServer interface {
 	StepGroup(context.Context, *StepGroupRequest) (*StepGroupResponse, error)
 	// Close a group and, unless kept, its member sessions.
 	CloseGroup(context.Context, *CloseGroupRequest) (*CloseGroupResponse, error)
+	// Move a session to another version of its model, its states carried over; refused (naming both
+	// layouts) unless the two versions have the same state layout (layers, cell types, units).
+	MigrateSession(context.Context, *MigrateSessionRequest) (*MigrateSessionResponse, error)
+	// The caller's sessions this server process holds, of one model (and version).
+	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	mustEmbedUnimplementedStateStreamServiceServer()
 }
 
@@ -298,6 +330,12 @@ func (UnimplementedStateStreamServiceServer) StepGroup(context.Context, *StepGro
 }
 func (UnimplementedStateStreamServiceServer) CloseGroup(context.Context, *CloseGroupRequest) (*CloseGroupResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseGroup not implemented")
+}
+func (UnimplementedStateStreamServiceServer) MigrateSession(context.Context, *MigrateSessionRequest) (*MigrateSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MigrateSession not implemented")
+}
+func (UnimplementedStateStreamServiceServer) ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSessions not implemented")
 }
 func (UnimplementedStateStreamServiceServer) mustEmbedUnimplementedStateStreamServiceServer() {}
 func (UnimplementedStateStreamServiceServer) testEmbeddedByValue()                            {}
@@ -532,6 +570,42 @@ func _StateStreamService_CloseGroup_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StateStreamService_MigrateSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MigrateSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateStreamServiceServer).MigrateSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateStreamService_MigrateSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateStreamServiceServer).MigrateSession(ctx, req.(*MigrateSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _StateStreamService_ListSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StateStreamServiceServer).ListSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StateStreamService_ListSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StateStreamServiceServer).ListSessions(ctx, req.(*ListSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StateStreamService_ServiceDesc is the grpc.ServiceDesc for StateStreamService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -582,6 +656,14 @@ var StateStreamService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseGroup",
 			Handler:    _StateStreamService_CloseGroup_Handler,
+		},
+		{
+			MethodName: "MigrateSession",
+			Handler:    _StateStreamService_MigrateSession_Handler,
+		},
+		{
+			MethodName: "ListSessions",
+			Handler:    _StateStreamService_ListSessions_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,6 +1,6 @@
 """Python client for statestream: sessions that keep recurrent state on the server."""
 
-from .client import Client, Group, Session, SessionState
+from .client import Client, Group, MigrationReport, Session, SessionState
 from .errors import (
                      AlreadyExists,
                      DeadlineExceeded,
@@ -15,6 +15,6 @@ from .errors import (
 )
 from .retry import RetryPolicy
 
-__all__ = ["Client", "Group", "Session", "SessionState", "RetryPolicy", "StatestreamError", "InvalidArgument",
-           "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable", "Unauthenticated",
-           "DeadlineExceeded", "Internal"]
+__all__ = ["Client", "Group", "MigrationReport", "Session", "SessionState", "RetryPolicy", "StatestreamError",
+           "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable",
+           "Unauthenticated", "DeadlineExceeded", "Internal"]

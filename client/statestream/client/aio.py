@@ -18,6 +18,7 @@ from typing import AsyncIterable, AsyncIterator, Iterable
 import grpc
 from grpc import aio
 
+from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
@@ -70,6 +71,7 @@ class Client(ClientPlans):
         self.channel = aio.secure_channel(target, credentials, opts) if credentials \
             else aio.insecure_channel(target, opts)
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+        self.kserve = ipb_grpc.GRPCInferenceServiceStub(self.channel)  # the same port: model repository control
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.retries = 0  # attempts resent by exactly-once sessions, over this client's life
@@ -91,7 +93,7 @@ class Client(ClientPlans):
 
     async def _send(self, call: Call):
         metadata = self.metadata + ((SESSION_HEADER, call.session_id),) if call.session_id else self.metadata
-        fn = getattr(self.stub, call.method)
+        fn = getattr(self.kserve if call.service == "kserve" else self.stub, call.method)
         if not call.retry:
             try:
                 return await fn(call.request, timeout=call.timeout or self.timeout, metadata=metadata)
@@ -114,6 +116,10 @@ class Client(ClientPlans):
     open_or_attach = awaitable(ClientPlans.open_or_attach)
     group = awaitable(ClientPlans.group)
     frame = awaitable(ClientPlans.frame)
+    load_model = awaitable(ClientPlans.load_model)
+    unload_model = awaitable(ClientPlans.unload_model)
+    repository = awaitable(ClientPlans.repository)
+    migrate = awaitable(ClientPlans.migrate)
 
 
 class Session(SessionPlans, _AsyncCloses):

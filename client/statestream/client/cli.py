@@ -19,7 +19,10 @@ USAGE = """\
 Talk to a statestream server from the shell.
 
 examples:
-  statestream models                                   # what the server serves
+  statestream models                                   # what the server serves (every version)
+  statestream load sensor                              # new versions in the server's --models folder
+  statestream unload sensor --version 1 [--force]      # no new sessions on it (--force: close them now)
+  statestream migrate sensor --to 2                    # move every open session, states carried over
   statestream stream --model demo --synthetic 200      # a synthetic sensor signal, one line per timestep
   statestream stream --model demo --csv readings.csv --plot out.png
   statestream --target host:50051 --token-file tok stream --model demo --csv -   # CSV from stdin
@@ -68,11 +71,42 @@ def read_csv(path: str, features: int) -> np.ndarray:
 
 
 def cmd_models(client: Client, args) -> int:
+    try:
+        states = {(name, version): (state, reason) for name, version, state, reason in client.repository()}
+    except StatestreamError:  # a server without the repository API
+        states = {}
     for m in client.models():
         layers = ", ".join(f"{layer.name}:{pb.CellType.Name(layer.cell).removeprefix('CELL_TYPE_')}({layer.units})"
                            for layer in m.layers)
-        print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]")
+        state = states.pop((m.name, m.version), ("READY", ""))[0]
+        print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]\tversion={m.version}"
+              f"{' (default)' if m.is_default else ''}\t{state}")
+    for (name, version), (state, reason) in sorted(states.items()):  # failed to load
+        print(f"{name}\tversion={version}\t{state}\t{reason}")
     return 0
+
+
+def cmd_load(client: Client, args) -> int:
+    client.load_model(args.model)
+    return cmd_models(client, args)
+
+
+def cmd_unload(client: Client, args) -> int:
+    client.unload_model(args.model, args.version, force=args.force)
+    return cmd_models(client, args)
+
+
+def cmd_migrate(client: Client, args) -> int:
+    report = client.migrate(args.model, args.to, from_version=getattr(args, "from"))
+    for sid, before in report.moved.items():
+        print(f"{sid}\tmoved from version {before} to {report.version}")
+    for sid in report.unchanged:
+        print(f"{sid}\talready on version {report.version}")
+    for sid, why in report.refused.items():
+        print(f"{sid}\trefused: {why}")
+    print(f"{len(report.moved)} moved, {len(report.unchanged)} already there, {len(report.refused)} refused",
+          file=sys.stderr)
+    return 1 if report.refused else 0
 
 
 def cmd_stream(client: Client, args) -> int:
@@ -108,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
                     'needs the plot extra: pip install ".[plot]"')
     st.add_argument("--exactly-once", action="store_true",
                     help="number the steps and resume through a failover (one step in flight: slower)")
+    ld = sub.add_parser("load", help="load the new versions of a model from the server's --models folder")
+    ld.add_argument("model")
+    un = sub.add_parser("unload", help="unload a model's versions: no new sessions, open ones run on")
+    un.add_argument("model")
+    un.add_argument("--version", type=int, default=0, help="only this version (default: every version)")
+    un.add_argument("--force", action="store_true", help="close the version's open sessions now")
+    mg = sub.add_parser("migrate", help="move every open session of a model to another version (same state "
+                        "layout), with a report")
+    mg.add_argument("model")
+    mg.add_argument("--to", type=int, default=0, help="the target version (default: the server's default)")
+    mg.add_argument("--from", type=int, default=0, help="only sessions on this version (default: every version)")
     return p
 
 
@@ -126,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     token = open(args.token_file).read().strip() if args.token_file else None
     try:
         with Client(args.target, timeout=args.timeout, credentials=creds, token=token) as client:
-            return {"models": cmd_models, "stream": cmd_stream}[args.command](client, args)
+            return {"models": cmd_models, "stream": cmd_stream, "load": cmd_load, "unload": cmd_unload,
+                    "migrate": cmd_migrate}[args.command](client, args)
     except Unavailable as e:
         print(f"statestream: the server at {args.target} went away or cannot be reached ({e})", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from typing import Iterable, Iterator
 
 import grpc
 
+from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from . import streaming
@@ -15,6 +16,7 @@ from .core import (
     Call,
     ClientPlans,
     GroupPlans,
+    MigrationReport,
     SessionPlans,
     SessionState,
     States,
@@ -23,7 +25,7 @@ from .core import (
 from .errors import from_rpc_error
 from .retry import Attempts, RetryPolicy
 
-__all__ = ["Client", "Session", "Group", "SessionState", "States", "SESSION_HEADER"]
+__all__ = ["Client", "Session", "Group", "MigrationReport", "SessionState", "States", "SESSION_HEADER"]
 
 
 class _Closes:
@@ -57,6 +59,7 @@ class Client(ClientPlans):
         self.channel = grpc.secure_channel(target, credentials, opts) if credentials \
             else grpc.insecure_channel(target, opts)
         self.stub = pb_grpc.StateStreamServiceStub(self.channel)
+        self.kserve = ipb_grpc.GRPCInferenceServiceStub(self.channel)  # the same port: model repository control
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.retries = 0  # attempts resent by exactly-once sessions, over this client's life
@@ -83,7 +86,7 @@ class Client(ClientPlans):
 
     def _send(self, call: Call):
         metadata = self.metadata + ((SESSION_HEADER, call.session_id),) if call.session_id else self.metadata
-        fn = getattr(self.stub, call.method)
+        fn = getattr(self.kserve if call.service == "kserve" else self.stub, call.method)
         if not call.retry:
             try:
                 return fn(call.request, timeout=call.timeout or self.timeout, metadata=metadata)
@@ -106,6 +109,10 @@ class Client(ClientPlans):
     open_or_attach = blocking(ClientPlans.open_or_attach)
     group = blocking(ClientPlans.group)
     frame = blocking(ClientPlans.frame)
+    load_model = blocking(ClientPlans.load_model)
+    unload_model = blocking(ClientPlans.unload_model)
+    repository = blocking(ClientPlans.repository)
+    migrate = blocking(ClientPlans.migrate)
 
 
 class Session(SessionPlans, _Closes):

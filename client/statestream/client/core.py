@@ -15,6 +15,7 @@ from typing import Any, Callable, Generator
 
 import numpy as np
 
+from statestream.inference import grpc_service_pb2 as ipb
 from statestream.v1 import statestream_pb2 as pb
 
 from .errors import AlreadyExists, StatestreamError, from_code
@@ -91,6 +92,7 @@ class Call:
     timeout: float | None = None
     session_id: str = ""
     retry: bool = False
+    service: str = "v1"  # or "kserve": the model repository calls go to inference.GRPCInferenceService
 
 
 Plan = Generator[Call, Any, Any]
@@ -145,6 +147,17 @@ def awaitable(plan_method):
     async def method(self, *args, **kwargs):
         return await adrive(plan_method(self, *args, **kwargs), self._send)
     return _as_method(method, plan_method)
+
+
+@dataclass
+class MigrationReport:
+    """What `Client.migrate` did to each session: moved (id -> the version it was on), already on the target
+    version, or refused (id -> the server's reason, e.g. both state layouts)."""
+
+    version: int
+    moved: dict[str, int]
+    unchanged: list[str]
+    refused: dict[str, str]
 
 
 class ClientPlans:
@@ -217,6 +230,50 @@ class ClientPlans:
             st = yield from SessionPlans.get_state(s)
             s.last_sequence_number = st.last_sequence_number
         return s, st
+
+    def load_model(self, name: str) -> Plan:
+        """Load the versions of `name` that the server's repository folder holds and that are not loaded (the new
+        latest becomes the default); the server's error names a file that fails to load."""
+        yield Call("RepositoryModelLoad", ipb.RepositoryModelLoadRequest(model_name=name), service="kserve")
+
+    def unload_model(self, name: str, version: int = 0, *, force: bool = False) -> Plan:
+        """Unload `version` of `name` (0: every version): no new sessions; open ones run until they close or
+        expire, or (`force`) are closed now."""
+        req = ipb.RepositoryModelUnloadRequest(model_name=name)
+        if version:
+            req.parameters["version"].int64_param = version
+        if force:
+            req.parameters["force"].bool_param = True
+        yield Call("RepositoryModelUnload", req, service="kserve")
+
+    def repository(self) -> Plan:
+        """The server's model versions: (name, version, READY | UNLOADING | UNAVAILABLE, reason)."""
+        index = (yield Call("RepositoryIndex", ipb.RepositoryIndexRequest(), service="kserve")).models
+        return [(m.name, int(m.version), m.state, m.reason) for m in index]
+
+    def migrate(self, model: str, version: int = 0, *, from_version: int = 0,
+                session_ids: list[str] | None = None) -> Plan:
+        """Move every open session of `model` (of `from_version`, or of every version; or the `session_ids`
+        given) that this server holds to `version` (0: the default, the latest), states carried over; a session
+        whose state layout differs, or that has steps in flight, is refused and reported, the others go on.
+        With replicas, run it against each (each lists the sessions it holds)."""
+        if session_ids is None:
+            listed = (yield Call("ListSessions", pb.ListSessionsRequest(model=model, version=from_version))).sessions
+            session_ids = [s.session_id for s in listed]
+        report = MigrationReport(version, {}, [], {})
+        for sid in session_ids:
+            try:
+                reply = yield Call("MigrateSession", pb.MigrateSessionRequest(session_id=sid, version=version),
+                                   session_id=sid)
+            except StatestreamError as e:
+                report.refused[sid] = f"{e.code.name}: {e.message}"
+                continue
+            report.version = reply.state.model_version
+            if reply.from_version == reply.state.model_version:
+                report.unchanged.append(sid)
+            else:
+                report.moved[sid] = reply.from_version
+        return report
 
     def frame(self, model: str, session_ids: list[str], x, *, open_if_missing: bool = False,
               sequence_numbers: list[int] | None = None, return_sequences: bool = False,

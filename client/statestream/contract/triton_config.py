@@ -13,7 +13,7 @@ from statestream.inference import model_config_pb2 as mc
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
-VERSION = "1"           # the one version every statestream model has
+VERSION = "1"           # the version of a model file outside Triton's <name>/<version>/ layout
 FILENAME = "model.onnx"
 DATATYPE = "FP32"       # every tensor of an exported model
 DEFAULT_MAX_BATCH_SIZE = 256     # the server's --max-batch-size default
@@ -42,11 +42,12 @@ def model_config(manifest: Manifest, name: str, *, max_batch_size: int, idle_sec
     return cfg
 
 
-def model_metadata(manifest: Manifest, name: str) -> ipb.ModelMetadataResponse:
-    """ModelMetadata: shapes with the batch dimension, -1 where dynamic (batch, time)."""
+def model_metadata(manifest: Manifest, name: str, versions: list[str] | None = None) -> ipb.ModelMetadataResponse:
+    """ModelMetadata: shapes with the batch dimension, -1 where dynamic (batch, time); `versions`: the loaded
+    versions of the model."""
     tensor = ipb.ModelMetadataResponse.TensorMetadata
     return ipb.ModelMetadataResponse(
-        name=name, versions=[VERSION], platform=PLATFORM,
+        name=name, versions=versions or [VERSION], platform=PLATFORM,
         inputs=[tensor(name=INPUT_NAME, datatype=DATATYPE, shape=[-1, -1, manifest.features])],
         outputs=[tensor(name=OUTPUT_NAME, datatype=DATATYPE, shape=[-1, -1, manifest.output_size])])
 

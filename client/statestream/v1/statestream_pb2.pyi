@@ -31,7 +31,7 @@ class LayerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., cell: _Optional[_Union[CellType, str]] = ..., units: _Optional[int] = ..., state_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "features", "output_size", "layers", "max_timesteps", "sha256", "exported_with", "parity_max_abs_error")
+    __slots__ = ("name", "features", "output_size", "layers", "max_timesteps", "sha256", "exported_with", "parity_max_abs_error", "version", "is_default")
     class ExportedWithEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class ModelInfo(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     EXPORTED_WITH_FIELD_NUMBER: _ClassVar[int]
     PARITY_MAX_ABS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     name: str
     features: int
     output_size: int
@@ -55,7 +57,9 @@ class ModelInfo(_message.Message):
     sha256: str
     exported_with: _containers.ScalarMap[str, str]
     parity_max_abs_error: float
-    def __init__(self, name: _Optional[str] = ..., features: _Optional[int] = ..., output_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., max_timesteps: _Optional[int] = ..., sha256: _Optional[str] = ..., exported_with: _Optional[_Mapping[str, str]] = ..., parity_max_abs_error: _Optional[float] = ...) -> None: ...
+    version: int
+    is_default: bool
+    def __init__(self, name: _Optional[str] = ..., features: _Optional[int] = ..., output_size: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., max_timesteps: _Optional[int] = ..., sha256: _Optional[str] = ..., exported_with: _Optional[_Mapping[str, str]] = ..., parity_max_abs_error: _Optional[float] = ..., version: _Optional[int] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class LayerState(_message.Message):
     __slots__ = ("layer", "h", "c", "h_raw", "c_raw")
@@ -102,16 +106,18 @@ class GetModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("model", "session_id", "initial_states", "idle_timeout_seconds")
+    __slots__ = ("model", "session_id", "initial_states", "idle_timeout_seconds", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INITIAL_STATES_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     session_id: str
     initial_states: _containers.RepeatedCompositeFieldContainer[LayerState]
     idle_timeout_seconds: float
-    def __init__(self, model: _Optional[str] = ..., session_id: _Optional[str] = ..., initial_states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...
+    version: int
+    def __init__(self, model: _Optional[str] = ..., session_id: _Optional[str] = ..., initial_states: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., idle_timeout_seconds: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "model", "idle_timeout_seconds")
@@ -136,18 +142,22 @@ class CloseSessionResponse(_message.Message):
     def __init__(self, step_count: _Optional[int] = ...) -> None: ...
 
 class SessionState(_message.Message):
-    __slots__ = ("session_id", "model", "layers", "step_count", "last_sequence_number")
+    __slots__ = ("session_id", "model", "layers", "step_count", "last_sequence_number", "model_version", "model_sha256")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     layers: _containers.RepeatedCompositeFieldContainer[LayerState]
     step_count: int
     last_sequence_number: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., step_count: _Optional[int] = ..., last_sequence_number: _Optional[int] = ...) -> None: ...
+    model_version: int
+    model_sha256: str
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerState, _Mapping]]] = ..., step_count: _Optional[int] = ..., last_sequence_number: _Optional[int] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ...) -> None: ...
 
 class GetStateRequest(_message.Message):
     __slots__ = ("session_id", "raw_output")
@@ -304,18 +314,20 @@ class StreamFramesResponse(_message.Message):
     def __init__(self, frame: _Optional[_Union[StepFrameResponse, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class OpenGroupRequest(_message.Message):
-    __slots__ = ("model", "group_id", "size", "session_ids", "idle_timeout_seconds")
+    __slots__ = ("model", "group_id", "size", "session_ids", "idle_timeout_seconds", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     group_id: str
     size: int
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     idle_timeout_seconds: float
-    def __init__(self, model: _Optional[str] = ..., group_id: _Optional[str] = ..., size: _Optional[int] = ..., session_ids: _Optional[_Iterable[str]] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...
+    version: int
+    def __init__(self, model: _Optional[str] = ..., group_id: _Optional[str] = ..., size: _Optional[int] = ..., session_ids: _Optional[_Iterable[str]] = ..., idle_timeout_seconds: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
 
 class OpenGroupResponse(_message.Message):
     __slots__ = ("group_id", "session_ids", "model", "idle_timeout_seconds")
@@ -382,3 +394,43 @@ class CloseGroupResponse(_message.Message):
     step_count: int
     closed_sessions: int
     def __init__(self, step_count: _Optional[int] = ..., closed_sessions: _Optional[int] = ...) -> None: ...
+
+class MigrateSessionRequest(_message.Message):
+    __slots__ = ("session_id", "version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    version: int
+    def __init__(self, session_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class MigrateSessionResponse(_message.Message):
+    __slots__ = ("state", "from_version")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    state: SessionState
+    from_version: int
+    def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., from_version: _Optional[int] = ...) -> None: ...
+
+class ListSessionsRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class SessionSummary(_message.Message):
+    __slots__ = ("session_id", "model_version", "step_count")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    model_version: int
+    step_count: int
+    def __init__(self, session_id: _Optional[str] = ..., model_version: _Optional[int] = ..., step_count: _Optional[int] = ...) -> None: ...
+
+class ListSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[SessionSummary]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[SessionSummary, _Mapping]]] = ...) -> None: ...

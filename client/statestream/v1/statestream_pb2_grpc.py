@@ -99,6 +99,16 @@ class StateStreamServiceStub:
                 request_serializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.SerializeToString,
                 response_deserializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.FromString,
                 _registered_method=True)
+        self.MigrateSession = channel.unary_unary(
+                '/statestream.v1.StateStreamService/MigrateSession',
+                request_serializer=statestream_dot_v1_dot_statestream__pb2.MigrateSessionRequest.SerializeToString,
+                response_deserializer=statestream_dot_v1_dot_statestream__pb2.MigrateSessionResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/statestream.v1.StateStreamService/ListSessions',
+                request_serializer=statestream_dot_v1_dot_statestream__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=statestream_dot_v1_dot_statestream__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class StateStreamServiceServicer:
@@ -196,6 +206,21 @@ class StateStreamServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateSession(self, request, context):
+        """Move a session to another version of its model, its states carried over; refused (naming both
+        layouts) unless the two versions have the same state layout (layers, cell types, units).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """The caller's sessions this server process holds, of one model (and version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateStreamServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +288,16 @@ def add_StateStreamServiceServicer_to_server(servicer, server):
                     servicer.CloseGroup,
                     request_deserializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.FromString,
                     response_serializer=statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.SerializeToString,
+            ),
+            'MigrateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateSession,
+                    request_deserializer=statestream_dot_v1_dot_statestream__pb2.MigrateSessionRequest.FromString,
+                    response_serializer=statestream_dot_v1_dot_statestream__pb2.MigrateSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=statestream_dot_v1_dot_statestream__pb2.ListSessionsRequest.FromString,
+                    response_serializer=statestream_dot_v1_dot_statestream__pb2.ListSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -616,6 +651,60 @@ class StateStreamService:
             '/statestream.v1.StateStreamService/CloseGroup',
             statestream_dot_v1_dot_statestream__pb2.CloseGroupRequest.SerializeToString,
             statestream_dot_v1_dot_statestream__pb2.CloseGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statestream.v1.StateStreamService/MigrateSession',
+            statestream_dot_v1_dot_statestream__pb2.MigrateSessionRequest.SerializeToString,
+            statestream_dot_v1_dot_statestream__pb2.MigrateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statestream.v1.StateStreamService/ListSessions',
+            statestream_dot_v1_dot_statestream__pb2.ListSessionsRequest.SerializeToString,
+            statestream_dot_v1_dot_statestream__pb2.ListSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

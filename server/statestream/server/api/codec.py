@@ -21,6 +21,7 @@ def model_info(runner: ModelRunner, max_timesteps: int) -> pb.ModelInfo:
                 for l in m.layers],
         max_timesteps=max_timesteps,
         sha256=runner.sha256,
+        version=runner.version,
         exported_with={k: str(v) for k, v in m.versions.items()},
         parity_max_abs_error=m.parity_max_abs_error,
     )
@@ -155,4 +156,5 @@ def step_response(runner: ModelRunner, sid: str, output: np.ndarray, state: np.n
 
 def session_state(runner: ModelRunner, s, row: np.ndarray, raw: bool = False) -> pb.SessionState:
     return pb.SessionState(session_id=s.id, model=s.model, layers=layer_states(runner, row, raw),
-                           step_count=s.step_count, last_sequence_number=s.last_seq)
+                           step_count=s.step_count, last_sequence_number=s.last_seq, model_version=runner.version,
+                           model_sha256=runner.sha256)

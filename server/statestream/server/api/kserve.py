@@ -10,14 +10,15 @@ from importlib import metadata
 
 import grpc
 
-from statestream.contract.errors import NotFound
-from statestream.contract.triton_config import VERSION, model_config, model_metadata
+from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
+from statestream.contract.triton_config import model_config, model_metadata
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.api import kserve_codec as tc
 from statestream.server.api.auth import Auth
 from statestream.server.api.status import Adapter, deadline_of, domain_error, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
+from statestream.server.engine.repository import READY
 from statestream.server.engine.types import REPLAYED, StepRequest
 
 log = logging.getLogger("statestream.triton")
@@ -49,10 +50,13 @@ class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
         self._ended: OrderedDict[tuple, tuple[int, ipb.ModelInferResponse]] = OrderedDict()
 
     def _runner(self, name: str, version: str):
-        runner = self.engine.runner(name)
-        if version not in ("", VERSION):
-            raise NotFound(f"model {name!r} has no version {version!r}; statestream serves version {VERSION} only")
-        return runner
+        """The runner of `version` of model `name` ("": the default, latest), for a new sequence."""
+        return self.engine.runner(name, _number(version))
+
+    def _loaded(self, name: str, version: str):
+        """The runner of a loaded version, also one being unloaded ("": the default), for metadata."""
+        r = self.engine.table.runners.get((name, _number(version))) if version else None
+        return r or self._runner(name, version)
 
     # -- health and metadata -----------------------------------------------------------
 
@@ -72,7 +76,7 @@ class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
         self.auth.owner(context)
         try:
             self._runner(request.name, request.version)
-        except NotFound:
+        except (NotFound, FailedPrecondition):  # unknown, or being unloaded: no new sequences
             return ipb.ModelReadyResponse(ready=False)
         return ipb.ModelReadyResponse(ready=not self.engine.draining)
 
@@ -84,15 +88,79 @@ class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
     @unary
     async def ModelMetadata(self, request, context):
         self.auth.owner(context)
-        runner = self._runner(request.name, request.version)
-        return model_metadata(runner.manifest, runner.name)
+        runner = self._loaded(request.name, request.version)
+        return model_metadata(runner.manifest, runner.name, [str(v) for v in self.engine.versions.of(runner.name)])
 
     @unary
     async def ModelConfig(self, request, context):
         self.auth.owner(context)
-        runner = self._runner(request.name, request.version)
+        runner = self._loaded(request.name, request.version)
         return ipb.ModelConfigResponse(config=model_config(
             runner.manifest, runner.name, max_batch_size=self.max_batch_size, idle_seconds=self.idle_seconds))
+
+    @unary
+    async def ModelStatistics(self, request, context):
+        """Per loaded version: steps (inferences), model runs (executions), steps that succeeded or failed in a run
+        with their time from queued to answered, queue and compute time of the runs."""
+        self.auth.owner(context)
+        version = _number(request.version)
+        if request.name and not self.engine.versions.of(request.name):
+            raise self.engine.versions.unknown(request.name)
+        keys = [k for k in sorted(self.engine.table.runners) if (not request.name or k[0] == request.name)
+                and (not version or k[1] == version)]
+        if version and not keys:
+            raise NotFound(f"model {request.name!r} has no version {version} loaded")
+        return ipb.ModelStatisticsResponse(model_stats=[self._stats(k) for k in keys])
+
+    def _stats(self, key) -> ipb.ModelStatistics:
+        m = self.metrics.stats(key)
+        d = ipb.StatisticDuration
+        return ipb.ModelStatistics(
+            name=key[0], version=str(key[1]), last_inference=int(m.last_inference * 1000), inference_count=m.steps,
+            execution_count=m.executions, inference_stats=ipb.InferStatistics(
+                success=d(count=m.success, ns=int(m.success_seconds * 1e9)),
+                fail=d(count=m.failure, ns=int(m.failure_seconds * 1e9)),
+                queue=d(count=m.executions, ns=int(m.queue_seconds.total * 1e9)),
+                compute_infer=d(count=m.executions, ns=int(m.compute_seconds.total * 1e9))))
+
+    # -- model repository (hot reload) ----------------------------------------------------
+
+    @unary
+    async def RepositoryIndex(self, request, context):
+        self.auth.owner(context)
+        index = ipb.RepositoryIndexResponse.ModelIndex
+        return ipb.RepositoryIndexResponse(models=[
+            index(name=e.name, version=str(e.version), state=e.state, reason=e.reason)
+            for e in self.engine.repository.index() if not request.ready or e.state == READY])
+
+    @unary
+    async def RepositoryModelLoad(self, request, context):
+        """Load the versions of the model that the repository holds and that are not loaded (on a thread: steps go
+        on); a version whose file fails to load changes nothing served, and the error names the file."""
+        self.auth.owner(context)
+        if not request.model_name:
+            raise InvalidArgument("model_name is empty")
+        errors = await self.engine.repository.sync(only=request.model_name, explicit=True)
+        if errors:
+            raise InvalidArgument("; ".join(errors.values()))
+        if not self.engine.versions.of(request.model_name):
+            raise NotFound(f"model {request.model_name!r} is not in the model repository (--models)")
+        return ipb.RepositoryModelLoadResponse()
+
+    @unary
+    async def RepositoryModelUnload(self, request, context):
+        """Unload the model's versions (parameter "version": one of them): no new sessions; open ones run until
+        they close or expire, or (parameter "force": true) are closed now. A scan of the repository does not
+        load them again; RepositoryModelLoad does."""
+        self.auth.owner(context)
+        params = request.parameters
+        version = 0
+        if "version" in params:
+            p = params["version"]
+            version = p.int64_param if p.WhichOneof("parameter_choice") == "int64_param" else _number(p.string_param)
+        force = "force" in params and params["force"].bool_param
+        await self.engine.repository.unload(request.model_name, version, force=force, hold=True)
+        return ipb.RepositoryModelUnloadResponse()
 
     # -- inference ---------------------------------------------------------------------
 
@@ -104,14 +172,18 @@ class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
                     stream: bool = False) -> ipb.ModelInferResponse:
         """One step of a sequence: a start (re)opens it as part of the step, an end closes it after the step.
         Everything is validated before anything changes (`stream`: from ModelStreamInfer)."""
-        runner = self._runner(req.model_name, req.model_version)
         seq = tc.sequence(req)
+        version = _number(req.model_version)
+        try:  # an open sequence runs on its own version; a new one on the version named, or the default
+            runner = await self.engine.runner_for(seq.sid, owner, req.model_name, seq.start, version)
+        except NotFound:
+            runner = self._runner(req.model_name, req.model_version)
         x = tc.input_values(req, runner)
         outputs = tc.requested_outputs(req, runner)
         key = (owner, seq.sid)
         step = StepRequest(owner, x[None], model=runner.name, ids=[seq.sid],
                            seqs=None if seq.number is None else [seq.number], open_if_missing=seq.start,
-                           reset=seq.start, stream=stream, deadline=deadline)
+                           reset=seq.start, stream=stream, deadline=deadline, version=version)
         try:
             reply = await self.engine.step(step)
             reply.raise_first()
@@ -200,3 +272,12 @@ class TritonService(Adapter, ipb_grpc.GRPCInferenceServiceServicer):
                 room.release()
         finally:
             reader.cancel()
+
+
+def _number(version: str) -> int:
+    """A KServe model_version string as a number ("": 0, the default)."""
+    if not version:
+        return 0
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"model_version must be a positive integer or empty, got {version!r}")
+    return int(version)

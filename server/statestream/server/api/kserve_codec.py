@@ -8,7 +8,7 @@ import numpy as np
 
 from statestream.contract.errors import InvalidArgument
 from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, state_out_name
-from statestream.contract.triton_config import DATATYPE, VERSION
+from statestream.contract.triton_config import DATATYPE
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.server.api import codec
 from statestream.server.engine.model import ModelRunner
@@ -108,7 +108,7 @@ def requested_outputs(req: ipb.ModelInferRequest, runner: ModelRunner) -> list[s
 def infer_response(req: ipb.ModelInferRequest, runner: ModelRunner, output: np.ndarray, state: np.ndarray,
                    step_count: int, replayed: bool, outputs: list[str]) -> ipb.ModelInferResponse:
     """The step (output [T, O], states [W]) as a ModelInferResponse: outputs in raw_output_contents, id echoed."""
-    resp = ipb.ModelInferResponse(model_name=runner.name, model_version=VERSION, id=req.id)
+    resp = ipb.ModelInferResponse(model_name=runner.name, model_version=str(runner.version), id=req.id)
     resp.parameters["step_count"].int64_param = step_count
     if replayed:
         resp.parameters["replayed"].bool_param = True

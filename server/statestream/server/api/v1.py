@@ -12,7 +12,6 @@ from statestream.server.api import codec
 from statestream.server.api.auth import Auth
 from statestream.server.api.status import Adapter, code_number, deadline_of, domain_error, status_of, stream_owner, unary
 from statestream.server.api.wire import Undecodable, check
-from statestream.server.engine.engine import Engine
 from statestream.server.engine.types import REPLAYED, StepRequest
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
@@ -26,15 +25,23 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     def __init__(self, max_timesteps: int, auth: Auth, metrics=None):
         super().__init__(auth, metrics)
         self.max_timesteps = max_timesteps
-        self._infos: dict[str, pb.ModelInfo] = {}
+        self._infos: dict[tuple, pb.ModelInfo] = {}  # per loaded version (versions come and go: see `_info`)
 
-    def attach(self, engine: Engine) -> None:
-        self._infos = {name: codec.model_info(r, self.max_timesteps) for name, r in engine.runners.items()}
-        super().attach(engine)
-
-    def _info(self, model: str) -> pb.ModelInfo:
-        self.engine.runner(model)
-        return self._infos[model]
+    def _info(self, model: str, version: int = 0, runner=None) -> pb.ModelInfo:
+        """The ModelInfo of a version (0: the default) or of `runner`."""
+        runner = runner or self.engine.runner(model, version)
+        key = (runner.key, runner.sha256)
+        info = self._infos.get(key)
+        if info is None:
+            if len(self._infos) > 1024:  # versions unloaded long ago
+                self._infos.clear()
+            info = self._infos[key] = codec.model_info(runner, self.max_timesteps)
+        default = self.engine.versions.default(runner.name)
+        if info.is_default != (default is runner):
+            info = pb.ModelInfo()
+            info.CopyFrom(self._infos[key])
+            info.is_default = not info.is_default
+        return info
 
     @staticmethod
     def _in_band(e: BaseException) -> pb.Error:
@@ -56,7 +63,8 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     @unary
     async def ListModels(self, request, context):
         self.auth.owner(context)
-        return pb.ListModelsResponse(models=[self._infos[n] for n in sorted(self._infos)])
+        runners = self.engine.table.runners
+        return pb.ListModelsResponse(models=[self._info(n, runner=runners[n, v]) for n, v in sorted(runners)])
 
     @unary
     async def GetModel(self, request, context):
@@ -68,12 +76,12 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     @unary
     async def OpenSession(self, request, context):
         owner = self.auth.owner(context)
-        info = self._info(request.model)
-        runner = self.engine.runner(request.model)
+        runner = self.engine.runner(request.model, request.version)
         row = codec.parse_layer_states(runner, request.initial_states) if request.initial_states else None
         s = await self.engine.open(request.model, request.session_id, owner, timeout=request.idle_timeout_seconds,
-                                   row=row)
-        return pb.OpenSessionResponse(session_id=s.id, model=info, idle_timeout_seconds=s.timeout)
+                                   row=row, version=runner.version)
+        return pb.OpenSessionResponse(session_id=s.id, model=self._info(s.model, runner=runner),
+                                      idle_timeout_seconds=s.timeout)
 
     @unary
     async def CloseSession(self, request, context):
@@ -83,25 +91,41 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     @unary
     async def GetState(self, request, context):
         s, row = await self.engine.get(request.session_id, self.auth.owner(context))
-        return pb.GetStateResponse(state=codec.session_state(self.engine.runner(s.model), s, row, request.raw_output))
+        return pb.GetStateResponse(state=codec.session_state(self.engine.table.runner_of(s), s, row,
+                                                             request.raw_output))
 
     @unary
     async def SetState(self, request, context):
         owner = self.auth.owner(context)
-        runner = self.engine.runner(await self.engine.model_of(request.session_id, owner))
+        runner = await self.engine.runner_for(request.session_id, owner)
         row = codec.parse_layer_states(runner, request.layers)
         s, row = await self.engine.set(
             request.session_id, owner, row, request.step_count if request.HasField("step_count") else None,
             request.last_sequence_number if request.HasField("last_sequence_number") else None)
         return pb.SetStateResponse(state=codec.session_state(runner, s, row))
 
+    @unary
+    async def MigrateSession(self, request, context):
+        s, before = await self.engine.migrate(request.session_id, self.auth.owner(context), request.version)
+        return pb.MigrateSessionResponse(state=codec.session_state(self.engine.table.runner_of(s), s,
+                                                                   self.engine.table.state(s)), from_version=before)
+
+    @unary
+    async def ListSessions(self, request, context):
+        owner = self.auth.owner(context)
+        versions = [request.version] if request.version else self.engine.versions.of(request.model)
+        if not self.engine.versions.of(request.model):
+            raise self.engine.versions.unknown(request.model)
+        return pb.ListSessionsResponse(sessions=[
+            pb.SessionSummary(session_id=s.id, model_version=s.key[1], step_count=s.step_count)
+            for v in versions for s in self.engine.table.sessions_of((request.model, v), owner)])
+
     # -- steps ------------------------------------------------------------------------
 
     async def step(self, req: pb.StepRequest, owner, context=None, stream: bool = False) -> pb.StepResponse:
         """One StepRequest through the engine (Step, and each StreamSteps message)."""
         engine = self.engine
-        model = await engine.model_of(req.session_id, owner, req.model, req.open_if_missing)
-        runner = engine.runner(model)
+        runner = await engine.runner_for(req.session_id, owner, req.model, req.open_if_missing)
         x = codec.parse_input(runner, req.input, raw=req.input_raw)
         seqs = [req.sequence_number] if req.HasField("sequence_number") else None
         reply = await engine.step(StepRequest(owner, x[None], model=req.model, ids=[req.session_id], seqs=seqs,
@@ -134,10 +158,12 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
 
     async def frame(self, req: pb.StepFrameRequest, owner, context=None) -> pb.StepFrameResponse:
         """One StepFrameRequest through the engine (StepFrame, and each StreamFrames message)."""
-        runner = self.engine.runner(req.model)
         n, T = len(req.session_ids), req.timesteps or 1
         if n == 0:
             raise InvalidArgument("frame has no session_ids")
+        s = self.engine.table.find(req.session_ids[0], owner)  # the frame's layout: its first session's version
+        runner = self.engine.table.runner_of(s) if s is not None and s.model == req.model \
+            else self.engine.runner(req.model)
         x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
         seqs = [q or None for q in req.sequence_numbers] if len(req.sequence_numbers) else None  # 0: no number
         reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=req.session_ids, seqs=seqs,
@@ -172,9 +198,10 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     @unary
     async def OpenGroup(self, request, context):
         owner = self.auth.owner(context)
-        info = self._info(request.model)
+        self._info(request.model, request.version)
         g = await self.engine.open_group(request.model, request.group_id, list(request.session_ids), request.size,
-                                         owner, request.idle_timeout_seconds)
+                                         owner, request.idle_timeout_seconds, request.version)
+        info = self._info(g.model, runner=self.engine.table.runner_of(g.members[0]))
         return pb.OpenGroupResponse(group_id=g.id, session_ids=[s.id for s in g.members], model=info,
                                     idle_timeout_seconds=g.members[0].timeout)
 
@@ -185,7 +212,7 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
     async def group_step(self, request: pb.StepGroupRequest, owner, context=None) -> pb.StepGroupResponse:
         """One StepGroupRequest through the engine."""
         g = self.engine.groups.get(request.group_id, owner)
-        runner = self.engine.runner(g.model)
+        runner = self.engine.table.runner_of(g.members[0])
         T = request.timesteps or 1
         x = codec.parse_block(runner, request.inputs, request.inputs_raw, len(g.members), T)
         seq = request.sequence_number if request.HasField("sequence_number") else None

@@ -28,7 +28,8 @@ examples:
 
 Every flag can also be set as STATESTREAM_<FLAG> (e.g. STATESTREAM_PORT=50052);
 a flag given on the command line wins over the environment.
-The model name is the file's stem: models/demo.onnx serves as "demo".
+The model name is the file's stem: models/demo.onnx serves as "demo" (version 1); Triton's layout
+models/<name>/<version>/model.onnx adds versions, new sessions get the latest (SIGHUP rescans the folders).
 Health (grpc.health.v1) and reflection are always on; SIGTERM drains and exits 0.
 Scale out: --workers N runs N processes on one port (one machine); replicas on several machines share
 --state-store redis://HOST:PORT/DB, and any replica can serve any session.
@@ -67,29 +68,34 @@ class Config:
     tls_client_ca: str = ""
     auth_token_file: str = ""
     log_level: str = "INFO"
+    repository_poll: float = 0.0
 
-    def model_files(self) -> list[Path]:
-        """Every .onnx file named by --models (folders are scanned), or ValueError."""
-        files: list[Path] = []
+    def model_files(self) -> list[tuple[Path, str, int]]:
+        """Every model version named by --models, as (file, name, version), or ValueError. A folder is a model
+        repository: `<name>.onnx` is version 1 of `<name>`, and Triton's layout `<name>/<version>/model.onnx`
+        gives the versions of `<name>`."""
+        files: list[tuple[Path, str, int]] = []
         for entry in self.models:
             p = Path(entry)
             if _is_keras(p):
                 raise ValueError(f"--models {entry}: {_export_hint(p)}")
             if p.is_dir():
-                found = sorted(p.glob("*.onnx"))
+                found = [(f, f.stem, 1) for f in sorted(p.glob("*.onnx"))] + _versioned(p)
                 if not found:
                     keras = sorted(f for f in p.iterdir() if _is_keras(f))
                     hint = f"; it has Keras models: {_export_hint(keras[0])}" if keras else ""
-                    raise ValueError(f"--models {entry}: the folder has no .onnx file{hint}")
+                    raise ValueError(f"--models {entry}: the folder has no .onnx file (nor <name>/<version>/"
+                                     f"model.onnx){hint}")
                 files.extend(found)
             elif p.is_file():
-                files.append(p)
+                files.append((p, p.stem, 1))
             else:
                 raise ValueError(f"--models {entry}: no such file or folder")
-        names = [f.stem for f in files]
-        dupes = {n for n in names if names.count(n) > 1}
+        keys = [(name, v) for _, name, v in files]
+        dupes = {k for k in keys if keys.count(k) > 1}
         if dupes:
-            raise ValueError(f"--models: two files give the model name(s) {sorted(dupes)}")
+            raise ValueError("--models: two files give the model version(s) "
+                             + ", ".join(f"{n!r} version {v}" for n, v in sorted(dupes)))
         return files
 
     def as_flags(self) -> str:
@@ -113,6 +119,8 @@ class Config:
             raise ValueError("--idle-timeout must be > 0 and <= --max-idle-timeout")
         if self.inline_max_batch < 0:
             raise ValueError("--inline-max-batch must be >= 0")
+        if self.repository_poll < 0:
+            raise ValueError("--repository-poll must be >= 0")
         if self.max_queue_delay < 0:
             raise ValueError("--max-queue-delay must be >= 0")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -134,6 +142,16 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} {path}: no such file")
 
 
+def _versioned(folder: Path) -> list[tuple[Path, str, int]]:
+    """Triton's repository layout: <folder>/<name>/<version>/model.onnx, version a positive integer."""
+    out = []
+    for model in sorted(d for d in folder.iterdir() if d.is_dir()):
+        for vdir in sorted(model.iterdir()):
+            if vdir.name.isdigit() and int(vdir.name) > 0 and (vdir / "model.onnx").is_file():
+                out.append((vdir / "model.onnx", model.name, int(vdir.name)))
+    return out
+
+
 def _is_keras(p: Path) -> bool:
     """A Keras model file (.keras, .h5) or a SavedModel folder: what statestream-export reads, not the server."""
     return (p.is_file() and p.suffix.lower() in KERAS_SUFFIXES) or (p.is_dir() and (p / "saved_model.pb").is_file())
@@ -147,7 +165,7 @@ def _export_hint(p: Path) -> str:
 
 
 HELP = {
-    "models": "folder of .onnx files, or .onnx files (name = file stem)",
+    "models": "folder of .onnx files (name = file stem, version 1) and <name>/<version>/model.onnx, or .onnx files",
     "host": "address to bind (0.0.0.0 in a container)",
     "port": "gRPC port (0 = pick a free one)",
     "metrics_port": "Prometheus /metrics HTTP port (0 = off, -1 = any free port)",
@@ -182,6 +200,8 @@ HELP = {
     "tls_client_ca": "PEM CA bundle; clients must present a certificate it signed (mutual TLS)",
     "auth_token_file": "file of accepted bearer tokens, one per line (enables auth)",
     "log_level": "DEBUG | INFO | WARNING | ERROR",
+    "repository_poll": "seconds between scans of the --models folders for new, changed and removed model versions "
+                       "(0 = off; SIGHUP and the KServe repository API rescan too)",
 }
 
 

@@ -7,6 +7,7 @@ when /metrics is scraped.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -42,8 +43,12 @@ class _Histogram:
         return out
 
 
-class _ModelStats:
-    __slots__ = ("steps", "timesteps", "batch_size", "queue_seconds", "compute_seconds")
+class ModelStats:
+    """What one model version did: steps, model runs, and the steps that succeeded or failed with their time from
+    queued to answered (KServe ModelStatistics reads it; Prometheus too)."""
+
+    __slots__ = ("steps", "timesteps", "batch_size", "queue_seconds", "compute_seconds", "executions", "success",
+                 "success_seconds", "failure", "failure_seconds", "last_inference")
 
     def __init__(self):
         self.steps = 0
@@ -51,6 +56,10 @@ class _ModelStats:
         self.batch_size = _Histogram(_BATCH_BUCKETS)
         self.queue_seconds = _Histogram(_SECONDS_BUCKETS)
         self.compute_seconds = _Histogram(_SECONDS_BUCKETS)
+        self.executions = 0
+        self.success = self.failure = 0
+        self.success_seconds = self.failure_seconds = 0.0
+        self.last_inference = 0.0  # time.time() of the last model run
 
 
 class Metrics:
@@ -59,7 +68,7 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests: dict[tuple[str, str], int] = {}
-        self.models: dict[str, _ModelStats] = {}
+        self.models: dict[tuple[str, int], ModelStats] = {}  # per model version (name, version)
         self._table = None
         self.registry.register(self)
 
@@ -71,15 +80,33 @@ class Metrics:
         key = (method, code)
         self.requests[key] = self.requests.get(key, 0) + 1
 
-    def observe_batch(self, model: str, size: int, timesteps: int, wait: float, compute: float) -> None:
-        m = self.models.get(model)
+    def stats(self, key: tuple[str, int]) -> ModelStats:
+        m = self.models.get(key)
         if m is None:
-            m = self.models[model] = _ModelStats()
+            m = self.models[key] = ModelStats()
+        return m
+
+    def observe_batch(self, key: tuple[str, int], size: int, timesteps: int, wait: float, compute: float) -> None:
+        m = self.stats(key)
+        m.executions += 1
+        m.last_inference = time.time()
         m.steps += size
         m.timesteps += size * timesteps
         m.batch_size.observe(size)
         m.queue_seconds.observe(wait)
         m.compute_seconds.observe(compute)
+
+    def observe_outcomes(self, key: tuple[str, int], units, now: float) -> None:
+        """The entries of a run's units: applied ones succeeded, the others failed; each took from its unit's
+        enqueueing until `now` (time.perf_counter())."""
+        m = self.stats(key)
+        for u in units:
+            n, bad = len(u.sessions), len(u.errors or ())
+            took = now - u.enqueued
+            m.success += n - bad
+            m.success_seconds += (n - bad) * took
+            m.failure += bad
+            m.failure_seconds += bad * took
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""
@@ -88,25 +115,36 @@ class Metrics:
         for (method, code), n in sorted(self.requests.items()):
             req.add_metric([method, code], n)
         yield req
+        labels = ["model", "version"]
         steps = CounterMetricFamily("statestream_steps", "Session-steps applied (one per session per batch)",
-                                    labels=["model"])
-        timesteps = CounterMetricFamily("statestream_timesteps", "Timesteps applied", labels=["model"])
+                                    labels=labels)
+        timesteps = CounterMetricFamily("statestream_timesteps", "Timesteps applied", labels=labels)
+        runs = CounterMetricFamily("statestream_model_runs", "Model runs (executions)", labels=labels)
+        outcomes = CounterMetricFamily("statestream_step_outcomes", "Steps that reached a model run, by outcome",
+                                       labels=[*labels, "outcome"])
+        seconds = CounterMetricFamily("statestream_step_outcome_seconds", "Time from queued to answered of those "
+                                      "steps, summed, by outcome", labels=[*labels, "outcome"])
         hists = {
-            "batch_size": HistogramMetricFamily("statestream_batch_size", "Sessions per model run", labels=["model"]),
+            "batch_size": HistogramMetricFamily("statestream_batch_size", "Sessions per model run", labels=labels),
             "queue_seconds": HistogramMetricFamily(
                 "statestream_queue_seconds", "Longest wait of a step for its batch, one observation per batch",
-                labels=["model"]),
+                labels=labels),
             "compute_seconds": HistogramMetricFamily("statestream_compute_seconds", "Time of one model run",
-                                                     labels=["model"]),
+                                                     labels=labels),
         }
-        for name, m in sorted(self.models.items()):
-            steps.add_metric([name], m.steps)
-            timesteps.add_metric([name], m.timesteps)
+        for (name, version), m in sorted(self.models.items()):
+            lv = [name, str(version)]
+            steps.add_metric(lv, m.steps)
+            timesteps.add_metric(lv, m.timesteps)
+            runs.add_metric(lv, m.executions)
+            outcomes.add_metric([*lv, "success"], m.success)
+            outcomes.add_metric([*lv, "failure"], m.failure)
+            seconds.add_metric([*lv, "success"], m.success_seconds)
+            seconds.add_metric([*lv, "failure"], m.failure_seconds)
             for key, family in hists.items():
                 h = getattr(m, key)
-                family.add_metric([name], h.buckets(), h.total)
-        yield steps
-        yield timesteps
+                family.add_metric(lv, h.buckets(), h.total)
+        yield from (steps, timesteps, runs, outcomes, seconds)
         yield from hists.values()
         table = self._table
         yield GaugeMetricFamily("statestream_active_sessions", "Open sessions",

@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -29,6 +30,7 @@ from statestream.server.engine.engine import Engine
 from statestream.server.engine.groups import Groups
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import BatchPolicy
+from statestream.server.engine.repository import Repository
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.units import PendingCounter
 from statestream.server.store.base import StoreUnreadable
@@ -93,40 +95,56 @@ class App:
             log.info("Prometheus metrics on :%d/metrics", self.metrics_port)
         loop = asyncio.get_running_loop()
         runners = await loop.run_in_executor(None, _load_models, cfg)
-        self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout,
-                                  clock=self.clock)
         store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1, timeout=cfg.store_timeout)
+        self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout,
+                                  clock=self.clock, shared=getattr(store, "shared", False))
         try:
             records = await loop.run_in_executor(None, store.load)
         except StoreUnreadable:
             store.close()
             raise
         self.store = store
-        restored = sum(self.table.adopt(r) is not None for r in records)
+        restored = self.table.restore(records)
         log.info("state store %s: restored %d of %d stored sessions", self.store.description, restored, len(records))
+        for rec, why in list(self.table.stranded.values())[:10]:
+            log.warning("stored session %r is not restored: %s", rec.id, why)
         persistence = Persistence(self.store)
-        self.executor = ThreadPoolExecutor(max_workers=len(runners), thread_name_prefix="ort")
+        self.executor = ThreadPoolExecutor(max_workers=max(2, len(runners)), thread_name_prefix="ort")
         pending = PendingCounter(cfg.max_pending)
-        self.batchers = {
-            name: Batcher(r, self.table, self.executor, pending=pending, persistence=persistence, metrics=self.metrics,
-                          policy=BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay,
-                                             inline_max_batch=cfg.inline_max_batch))
-            for name, r in runners.items()
-        }
-        for b in self.batchers.values():
+        policy = BatchPolicy(cfg.max_batch_size, cfg.max_queue_delay, inline_max_batch=cfg.inline_max_batch)
+        self.batchers = {}  # one per loaded model version, keyed (name, version)
+
+        def add_batcher(r: ModelRunner) -> None:
+            b = self.batchers[r.key] = Batcher(r, self.table, self.executor, pending=pending, persistence=persistence,
+                                               metrics=self.metrics, policy=policy)
             b.start()
+
+        async def drop_batcher(key) -> None:
+            b = self.batchers.pop(key)
+            await b.drained()
+            await b.stop()
+
+        for r in runners.values():
+            add_batcher(r)
         self.metrics.watch(self.table)
         self.engine = Engine(self.table, Directory(self.table, persistence, self.batchers), self.batchers,
                              Groups(cfg.max_groups, cfg.max_entries), max_timesteps=cfg.max_timesteps,
                              max_entries=cfg.max_entries, max_request_timesteps=cfg.max_request_timesteps,
                              max_pending_per_session=cfg.max_pending_per_session)
+        self.repository = Repository(self.engine, cfg.model_files, partial(_load_model, cfg), add_batcher,
+                                     drop_batcher)
+        for r in runners.values():
+            self.repository.loaded(r)
+        self.engine.repository = self.repository
         self.service.attach(self.engine)
         self.triton.attach(self.engine)
         self._tasks.append(loop.create_task(self._sweep()))
         self._tasks.append(loop.create_task(self._watch_store()))
+        if cfg.repository_poll > 0:
+            self._tasks.append(loop.create_task(self._poll_repository()))
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%d", sorted(runners), cfg.host, self.port)
+        log.info("serving %s on %s:%d", [f"{n}:{v}" for n, v in sorted(runners)], cfg.host, self.port)
         return self.port
 
     async def _sweep(self) -> None:
@@ -135,15 +153,32 @@ class App:
             await self.sweep()
 
     async def sweep(self) -> int:
-        """Expire idle sessions now (the sweeper calls this every --sweep-interval; tests with a fake clock too)."""
+        """Expire idle sessions now (the sweeper calls this every --sweep-interval; tests with a fake clock too),
+        then free the unloaded model versions left without sessions."""
         try:
             n = await self.engine.sweep()
         except Exception as e:  # the rows stay; they expire again on the next start
             log.warning("could not delete expired sessions from the store: %s", e)
             return 0
+        finally:
+            await self.repository.reap()
         if n:
             log.debug("expired %d idle sessions", n)
         return n
+
+    async def _poll_repository(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.repository_poll)
+            await self.reload()
+
+    async def reload(self) -> dict:
+        """Rescan the model repository now (the poller, SIGHUP): load new versions, unload removed ones; the load
+        errors by (model, version)."""
+        try:
+            return await self.repository.sync()
+        except Exception as e:  # a reload never takes the server down
+            log.exception("model repository reload failed: %s", e)
+            return {("", 0): str(e)}
 
     async def _watch_store(self) -> None:
         """Health follows the store: NOT_SERVING while it cannot take writes, SERVING again when it can (a
@@ -191,15 +226,20 @@ class App:
         log.info("stopped")
 
 
-def _load_models(cfg: Config) -> dict[str, ModelRunner]:
+def _load_model(cfg: Config, path, name: str, version: int) -> ModelRunner:
+    r = ModelRunner(path, name, intra_op_threads=cfg.intra_op_threads, version=version)
+    m = r.manifest
+    log.info("model %r version %d from %s (sha256 %s): %d features -> %d outputs, layers %s, state %d floats/session",
+             r.name, version, path, r.sha256[:16], m.features, m.output_size,
+             [(ly.name, ly.cell, ly.units) for ly in m.layers], m.state_width)
+    return r
+
+
+def _load_models(cfg: Config) -> dict:
     runners = {}
-    for path in cfg.model_files():
-        r = ModelRunner(path, intra_op_threads=cfg.intra_op_threads)
-        runners[r.name] = r
-        m = r.manifest
-        log.info("model %r from %s: %d features -> %d outputs, layers %s, state %d floats/session",
-                 r.name, path, m.features, m.output_size, [(ly.name, ly.cell, ly.units) for ly in m.layers],
-                 m.state_width)
+    for path, name, version in cfg.model_files():
+        r = _load_model(cfg, path, name, version)
+        runners[r.key] = r
     return runners
 
 
@@ -246,6 +286,14 @@ async def serve(cfg: Config, ready=None, worker: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload() -> None:  # SIGHUP: rescan the model repository
+        task = loop.create_task(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     if ready is None:
         print(f"statestream-server listening on {cfg.host}:{app.port}", flush=True)
         print(started_hint(cfg.host), flush=True)

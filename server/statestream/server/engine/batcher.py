@@ -36,7 +36,7 @@ class Batcher:
                  pending: PendingCounter, persistence: Persistence, metrics=None):
         self.runner = runner
         self.table = table
-        self.slab = table.slabs[runner.name]
+        self.slab = table.slabs[runner.key]
         self.executor = executor
         self.policy = policy
         self.max_batch_size = policy.max_batch_size
@@ -177,6 +177,8 @@ class Batcher:
                                                      timeout=self._patience(units))
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
+            if self.metrics is not None:
+                self.metrics.observe_outcomes(self.runner.key, units, time.perf_counter())
             return
         try:
             self._apply(units, sessions, y, new, new_entries, counts, results, statuses)
@@ -186,8 +188,10 @@ class Batcher:
         finally:
             self.policy.ran(len(sessions))
             if self.metrics is not None:
-                self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1],
-                                           t0 - min(u.enqueued for u in units), time.perf_counter() - t0)
+                now = time.perf_counter()
+                self.metrics.observe_batch(self.runner.key, len(sessions), x.shape[1],
+                                           t0 - min(u.enqueued for u in units), now - t0)
+                self.metrics.observe_outcomes(self.runner.key, units, now)
         if statuses is not None and (CONFLICT in statuses or MISSING in statuses):  # after the apply: these wait
             try:
                 await self._redo(units, statuses)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from statestream.contract.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable, show
+from statestream.contract.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    show,
+)
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.sessions import Session
 from statestream.server.engine.table import SessionTable, gone
@@ -75,7 +82,7 @@ class Directory:
                 self.table.adopt(rec)
         finally:
             del self._rereads[s]
-            self.batchers[s.model].release(s)
+            self.batchers[s.key].release(s)
         if rec is None:
             self.table.close(s)
         return rec is not None
@@ -83,13 +90,13 @@ class Directory:
     def rereading(self, s: Session) -> bool:
         return s in self._rereads
 
-    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None) -> Session:
-        """Open a session (zero states, or `row`)."""
+    async def open(self, model: str, sid: str, owner, timeout: float = 0.0, row=None, version: int = 0) -> Session:
+        """Open a session (zero states, or `row`) on `version` of the model (0: the default)."""
         if sid and self.persistence.shared and await self._lookup(sid, owner) is not None:
             raise AlreadyExists(f"session {sid!r} is already open")
         if self.persistence.shared:
             self.table.make_room()
-        s = self.table.open(model, sid, timeout, owner)
+        s = self.table.open(model, sid, timeout, owner, version)
         if row is not None:
             self.table.set_state(s, row)
         await self._created(s)
@@ -108,9 +115,9 @@ class Directory:
             raise AlreadyExists(f"session {s.id!r} is already open")
         s.stored(rec.version)
 
-    async def open_block(self, model: str, sids: list[str], owner, timeout: float) -> list[Session]:
+    async def open_block(self, model: str, sids: list[str], owner, timeout: float, version: int = 0) -> list[Session]:
         """N sessions with contiguous state rows (a group), all or none."""
-        members = self.table.open_block(model, sids, timeout, owner)
+        members = self.table.open_block(model, sids, timeout, owner, version)
         created = []
         try:
             for s in members:
@@ -123,8 +130,10 @@ class Directory:
             raise
         return members
 
-    async def resolve(self, sid: str, model: str, open_if_missing: bool, owner) -> tuple[Session, bool]:
-        """(the session a step names, opened now?); with open_if_missing, opened on `model` when absent.
+    async def resolve(self, sid: str, model: str, open_if_missing: bool, owner,
+                      version: int = 0) -> tuple[Session, bool]:
+        """(the session a step names, opened now?); with open_if_missing, opened on `model` (`version`, 0: the
+        default) when absent.
 
         A caller that then refuses the step must `abandon` a session it opened."""
         if open_if_missing:
@@ -135,8 +144,8 @@ class Directory:
             try:
                 s = await self.get(sid, owner)
             except NotFound:
-                self.table.runner(model)
-                return await self.open(model, sid, owner), True
+                self.table.runner(model, version)
+                return await self.open(model, sid, owner, version=version), True
         else:
             s = await self.get(sid, owner)
         if model and s.model != model:
@@ -151,7 +160,7 @@ class Directory:
 
     async def set_state(self, s: Session, row, step_count: int | None, last_seq: int | None) -> None:
         """Overwrite a session's states and (optionally) counters; all or nothing."""
-        batcher = self.batchers[s.model]
+        batcher = self.batchers[s.key]
         s.hold()  # steps that arrive meanwhile queue behind this change
         old_row = self.table.state(s).copy()
         before = s.counters()
@@ -167,13 +176,30 @@ class Directory:
         finally:
             batcher.release(s)
 
-    async def _changed(self, s: Session) -> None:
-        """A held session's state or counters were set: write them, winning over a stale copy."""
+    async def migrate(self, s: Session, runner) -> None:
+        """Move an idle session onto another loaded version of its model (the caller compared the state layouts):
+        written first, then moved; all or nothing. Steps that arrive meanwhile run on the new version (or fail,
+        when its input size differs from the version they were sent for)."""
+        old = s.key
+        s.hold()
+        try:
+            await self._changed(s, runner)
+            self.table.move(s, runner.key)
+        finally:
+            if s.key != old and s.head is not None and runner.features != self.table.runners[old].features:
+                self.batchers[old].fail_queued(s, FailedPrecondition(
+                    f"session {s.id!r} moved to version {runner.version}, whose input has {runner.features} "
+                    "values per timestep; steps sent meanwhile were not applied"))
+            self.batchers[s.key].release(s)
+
+    async def _changed(self, s: Session, to=None) -> None:
+        """A held session's state or counters were set (or it moves `to` another model version): write them,
+        winning over a stale copy."""
         if not self.persistence.durable:
             s.stored(s.version + 1)
             return
         for _ in range(_CAS_TRIES):
-            rec = self.table.record(s)
+            rec = self.table.record(s, to=to)
             status = (await self.persistence.commit([rec]))[0]
             if status == OK:
                 s.stored(rec.version)
@@ -188,7 +214,7 @@ class Directory:
 
     async def close(self, s: Session) -> int:
         """Close a session: its queued steps fail NOT_FOUND, a running one finishes unapplied."""
-        self.batchers[s.model].close(s)
+        self.batchers[s.key].close(s)
         await self.persistence.delete([(s.owner, s.id)])
         return s.step_count
 

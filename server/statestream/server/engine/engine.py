@@ -27,10 +27,16 @@ from statestream.server.engine.table import SessionTable
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
 from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
 from statestream.server.engine.units import Unit
+from statestream.server.engine.versions import Versions
 
 log = logging.getLogger("statestream.engine")
 
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
+
+
+def layout(runner: ModelRunner) -> list[tuple[str, str, int]]:
+    """A version's state layout: its recurrent layers, in order, as (name, cell type, units)."""
+    return [(ly.name, ly.cell, ly.units) for ly in runner.manifest.layers]
 
 
 def check_finite(x: np.ndarray, what: str = "input") -> None:
@@ -60,22 +66,25 @@ class Engine:
         self.max_pending_per_session = max_pending_per_session
         self.draining = False
         self.shared = directory.persistence.shared
+        self.repository = None  # the app sets it: model versions loaded and unloaded while serving (repository.py)
         self.calls = 0  # engine steps so far (tests count them: every protocol goes through `step`)
 
     # -- models -----------------------------------------------------------------------
 
     @property
-    def runners(self) -> dict[str, ModelRunner]:
-        return self.table.runners
+    def versions(self) -> Versions:
+        return self.table.versions
 
-    def runner(self, model: str) -> ModelRunner:
-        """The model's runner, or NotFound naming the models served."""
-        return self.table.runner(model)
+    def runner(self, model: str, version: int = 0) -> ModelRunner:
+        """The runner a new session of the model gets (`version` 0: the default, latest), or NotFound naming the
+        models served."""
+        return self.table.runner(model, version)
 
-    async def model_of(self, sid: str, owner, model: str = "", open_if_missing: bool = False) -> str:
-        """The model a step of session `sid` runs on (so an adapter can parse its input): the open session's
-        (read through a shared store), or `model` for one that open_if_missing will open. NotFound, or
-        InvalidArgument for a model that is not the session's."""
+    async def runner_for(self, sid: str, owner, model: str = "", open_if_missing: bool = False,
+                         version: int = 0) -> ModelRunner:
+        """The runner a step of session `sid` runs on (so an adapter can parse its input): the open session's own
+        version (read through a shared store), or `model`'s `version` for one that open_if_missing will open.
+        NotFound, or InvalidArgument for a model or version that is not the session's."""
         if open_if_missing and not model:
             raise InvalidArgument("open_if_missing needs the model name")
         s = self.table.find(sid, owner)
@@ -84,11 +93,13 @@ class Engine:
                 s = await self.directory.get(sid, owner)
             except NotFound:
                 if open_if_missing:
-                    return model
+                    return self.runner(model, version)
                 raise
         if model and s.model != model:
             raise InvalidArgument(f"session {show(sid)} is on model {s.model!r}, not {show(model)}")
-        return s.model
+        if version and s.key[1] != version:
+            raise InvalidArgument(f"session {show(sid)} is on version {s.key[1]} of {s.model!r}, not {version}")
+        return self.table.runner_of(s)
 
     def check_open(self) -> None:
         if self.draining:
@@ -96,11 +107,13 @@ class Engine:
 
     # -- sessions ---------------------------------------------------------------------
 
-    async def open(self, model: str, sid: str, owner, *, timeout: float = 0.0, row: np.ndarray | None = None) -> Session:
-        """Open a session with zero states (or `row`); `sid` "" picks a random id."""
+    async def open(self, model: str, sid: str, owner, *, timeout: float = 0.0, row: np.ndarray | None = None,
+                   version: int = 0) -> Session:
+        """Open a session with zero states (or `row`) on `version` of the model (0: the default, latest); `sid` ""
+        picks a random id."""
         self.check_open()
-        self.runner(model)
-        return await self.directory.open(model, sid, owner, timeout, row)
+        self.runner(model, version)
+        return await self.directory.open(model, sid, owner, timeout, row, version)
 
     async def get(self, sid: str, owner) -> tuple[Session, np.ndarray]:
         """A session and its states now (re-read first from a shared store)."""
@@ -118,8 +131,34 @@ class Engine:
         await self.directory.set_state(s, row, step_count, last_seq)
         return s, self.table.state(s)
 
+    async def migrate(self, sid: str, owner, version: int = 0) -> tuple[Session, int]:
+        """Move a session to `version` of its model (0: the default), its states carried over, when the state
+        layouts are the same (layers, cell types, units); else FailedPrecondition with both layouts. (the session,
+        the version it was on)."""
+        s = await self.directory.get(sid, owner)
+        old = self.table.runner_of(s)
+        new = self.runner(s.model, version)
+        if new.key == s.key:
+            return s, old.version
+        if self.groups.holds(s):
+            raise FailedPrecondition(f"session {show(sid)} is a member of a group; a group's members move together "
+                                     "(close the group, keeping its sessions, first)")
+        a, b = layout(old), layout(new)
+        if a != b:
+            raise FailedPrecondition(f"session {show(sid)} can not move from version {old.version} to "
+                                     f"{new.version} of {s.model!r}: their states differ; version {old.version}: "
+                                     f"{a}; version {new.version}: {b}")
+        await self.directory.migrate(s, new)
+        return s, old.version
+
     async def close(self, sid: str, owner) -> int:
-        """Close a session; its step count."""
+        """Close a session; its step count. A stored session whose version is not loaded here can be closed too
+        (its record is deleted)."""
+        if self.table.find(sid, owner) is None:
+            rec = self.table.unstrand(sid, owner)
+            if rec is not None:
+                await self.directory.persistence.delete([(owner, sid)])
+                return rec.step_count
         return await self.directory.close(await self.directory.get(sid, owner))
 
     async def sweep(self) -> int:
@@ -157,9 +196,11 @@ class Engine:
         if decided is None:
             decided = await self._decide(req, sessions, errors, reread=False)
         new, fps, replays, waits = decided
-        model = req.model or next((s.model for s in sessions if s is not None), "")
-        units = await self._submit(req, model, sessions, new, fps, errors) if new else []
-        reply = await self._answer(req, model, sessions, units, replays, waits, errors)
+        first = next((s for s in sessions if s is not None), None)
+        model = req.model or (first.model if first else "")
+        runner = self.table.runner_of(first) if first else self.versions.default(model)  # the answer's layout
+        units = await self._submit(req, runner, sessions, new, fps, errors) if new else []
+        reply = await self._answer(req, model, runner, sessions, units, replays, waits, errors)
         if opened:
             for i in reply.errors:
                 if opened[i]:
@@ -194,7 +235,8 @@ class Engine:
                 seen.add(sid)
                 if not finite[i]:
                     check_finite(req.x[i], "input" if n == 1 else f"entry {i}")
-                sessions[i], was_opened = await self.directory.resolve(sid, req.model, req.open_if_missing, owner)
+                sessions[i], was_opened = await self.directory.resolve(sid, req.model, req.open_if_missing, owner,
+                                                                       req.version)
             except StatestreamError as e:
                 errors[i] = e
                 continue
@@ -253,18 +295,38 @@ class Engine:
             return None
         return new, fps, replays, waits
 
-    async def _submit(self, req: StepRequest, model: str, sessions: list, new: list[int], fps: list | None,
+    async def _submit(self, req: StepRequest, runner: ModelRunner, sessions: list, new: list[int], fps: list | None,
                       errors: dict) -> list[tuple[list[int], Unit]]:
-        """Queue the new entries, one unit per max_batch_size of them."""
-        batcher = self.batchers[model]
+        """Queue the new entries, one unit per max_batch_size of them on each version's batcher."""
+        self.table.touch_many([sessions[i] for i in new])
+        first_key = sessions[new[0]].key
+        if any(sessions[i].key != first_key for i in new):  # a frame over sessions of several versions
+            units = []
+            for key in dict.fromkeys(sessions[i].key for i in new):
+                pick = [j for j, i in enumerate(new) if sessions[i].key == key]
+                other = self.table.runners[key]
+                if (other.features, other.output_size, other.state_width) != \
+                        (runner.features, runner.output_size, runner.state_width):
+                    err = InvalidArgument(f"session is on version {key[1]} of {key[0]!r}, whose input, output or "
+                                          f"state size differs from version {runner.version}'s: step it in its own "
+                                          "request")
+                    errors.update((new[j], err) for j in pick)
+                    continue
+                units += await self._queue(req, key, sessions, [new[j] for j in pick],
+                                           None if fps is None else [fps[j] for j in pick], errors)
+            return units
+        return await self._queue(req, first_key, sessions, new, fps, errors)
+
+    async def _queue(self, req: StepRequest, key, sessions: list, new: list[int], fps: list | None,
+                     errors: dict) -> list[tuple[list[int], Unit]]:
+        batcher = self.batchers[key]
         m = batcher.max_batch_size
         loop = asyncio.get_running_loop()
         now_sessions = [sessions[i] for i in new]
-        self.table.touch_many(now_sessions)
         units = []
         for k in range(0, len(new), m):
             chunk = new[k:k + m]
-            x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]
+            x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]  # (every entry is new)
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
                         reset=req.reset)
@@ -277,8 +339,8 @@ class Engine:
             units.append((chunk, unit))
         return units
 
-    async def _answer(self, req: StepRequest, model: str, sessions: list, units: list, replays: dict, waits: list,
-                      errors: dict) -> StepReply:
+    async def _answer(self, req: StepRequest, model: str, runner: ModelRunner | None, sessions: list, units: list,
+                      replays: dict, waits: list, errors: dict) -> StepReply:
         n, T = req.x.shape[0], req.x.shape[1]
         for _, unit in units:
             if not unit.future.done():
@@ -286,7 +348,6 @@ class Engine:
         if n == 1 and units and not units[0][1].errors:  # the unary case: the unit's arrays are the answer
             unit = units[0][1]
             return StepReply(model, [sessions[0].id], unit.y, unit.states, unit.counts, req.seqs, [APPLIED], errors)
-        runner = self.runner(model) if model else None
         O = runner.output_size if runner else 0
         W = runner.state_width if runner else 0
         output = np.zeros((n, T, O), dtype=np.float32)
@@ -319,14 +380,15 @@ class Engine:
 
     # -- groups -----------------------------------------------------------------------------
 
-    async def open_group(self, model: str, gid: str, ids: list[str], size: int, owner, timeout: float) -> Group:
+    async def open_group(self, model: str, gid: str, ids: list[str], size: int, owner, timeout: float,
+                         version: int = 0) -> Group:
         """Open a group of N new sessions with contiguous state rows; or, when every id names an existing idle
         session of this model (a restart on sqlite), re-open the group over them (their rows move together)."""
         self.check_open()
         if self.shared:
             raise FailedPrecondition("session groups live in one process; this server's state store is shared "
                                      "between processes (use frames, or a process-local store)")
-        self.runner(model)
+        self.runner(model, version)
         n = len(ids) or size
         if size and ids and size != len(ids):
             raise InvalidArgument(f"size is {size} but {len(ids)} session_ids are given")
@@ -337,7 +399,7 @@ class Engine:
                 raise AlreadyExists(f"a session of group {gid!r} is already open in another group")
             members = self.table.regroup(model, existing)
         else:
-            members = await self.directory.open_block(model, ids or [""] * n, owner, timeout)
+            members = await self.directory.open_block(model, ids or [""] * n, owner, timeout, version)
         return self.groups.add(Group(gid, model, owner, members))
 
     async def close_group(self, gid: str, owner, keep_sessions: bool) -> tuple[int, int]:
@@ -405,7 +467,7 @@ class Engine:
             g.accepted_seq = seq
         g.units.append(unit)
         try:
-            await self.batchers[g.model].submit(unit)
+            await self.batchers[g.members[0].key].submit(unit)
         except StatestreamError:
             g.dropped(unit)
             raise

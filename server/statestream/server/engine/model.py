@@ -18,7 +18,7 @@ class ModelRunner:
     layer side by side, in manifest order (layer by layer, h then c).
     """
 
-    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1):
+    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1):
         path = Path(path)
         self.path = path
         data = path.read_bytes()
@@ -35,6 +35,8 @@ class ModelRunner:
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
         self.manifest: Manifest = read_manifest(self.session.get_modelmeta())
         self.name = name or path.stem
+        self.version = version
+        self.key = (self.name, version)  # what the table, slabs and batchers are keyed by
         pairs = self.manifest.state_pairs()
         self._in_names = [p[2] for p in pairs]
         self._out_names = [OUTPUT_NAME] + [p[3] for p in pairs]

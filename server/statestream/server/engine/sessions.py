@@ -10,6 +10,7 @@ from statestream.server.engine.ledger import Ledger
 from statestream.server.engine.types import StepResult
 
 MAX_SESSION_ID_BYTES = 128
+_KEYS: dict[tuple[str, int], tuple[str, int]] = {}  # interned (model, version) keys
 
 
 
@@ -35,13 +36,16 @@ class Session(Ledger):
     Exactly-once is its Ledger: `accept` decides on a sequence number, `finish` records the step it applied.
     """
 
-    __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
+    __slots__ = ("id", "model", "key", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
                  "running", "head")
 
-    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float):
+    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float,
+                 model_version: int = 1):
         Ledger.__init__(self)
         self.id = sid
         self.model = model
+        key = (model, model_version)  # the loaded version whose weights made its state: its runner and slab
+        self.key = _KEYS.setdefault(key, key)  # one tuple shared by every session of a version (1M sessions)
         self.slot = slot
         self.owner = owner
         self.timeout = timeout

@@ -16,11 +16,13 @@ from statestream.contract.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    StatestreamError,
     show,
 )
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import CLOSED, IDLE, Session, check_session_id
 from statestream.server.engine.types import StepResult
+from statestream.server.engine.versions import Key, Versions
 from statestream.server.store.base import SessionRecord
 
 _EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
@@ -82,10 +84,14 @@ class SessionTable:
 
     All calls happen on the event loop thread."""
 
-    def __init__(self, runners: dict[str, ModelRunner], max_sessions: int, default_timeout: float,
-                 max_timeout: float, clock=time.monotonic):
-        self.runners = runners
-        self.slabs = {name: Slab(r.state_width) for name, r in runners.items()}
+    def __init__(self, runners: dict[Key, ModelRunner], max_sessions: int, default_timeout: float,
+                 max_timeout: float, clock=time.monotonic, shared: bool = False):
+        self.runners = {r.key: r for r in runners.values()}
+        self.versions = Versions(self.runners)
+        self.slabs = {key: Slab(r.state_width) for key, r in self.runners.items()}
+        self.per_version: dict[Key, int] = dict.fromkeys(self.runners, 0)  # open sessions of each loaded version
+        self.stranded: dict[str, tuple[SessionRecord, Exception]] = {}  # stored sessions this server can not step
+        self.shared = shared
         self.max_sessions = max_sessions
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
@@ -99,11 +105,50 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def runner(self, model: str) -> ModelRunner:
-        try:
-            return self.runners[model]
-        except KeyError:
-            raise NotFound(f"unknown model {show(model)}; this server serves {sorted(self.runners)}") from None
+    def runner(self, model: str, version: int = 0) -> ModelRunner:
+        """The runner a new session of `model` gets (version 0: the default policy, latest)."""
+        return self.versions.pick(model, version)
+
+    def runner_of(self, s: Session) -> ModelRunner:
+        """The runner of an open session: its own version's."""
+        return self.runners[s.key]
+
+    def add_version(self, r: ModelRunner) -> list[Session]:
+        """A newly loaded version: its runner and slab; the stranded sessions it can step now are adopted."""
+        self.runners[r.key] = r
+        self.slabs[r.key] = Slab(r.state_width)
+        self.per_version[r.key] = 0
+        back = []
+        for key, (rec, _) in list(self.stranded.items()):
+            if (rec.model, rec.model_version) == r.key and self.versions.refusal(
+                    rec.model, rec.model_version, rec.model_hash, rec.state.shape[0], self.shared) is None:
+                del self.stranded[key]
+                back.append(self.adopt(rec))
+        return back
+
+    def unstrand(self, sid: str, owner: str | None = None) -> SessionRecord | None:
+        """Forget a stored session that can not be stepped here (it is being closed); its record, if it was one."""
+        found = self.stranded.pop(_key(sid, owner), None)
+        return None if found is None else found[0]
+
+    def drop_version(self, key: Key) -> None:
+        """Forget an unloaded version that has no session left."""
+        del self.runners[key], self.slabs[key], self.per_version[key]
+        self.versions.unloading.discard(key)
+
+    def sessions_of(self, key: Key, owner=False) -> list[Session]:
+        """The open sessions of a model version (of one owner, unless `owner` is False)."""
+        return [s for s in self._sessions.values() if s.key == key and (owner is False or s.owner == owner)]
+
+    def move(self, s: Session, key: Key) -> None:
+        """A held session onto another loaded version: its state row moves to that version's slab."""
+        row = self.state(s).copy()
+        self.slabs[s.key].free(s.slot)
+        self.per_version[s.key] -= 1
+        s.slot = self.slabs[key].alloc()
+        self.slabs[key].rows[s.slot] = row
+        s.key = key
+        self.per_version[key] += 1
 
     def check_timeout(self, timeout: float) -> float:
         if timeout < 0 or timeout != timeout:
@@ -112,9 +157,10 @@ class SessionTable:
             raise InvalidArgument(f"idle_timeout_seconds {timeout} is over the server's limit {self.max_timeout}")
         return timeout or self.default_timeout
 
-    def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None) -> Session:
-        """Open a session with zero states; `sid` empty picks a random 128-bit id."""
-        self.runner(model)
+    def open(self, model: str, sid: str = "", timeout: float = 0.0, owner: str | None = None,
+             version: int = 0) -> Session:
+        """Open a session with zero states; `sid` empty picks a random 128-bit id; `version` 0: the default."""
+        key = self.runner(model, version).key
         timeout = self.check_timeout(timeout)
         if sid:
             check_session_id(sid)
@@ -123,12 +169,13 @@ class SessionTable:
         else:
             sid = secrets.token_hex(16)
         self._check_room()
-        return self._insert(Session(sid, model, self.slabs[model].alloc(), owner, timeout, self.clock()))
+        return self._insert(Session(sid, model, self.slabs[key].alloc(), owner, timeout, self.clock(), key[1]))
 
-    def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None) -> list[Session]:
+    def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None,
+                   version: int = 0) -> list[Session]:
         """Open N sessions whose state rows are contiguous (a session group), in order; all or none.
         An empty id picks a random one."""
-        self.runner(model)
+        key = self.runner(model, version).key
         timeout = self.check_timeout(timeout)
         sids = [sid or secrets.token_hex(16) for sid in sids]
         if len(set(sids)) != len(sids):
@@ -138,9 +185,10 @@ class SessionTable:
             if _key(sid, owner) in self._sessions:
                 raise AlreadyExists(f"session {sid!r} is already open")
         self._check_room(len(sids))
-        start = self.slabs[model].alloc_block(len(sids))
+        start = self.slabs[key].alloc_block(len(sids))
         now = self.clock()
-        return [self._insert(Session(sid, model, start + i, owner, timeout, now)) for i, sid in enumerate(sids)]
+        return [self._insert(Session(sid, model, start + i, owner, timeout, now, key[1]))
+                for i, sid in enumerate(sids)]
 
     def _check_room(self, n: int = 1) -> None:
         if len(self._sessions) + n > self.max_sessions:
@@ -158,7 +206,10 @@ class SessionTable:
                                          "are done")
         if len({id(s) for s in sessions}) != len(sessions):
             raise InvalidArgument("session_ids has duplicates")
-        slab = self.slabs[model]
+        if len({s.key for s in sessions}) > 1:
+            raise FailedPrecondition(f"the sessions are on different versions of {show(model)}: "
+                                     f"{sorted({s.key[1] for s in sessions})}; a group runs on one")
+        slab = self.slabs[sessions[0].key]
         start = slab.alloc_block(len(sessions))
         for i, s in enumerate(sessions):
             slab.rows[start + i] = slab.rows[s.slot]
@@ -192,6 +243,7 @@ class SessionTable:
         key = _key(s.id, s.owner)
         self._sessions[key] = s
         self._expired.pop(key, None)
+        self.per_version[s.key] += 1
         heapq.heappush(self._expiry, (s.deadline, next(self._tie), s))
         return s
 
@@ -218,7 +270,10 @@ class SessionTable:
             return InvalidArgument("session_id is empty")
         key = _key(sid, owner)
         if key in self._expired:
-            return NotFound(f"session {show(sid)} expired after {self._expired[key]:g} s idle")
+            why = self._expired[key]
+            return NotFound(f"session {show(sid)} expired after {why:g} s idle" if isinstance(why, float) else why)
+        if key in self.stranded:
+            return self.stranded[key][1]
         return NotFound(f"unknown session {show(sid)}")
 
     def touch(self, s: Session) -> None:
@@ -235,20 +290,25 @@ class SessionTable:
         if s.phase is CLOSED:
             return
         del self._sessions[_key(s.id, s.owner)]
+        self.per_version[s.key] -= 1
         if s.close():
-            self.slabs[s.model].free(s.slot)
+            self.slabs[s.key].free(s.slot)
+
+    def closed_because(self, s: Session, why: str) -> None:
+        """A closed session's later requests get NotFound with this reason (a forced unload)."""
+        self._expired[_key(s.id, s.owner)] = why
 
     def release(self, s: Session) -> None:
         """After a run: free the slot of a session that was closed while it ran."""
         if s.phase is CLOSED and s.running is None:
-            self.slabs[s.model].free(s.slot)
+            self.slabs[s.key].free(s.slot)
 
     def state(self, s: Session) -> np.ndarray:
-        return self.slabs[s.model].rows[s.slot]
+        return self.slabs[s.key].rows[s.slot]
 
     def set_state(self, s: Session, row: np.ndarray) -> None:
         """Overwrite a session's states (the caller holds the session: Session.hold)."""
-        self.slabs[s.model].rows[s.slot] = row
+        self.slabs[s.key].rows[s.slot] = row
 
     def expire(self) -> list[Session]:
         """Close every idle session past its deadline; returns them."""
@@ -270,9 +330,11 @@ class SessionTable:
         return gone
 
     def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
-               result: StepResult | None = None, fp: int = 0, restart: bool = False) -> SessionRecord:
+               result: StepResult | None = None, fp: int = 0, restart: bool = False,
+               to: ModelRunner | None = None) -> SessionRecord:
         """The session as the store keeps it, at its next version; `state`, `step_count`, `result` (and its input's
-        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start."""
+        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start; `to`: the model
+        version it is moving to."""
         if result is not None:
             last, last_seq, last_fp = result, result.sequence_number, fp
         elif restart:
@@ -283,21 +345,41 @@ class SessionTable:
             s.id, s.model, s.owner, self.state(s) if state is None else state,
             s.step_count if step_count is None else step_count, last_seq, s.timeout, time.time() + s.timeout,
             None if last is None else last.output, None if last is None else last.state,
-            0 if last is None else last.step_count, s.version + 1, last_fp)
+            0 if last is None else last.step_count, s.version + 1, last_fp,
+            *((s.key[1], self.runners[s.key].sha256) if to is None else (to.version, to.sha256)))
 
-    def adopt(self, rec: SessionRecord) -> Session | None:
+    def restore(self, records: list[SessionRecord]) -> int:
+        """The stored sessions at start: adopted, or (a store of this process only) kept aside with the reason they
+        can not be stepped here (a request for one gets that reason; loading its version adopts it). How many were
+        adopted."""
+        adopted = 0
+        for rec in records:
+            try:
+                self.adopt(rec)
+                adopted += 1
+            except StatestreamError as e:
+                if not self.shared:  # a shared store is read through on every miss: it keeps them
+                    self.stranded[_key(rec.id, rec.owner)] = (rec, e)
+        return adopted
+
+    def adopt(self, rec: SessionRecord) -> Session:
         """A store record into this table: a new cached session, or the fresh truth of a cached one.
 
-        Returns None when the record cannot be served here (model not served, state width differs). A
-        cached session must be RUNNING (a lost compare-and-set), HELD or IDLE: its queue is kept."""
-        if rec.model not in self.runners or rec.state.shape != (self.slabs[rec.model].width,):
-            return None
+        Raises the domain error when the record can not be stepped here: its model version is not loaded, or
+        from other weights (hash), or its state width differs (versions.Versions.refusal). A cached session
+        must be RUNNING (a lost compare-and-set), HELD or IDLE: its queue is kept."""
+        key = (rec.model, rec.model_version)
+        refused = self.versions.refusal(rec.model, rec.model_version, rec.model_hash, rec.state.shape[0], self.shared)
+        if refused is not None:
+            raise refused
         s = self._sessions.get(_key(rec.id, rec.owner))
         now = self.clock()
         if s is None:
             self._check_room()
-            s = self._insert(Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now))
-        self.slabs[rec.model].rows[s.slot] = rec.state
+            s = self._insert(Session(rec.id, rec.model, self.slabs[key].alloc(), rec.owner, rec.timeout, now, key[1]))
+        elif s.key != key:
+            raise FailedPrecondition(f"session {show(rec.id)} moved to version {key[1]} elsewhere; re-open it")
+        self.slabs[key].rows[s.slot] = rec.state
         s.load(rec)
         s.touch(now - rec.timeout + max(0.0, min(rec.timeout, rec.expires_at - time.time())))
         return s

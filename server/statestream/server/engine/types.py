@@ -43,6 +43,7 @@ class StepRequest:
     seq: int | None = None
     masked: np.ndarray | None = None
     deadline: float | None = None  # time.monotonic() when the caller gives up: bounds the step's store write
+    version: int = 0  # the model version open_if_missing opens a session on (0: the default, latest)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,9 @@ class SessionRecord:
     version: int = 0             # bumped by every committed change; the compare-and-set key of a shared store
     last_fp: int = 0             # fingerprint of step `last_seq`'s input (unsigned 64-bit): a retry with other input
                                  # is refused
+    model_version: int = 1       # the version of `model` whose weights made `state`
+    model_hash: str = ""         # sha256 of that version's file; "" (records written before versions): whatever
+                                 # version 1 is loaded now (the next write records its hash)
 
 
 class StateStore(Protocol):

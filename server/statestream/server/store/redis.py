@@ -69,9 +69,11 @@ class _PartlyWritten(redis.RedisError):
 
 # Packed record: step_count, last_seq, last_step_count, timeout, byte lengths of id/model/owner (owner -1: None),
 # floats in state, rows and floats of the last output (-1: none), floats of the last state (-1: none); after the
-# floats, last_fp (unsigned 64-bit; records packed before it have none: 0).
+# floats, last_fp (unsigned 64-bit; records packed before it have none: 0); then the model version and the byte
+# length of its hash, the hash (records packed before versions have neither: version 1, hash "").
 _HEAD = struct.Struct("<qqqdiiiiiii")
 _FP = struct.Struct("<Q")
+_MODEL = struct.Struct("<qi")
 
 
 def pack(rec: SessionRecord) -> bytes:
@@ -86,7 +88,8 @@ def pack(rec: SessionRecord) -> bytes:
                       -1 if out is None else out.shape[0], -1 if out is None else out.size,
                       -1 if last is None else last.size)
     return b"".join((head, sid, model, owner, state.tobytes(), b"" if out is None else out.tobytes(),
-                     b"" if last is None else last.tobytes(), _FP.pack(rec.last_fp)))
+                     b"" if last is None else last.tobytes(), _FP.pack(rec.last_fp),
+                     _MODEL.pack(rec.model_version, len(rec.model_hash)), rec.model_hash.encode()))
 
 
 def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
@@ -110,8 +113,14 @@ def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
         out = out.reshape(rows, -1) if rows else out.reshape(0, 0)
     last = floats(n_last)
     fp = _FP.unpack_from(data, pos)[0] if len(data) >= pos + _FP.size else 0
+    model_version, model_hash = 1, ""
+    pos += _FP.size
+    if len(data) >= pos + _MODEL.size:
+        model_version, n_hash = _MODEL.unpack_from(data, pos)
+        pos += _MODEL.size
+        model_hash = take(n_hash).decode()
     return SessionRecord(sid, model, owner, state, steps, seq, timeout, expires_at, out, last, last_steps, version,
-                         fp)
+                         fp, model_version, model_hash)
 
 
 def key(owner: str | None, sid: str) -> bytes:

@@ -20,7 +20,7 @@ from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord, 
 log = logging.getLogger("statestream.server.store")
 
 _COLUMNS = ("id", "model", "owner", "state", "step_count", "last_seq", "timeout", "expires_at", "last_output",
-            "last_rows", "last_state", "last_step_count", "version", "last_fp")
+            "last_rows", "last_state", "last_step_count", "version", "last_fp", "model_version", "model_hash")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT NOT NULL,
@@ -37,15 +37,19 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_step_count INTEGER,
     version INTEGER NOT NULL DEFAULT 0,
     last_fp INTEGER NOT NULL DEFAULT 0,  -- unsigned 64-bit, stored as its two's complement (SQLite is signed)
+    model_version INTEGER NOT NULL DEFAULT 1,
+    model_hash TEXT NOT NULL DEFAULT '',  -- '' in files written before versions: whatever version 1 is
     PRIMARY KEY (owner, id)
 )"""
 # Columns added after the first release: files written before them get them with these definitions.
-_ADDED = {"version": "INTEGER NOT NULL DEFAULT 0", "last_fp": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED = {"version": "INTEGER NOT NULL DEFAULT 0", "last_fp": "INTEGER NOT NULL DEFAULT 0",
+          "model_version": "INTEGER NOT NULL DEFAULT 1", "model_hash": "TEXT NOT NULL DEFAULT ''"}
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sessions"
 _INSERT = f"INSERT OR IGNORE INTO sessions ({', '.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
 # CAS: the row of (owner, id) changes only if it is there, unexpired, at the version before this one.
 _CAS = ("UPDATE sessions SET state=?, step_count=?, last_seq=?, timeout=?, expires_at=?, last_output=?, last_rows=?, "
-        "last_state=?, last_step_count=?, version=?, last_fp=? WHERE owner=? AND id=? AND version=? AND expires_at>?")
+        "last_state=?, last_step_count=?, version=?, last_fp=?, model_version=?, model_hash=? "
+        "WHERE owner=? AND id=? AND version=? AND expires_at>?")
 
 
 _PURGE_SECONDS = 60.0  # shared sqlite: how often a commit also deletes the expired rows
@@ -59,20 +63,20 @@ def _row(r: SessionRecord) -> tuple:
             r.expires_at, None if out is None else out.astype(np.float32).tobytes(),
             None if out is None else out.shape[0],
             None if r.last_state is None else r.last_state.astype(np.float32).tobytes(), r.last_step_count, r.version,
-            fp)
+            fp, r.model_version, r.model_hash)
 
 
 def _record(row) -> SessionRecord:
     """The SessionRecord of a row; ValueError when its blobs are not whole float32 arrays of its shape."""
     (sid, model, owner, state, steps, last_seq, timeout, expires_at, last_out, last_rows, last_state,
-     last_steps, version, fp) = row
+     last_steps, version, fp, model_version, model_hash) = row
     out = None
     if last_out is not None:
         out = np.frombuffer(last_out, dtype=np.float32).reshape(last_rows, -1).copy()
     return SessionRecord(sid, model, owner or None, np.frombuffer(state, dtype=np.float32).copy(), steps, last_seq,
                          timeout, expires_at, out,
                          None if last_state is None else np.frombuffer(last_state, dtype=np.float32).copy(),
-                         last_steps or 0, version, fp % _U64)
+                         last_steps or 0, version, fp % _U64, model_version, model_hash)
 
 
 class SqliteStore:
@@ -234,9 +238,10 @@ class SqliteStore:
         out = []
         with self._tx():
             for r in rows:
-                (sid, _model, owner, state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version, fp) = r
+                (sid, _model, owner, state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version, fp, mv,
+                 mh) = r
                 if self._db.execute(_CAS, (state, steps, seq, timeout, expires, lout, lrows, lstate, lsteps, version,
-                                           fp, owner, sid, version - 1, now)).rowcount == 1:
+                                           fp, mv, mh, owner, sid, version - 1, now)).rowcount == 1:
                     out.append(OK)
                     continue
                 found = self._db.execute("SELECT 1 FROM sessions WHERE owner=? AND id=? AND expires_at>?",
