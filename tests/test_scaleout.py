@@ -37,7 +37,7 @@ def reference(xs: np.ndarray) -> np.ndarray:
 
 def steps_applied(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        m = re.search(r'^statestream_steps_total\{model="demo"\} (\S+)$', r.read().decode(), re.M)
+        m = re.search(r'^statestream_steps_total\{model="demo",version="1"\} (\S+)$', r.read().decode(), re.M)
     return float(m.group(1)) if m else 0.0
 
 
