@@ -233,3 +233,12 @@ def test_model_info_describes_the_adopted_states(server):
     assert [(l.name, l.units, list(l.state_names)) for l in info.layers] == [("state", 256, ["h"]),
                                                                                  ("context", 64, ["h"])]
     assert json.loads(json.dumps(dict(info.exported_with)))["onnxruntime"]
+
+
+def test_the_example_finds_speech_on_every_microphone(server):
+    r = subprocess.run([sys.executable, "examples/vad_many_microphones.py", server.target, "--mics", "50"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 50 and all(line.startswith(f"mic {i:3d}: speech ") for i, line in enumerate(lines))
+    assert sum("none" not in line for line in lines) >= 45, r.stdout
