@@ -67,17 +67,20 @@ def _notes(layers, counts) -> list[str]:
     others = [l for l in layers if l.cell != "LSTM"]
     if others and counts["Loop"]:
         notes.append(", ".join(f"{l.cell} {l.name!r}" for l in others) + " converted to an ONNX Loop "
-                     "(tf2onnx emits no native GRU/RNN op for Keras 3 layers): proven correct, slower than native")
+                     "(a layer or activation the native builder does not map, so tf2onnx converted the chain): "
+                     "proven correct, slower than native ops")
     return notes
 
 
-def export_model(model_or_path, out_path, name: str | None = None, *, seed: int = SEED) -> ExportReport:
+def export_model(model_or_path, out_path, name: str | None = None, *, seed: int = SEED,
+                 native: bool = True) -> ExportReport:
     """Export a Keras recurrent model to one streaming ONNX file at `out_path`, proven equal to Keras.
 
     `model_or_path` is a `keras.Model` or a path to a `.keras`/`.h5` file or a SavedModel directory.
     `name` (the model's name on the server) defaults to the output file's stem. Raises `ExportRefused`
     for models that cannot stream causally, `ParityError` if the file does not compute what Keras
     computes (max abs error > 1e-5), `ExportError` for anything else; nothing is written then.
+    `native=False` leaves GRU/SimpleRNN to tf2onnx (an ONNX Loop), for comparison.
     """
     import onnx
 
@@ -102,7 +105,7 @@ def export_model(model_or_path, out_path, name: str | None = None, *, seed: int 
         source_sha = sha256_of_model(model)
 
     twin = build_twin(model)
-    proto = to_onnx(twin)
+    proto = to_onnx(twin, native=native)
     counts = op_counts(proto)
     result = check(twin, proto.SerializeToString(), seed=seed)
     if not result.ok:
