@@ -352,8 +352,10 @@ def adopt_model(src, out_path, name: str | None = None, spec: AdoptSpec | None =
     except (ExportError, ManifestError):
         raise
     except Exception as e:  # onnxruntime's errors are long; the user needs the first line
+        hint = "; the layout was guessed: give --layout TBF if time comes first" \
+            if any(g.startswith("layout BTF") for g in guesses) else ""
         raise ExportRefused(f"onnxruntime cannot run the graph as described ({manifest.layout}, "
-                            f"{manifest.features} values per step): {str(e).splitlines()[0]}") from e
+                            f"{manifest.features} values per step): {str(e).splitlines()[0]}{hint}") from e
     if not err <= TOLERANCE:
         raise ParityError(_Failed(err, chunks))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
