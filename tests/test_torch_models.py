@@ -88,3 +88,13 @@ def test_served_and_stepped_equal_to_pytorch_across_a_migration(servers, name):
                 np.testing.assert_allclose(final[s_name]["h"], ref[f"{k}_out"][:, i].ravel(), atol=TOL, rtol=0)
             assert moved.get_state().step_count == T
             moved.close()
+
+
+def test_no_triton_repository_entry_for_an_adopted_graph(adopted, tmp_path):
+    from statestream.export.errors import ExportError
+    from statestream.export.triton import write_triton_entry
+
+    folder, _ = adopted
+    with pytest.raises(ExportError, match="Triton's implicit state cannot carry that"):
+        write_triton_entry(folder / "torch_lstm.onnx", tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
