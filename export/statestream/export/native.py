@@ -155,7 +155,7 @@ def build(twin: Twin, opset: int) -> onnx.ModelProto | None:
     outputs += [helper.make_tensor_value_info(o, TensorProto.FLOAT, [BATCH, units[i]])
                 for i, o in zip(twin.input_names[1:], twin.output_names[1:])]
     graph = helper.make_graph(g.nodes, "statestream", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="statestream")
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="statestream",
+                              ir_version=8)
     onnx.checker.check_model(model)
     return model
