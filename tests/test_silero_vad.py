@@ -242,3 +242,18 @@ def test_the_example_finds_speech_on_every_microphone(server):
     lines = r.stdout.splitlines()
     assert len(lines) == 50 and all(line.startswith(f"mic {i:3d}: speech ") for i, line in enumerate(lines))
     assert sum("none" not in line for line in lines) >= 45, r.stdout
+
+
+def test_a_spec_file_that_says_everything_leaves_nothing_to_guess(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"input": "input", "layout": "BF", "features": 512, "context": 64, "output": "output",
+                                "states": [{"input": "state", "output": "stateN", "batch_axis": 1}],
+                                "constants": {"sr": 16000}}))
+    out = tmp_path / "vad.onnx"
+    r = subprocess.run([*EXPORT, "adopt", str(silero.model_file()), "--out", str(out), "--spec", str(spec), "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["guesses"] == [] and report["parity_max_abs_error"] <= TOL
+    assert report["manifest"]["states"] == [{"layer": "state", "kind": "h", "input": "state", "output": "stateN",
+                                             "shape": [2, 128], "batch_axis": 1}]

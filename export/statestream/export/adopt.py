@@ -144,7 +144,7 @@ def resolve(graph, spec: AdoptSpec, name: str) -> tuple[Manifest, list[str]]:
     def dtype_name(n):
         return onnx.helper.tensor_dtype_to_np_dtype(elem[n]).name if elem[n] else "undefined"
 
-    for n in [spec.input, spec.output, *[s[0] for s in spec.states or []], *spec.constants]:
+    for n in [spec.input, *[s[0] for s in spec.states or []], *spec.constants]:
         if n is not None and n not in inputs:
             raise ExportRefused(f"the graph has no input {n!r}; inputs are {sorted(inputs)}")
     for n in [*[s[1] for s in spec.states or []]] + ([spec.output] if spec.output else []):
