@@ -160,6 +160,8 @@ class Manifest:
                                 for c in d.get("constants", ())),
                 context=int(d.get("context", 0)),
             )
+        except ManifestError:
+            raise
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"manifest is missing or has a bad field: {e}") from None
         m.validate()
