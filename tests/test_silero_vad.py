@@ -257,3 +257,10 @@ def test_a_spec_file_that_says_everything_leaves_nothing_to_guess(tmp_path):
     assert report["guesses"] == [] and report["parity_max_abs_error"] <= TOL
     assert report["manifest"]["states"] == [{"layer": "state", "kind": "h", "input": "state", "output": "stateN",
                                              "shape": [2, 128], "batch_axis": 1}]
+
+
+def test_the_cli_lists_the_adopted_model(server):
+    r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", server.target, "models"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "vad\tfeatures=512\toutputs=1\tlayers=[state(256), context(64)]"

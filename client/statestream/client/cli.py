@@ -69,8 +69,9 @@ def read_csv(path: str, features: int) -> np.ndarray:
 
 def cmd_models(client: Client, args) -> int:
     for m in client.models():
+        # an adopted graph's state tensors (and context window) have no cell type: name(size)
         layers = ", ".join(f"{layer.name}:{pb.CellType.Name(layer.cell).removeprefix('CELL_TYPE_')}({layer.units})"
-                           for layer in m.layers)
+                           if layer.cell else f"{layer.name}({layer.units})" for layer in m.layers)
         print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]")
     return 0
 
