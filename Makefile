@@ -29,8 +29,9 @@ $(VENV)/.server-installed: pyproject.toml | $(PY)
 	@$(QUIET_PIP) -e ".[server]"
 	@touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(PY)
+$(VENV)/.dev-installed: pyproject.toml tests/requirements-nodeps.txt | $(PY)
 	$(QUIET_PIP) -e ".[server,export,dev]"
+	$(QUIET_PIP) --no-deps -r tests/requirements-nodeps.txt
 	touch $@
 
 # tritonclient pins protobuf<7 and our server needs protobuf>=7, so Triton's client gets its own venv: it is a

@@ -131,11 +131,11 @@ def test_op_counts(zoo, name):
     _, (_, layers, _), report, path = zoo[name]
     counts = op_counts(onnx.load(str(path)))
     assert counts == report.op_counts
-    n_lstm = sum(c == "LSTM" for _, c, _ in layers)
-    n_other = len(layers) - n_lstm
-    # LSTM -> one native ONNX LSTM op each. GRU/SimpleRNN -> one Loop each (tf2onnx 1.17 with Keras 3).
-    assert counts == {"LSTM": n_lstm, "GRU": 0, "RNN": 0, "Loop": n_other}
-    assert bool(report.notes) == (n_other > 0)
+    n = {cell: sum(c == cell for _, c, _ in layers) for cell in ("LSTM", "GRU", "SimpleRNN")}
+    # One native ONNX op per layer (LSTM, GRU, RNN), no Loop: tf2onnx for LSTM-only chains, the native builder
+    # (export/native.py) for chains with a GRU or SimpleRNN.
+    assert counts == {"LSTM": n["LSTM"], "GRU": n["GRU"], "RNN": n["SimpleRNN"], "Loop": 0}
+    assert not report.notes
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -186,8 +186,47 @@ def test_random_initial_states_flow_through(zoo):
 
 def test_report_text(zoo):
     text = str(zoo["gru"][2])
-    assert "state_in.g1.h [batch, 6]" in text and "Loop 2" in text and "parity: max abs error" in text
-    assert "converted to an ONNX Loop" in text
+    assert "state_in.g1.h [batch, 6]" in text and "GRU 2" in text and "Loop 0" in text
+    assert "parity: max abs error" in text and "note:" not in text
+
+
+VARIANTS = {  # cell options the native builder maps: reset_after, activations, no bias, heads between layers
+    "gru_reset_before": lambda: [L.GRU(5, reset_after=False, return_sequences=True, **_seeded(20)), L.Dense(2)],
+    "gru_hard_sigmoid_no_bias": lambda: [L.GRU(4, recurrent_activation="hard_sigmoid", use_bias=False,
+                                               return_sequences=True, **_seeded(21)),
+                                         L.LeakyReLU(0.2), L.Dense(3, activation="softmax")],
+    "rnn_relu_stack": lambda: [L.SimpleRNN(6, activation="relu", return_sequences=True, **_seeded(22)),
+                               L.ELU(), L.SimpleRNN(3, **_seeded(23)), L.Activation("sigmoid")],
+    "lstm_then_gru": lambda: [L.LSTM(4, return_sequences=True, **_seeded(24)), L.Dense(5, activation="relu"),
+                              L.GRU(3, return_sequences=True, **_seeded(25))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_native_ops_for_cell_variants(name, tmp_path):
+    keras.utils.set_random_seed(3)
+    model = _functional(VARIANTS[name](), 3, name=name)
+    report = export_model(model, tmp_path / "m.onnx")
+    cells = [l.cell for l in report.layers]
+    assert report.op_counts == {"LSTM": cells.count("LSTM"), "GRU": cells.count("GRU"),
+                                "RNN": cells.count("SimpleRNN"), "Loop": 0}
+    assert report.parity_max_abs_error <= ATOL
+    x = np.random.default_rng(5).normal(size=(2, 6, 3)).astype(np.float32)
+    want = np.asarray(model(x, training=False))
+    y, _ = stream_onnx(tmp_path / "m.onnx", x)
+    np.testing.assert_allclose(y if want.ndim == 3 else y[:, -1], want, atol=ATOL)
+
+
+def test_what_the_native_builder_does_not_map_falls_back_to_a_proven_loop(tmp_path):
+    """A capped ReLU head is outside the builder's map: tf2onnx converts the chain (a Loop), proven, with a note;
+    native=False gives the Loop too (the path before native ops)."""
+    keras.utils.set_random_seed(4)
+    model = _functional([L.GRU(4, return_sequences=True, **_seeded(26)), L.ReLU(max_value=6.0)], 3, name="capped")
+    report = export_model(model, tmp_path / "capped.onnx")
+    assert report.op_counts == {"LSTM": 0, "GRU": 0, "RNN": 0, "Loop": 1} and report.parity_max_abs_error <= ATOL
+    assert "converted to an ONNX Loop" in report.notes[0]
+    loop = export_model(_zoo()["gru"][0], tmp_path / "loop.onnx", native=False)
+    assert loop.op_counts == {"LSTM": 0, "GRU": 0, "RNN": 0, "Loop": 2} and loop.parity_max_abs_error <= ATOL
 
 
 def test_default_name_is_file_stem_and_source_hash(tmp_path):
@@ -241,16 +280,15 @@ def test_any_feature_and_unit_count(tmp_path):
 
 
 def test_same_model_exports_to_the_same_bytes(tmp_path):
-    """Names are canonical (tf2onnx's counters are not), so re-exporting gives an identical file.
-
-    (LSTM graphs only: in a GRU/SimpleRNN Loop, tf2onnx may order the loop-carried values differently.)
-    """
-    model = _zoo()["lstm3"][0]
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    export_model(model, tmp_path / "a" / "m.onnx")
-    export_model(model, tmp_path / "b" / "m.onnx")
-    a, b = (tmp_path / d / "m.onnx" for d in "ab")
-    assert a.read_bytes() == b.read_bytes()
-    names = [n.name for n in onnx.load(str(a)).graph.node]
-    assert len(set(names)) == len(names) and not any("__" in n for n in names)
+    """Names are canonical (tf2onnx's counters are not), so re-exporting gives an identical file: LSTM graphs
+    (tf2onnx) and graphs with GRU/SimpleRNN (the native builder)."""
+    for zoo_name in ("lstm3", "mixed"):
+        model = _zoo()[zoo_name][0]
+        (tmp_path / zoo_name / "a").mkdir(parents=True)
+        (tmp_path / zoo_name / "b").mkdir()
+        export_model(model, tmp_path / zoo_name / "a" / "m.onnx")
+        export_model(model, tmp_path / zoo_name / "b" / "m.onnx")
+        a, b = (tmp_path / zoo_name / d / "m.onnx" for d in "ab")
+        assert a.read_bytes() == b.read_bytes()
+        names = [n.name for n in onnx.load(str(a)).graph.node]
+        assert len(set(names)) == len(names) and not any("__" in n for n in names)

@@ -76,8 +76,9 @@ def cmd_models(client: Client, args) -> int:
     except StatestreamError:  # a server without the repository API
         states = {}
     for m in client.models():
+        # an adopted graph's state tensors (and context window) have no cell type: name(size)
         layers = ", ".join(f"{layer.name}:{pb.CellType.Name(layer.cell).removeprefix('CELL_TYPE_')}({layer.units})"
-                           for layer in m.layers)
+                           if layer.cell else f"{layer.name}({layer.units})" for layer in m.layers)
         state = states.pop((m.name, m.version), ("READY", ""))[0]
         print(f"{m.name}\tfeatures={m.features}\toutputs={m.output_size}\tlayers=[{layers}]\tversion={m.version}"
               f"{' (default)' if m.is_default else ''}\t{state}")

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from statestream.contract.manifest import MANIFEST_KEY, Layer, Manifest, read_manifest
 
 from .errors import ExportError, ParityError
+from .files import NAME_RE, versions, write_atomically
 from .parity import SEED, ParityResult
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "statestream")
 
 
 @dataclass
@@ -63,19 +58,6 @@ class ExportReport:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for pkg in _VERSIONED:
-        try:
-            out[pkg] = metadata.version(pkg if pkg != "tensorflow" else "tensorflow-cpu")
-        except metadata.PackageNotFoundError:
-            try:
-                out[pkg] = metadata.version(pkg)
-            except metadata.PackageNotFoundError:
-                pass
-    return out
-
-
 def _notes(layers, counts) -> list[str]:
     notes = []
     n_lstm = sum(l.cell == "LSTM" for l in layers)
@@ -85,37 +67,20 @@ def _notes(layers, counts) -> list[str]:
     others = [l for l in layers if l.cell != "LSTM"]
     if others and counts["Loop"]:
         notes.append(", ".join(f"{l.cell} {l.name!r}" for l in others) + " converted to an ONNX Loop "
-                     "(tf2onnx emits no native GRU/RNN op for Keras 3 layers): proven correct, slower than native")
+                     "(a layer or activation the native builder does not map, so tf2onnx converted the chain): "
+                     "proven correct, slower than native ops")
     return notes
 
 
-def _write_atomically(data: bytes, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a served model file must be readable like any other
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def export_model(model_or_path, out_path, name: str | None = None, *, seed: int = SEED) -> ExportReport:
+def export_model(model_or_path, out_path, name: str | None = None, *, seed: int = SEED,
+                 native: bool = True) -> ExportReport:
     """Export a Keras recurrent model to one streaming ONNX file at `out_path`, proven equal to Keras.
 
     `model_or_path` is a `keras.Model` or a path to a `.keras`/`.h5` file or a SavedModel directory.
     `name` (the model's name on the server) defaults to the output file's stem. Raises `ExportRefused`
     for models that cannot stream causally, `ParityError` if the file does not compute what Keras
     computes (max abs error > 1e-5), `ExportError` for anything else; nothing is written then.
+    `native=False` leaves GRU/SimpleRNN to tf2onnx (an ONNX Loop), for comparison.
     """
     import onnx
 
@@ -140,7 +105,7 @@ def export_model(model_or_path, out_path, name: str | None = None, *, seed: int 
         source_sha = sha256_of_model(model)
 
     twin = build_twin(model)
-    proto = to_onnx(twin)
+    proto = to_onnx(twin, native=native)
     counts = op_counts(proto)
     result = check(twin, proto.SerializeToString(), seed=seed)
     if not result.ok:
@@ -149,7 +114,7 @@ def export_model(model_or_path, out_path, name: str | None = None, *, seed: int 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     manifest = Manifest(
         name=name, features=twin.features, output_size=twin.output_size, layers=twin.layers, opset=opset,
-        versions=_versions(), parity_max_abs_error=result.max_abs_error, source_sha256=source_sha,
+        versions=versions(), parity_max_abs_error=result.max_abs_error, source_sha256=source_sha,
     )
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, {MANIFEST_KEY: manifest.to_json()})
@@ -158,6 +123,6 @@ def export_model(model_or_path, out_path, name: str | None = None, *, seed: int 
     if read_manifest(proto) != manifest:
         raise ExportError("manifest did not survive a round trip through the ONNX file")
     data = proto.SerializeToString()
-    _write_atomically(data, out)
+    write_atomically(data, out)
     return ExportReport(str(out), manifest, counts, result, len(data), time.perf_counter() - t0,
                         _notes(twin.layers, counts))

@@ -19,6 +19,7 @@ sequences, random non-zero initial states, whole sequence and one step at a time
 EPILOG = """\
 examples:
   statestream-export model.keras --out models/sensor.onnx      # also .h5 and a SavedModel directory
+  statestream-export adopt model.onnx --out models/vad.onnx    # an existing stateful ONNX file: adopt --help
   statestream-export demo --out models/demo.onnx               # train and export the bundled demo model
   statestream-export model.h5 --out m.onnx --name sensor-v2 --json
   statestream-export model.keras --out models/sensor.onnx --triton-config triton_models   # + a Triton entry
@@ -110,7 +111,99 @@ def _triton_only(args) -> int:
     return EXIT_OK
 
 
+ADOPT_DESCRIPTION = """\
+Adopt an existing stateful ONNX file (its states already graph inputs and outputs, e.g. Silero VAD): write a
+copy with a statestream manifest, so a statestream server keeps its states per session. What the flags (or
+--spec FILE, JSON with the same keys) leave out is guessed from the graph and the guesses are printed: state
+pairs by name (state->stateN, h0->hn, c0->cn, x_in->x_out), each state's batch axis (its one dynamic
+dimension), the step input and output (the ones left), the layout (2 dimensions: BF, 3: BTF), a sample rate
+constant named sr (16000). Before writing, N steps through the server's step layout, one at a time and all
+at once, must equal the graph's own loop per session within 1e-5 (exit 4 otherwise; nothing written).
+"""
+
+ADOPT_EPILOG = """\
+examples:
+  statestream-export adopt silero_vad.onnx --out models/vad.onnx --features 512 --context 64
+  statestream-export adopt model.onnx --out models/m.onnx --state h0:hn:1 --state c0:cn:1 --layout TBF
+  statestream-export adopt model.onnx --out models/m.onnx --spec spec.json
+      spec.json: {"input": "x", "layout": "BF", "features": 512, "context": 64, "output": "prob",
+                  "states": [{"input": "state", "output": "stateN", "batch_axis": 1}], "constants": {"sr": 16000}}
+
+layouts: BTF [batch, time, features] (one call per request), TBF [time, batch, features], BF [batch, features]
+(one graph call per step; --context K keeps the last K values of each step's input, prepended to the next).
+Refused (exit 3): non-float32 states or step input, states whose other dimensions are dynamic, inputs that
+are neither step input, state nor constant, a graph onnxruntime cannot run as described.
+"""
+
+
+def _adopt_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statestream-export adopt", description=ADOPT_DESCRIPTION, epilog=ADOPT_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a stateful .onnx file")
+    p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
+    p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
+    p.add_argument("--spec", help="a JSON file with any of the keys below; flags override it")
+    p.add_argument("--input", help="the step input")
+    p.add_argument("--layout", choices=["BTF", "TBF", "BF"], help="the step input's layout")
+    p.add_argument("--features", type=int, help="values per step (BF: samples per chunk, without the context)")
+    p.add_argument("--context", type=int, help="values of each step's input kept and prepended to the next (BF)")
+    p.add_argument("--output", help="the step output")
+    p.add_argument("--state", action="append", metavar="IN:OUT[:AXIS]",
+                   help="a state input, the output that returns it, its batch axis (repeat per state)")
+    p.add_argument("--const", action="append", metavar="NAME=VALUE", help="a constant input (repeat)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def _adopt(argv: list[str]) -> int:
+    parser = _adopt_parser()
+    args = parser.parse_args(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        print(f"statestream-export: {e}; {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_FAILED
+    from .adopt import AdoptSpec, adopt_model
+    from .errors import ExportError
+
+    try:
+        spec = AdoptSpec.from_file(args.spec) if args.spec else AdoptSpec()
+        for key in ("input", "layout", "features", "context", "output"):
+            if getattr(args, key) is not None:
+                setattr(spec, key, getattr(args, key))
+        if args.state:
+            spec.states = []
+            for s in args.state:
+                parts = s.split(":")
+                if len(parts) not in (2, 3) or not all(parts[:2]) or (len(parts) == 3 and not parts[2].isdigit()):
+                    parser.error(f"--state {s!r}: expected INPUT:OUTPUT or INPUT:OUTPUT:AXIS")
+                spec.states.append((parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None))
+        for c in args.const or []:
+            name, sep, value = c.partition("=")
+            if not sep or not name:
+                parser.error(f"--const {c!r}: expected NAME=VALUE")
+            try:
+                spec.constants[name] = json.loads(value)
+            except json.JSONDecodeError:
+                parser.error(f"--const {c!r}: the value must be a number or a JSON list")
+        report = adopt_model(args.model, args.out, name=args.name, spec=spec)
+    except ExportError as e:
+        print(f"statestream-export: {e}", file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(json.dumps({"path": report.path, "manifest": json.loads(report.manifest.to_json()),
+                          "guesses": report.guesses, "parity_max_abs_error": report.max_abs_error,
+                          "size_bytes": report.size_bytes, "seconds": report.seconds}, indent=2))
+    else:
+        print(report)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["adopt"]:
+        return _adopt(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.model.endswith(".onnx"):

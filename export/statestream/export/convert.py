@@ -19,8 +19,19 @@ BATCH, TIME = "batch", "time"
 COUNTED_OPS = ("LSTM", "GRU", "RNN", "Loop")
 
 
-def to_onnx(twin: Twin, opset: int = OPSET) -> onnx.ModelProto:
-    """Convert the twin; graph inputs/outputs carry exactly `twin.input_names` / `twin.output_names`."""
+def to_onnx(twin: Twin, opset: int = OPSET, native: bool = True) -> onnx.ModelProto:
+    """Convert the twin; graph inputs/outputs carry exactly `twin.input_names` / `twin.output_names`.
+
+    A chain with a GRU or SimpleRNN layer is built from its weights with native ONNX ops (native.py), unless
+    `native` is False or a layer is outside what that builder maps; everything else goes through tf2onnx
+    (which makes Keras LSTMs native ONNX LSTMs and GRU/SimpleRNN an ONNX Loop).
+    """
+    if native and any(l.cell in ("GRU", "SimpleRNN") for l in twin.layers):
+        from .native import build
+
+        model = build(twin, opset)
+        if model is not None:
+            return model
     import tensorflow as tf
     import tf2onnx
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from statestream.contract.manifest import read_manifest
+from statestream.contract.manifest import FORMAT, read_manifest
 from statestream.contract.triton_config import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_BATCH_SIZE, write_repository_entry
 
 from .errors import ExportError
@@ -28,5 +28,8 @@ def write_triton_entry(onnx_path, repo, name: str | None = None, *, max_batch_si
         raise ExportError(f"{onnx_path}: not an exported statestream model: {e}") from None
     except Exception as e:  # onnx raises DecodeError, OSError and others for what is not an ONNX file
         raise ExportError(f"{onnx_path}: cannot read it as ONNX: {e}") from None
+    if manifest.format != FORMAT:
+        raise ExportError(f"{onnx_path}: an adopted graph (its states laid out as the graph has them, a context "
+                          "window, constants): Triton's implicit state cannot carry that; serve it with statestream")
     return write_repository_entry(onnx_path, manifest, repo, name or manifest.name,
                                   max_batch_size=max_batch_size, idle_seconds=idle_seconds)

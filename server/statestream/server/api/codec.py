@@ -8,6 +8,7 @@ from statestream.contract.errors import InvalidArgument
 from statestream.server.engine.model import ModelRunner
 from statestream.v1 import statestream_pb2 as pb
 
+# An adopted graph's state tensors and context window have no cell type: CELL_TYPE_UNSPECIFIED, state name "h".
 CELLS = {"LSTM": pb.CELL_TYPE_LSTM, "GRU": pb.CELL_TYPE_GRU, "SimpleRNN": pb.CELL_TYPE_SIMPLE_RNN}
 
 
@@ -17,7 +18,8 @@ def model_info(runner: ModelRunner, max_timesteps: int) -> pb.ModelInfo:
         name=runner.name,
         features=m.features,
         output_size=m.output_size,
-        layers=[pb.LayerInfo(name=l.name, cell=CELLS[l.cell], units=l.units, state_names=l.state_names)
+        layers=[pb.LayerInfo(name=l.name, cell=CELLS.get(l.cell, pb.CELL_TYPE_UNSPECIFIED), units=l.units,
+                             state_names=l.state_names)
                 for l in m.layers],
         max_timesteps=max_timesteps,
         sha256=runner.sha256,

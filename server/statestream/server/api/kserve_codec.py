@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from statestream.contract.errors import InvalidArgument
-from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, state_out_name
+from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME
 from statestream.contract.triton_config import DATATYPE
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.server.api import codec
@@ -114,10 +114,8 @@ def infer_response(req: ipb.ModelInferRequest, runner: ModelRunner, output: np.n
         resp.parameters["replayed"].bool_param = True
     states = {}
     if len(outputs) > 1 or outputs[0] != OUTPUT_NAME:
-        parts = iter(runner.split_state(state))
-        for layer in runner.manifest.layers:
-            for kind in layer.state_names:
-                states[state_out_name(layer.name, kind)] = next(parts)
+        # the graph's state outputs, by name (an adopted graph's context window has none)
+        states = {p[3]: part for p, part in zip(runner.manifest.state_pairs(), runner.split_state(state))}
     for name in outputs:
         if name == OUTPUT_NAME:
             values, shape = output, [1, output.shape[0], runner.output_size]

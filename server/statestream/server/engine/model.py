@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from statestream.contract.manifest import INPUT_NAME, OUTPUT_NAME, Manifest, ManifestError, read_manifest
+from statestream.contract.layout import StepLayout
+from statestream.contract.manifest import Manifest, ManifestError, read_manifest
 
 
 class ModelRunner:
     """Runs a batch: (x[B,T,F], states[B,W]) -> (y[B,T,O], states'[B,W]).
 
     States of one session are one row of width W: every state tensor of every
-    layer side by side, in manifest order (layer by layer, h then c).
+    layer side by side, in manifest order (layer by layer, h then c); for an
+    adopted graph, each state tensor with its batch axis removed, then the
+    context window. `StepLayout` maps rows to the graph's tensors.
     """
 
     def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1):
@@ -37,19 +40,20 @@ class ModelRunner:
         self.name = name or path.stem
         self.version = version
         self.key = (self.name, version)  # what the table, slabs and batchers are keyed by
-        pairs = self.manifest.state_pairs()
-        self._in_names = [p[2] for p in pairs]
-        self._out_names = [OUTPUT_NAME] + [p[3] for p in pairs]
-        ends = np.cumsum([p[4] for p in pairs]).tolist()
-        self._blocks = [slice(a, b) for a, b in zip([0] + ends[:-1], ends)]  # columns of each state tensor
+        self.layout = StepLayout(self.manifest)
         self._check_graph()
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
         outputs = {o.name for o in self.session.get_outputs()}
-        missing = ({INPUT_NAME, *self._in_names} - inputs) | (set(self._out_names) - outputs)
+        fed = set(self.layout.input_names)
+        missing = (fed - inputs) | (set(self.layout.out_names) - outputs)
         if missing:
             raise ManifestError(f"{self.path}: graph lacks {sorted(missing)} that its manifest names")
+        unfed = sorted(inputs - fed)
+        if unfed:
+            raise ManifestError(f"{self.path}: graph inputs {unfed} are neither the step input, a state nor a "
+                                "constant in its manifest")
 
     @property
     def features(self) -> int:
@@ -65,12 +69,8 @@ class ModelRunner:
 
     def run(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W]."""
-        feeds = {INPUT_NAME: x}
-        for name, block in zip(self._in_names, self._blocks):
-            feeds[name] = np.ascontiguousarray(states[:, block])
-        y, *new = self.session.run(self._out_names, feeds)
-        return y, np.concatenate(new, axis=1)
+        return self.layout.run(self.session.run, x, states)
 
     def split_state(self, row: np.ndarray) -> list[np.ndarray]:
-        """A state row [W] (or [B,W]) cut into its tensors, manifest order."""
-        return [row[..., block] for block in self._blocks]
+        """A state row [W] (or [B,W]) cut into its parts, manifest order (the context window last)."""
+        return self.layout.split(row)

@@ -1,0 +1,66 @@
+"""StepLayout (state rows <-> a graph's tensors) and the manifest fields of adopted graphs."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from serverproc import DEMO_MODEL
+
+from statestream.contract.layout import StepLayout
+from statestream.contract.manifest import (
+    FORMAT_ADOPTED,
+    Constant,
+    Manifest,
+    ManifestError,
+    StateTensor,
+    adopted_layers,
+    read_manifest,
+)
+
+
+def test_the_general_path_equals_the_plain_keras_path():
+    """Exported Keras models take a plain path (the hot one); the general one (any batch axis, constants,
+    context) gives the same numbers on them."""
+    sess = ort.InferenceSession(str(DEMO_MODEL), providers=["CPUExecutionProvider"])
+    plain = StepLayout(read_manifest(sess.get_modelmeta()))
+    general = StepLayout(read_manifest(sess.get_modelmeta()))
+    general._plain = False
+    assert plain._plain
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    rows = rng.normal(size=(5, plain.width)).astype(np.float32)
+    for a, b in zip(plain.run(sess.run, x, rows), general.run(sess.run, x, rows)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _adopted(**kw) -> Manifest:
+    states = (StateTensor("state", "h", "state", "stateN", (2, 128), 1),)
+    fields = dict(name="vad", features=512, output_size=1, layers=adopted_layers(states, 64), format=FORMAT_ADOPTED,
+                  layout="BF", states=states, constants=(Constant("sr", "int64", (), (16000,)),), context=64)
+    fields.update(kw)
+    return Manifest(**fields)
+
+
+def test_an_adopted_manifest_round_trips_and_a_keras_one_keeps_format_1():
+    m = _adopted()
+    assert Manifest.from_json(m.to_json()) == m and m.state_width == 320
+    keras = json.loads(read_manifest(ort.InferenceSession(str(DEMO_MODEL)).get_modelmeta()).to_json())
+    assert keras["format"] == "statestream.manifest/1" and not {"states", "context", "layout"} & set(keras)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layout": "BTF"}, "context window (64) needs the BF layout"),
+    ({"layout": "FTB"}, "layout 'FTB'"),
+    ({"states": (StateTensor("state", "h", "state", "stateN", (2, 128), 3),)}, "batch axis 3"),
+    ({"layers": ()}, "do not describe the states"),
+])
+def test_a_manifest_that_cannot_run_is_refused_on_load(change, message):
+    d = json.loads(_adopted().to_json())
+    bad = _adopted(**change)
+    d.update(json.loads(bad.to_json()))
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        Manifest.from_json(json.dumps(d))
