@@ -263,4 +263,4 @@ def test_the_cli_lists_the_adopted_model(server):
     r = subprocess.run([sys.executable, "-m", "statestream.client.cli", "--target", server.target, "models"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "vad\tfeatures=512\toutputs=1\tlayers=[state(256), context(64)]"
+    assert r.stdout.strip().startswith("vad\tfeatures=512\toutputs=1\tlayers=[state(256), context(64)]\tversion=1")

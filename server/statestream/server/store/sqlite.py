@@ -110,25 +110,40 @@ class SqliteStore:
         self._failure: str | None = None
         self._verifying = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None,
-                                       timeout=busy_timeout)
-            if not shared:  # before the first access: the WAL index then never goes to a -shm file
-                self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            with self._tx():
-                self._db.execute(_SCHEMA)
-                have = {c[1] for c in self._db.execute("PRAGMA table_info(sessions)")}
-                for name, definition in _ADDED.items():
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {definition}")
-        except sqlite3.Error as e:
-            raise StoreUnreadable(self._unreadable(e)) from e
+        give_up = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self._db = self._open(shared, busy_timeout)
+                break
+            except sqlite3.Error as e:
+                # --workers open one new file at once: switching it to WAL does not wait on the busy handler, so
+                # a worker that finds it locked tries again (a single server's file held elsewhere is refused)
+                if not (shared and "locked" in str(e) and time.monotonic() < give_up):
+                    raise StoreUnreadable(self._unreadable(e)) from e
+                time.sleep(0.05)
         self._fd = os.open(self.path, os.O_RDONLY)  # the file opened: compared with the path after every call
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._purged = time.monotonic()
+
+    def _open(self, shared: bool, busy_timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=busy_timeout)
+        try:
+            if not shared:  # before the first access: the WAL index then never goes to a -shm file
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(_SCHEMA)
+            have = {c[1] for c in db.execute("PRAGMA table_info(sessions)")}
+            for name, definition in _ADDED.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE sessions ADD COLUMN {name} {definition}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _unreadable(self, e: sqlite3.Error) -> str:
         if "locked" in str(e):
