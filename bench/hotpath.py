@@ -35,6 +35,9 @@ class _Context:
     def invocation_metadata(self):
         return ()
 
+    def time_remaining(self):
+        return None  # the caller set no deadline
+
     async def abort(self, code, message):
         raise RuntimeError(f"{code}: {message}")
 
