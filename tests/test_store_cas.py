@@ -277,10 +277,10 @@ def test_specs(tmp_path):
 
 def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
-    from statestream.server.engine.sessions import Session
+    from statestream.server.engine.sessions import Cells, Session
     from statestream.server.engine.units import Unit
 
-    s = Session("p", "demo", 0, None, 60.0, 0.0)
+    s = Session("p", "demo", 0, None, 60.0, 0.0, Cells(1))
     for seq in (8, 9, 10):
         s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None, None), seq)
     s.start(s.head)

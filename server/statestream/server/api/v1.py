@@ -190,7 +190,7 @@ class StateStreamService(pb_grpc.StateStreamServiceServicer):
         info = self._info(request.model)
         g = await self.engine.open_group(request.model, request.group_id, list(request.session_ids), request.size,
                                          owner, request.idle_timeout_seconds)
-        return pb.OpenGroupResponse(group_id=g.id, session_ids=[s.id for s in g.members], model=info,
+        return pb.OpenGroupResponse(group_id=g.id, session_ids=g.ids, model=info,
                                     idle_timeout_seconds=g.members[0].timeout)
 
     @unary

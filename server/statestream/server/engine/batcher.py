@@ -13,7 +13,7 @@ import numpy as np
 from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
-from statestream.server.engine.sessions import GONE, READY, Session
+from statestream.server.engine.sessions import GONE, READY, Session, enqueue_many, finish_many, start_many
 from statestream.server.engine.table import SessionTable, gone
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.units import APPLIED, PENDING, PendingCounter, Unit
@@ -73,12 +73,7 @@ class Batcher:
         """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
         when BatchPolicy.where says so. Returns once it is queued or done: await `unit.future` for its outcome."""
         self.pending.take(len(unit.sessions))
-        seqs = unit.seqs
-        blocked = 0
-        for i, s in enumerate(unit.sessions):
-            if not s.enqueue(unit, None if seqs is None else seqs[i]):
-                blocked += 1
-        unit.blocked = blocked
+        unit.blocked = blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
         if blocked:
             return
         if self.policy.where(len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
@@ -151,10 +146,10 @@ class Batcher:
     def _start(self, units: list[Unit]) -> None:
         for unit in units:
             fate = unit.fate
-            self.pending.count -= fate.count(PENDING)
-            for i, s in enumerate(unit.sessions):
-                if fate[i] == PENDING:
-                    s.start(unit)
+            pending = fate.count(PENDING)
+            self.pending.count -= pending
+            start_many(self.slab, unit.sessions, unit.slots, unit,
+                       None if pending == len(fate) else [f == PENDING for f in fate])
 
     # -- the one run path -------------------------------------------------------------
 
@@ -170,8 +165,8 @@ class Batcher:
                 y, new = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, x, states)
             else:
                 y, new = self._infer(x, states)
-            counts = self._counts(units, sessions, y.shape[1])
-            new_entries = new if units[0].block is None else new[units[0].rows]
+            counts = self._counts(units, y.shape[1])
+            new_entries = new if units[0].keep is None else new[units[0].rows]
             results = self._results(units, y, new_entries, counts)
             statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
                                                      timeout=self._patience(units))
@@ -210,15 +205,16 @@ class Batcher:
             unit = units[0]
             if unit.block is not None:
                 return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)]
-            sessions, x = unit.sessions, unit.x
+            sessions, x, slots = unit.sessions, unit.x, unit.slots
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
+            slots = np.concatenate([u.slots for u in units])
         if len(sessions) == 1:
-            slot = sessions[0].slot
+            slot = slots[0]
             states = rows[slot:slot + 1]
         else:
-            states = rows[[s.slot for s in sessions]]
+            states = rows[slots]
         if any(u.reset for u in units):
             states = states.copy()
             a = 0
@@ -239,9 +235,10 @@ class Batcher:
             raise Internal("the model produced NaN or Inf; nothing was applied")
         return y, new_states
 
-    @staticmethod
-    def _counts(units: list[Unit], sessions: list[Session], T: int) -> np.ndarray:
-        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions))
+    def _counts(self, units: list[Unit], T: int) -> np.ndarray:
+        """Each entry's step count after this run."""
+        steps = self.slab.steps
+        counts = steps[units[0].slots] if len(units) == 1 else np.concatenate([steps[u.slots] for u in units])
         a = 0
         for u in units:
             if u.reset:
@@ -280,14 +277,19 @@ class Batcher:
         """Make a finished run the truth of its sessions and settle their entries, unit by unit. An entry whose
         commit lost a compare-and-set (conflict, missing) is left to _redo; one of a session closed meanwhile is
         answered but not written."""
-        counts_list = counts.tolist()
+        counts_list = None
         a = 0
         for unit in units:
             n = len(unit.sessions)
             if len(units) == 1:
-                unit.y, unit.states, unit.counts = (y if unit.block is None else y[unit.rows]), new_entries, counts
+                unit.y, unit.states, unit.counts = (y if unit.keep is None else y[unit.rows]), new_entries, counts
             else:
                 unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
+            if self._finish_all(unit, a, results, statuses):
+                a += n
+                continue
+            if counts_list is None:
+                counts_list = counts.tolist()
             skip: list[int] = []  # entries whose row is not written
             fps = unit.fps
             try:
@@ -313,25 +315,52 @@ class Batcher:
                 unit.group.applied(unit)
             a += n
 
+    def _finish_all(self, unit: Unit, a: int, results, statuses) -> bool:
+        """Apply a unit whose entries all committed and are all still running it in one pass over the cells (the
+        common case); False when it needs entry by entry."""
+        n = len(unit.sessions)
+        if unit.left != n or (statuses is not None and statuses[a:a + n].count(OK) != n):
+            return False
+        done = finish_many(self.slab, unit.slots, unit, unit.counts)
+        if done is None:
+            return False
+        ready, closed = done
+        unit.fate[:] = bytes([APPLIED]) * n
+        skip = closed.tolist()
+        try:
+            if unit.reset or results:
+                fps = unit.fps
+                for i, s in enumerate(unit.sessions):
+                    if unit.reset:
+                        s.restarted()
+                    if results and results[a + i] is not None:
+                        s.record(results[a + i].sequence_number, results[a + i], fps[i] if fps else 0)
+            for i in skip:
+                self.table.release(unit.sessions[i])
+        finally:  # applied: written, and the sessions' next units may run, also when a bookkeeping step broke off
+            self._write_rows(unit, unit.states, skip)
+            for head in ready:
+                self._one_ready(head)
+        if unit.group is not None:
+            unit.group.applied(unit)
+        unit.settle(n)
+        return True
+
     def _write_rows(self, unit: Unit, new: np.ndarray, skip: list[int]) -> None:
         """One slab write for a unit's applied entries (a group's: into its block, in place)."""
         rows = self.slab.rows
-        if unit.block is not None:
-            if not skip and unit.keep is None:
-                rows[unit.block:unit.block + len(unit.rows)] = new
-                return
-            entries = unit.rows if not skip else np.delete(unit.rows, skip)
-            rows[unit.block + entries] = new if not skip else np.delete(new, skip, axis=0)
-            return
+        slots = unit.slots
         if not skip:
             if len(unit.sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
-                rows[unit.sessions[0].slot] = new[0]
+                rows[slots[0]] = new[0]
             else:
-                rows[[s.slot for s in unit.sessions]] = new
+                rows[slots] = new
         elif len(skip) < len(unit.sessions):
             keep = np.ones(len(unit.sessions), dtype=bool)
             keep[skip] = False
-            rows[np.asarray([s.slot for s in unit.sessions])[keep]] = new[keep]
+            if isinstance(slots, slice):
+                slots = np.arange(slots.start, slots.stop)
+            rows[slots[keep]] = new[keep]
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
         """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),

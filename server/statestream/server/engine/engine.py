@@ -238,6 +238,7 @@ class Engine:
             elif isinstance(found, StepResult):
                 replays[i] = found
             else:
+                found.waited_by(req.deadline)
                 waits.append((i, found))
         if stale:
             for s in stale:
@@ -379,6 +380,7 @@ class Engine:
         else:
             outcome = REPLAYED
             if isinstance(found, Unit):
+                found.waited_by(req.deadline)
                 if not found.future.done():
                     await asyncio.shield(found.future)
                 if g.last_seq != req.seq:
@@ -415,6 +417,6 @@ class Engine:
     @staticmethod
     def _group_reply(g: Group, out: np.ndarray, step_count: int, outcome: str, req: StepRequest) -> StepReply:
         n = len(g.members)
-        return StepReply(g.model, [s.id for s in g.members], out, np.zeros((n, 0), np.float32),
+        return StepReply(g.model, g.ids, out, np.zeros((n, 0), np.float32),
                          np.zeros(n, np.int64), None if req.seq is None else [req.seq], [outcome], {},
                          group_step_count=step_count)

@@ -19,7 +19,7 @@ from statestream.contract.errors import (
     show,
 )
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import CLOSED, IDLE, Session, check_session_id
+from statestream.server.engine.sessions import CLOSED, IDLE, PHASES, Cells, Session, check_session_id
 from statestream.server.engine.types import StepResult
 from statestream.server.store.base import SessionRecord
 
@@ -31,20 +31,29 @@ def gone(s: Session) -> NotFound:
     return NotFound(f"session {s.id!r} was closed or expired on another replica")
 
 
-class Slab:
-    """A model's states: float32 [capacity, W]; a session owns one row (slot)."""
+class Slab(Cells):
+    """A model's sessions: their states, float32 [capacity, W], and their Cells; a session owns one slot.
+
+    Slot 0 is never a session's: it stays CLOSED, and a closed session that left its slot (Session.detach) names
+    it, so a bulk transition given that session's slot sees it closed."""
 
     def __init__(self, width: int, capacity: int = 1024):
+        super().__init__(capacity)
         self.width = width
         self.rows = np.zeros((capacity, width), dtype=np.float32)
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._free: list[int] = list(range(capacity - 1, 0, -1))
+        self.phase[0] = PHASES.index(CLOSED)
+
+    def _grow(self, capacity: int) -> None:
+        grown = np.zeros((capacity, self.width), dtype=np.float32)
+        grown[:self.rows.shape[0]] = self.rows
+        self.rows = grown
+        self.grow(capacity)
 
     def alloc(self) -> int:
         if not self._free:
             old = self.rows.shape[0]
-            grown = np.zeros((old * 2, self.width), dtype=np.float32)
-            grown[:old] = self.rows
-            self.rows = grown
+            self._grow(old * 2)
             self._free = list(range(2 * old - 1, old - 1, -1))
         slot = self._free.pop()
         self.rows[slot] = 0.0
@@ -62,9 +71,7 @@ class Slab:
         if start is None:
             old = self.rows.shape[0]
             cap = old + max(n, old)
-            grown = np.zeros((cap, self.width), dtype=np.float32)
-            grown[:old] = self.rows
-            self.rows = grown
+            self._grow(cap)
             self._free = list(range(cap - 1, old + n - 1, -1)) + self._free  # the rest, used after older free rows
             start = old
         else:
@@ -123,7 +130,8 @@ class SessionTable:
         else:
             sid = secrets.token_hex(16)
         self._check_room()
-        return self._insert(Session(sid, model, self.slabs[model].alloc(), owner, timeout, self.clock()))
+        slab = self.slabs[model]
+        return self._insert(Session(sid, model, slab.alloc(), owner, timeout, self.clock(), slab))
 
     def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None) -> list[Session]:
         """Open N sessions whose state rows are contiguous (a session group), in order; all or none.
@@ -138,9 +146,10 @@ class SessionTable:
             if _key(sid, owner) in self._sessions:
                 raise AlreadyExists(f"session {sid!r} is already open")
         self._check_room(len(sids))
-        start = self.slabs[model].alloc_block(len(sids))
+        slab = self.slabs[model]
+        start = slab.alloc_block(len(sids))
         now = self.clock()
-        return [self._insert(Session(sid, model, start + i, owner, timeout, now)) for i, sid in enumerate(sids)]
+        return [self._insert(Session(sid, model, start + i, owner, timeout, now, slab)) for i, sid in enumerate(sids)]
 
     def _check_room(self, n: int = 1) -> None:
         if len(self._sessions) + n > self.max_sessions:
@@ -161,9 +170,10 @@ class SessionTable:
         slab = self.slabs[model]
         start = slab.alloc_block(len(sessions))
         for i, s in enumerate(sessions):
-            slab.rows[start + i] = slab.rows[s.slot]
-            slab.free(s.slot)
-            s.slot = start + i
+            old = s.slot
+            slab.rows[start + i] = slab.rows[old]
+            s.move(start + i)
+            slab.free(old)
         return sessions
 
     def make_room(self) -> None:
@@ -236,12 +246,20 @@ class SessionTable:
             return
         del self._sessions[_key(s.id, s.owner)]
         if s.close():
-            self.slabs[s.model].free(s.slot)
+            self._free(s)
 
     def release(self, s: Session) -> None:
         """After a run: free the slot of a session that was closed while it ran."""
         if s.phase is CLOSED and s.running is None:
-            self.slabs[s.model].free(s.slot)
+            self._free(s)
+
+    def _free(self, s: Session) -> None:
+        """A closed session leaves its slot (once)."""
+        slab = self.slabs[s.model]
+        if s.cells is slab:
+            slot = s.slot
+            s.detach()
+            slab.free(slot)
 
     def state(self, s: Session) -> np.ndarray:
         return self.slabs[s.model].rows[s.slot]
@@ -296,7 +314,8 @@ class SessionTable:
         now = self.clock()
         if s is None:
             self._check_room()
-            s = self._insert(Session(rec.id, rec.model, self.slabs[rec.model].alloc(), rec.owner, rec.timeout, now))
+            slab = self.slabs[rec.model]
+            s = self._insert(Session(rec.id, rec.model, slab.alloc(), rec.owner, rec.timeout, now, slab))
         self.slabs[rec.model].rows[s.slot] = rec.state
         s.load(rec)
         s.touch(now - rec.timeout + max(0.0, min(rec.timeout, rec.expires_at - time.time())))
