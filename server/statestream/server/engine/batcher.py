@@ -168,8 +168,10 @@ class Batcher:
             counts = self._counts(units, y.shape[1])
             new_entries = new if units[0].keep is None else new[units[0].rows]
             results = self._results(units, y, new_entries, counts)
-            statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
-                                                     timeout=self._patience(units))
+            statuses = None
+            if self.persistence.durable:
+                statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
+                                                         timeout=self._patience(units))
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
             return
@@ -181,8 +183,9 @@ class Batcher:
         finally:
             self.policy.ran(len(sessions))
             if self.metrics is not None:
-                self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1],
-                                           t0 - min(u.enqueued for u in units), time.perf_counter() - t0)
+                enqueued = units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)
+                self.metrics.observe_batch(self.runner.name, len(sessions), x.shape[1], t0 - enqueued,
+                                           time.perf_counter() - t0)
         if statuses is not None and (CONFLICT in statuses or MISSING in statuses):  # after the apply: these wait
             try:
                 await self._redo(units, statuses)
@@ -238,7 +241,10 @@ class Batcher:
     def _counts(self, units: list[Unit], T: int) -> np.ndarray:
         """Each entry's step count after this run."""
         steps = self.slab.steps
-        counts = steps[units[0].slots] if len(units) == 1 else np.concatenate([steps[u.slots] for u in units])
+        if len(units) == 1:
+            unit = units[0]
+            return np.full(len(unit.sessions), T, np.int64) if unit.reset else steps[unit.slots] + T
+        counts = np.concatenate([steps[u.slots] for u in units])
         a = 0
         for u in units:
             if u.reset:
@@ -249,16 +255,14 @@ class Batcher:
     @staticmethod
     def _results(units, y, new_states, counts) -> list | None:
         """The responses to record (copies), for the numbered steps of a run; None when it has none."""
-        if all(u.seqs is None for u in units):
+        if units[0].seqs is None and (len(units) == 1 or all(u.seqs is None for u in units)):
             return None
         seqs = [q for u in units for q in (u.seqs or [None] * len(u.sessions))]
         return [None if q is None else StepResult(y[i].copy(), new_states[i].copy(), int(counts[i]), q)
                 for i, q in enumerate(seqs)]
 
-    def _records(self, units, sessions, new_states, counts, results) -> list | None:
-        """What the store must hold after this run (None: nothing is stored); a closed session's entry is None."""
-        if not self.persistence.durable:
-            return None
+    def _records(self, units, sessions, new_states, counts, results) -> list:
+        """What the (durable) store must hold after this run; a closed session's entry is None."""
         fps = [f for u in units for f in (u.fps or [0] * len(u.sessions))]
         record = self.table.record
         return [None if s.closed else record(s, new_states[j], int(counts[j]), results[j] if results else None,

@@ -22,7 +22,7 @@ from statestream.server.engine.directory import Directory
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import Session
+from statestream.server.engine.sessions import BULK, Session
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
 from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
@@ -148,12 +148,17 @@ class Engine:
             raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
         errors: dict[int, StatestreamError] = {}
         sessions, opened = await self._resolve(req, errors)
-        decided = await self._decide(req, sessions, errors)
-        if decided is None:
-            decided = await self._decide(req, sessions, errors, reread=False)
-        new, fps, replays, waits = decided
         model = req.model or next((s.model for s in sessions if s is not None), "")
-        units = await self._submit(req, model, sessions, new, fps, errors) if new else []
+        decided = self._decide(req, model, sessions, errors)
+        if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
+            for s in decided:
+                try:
+                    await self.directory.reread(s)
+                except StatestreamError as e:
+                    errors[sessions.index(s)] = e
+            decided = self._decide(req, model, sessions, errors, reread=False)
+        new, fps, replays, waits, slots = decided
+        units = await self._submit(req, model, sessions, new, fps, slots, errors) if new else []
         reply = await self._answer(req, model, sessions, units, replays, waits, errors)
         if opened:
             for i in reply.errors:
@@ -199,11 +204,19 @@ class Engine:
                 opened[i] = True
         return sessions, opened
 
-    async def _decide(self, req: StepRequest, sessions: list, errors: dict, reread: bool = True):
+    def _decide(self, req: StepRequest, model: str, sessions: list, errors: dict, reread: bool = True):
         """The exactly-once decision of every entry: (new entries, their fingerprints, replays {i: result}, waits
-        [(i, unit)]). A refusal of a session cached from a shared store re-reads it first and returns None (decide
-        again: nothing was queued meanwhile)."""
+        [(i, unit)], the new entries' slots or None). The sessions cached from a shared store that refused are
+        returned instead, as a list, to be re-read first (then decide again: nothing was queued meanwhile).
+
+        Unnumbered entries of sessions that are all found decide at once, against the arrays of their model."""
         seqs = req.seqs
+        n = len(sessions)
+        if seqs is None and n >= BULK and not errors:
+            slab = self.table.slabs[model]
+            slots = np.fromiter((s.slot for s in sessions), np.intp, n)
+            if (slab.waiting[slots] < self.max_pending_per_session).all():
+                return list(range(n)), None, {}, [], slots
         new: list[int] = []
         fps: list[int] | None = None if seqs is None else []
         replays: dict[int, StepResult] = {}
@@ -241,30 +254,26 @@ class Engine:
                 found.waited_by(req.deadline)
                 waits.append((i, found))
         if stale:
-            for s in stale:
-                try:
-                    await self.directory.reread(s)
-                except StatestreamError as e:
-                    errors[sessions.index(s)] = e
-            return None
-        return new, fps, replays, waits
+            return stale
+        return new, fps, replays, waits, None
 
-    async def _submit(self, req: StepRequest, model: str, sessions: list, new: list[int], fps: list | None,
+    async def _submit(self, req: StepRequest, model: str, sessions: list, new: list[int], fps: list | None, slots,
                       errors: dict) -> list[tuple[list[int], Unit]]:
-        """Queue the new entries, one unit per max_batch_size of them."""
+        """Queue the new entries, one unit per max_batch_size of them (touched). `slots`: theirs, when _decide has
+        them; they name the sessions only until a run yields the loop, so only a first unit takes them."""
         batcher = self.batchers[model]
         m = batcher.max_batch_size
         loop = asyncio.get_running_loop()
-        now_sessions = [sessions[i] for i in new]
-        self.table.touch_many(now_sessions)
+        now_sessions = sessions if len(new) == len(sessions) else [sessions[i] for i in new]
         units = []
         for k in range(0, len(new), m):
             chunk = new[k:k + m]
             x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
-                        reset=req.reset)
+                        reset=req.reset, slots=slots[:m] if slots is not None and k == 0 else None)
             unit.deadline = req.deadline
+            self.table.touch_many(model, unit.slots)
             try:
                 await batcher.submit(unit, stream=req.stream)
             except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
@@ -279,9 +288,9 @@ class Engine:
         for _, unit in units:
             if not unit.future.done():
                 await asyncio.shield(unit.future)
-        if n == 1 and units and not units[0][1].errors:  # the unary case: the unit's arrays are the answer
+        if len(units) == 1 and len(units[0][0]) == n and not units[0][1].errors:  # one unit did it all: its arrays
             unit = units[0][1]
-            return StepReply(model, [sessions[0].id], unit.y, unit.states, unit.counts, req.seqs, [APPLIED], errors)
+            return StepReply(model, req.ids, unit.y, unit.states, unit.counts, req.seqs, [APPLIED] * n, errors)
         runner = self.runner(model) if model else None
         O = runner.output_size if runner else 0
         W = runner.state_width if runner else 0
@@ -409,7 +418,7 @@ class Engine:
         now = self.table.clock()
         if now - g.touched > TOUCH_EVERY or keep is not None:
             g.touched = now
-            self.table.touch_many(members)
+            self.table.touch_many(g.model, unit.slots)
         if not unit.future.done():
             await asyncio.shield(unit.future)
         return unit

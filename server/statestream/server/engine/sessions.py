@@ -40,8 +40,9 @@ class Cells:
     Session in each slot (None: free or closed), so a bulk transition can check that slots still hold the sessions
     it was given."""
 
-    FIELDS = (("phase", np.int8), ("steps", np.int64), ("version", np.int64), ("queued", np.int32),
-              ("head", object), ("running", object), ("session", object))
+    FIELDS = (("phase", np.int8), ("steps", np.int64), ("version", np.int64), ("waiting", np.int32),
+              ("deadline", np.float64), ("timeout", np.float64), ("head", object), ("running", object),
+              ("session", object))
 
     def __init__(self, capacity: int):
         for name, dtype in self.FIELDS:
@@ -80,10 +81,13 @@ class Session(Ledger):
     Exactly-once is its Ledger: `accept` decides on a sequence number, `finish` records the step it applied.
     """
 
-    __slots__ = ("id", "model", "slot", "owner", "timeout", "deadline", "queue", "cells")
+    __slots__ = ("id", "model", "slot", "owner", "queue", "cells")
 
     step_count = _field("steps", "steps applied so far", int)
     version = _field("version", "bumped by every committed change; the compare-and-set key of a shared store", int)
+    timeout = _field("timeout", "seconds idle before it expires", float)
+    deadline = _field("deadline", "when it expires unless touched (the table's clock)", float)
+    waiting = _field("waiting", "units not yet run (its head and the queue behind it)", int)
     head = _field("head", "the unit this session runs next")
     running = _field("running", "the unit of this session in a model run now")
 
@@ -93,13 +97,13 @@ class Session(Ledger):
         self.model = model
         self.slot = slot
         self.owner = owner
-        self.timeout = timeout
-        self.deadline = now + timeout
         self.queue: deque | tuple = ()  # units behind head; a deque only while there are some (1M idle sessions stay small)
         self.cells = cells
         for name, _ in Cells.FIELDS:
             getattr(cells, name)[slot] = None if name in ("head", "running") else 0
         cells.session[slot] = self
+        self.timeout = timeout
+        self.deadline = now + timeout
 
     @property
     def phase(self) -> Phase:
@@ -108,8 +112,8 @@ class Session(Ledger):
     def _to(self, code: int) -> None:
         self.cells.phase[self.slot] = code
 
-    def _queue_changed(self) -> None:
-        self.cells.queued[self.slot] = len(self.queue)
+    def _wait(self, more: int) -> None:
+        self.cells.waiting[self.slot] += more
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, {self.phase.value}, step {self.step_count})"
@@ -123,10 +127,6 @@ class Session(Ledger):
         """Nothing queued, running or held: a new step could run right now."""
         return self.cells.phase[self.slot] == _IDLE
 
-    @property
-    def waiting(self) -> int:
-        """Units not yet run."""
-        return (self.head is not None) + len(self.queue)
 
     # -- exactly-once (Ledger) -------------------------------------------------------
 
@@ -147,6 +147,7 @@ class Session(Ledger):
             raise NotFound(f"session {self.id!r} was closed")
         if seq is not None:
             self.accepted_seq = seq
+        self._wait(1)
         if self.head is None:
             self.head = unit
             if phase == _IDLE:
@@ -156,18 +157,14 @@ class Session(Ledger):
         if not self.queue:
             self.queue = deque()
         self.queue.append(unit)
-        self._queue_changed()
         return False
 
     def start(self, unit) -> None:
         """QUEUED -> RUNNING with `unit`, which must be its head."""
         if self.head is not unit or self.phase is not QUEUED:
             raise RuntimeError(f"{self}: started a unit that is not its next one")
-        if self.queue:
-            self.head = self.queue.popleft()
-            self._queue_changed()
-        else:
-            self.head = None
+        self.head = self.queue.popleft() if self.queue else None
+        self._wait(-1)
         self._to(_RUNNING)
         self.running = unit
 
@@ -206,8 +203,8 @@ class Session(Ledger):
             if not self.queue:
                 self.queue = deque()
             self.queue.appendleft(self.head)
-            self._queue_changed()
         self.head = unit
+        self._wait(1)
         self._to(_QUEUED)
 
     def drain(self) -> tuple[list, bool]:
@@ -217,7 +214,7 @@ class Session(Ledger):
         was_ready = self.phase is QUEUED
         self.head = None
         self.queue = ()
-        self._queue_changed()
+        self.cells.waiting[self.slot] = 0
         if was_ready:
             self._to(_IDLE)
         return units, was_ready
@@ -305,9 +302,10 @@ class Session(Ledger):
 def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> int:
     """Session.enqueue of each of a unit's sessions (`slots` theirs, `seqs` their step numbers); how many are not
     ready for it. One pass over the arrays when every session is idle, the common case; else session by session."""
-    if len(sessions) >= BULK and not cells.phase[slots].any():  # every one IDLE: nothing queued, running or held, none closed
+    if len(sessions) >= BULK and not cells.phase[slots].any():  # all IDLE: nothing queued, running or held, none closed
         cells.phase[slots] = _QUEUED
         cells.head[slots] = unit
+        cells.waiting[slots] = 1
         if seqs is not None:
             for s, q in zip(sessions, seqs):
                 if q is not None:
@@ -323,10 +321,12 @@ def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -
 def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | None) -> None:
     """Session.start of a unit's sessions (`pending`: which entries; None: all). One pass when every one has
     nothing queued behind this unit."""
-    if pending is None and len(sessions) >= BULK and not cells.queued[slots].any() and (cells.phase[slots] == _QUEUED).all():
+    if pending is None and len(sessions) >= BULK and (cells.waiting[slots] == 1).all() and \
+            (cells.phase[slots] == _QUEUED).all():
         cells.phase[slots] = _RUNNING
         cells.running[slots] = unit
         cells.head[slots] = None
+        cells.waiting[slots] = 0
         return
     for i, s in enumerate(sessions):
         if pending is None or pending[i]:
@@ -342,11 +342,13 @@ def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np
     cells.steps[slots] = counts
     cells.version[slots] += 1
     cells.running[slots] = None
-    nxt = cells.head[slots]
     closed = cells.phase[slots] == _CLOSED
-    waiting = np.not_equal(nxt, None)
+    waiting = cells.waiting[slots] > 0
+    if not waiting.any():
+        cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
+        return [], np.flatnonzero(closed)
     cells.phase[slots] = np.where(closed, _CLOSED, np.where(waiting, _QUEUED, _IDLE))
-    return nxt[waiting & ~closed].tolist(), np.flatnonzero(closed)
+    return cells.head[slots][waiting & ~closed].tolist(), np.flatnonzero(closed)
 
 
 def check_session_id(sid: str) -> None:

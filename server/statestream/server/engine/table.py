@@ -234,11 +234,10 @@ class SessionTable:
     def touch(self, s: Session) -> None:
         s.touch(self.clock())
 
-    def touch_many(self, sessions: list[Session | None]) -> None:
-        now = self.clock()
-        for s in sessions:
-            if s is not None:
-                s.touch(now)
+    def touch_many(self, model: str, slots) -> None:
+        """Activity of the sessions in these slots of `model` (a unit's): their idle deadlines move, at once."""
+        slab = self.slabs[model]
+        slab.deadline[slots] = self.clock() + slab.timeout[slots]
 
     def close(self, s: Session) -> None:
         """Remove a session; its slot is freed now, or when its running unit is done (`release`)."""

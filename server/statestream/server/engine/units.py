@@ -28,7 +28,7 @@ class Unit:
 
     def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                  future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
-                 keep: np.ndarray | None = None, reset: bool = False, group=None):
+                 keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None):
         self.sessions = sessions
         self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
@@ -45,7 +45,9 @@ class Unit:
         self.keep = keep
         self.rows = None if block is None else (np.arange(len(x)) if keep is None else np.flatnonzero(keep))
         # the sessions' slots: the cells and state rows of entry i are at slots[i] (a group's block: a slice)
-        if block is None:
+        if slots is not None:
+            self.slots = slots
+        elif block is None:
             self.slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions))
         else:
             self.slots = slice(block, block + len(x)) if keep is None else block + self.rows
