@@ -13,7 +13,16 @@ import numpy as np
 from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
-from statestream.server.engine.sessions import GONE, READY, Session, enqueue_many, finish_many, start_many
+from statestream.server.engine.sessions import (
+    GONE,
+    READY,
+    Session,
+    all_idle,
+    claim_many,
+    enqueue_many,
+    finish_many,
+    start_many,
+)
 from statestream.server.engine.table import SessionTable, gone
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.units import APPLIED, PENDING, PendingCounter, Unit
@@ -72,15 +81,15 @@ class Batcher:
     async def submit(self, unit: Unit, *, stream: bool = False) -> None:
         """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
         when BatchPolicy.where says so. Returns once it is queued or done: await `unit.future` for its outcome."""
-        self.pending.take(len(unit.sessions))
-        unit.blocked = blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
-        if blocked:
-            return
-        if self.policy.where(len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
-                             stream=stream) is CALLER:
-            self._start([unit])
+        if all_idle(self.slab, unit.sessions, unit.slots) and self.policy.where(
+                len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
+                stream=stream) is CALLER:
+            claim_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
             await self._execute([unit])
-        else:
+            return
+        self.pending.take(len(unit.sessions))
+        unit.blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
+        if not unit.blocked:
             self._push(unit)
 
     def _one_ready(self, unit: Unit) -> None:

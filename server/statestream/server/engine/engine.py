@@ -147,7 +147,9 @@ class Engine:
         if req.seqs is not None and len(req.seqs) != n:
             raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
         errors: dict[int, StatestreamError] = {}
-        sessions, opened = await self._resolve(req, errors)
+        sessions, opened = self._cached(req), None
+        if sessions is None:
+            sessions, opened = await self._resolve(req, errors)
         model = req.model or next((s.model for s in sessions if s is not None), "")
         decided = self._decide(req, model, sessions, errors)
         if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
@@ -166,16 +168,26 @@ class Engine:
                     await self.directory.abandon(sessions[i], True)
         return reply
 
+    def _cached(self, req: StepRequest) -> list | None:
+        """The sessions of the entries when every one is cached here, distinct, on the model, with a finite input
+        (most requests); None: _resolve them."""
+        sessions = self.table.find_many(req.ids, req.owner)
+        if None in sessions or not np.isfinite(req.x).all():
+            return None
+        model = req.model or sessions[0].model
+        if len(sessions) == 1:
+            return sessions if sessions[0].model == model else None
+        if len(set(req.ids)) == len(sessions) and all(s.model == model for s in sessions):
+            return sessions
+        return None
+
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
-        """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input)."""
+        """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read
+        through or opened as the request says; and which ones were opened for it."""
         owner = req.owner
-        sessions = self.table.find_many(req.ids, owner)  # cached here: most requests need nothing more
+        sessions = self.table.find_many(req.ids, owner)
         n = len(sessions)
         finite = np.isfinite(req.x).all(axis=(1, 2))
-        if n == 1:
-            s = sessions[0]
-            if s is not None and (not req.model or s.model == req.model) and finite[0]:
-                return sessions, None
         opened: list | None = None
         seen: set[str] = set()
         dupes = len(set(req.ids)) != n

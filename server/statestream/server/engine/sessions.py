@@ -7,6 +7,7 @@ a Session is the per-session view of its slot."""
 from __future__ import annotations
 
 import enum
+import operator
 from collections import deque
 
 import numpy as np
@@ -63,12 +64,16 @@ class Cells:
 
 def _field(name: str, doc: str, kind=None):
     """A Session attribute kept in its Cells (`kind` converts numbers out of numpy)."""
-    def get(self):
-        value = getattr(self.cells, name)[self.slot]
-        return value if kind is None else kind(value)
+    values = operator.attrgetter(name)
+    if kind is None:
+        def get(self):
+            return values(self.cells)[self.slot]
+    else:
+        def get(self):
+            return kind(values(self.cells)[self.slot])
 
     def put(self, value):
-        getattr(self.cells, name)[self.slot] = value
+        values(self.cells)[self.slot] = value
 
     return property(get, put, doc=doc)
 
@@ -158,6 +163,13 @@ class Session(Ledger):
             self.queue = deque()
         self.queue.append(unit)
         return False
+
+    def claim(self, unit, seq: int | None) -> None:
+        """IDLE -> RUNNING with `unit` (carrying step `seq`), which runs now: nothing is queued before it."""
+        if seq is not None:
+            self.accepted_seq = seq
+        self._to(_RUNNING)
+        self.running = unit
 
     def start(self, unit) -> None:
         """QUEUED -> RUNNING with `unit`, which must be its head."""
@@ -298,6 +310,27 @@ class Session(Ledger):
 
 
 # -- the transitions of every session of a unit at once (the batcher's side) --------------------------------
+
+def all_idle(cells: Cells, sessions: list, slots) -> bool:
+    """Is every one of these sessions idle?"""
+    if len(sessions) < BULK:
+        return all(s.idle for s in sessions)
+    return not cells.phase[slots].any()
+
+
+def claim_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> None:
+    """Session.claim of a unit's sessions, all idle (all_idle): the unit runs now."""
+    if len(sessions) < BULK:
+        for i, s in enumerate(sessions):
+            s.claim(unit, None if seqs is None else seqs[i])
+        return
+    cells.phase[slots] = _RUNNING
+    cells.running[slots] = unit
+    if seqs is not None:
+        for s, q in zip(sessions, seqs):
+            if q is not None:
+                s.accepted_seq = q
+
 
 def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> int:
     """Session.enqueue of each of a unit's sessions (`slots` theirs, `seqs` their step numbers); how many are not

@@ -237,6 +237,8 @@ class SessionTable:
     def touch_many(self, model: str, slots) -> None:
         """Activity of the sessions in these slots of `model` (a unit's): their idle deadlines move, at once."""
         slab = self.slabs[model]
+        if not isinstance(slots, slice) and len(slots) == 1:  # one session: numpy's scalar indexing is cheaper
+            slots = slots[0]
         slab.deadline[slots] = self.clock() + slab.timeout[slots]
 
     def close(self, s: Session) -> None:
