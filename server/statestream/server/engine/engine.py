@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from statestream.server.engine.units import Unit
 
 log = logging.getLogger("statestream.engine")
 
+_slot = operator.attrgetter("slot")
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
 
 
@@ -147,18 +149,19 @@ class Engine:
         if req.seqs is not None and len(req.seqs) != n:
             raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
         errors: dict[int, StatestreamError] = {}
-        sessions, opened = self._cached(req), None
+        sessions, slots = self._cached(req)
+        opened = None
         if sessions is None:
             sessions, opened = await self._resolve(req, errors)
         model = req.model or next((s.model for s in sessions if s is not None), "")
-        decided = self._decide(req, model, sessions, errors)
+        decided = self._decide(req, model, sessions, errors, slots)
         if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
             for s in decided:
                 try:
                     await self.directory.reread(s)
                 except StatestreamError as e:
                     errors[sessions.index(s)] = e
-            decided = self._decide(req, model, sessions, errors, reread=False)
+            decided = self._decide(req, model, sessions, errors, None, reread=False)
         new, fps, replays, waits, slots = decided
         units = await self._submit(req, model, sessions, new, fps, slots, errors) if new else []
         reply = await self._answer(req, model, sessions, units, replays, waits, errors)
@@ -168,18 +171,23 @@ class Engine:
                     await self.directory.abandon(sessions[i], True)
         return reply
 
-    def _cached(self, req: StepRequest) -> list | None:
-        """The sessions of the entries when every one is cached here, distinct, on the model, with a finite input
-        (most requests); None: _resolve them."""
+    def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
+        """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
+        on the model, with a finite input: most requests; (None, None): _resolve them."""
         sessions = self.table.find_many(req.ids, req.owner)
         if None in sessions or not np.isfinite(req.x).all():
-            return None
+            return None, None
         model = req.model or sessions[0].model
-        if len(sessions) == 1:
-            return sessions if sessions[0].model == model else None
-        if len(set(req.ids)) == len(sessions) and all(s.model == model for s in sessions):
-            return sessions
-        return None
+        n = len(sessions)
+        if n == 1:
+            return (sessions, None) if sessions[0].model == model else (None, None)
+        slab = self.table.slabs.get(model)
+        if slab is None or len(set(req.ids)) != n:
+            return None, None
+        slots = np.fromiter(map(_slot, sessions), np.intp, n)
+        objects = np.empty(n, dtype=object)
+        objects[:] = sessions
+        return (sessions, slots) if slab.holds(slots, objects) else (None, None)  # all in the model's slab
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
         """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read
@@ -216,18 +224,16 @@ class Engine:
                 opened[i] = True
         return sessions, opened
 
-    def _decide(self, req: StepRequest, model: str, sessions: list, errors: dict, reread: bool = True):
+    def _decide(self, req: StepRequest, model: str, sessions: list, errors: dict, slots, reread: bool = True):
         """The exactly-once decision of every entry: (new entries, their fingerprints, replays {i: result}, waits
         [(i, unit)], the new entries' slots or None). The sessions cached from a shared store that refused are
         returned instead, as a list, to be re-read first (then decide again: nothing was queued meanwhile).
 
-        Unnumbered entries of sessions that are all found decide at once, against the arrays of their model."""
+        Unnumbered entries of many sessions found at once (`slots`, from _cached) decide at once, on the arrays."""
         seqs = req.seqs
         n = len(sessions)
-        if seqs is None and n >= BULK and not errors:
-            slab = self.table.slabs[model]
-            slots = np.fromiter((s.slot for s in sessions), np.intp, n)
-            if (slab.waiting[slots] < self.max_pending_per_session).all():
+        if seqs is None and n >= BULK and slots is not None:
+            if (self.table.slabs[model].waiting[slots] < self.max_pending_per_session).all():
                 return list(range(n)), None, {}, [], slots
         new: list[int] = []
         fps: list[int] | None = None if seqs is None else []

@@ -211,7 +211,7 @@ class SessionTable:
     def find_many(self, ids: list[str], owner: str | None = None) -> list[Session | None]:
         get = self._sessions.get
         if owner is None:
-            return [get(sid) for sid in ids]
+            return list(map(get, ids))
         return [get(_key(sid, owner)) for sid in ids]
 
     def get(self, sid: str, owner: str | None = None) -> Session:
