@@ -53,7 +53,7 @@ def bumped(rec: SessionRecord, version: int | None = None) -> SessionRecord:
     return new
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-script"])
+@pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SqliteStore(str(tmp_path / "s.db"), shared=True)
@@ -61,8 +61,7 @@ def store(request, tmp_path):
         s.close()
         return
     with RedisProcess() as r:
-        mode = "script" if request.param == "redis-script" else "pipeline"
-        yield RedisStore(r.url, batch_mode=mode)
+        yield RedisStore(r.url)
 
 
 def run(coro):
@@ -139,10 +138,9 @@ def test_redis_ttl_is_the_idle_timeout_refreshed_by_every_write(redis_proc):
     run(go())
 
 
-@pytest.mark.parametrize("mode", ["pipeline", "script"])
-def test_redis_script_flush_reloads_the_script(redis_proc, mode):
+def test_redis_script_flush_reloads_the_script(redis_proc):
     async def go():
-        store = RedisStore(redis_proc.url, batch_mode=mode)
+        store = RedisStore(redis_proc.url)
         recs = [record(f"f{i}") for i in range(5)]
         for r in recs:
             await store.create(r)
