@@ -399,8 +399,10 @@ class Engine:
                 g.dropped(unit)
                 raise unit.errors[min(unit.errors)]
             if req.seq is None:
-                out = np.zeros((n, *unit.y.shape[1:]), dtype=np.float32)
-                out[unit.rows] = unit.y
+                out = unit.y  # every member stepped: the run's outputs are the answer
+                if keep is not None:
+                    out = np.zeros((n, *unit.y.shape[1:]), dtype=np.float32)
+                    out[unit.rows] = unit.y
                 return self._group_reply(g, out, g.step_count, APPLIED, req)
             found = g.last_result
             outcome = APPLIED
