@@ -14,6 +14,7 @@ from statestream.contract.errors import FailedPrecondition, Internal, NotFound, 
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
 from statestream.server.engine.sessions import (
+    BULK,
     GONE,
     READY,
     Session,
@@ -168,13 +169,13 @@ class Batcher:
         else INTERNAL, logged once here."""
         t0 = time.perf_counter()
         try:
-            sessions, x, states = self._gather(units)
+            sessions, x, states, slots = self._gather(units)
             where = self.policy.where(len(sessions) * x.shape[1])
             if where is EXECUTOR:
                 y, new = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, x, states)
             else:
                 y, new = self._infer(x, states)
-            counts = self._counts(units, y.shape[1])
+            counts = self._counts(units, slots, y.shape[1])
             new_entries = new if units[0].keep is None else new[units[0].rows]
             results = self._results(units, y, new_entries, counts)
             statuses = None
@@ -185,7 +186,7 @@ class Batcher:
             self._fail_units(units, self._internal(e, "running a batch"))
             return
         try:
-            self._apply(units, sessions, y, new, new_entries, counts, results, statuses)
+            self._apply(units, sessions, slots, y, new_entries, counts, results, statuses)
         except Exception as e:  # the entries applied so far stand; the others fail
             self._fail_units(units, self._internal(e, "applying a batch"))
             return
@@ -209,14 +210,14 @@ class Batcher:
             return None
         return max(0.0, max(u.deadline for u in units) - time.monotonic() - DEADLINE_MARGIN)
 
-    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray]:
-        """The sessions, stacked inputs and states of a run: a group step's rows are a view of the slab (no
+    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray, np.ndarray | slice]:
+        """The sessions, stacked inputs, states and slots of a run: a group step's rows are a view of the slab (no
         gather); a sequence start runs from zero states."""
         rows = self.slab.rows
         if len(units) == 1:
             unit = units[0]
             if unit.block is not None:
-                return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)]
+                return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)], unit.slots
             sessions, x, slots = unit.sessions, unit.x, unit.slots
         else:
             sessions = [s for u in units for s in u.sessions]
@@ -234,7 +235,7 @@ class Batcher:
                 if u.reset:
                     states[a:a + len(u.sessions)] = 0.0
                 a += len(u.sessions)
-        return sessions, x, states
+        return sessions, x, states, slots
 
     def _infer(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on these states; a failure or a non-finite result is Internal (nothing applied)."""
@@ -247,19 +248,15 @@ class Batcher:
             raise Internal("the model produced NaN or Inf; nothing was applied")
         return y, new_states
 
-    def _counts(self, units: list[Unit], T: int) -> np.ndarray:
-        """Each entry's step count after this run."""
-        steps = self.slab.steps
-        if len(units) == 1:
-            unit = units[0]
-            return np.full(len(unit.sessions), T, np.int64) if unit.reset else steps[unit.slots] + T
-        counts = np.concatenate([steps[u.slots] for u in units])
+    def _counts(self, units: list[Unit], slots, T: int) -> np.ndarray:
+        """Each entry's step count after this run (entry j's session is in slots[j]; a sequence start counts from 0)."""
+        counts = self.slab.steps[slots] + T
         a = 0
         for u in units:
             if u.reset:
-                counts[a:a + len(u.sessions)] = 0
+                counts[a:a + len(u.sessions)] = T
             a += len(u.sessions)
-        return counts + T
+        return counts
 
     @staticmethod
     def _results(units, y, new_states, counts) -> list | None:
@@ -286,11 +283,10 @@ class Batcher:
             j -= len(u.sessions)
         return False
 
-    def _apply(self, units, sessions, y, new, new_entries, counts, results, statuses) -> None:
-        """Make a finished run the truth of its sessions and settle their entries, unit by unit. An entry whose
-        commit lost a compare-and-set (conflict, missing) is left to _redo; one of a session closed meanwhile is
-        answered but not written."""
-        counts_list = None
+    def _apply(self, units, sessions, slots, y, new_entries, counts, results, statuses) -> None:
+        """Make a finished run the truth of its sessions and settle their entries: all at once (_finish_all), or
+        unit by unit, entry by entry. An entry whose commit lost a compare-and-set (conflict, missing) is left to
+        _redo; one of a session closed meanwhile is answered but not written."""
         a = 0
         for unit in units:
             n = len(unit.sessions)
@@ -298,11 +294,13 @@ class Batcher:
                 unit.y, unit.states, unit.counts = (y if unit.keep is None else y[unit.rows]), new_entries, counts
             else:
                 unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
-            if self._finish_all(unit, a, results, statuses):
-                a += n
-                continue
-            if counts_list is None:
-                counts_list = counts.tolist()
+            a += n
+        if self._finish_all(units, sessions, slots, new_entries, counts, results, statuses):
+            return
+        counts_list = counts.tolist()
+        a = 0
+        for unit in units:
+            n = len(unit.sessions)
             skip: list[int] = []  # entries whose row is not written
             fps = unit.fps
             try:
@@ -323,53 +321,59 @@ class Batcher:
                     unit.settle()
             finally:  # what was applied is written, also when an entry after it broke off
                 skip.extend(i for i in range(len(unit.sessions)) if unit.fate[i] != APPLIED and i not in skip)
-                self._write_rows(unit, new_entries[a:a + n], skip)
+                self._write_rows(unit.slots, new_entries[a:a + n], skip)
             if unit.group is not None:
                 unit.group.applied(unit)
             a += n
 
-    def _finish_all(self, unit: Unit, a: int, results, statuses) -> bool:
-        """Apply a unit whose entries all committed and are all still running it in one pass over the cells (the
-        common case); False when it needs entry by entry."""
-        n = len(unit.sessions)
-        if unit.left != n or (statuses is not None and statuses[a:a + n].count(OK) != n):
+    def _finish_all(self, units, sessions, slots, new_entries, counts, results, statuses) -> bool:
+        """Apply a whole run in one pass over the cells when every entry committed and is still running its unit
+        (the common case for a run of >= BULK sessions); False: entry by entry."""
+        n = len(sessions)
+        if n < BULK or any(u.left != len(u.sessions) for u in units) or (
+                statuses is not None and statuses.count(OK) != n):
             return False
-        done = finish_many(self.slab, unit.slots, unit, unit.counts)
+        owner = units[0] if len(units) == 1 else _owners(units, n)
+        done = finish_many(self.slab, slots, owner, counts)
         if done is None:
             return False
         ready, closed = done
-        unit.fate[:] = bytes([APPLIED]) * n
+        for u in units:
+            u.fate[:] = bytes([APPLIED]) * len(u.sessions)
         skip = closed.tolist()
         try:
-            if unit.reset or results:
-                fps = unit.fps
-                for i, s in enumerate(unit.sessions):
-                    if unit.reset:
-                        s.restarted()
-                    if results and results[a + i] is not None:
-                        s.record(results[a + i].sequence_number, results[a + i], fps[i] if fps else 0)
-            for i in skip:
-                self.table.release(unit.sessions[i])
+            if results or any(u.reset for u in units):
+                j = 0
+                for u in units:
+                    for i, s in enumerate(u.sessions):
+                        if u.reset:
+                            s.restarted()
+                        if results and results[j] is not None:
+                            s.record(results[j].sequence_number, results[j], u.fps[i] if u.fps else 0)
+                        j += 1
+            for j in skip:
+                self.table.release(sessions[j])
         finally:  # applied: written, and the sessions' next units may run, also when a bookkeeping step broke off
-            self._write_rows(unit, unit.states, skip)
+            self._write_rows(slots, new_entries, skip)
             for head in ready:
                 self._one_ready(head)
-        if unit.group is not None:
-            unit.group.applied(unit)
-        unit.settle(n)
+        for u in units:
+            if u.group is not None:
+                u.group.applied(u)
+            u.settle(len(u.sessions))
         return True
 
-    def _write_rows(self, unit: Unit, new: np.ndarray, skip: list[int]) -> None:
-        """One slab write for a unit's applied entries (a group's: into its block, in place)."""
+    def _write_rows(self, slots, new: np.ndarray, skip: list[int]) -> None:
+        """One slab write for applied entries: entry j's row into slots[j] (a group's block: in place)."""
         rows = self.slab.rows
-        slots = unit.slots
+        n = len(new)
         if not skip:
-            if len(unit.sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
+            if n == 1 and not isinstance(slots, slice):  # unary: no fancy-indexing overheads
                 rows[slots[0]] = new[0]
             else:
                 rows[slots] = new
-        elif len(skip) < len(unit.sessions):
-            keep = np.ones(len(unit.sessions), dtype=bool)
+        elif len(skip) < n:
+            keep = np.ones(n, dtype=bool)
             keep[skip] = False
             if isinstance(slots, slice):
                 slots = np.arange(slots.start, slots.stop)
@@ -480,3 +484,13 @@ class Batcher:
         """Close a session: its queued steps fail NOT_FOUND; a step already running finishes unapplied."""
         self.fail_queued(s, NotFound(f"session {s.id!r} was closed"))
         self.table.close(s)
+
+
+def _owners(units: list[Unit], n: int) -> np.ndarray:
+    """The unit of each entry of a run of several units, as an array (for finish_many)."""
+    owners = np.empty(n, dtype=object)
+    a = 0
+    for u in units:
+        owners[a:a + len(u.sessions)] = u
+        a += len(u.sessions)
+    return owners
