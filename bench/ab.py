@@ -105,11 +105,11 @@ def hotpath_rounds(old_python: Path, old_tree: Path, rounds: int, seconds: float
 
 def report(res: dict) -> str:
     m = res["meta"]
-    lines = [f"# Engine A/B: {m['A']} (A) against {m['B']} (B)", "",
+    lines = [f"# A/B: {m['A']} (A) against {m['B']} (B)", "",
              f"{m['date']}, {m['cpus']} cores, load average at start {m['loadavg']}; `{m['command']}`.", "",
              f"Ratios to the null server measured in the same round ({m['rounds']} rounds of {m['duration']:g} s per "
              "scenario, null then A and B in turn, the order of A and B alternating); median (min-max). "
-             "B/A > 1: the new engine keeps more of the ceiling. Rates are session-steps/s (frames, groups) or "
+             "B/A > 1: B keeps more of the ceiling. Rates are session-steps/s (frames, groups) or "
              "msgs/s.", "",
              "| scenario | null (median) | A / null | B / null | B/A | p50 / p99 ms A | p50 / p99 ms B |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
