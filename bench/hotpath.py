@@ -7,6 +7,7 @@ neighbours on a shared machine disturb least) and session-steps per second of se
 
     python -m bench.hotpath                 # Step, frames and groups of 256 and 1024
     python -m bench.hotpath --profile frame256   # cProfile of one scenario, top functions
+    python -m bench.hotpath --only group256 --seconds 10   # one scenario (to sample it with py-spy)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class _Context:
         return ()
 
     def time_remaining(self):
-        return None
+        return None  # the caller set no deadline
 
     async def abort(self, code, message):
         raise RuntimeError(f"{code}: {message}")
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="256,1024")
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
+    p.add_argument("--only", metavar="SCENARIO", help="time one scenario (e.g. under py-spy)")
     a = p.parse_args(argv)
 
     async def run():
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runner = next(iter(app.table.runners.values()))
             reqs = _requests(runner.name, runner.features, [int(s) for s in a.sizes.split(",")])
-            return await _measure(app, runner.name, reqs, a.seconds, a.profile, bool(a.profile))
+            return await _measure(app, runner.name, reqs, a.seconds, a.profile or a.only, bool(a.profile))
         finally:
             await app.stop(0)
 

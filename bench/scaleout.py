@@ -75,8 +75,7 @@ def commit_costs(redis_url: str, tmp: Path, seconds: float, batches: tuple = BAT
     async def go():
         rows = []
         stores = {"sqlite (shared, BEGIN IMMEDIATE)": SqliteStore(str(tmp / "commit.db"), shared=True),
-                  "redis: pipeline of one-key scripts": RedisStore(redis_url),
-                  "redis: one multi-key script": RedisStore(redis_url, batch_mode="script")}
+                  "redis: pipeline of one-key scripts": RedisStore(redis_url)}
         for k, (name, store) in enumerate(stores.items()):
             store.load()
             for n in batches:

@@ -15,7 +15,8 @@ from serverproc import DEMO_MODEL
 from statestream.contract.errors import Unavailable
 from statestream.inference import grpc_service_pb2 as ipb
 from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
-from statestream.server.engine.sessions import Phase
+from statestream.server.engine import batcher as batcher_module
+from statestream.server.engine.sessions import BULK, Phase
 from statestream.v1 import statestream_pb2 as pb
 
 X = np.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [0.7, 0.8, -0.9]], dtype=np.float32)
@@ -104,10 +105,12 @@ def test_a_model_failure_fails_the_run_and_nothing_is_applied(two_sessions, monk
 
 def test_an_apply_failure_fails_exactly_the_entries_not_applied(two_sessions, monkeypatch, caplog):
     """Session.finish raises for the second entry: the first is applied and answered, the second fails INTERNAL,
-    is logged once with its traceback, and its session goes back to idle with its state untouched."""
+    is logged once with its traceback, and its session goes back to idle with its state untouched. (Entry by
+    entry: the path of a unit whose entries cannot all finish in one pass.)"""
     srv = two_sessions
     b = srv.session("b")
     real = type(b).finish
+    monkeypatch.setattr(batcher_module, "finish_many", lambda *args: None)
 
     def finish(self, *args, **kw):
         if self is b:
@@ -122,6 +125,26 @@ def test_an_apply_failure_fails_exactly_the_entries_not_applied(two_sessions, mo
     monkeypatch.undo()
     expect_contained(srv, ["a"], None, 1)
     expect_contained(srv, ["b"], None, 0)
+
+
+def test_a_failure_applying_a_whole_run_at_once_fails_every_entry_and_wedges_none(inproc, monkeypatch, caplog):
+    """The one-pass apply of a run of BULK sessions (sessions.finish_many) raises: no entry was applied, each
+    fails INTERNAL, is logged once, and every session is idle with its state untouched."""
+    srv = inproc(inline_max_batch=0)
+    ids = [f"bulk{i}" for i in range(BULK)]
+    for sid in ids:
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+
+    def broken(*args):
+        raise RuntimeError("injected: bulk apply failed")
+    monkeypatch.setattr(batcher_module, "finish_many", broken)
+    with caplog.at_level(logging.ERROR):
+        r = frame(srv, ids)
+    assert {e.index for e in r.errors} == set(range(BULK))
+    assert {e.error.code for e in r.errors} == {grpc.StatusCode.INTERNAL.value[0]}
+    assert sum("injected: bulk apply failed" in rec.exc_text for rec in caplog.records if rec.exc_text) == 1
+    monkeypatch.undo()
+    expect_contained(srv, ids[:2], None, 0)
 
 
 @pytest.mark.parametrize("error, code", [(Unavailable("injected: store down; nothing was applied"), "UNAVAILABLE"),

@@ -13,6 +13,7 @@ import pytest
 from inproc import Gate, GatedSqliteStore
 from reference import stepped
 
+from statestream.contract.errors import Unavailable
 from statestream.v1 import statestream_pb2 as pb
 
 X = np.array([[0.1, 0.2, 0.3], [0.4, -0.5, 0.6], [0.7, 0.8, -0.9]], dtype=np.float32)
@@ -265,3 +266,82 @@ def test_a_cancelled_group_step_still_applies_once_and_its_retry_replays(sqlite_
         np.testing.assert_allclose(reply.outputs[i], stepped(X[i:i + 1])[-1][0], atol=1e-6)
         state = srv.stub.GetState(pb.GetStateRequest(session_id=sid)).state
         assert state.step_count == 1 and store._fetch(None, sid).step_count == 1
+
+
+class _Deadline:
+    """A handler context whose caller gives up in `seconds` (what deadline_of reads)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def time_remaining(self) -> float:
+        return self.seconds
+
+
+def _failing_commits(store, failures: list):
+    """The store's commits wait at its gate, then the first len(failures) raise those errors (a write bounded by
+    a caller's deadline); the others are real. The list of commits seen."""
+    real, seen = store.commit, []
+
+    async def commit(records, **kw):
+        seen.append([r.id for r in records])
+        await store.gate.wait()
+        if failures:
+            raise failures.pop(0)
+        return await real(records, **kw)
+    store.commit = commit
+    return seen
+
+
+def _bounded() -> Unavailable:
+    return Unavailable("injected: the store write outlived its caller's 5 ms deadline; nothing was applied")
+
+
+def test_a_retry_whose_awaited_step_failed_unavailable_runs_its_own_attempt(sqlite_srv):
+    """Issue 16/18: a retry waits for the step in flight it repeats; that step's store write fails UNAVAILABLE
+    (bounded by its own caller's short deadline). The retry's deadline leaves time: it decides again (the failed
+    entry freed its number), applies the step once and answers it (was: UNAVAILABLE)."""
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    seen = _failing_commits(store, [_bounded()])
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)
+    retry = asyncio.run_coroutine_threadsafe(srv.app.service.step(step_req("a", X[0], 1), None, _Deadline(30.0)),
+                                             srv.loop)
+    settle(srv)
+    assert not retry.done(), "the retry must wait for the step in flight"
+    store.gate.open()
+    with pytest.raises(Unavailable):
+        first.result(10)
+    b = retry.result(10)
+    assert not b.replayed and b.step_count == 1  # its own attempt applied it
+    np.testing.assert_allclose(b.output, stepped(X[:1])[-1], atol=1e-6)
+    assert seen == [["a"], ["a"]] and store._fetch(None, "a").step_count == 1
+    again = srv.stub.Step(step_req("a", X[0], 1))  # applied once: a further retry replays it
+    assert again.replayed and again.output == b.output
+    c = srv.stub.Step(step_req("a", X[1], 2))
+    np.testing.assert_allclose(c.output, stepped(X[:2])[-1], atol=1e-6)
+    assert c.step_count == 2 and store._fetch(None, "a").step_count == 2
+
+
+@pytest.mark.parametrize("remaining, failures, commits", [(0.01, 1, 1), (30.0, 3, 3)])
+def test_a_retry_after_an_unavailable_step_is_bounded(sqlite_srv, remaining, failures, commits):
+    """The retry's own attempts are bounded: none when its deadline is (almost) due, at most two more otherwise;
+    then it answers UNAVAILABLE and nothing was applied."""
+    srv, store = sqlite_srv
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id="a"))
+    store.gate.close()
+    seen = _failing_commits(store, [_bounded() for _ in range(failures)])
+    first = start(srv, step_req("a", X[0], 1))
+    wait_until(lambda: store.gate.waiting == 1)
+    retry = asyncio.run_coroutine_threadsafe(
+        srv.app.service.step(step_req("a", X[0], 1), None, _Deadline(remaining)), srv.loop)
+    settle(srv)
+    store.gate.open()
+    for call in (first, retry):
+        with pytest.raises(Unavailable):
+            call.result(10)
+    assert len(seen) == commits and store._fetch(None, "a").step_count == 0
+    c = srv.stub.Step(step_req("a", X[0], 1))  # the number is free: the next attempt applies it
+    assert not c.replayed and c.step_count == 1

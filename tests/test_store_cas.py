@@ -55,7 +55,7 @@ def bumped(rec: SessionRecord, version: int | None = None) -> SessionRecord:
     return new
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-script"])
+@pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SqliteStore(str(tmp_path / "s.db"), shared=True)
@@ -63,8 +63,7 @@ def store(request, tmp_path):
         s.close()
         return
     with RedisProcess() as r:
-        mode = "script" if request.param == "redis-script" else "pipeline"
-        yield RedisStore(r.url, batch_mode=mode)
+        yield RedisStore(r.url)
 
 
 def run(coro):
@@ -144,10 +143,9 @@ def test_redis_ttl_is_the_idle_timeout_refreshed_by_every_write(redis_proc):
     run(go())
 
 
-@pytest.mark.parametrize("mode", ["pipeline", "script"])
-def test_redis_script_flush_reloads_the_script(redis_proc, mode):
+def test_redis_script_flush_reloads_the_script(redis_proc):
     async def go():
-        store = RedisStore(redis_proc.url, batch_mode=mode)
+        store = RedisStore(redis_proc.url)
         recs = [record(f"f{i}") for i in range(5)]
         for r in recs:
             await store.create(r)
@@ -283,10 +281,10 @@ def test_specs(tmp_path):
 
 def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
     """A lost compare-and-set reloads a session whose later steps are queued here: the next step follows them."""
-    from statestream.server.engine.sessions import Session
+    from statestream.server.engine.sessions import Cells, Session
     from statestream.server.engine.units import Unit
 
-    s = Session("p", "demo", 0, None, 60.0, 0.0)
+    s = Session("p", "demo", 0, None, 60.0, 0.0, Cells(1))
     for seq in (8, 9, 10):
         s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None, None), seq)
     s.start(s.head)

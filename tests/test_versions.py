@@ -19,6 +19,7 @@ from statestream.inference import grpc_service_pb2_grpc as ipb_grpc
 from statestream.server.app.config import Config
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.table import SessionTable
+from statestream.server.engine.types import StepRequest
 from statestream.server.store.base import SessionRecord
 from statestream.server.store.redis import _MODEL, pack, unpack
 from statestream.server.store.sqlite import SqliteStore
@@ -514,3 +515,98 @@ def test_the_cli_loads_unloads_and_migrates(repo, capsys):
         with pytest.raises(grpc.RpcError) as e:
             step(srv.stub, sid, [0.1, 0.2, 0.3])
         assert "unloaded with force" in e.value.details()
+
+
+def test_frames_of_many_sessions_over_two_versions_and_a_migrated_sessions_cells(repo):
+    """Issue 21 merged with the per-slot arrays of issue 18: a frame of sessions of two versions (more than BULK of
+    each) is one unit per version, each on its own weights and slab; a migrated session's fields move with it to the
+    new version's slab, and a frame of it with that version's sessions is found at once (Engine._cached)."""
+    from statestream.server.engine.sessions import BULK
+
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    n = BULK + 2
+    with server([d]) as srv:
+        ids = {v: [srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=f"v{v}-{i}", version=v))
+                   .session_id for i in range(n)] for v in (1, 2)}
+        frame = [sid for pair in zip(ids[1], ids[2]) for sid in pair]  # interleaved
+        refs = {sid: Ref(DEMO_MODEL if sid.startswith("v1") else b) for sid in frame}
+        for k in range(3):
+            xs = RNG.uniform(-1, 1, (len(frame), 3)).astype(np.float32)
+            r = srv.stub.StepFrame(pb.StepFrameRequest(model="demo", session_ids=frame, inputs=xs.ravel()))
+            assert not r.errors and list(r.step_counts) == [k + 1] * len(frame)
+            out = np.float32(r.outputs).reshape(len(frame), -1)
+            for j, sid in enumerate(frame):
+                assert np.array_equal(out[j], refs[sid].step(xs[j]))
+        moved = ids[1][0]
+        srv.stub.MigrateSession(pb.MigrateSessionRequest(session_id=moved, version=2))
+        s = srv.session(moved)
+        slab = srv.run(lambda: srv.app.table.slabs["demo", 2])
+        assert s.key == ("demo", 2) and s.cells is slab and slab.session[s.slot] is s and s.step_count == 3
+        found = StepRequest(None, np.zeros((n + 1, 1, 3), np.float32), model="demo", ids=[moved, *ids[2]])
+        assert srv.run(lambda: srv.app.engine._cached(found)[1]) is not None  # all proven in v2's slab at once
+        ref = Ref(b)
+        ref.state = refs[moved].state.copy()
+        refs[moved] = ref
+        group = [moved, *ids[2]]
+        xs = RNG.uniform(-1, 1, (len(group), 3)).astype(np.float32)
+        r = srv.stub.StepFrame(pb.StepFrameRequest(model="demo", session_ids=group, inputs=xs.ravel()))
+        assert not r.errors and list(r.step_counts) == [4] * len(group)
+        out = np.float32(r.outputs).reshape(len(group), -1)
+        for j, sid in enumerate(group):
+            assert np.array_equal(out[j], refs[sid].step(xs[j]))
+        srv.stub.CloseSession(pb.CloseSessionRequest(session_id=moved))
+        assert srv.run(lambda: slab.session[s.slot]) is None
+
+
+def test_steps_queued_behind_a_migration_run_on_the_new_versions_slab(repo, tmp_path):
+    """A step sent while MigrateSession writes (the session held) runs after the move, on the new version's weights
+    and from the session's row in the new slab (its unit's slot follows it); a frame that also names a session
+    staying on the old version fails the moved session's entry (FAILED_PRECONDITION) and steps the other."""
+    import asyncio
+
+    from inproc import Gate, GatedSqliteStore, wait_until
+
+    d, b = repo
+    (d / "demo" / "2").mkdir(parents=True)
+    shutil.copy(b, d / "demo" / "2" / "model.onnx")
+    store = GatedSqliteStore(str(tmp_path / "g.db"))
+    cfg = Config(models=[str(d)], port=0, host="127.0.0.1", state_store=f"sqlite:{tmp_path / 'g.db'}")
+    with InProcessServer(store, cfg) as srv:
+        store.gate = Gate(srv)
+        for sid in ("a", "c", "f"):
+            srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid, version=1))
+        for sid in ("p", "q"):  # the moved sessions' slots in version 2's slab are not their old ones
+            srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid, version=2))
+        x0, x1, x2 = RNG.uniform(-1, 1, (3, 3)).astype(np.float32)
+        ref_a, ref_c = Ref(DEMO_MODEL), Ref(DEMO_MODEL)
+        assert np.array_equal(np.float32(step(srv.stub, "a", x0).output), ref_a.step(x0))
+
+        def migrating(sid):
+            store.gate.close()
+            moved = asyncio.run_coroutine_threadsafe(srv.app.engine.migrate(sid, None, 2), srv.loop)
+            wait_until(lambda: store.gate.waiting == 1)
+            return moved
+
+        moved = migrating("a")
+        queued = asyncio.run_coroutine_threadsafe(srv.app.service.step(pb.StepRequest(
+            session_id="a", input=x1.tolist()), None), srv.loop)
+        wait_until(lambda: srv.run(lambda: srv.app.table.find("a").waiting) == 1)
+        store.gate.open()
+        moved.result(WAIT)
+        ref = Ref(b)
+        ref.state = ref_a.state.copy()
+        assert np.array_equal(np.float32(queued.result(WAIT).output), ref.step(x1))
+        assert srv.stub.GetState(pb.GetStateRequest(session_id="p")).state.step_count == 0
+
+        moved = migrating("f")
+        frame = asyncio.run_coroutine_threadsafe(srv.app.service.StepFrame(pb.StepFrameRequest(
+            model="demo", session_ids=["c", "f"], inputs=np.stack([x2, x2]).ravel()), None), srv.loop)
+        wait_until(lambda: srv.run(lambda: srv.app.table.find("f").waiting) == 1)
+        store.gate.open()
+        moved.result(WAIT)
+        r = frame.result(WAIT)
+        assert [e.index for e in r.errors] == [1] and "moved to version 2" in r.errors[0].error.message
+        assert list(r.step_counts) == [1, 0]
+        assert np.array_equal(np.float32(r.outputs).reshape(2, -1)[0], ref_c.step(x2))

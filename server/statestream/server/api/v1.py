@@ -202,7 +202,7 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
         g = await self.engine.open_group(request.model, request.group_id, list(request.session_ids), request.size,
                                          owner, request.idle_timeout_seconds, request.version)
         info = self._info(g.model, runner=self.engine.table.runner_of(g.members[0]))
-        return pb.OpenGroupResponse(group_id=g.id, session_ids=[s.id for s in g.members], model=info,
+        return pb.OpenGroupResponse(group_id=g.id, session_ids=g.ids, model=info,
                                     idle_timeout_seconds=g.members[0].timeout)
 
     @unary

@@ -13,7 +13,17 @@ import numpy as np
 from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
-from statestream.server.engine.sessions import GONE, READY, Session
+from statestream.server.engine.sessions import (
+    BULK,
+    GONE,
+    READY,
+    Session,
+    all_idle,
+    claim_many,
+    enqueue_many,
+    finish_many,
+    start_many,
+)
 from statestream.server.engine.table import SessionTable, gone
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.units import APPLIED, PENDING, PendingCounter, Unit
@@ -72,20 +82,15 @@ class Batcher:
     async def submit(self, unit: Unit, *, stream: bool = False) -> None:
         """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
         when BatchPolicy.where says so. Returns once it is queued or done: await `unit.future` for its outcome."""
-        self.pending.take(len(unit.sessions))
-        seqs = unit.seqs
-        blocked = 0
-        for i, s in enumerate(unit.sessions):
-            if not s.enqueue(unit, None if seqs is None else seqs[i]):
-                blocked += 1
-        unit.blocked = blocked
-        if blocked:
-            return
-        if self.policy.where(len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
-                             stream=stream) is CALLER:
-            self._start([unit])
+        if all_idle(self.slab, unit.sessions, unit.slots) and self.policy.where(
+                len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
+                stream=stream) is CALLER:
+            claim_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
             await self._execute([unit])
-        else:
+            return
+        self.pending.take(len(unit.sessions))
+        unit.blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
+        if not unit.blocked:
             self._push(unit)
 
     def _one_ready(self, unit: Unit) -> None:
@@ -151,10 +156,10 @@ class Batcher:
     def _start(self, units: list[Unit]) -> None:
         for unit in units:
             fate = unit.fate
-            self.pending.count -= fate.count(PENDING)
-            for i, s in enumerate(unit.sessions):
-                if fate[i] == PENDING:
-                    s.start(unit)
+            pending = fate.count(PENDING)
+            self.pending.count -= pending
+            start_many(self.slab, unit.sessions, unit.slots, unit,
+                       None if pending == len(fate) else [f == PENDING for f in fate])
 
     # -- the one run path -------------------------------------------------------------
 
@@ -164,24 +169,26 @@ class Batcher:
         else INTERNAL, logged once here."""
         t0 = time.perf_counter()
         try:
-            sessions, x, states = self._gather(units)
+            sessions, x, states, slots = self._gather(units)
             where = self.policy.where(len(sessions) * x.shape[1])
             if where is EXECUTOR:
                 y, new = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, x, states)
             else:
                 y, new = self._infer(x, states)
-            counts = self._counts(units, sessions, y.shape[1])
-            new_entries = new if units[0].block is None else new[units[0].rows]
+            counts = self._counts(units, slots, y.shape[1])
+            new_entries = new if units[0].keep is None else new[units[0].rows]
             results = self._results(units, y, new_entries, counts)
-            statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
-                                                     timeout=self._patience(units))
+            statuses = None
+            if self.persistence.durable:
+                statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
+                                                         timeout=self._patience(units))
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
             if self.metrics is not None:
                 self.metrics.observe_outcomes(self.runner.key, units, time.perf_counter())
             return
         try:
-            self._apply(units, sessions, y, new, new_entries, counts, results, statuses)
+            self._apply(units, sessions, slots, y, new_entries, counts, results, statuses)
         except Exception as e:  # the entries applied so far stand; the others fail
             self._fail_units(units, self._internal(e, "applying a batch"))
             return
@@ -189,8 +196,8 @@ class Batcher:
             self.policy.ran(len(sessions))
             if self.metrics is not None:
                 now = time.perf_counter()
-                self.metrics.observe_batch(self.runner.key, len(sessions), x.shape[1],
-                                           t0 - min(u.enqueued for u in units), now - t0)
+                enqueued = units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)
+                self.metrics.observe_batch(self.runner.key, len(sessions), x.shape[1], t0 - enqueued, now - t0)
                 self.metrics.observe_outcomes(self.runner.key, units, now)
         if statuses is not None and (CONFLICT in statuses or MISSING in statuses):  # after the apply: these wait
             try:
@@ -206,23 +213,24 @@ class Batcher:
             return None
         return max(0.0, max(u.deadline for u in units) - time.monotonic() - DEADLINE_MARGIN)
 
-    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray]:
-        """The sessions, stacked inputs and states of a run: a group step's rows are a view of the slab (no
+    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray, np.ndarray | slice]:
+        """The sessions, stacked inputs, states and slots of a run: a group step's rows are a view of the slab (no
         gather); a sequence start runs from zero states."""
         rows = self.slab.rows
         if len(units) == 1:
             unit = units[0]
             if unit.block is not None:
-                return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)]
-            sessions, x = unit.sessions, unit.x
+                return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)], unit.slots
+            sessions, x, slots = unit.sessions, unit.x, unit.slots
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
+            slots = np.concatenate([u.slots for u in units])
         if len(sessions) == 1:
-            slot = sessions[0].slot
+            slot = slots[0]
             states = rows[slot:slot + 1]
         else:
-            states = rows[[s.slot for s in sessions]]
+            states = rows[slots]
         if any(u.reset for u in units):
             states = states.copy()
             a = 0
@@ -230,7 +238,7 @@ class Batcher:
                 if u.reset:
                     states[a:a + len(u.sessions)] = 0.0
                 a += len(u.sessions)
-        return sessions, x, states
+        return sessions, x, states, slots
 
     def _infer(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on these states; a failure or a non-finite result is Internal (nothing applied)."""
@@ -243,29 +251,27 @@ class Batcher:
             raise Internal("the model produced NaN or Inf; nothing was applied")
         return y, new_states
 
-    @staticmethod
-    def _counts(units: list[Unit], sessions: list[Session], T: int) -> np.ndarray:
-        counts = np.fromiter((s.step_count for s in sessions), dtype=np.int64, count=len(sessions))
+    def _counts(self, units: list[Unit], slots, T: int) -> np.ndarray:
+        """Each entry's step count after this run (entry j's session is in slots[j]; a sequence start counts from 0)."""
+        counts = self.slab.steps[slots] + T
         a = 0
         for u in units:
             if u.reset:
-                counts[a:a + len(u.sessions)] = 0
+                counts[a:a + len(u.sessions)] = T
             a += len(u.sessions)
-        return counts + T
+        return counts
 
     @staticmethod
     def _results(units, y, new_states, counts) -> list | None:
         """The responses to record (copies), for the numbered steps of a run; None when it has none."""
-        if all(u.seqs is None for u in units):
+        if units[0].seqs is None and (len(units) == 1 or all(u.seqs is None for u in units)):
             return None
         seqs = [q for u in units for q in (u.seqs or [None] * len(u.sessions))]
         return [None if q is None else StepResult(y[i].copy(), new_states[i].copy(), int(counts[i]), q)
                 for i, q in enumerate(seqs)]
 
-    def _records(self, units, sessions, new_states, counts, results) -> list | None:
-        """What the store must hold after this run (None: nothing is stored); a closed session's entry is None."""
-        if not self.persistence.durable:
-            return None
+    def _records(self, units, sessions, new_states, counts, results) -> list:
+        """What the (durable) store must hold after this run; a closed session's entry is None."""
         fps = [f for u in units for f in (u.fps or [0] * len(u.sessions))]
         record = self.table.record
         return [None if s.closed else record(s, new_states[j], int(counts[j]), results[j] if results else None,
@@ -280,18 +286,24 @@ class Batcher:
             j -= len(u.sessions)
         return False
 
-    def _apply(self, units, sessions, y, new, new_entries, counts, results, statuses) -> None:
-        """Make a finished run the truth of its sessions and settle their entries, unit by unit. An entry whose
-        commit lost a compare-and-set (conflict, missing) is left to _redo; one of a session closed meanwhile is
-        answered but not written."""
-        counts_list = counts.tolist()
+    def _apply(self, units, sessions, slots, y, new_entries, counts, results, statuses) -> None:
+        """Make a finished run the truth of its sessions and settle their entries: all at once (_finish_all), or
+        unit by unit, entry by entry. An entry whose commit lost a compare-and-set (conflict, missing) is left to
+        _redo; one of a session closed meanwhile is answered but not written."""
         a = 0
         for unit in units:
             n = len(unit.sessions)
             if len(units) == 1:
-                unit.y, unit.states, unit.counts = (y if unit.block is None else y[unit.rows]), new_entries, counts
+                unit.y, unit.states, unit.counts = (y if unit.keep is None else y[unit.rows]), new_entries, counts
             else:
                 unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
+            a += n
+        if self._finish_all(units, sessions, slots, new_entries, counts, results, statuses):
+            return
+        counts_list = counts.tolist()
+        a = 0
+        for unit in units:
+            n = len(unit.sessions)
             skip: list[int] = []  # entries whose row is not written
             fps = unit.fps
             try:
@@ -312,30 +324,63 @@ class Batcher:
                     unit.settle()
             finally:  # what was applied is written, also when an entry after it broke off
                 skip.extend(i for i in range(len(unit.sessions)) if unit.fate[i] != APPLIED and i not in skip)
-                self._write_rows(unit, new_entries[a:a + n], skip)
+                self._write_rows(unit.slots, new_entries[a:a + n], skip)
             if unit.group is not None:
                 unit.group.applied(unit)
             a += n
 
-    def _write_rows(self, unit: Unit, new: np.ndarray, skip: list[int]) -> None:
-        """One slab write for a unit's applied entries (a group's: into its block, in place)."""
+    def _finish_all(self, units, sessions, slots, new_entries, counts, results, statuses) -> bool:
+        """Apply a whole run in one pass over the cells when every entry committed and is still running its unit
+        (the common case for a run of >= BULK sessions); False: entry by entry."""
+        n = len(sessions)
+        if n < BULK or any(u.left != len(u.sessions) for u in units) or (
+                statuses is not None and statuses.count(OK) != n):
+            return False
+        owner = units[0] if len(units) == 1 else _owners(units, n)
+        done = finish_many(self.slab, slots, owner, counts)
+        if done is None:
+            return False
+        ready, closed = done
+        for u in units:
+            u.fate[:] = bytes([APPLIED]) * len(u.sessions)
+        skip = closed.tolist()
+        try:
+            if results or any(u.reset for u in units):
+                j = 0
+                for u in units:
+                    for i, s in enumerate(u.sessions):
+                        if u.reset:
+                            s.restarted()
+                        if results and results[j] is not None:
+                            s.record(results[j].sequence_number, results[j], u.fps[i] if u.fps else 0)
+                        j += 1
+            for j in skip:
+                self.table.release(sessions[j])
+        finally:  # applied: written, and the sessions' next units may run, also when a bookkeeping step broke off
+            self._write_rows(slots, new_entries, skip)
+            for head in ready:
+                self._one_ready(head)
+        for u in units:
+            if u.group is not None:
+                u.group.applied(u)
+            u.settle(len(u.sessions))
+        return True
+
+    def _write_rows(self, slots, new: np.ndarray, skip: list[int]) -> None:
+        """One slab write for applied entries: entry j's row into slots[j] (a group's block: in place)."""
         rows = self.slab.rows
-        if unit.block is not None:
-            if not skip and unit.keep is None:
-                rows[unit.block:unit.block + len(unit.rows)] = new
-                return
-            entries = unit.rows if not skip else np.delete(unit.rows, skip)
-            rows[unit.block + entries] = new if not skip else np.delete(new, skip, axis=0)
-            return
+        n = len(new)
         if not skip:
-            if len(unit.sessions) == 1:  # the common unary case, without numpy's fancy-indexing overheads
-                rows[unit.sessions[0].slot] = new[0]
+            if n == 1 and not isinstance(slots, slice):  # unary: no fancy-indexing overheads
+                rows[slots[0]] = new[0]
             else:
-                rows[[s.slot for s in unit.sessions]] = new
-        elif len(skip) < len(unit.sessions):
-            keep = np.ones(len(unit.sessions), dtype=bool)
+                rows[slots] = new
+        elif len(skip) < n:
+            keep = np.ones(n, dtype=bool)
             keep[skip] = False
-            rows[np.asarray([s.slot for s in unit.sessions])[keep]] = new[keep]
+            if isinstance(slots, slice):
+                slots = np.arange(slots.start, slots.stop)
+            rows[slots[keep]] = new[keep]
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
         """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),
@@ -442,3 +487,13 @@ class Batcher:
         """Close a session: its queued steps fail NOT_FOUND; a step already running finishes unapplied."""
         self.fail_queued(s, NotFound(f"session {s.id!r} was closed"))
         self.table.close(s)
+
+
+def _owners(units: list[Unit], n: int) -> np.ndarray:
+    """The unit of each entry of a run of several units, as an array (for finish_many)."""
+    owners = np.empty(n, dtype=object)
+    a = 0
+    for u in units:
+        owners[a:a + len(u.sessions)] = u
+        a += len(u.sessions)
+    return owners

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
+
 from statestream.contract.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -186,10 +188,19 @@ class Directory:
             await self._changed(s, runner)
             self.table.move(s, runner.key)
         finally:
-            if s.key != old and s.head is not None and runner.features != self.table.runners[old].features:
-                self.batchers[old].fail_queued(s, FailedPrecondition(
-                    f"session {s.id!r} moved to version {runner.version}, whose input has {runner.features} "
-                    "values per timestep; steps sent meanwhile were not applied"))
+            if s.key != old and s.head is not None:
+                queued = [s.head, *s.queue]
+                if runner.features != self.table.runners[old].features:
+                    self.batchers[old].fail_queued(s, FailedPrecondition(
+                        f"session {s.id!r} moved to version {runner.version}, whose input has {runner.features} "
+                        "values per timestep; steps sent meanwhile were not applied"))
+                elif any(len(unit.sessions) > 1 for unit in queued):  # their other sessions stay on the old slab
+                    self.batchers[old].fail_queued(s, FailedPrecondition(
+                        f"session {s.id!r} moved to version {runner.version}; steps sent meanwhile in a frame with "
+                        "other sessions were not applied"))
+                else:  # its own steps run on the new version: their slot is the one in the new slab
+                    for unit in queued:
+                        unit.slots = np.array([s.slot], np.intp)
             self.batchers[s.key].release(s)
 
     async def _changed(self, s: Session, to=None) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
+import time
 
 import numpy as np
 
@@ -22,8 +24,8 @@ from statestream.server.engine.directory import Directory
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import Session
-from statestream.server.engine.table import SessionTable
+from statestream.server.engine.sessions import BULK, Session
+from statestream.server.engine.table import SessionTable, gone
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
 from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
 from statestream.server.engine.units import Unit
@@ -31,6 +33,9 @@ from statestream.server.engine.versions import Versions
 
 log = logging.getLogger("statestream.engine")
 
+_slot = operator.attrgetter("slot")
+AGAIN = 2  # own attempts of a retry whose awaited step failed UNAVAILABLE while its deadline left time (_again)
+AGAIN_MARGIN = 0.05  # seconds of its deadline a retry must have left to make another attempt
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
 
 
@@ -191,15 +196,23 @@ class Engine:
         if req.seqs is not None and len(req.seqs) != n:
             raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
         errors: dict[int, StatestreamError] = {}
-        sessions, opened = await self._resolve(req, errors)
-        decided = await self._decide(req, sessions, errors)
-        if decided is None:
-            decided = await self._decide(req, sessions, errors, reread=False)
-        new, fps, replays, waits = decided
+        sessions, slots = self._cached(req)
+        opened = None
+        if sessions is None:
+            sessions, opened = await self._resolve(req, errors)
+        decided = self._decide(req, sessions, errors, slots)
+        if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
+            for s in decided:
+                try:
+                    await self.directory.reread(s)
+                except StatestreamError as e:
+                    errors[sessions.index(s)] = e
+            decided = self._decide(req, sessions, errors, None, reread=False)
+        new, fps, replays, waits, slots = decided
         first = next((s for s in sessions if s is not None), None)
         model = req.model or (first.model if first else "")
         runner = self.table.runner_of(first) if first else self.versions.default(model)  # the answer's layout
-        units = await self._submit(req, runner, sessions, new, fps, errors) if new else []
+        units = await self._submit(req, runner, sessions, new, fps, slots, errors) if new else []
         reply = await self._answer(req, model, runner, sessions, units, replays, waits, errors)
         if opened:
             for i in reply.errors:
@@ -207,16 +220,32 @@ class Engine:
                     await self.directory.abandon(sessions[i], True)
         return reply
 
+    def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
+        """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
+        on the model, with a finite input: most requests; (None, None): _resolve them."""
+        sessions = self.table.find_many(req.ids, req.owner)
+        if None in sessions or not np.isfinite(req.x).all():
+            return None, None
+        if req.model and sessions[0].model != req.model:
+            return None, None
+        n = len(sessions)
+        if n == 1:
+            return sessions, None
+        slab = self.table.slabs.get(sessions[0].key)
+        if slab is None or len(set(req.ids)) != n:
+            return None, None
+        slots = np.fromiter(map(_slot, sessions), np.intp, n)
+        objects = np.empty(n, dtype=object)
+        objects[:] = sessions
+        return (sessions, slots) if slab.holds(slots, objects) else (None, None)  # all in the model's slab
+
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
-        """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input)."""
+        """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read
+        through or opened as the request says; and which ones were opened for it."""
         owner = req.owner
-        sessions = self.table.find_many(req.ids, owner)  # cached here: most requests need nothing more
+        sessions = self.table.find_many(req.ids, owner)
         n = len(sessions)
         finite = np.isfinite(req.x).all(axis=(1, 2))
-        if n == 1:
-            s = sessions[0]
-            if s is not None and (not req.model or s.model == req.model) and finite[0]:
-                return sessions, None
         opened: list | None = None
         seen: set[str] = set()
         dupes = len(set(req.ids)) != n
@@ -246,11 +275,17 @@ class Engine:
                 opened[i] = True
         return sessions, opened
 
-    async def _decide(self, req: StepRequest, sessions: list, errors: dict, reread: bool = True):
+    def _decide(self, req: StepRequest, sessions: list, errors: dict, slots, reread: bool = True):
         """The exactly-once decision of every entry: (new entries, their fingerprints, replays {i: result}, waits
-        [(i, unit)]). A refusal of a session cached from a shared store re-reads it first and returns None (decide
-        again: nothing was queued meanwhile)."""
+        [(i, unit)], the new entries' slots or None). The sessions cached from a shared store that refused are
+        returned instead, as a list, to be re-read first (then decide again: nothing was queued meanwhile).
+
+        Unnumbered entries of many sessions found at once (`slots`, from _cached) decide at once, on the arrays."""
         seqs = req.seqs
+        n = len(sessions)
+        if seqs is None and n >= BULK and slots is not None:
+            if (self.table.slabs[sessions[0].key].waiting[slots] < self.max_pending_per_session).all():
+                return list(range(n)), None, {}, [], slots
         new: list[int] = []
         fps: list[int] | None = None if seqs is None else []
         replays: dict[int, StepResult] = {}
@@ -285,22 +320,18 @@ class Engine:
             elif isinstance(found, StepResult):
                 replays[i] = found
             else:
+                found.waited_by(req.deadline)
                 waits.append((i, found))
         if stale:
-            for s in stale:
-                try:
-                    await self.directory.reread(s)
-                except StatestreamError as e:
-                    errors[sessions.index(s)] = e
-            return None
-        return new, fps, replays, waits
+            return stale
+        return new, fps, replays, waits, None
 
     async def _submit(self, req: StepRequest, runner: ModelRunner, sessions: list, new: list[int], fps: list | None,
-                      errors: dict) -> list[tuple[list[int], Unit]]:
-        """Queue the new entries, one unit per max_batch_size of them on each version's batcher."""
-        self.table.touch_many([sessions[i] for i in new])
+                      slots, errors: dict) -> list[tuple[list[int], Unit]]:
+        """Queue the new entries, one unit per max_batch_size of them on each version's batcher (touched).
+        `slots`: theirs, when _decide has them (then all of one version)."""
         first_key = sessions[new[0]].key
-        if any(sessions[i].key != first_key for i in new):  # a frame over sessions of several versions
+        if slots is None and any(sessions[i].key != first_key for i in new):  # a frame over several versions
             units = []
             for key in dict.fromkeys(sessions[i].key for i in new):
                 pick = [j for j, i in enumerate(new) if sessions[i].key == key]
@@ -313,24 +344,27 @@ class Engine:
                     errors.update((new[j], err) for j in pick)
                     continue
                 units += await self._queue(req, key, sessions, [new[j] for j in pick],
-                                           None if fps is None else [fps[j] for j in pick], errors)
+                                           None if fps is None else [fps[j] for j in pick], None, errors)
             return units
-        return await self._queue(req, first_key, sessions, new, fps, errors)
+        return await self._queue(req, first_key, sessions, new, fps, slots, errors)
 
-    async def _queue(self, req: StepRequest, key, sessions: list, new: list[int], fps: list | None,
+    async def _queue(self, req: StepRequest, key, sessions: list, new: list[int], fps: list | None, slots,
                      errors: dict) -> list[tuple[list[int], Unit]]:
+        """One version's new entries, one unit per max_batch_size of them (touched). `slots` name the sessions
+        only until a run yields the loop, so only a first unit takes them."""
         batcher = self.batchers[key]
         m = batcher.max_batch_size
         loop = asyncio.get_running_loop()
-        now_sessions = [sessions[i] for i in new]
+        now_sessions = sessions if len(new) == len(sessions) else [sessions[i] for i in new]
         units = []
         for k in range(0, len(new), m):
             chunk = new[k:k + m]
             x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]  # (every entry is new)
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
-                        reset=req.reset)
+                        reset=req.reset, slots=slots[:m] if slots is not None and k == 0 else None)
             unit.deadline = req.deadline
+            self.table.touch_many(key, unit.slots)
             try:
                 await batcher.submit(unit, stream=req.stream)
             except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
@@ -345,9 +379,9 @@ class Engine:
         for _, unit in units:
             if not unit.future.done():
                 await asyncio.shield(unit.future)
-        if n == 1 and units and not units[0][1].errors:  # the unary case: the unit's arrays are the answer
+        if len(units) == 1 and len(units[0][0]) == n and not units[0][1].errors:  # one unit did it all: its arrays
             unit = units[0][1]
-            return StepReply(model, [sessions[0].id], unit.y, unit.states, unit.counts, req.seqs, [APPLIED], errors)
+            return StepReply(model, req.ids, unit.y, unit.states, unit.counts, req.seqs, [APPLIED] * n, errors)
         O = runner.output_size if runner else 0
         W = runner.state_width if runner else 0
         output = np.zeros((n, T, O), dtype=np.float32)
@@ -360,11 +394,20 @@ class Engine:
                 output[idx], state[idx], counts[idx] = unit.y, unit.states, unit.counts
             for j, err in (unit.errors or {}).items():
                 errors[chunk[j]] = err
+        mine: set[int] = set()  # retries that applied their step themselves (_again)
         for i, unit in waits:
             if not unit.future.done():
                 await asyncio.shield(unit.future)
             try:
                 replays[i] = unit.result(unit.index(sessions[i]))
+            except Unavailable as e:  # its write was bounded by the shorter deadline of the step it retries
+                try:
+                    replays[i], applied = await self._again(req, sessions, i, e)
+                except StatestreamError as e2:
+                    errors[i] = e2
+                    continue
+                if applied:
+                    mine.add(i)
             except StatestreamError as e:
                 errors[i] = e
         for i, res in replays.items():
@@ -372,11 +415,52 @@ class Engine:
                 errors[i] = FailedPrecondition(f"sequence number {res.sequence_number} was applied with T="
                                                f"{res.output.shape[0]} timesteps; this retry has T={T}")
                 continue
-            output[i], state[i], counts[i], outcome[i] = res.output, res.state, res.step_count, REPLAYED
+            output[i], state[i], counts[i] = res.output, res.state, res.step_count
+            outcome[i] = APPLIED if i in mine else REPLAYED
         for i in errors:  # what was not applied is not answered
             output[i], state[i], counts[i] = 0.0, 0.0, 0
         ids = [req.ids[i] if s is None else s.id for i, s in enumerate(sessions)]
         return StepReply(model, ids, output, state, counts, req.seqs, outcome, errors)
+
+    async def _again(self, req: StepRequest, sessions: list, i: int, err: Unavailable) -> tuple[StepResult, bool]:
+        """Entry i is a retry that waited for the step it repeats, and that step failed UNAVAILABLE: its store write
+        was bounded by its own caller's shorter deadline. While this retry's deadline leaves time, it decides again
+        (the failed entry freed its number) and runs its own attempt, at most AGAIN times; if the first write landed
+        after all, the compare-and-set conflicts and the entry is re-read and replayed. (its result, whether this
+        retry's own attempt applied it), or the last error raised."""
+        s = sessions[i]
+        seq = req.seqs[i]
+        fp = fingerprint(req.x[i])
+        for _ in range(AGAIN):
+            if req.deadline is not None and req.deadline - time.monotonic() <= AGAIN_MARGIN:
+                break
+            if s.closed:
+                raise gone(s)
+            found = s.accept(seq, fp, req.reset)
+            if isinstance(found, StepResult):
+                return found, False
+            mine = found is None
+            if mine:
+                if s.waiting >= self.max_pending_per_session:
+                    raise ResourceExhausted(f"session {s.id!r} has {s.waiting} queued steps; the limit is "
+                                            f"{self.max_pending_per_session} (--max-pending-per-session)")
+                failed: dict[int, StatestreamError] = {}
+                queued = await self._queue(req, s.key, sessions, [i], [fp], None, failed)
+                if failed:
+                    raise failed[i]
+                unit = queued[0][1]
+            else:
+                unit = found
+                unit.waited_by(req.deadline)
+            if not unit.future.done():
+                await asyncio.shield(unit.future)
+            try:
+                res = unit.result(unit.index(s))
+            except Unavailable as e:
+                err = e
+                continue
+            return res, mine
+        raise err
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -438,14 +522,17 @@ class Engine:
                 g.dropped(unit)
                 raise unit.errors[min(unit.errors)]
             if req.seq is None:
-                out = np.zeros((n, *unit.y.shape[1:]), dtype=np.float32)
-                out[unit.rows] = unit.y
+                out = unit.y  # every member stepped: the run's outputs are the answer
+                if keep is not None:
+                    out = np.zeros((n, *unit.y.shape[1:]), dtype=np.float32)
+                    out[unit.rows] = unit.y
                 return self._group_reply(g, out, g.step_count, APPLIED, req)
             found = g.last_result
             outcome = APPLIED
         else:
             outcome = REPLAYED
             if isinstance(found, Unit):
+                found.waited_by(req.deadline)
                 if not found.future.done():
                     await asyncio.shield(found.future)
                 if g.last_seq != req.seq:
@@ -474,7 +561,7 @@ class Engine:
         now = self.table.clock()
         if now - g.touched > TOUCH_EVERY or keep is not None:
             g.touched = now
-            self.table.touch_many(members)
+            self.table.touch_many(g.members[0].key, unit.slots)
         if not unit.future.done():
             await asyncio.shield(unit.future)
         return unit
@@ -482,6 +569,6 @@ class Engine:
     @staticmethod
     def _group_reply(g: Group, out: np.ndarray, step_count: int, outcome: str, req: StepRequest) -> StepReply:
         n = len(g.members)
-        return StepReply(g.model, [s.id for s in g.members], out, np.zeros((n, 0), np.float32),
+        return StepReply(g.model, g.ids, out, np.zeros((n, 0), np.float32),
                          np.zeros(n, np.int64), None if req.seq is None else [req.seq], [outcome], {},
                          group_step_count=step_count)

@@ -17,7 +17,7 @@ class Group(Ledger):
     """A group's members (ordinary sessions, slots start..start+N-1), its step count and its own exactly-once
     Ledger (the group's sequence numbers; the recorded answer is the outputs of every member)."""
 
-    __slots__ = ("id", "model", "owner", "members", "start", "step_count", "touched", "units")
+    __slots__ = ("id", "model", "owner", "members", "ids", "objects", "cells", "start", "step_count", "touched", "units")
 
     def __init__(self, gid: str, model: str, owner, members: list[Session]):
         Ledger.__init__(self)
@@ -25,6 +25,10 @@ class Group(Ledger):
         self.model = model
         self.owner = owner
         self.members = members
+        self.ids = [s.id for s in members]
+        self.objects = np.empty(len(members), dtype=object)  # the members as an array: Cells.holds checks them at once
+        self.objects[:] = members
+        self.cells = members[0].cells  # the model's (opened sessions are in its slab)
         self.start = members[0].slot
         self.step_count = 0
         self.touched = float("-inf")  # when the members' idle deadlines were last moved
@@ -44,11 +48,16 @@ class Group(Ledger):
 
     def members_of(self, keep: np.ndarray | None) -> list[Session]:
         """The members a step with this mask steps; NotFound for one that was closed or expired."""
-        members = self.members if keep is None else [s for s, k in zip(self.members, keep.tolist()) if k]
-        for s in members:
-            if s.phase is Phase.CLOSED:
-                raise NotFound(f"group {show(self.id)}: member {s.slot - self.start} (session {show(s.id)}) was "
-                               "closed or expired; close the group and open a new one")
+        n = len(self.members)
+        if keep is None:
+            members, slots, objects = self.members, slice(self.start, self.start + n), self.objects
+        else:
+            members, slots, objects = self.objects[keep].tolist(), self.start + np.flatnonzero(keep), self.objects[keep]
+        if not self.cells.holds(slots, objects):  # a member closed (or left its slot)
+            for i, s in enumerate(self.members):
+                if s.phase is Phase.CLOSED and (keep is None or keep[i]):
+                    raise NotFound(f"group {show(self.id)}: member {i} (session {show(s.id)}) was closed or "
+                                   "expired; close the group and open a new one")
         return members
 
     def applied(self, unit) -> None:

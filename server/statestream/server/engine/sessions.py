@@ -1,9 +1,16 @@
-"""Session: one owner of a session's life (explicit phases, sequence numbers, the recorded response)."""
+"""Session: one owner of a session's life (explicit phases, sequence numbers, the recorded response).
+
+The fields a step changes live in arrays of its model's `Cells`, one entry per slot, so the batcher moves the
+sessions of a frame or a group through their phases in one pass (`enqueue_many`, `start_many`, `finish_many`);
+a Session is the per-session view of its slot."""
 
 from __future__ import annotations
 
 import enum
+import operator
 from collections import deque
+
+import numpy as np
 
 from statestream.contract.errors import FailedPrecondition, InvalidArgument, NotFound
 from statestream.server.engine.ledger import Ledger
@@ -13,9 +20,8 @@ MAX_SESSION_ID_BYTES = 128
 _KEYS: dict[tuple[str, int], tuple[str, int]] = {}  # interned (model, version) keys
 
 
-
 class Phase(enum.Enum):
-    """Where a session is in its life. Only the transition methods of Session change it."""
+    """Where a session is in its life. Only the transitions of this module change it."""
 
     IDLE = "idle"        # nothing queued or running: a step may run at once
     QUEUED = "queued"    # its next unit of work is in its batcher's ready queue
@@ -25,7 +31,52 @@ class Phase(enum.Enum):
 
 
 IDLE, QUEUED, RUNNING, HELD, CLOSED = Phase.IDLE, Phase.QUEUED, Phase.RUNNING, Phase.HELD, Phase.CLOSED
+PHASES = (IDLE, QUEUED, RUNNING, HELD, CLOSED)  # by their code in Cells.phase
+_IDLE, _QUEUED, _RUNNING, _HELD, _CLOSED = range(5)
 READY, GONE = 1, 2  # what Session.finish says of a session's next unit
+BULK = 8  # units of at least this many sessions move through their phases in one pass over the arrays
+
+
+class Cells:
+    """The fields steps change, of every session of one model: entry `slot` is that session's. `session` is the
+    Session in each slot (None: free or closed), so a bulk transition can check that slots still hold the sessions
+    it was given."""
+
+    FIELDS = (("phase", np.int8), ("steps", np.int64), ("version", np.int64), ("waiting", np.int32),
+              ("deadline", np.float64), ("timeout", np.float64), ("head", object), ("running", object),
+              ("session", object))
+
+    def __init__(self, capacity: int):
+        for name, dtype in self.FIELDS:
+            setattr(self, name, np.zeros(capacity, dtype) if dtype is not object else np.full(capacity, None))
+
+    def grow(self, capacity: int) -> None:
+        """More slots (new ones free); existing entries keep their values."""
+        for name, dtype in self.FIELDS:
+            old = getattr(self, name)
+            new = np.zeros(capacity, dtype) if dtype is not object else np.full(capacity, None)
+            new[:len(old)] = old
+            setattr(self, name, new)
+
+    def holds(self, slots, sessions: np.ndarray) -> bool:
+        """Do these slots still hold these sessions (an object array), none of them closed?"""
+        return bool((self.session[slots] == sessions).all())
+
+
+def _field(name: str, doc: str, kind=None):
+    """A Session attribute kept in its Cells (`kind` converts numbers out of numpy)."""
+    values = operator.attrgetter(name)
+    if kind is None:
+        def get(self):
+            return values(self.cells)[self.slot]
+    else:
+        def get(self):
+            return kind(values(self.cells)[self.slot])
+
+    def put(self, value):
+        values(self.cells)[self.slot] = value
+
+    return property(get, put, doc=doc)
 
 
 class Session(Ledger):
@@ -36,10 +87,17 @@ class Session(Ledger):
     Exactly-once is its Ledger: `accept` decides on a sequence number, `finish` records the step it applied.
     """
 
-    __slots__ = ("id", "model", "key", "slot", "owner", "timeout", "deadline", "phase", "queue", "step_count", "version",
-                 "running", "head")
+    __slots__ = ("id", "model", "key", "slot", "owner", "queue", "cells")
 
-    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float,
+    step_count = _field("steps", "steps applied so far", int)
+    version = _field("version", "bumped by every committed change; the compare-and-set key of a shared store", int)
+    timeout = _field("timeout", "seconds idle before it expires", float)
+    deadline = _field("deadline", "when it expires unless touched (the table's clock)", float)
+    waiting = _field("waiting", "units not yet run (its head and the queue behind it)", int)
+    head = _field("head", "the unit this session runs next")
+    running = _field("running", "the unit of this session in a model run now")
+
+    def __init__(self, sid: str, model: str, slot: int, owner: str | None, timeout: float, now: float, cells: Cells,
                  model_version: int = 1):
         Ledger.__init__(self)
         self.id = sid
@@ -48,31 +106,36 @@ class Session(Ledger):
         self.key = _KEYS.setdefault(key, key)  # one tuple shared by every session of a version (1M sessions)
         self.slot = slot
         self.owner = owner
+        self.queue: deque | tuple = ()  # units behind head; a deque only while there are some (1M idle sessions stay small)
+        self.cells = cells
+        for name, _ in Cells.FIELDS:
+            getattr(cells, name)[slot] = None if name in ("head", "running") else 0
+        cells.session[slot] = self
         self.timeout = timeout
         self.deadline = now + timeout
-        self.phase = IDLE
-        self.head = None           # the unit this session runs next
-        self.queue: deque | tuple = ()  # units behind head; a deque only while there are some (1M idle sessions stay small)
-        self.step_count = 0
-        self.version = 0           # bumped by every committed change; the compare-and-set key of a shared store
-        self.running = None        # the unit of this session in a model run now
+
+    @property
+    def phase(self) -> Phase:
+        return PHASES[self.cells.phase[self.slot]]
+
+    def _to(self, code: int) -> None:
+        self.cells.phase[self.slot] = code
+
+    def _wait(self, more: int) -> None:
+        self.cells.waiting[self.slot] += more
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, {self.phase.value}, step {self.step_count})"
 
     @property
     def closed(self) -> bool:
-        return self.phase is CLOSED
+        return self.cells.phase[self.slot] == _CLOSED
 
     @property
     def idle(self) -> bool:
         """Nothing queued, running or held: a new step could run right now."""
-        return self.phase is IDLE
+        return self.cells.phase[self.slot] == _IDLE
 
-    @property
-    def waiting(self) -> int:
-        """Units not yet run."""
-        return (self.head is not None) + len(self.queue)
 
     # -- exactly-once (Ledger) -------------------------------------------------------
 
@@ -88,14 +151,16 @@ class Session(Ledger):
     def enqueue(self, unit, seq: int | None) -> bool:
         """Add a unit (carrying step `seq` of this session) behind this session's others; True when this session
         is ready for it (it was idle). A unit of several sessions runs once every one of them is ready."""
-        if self.phase is CLOSED:
+        phase = self.cells.phase[self.slot]
+        if phase == _CLOSED:
             raise NotFound(f"session {self.id!r} was closed")
         if seq is not None:
             self.accepted_seq = seq
+        self._wait(1)
         if self.head is None:
             self.head = unit
-            if self.phase is IDLE:
-                self.phase = QUEUED
+            if phase == _IDLE:
+                self._to(_QUEUED)
                 return True
             return False
         if not self.queue:
@@ -103,12 +168,20 @@ class Session(Ledger):
         self.queue.append(unit)
         return False
 
+    def claim(self, unit, seq: int | None) -> None:
+        """IDLE -> RUNNING with `unit` (carrying step `seq`), which runs now: nothing is queued before it."""
+        if seq is not None:
+            self.accepted_seq = seq
+        self._to(_RUNNING)
+        self.running = unit
+
     def start(self, unit) -> None:
         """QUEUED -> RUNNING with `unit`, which must be its head."""
         if self.head is not unit or self.phase is not QUEUED:
             raise RuntimeError(f"{self}: started a unit that is not its next one")
         self.head = self.queue.popleft() if self.queue else None
-        self.phase = RUNNING
+        self._wait(-1)
+        self._to(_RUNNING)
         self.running = unit
 
     def finish(self, step_count: int, result: StepResult | None, fp: int = 0, restart: bool = False) -> int:
@@ -126,9 +199,9 @@ class Session(Ledger):
         if self.phase is CLOSED:
             return GONE
         if self.head is None:
-            self.phase = IDLE
+            self._to(_IDLE)
             return 0
-        self.phase = QUEUED
+        self._to(_QUEUED)
         return READY
 
     def undo(self) -> bool:
@@ -136,7 +209,7 @@ class Session(Ledger):
         self.running = None
         if self.phase is CLOSED:
             return False
-        self.phase = IDLE if self.head is None else QUEUED
+        self._to(_IDLE if self.head is None else _QUEUED)
         return self.head is not None
 
     def retry(self, unit) -> None:
@@ -147,7 +220,8 @@ class Session(Ledger):
                 self.queue = deque()
             self.queue.appendleft(self.head)
         self.head = unit
-        self.phase = QUEUED
+        self._wait(1)
+        self._to(_QUEUED)
 
     def drain(self) -> tuple[list, bool]:
         """Take every queued unit out (they will fail); a QUEUED session becomes IDLE. Returns (the units, whether
@@ -156,8 +230,9 @@ class Session(Ledger):
         was_ready = self.phase is QUEUED
         self.head = None
         self.queue = ()
-        if self.phase is QUEUED:
-            self.phase = IDLE
+        self.cells.waiting[self.slot] = 0
+        if was_ready:
+            self._to(_IDLE)
         return units, was_ready
 
     def hold(self) -> None:
@@ -166,19 +241,37 @@ class Session(Ledger):
             raise FailedPrecondition(
                 f"session {self.id!r} has {self.waiting + (self.running is not None)} step(s) in flight; "
                 "change its state when they are done")
-        self.phase = HELD
+        self._to(_HELD)
 
     def release(self) -> bool:
         """HELD -> IDLE/QUEUED; True when steps queued meanwhile are ready (the head)."""
         if self.phase is CLOSED:
             return False
-        self.phase = IDLE if self.head is None else QUEUED
+        self._to(_IDLE if self.head is None else _QUEUED)
         return self.head is not None
 
     def close(self) -> bool:
         """Any phase -> CLOSED; True when its slot can be freed now (no unit of it is running)."""
-        self.phase = CLOSED
+        self._to(_CLOSED)
+        self.cells.session[self.slot] = None
         return self.running is None
+
+    def detach(self) -> None:
+        """A closed session leaves its slot (to be reused): its fields move to cells of its own."""
+        own = Cells(1)
+        for name, _ in Cells.FIELDS:
+            getattr(own, name)[0] = getattr(self.cells, name)[self.slot]
+        self.cells, self.slot = own, 0
+
+    def move(self, slot: int, into: Cells | None = None) -> None:
+        """An idle or held session moves to another slot, of its own cells or of `into` (another version's slab):
+        its fields go with it; the caller moves its state row."""
+        cells = self.cells
+        to = cells if into is None else into
+        for name, _ in Cells.FIELDS:
+            getattr(to, name)[slot] = getattr(cells, name)[self.slot]
+        cells.session[self.slot] = None
+        self.cells, self.slot = to, slot
 
     def touch(self, now: float) -> None:
         """Activity: the idle deadline moves to now + timeout."""
@@ -219,6 +312,81 @@ class Session(Ledger):
         self.last_result, self.last_fp = None, rec.last_fp
         if rec.last_output is not None:
             self.last_result = StepResult(rec.last_output, rec.last_state, rec.last_step_count, rec.last_seq)
+
+
+# -- the transitions of every session of a unit at once (the batcher's side) --------------------------------
+
+def all_idle(cells: Cells, sessions: list, slots) -> bool:
+    """Is every one of these sessions idle?"""
+    if len(sessions) < BULK:
+        return all(s.idle for s in sessions)
+    return not cells.phase[slots].any()
+
+
+def claim_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> None:
+    """Session.claim of a unit's sessions, all idle (all_idle): the unit runs now."""
+    if len(sessions) < BULK:
+        for i, s in enumerate(sessions):
+            s.claim(unit, None if seqs is None else seqs[i])
+        return
+    cells.phase[slots] = _RUNNING
+    cells.running[slots] = unit
+    if seqs is not None:
+        for s, q in zip(sessions, seqs):
+            if q is not None:
+                s.accepted_seq = q
+
+
+def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> int:
+    """Session.enqueue of each of a unit's sessions (`slots` theirs, `seqs` their step numbers); how many are not
+    ready for it. One pass over the arrays when every session is idle, the common case; else session by session."""
+    if len(sessions) >= BULK and not cells.phase[slots].any():  # all IDLE: nothing queued, running or held, none closed
+        cells.phase[slots] = _QUEUED
+        cells.head[slots] = unit
+        cells.waiting[slots] = 1
+        if seqs is not None:
+            for s, q in zip(sessions, seqs):
+                if q is not None:
+                    s.accepted_seq = q
+        return 0
+    blocked = 0
+    for i, s in enumerate(sessions):
+        if not s.enqueue(unit, None if seqs is None else seqs[i]):
+            blocked += 1
+    return blocked
+
+
+def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | None) -> None:
+    """Session.start of a unit's sessions (`pending`: which entries; None: all). One pass when every one has
+    nothing queued behind this unit."""
+    if pending is None and len(sessions) >= BULK and (cells.waiting[slots] == 1).all() and \
+            (cells.phase[slots] == _QUEUED).all():
+        cells.phase[slots] = _RUNNING
+        cells.running[slots] = unit
+        cells.head[slots] = None
+        cells.waiting[slots] = 0
+        return
+    for i, s in enumerate(sessions):
+        if pending is None or pending[i]:
+            s.start(unit)
+
+
+def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np.ndarray] | None:
+    """Session.finish (no recorded result, no restart) of a unit's sessions in one pass, when every one of them is
+    running it; None otherwise (finish them one by one). Returns (the next units of the sessions now ready for
+    them, the indices of sessions closed meanwhile)."""
+    if len(counts) < BULK or not (cells.running[slots] == unit).all():
+        return None
+    cells.steps[slots] = counts
+    cells.version[slots] += 1
+    cells.running[slots] = None
+    closed = cells.phase[slots] == _CLOSED
+    waiting = cells.waiting[slots] > 0
+    if not waiting.any():
+        cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
+        return [], np.flatnonzero(closed)
+    cells.phase[slots] = np.where(closed, _CLOSED, np.where(waiting, _QUEUED, _IDLE))
+    return cells.head[slots][waiting & ~closed].tolist(), np.flatnonzero(closed)
 
 
 def check_session_id(sid: str) -> None:

@@ -20,7 +20,7 @@ from statestream.contract.errors import (
     show,
 )
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.sessions import CLOSED, IDLE, Session, check_session_id
+from statestream.server.engine.sessions import CLOSED, IDLE, PHASES, Cells, Session, check_session_id
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.versions import Key, Versions
 from statestream.server.store.base import SessionRecord
@@ -33,20 +33,29 @@ def gone(s: Session) -> NotFound:
     return NotFound(f"session {s.id!r} was closed or expired on another replica")
 
 
-class Slab:
-    """A model's states: float32 [capacity, W]; a session owns one row (slot)."""
+class Slab(Cells):
+    """A model's sessions: their states, float32 [capacity, W], and their Cells; a session owns one slot.
+
+    Slot 0 is never a session's: it stays CLOSED, and a closed session that left its slot (Session.detach) names
+    it, so a bulk transition given that session's slot sees it closed."""
 
     def __init__(self, width: int, capacity: int = 1024):
+        super().__init__(capacity)
         self.width = width
         self.rows = np.zeros((capacity, width), dtype=np.float32)
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._free: list[int] = list(range(capacity - 1, 0, -1))
+        self.phase[0] = PHASES.index(CLOSED)
+
+    def _grow(self, capacity: int) -> None:
+        grown = np.zeros((capacity, self.width), dtype=np.float32)
+        grown[:self.rows.shape[0]] = self.rows
+        self.rows = grown
+        self.grow(capacity)
 
     def alloc(self) -> int:
         if not self._free:
             old = self.rows.shape[0]
-            grown = np.zeros((old * 2, self.width), dtype=np.float32)
-            grown[:old] = self.rows
-            self.rows = grown
+            self._grow(old * 2)
             self._free = list(range(2 * old - 1, old - 1, -1))
         slot = self._free.pop()
         self.rows[slot] = 0.0
@@ -64,9 +73,7 @@ class Slab:
         if start is None:
             old = self.rows.shape[0]
             cap = old + max(n, old)
-            grown = np.zeros((cap, self.width), dtype=np.float32)
-            grown[:old] = self.rows
-            self.rows = grown
+            self._grow(cap)
             self._free = list(range(cap - 1, old + n - 1, -1)) + self._free  # the rest, used after older free rows
             start = old
         else:
@@ -143,10 +150,12 @@ class SessionTable:
     def move(self, s: Session, key: Key) -> None:
         """A held session onto another loaded version: its state row moves to that version's slab."""
         row = self.state(s).copy()
-        self.slabs[s.key].free(s.slot)
+        slab, old = self.slabs[key], s.slot
+        slot = slab.alloc()
+        s.move(slot, slab)  # its cells with it
+        self.slabs[s.key].free(old)
         self.per_version[s.key] -= 1
-        s.slot = self.slabs[key].alloc()
-        self.slabs[key].rows[s.slot] = row
+        slab.rows[slot] = row
         s.key = key
         self.per_version[key] += 1
 
@@ -169,7 +178,8 @@ class SessionTable:
         else:
             sid = secrets.token_hex(16)
         self._check_room()
-        return self._insert(Session(sid, model, self.slabs[key].alloc(), owner, timeout, self.clock(), key[1]))
+        slab = self.slabs[key]
+        return self._insert(Session(sid, model, slab.alloc(), owner, timeout, self.clock(), slab, key[1]))
 
     def open_block(self, model: str, sids: list[str], timeout: float = 0.0, owner: str | None = None,
                    version: int = 0) -> list[Session]:
@@ -185,9 +195,10 @@ class SessionTable:
             if _key(sid, owner) in self._sessions:
                 raise AlreadyExists(f"session {sid!r} is already open")
         self._check_room(len(sids))
-        start = self.slabs[key].alloc_block(len(sids))
+        slab = self.slabs[key]
+        start = slab.alloc_block(len(sids))
         now = self.clock()
-        return [self._insert(Session(sid, model, start + i, owner, timeout, now, key[1]))
+        return [self._insert(Session(sid, model, start + i, owner, timeout, now, slab, key[1]))
                 for i, sid in enumerate(sids)]
 
     def _check_room(self, n: int = 1) -> None:
@@ -212,9 +223,10 @@ class SessionTable:
         slab = self.slabs[sessions[0].key]
         start = slab.alloc_block(len(sessions))
         for i, s in enumerate(sessions):
-            slab.rows[start + i] = slab.rows[s.slot]
-            slab.free(s.slot)
-            s.slot = start + i
+            old = s.slot
+            slab.rows[start + i] = slab.rows[old]
+            s.move(start + i)
+            slab.free(old)
         return sessions
 
     def make_room(self) -> None:
@@ -253,7 +265,7 @@ class SessionTable:
     def find_many(self, ids: list[str], owner: str | None = None) -> list[Session | None]:
         get = self._sessions.get
         if owner is None:
-            return [get(sid) for sid in ids]
+            return list(map(get, ids))
         return [get(_key(sid, owner)) for sid in ids]
 
     def get(self, sid: str, owner: str | None = None) -> Session:
@@ -279,11 +291,13 @@ class SessionTable:
     def touch(self, s: Session) -> None:
         s.touch(self.clock())
 
-    def touch_many(self, sessions: list[Session | None]) -> None:
-        now = self.clock()
-        for s in sessions:
-            if s is not None:
-                s.touch(now)
+    def touch_many(self, key: Key, slots) -> None:
+        """Activity of the sessions in these slots of a model version's slab (a unit's): their idle deadlines move,
+        at once."""
+        slab = self.slabs[key]
+        if not isinstance(slots, slice) and len(slots) == 1:  # one session: numpy's scalar indexing is cheaper
+            slots = slots[0]
+        slab.deadline[slots] = self.clock() + slab.timeout[slots]
 
     def close(self, s: Session) -> None:
         """Remove a session; its slot is freed now, or when its running unit is done (`release`)."""
@@ -292,7 +306,7 @@ class SessionTable:
         del self._sessions[_key(s.id, s.owner)]
         self.per_version[s.key] -= 1
         if s.close():
-            self.slabs[s.key].free(s.slot)
+            self._free(s)
 
     def closed_because(self, s: Session, why: str) -> None:
         """A closed session's later requests get NotFound with this reason (a forced unload)."""
@@ -301,7 +315,15 @@ class SessionTable:
     def release(self, s: Session) -> None:
         """After a run: free the slot of a session that was closed while it ran."""
         if s.phase is CLOSED and s.running is None:
-            self.slabs[s.key].free(s.slot)
+            self._free(s)
+
+    def _free(self, s: Session) -> None:
+        """A closed session leaves its slot (once)."""
+        slab = self.slabs[s.key]
+        if s.cells is slab:
+            slot = s.slot
+            s.detach()
+            slab.free(slot)
 
     def state(self, s: Session) -> np.ndarray:
         return self.slabs[s.key].rows[s.slot]
@@ -376,7 +398,8 @@ class SessionTable:
         now = self.clock()
         if s is None:
             self._check_room()
-            s = self._insert(Session(rec.id, rec.model, self.slabs[key].alloc(), rec.owner, rec.timeout, now, key[1]))
+            slab = self.slabs[key]
+            s = self._insert(Session(rec.id, rec.model, slab.alloc(), rec.owner, rec.timeout, now, slab, key[1]))
         elif s.key != key:
             raise FailedPrecondition(f"session {show(rec.id)} moved to version {key[1]} elsewhere; re-open it")
         self.slabs[key].rows[s.slot] = rec.state

@@ -23,12 +23,12 @@ class Unit:
     so it runs alone and gather-free; `x` then has one row per block row and entry i is row `rows[i]`."""
 
     __slots__ = ("sessions", "x", "seqs", "fps", "future", "enqueued", "y", "states", "counts", "errors", "fate",
-                 "left", "parent", "blocked", "block", "keep", "rows", "reset", "group", "group_seq", "group_fp",
-                 "deadline")
+                 "left", "parent", "blocked", "block", "keep", "rows", "slots", "reset", "group", "group_seq",
+                 "group_fp", "deadline")
 
     def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                  future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
-                 keep: np.ndarray | None = None, reset: bool = False, group=None):
+                 keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None):
         self.sessions = sessions
         self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
@@ -44,6 +44,13 @@ class Unit:
         self.block = block
         self.keep = keep
         self.rows = None if block is None else (np.arange(len(x)) if keep is None else np.flatnonzero(keep))
+        # the sessions' slots: the cells and state rows of entry i are at slots[i] (a group's block: a slice)
+        if slots is not None:
+            self.slots = slots
+        elif block is None:
+            self.slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions))
+        else:
+            self.slots = slice(block, block + len(x)) if keep is None else block + self.rows
         self.reset = reset          # a sequence start: every entry starts from zero states and step 0
         self.group = group          # the Group whose step this is (its ledger records it) ...
         self.group_seq = None       # ... with this group sequence number
@@ -66,6 +73,12 @@ class Unit:
 
     def fp_of(self, s) -> int:
         return 0 if self.fps is None else self.fps[self.index(s)]
+
+    def waited_by(self, deadline: float | None) -> None:
+        """A retry of a step of this unit waits for it: the unit's store write may take until the most patient of
+        its callers gives up (None: one set no deadline)."""
+        if self.deadline is not None:
+            self.deadline = None if deadline is None else max(self.deadline, deadline)
 
     def result(self, i: int = 0) -> StepResult:
         """Entry i's result, or its error raised."""

@@ -43,15 +43,6 @@ local function cas(k, new, token, data, ttl, prev)
 end
 """
 CAS_SCRIPT = _CAS_FUNCTION + "return cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\n"
-# The alternative measured in bench/redis_commit.py: every record of a batch in one multi-key script.
-CAS_MANY_SCRIPT = _CAS_FUNCTION + """
-local out = {}
-for i = 1, #KEYS do
-  local a = (i - 1) * 5
-  out[i] = cas(KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
-end
-return out
-"""
 CREATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'w') == ARGV[2] then return 1 end
@@ -167,12 +158,10 @@ class RedisStore:
     durable = True
     shared = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float | None = DEFAULT_TIMEOUT,
-                 batch_mode: str = "pipeline"):
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, timeout: float | None = DEFAULT_TIMEOUT):
         self.url = check_url(url)
         self.description = (f"{_shown(url)} (shared by replicas and workers; compare-and-set per session, "
                             "one round trip per batch, expiry as a Redis TTL)")
-        self.batch_mode = batch_mode
         self._retry = dict(retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 3),
                            retry_on_error=[redis.ConnectionError, redis.TimeoutError])
         self.timeout = timeout  # default bound of one call, seconds (None: only the socket timeouts bound it)
@@ -180,7 +169,6 @@ class RedisStore:
                               socket_timeout=timeout or 5.0)
         self.client = aioredis.from_url(url, **self._timeouts, **self._retry)
         self._cas = self.client.register_script(CAS_SCRIPT)
-        self._cas_many = self.client.register_script(CAS_MANY_SCRIPT)
         self._create = self.client.register_script(CREATE_SCRIPT)
         self._writer = os.urandom(6).hex()
         self._writes = 0
@@ -280,8 +268,7 @@ class RedisStore:
         if not records:
             return []
         token = self._token()
-        write = self._commit_script if self.batch_mode == "script" else self._commit_pipeline
-        return await self._bounded(write(records, token), timeout, write=True)
+        return await self._bounded(self._commit_pipeline(records, token), timeout, write=True)
 
     async def _commit_pipeline(self, records: list[SessionRecord], token: str) -> list[str]:
         args = [(key(r.owner, r.id), self._args(r, token)) for r in records]
@@ -309,11 +296,6 @@ class RedisStore:
                      "loading it again")
             self._cas.sha = await self.client.script_load(CAS_SCRIPT)
         return codes
-
-    async def _commit_script(self, records: list[SessionRecord], token: str) -> list[str]:
-        keys = [key(r.owner, r.id) for r in records]
-        flat = [a for r in records for a in self._args(r, token)]
-        return [_CODES[c] for c in await self._cas_many(keys=keys, args=flat)]
 
     async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:
         """Remove sessions (closed): one round trip."""

@@ -1,0 +1,68 @@
+"""The server on asyncio's event loop against the same server on uvloop: the ghz rounds of bench.ab, same null server.
+
+    pip install uvloop
+    python -m bench.loops --rounds 3 --duration 2     # writes loops_ab.md / loops_ab.json into --out
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import ab, compute, scenarios
+from .procs import ROOT, Proc, null_server, statestream_server
+
+ON_UVLOOP = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+             "from statestream.server.app.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+def uvloop_server(model: Path, *args: str) -> Proc:
+    """This checkout's server, its asyncio loop replaced by uvloop's (grpc.aio runs on it)."""
+    cmd = [sys.executable, "-c", ON_UVLOOP, "--models", str(model), "--host", "127.0.0.1", "--port", "0",
+           "--log-level", "WARNING", *args]
+    return Proc("server on uvloop", cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.loops", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=2.0, help="seconds per ghz run")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    a = p.parse_args(argv)
+    raw = a.out / "raw" / "loops"
+    raw.mkdir(parents=True, exist_ok=True)
+    _, man = compute.load(a.model)
+    plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=[1, 4, 16], frame_sizes=[256],
+                          duration=a.duration, stream_count=100, ghz_cpus=1, raw=raw, group_sizes=[256, 1024],
+                          group_concurrencies=[4], frame_concurrencies=[16])
+    plan.write_data()
+    responses = plan.write_null_responses(man.output_size)
+    args = ["--max-sessions", str(int(plan.sessions_needed() * 1.2) + 10_000)]
+    res = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+                    "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "A": "asyncio", "B": "uvloop",
+                    "rounds": a.rounds, "duration": a.duration,
+                    "command": "python -m bench.loops " + " ".join(argv if argv is not None else sys.argv[1:])}}
+    with null_server(responses) as null, statestream_server(a.model, *args) as plain, \
+            uvloop_server(a.model, *args) as fast:
+        procs = {"null": null, "A": plain, "B": fast}
+        for proc in (plain, fast):
+            plan.open_groups(proc)
+        for key in {k for k, _ in ab.SCENARIOS}:
+            for who, proc in procs.items():
+                scenarios.warm(plan, proc, who, key)
+        res["ghz"] = ab.ghz_rounds(plan, procs, a.rounds)
+    (a.out / "loops_ab.json").write_text(json.dumps(res, indent=1))
+    md = ab.report(res)
+    (a.out / "loops_ab.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
