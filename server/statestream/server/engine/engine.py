@@ -25,7 +25,7 @@ from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import BULK, Session
-from statestream.server.engine.table import SessionTable, gone
+from statestream.server.engine.table import SessionTable
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
 from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
 from statestream.server.engine.units import Unit
@@ -435,7 +435,7 @@ class Engine:
             if req.deadline is not None and req.deadline - time.monotonic() <= AGAIN_MARGIN:
                 break
             if s.closed:
-                raise gone(s)
+                raise NotFound(f"session {s.id!r} was closed")
             found = s.accept(seq, fp, req.reset)
             if isinstance(found, StepResult):
                 return found, False
