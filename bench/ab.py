@@ -138,6 +138,19 @@ def report(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepare(model: Path, duration: float, raw: Path) -> tuple[scenarios.Plan, Path, list[str]]:
+    """The scenarios of an A/B (unary and streams at 1/4/16, frames of 256, groups of 256 and 1024), their data and
+    the null server's responses written under `raw`; (the plan, the responses file, the servers' extra flags)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    _, man = compute.load(model)
+    plan = scenarios.Plan(model=model.stem, features=man.features, concurrencies=[1, 4, 16], frame_sizes=[256],
+                          duration=duration, stream_count=100, ghz_cpus=1, raw=raw, group_sizes=[256, 1024],
+                          group_concurrencies=[4], frame_concurrencies=[16])
+    plan.write_data()
+    responses = plan.write_null_responses(man.output_size)
+    return plan, responses, ["--max-sessions", str(int(plan.sessions_needed() * 1.2) + 10_000)]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,15 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=tree, capture_output=True,
                               text=True).stdout.strip()
 
-    raw = a.out / "raw" / "ab"
-    raw.mkdir(parents=True, exist_ok=True)
-    _, man = compute.load(a.model)
-    plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=[1, 4, 16], frame_sizes=[256],
-                          duration=a.duration, stream_count=100, ghz_cpus=1, raw=raw, group_sizes=[256, 1024],
-                          group_concurrencies=[4], frame_concurrencies=[16])
-    plan.write_data()
-    responses = plan.write_null_responses(man.output_size)
-    args = ["--max-sessions", str(int(plan.sessions_needed() * 1.2) + 10_000)]
+    plan, responses, args = prepare(a.model, a.duration, a.out / "raw" / "ab")
     res = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                     "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "A": describe(a.old_tree),
                     "B": describe(ROOT), "rounds": a.rounds, "duration": a.duration,

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import ab, compute, scenarios
+from . import ab, scenarios
 from .procs import ROOT, Proc, null_server, statestream_server
 
 ON_UVLOOP = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
@@ -35,15 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=2.0, help="seconds per ghz run")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     a = p.parse_args(argv)
-    raw = a.out / "raw" / "loops"
-    raw.mkdir(parents=True, exist_ok=True)
-    _, man = compute.load(a.model)
-    plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=[1, 4, 16], frame_sizes=[256],
-                          duration=a.duration, stream_count=100, ghz_cpus=1, raw=raw, group_sizes=[256, 1024],
-                          group_concurrencies=[4], frame_concurrencies=[16])
-    plan.write_data()
-    responses = plan.write_null_responses(man.output_size)
-    args = ["--max-sessions", str(int(plan.sessions_needed() * 1.2) + 10_000)]
+    plan, responses, args = ab.prepare(a.model, a.duration, a.out / "raw" / "loops")
     res = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                     "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "A": "asyncio", "B": "uvloop",
                     "rounds": a.rounds, "duration": a.duration,
