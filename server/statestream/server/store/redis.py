@@ -95,10 +95,15 @@ _F32 = np.dtype(np.float32)
 
 
 def pack(rec: SessionRecord) -> bytes:
-    """A SessionRecord (but version and expiry, kept in the hash and the TTL) as bytes; floats bit-exact.
-    (On the commit path, once per session: written for few Python operations.)"""
-    sid, model, mhash = rec.id.encode("utf-8", "surrogatepass"), rec.model.encode(), rec.model_hash.encode()
-    owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
+    """A SessionRecord (but version and expiry, kept in the hash and the TTL) as bytes; floats bit-exact."""
+    return _pack(rec, rec.id.encode("utf-8", "surrogatepass"),
+                 b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass"))
+
+
+def _pack(rec: SessionRecord, sid: bytes, owner: bytes) -> bytes:
+    """pack, given the id and owner encoded (the commit has them for the key). Once per session on the commit
+    path: written for few Python operations."""
+    model, mhash = rec.model.encode(), rec.model_hash.encode()
     state, out, last = rec.state, rec.last_output, rec.last_state
     state = state if state.dtype == _F32 else state.astype(_F32)
     out = out if out is None or out.dtype == _F32 else out.astype(_F32)
@@ -145,7 +150,11 @@ def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
 
 def key(owner: str | None, sid: str) -> bytes:
     """The Redis key of a session: namespace, owner ('' without auth), NUL, id (NUL cannot occur in either)."""
-    return NAMESPACE + (owner or "").encode("utf-8", "surrogatepass") + b"\x00" + sid.encode("utf-8", "surrogatepass")
+    return _key(b"" if owner is None else owner.encode("utf-8", "surrogatepass"), sid.encode("utf-8", "surrogatepass"))
+
+
+def _key(owner: bytes, sid: bytes) -> bytes:
+    return b"%s%s\x00%s" % (NAMESPACE, owner, sid)
 
 
 def check_url(url: str) -> str:
@@ -317,17 +326,20 @@ class RedisStore:
 
     async def _commit(self, records: list[SessionRecord], token: bytes) -> list[str]:
         commands, covers = _cas_commands(records, token)
-        codes: list = [None] * len(records)
-        errors = []
-        for reply, indexes in zip(await self._evalsha(_CAS, commands), covers):
-            for i, code in zip(indexes, [reply] * len(indexes) if isinstance(reply, redis.ResponseError) else reply):
-                if isinstance(code, redis.ResponseError):
-                    errors.append(code)
-                else:
-                    codes[i] = _CODES[code]
-        if errors:  # e.g. a key of another type: written records stay written, so say so
-            raise _PartlyWritten(str(errors[0])) if OK in codes else errors[0]
-        return codes
+        codes: list = [None] * len(records)   # per record: 0, 1, 2 (_CODES) or its error
+        for reply, cover in zip(await self._evalsha(_CAS, commands), covers):
+            if isinstance(reply, redis.ResponseError):   # the whole command refused (out of memory, NOSCRIPT again)
+                reply = [reply] * (1 if cover.__class__ is int else len(cover))
+            if cover.__class__ is int:
+                codes[cover] = reply[0]
+            else:
+                for i, code in zip(cover, reply):
+                    codes[i] = code
+        try:
+            return [_CODES[c] for c in codes]
+        except TypeError:   # an error: e.g. a key of another type; written records stay written, so say so
+            errors = [c for c in codes if isinstance(c, redis.ResponseError)]
+            raise _PartlyWritten(str(errors[0])) if 0 in codes else errors[0] from None
 
     async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:
         """Remove sessions (closed): one round trip."""
@@ -351,30 +363,36 @@ def _raise_errors(replies: list) -> list:
     return replies
 
 
-def _cas_commands(records: list[SessionRecord], token: bytes) -> tuple[list[tuple], list[tuple]]:
-    """The EVALSHA commands of one commit (each a tuple of RESP pieces) and the records (indexes) each covers: one
-    command per hash tag shared by several keys, one per other record. Once per session: few Python operations."""
+def _cas_commands(records: list[SessionRecord], token: bytes) -> tuple[list[tuple], list]:
+    """The EVALSHA commands of one commit (each a tuple of RESP pieces) and the records each covers (an index, or
+    a tuple of indexes for a group): one command per hash tag shared by several keys, one per other record. Once
+    per session: written for few Python operations."""
     now = time.time()
     tok = bulk(token)
     commands, covers = [], []
-    tagged: dict[bytes, list[tuple]] = {}
+    tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
     for i, rec in enumerate(records):
-        k = b"%s%s\x00%s" % (NAMESPACE, b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass"),
-                             rec.id.encode("utf-8", "surrogatepass"))
+        sid = rec.id.encode("utf-8", "surrogatepass")
+        owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
+        k = _key(owner, sid)
         new, prev = b"%d" % rec.version, b"%d" % (rec.version - 1)
-        ttl = b"%d" % max(1, int((rec.expires_at - now) * 1000))
-        data = pack(rec)
-        tag = hash_tag(k) if b"{" in k else None
-        if tag is None:   # EVALSHA sha 1 KEY token new prev ttl, then the record's bulk string
+        ttl = int((rec.expires_at - now) * 1000)
+        ttl = b"%d" % ttl if ttl > 0 else b"1"
+        data = _pack(rec, sid, owner)
+        if b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
             commands.append((b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
                 _CAS_ONE, len(k), k, tok, len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
-            covers.append((i,))
-        else:
-            tagged.setdefault(tag, []).append((i, bulk(k), b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
-                len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data))
-    for group in tagged.values():   # EVALSHA sha m KEY1..KEYm token (new prev ttl record)1..m
-        head = b"*%d\r\n%s%s" % (4 + 5 * len(group), _EVALSHA_CAS, bulk(b"%d" % len(group)))
-        args = [piece for _, _, nums, data in group for piece in (nums, data, b"\r\n")]
-        commands.append((head, *(kb for _, kb, _, _ in group), tok, *args))
-        covers.append(tuple(i for i, _, _, _ in group))
+            covers.append(i)
+            continue
+        group = tagged.get(tag)
+        if group is None:
+            group = tagged[tag] = ([], [], [])
+        group[0].append(i)
+        group[1].append(b"$%d\r\n%s\r\n" % (len(k), k))
+        group[2].extend((b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
+            len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
+    for indexes, keys, args in tagged.values():   # EVALSHA sha m KEY1..KEYm token (new prev ttl record)1..m
+        head = b"*%d\r\n%s%s" % (4 + 5 * len(indexes), _EVALSHA_CAS, bulk(b"%d" % len(indexes)))
+        commands.append((head, *keys, tok, *args))
+        covers.append(tuple(indexes))
     return commands, covers
