@@ -24,7 +24,7 @@ log = logging.getLogger("statestream.server.store")
 
 NAMESPACE = b"statestream:s:"
 PING_SECONDS = 1.0  # the health probe's bound
-SOCKET_SECONDS = 5.0  # the bound of a call when the store has no timeout (--store-timeout 0)
+SOCKET_SECONDS = 5.0  # the bound of a call when the store was made with timeout=None
 
 # One hash per session: v = version (decimal), w = token of the write that set v, d = the packed record.
 # TTL = what is left of the session's idle timeout, refreshed by every write (an idle session expires in Redis).
