@@ -57,7 +57,8 @@ class Batcher:
         self._ready_sessions = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._running = 0
+        self._running = 0  # runs in flight (model run, store write, apply)
+        self._runs: set[asyncio.Task] = set()  # the consumer's runs in flight, when it keeps several (durable stores)
 
     # -- life -----------------------------------------------------------------------
 
@@ -71,6 +72,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._runs:  # runs in flight finish: their callers are answered
+            await asyncio.gather(*self._runs, return_exceptions=True)
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
@@ -107,20 +110,31 @@ class Batcher:
     # -- the consumer ---------------------------------------------------------------
 
     async def _consume(self) -> None:
+        limit = self.policy.runs_in_flight(self.persistence.durable)
         while True:
-            if not self._ready:
+            if not self._ready or self._running >= limit:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             delay = self.policy.wait(self._ready_sessions, self._ready[0].enqueued)
             await asyncio.sleep(delay)  # 0: one loop turn, so steps that arrived together share the run
             units = self._take()
-            if units:
-                self._running += 1
-                try:
-                    await self._execute(units)
-                finally:
-                    self._running -= 1
+            if not units:
+                continue
+            if limit == 1:
+                await self._run(units)
+            else:  # the next run may start while this one's store write is in flight (their sessions differ)
+                task = asyncio.get_running_loop().create_task(self._run(units))
+                self._runs.add(task)
+                task.add_done_callback(self._runs.discard)
+
+    async def _run(self, units: list[Unit]) -> None:
+        self._running += 1
+        try:
+            await self._execute(units)
+        finally:
+            self._running -= 1
+            self._wake.set()
 
     def _take(self) -> list[Unit]:
         """Ready units sharing the first one's T, up to max_batch_size sessions (a group step runs alone); their
