@@ -14,7 +14,7 @@ import time
 import warnings
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +227,6 @@ class TorchReport:
     max_abs_error: float    # the server's step layout vs PyTorch stepping the module with its own states
     size_bytes: int
     seconds: float
-    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         m = self.manifest
