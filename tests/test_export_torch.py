@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import require_installed
+from docblocks import all_blocks
 from serverproc import ROOT, ServerProcess
 
 from statestream.client import Client
@@ -118,3 +119,16 @@ def test_without_torch_the_exporter_says_which_extra_to_install(tmp_path):
                         str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and not (tmp_path / "m.onnx").exists()
     assert 'pip install ".[torch]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_python_api_example_of_docs_models_runs_as_written(tmp_path):
+    """docs/models.md's export_torch block (not run by tests/test_readme.py: .venv has no torch) runs here."""
+    require_installed(TORCH_PY, "torch", "make install-torch")
+    block = next(b for b in all_blocks("python") if "export_torch" in b.code)
+    assert "tests/test_export_torch.py" in block.not_run
+    (tmp_path / "models").mkdir()
+    r = subprocess.run([str(TORCH_PY), "-c", block.code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = read_manifest(onnx.load(str(tmp_path / "models" / "net.onnx")))
+    assert [(l.name, l.cell, l.units) for l in m.layers] == [("rnn_l0", "LSTM", 16), ("rnn_l1", "LSTM", 16)]
+    assert "parity: max abs error" in r.stdout and m.parity_max_abs_error <= TOL
