@@ -132,3 +132,33 @@ def test_the_python_api_example_of_docs_models_runs_as_written(tmp_path):
     m = read_manifest(onnx.load(str(tmp_path / "models" / "net.onnx")))
     assert [(l.name, l.cell, l.units) for l in m.layers] == [("rnn_l0", "LSTM", 16), ("rnn_l1", "LSTM", 16)]
     assert "parity: max abs error" in r.stdout and m.parity_max_abs_error <= TOL
+
+
+def test_torch_is_in_its_extra_only_and_the_cache_key_covers_its_pins():
+    import tomllib
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import install_torch
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert [r for r in extras["torch"] if r.startswith("torch")] == ["torch==2.15.0"]
+    for name, reqs in [("base", project["dependencies"])] + [(k, v) for k, v in extras.items() if k != "torch"]:
+        assert not [r for r in reqs if r.split("=")[0].split("[")[0].strip() in ("torch", "onnxscript")], name
+    reqs = install_torch.requirements(ROOT / "pyproject.toml")
+    assert reqs == project["dependencies"] + extras["torch"]
+    assert install_torch.key(reqs) != install_torch.key([r.replace("2.15.0", "2.14.1") for r in reqs])
+
+
+def test_a_second_clone_venv_reuses_the_cached_torch_and_runs_its_own_code(tmp_path):
+    """What a second clone on this machine pays: no download, a small venv whose statestream is its clone's."""
+    require_installed(TORCH_PY, "torch", "make install-torch")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_torch.py"), "--venv", str(tmp_path / "v")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "install_torch: reusing " in r.stdout and "installing" not in r.stdout, r.stdout + r.stderr
+    probe = "import torch, statestream.export.torch_export as t; print(torch.__version__, t.__file__)"
+    r = subprocess.run([str(tmp_path / "v" / "bin" / "python"), "-c", probe], capture_output=True, text=True,
+                       timeout=120)
+    version, where = r.stdout.split()
+    assert version.startswith("2.15.0") and Path(where).is_relative_to(ROOT / "export"), r.stdout + r.stderr
+    assert sum(f.stat().st_size for f in (tmp_path / "v").rglob("*") if f.is_file()) < 100e6  # torch is not copied
