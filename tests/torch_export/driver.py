@@ -48,7 +48,11 @@ def cmd_export(out: Path) -> dict:
         if how == "cli":
             saved = out / f"{name}.pt"
             torch.save(module, saved)
-            r = cli("torch", str(saved), "--out", str(target), "--json")
+            example = []
+            if not module.rnn.batch_first:  # the module's own layout: time first
+                np.save(out / f"{name}.example.npy", torch.randn(5, 2, module.rnn.input_size).numpy())
+                example = ["--example", str(out / f"{name}.example.npy")]
+            r = cli("torch", str(saved), "--out", str(target), "--json", *example)
             if r.returncode:
                 raise SystemExit(f"statestream-export torch {name} exited {r.returncode}: {r.stderr}")
             report = json.loads(r.stdout)

@@ -45,7 +45,6 @@ class Chain:
     """What the module is, as statestream streams it: one recurrent module, then heads applied per timestep."""
 
     rnn: object
-    rnn_name: str
     heads: list
     layers: tuple[Layer, ...]
 
@@ -95,7 +94,7 @@ def inspect_module(module) -> Chain:
     cell = CELLS[type(rnn).__name__]
     prefix = rnn_name.replace(".", "_") or type(rnn).__name__.lower()
     layers = tuple(Layer(f"{prefix}_l{k}", cell, rnn.hidden_size) for k in range(rnn.num_layers))
-    return Chain(rnn, rnn_name, heads, layers)
+    return Chain(rnn, heads, layers)
 
 
 def streaming_module(chain: Chain):
@@ -189,7 +188,7 @@ def module_vs_chain(module, chain: Chain, example) -> float:
     streaming = streaming_module(chain)
     x = torch.as_tensor(np.asarray(example, np.float32))
     if x.ndim != 3 or x.shape[-1] != chain.rnn.input_size:
-        raise ExportRefused(f"the example input has shape {list(x.shape)}; expected 3 dimensions with "
+        raise ExportError(f"the example input has shape {list(x.shape)}; expected 3 dimensions with "
                             f"{chain.rnn.input_size} features last ({'batch' if chain.rnn.batch_first else 'time'} "
                             "first, as the recurrent module takes it)")
     with torch.no_grad():
