@@ -27,8 +27,8 @@ from .errors import ExportError, ExportRefused, ParityError
 OPSET = 17
 CELLS = {"LSTM": "LSTM", "GRU": "GRU", "RNN": "SimpleRNN"}  # torch class -> manifest cell (and ONNX op: the key)
 HEADS = ("Linear", "ReLU", "Tanh", "Sigmoid", "GELU", "Identity", "Dropout")  # applied per timestep, in order
-INSTALL_HINT = ('statestream-export torch needs PyTorch: install the torch extra (pip install ".[torch]", about 5 GB '
-                "with CUDA; make install-torch)")
+INSTALL_HINT = ('the torch route needs PyTorch: install the torch extra (pip install ".[torch]", about 5 GB with CUDA; '
+                "make install-torch)")
 
 
 def import_torch():
