@@ -15,7 +15,6 @@ from statestream.server.engine.model import ModelRunner, finite
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
 from statestream.server.engine.sessions import (
     BULK,
-    GONE,
     READY,
     Session,
     all_idle,
@@ -317,25 +316,31 @@ class Batcher:
         if len(sessions) >= BULK and self._finish_all(units, sessions, slots, new_entries, counts, results, statuses):
             return
         counts_list = counts.tolist()
+        running = self.slab.running
         a = 0
         for unit in units:
             n = len(unit.sessions)
             skip: list[int] = []  # entries whose row is not written
             complete = False
-            fps = unit.fps
+            fps, fate = unit.fps, unit.fate
             try:
                 for i, s in enumerate(unit.sessions):
                     j = a + i
                     status = OK if statuses is None else statuses[j]
-                    if status == CONFLICT or status == MISSING or unit.fate[i] != PENDING or s.running is not unit:
-                        skip.append(i)  # _redo settles the first two; the others failed while queued
+                    if fate[i] != PENDING or running[s.slot] is not unit or (
+                            status is not OK and (status == CONFLICT or status == MISSING)):
+                        skip.append(i)  # failed while queued; or lost a compare-and-set: _redo settles it
                         continue
                     after = s.finish(counts_list[j], results[j] if results else None, fps[i] if fps else 0,
                                      unit.reset)
-                    unit.fate[i] = APPLIED
-                    if after is READY:
-                        self._one_ready(s.head)
-                    elif after is GONE or status == CLOSED:
+                    fate[i] = APPLIED
+                    if after:
+                        if after is READY:
+                            self._one_ready(s.head)
+                        else:  # GONE: closed meanwhile
+                            skip.append(i)
+                            self.table.release(s)
+                    elif status == CLOSED:
                         skip.append(i)
                         self.table.release(s)
                     unit.settle()
