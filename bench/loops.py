@@ -1,7 +1,9 @@
 """The server on asyncio's event loop against the same server on uvloop: the ghz rounds of bench.ab, same null server.
 
-    pip install uvloop
+    pip install ".[uvloop]"
     python -m bench.loops --rounds 3 --duration 2     # writes loops_ab.md / loops_ab.json into --out
+
+A is `statestream-server --loop asyncio`, B `--loop uvloop`: the same checkout, the flag the server has.
 """
 
 from __future__ import annotations
@@ -14,17 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import ab, scenarios
-from .procs import ROOT, Proc, null_server, statestream_server
-
-ON_UVLOOP = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-             "from statestream.server.app.main import main; sys.exit(main(sys.argv[1:]))")
-
-
-def uvloop_server(model: Path, *args: str) -> Proc:
-    """This checkout's server, its asyncio loop replaced by uvloop's (grpc.aio runs on it)."""
-    cmd = [sys.executable, "-c", ON_UVLOOP, "--models", str(model), "--host", "127.0.0.1", "--port", "0",
-           "--log-level", "WARNING", *args]
-    return Proc("server on uvloop", cmd)
+from .procs import ROOT, null_server, statestream_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "A": "asyncio", "B": "uvloop",
                     "rounds": a.rounds, "duration": a.duration,
                     "command": "python -m bench.loops " + " ".join(argv if argv is not None else sys.argv[1:])}}
-    with null_server(responses) as null, statestream_server(a.model, *args) as plain, \
-            uvloop_server(a.model, *args) as fast:
+    with null_server(responses) as null, statestream_server(a.model, *args, "--loop", "asyncio") as plain, \
+            statestream_server(a.model, *args, "--loop", "uvloop") as fast:
         procs = {"null": null, "A": plain, "B": fast}
         for proc in (plain, fast):
             plan.open_groups(proc)
@@ -49,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             for who, proc in procs.items():
                 scenarios.warm(plan, proc, who, key)
         res["ghz"] = ab.ghz_rounds(plan, procs, a.rounds)
+    res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     (a.out / "loops_ab.json").write_text(json.dumps(res, indent=1))
     md = ab.report(res)
     (a.out / "loops_ab.md").write_text(md)
