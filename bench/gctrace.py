@@ -4,6 +4,8 @@
     python -m bench.gctrace --no-freeze statestream.server.app.main ...   # the server without its gc.freeze()
     python -m bench.gctrace bench.null_server --port 0 --responses ...
 
+    python -m bench.gctrace --full-collection models/demo.onnx   # a full collection's cost, before and after freeze
+
 The line holds, per generation, the number of collections, their total and their longest pause in ms (wall
 time between gc's start and stop callbacks), and the objects gc.freeze() holds; bench.latency reads it before
 and after every run.
@@ -43,8 +45,42 @@ def _reporter() -> None:
                                        "frozen": gc.get_freeze_count()}), flush=True)
 
 
+def full_collection(model: str, repeats: int = 7) -> dict:
+    """CPU ms (this thread's: descheduling does not count) of one gc.collect() in a started server (create_server,
+    in this process), the median of `repeats`: with nothing frozen, then in a second server started after
+    gc.freeze() as `statestream-server` does (everything imported frozen, what start-up made not)."""
+    import asyncio
+    import statistics
+
+    from statestream.server.app.config import Config
+    from statestream.server.app.server import create_server
+
+    def timed() -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.thread_time()
+            gc.collect()
+            times.append((time.thread_time() - t) * 1e3)
+        return statistics.median(times)
+
+    async def one(freeze: bool) -> dict:
+        gc.collect()
+        if freeze:
+            gc.freeze()
+        app, _ = await create_server(Config(models=[model], port=0, host="127.0.0.1"))
+        try:
+            return {"tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count(), "full_ms": timed()}
+        finally:
+            await app.stop(0)
+
+    return {"nothing frozen": asyncio.run(one(False)), "frozen before start": asyncio.run(one(True))}
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if args[:1] == ["--full-collection"]:
+        print(json.dumps(full_collection(args[1])))
+        return
     if args and args[0] == "--no-freeze":
         gc.freeze = lambda: None  # the server's start-up freeze becomes a no-op: the A/B of that change
         args = args[1:]
