@@ -2,6 +2,7 @@
 
     python -m bench.gctrace statestream.server.app.main --models models/demo.onnx --port 0
     python -m bench.gctrace --no-freeze statestream.server.app.main ...   # the server without its gc.freeze()
+    python -m bench.gctrace --switch-interval 0.0005 statestream.server.app.main ...   # sys.setswitchinterval first
     python -m bench.gctrace bench.null_server --port 0 --responses ...
 
     python -m bench.gctrace --full-collection models/demo.onnx   # a full collection's cost, before and after freeze
@@ -84,6 +85,9 @@ def main() -> None:
     if args and args[0] == "--no-freeze":
         gc.freeze = lambda: None  # the server's start-up freeze becomes a no-op: the A/B of that change
         args = args[1:]
+    if args and args[0] == "--switch-interval":  # how long a thread waiting for the GIL waits at most (default 5 ms)
+        sys.setswitchinterval(float(args[1]))
+        args = args[2:]
     if not args:
         sys.exit(__doc__)
     gc.callbacks.append(_callback)

@@ -26,11 +26,13 @@ from pathlib import Path
 from . import compute, scenarios
 from .procs import ROOT, Proc, descendants
 
-VARIANTS = {  # name -> (extra server flags, gc.freeze() at start-up undone)
-    "default": ([], False),
-    "asyncio": (["--loop", "asyncio"], False),
-    "uvloop": (["--loop", "uvloop"], False),
-    "no-freeze": ([], True),
+VARIANTS = {  # name -> (extra server flags, bench.gctrace options: start-up changes of the server's process)
+    "default": ([], []),
+    "asyncio": (["--loop", "asyncio"], []),
+    "uvloop": (["--loop", "uvloop"], []),
+    "no-freeze": ([], ["--no-freeze"]),
+    "switch-0.5ms": ([], ["--switch-interval", "0.0005"]),
+    "null-switch-0.5ms": (None, ["--switch-interval", "0.0005"]),  # the null server so
 }
 KEYS = ("unary", "stream")
 
@@ -41,14 +43,14 @@ def log(msg: str) -> None:
 
 def variant_server(model: Path, name: str, *args: str) -> Proc:
     """The server of a variant, its collections timed (bench.gctrace)."""
-    flags, no_freeze = VARIANTS[name]
-    return Proc(f"server ({name})", [sys.executable, "-m", "bench.gctrace", *(["--no-freeze"] if no_freeze else []),
+    flags, trace = VARIANTS[name]
+    return Proc(f"server ({name})", [sys.executable, "-m", "bench.gctrace", *trace,
                                      "statestream.server.app.main", "--models", str(model), "--host", "127.0.0.1",
                                      "--port", "0", "--log-level", "WARNING", *args, *flags])
 
 
-def traced_null(responses: Path) -> Proc:
-    return Proc("null-server", [sys.executable, "-m", "bench.gctrace", "bench.null_server", "--port", "0",
+def traced_null(responses: Path, trace: list[str] = ()) -> Proc:
+    return Proc("null-server", [sys.executable, "-m", "bench.gctrace", *trace, "bench.null_server", "--port", "0",
                                 "--responses", str(responses)])
 
 
@@ -99,6 +101,7 @@ def summary(runs: list[dict]) -> dict:
             "p99_ms": statistics.median(p99), "tail": statistics.median(b / a for a, b in zip(p50, p99) if a),
             "tail_min": min(b / a for a, b in zip(p50, p99) if a), "tail_max": max(b / a for a, b in zip(p50, p99) if a),
             "load1": [r["load1"] for r in runs], "errors": sum(r["errors"] for r in runs),
+            "cpu_us": statistics.median(r["cpu"]["process"] / r["msgs_per_s"] * 1e6 for r in runs),
             "gc": {g: {"n": sum(r["gc"][g]["n"] for r in runs if r.get("gc")),
                        "ms": round(sum(r["gc"][g]["ms"] for r in runs if r.get("gc")), 1),
                        "max_ms": max((r["gc"][g]["max_ms_so_far"] for r in runs if r.get("gc")), default=0.0)}
@@ -114,14 +117,16 @@ def report(res: dict) -> str:
              f"{m['stream_count']} steps, its latency that of the whole call; rates are steps/s.", "",
              "GC: collections during the runs of a cell (all rounds together), per generation count / total ms, and "
              "the longest single pause of that generation since the process started.", "",
+             "CPU: the target process's CPU time per step (all its threads), median over the rounds.", "",
              "| scenario | max (server, c=16) | --rps (calls/s) | pinned | target | steps/s | p50 ms | p99 ms | "
-             "p99 / p50 | 1-min load | GC gen0 / gen1 / gen2 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "p99 / p50 | CPU us/step | 1-min load | GC gen0 / gen1 / gen2 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in res["rows"]:
         s = row["summary"]
         lines.append(f"| {row['scenario']} c={row['concurrency']} | {row['max_rate']:,.0f} steps/s | {row['rps']:,} | "
                      f"{'yes' if row['pinned'] else 'no'} | {row['target']} | {s['rate']:,.0f} | {s['p50_ms']:.2f} | "
                      f"{s['p99_ms']:.2f} | **{s['tail']:.1f}x** ({s['tail_min']:.1f}-{s['tail_max']:.1f}) | "
+                     f"{s['cpu_us']:,.0f} | "
                      f"{min(s['load1']):.1f}-{max(s['load1']):.1f} | "
                      + " / ".join(f"{v['n']} / {v['ms']:.1f} (max {v['max_ms']:.1f})" for v in s["gc"].values()) + " |")
     lines += ["", "Targets: " + "; ".join(f"{k}: {v}" for k, v in m["targets"].items()) + ".", "",
@@ -138,11 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per ghz run")
     p.add_argument("--concurrency", type=int, default=16, help="ghz workers, at the maximum and at half load")
     p.add_argument("--stream-count", type=int, default=10, help="steps per stream call")
-    p.add_argument("--variants", default="default,asyncio,no-freeze",
+    p.add_argument("--variants", default="default,asyncio,no-freeze,switch-0.5ms,null-switch-0.5ms",
                    help=f"server variants, comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--no-pin", action="store_true", help="skip the pinned runs")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--report", type=Path, help="only write latency.md again from this latency.json")
     a = p.parse_args(argv)
+    if a.report:
+        res = json.loads(a.report.read_text())
+        for row in res["rows"]:
+            row["summary"] = summary(row["runs"])
+        (a.report.parent / "latency.md").write_text(report(res))
+        return 0
     variants = a.variants.split(",")
     raw = a.out / "raw" / "latency"
     raw.mkdir(parents=True, exist_ok=True)
@@ -159,11 +171,16 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "rounds": a.rounds,
                     "duration": a.duration, "stream_count": a.stream_count, "server_args": args,
                     "command": "python -m bench.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    "targets": {"null": "bench.null_server", **{f"server ({v})": " ".join(
-                        ["statestream-server", *VARIANTS[v][0]]) + (" with its start-up gc.freeze() undone"
-                                                                    if VARIANTS[v][1] else "") for v in variants}},
+                    "targets": {"null": "bench.null_server", **{
+                        (v[5:] if v.startswith("null-") else f"server ({v})"):
+                        " ".join(["bench.null_server" if VARIANTS[v][0] is None else "statestream-server",
+                                  *(VARIANTS[v][0] or [])]) + (f", `bench.gctrace {' '.join(VARIANTS[v][1])}`"
+                                                               if VARIANTS[v][1] else "") for v in variants}},
                     "commands": {}}, "rows": []}
-    procs = {"null": traced_null(responses), **{f"server ({v})": variant_server(a.model, v, *args) for v in variants}}
+    procs = {"null": traced_null(responses),
+             **{(v[5:] if v.startswith("null-") else f"server ({v})"):
+                traced_null(responses, VARIANTS[v][1]) if VARIANTS[v][0] is None else variant_server(a.model, v, *args)
+                for v in variants}}
     for proc in procs.values():
         proc.start()
     try:
