@@ -172,13 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                     "duration": a.duration, "stream_count": a.stream_count, "server_args": args,
                     "command": "python -m bench.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "targets": {"null": "bench.null_server", **{
-                        (v[5:] if v.startswith("null-") else f"server ({v})"):
+                        (f"null ({v[5:]})" if v.startswith("null-") else f"server ({v})"):
                         " ".join(["bench.null_server" if VARIANTS[v][0] is None else "statestream-server",
                                   *(VARIANTS[v][0] or [])]) + (f", `bench.gctrace {' '.join(VARIANTS[v][1])}`"
                                                                if VARIANTS[v][1] else "") for v in variants}},
                     "commands": {}}, "rows": []}
     procs = {"null": traced_null(responses),
-             **{(v[5:] if v.startswith("null-") else f"server ({v})"):
+             **{(f"null ({v[5:]})" if v.startswith("null-") else f"server ({v})"):
                 traced_null(responses, VARIANTS[v][1]) if VARIANTS[v][0] is None else variant_server(a.model, v, *args)
                 for v in variants}}
     for proc in procs.values():

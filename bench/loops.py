@@ -11,12 +11,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import ab, scenarios
 from .procs import ROOT, null_server, statestream_server
+
+
+def combine(paths: list[Path]) -> str:
+    """One table of several runs: per scenario, each run's B/A (rates, and CPU per call when recorded) and the median."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    head = [f"{r['meta']['date'][11:16]} (load {r['meta']['loadavg'].split()[0]})" for r in runs]
+    lines = ["# asyncio (A) against uvloop (B): every run", "",
+             "B/A of the medians of server/null per run (> 1: uvloop keeps more of the null server's rate); in brackets "
+             "CPU per call A/B (> 1: uvloop spends less CPU per call) where the run recorded it. Runs: "
+             + ", ".join(f"`{p}`" for p in paths) + ".", "",
+             "| scenario | " + " | ".join(head) + " | median of runs (rates) | median of runs (CPU) |",
+             "| --- | " + " | ".join("---" for _ in runs) + " | --- | --- |"]
+    for i, row in enumerate(runs[0]["ghz"]):
+        cells, rates, cpus = [], [], []
+        for r in runs:
+            x = r["ghz"][i]
+            rates.append(x["b_over_a"])
+            cell = f"{x['b_over_a']:.2f}"
+            if x.get("cpu_a_over_b"):
+                cpus.append(x["cpu_a_over_b"])
+                cell += f" ({x['cpu_a_over_b']:.2f})"
+            cells.append(cell)
+        lines.append(f"| {row['scenario']} c={row['concurrency']} | " + " | ".join(cells)
+                     + f" | **{statistics.median(rates):.2f}** | " + (f"**{statistics.median(cpus):.2f}**" if cpus else "-")
+                     + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=2.0, help="seconds per ghz run")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="LOOPS_AB_JSON",
+                   help="only summarize these runs' loops_ab.json into --out/summary.md (B/A per run, median of runs)")
     a = p.parse_args(argv)
+    if a.combine:
+        md = combine(a.combine)
+        (a.out / "summary.md").write_text(md)
+        print(md)
+        return 0
     plan, responses, args = ab.prepare(a.model, a.duration, a.out / "raw" / "loops")
     res = {"meta": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                     "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "A": "asyncio", "B": "uvloop",
