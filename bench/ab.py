@@ -58,10 +58,11 @@ def cpu_us(r: dict) -> float:
     return r["cpu"]["process"] / calls * 1e6 if calls else 0.0
 
 
-def ghz_rounds(plan: scenarios.Plan, procs: dict[str, Proc], rounds: int) -> list[dict]:
+def ghz_rounds(plan: scenarios.Plan, procs: dict[str, Proc], rounds: int,
+               which: list[tuple[str, int]] = SCENARIOS) -> list[dict]:
     rows = []
     names = list(procs)
-    for key, c in SCENARIOS:
+    for key, c in which:
         runs: dict[str, list[dict]] = {who: [] for who in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else [names[0], *reversed(names[1:])]  # null first, A/B alternate

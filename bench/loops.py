@@ -30,17 +30,21 @@ def combine(paths: list[Path]) -> str:
              + ", ".join(f"`{p}`" for p in paths) + ".", "",
              "| scenario | " + " | ".join(head) + " | median of runs (rates) | median of runs (CPU) |",
              "| --- | " + " | ".join("---" for _ in runs) + " | --- | --- |"]
-    for i, row in enumerate(runs[0]["ghz"]):
+    keys = list(dict.fromkeys((x["scenario"], x["concurrency"]) for r in runs for x in r["ghz"]))
+    for key in keys:
         cells, rates, cpus = [], [], []
         for r in runs:
-            x = r["ghz"][i]
+            x = next((x for x in r["ghz"] if (x["scenario"], x["concurrency"]) == key), None)
+            if x is None:
+                cells.append("")
+                continue
             rates.append(x["b_over_a"])
             cell = f"{x['b_over_a']:.2f}"
             if x.get("cpu_a_over_b"):
                 cpus.append(x["cpu_a_over_b"])
                 cell += f" ({x['cpu_a_over_b']:.2f})"
             cells.append(cell)
-        lines.append(f"| {row['scenario']} c={row['concurrency']} | " + " | ".join(cells)
+        lines.append(f"| {key[0]} c={key[1]} | " + " | ".join(cells)
                      + f" | **{statistics.median(rates):.2f}** | " + (f"**{statistics.median(cpus):.2f}**" if cpus else "-")
                      + " |")
     return "\n".join(lines) + "\n"
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=2.0, help="seconds per ghz run")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--only", default="", help="scenario keys to run, comma-separated (e.g. frame256,stream); "
+                   "default: all of bench.ab's")
     p.add_argument("--combine", type=Path, nargs="+", metavar="LOOPS_AB_JSON",
                    help="only summarize these runs' loops_ab.json into --out/summary.md (B/A per run, median of runs)")
     a = p.parse_args(argv)
@@ -71,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         procs = {"null": null, "A": plain, "B": fast}
         for proc in (plain, fast):
             plan.open_groups(proc)
-        for key in {k for k, _ in ab.SCENARIOS}:
+        which = [(k, c) for k, c in ab.SCENARIOS if not a.only or k in a.only.split(",")]
+        for key in {k for k, _ in which}:
             for who, proc in procs.items():
                 scenarios.warm(plan, proc, who, key)
-        res["ghz"] = ab.ghz_rounds(plan, procs, a.rounds)
+        res["ghz"] = ab.ghz_rounds(plan, procs, a.rounds, which)
     res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     (a.out / "loops_ab.json").write_text(json.dumps(res, indent=1))
     md = ab.report(res)
