@@ -117,3 +117,27 @@ def test_hotpath_times_each_handler_in_process(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
     assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "frame16", "frame16-floats", "group16"]
     assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(tmp_path: Path, ghz_path: Path):
+    """bench.latency's instrument: a server under bench.gctrace answers SIGUSR1 with its collections so far (more
+    after a ghz run than before), and the start-up freeze leaves a full collection far fewer objects to walk."""
+    from bench import latency
+
+    _, man = compute.load(DEMO)
+    step = payloads.write_step(tmp_path / "step.json", man.name, man.features)
+    with latency.variant_server(DEMO, "default", "--max-sessions", "100") as srv:
+        before = latency.gc_totals(srv)
+        for i in range(3):
+            _run(ghz_path, srv.target, "Step", step, tmp_path / f"u{i}.json")
+        after = latency.gc_totals(srv)
+    assert before["frozen"] > 10_000 and after["frozen"] == before["frozen"], (before, after)
+    delta = latency.gc_delta(before, after)
+    assert sum(delta[g]["n"] for g in ("0", "1", "2")) > 0, delta  # 60 calls allocate: young collections ran
+
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.gctrace", "--full-collection", str(DEMO)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    cost = json.loads(out.strip().splitlines()[-1])
+    assert cost["frozen before start"]["tracked"] * 10 < cost["nothing frozen"]["tracked"], cost
