@@ -105,16 +105,22 @@ def markdown(res: dict) -> str:
                       "batch size; model busy: share of wall time in model runs."]
     hl = res.get("half_load")
     if hl:
-        lines += ["", "## One step at half the maximum load", "",
+        lines += ["", "## At half the maximum load", "",
                   f"Max unary Step throughput this run: {hl['max_msgs_per_s']:,.0f} msgs/s (c={hl['max_concurrency']}); "
-                  f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}.", ""]
-        rows = [["server", _n(hl["server"]["msgs_per_s"]), _n(hl["server"]["p50_ms"], 2), _n(hl["server"]["p90_ms"], 2),
-                 _n(hl["server"]["p99_ms"], 2)]]
-        for who in ("null", "echo"):
-            if hl.get(who):
-                rows.append([who, _n(hl[who]["msgs_per_s"]), _n(hl[who]["p50_ms"], 2), _n(hl[who]["p90_ms"], 2),
-                             _n(hl[who]["p99_ms"], 2)])
-        lines += _table(["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms"], rows)
+                  f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}."]
+        st = hl.get("stream")
+        if st:
+            lines += [f"Max StreamSteps throughput: {st['max_msgs_per_s']:,.0f} steps/s (c={st['max_concurrency']}); "
+                      f"ghz `--rps={st['rps']}` stream calls of {m['stream_count']} steps with c={st['concurrency']} "
+                      "(a stream's latency is of the whole call)."]
+        rows = []
+        for what, part in (("one step", hl), ("a stream", st or {})):
+            for who in ("server", "null", "echo"):
+                r = part.get(who)
+                if r:
+                    rows.append([what, who, _n(r["msgs_per_s"]), _n(r["p50_ms"], 2), _n(r["p90_ms"], 2),
+                                 _n(r["p99_ms"], 2), f"{r['p99_ms'] / r['p50_ms']:.1f}x" if r["p50_ms"] else "-"])
+        lines += [""] + _table(["call", "target", "steps/s", "p50 ms", "p90 ms", "p99 ms", "p99 / p50"], rows)
 
     real = res.get("realistic") or {}
     if real.get("rows"):

@@ -71,7 +71,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
                     "ort_session_steps_per_s": ort[1]["session_steps_per_s"],
                     "ratio_ort": framed["session_steps_per_s"] / ort[1]["session_steps_per_s"]} for c in (1, 2)],
         "half_load": {"max_msgs_per_s": unary["msgs_per_s"], "max_concurrency": 2, "rps": 10, "concurrency": 2,
-                      "server": unary, "null": unary},
+                      "server": unary, "null": unary,
+                      "stream": {"max_msgs_per_s": streamed["msgs_per_s"], "max_concurrency": 2, "rps": 2,
+                                 "concurrency": 2, "server": streamed, "null": nulls[1]}},
         "memory": {"method": "smoke", "points": [
             {"sessions": 0, "rss_bytes": 1e8, "open_seconds": 0.0},
             {"sessions": 1_000_000, "rss_bytes": 1.5e9, "open_seconds": 1.0, "bytes_per_session": 1400.0}]},
@@ -87,6 +89,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
     assert {t["result"] for t in data["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(data["targets"]) == 6
     assert "## Targets" in md and "| unary | 1 |" in md
+    # Every rate has its p50 and p99 beside it: the ceilings' too, and streams at half load.
+    assert f"| {unary['p50_ms']:.2f} / {unary['p99_ms']:.2f} |" in md  # the null column of the steps table
+    assert f"| a stream | null | {nulls[1]['msgs_per_s']:,.0f} | {nulls[1]['p50_ms']:.2f} |" in md
 
 
 def test_scaleout_commit_cost_and_report(tmp_path: Path):
