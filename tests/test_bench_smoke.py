@@ -100,17 +100,36 @@ def test_scaleout_commit_cost_and_report(tmp_path: Path):
     from bench import scaleout
 
     with RedisProcess() as r:
-        commits = scaleout.commit_costs(r.url, tmp_path, 0.01, batches=(1, 16))
-    assert [(c["store"].split(":")[0].split(" ")[0], c["batch"]) for c in commits] == \
-        [("sqlite", 1), ("sqlite", 16), ("redis", 1), ("redis", 16)]
-    assert all(c["us_per_commit"] > 0 and c["commits"] >= 10 for c in commits)
+        commits = scaleout.commit_costs(r.url, tmp_path, 2, 64, batches=(1, 16))
+    assert [(c["store"].split(":")[0].split(" ")[0], c["batch"], c["tagged"]) for c in commits] == \
+        [("sqlite", 1, False), ("sqlite", 16, False), ("redis", 1, False), ("redis", 16, False), ("redis", 16, True)]
+    assert all(c["us_per_commit"] > 0 and c["commits"] >= 3 and c["repeats"] == 2 for c in commits)
     row = {"store": "memory", "workers": 1, "load": "unary", "concurrency": 16, "connections": 8,
            "session_steps_per_s": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "vs_memory_1": 1.0,
            "vs_same_store_1": 1.0}
     md = scaleout.report({"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7"},
                           "commits": commits, "throughput": [row]})
     assert "| unary c=16, 8 conns | memory | 1 | 1,000 | 1.00x | 1.00x |" in md
-    assert md.count("| redis: pipeline of one-key scripts |") == 2
+    assert md.count("| redis: pre-packed EVALSHA pipeline |") == 3 and "| one hash tag | 16 |" in md
+
+
+def test_redis_commit_report_and_tagged_frames(tmp_path: Path):
+    from bench import payloads, redis_commit
+
+    frames = payloads.write_frames(tmp_path / "frame4.json", "demo", 3, 4, 2)
+    tagged = json.loads(redis_commit.tagged_frames(frames).read_text())
+    assert [f["session_ids"][:2] for f in tagged] == [["{t0}f4-0-0", "{t0}f4-0-1"], ["{t1}f4-1-0", "{t1}f4-1-1"]]
+    row = {"store": "redis", "tagged": False, "batch": 256, "us_per_commit": 1024.0, "cpu_us_per_session": 4.0,
+           "wall_us_per_session": 9.0}
+    res = {"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7", "repeats": 3,
+                    "command": "python -m bench.redis_commit"},
+           "commits": [row, {**row, "tagged": True, "cpu_us_per_session": 6.0}],
+           "frames": {"rates": {"memory": [100.0], "redis": [40.0]}, "median": {"memory": 100.0, "redis": 40.0},
+                      "vs_memory": {"memory": 1.0, "redis": 0.4}}}
+    md = redis_commit.report(res)
+    assert "| redis | untagged | 256 | 1,024 | 4.00 | 9.0 | PASS |" in md
+    assert "| redis | one hash tag | 256 | 1,024 | 6.00 | 9.0 | MISS |" in md
+    assert "| redis | 40 | 40 | 0.40x | MISS |" in md
 
 
 def test_hotpath_times_each_handler_in_process(capsys):

@@ -86,27 +86,29 @@ class Metrics:
             m = self.models[key] = ModelStats()
         return m
 
-    def observe_batch(self, key: tuple[str, int], size: int, timesteps: int, wait: float, compute: float) -> None:
-        m = self.stats(key)
-        m.executions += 1
-        m.last_inference = time.time()
-        m.steps += size
-        m.timesteps += size * timesteps
-        m.batch_size.observe(size)
-        m.queue_seconds.observe(wait)
-        m.compute_seconds.observe(compute)
-
-    def observe_outcomes(self, key: tuple[str, int], units, now: float) -> None:
-        """The entries of a run's units: applied ones succeeded, the others failed; each took from its unit's
-        enqueueing until `now` (time.perf_counter())."""
-        m = self.stats(key)
+    def observe_batch(self, key: tuple[str, int], units, size: int, timesteps: int, started: float, now: float,
+                      ran: bool = True) -> None:
+        """A run of `size` sessions (its model run started at `started`, time.perf_counter(); `ran`: it got that
+        far), and the outcomes of its units' entries: applied ones succeeded, the others failed; each took from its
+        unit's enqueueing until `now`."""
+        m = self.models.get(key) or self.stats(key)
+        if ran:
+            m.executions += 1
+            m.last_inference = time.time()
+            m.steps += size
+            m.timesteps += size * timesteps
+            m.batch_size.observe(size)
+            m.queue_seconds.observe(started - (units[0].enqueued if len(units) == 1 else
+                                               min(u.enqueued for u in units)))
+            m.compute_seconds.observe(now - started)
         for u in units:
             n, bad = len(u.sessions), len(u.errors or ())
             took = now - u.enqueued
+            if bad:
+                m.failure += bad
+                m.failure_seconds += bad * took
             m.success += n - bad
             m.success_seconds += (n - bad) * took
-            m.failure += bad
-            m.failure_seconds += bad * took
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""
