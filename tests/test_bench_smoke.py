@@ -71,7 +71,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
                     "ort_session_steps_per_s": ort[1]["session_steps_per_s"],
                     "ratio_ort": framed["session_steps_per_s"] / ort[1]["session_steps_per_s"]} for c in (1, 2)],
         "half_load": {"max_msgs_per_s": unary["msgs_per_s"], "max_concurrency": 2, "rps": 10, "concurrency": 2,
-                      "server": unary, "null": unary},
+                      "server": unary, "null": unary,
+                      "stream": {"max_msgs_per_s": streamed["msgs_per_s"], "max_concurrency": 2, "rps": 2,
+                                 "concurrency": 2, "server": streamed, "null": nulls[1]}},
         "memory": {"method": "smoke", "points": [
             {"sessions": 0, "rss_bytes": 1e8, "open_seconds": 0.0},
             {"sessions": 1_000_000, "rss_bytes": 1.5e9, "open_seconds": 1.0, "bytes_per_session": 1400.0}]},
@@ -87,6 +89,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
     assert {t["result"] for t in data["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(data["targets"]) == 6
     assert "## Targets" in md and "| unary | 1 |" in md
+    # Every rate has its p50 and p99 beside it: the ceilings' too, and streams at half load.
+    assert f"| {unary['p50_ms']:.2f} / {unary['p99_ms']:.2f} |" in md  # the null column of the steps table
+    assert f"| a stream | null | {nulls[1]['msgs_per_s']:,.0f} | {nulls[1]['p50_ms']:.2f} |" in md
 
 
 def test_scaleout_commit_cost_and_report(tmp_path: Path):
@@ -136,3 +141,27 @@ def test_hotpath_times_each_handler_in_process(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
     assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "frame16", "frame16-floats", "group16"]
     assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(tmp_path: Path, ghz_path: Path):
+    """bench.latency's instrument: a server under bench.gctrace answers SIGUSR1 with its collections so far (more
+    after a ghz run than before), and the start-up freeze leaves a full collection far fewer objects to walk."""
+    from bench import latency
+
+    _, man = compute.load(DEMO)
+    step = payloads.write_step(tmp_path / "step.json", man.name, man.features)
+    with latency.variant_server(DEMO, "default", "--max-sessions", "100") as srv:
+        before = latency.gc_totals(srv)
+        for i in range(3):
+            _run(ghz_path, srv.target, "Step", step, tmp_path / f"u{i}.json")
+        after = latency.gc_totals(srv)
+    assert before["frozen"] > 10_000 and after["frozen"] == before["frozen"], (before, after)
+    delta = latency.gc_delta(before, after)
+    assert sum(delta[g]["n"] for g in ("0", "1", "2")) > 0, delta  # 60 calls allocate: young collections ran
+
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.gctrace", "--full-collection", str(DEMO)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    cost = json.loads(out.strip().splitlines()[-1])
+    assert cost["frozen before start"]["tracked"] * 10 < cost["nothing frozen"]["tracked"], cost
