@@ -112,13 +112,14 @@ class Metrics:
             if len(m.runs) >= FOLD_EVERY:
                 m.fold()
         for u in units:
-            n, bad = len(u.sessions), len(u.errors or ())
-            took = now - u.enqueued
-            if bad:
+            n, took = len(u.sessions), now - u.enqueued
+            if u.errors:
+                bad = len(u.errors)
                 m.failure += bad
                 m.failure_seconds += bad * took
-            m.success += n - bad
-            m.success_seconds += (n - bad) * took
+                n -= bad
+            m.success += n
+            m.success_seconds += n * took
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
 from statestream.server.engine.model import ModelRunner, finite
-from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
+from statestream.server.engine.policy import CALLER, EXECUTOR, LOOP, BatchPolicy
 from statestream.server.engine.sessions import (
     BULK,
     READY,
@@ -88,7 +88,7 @@ class Batcher:
                 len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
                 stream=stream) is CALLER:
             claim_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
-            await self._execute([unit])
+            await self._execute([unit], LOOP)
             return
         self.pending.take(len(unit.sessions))
         unit.blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
@@ -176,14 +176,15 @@ class Batcher:
 
     # -- the one run path -------------------------------------------------------------
 
-    async def _execute(self, units: list[Unit]) -> None:
-        """Run units in one model run, commit, apply. An exception at any stage fails exactly the entries not
-        applied (their sessions go back to idle); store errors are UNAVAILABLE "nothing was applied", anything
-        else INTERNAL, logged once here."""
+    async def _execute(self, units: list[Unit], where: str | None = None) -> None:
+        """Run units in one model run (`where`: LOOP or EXECUTOR, None: BatchPolicy.where says), commit, apply. An
+        exception at any stage fails exactly the entries not applied (their sessions go back to idle); store errors
+        are UNAVAILABLE "nothing was applied", anything else INTERNAL, logged once here."""
         t0 = time.perf_counter()
         try:
             sessions, x, states, slots = self._gather(units)
-            where = self.policy.where(len(sessions) * x.shape[1])
+            if where is None:
+                where = self.policy.where(len(sessions) * x.shape[1])
             if where is EXECUTOR:
                 y, new = await asyncio.get_running_loop().run_in_executor(self.executor, self._infer, x, states)
             else:

@@ -195,6 +195,10 @@ class Engine:
             raise InvalidArgument("no session_ids" if not req.ids else f"{len(req.ids)} session ids for {n} inputs")
         if req.seqs is not None and len(req.seqs) != n:
             raise InvalidArgument(f"sequence_numbers has {len(req.seqs)} entries; expected 0 or {n}")
+        if n == 1:
+            reply = await self._one(req)
+            if reply is not None:
+                return reply
         errors: dict[int, StatestreamError] = {}
         sessions, slots = self._cached(req)
         opened = None
@@ -219,6 +223,42 @@ class Engine:
                 if opened[i]:
                     await self.directory.abandon(sessions[i], True)
         return reply
+
+    async def _one(self, req: StepRequest) -> StepReply | None:
+        """A new step of one session cached here (most unary and stream steps): decided, queued and answered without
+        a frame's per-entry bookkeeping. None: anything else (to be opened or read through, a retry, a refusal, a
+        full queue), which `step` goes on to decide entry by entry."""
+        s = self.table.find(req.ids[0], req.owner)
+        if s is None or (req.model and s.model != req.model) or not finite(req.x):
+            return None
+        seq = None if req.seqs is None else req.seqs[0]
+        fp = 0 if seq is None else fingerprint(req.x[0])
+        try:
+            if s.accept(seq, fp, req.reset) is not None:
+                return None
+        except StatestreamError:
+            return None
+        if s.waiting >= self.max_pending_per_session:
+            return None
+        unit = await self._unit(req, s.key, [s], req.x, req.seqs, None if seq is None else [fp], None)
+        if not unit.future.done():
+            await asyncio.shield(unit.future)
+        if unit.errors:
+            runner = self.table.runner_of(s)
+            return StepReply(s.model, req.ids, np.zeros((1, req.x.shape[1], runner.output_size), np.float32),
+                             np.zeros((1, runner.state_width), np.float32), np.zeros(1, np.int64), req.seqs, [APPLIED],
+                             unit.errors)
+        return StepReply(s.model, req.ids, unit.y, unit.states, unit.counts, req.seqs, [APPLIED], {})
+
+    async def _unit(self, req: StepRequest, key, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
+                    slots) -> Unit:
+        """One unit of these sessions' new steps, touched and submitted to their version's batcher (which may run it at
+        once); ResourceExhausted when the server's queue is full."""
+        unit = Unit(sessions, x, seqs, fps, asyncio.get_running_loop().create_future(), reset=req.reset, slots=slots,
+                    deadline=req.deadline)
+        self.table.touch_many(key, unit.slots)
+        await self.batchers[key].submit(unit, stream=req.stream)
+        return unit
 
     def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
@@ -359,21 +399,16 @@ class Engine:
                      errors: dict) -> list[tuple[list[int], Unit]]:
         """One version's new entries, one unit per max_batch_size of them (touched). `slots` name the sessions
         only until a run yields the loop, so only a first unit takes them."""
-        batcher = self.batchers[key]
-        m = batcher.max_batch_size
-        loop = asyncio.get_running_loop()
+        m = self.batchers[key].max_batch_size
         now_sessions = sessions if len(new) == len(sessions) else [sessions[i] for i in new]
         units = []
         for k in range(0, len(new), m):
             chunk = new[k:k + m]
             x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]  # (every entry is new)
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
-            unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
-                        reset=req.reset, slots=slots[:m] if slots is not None and k == 0 else None,
-                        deadline=req.deadline)
-            self.table.touch_many(key, unit.slots)
             try:
-                await batcher.submit(unit, stream=req.stream)
+                unit = await self._unit(req, key, now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m],
+                                        slots[:m] if slots is not None and k == 0 else None)
             except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
                 errors.update((i, e) for i in chunk)
                 continue
