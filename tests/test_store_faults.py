@@ -191,10 +191,10 @@ def test_stopped_redis_is_unavailable_within_the_store_timeout_not_the_clients_d
         assert step(stub, "r", 1).step_count == 1
         os.kill(redis_proc.proc.pid, signal.SIGSTOP)
         try:
-            started = time.monotonic()
             e = refused(lambda: step(stub, "r", 2, timeout=deadline))
-            assert e.code() == grpc.StatusCode.UNAVAILABLE, e      # before the client's deadline
-            assert time.monotonic() - started < deadline
+            # UNAVAILABLE, not DEADLINE_EXCEEDED: the answer reached the client before its deadline (a wall-clock
+            # check here measured the client's own overhead too, and flaked by milliseconds at load 10)
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, e
             assert "no answer within" in e.details() and "retry with the same sequence number" in e.details()
             wait_health(srv.target, NOT_SERVING)
         finally:
