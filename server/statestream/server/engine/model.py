@@ -21,7 +21,8 @@ class ModelRunner:
     context window. `StepLayout` maps rows to the graph's tensors.
     """
 
-    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1):
+    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1,
+                 spinning: bool = False):
         path = Path(path)
         self.path = path
         data = path.read_bytes()
@@ -32,6 +33,10 @@ class ModelRunner:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        # With more than one intra-op thread, onnxruntime's workers spin between runs by default: on a machine
+        # whose other cores serve gRPC (or a neighbour), that burns the cores the transport needs
+        # (docs/performance.md, "Compute-bound models"); off, they sleep between runs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
