@@ -108,6 +108,76 @@ def inprocess(path: Path, seconds: float) -> dict:
     return out
 
 
+def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0.02) -> dict:
+    """ModelRunner.run against ways around its state split/concat (issue 18, target 3's session options): the
+    plain ORT run on contiguous feeds (the floor), StepLayout.run on InferenceSession.run (ModelRunner.run before
+    it bound small batches; still its path above BIND_MAX), I/O binding to buffers bound once (inputs copied in,
+    outputs written by ORT into preallocated OrtValues, then one copy out), and run_with_ort_values on OrtValues
+    made once.
+    Process CPU us per run, pinned to core 0; medians over interleaved rounds, and each variant's median paired
+    difference to ModelRunner.run in the same round (< 0: cheaper)."""
+    import onnxruntime as ort
+
+    from statestream.server.engine.model import ModelRunner
+
+    def go():
+        r = ModelRunner(path)
+        lay, sess = r.layout, r.session
+        names, feeds = _feeds(sess, r.manifest, batch)
+        x = feeds[r.manifest.input]
+        slab = np.zeros((batch + 2048, r.state_width), np.float32)
+        rows = slab[1024:1024 + batch]
+        rows[:] = np.concatenate([feeds[n] for n in lay.input_names[1:]], axis=1)
+        ins = [np.empty((batch, s.size), np.float32) for s in lay.states]
+        xbuf = np.empty_like(x)
+        outs = [ort.OrtValue.ortvalue_from_shape_and_type([batch, 1, r.output_size], np.float32)] + \
+               [ort.OrtValue.ortvalue_from_shape_and_type([batch, s.size], np.float32) for s in lay.states]
+        arrays = [o.numpy() for o in outs]  # views of the OrtValues' memory
+        io = sess.io_binding()
+        io.bind_cpu_input(r.manifest.input, xbuf)
+        for s, buf in zip(lay.states, ins):
+            io.bind_cpu_input(s.input, buf)
+        for n, o in zip(lay.out_names, outs):
+            io.bind_ortvalue_output(n, o)
+
+        def copy_in():
+            np.copyto(xbuf, x)
+            for block, buf in zip(lay.blocks, ins):
+                np.copyto(buf, rows[:, block])
+
+        def bound():
+            copy_in()
+            sess.run_with_iobinding(io)
+            return arrays[0].copy(), np.concatenate(arrays[1:], axis=1)
+
+        values = {n: ort.OrtValue.ortvalue_from_numpy(a)._ortvalue for n, a in zip(lay.input_names, [xbuf] + ins)}
+        options = ort.RunOptions()
+
+        def ortvalues():
+            copy_in()
+            y, *new = [v.numpy() for v in sess._sess.run_with_ort_values(values, lay.out_names, options)]
+            return y, np.concatenate(new, axis=1)
+
+        want = r.run(x, rows)
+        for f in (bound, ortvalues):
+            got = f()
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), f.__name__
+        variants = {"ORT run, contiguous feeds (floor)": lambda: sess.run(names, feeds),
+                    "ModelRunner.run": lambda: r.run(x, rows),
+                    "StepLayout.run on InferenceSession.run (before)": lambda: lay.run(sess.run, x, rows),
+                    "I/O binding, bound once": bound,
+                    "run_with_ort_values, OrtValues made once": ortvalues}
+        per_round: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(rounds):
+            for k, f in variants.items():
+                per_round[k].append(_timed(f, 1, seconds)["cpu_us"])
+        base = np.array(per_round["ModelRunner.run"])
+        return {k: {"cpu_us": _median(v), "paired_diff_us": float(np.median(np.array(v) - base))}
+                for k, v in per_round.items()}
+
+    return _pinned_to_core0(go)
+
+
 # -- at the wire -----------------------------------------------------------------------------------------
 
 
@@ -298,14 +368,22 @@ def report(res: dict) -> str:
              f"`{res['command']}` at {res['started']} UTC, load average at start {res['load']}, at end "
              f"{res.get('load_end', '?')}; onnxruntime {res['onnxruntime']}, {os.cpu_count()} cores. Groups of "
              f"{GROUP} (StepGroup), ghz pinned to core 1 at concurrency {res['concurrency']}.", ""]
-    for units, m in res["models"].items():
-        lines += [f"## 2 x LSTM({units})", ""]
+    for label, m in res["models"].items():
+        lines += [f"## {label}", ""]
         if "inprocess" in m:
             lines += ["In-process, no gRPC (the bench process alone, both cores free):", "",
                       "| what | wall us per batch of 256 | process CPU us per batch | session-steps/s |",
                       "| --- | --- | --- | --- |"]
             for what, r in m["inprocess"].items():
                 lines.append(f"| {what} | {r['wall_us']:,.0f} | {r['cpu_us']:,.0f} | {r['session_steps_per_s']:,.0f} |")
+            lines.append("")
+        if "runner" in m:
+            lines += ["ModelRunner.run against its alternatives (process CPU us per run, pinned to core 0; median "
+                      "paired difference to ModelRunner.run in the same round):", "",
+                      "| batch | what | CPU us per run | vs ModelRunner.run |", "| --- | --- | --- | --- |"]
+            for b, vs in m["runner"].items():
+                for what, r in vs.items():
+                    lines.append(f"| {b} | {what} | {r['cpu_us']:,.1f} | {r['paired_diff_us']:+,.1f} |")
             lines.append("")
         w = m.get("wire")
         if w:
@@ -349,11 +427,13 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = parser("serial", __doc__)
     p.add_argument("--units", default="256,128", help="LSTM sizes (2 layers each), comma-separated")
+    p.add_argument("--model", type=Path, help="measure this .onnx instead (e.g. models/demo.onnx)")
+    p.add_argument("--runner-batches", default=f"1,{GROUP}", help="batch sizes of the ModelRunner comparison")
     p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--seconds", type=float, default=2.0, help="seconds per in-process measurement")
-    p.add_argument("--skip", default="", help="inprocess,wire")
+    p.add_argument("--skip", default="", help="inprocess,runner,wire")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serial")
     a = p.parse_args(argv)
     import onnxruntime
@@ -364,14 +444,22 @@ def main(argv: list[str] | None = None) -> int:
            "onnxruntime": onnxruntime.__version__, "concurrency": a.concurrency, "models": {}}
     a.out.mkdir(parents=True, exist_ok=True)
     log = print
-    for units in [int(u) for u in a.units.split(",")]:
-        path = realistic.ensure_model(realistic.cache_path(units), log=log, units=units)
-        m = res["models"][units] = {}
+    models = [(a.model.stem, a.model)] if a.model else \
+        [(f"2 x LSTM({u})", realistic.ensure_model(realistic.cache_path(u), log=log, units=u))
+         for u in (int(u) for u in a.units.split(","))]
+    for label, path in models:
+        m = res["models"][label] = {}
         if "inprocess" not in skip:
             m["inprocess"] = inprocess(path, a.seconds)
             for what, r in m["inprocess"].items():
-                log(f"lstm{units}x2 {what:40s} {r['wall_us']:8,.0f} us wall {r['cpu_us']:8,.0f} us CPU per batch "
+                log(f"{label} {what:40s} {r['wall_us']:8,.0f} us wall {r['cpu_us']:8,.0f} us CPU per batch "
                     f"{r['session_steps_per_s']:10,.0f} session-steps/s")
+        if "runner" not in skip:
+            m["runner"] = {b: runner_variants(path, b) for b in (int(b) for b in a.runner_batches.split(","))}
+            for b, vs in m["runner"].items():
+                for what, r in vs.items():
+                    log(f"{label} B={b:<4d} {what:42s} {r['cpu_us']:8,.1f} us CPU (paired diff to ModelRunner.run "
+                        f"{r['paired_diff_us']:+.1f})")
         if "wire" not in skip:
             m["wire"] = wire(path, a.duration, a.rounds, a.concurrency, a.out / "raw", log)
             m["scaling"] = scaling(m["wire"], m.get("inprocess"))
