@@ -2,17 +2,20 @@
 
 For 2 x LSTM(256) and 2 x LSTM(128) (bench.realistic's model at two sizes), groups of 256:
 
-- **in-process** (no gRPC, the bench process alone): onnxruntime at batch 256 with 1 intra-op thread, with
-  2 (spinning and not), two batches at once on an executor of 2 threads (one session, 1 intra-op thread
-  each run), and the server's ModelRunner.run; wall time and process CPU per run.
+- **in-process** (no gRPC, the bench process alone; `bench.inprocess`): onnxruntime at batch 256 with 1
+  intra-op thread, with 2 (spinning and not), two batches at once on an executor of 2 threads (one session,
+  1 intra-op thread each run), and the server's ModelRunner.run; wall time and process CPU per run. And
+  ModelRunner.run against I/O binding and run_with_ort_values (--runner-batches).
 - **at the wire**: ghz (`taskset -c 1`, `--cpus=1`) sends StepGroup of 256 at concurrency 2 to the null
   server and to statestream-server, each pinned with `taskset`: on core 0 only (the serial bound: model and
   transport back to back on one core) and on cores 0-1 (ghz shares core 1), the server with
   1 intra-op thread (the model on the loop), --inline-max-batch 0 (the model on the executor, the loop free
   meanwhile), and --intra-op-threads 2 with and without spinning. Every server and null are up at once and
   run in alternating rounds; onnxruntime in-process (pinned to core 0) is timed just before and after each
-  round. The serial bound is 1/(1/ORT + 1/null) of that round; server CPU per call (from /proc) is set
-  against ORT's and the null server's.
+  round, with ModelRunner.run and the whole StepGroup handler (bench.hotpath's, no gRPC). The serial bound is
+  1/(1/ORT + 1/null) of that round; the server's CPU per call (from /proc) is cut into ORT, ModelRunner's
+  state copies, the rest of the handler and gRPC; --perf adds `perf record` of the 1-core server
+  (bench.perfprof). From the parts, `scaling` models N cores.
 
     python -m bench.serial                      # both sizes, 2 rounds of 3 s runs; bench/results/serial.{md,json}
     python -m bench.serial --units 128 --rounds 1 --duration 2 --skip wire
@@ -23,18 +26,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
-from . import compute, ghz, realistic, scenarios
+from . import compute, ghz, perfprof, realistic, scenarios
 from .cli import parser
+from .inprocess import GROUP, inprocess, median, parts_inprocess, runner_variants
 from .procs import ROOT, Proc
 
-GROUP = 256
 CORE0, BOTH = "0", "0,1"
 # (name, cpus of the server, its flags): the configurations measured at the wire
 SERVERS = [
@@ -49,133 +48,6 @@ SERVERS = [
 
 def _pinned(cpus: str, cmd: list[str]) -> list[str]:
     return ["taskset", "-c", cpus, *cmd]
-
-
-def _cpu() -> float:
-    return time.process_time()
-
-
-# -- in-process ------------------------------------------------------------------------------------------
-
-
-def _feeds(sess, man, b: int, seed: int = 0) -> tuple[list[str], dict]:
-    pairs = man.state_pairs()
-    rng = np.random.default_rng(seed)
-    feeds = {man.input: rng.uniform(-1, 1, (b, 1, man.features)).astype(np.float32)}
-    for _, _, name, _, units in pairs:
-        feeds[name] = rng.uniform(-0.1, 0.1, (b, units)).astype(np.float32)
-    return [man.output] + [p[3] for p in pairs], feeds
-
-
-def _timed(fn, per_call: int, seconds: float) -> dict:
-    """Call fn until `seconds` passed: wall and process-CPU microseconds per batch of GROUP (fn runs per_call)."""
-    for _ in range(3):
-        fn()
-    calls, c0, t0 = 0, _cpu(), time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        t = time.perf_counter()
-        if t - t0 >= seconds and calls >= 3:
-            break
-    runs = calls * per_call
-    return {"wall_us": (t - t0) / runs * 1e6, "cpu_us": (_cpu() - c0) / runs * 1e6,
-            "session_steps_per_s": GROUP * runs / (t - t0)}
-
-
-def inprocess(path: Path, seconds: float) -> dict:
-    """onnxruntime and ModelRunner at batch GROUP: 1 thread, intra-op 2 (spinning or not), 2 runs at once."""
-    from statestream.server.engine.model import ModelRunner
-
-    out = {}
-    for name, threads, spin in (("ORT, 1 thread", 1, False), ("ORT, intra-op 2", 2, False),
-                                ("ORT, intra-op 2, spinning", 2, True)):
-        runner = ModelRunner(path, intra_op_threads=threads, spinning=spin)
-        names, feeds = _feeds(runner.session, runner.manifest, GROUP)
-        out[name] = _timed(lambda: runner.session.run(names, feeds), 1, seconds)
-    runner = ModelRunner(path)
-    names, feeds = _feeds(runner.session, runner.manifest, GROUP)
-    other = _feeds(runner.session, runner.manifest, GROUP, seed=1)[1]
-    with ThreadPoolExecutor(2) as pool:  # two batches at once: onnxruntime releases the GIL while it runs
-        def two():
-            f = pool.submit(runner.session.run, names, other)
-            runner.session.run(names, feeds)
-            f.result()
-        out["ORT, 2 batches at once (executor of 2)"] = _timed(two, 2, seconds)
-    rows = np.concatenate([feeds[n] for n in runner.layout.input_names[1:]], axis=1)
-    x = feeds[runner.manifest.input]
-    out["ModelRunner.run, 1 thread"] = _timed(lambda: runner.run(x, rows), 1, seconds)
-    return out
-
-
-def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0.02) -> dict:
-    """ModelRunner.run against ways around its state split/concat (issue 18, target 3's session options): the
-    plain ORT run on contiguous feeds (the floor), StepLayout.run on InferenceSession.run (ModelRunner.run before
-    it bound small batches; still its path above BIND_MAX), I/O binding to buffers bound once (inputs copied in,
-    outputs written by ORT into preallocated OrtValues, then one copy out), and run_with_ort_values on OrtValues
-    made once.
-    Process CPU us per run, pinned to core 0; medians over interleaved rounds, and each variant's median paired
-    difference to ModelRunner.run in the same round (< 0: cheaper)."""
-    import onnxruntime as ort
-
-    from statestream.server.engine.model import ModelRunner
-
-    def go():
-        r = ModelRunner(path)
-        lay, sess = r.layout, r.session
-        names, feeds = _feeds(sess, r.manifest, batch)
-        x = feeds[r.manifest.input]
-        slab = np.zeros((batch + 2048, r.state_width), np.float32)
-        rows = slab[1024:1024 + batch]
-        rows[:] = np.concatenate([feeds[n] for n in lay.input_names[1:]], axis=1)
-        ins = [np.empty((batch, s.size), np.float32) for s in lay.states]
-        xbuf = np.empty_like(x)
-        outs = [ort.OrtValue.ortvalue_from_shape_and_type([batch, 1, r.output_size], np.float32)] + \
-               [ort.OrtValue.ortvalue_from_shape_and_type([batch, s.size], np.float32) for s in lay.states]
-        arrays = [o.numpy() for o in outs]  # views of the OrtValues' memory
-        io = sess.io_binding()
-        io.bind_cpu_input(r.manifest.input, xbuf)
-        for s, buf in zip(lay.states, ins):
-            io.bind_cpu_input(s.input, buf)
-        for n, o in zip(lay.out_names, outs):
-            io.bind_ortvalue_output(n, o)
-
-        def copy_in():
-            np.copyto(xbuf, x)
-            for block, buf in zip(lay.blocks, ins):
-                np.copyto(buf, rows[:, block])
-
-        def bound():
-            copy_in()
-            sess.run_with_iobinding(io)
-            return arrays[0].copy(), np.concatenate(arrays[1:], axis=1)
-
-        values = {n: ort.OrtValue.ortvalue_from_numpy(a)._ortvalue for n, a in zip(lay.input_names, [xbuf] + ins)}
-        options = ort.RunOptions()
-
-        def ortvalues():
-            copy_in()
-            y, *new = [v.numpy() for v in sess._sess.run_with_ort_values(values, lay.out_names, options)]
-            return y, np.concatenate(new, axis=1)
-
-        want = r.run(x, rows)
-        for f in (bound, ortvalues):
-            got = f()
-            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), f.__name__
-        variants = {"ORT run, contiguous feeds (floor)": lambda: sess.run(names, feeds),
-                    "ModelRunner.run": lambda: r.run(x, rows),
-                    "StepLayout.run on InferenceSession.run (before)": lambda: lay.run(sess.run, x, rows),
-                    "I/O binding, bound once": bound,
-                    "run_with_ort_values, OrtValues made once": ortvalues}
-        per_round: dict[str, list[float]] = {k: [] for k in variants}
-        for _ in range(rounds):
-            for k, f in variants.items():
-                per_round[k].append(_timed(f, 1, seconds)["cpu_us"])
-        base = np.array(per_round["ModelRunner.run"])
-        return {k: {"cpu_us": _median(v), "paired_diff_us": float(np.median(np.array(v) - base))}
-                for k, v in per_round.items()}
-
-    return _pinned_to_core0(go)
 
 
 # -- at the wire -----------------------------------------------------------------------------------------
@@ -206,55 +78,7 @@ def _ghz_run(plan: scenarios.Plan, proc: Proc, who: str, c: int, tag: str) -> di
             "cpu_share": (cpu1[0] - cpu0[0]) / wall, "command": " ".join(cmd).replace(str(ROOT) + "/", "")}
 
 
-def _pinned_to_core0(fn):
-    """Run fn() with this process pinned to core 0 (where the 1-core server runs), then unpin."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {0})
-    try:
-        return fn()
-    finally:
-        os.sched_setaffinity(0, before)
-
-
-def _handler_cpu(path: Path, seconds: float) -> float:
-    """The server's StepGroup handler in-process (bench.hotpath: parse, engine, model, serialize; no gRPC), CPU us
-    per call of this thread, the best of 5 repeats."""
-    import asyncio
-
-    from . import hotpath
-
-    async def go():
-        app = await hotpath._app(path)
-        try:
-            runner = next(iter(app.table.runners.values()))
-            reqs = {k: v for k, v in hotpath._requests(runner.name, runner.features, [GROUP]).items()
-                    if k == f"group{GROUP}"}
-            return await hotpath._measure(app, runner.name, reqs, seconds, None, False, repeats=5)
-        finally:
-            await app.stop(0)
-
-    return asyncio.run(go())[0][1]
-
-
-def parts_inprocess(path: Path, seconds: float) -> dict:
-    """CPU us per batch of GROUP, pinned to core 0: onnxruntime's run, ModelRunner.run (+ the state split and
-    concat), the whole StepGroup handler (+ parse, engine, isfinite checks, slab write, serialize); and ORT's rate."""
-    from statestream.server.engine.model import ModelRunner
-
-    def go():
-        runner = ModelRunner(path)
-        names, feeds = _feeds(runner.session, runner.manifest, GROUP)
-        rows = np.concatenate([feeds[n] for n in runner.layout.input_names[1:]], axis=1)
-        x = feeds[runner.manifest.input]
-        ort_ = _timed(lambda: runner.session.run(names, feeds), 1, seconds)
-        run = _timed(lambda: runner.run(x, rows), 1, seconds)
-        return {"ort_cpu_us": ort_["cpu_us"], "ort_session_steps_per_s": ort_["session_steps_per_s"],
-                "runner_cpu_us": run["cpu_us"], "handler_cpu_us": _handler_cpu(path, seconds)}
-
-    return _pinned_to_core0(go)
-
-
-def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, log) -> dict:
+def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, log, perf: bool = False) -> dict:
     _, man = compute.load(path)
     plan = scenarios.Plan(model=man.name, features=man.features, concurrencies=[concurrency], frame_sizes=[],
                           duration=duration, stream_count=1, ghz_cpus=1, raw=raw / man.name, group_sizes=[GROUP],
@@ -264,6 +88,7 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
     procs: dict[str, Proc] = {}
     runs: dict[str, list[dict]] = {}
     orts: list[dict] = []
+    profile = None
     try:
         procs["null, 1 core"] = _null(responses, CORE0).start()
         procs["null, 2 cores"] = _null(responses, BOTH).start()
@@ -272,33 +97,38 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
             plan.open_groups(procs[name])
         for who, proc in procs.items():
             scenarios.warm(plan, proc, who.replace(" ", "_").replace(",", ""), f"group{GROUP}")
-        for k in range(rounds):
+        for rnd in range(rounds):
             before = parts_inprocess(path, 0.6)
-            order = list(procs) if k % 2 == 0 else list(reversed(procs))
+            order = list(procs) if rnd % 2 == 0 else list(reversed(procs))
             for who in order:
-                r = _ghz_run(plan, procs[who], who, concurrency, f"r{k}")
+                recording = None
+                if perf and rnd == 0 and who == "1 core" and perfprof.available():
+                    recording = perfprof.record(procs[who].pid, max(1.0, duration - 0.5), plan.raw / "perf.data")
+                r = _ghz_run(plan, procs[who], who, concurrency, f"r{rnd}")
+                if recording is not None:
+                    recording.wait()
+                    shares, samples = perfprof.buckets(plan.raw / "perf.data")
+                    profile = {"samples": samples, "shares": shares, "cpu_us_per_call": r["cpu_us_per_call"],
+                               "note": "perf record -F 999 --call-graph dwarf of the 1-core server, round 0"}
                 runs.setdefault(who, []).append(r)
-                log(f"{man.name} round {k} {who:32s} {r['session_steps_per_s']:10,.0f} session-steps/s "
+                log(f"{man.name} round {rnd} {who:32s} {r['session_steps_per_s']:10,.0f} session-steps/s "
                     f"cpu {r['cpu_us_per_call'] or 0:7.0f} us/call (loop {r['loop_us_per_call'] or 0:6.0f}) "
                     f"share {r['cpu_share']:.2f} p50 {r['p50_ms']:.2f} ms errors {r['errors']}")
             after = parts_inprocess(path, 0.6)
             # the better (lower CPU, higher rate) of just before and just after the round: neighbours only add
             orts.append({k: (max if k.endswith("per_s") else min)(before[k], after[k]) for k in before})
-            log(f"{man.name} round {k} in-process on core 0: " + ", ".join(f"{k} {v:,.0f}" for k, v in orts[-1].items()))
+            log(f"{man.name} round {rnd} in-process on core 0: " + ", ".join(f"{k} {v:,.0f}"
+                                                                           for k, v in orts[-1].items()))
     finally:
         for p in procs.values():
             p.stop()
-    return summarise(runs, orts)
-
-
-def _median(xs: list[float]) -> float:
-    return float(np.median(xs))
+    return {**summarise(runs, orts), "perf": profile}
 
 
 def summarise(runs: dict[str, list[dict]], orts: list[dict]) -> dict:
     """Medians over rounds; the serial bound of each round and the server's ratio to it, at the wire (rates) and
     in CPU time ((ORT + null) CPU per call / the server's); where the server's CPU per call goes."""
-    med = {who: {k: _median([r[k] for r in rs if r[k] is not None]) for k in
+    med = {who: {k: median([r[k] for r in rs if r[k] is not None]) for k in
                  ("session_steps_per_s", "cpu_us_per_call", "loop_us_per_call", "cpu_share", "p50_ms", "p99_ms")}
            for who, rs in runs.items()}
     for who, rs in runs.items():
@@ -312,15 +142,15 @@ def summarise(runs: dict[str, list[dict]], orts: list[dict]) -> dict:
                        "server_1core": one["session_steps_per_s"], "ratio": one["session_steps_per_s"] / bound,
                        "bound_cpu_us": bound_cpu, "server_cpu_us": one["cpu_us_per_call"],
                        "ratio_cpu": bound_cpu / one["cpu_us_per_call"]})
-    p = {k: _median([o[k] for o in orts]) for k in orts[0]}
+    p = {k: median([o[k] for o in orts]) for k in orts[0]}
     wire_cpu, null_cpu = med["1 core"]["cpu_us_per_call"], med["null, 1 core"]["cpu_us_per_call"]
     parts = {"ort_cpu_us": p["ort_cpu_us"], "copies_us": p["runner_cpu_us"] - p["ort_cpu_us"],
              "engine_codec_us": p["handler_cpu_us"] - p["runner_cpu_us"],
              "transport_us": wire_cpu - p["handler_cpu_us"], "null_cpu_us": null_cpu, "server_cpu_us": wire_cpu,
              "server_loop_us": med["1 core"]["loop_us_per_call"], "handler_cpu_us": p["handler_cpu_us"],
              "excess_us": wire_cpu - p["ort_cpu_us"] - null_cpu}
-    return {"servers": med, "rounds": bounds, "ratio_serial_bound": _median([b["ratio"] for b in bounds]),
-            "ratio_serial_bound_cpu": _median([b["ratio_cpu"] for b in bounds]), "parts": parts, "inprocess": orts}
+    return {"servers": med, "rounds": bounds, "ratio_serial_bound": median([b["ratio"] for b in bounds]),
+            "ratio_serial_bound_cpu": median([b["ratio_cpu"] for b in bounds]), "parts": parts, "inprocess": orts}
 
 
 # -- the model of N cores --------------------------------------------------------------------------------
@@ -420,6 +250,12 @@ def report(res: dict) -> str:
                 i2 = f"{r['intra_op_2']:,.0f}" if r["intra_op_2"] else "-"
                 lines.append(f"| {r['cores']} | {r['loop']:,.0f} | {r['executor_one_run']:,.0f} | {i2} | "
                              f"{r['runs_at_once']:,.0f} |")
+            if w.get("perf"):
+                pf = w["perf"]
+                lines += ["", f"perf of the 1-core server ({pf['samples']} samples, {pf['cpu_us_per_call']:,.0f} us CPU "
+                          "per call in that run; `bench.perfprof`):", "", "| where | share | us per call |",
+                          "| --- | --- | --- |"]
+                lines += [f"| {k} | {v:.1%} | {v * pf['cpu_us_per_call']:,.0f} |" for k, v in pf["shares"].items()]
             lines += ["", "ghz command (1 core): `" + w["servers"]["1 core"]["command"] + "`", ""]
     return "\n".join(lines) + "\n"
 
@@ -434,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--seconds", type=float, default=2.0, help="seconds per in-process measurement")
     p.add_argument("--skip", default="", help="inprocess,runner,wire")
+    p.add_argument("--perf", action="store_true", help="perf record the 1-core server in round 0 (bench.perfprof)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serial")
     a = p.parse_args(argv)
     import onnxruntime
@@ -461,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{label} B={b:<4d} {what:42s} {r['cpu_us']:8,.1f} us CPU (paired diff to ModelRunner.run "
                         f"{r['paired_diff_us']:+.1f})")
         if "wire" not in skip:
-            m["wire"] = wire(path, a.duration, a.rounds, a.concurrency, a.out / "raw", log)
+            m["wire"] = wire(path, a.duration, a.rounds, a.concurrency, a.out / "raw", log, perf=a.perf)
             m["scaling"] = scaling(m["wire"], m.get("inprocess"))
     res["load_end"] = os.getloadavg()[0]
     (a.out / "serial.json").write_text(json.dumps(res, indent=1, default=str))
@@ -471,5 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "bench.serial"
     sys.exit(main())
