@@ -165,7 +165,7 @@ def scaling(w: dict, inproc: dict | None, cores=(1, 2, 4, 8)) -> dict:
 
     - model on the loop (today's default): B / (L + m) on any N;
     - model on the executor, one run at a time (today's batcher, --inline-max-batch 0): B / (L + m + O) on 1 core,
-      B / max(Lx, m) on 2+ (the loop prepares the next call while a core runs the model);
+      min(B / max(Lx, m), N B / (Lx + m + O)) on 2+ (the loop prepares the next call while a core runs the model);
     - intra-op 2, model on the loop: B / (L + m / s2) on 2+ cores;
     - runs of different calls at once on an executor of N - 1 threads (a batcher that starts the next unit while
       one runs): min(B / Lx, (N - 1) B / m, N B / (Lx + m + O)): the loop (GIL) is the ceiling.
@@ -182,7 +182,8 @@ def scaling(w: dict, inproc: dict | None, cores=(1, 2, 4, 8)) -> dict:
     rows = []
     for n in cores:
         rows.append({"cores": n, "loop": rate(loop + m),
-                     "executor_one_run": rate(loop + m + other) if n == 1 else rate(max(lx, m)),
+                     "executor_one_run": rate(loop + m + other) if n == 1 else
+                     min(rate(max(lx, m)), n * rate(lx + m + other)),
                      "intra_op_2": rate(loop + m / s2) if s2 and n >= 2 else None,
                      "runs_at_once": rate(loop + m + other) if n == 1 else
                      min(rate(lx), (n - 1) * rate(m), n * rate(lx + m + other))})
@@ -201,7 +202,7 @@ def report(res: dict) -> str:
     for label, m in res["models"].items():
         lines += [f"## {label}", ""]
         if "inprocess" in m:
-            lines += ["In-process, no gRPC (the bench process alone, both cores free):", "",
+            lines += ["In-process, no gRPC (the bench process, not pinned; the best of 7 interleaved rounds each):", "",
                       "| what | wall us per batch of 256 | process CPU us per batch | session-steps/s |",
                       "| --- | --- | --- | --- |"]
             for what, r in m["inprocess"].items():
