@@ -88,7 +88,7 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
     procs: dict[str, Proc] = {}
     runs: dict[str, list[dict]] = {}
     orts: list[dict] = []
-    profile = None
+    profile: dict[str, dict] = {}
     try:
         procs["null, 1 core"] = _null(responses, CORE0).start()
         procs["null, 2 cores"] = _null(responses, BOTH).start()
@@ -102,14 +102,13 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
             order = list(procs) if rnd % 2 == 0 else list(reversed(procs))
             for who in order:
                 recording = None
-                if perf and rnd == 0 and who == "1 core" and perfprof.available():
+                if perf and rnd == 0 and who in ("1 core", "null, 1 core") and perfprof.available():
                     recording = perfprof.record(procs[who].pid, max(1.0, duration - 0.5), plan.raw / "perf.data")
                 r = _ghz_run(plan, procs[who], who, concurrency, f"r{rnd}")
                 if recording is not None:
                     recording.wait()
                     shares, samples = perfprof.buckets(plan.raw / "perf.data")
-                    profile = {"samples": samples, "shares": shares, "cpu_us_per_call": r["cpu_us_per_call"],
-                               "note": "perf record -F 999 --call-graph dwarf of the 1-core server, round 0"}
+                    profile[who] = {"samples": samples, "shares": shares, "cpu_us_per_call": r["cpu_us_per_call"]}
                 runs.setdefault(who, []).append(r)
                 log(f"{man.name} round {rnd} {who:32s} {r['session_steps_per_s']:10,.0f} session-steps/s "
                     f"cpu {r['cpu_us_per_call'] or 0:7.0f} us/call (loop {r['loop_us_per_call'] or 0:6.0f}) "
@@ -122,7 +121,7 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
     finally:
         for p in procs.values():
             p.stop()
-    return {**summarise(runs, orts), "perf": profile}
+    return {**summarise(runs, orts), "perf": profile or None}
 
 
 def summarise(runs: dict[str, list[dict]], orts: list[dict]) -> dict:
@@ -253,10 +252,17 @@ def report(res: dict) -> str:
                              f"{r['runs_at_once']:,.0f} |")
             if w.get("perf"):
                 pf = w["perf"]
-                lines += ["", f"perf of the 1-core server ({pf['samples']} samples, {pf['cpu_us_per_call']:,.0f} us CPU "
-                          "per call in that run; `bench.perfprof`):", "", "| where | share | us per call |",
-                          "| --- | --- | --- |"]
-                lines += [f"| {k} | {v:.1%} | {v * pf['cpu_us_per_call']:,.0f} |" for k, v in pf["shares"].items()]
+                whos = list(pf)
+                lines += ["", "perf of the servers on 1 core, round 0 (`bench.perfprof`; us per call = share x that run's "
+                          "CPU per call): " + "; ".join(f"{who}: {pf[who]['samples']} samples, "
+                                                         f"{pf[who]['cpu_us_per_call']:,.0f} us per call" for who in whos),
+                          "", "| where | " + " | ".join(f"{who}: share, us" for who in whos) + " |",
+                          "| --- |" + " --- |" * len(whos)]
+                keys = list(dict.fromkeys(k for who in whos for k in pf[who]["shares"]))
+                for k in keys:
+                    shares = [(pf[who]["shares"].get(k, 0.0), pf[who]["cpu_us_per_call"]) for who in whos]
+                    cells = [f"{v:.1%}, {v * cpu:,.0f}" for v, cpu in shares]
+                    lines.append(f"| {k} | " + " | ".join(cells) + " |")
             lines += ["", "ghz command (1 core): `" + w["servers"]["1 core"]["command"] + "`", ""]
     return "\n".join(lines) + "\n"
 
