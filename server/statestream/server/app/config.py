@@ -187,8 +187,9 @@ HELP = {
                              "its model run; more is RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest request message",
     "intra_op_threads": "onnxruntime intra-op threads",
-    "intra_op_spinning": "1: onnxruntime's intra-op threads spin between runs (its default; burns the cores gRPC "
-                         "needs), 0: they sleep (measured faster with --intra-op-threads 2 on 2 cores)",
+    "intra_op_spinning": "with --intra-op-threads > 1: 1 = onnxruntime's workers spin between runs (its own "
+                         "default), 0 = they sleep (measured: spinning cost 40-90%% more CPU per group step on 2 "
+                         "shared cores, docs/performance.md)",
     "inline_max_batch": "model runs of at most this many session-timesteps run on the event loop, larger ones "
                         "on a worker thread (0 = always a thread; the thread hop waits for the GIL, which "
                         "measured 2x slower for frames of 256)",
