@@ -12,7 +12,7 @@ QUIET_PIP := PYTHONWARNINGS=ignore $(PIP) install -q
 GOBIN := $(CURDIR)/.tools/bin
 export GOBIN
 
-.PHONY: help serve test proto install-server install-dev install-triton-client tools bench clean
+.PHONY: help serve test proto install-server install-dev install-triton-client install-torch tools bench clean
 
 # Every target has a `## what it does` comment: `make help` lists them all from here.
 help: ## list the targets
@@ -45,9 +45,16 @@ $(TRITON_VENV)/.installed: $(TRITON_REQS)
 	$(TRITON_PY) -m pip --disable-pip-version-check install -q -r $(TRITON_REQS)
 	touch $@
 
+# PyPI's Linux torch is the CUDA build (about 5 GB), so the torch extra gets its own venv: the heavy packages in a
+# cache outside the clone keyed by their pins (a second clone reuses it), .venv-torch per clone with this clone's code.
+# The script checks in about a second when nothing changed, so the target always runs it (docs/models.md#pytorch).
+TORCH_VENV ?= .venv-torch
+
 install-server: $(VENV)/.server-installed ## install the server extra into .venv (no TensorFlow)
 install-dev: $(VENV)/.dev-installed ## install the server, export and dev extras into .venv
 install-triton-client: $(TRITON_VENV)/.installed ## install tritonclient into its own .venv-triton
+install-torch: ## install the torch extra: a cached venv (~5 GB, once per machine) and .venv-torch
+	$(PYTHON) scripts/install_torch.py --venv $(TORCH_VENV)
 
 serve: install-server ## serve MODELS (the demo) on HOST:PORT (127.0.0.1:50051); Ctrl-C stops it
 	@echo "make serve: $(MODELS) on $(HOST):$(PORT); make serve HOST=0.0.0.0 lets other machines connect, PORT=50052 moves it"
@@ -63,6 +70,9 @@ test: install-dev ## install everything the tests need, then run them
 	@$(MAKE) --no-print-directory install-triton-client || { mkdir -p .tools/failed; printf '%s\n' \
 	  "install of 'tritonclient' failed (make install-triton-client)" "cause: pip could not install $(TRITON_REQS) into $(TRITON_VENV)" \
 	  "fix: check that PyPI is reachable, then run make install-triton-client" > .tools/failed/tritonclient; }
+	@if $(MAKE) --no-print-directory install-torch; then rm -f .tools/failed/torch; else mkdir -p .tools/failed; printf '%s\n' \
+	  "install of 'torch' failed (make install-torch)" "cause: pip could not install pyproject's torch extra (see above)" \
+	  "fix: check that PyPI is reachable and about 6 GB are free in ~/.cache, then run make install-torch" > .tools/failed/torch; fi
 	$(PY) -m pytest -q
 
 GO_MODULE := github.com/statestream/statestream/client/go
@@ -84,5 +94,5 @@ bench: install-dev tools install-triton-client ## run the benchmarks into bench/
 	$(PY) -m bench.proxy
 	$(PY) -m bench.client_stream
 
-clean: ## remove .venv, .venv-triton and .tools
-	rm -rf $(VENV) $(TRITON_VENV) .tools
+clean: ## remove .venv, .venv-triton, .venv-torch and .tools (not the cached torch venv in ~/.cache/statestream)
+	rm -rf $(VENV) $(TRITON_VENV) $(TORCH_VENV) .tools

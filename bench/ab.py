@@ -52,28 +52,41 @@ def rate(r: dict) -> float:
     return r.get("session_steps_per_s") or r["msgs_per_s"]
 
 
-def ghz_rounds(plan: scenarios.Plan, procs: dict[str, Proc], rounds: int) -> list[dict]:
+def cpu_us(r: dict) -> float:
+    """The server process's CPU time (all threads) per ghz call, us: steadier than rates on a shared machine."""
+    calls = r["calls_per_s"]
+    return r["cpu"]["process"] / calls * 1e6 if calls else 0.0
+
+
+def ghz_rounds(plan: scenarios.Plan, procs: dict[str, Proc], rounds: int,
+               which: list[tuple[str, int]] = SCENARIOS) -> list[dict]:
     rows = []
     names = list(procs)
-    for key, c in SCENARIOS:
+    for key, c in which:
         runs: dict[str, list[dict]] = {who: [] for who in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else [names[0], *reversed(names[1:])]  # null first, A/B alternate
             for who in order:
-                runs[who].append(scenarios.run_one(plan, procs[who], who, key, c, tag=f"r{r}"))
+                runs[who].append({**scenarios.run_one(plan, procs[who], who, key, c, tag=f"r{r}"),
+                                  "load1": os.getloadavg()[0]})
         row = {"scenario": key, "concurrency": c, "command": runs["B"][0]["command"], "rounds": {}}
         for who in names:
-            row["rounds"][who] = [{"rate": rate(x), "p50_ms": x["p50_ms"], "p99_ms": x["p99_ms"], "errors": x["errors"]}
-                                  for x in runs[who]]
+            row["rounds"][who] = [{"rate": rate(x), "p50_ms": x["p50_ms"], "p99_ms": x["p99_ms"], "errors": x["errors"],
+                                   "load1": x.get("load1"), "cpu_us": cpu_us(x)} for x in runs[who]]
         for who in ("A", "B"):
             ratios = [rate(x) / rate(n) for x, n in zip(runs[who], runs["null"])]
             row[f"ratio_{who}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
         row["b_over_a"] = row["ratio_B"]["median"] / row["ratio_A"]["median"]
+        cpu = {who: statistics.median(x["cpu_us"] for x in row["rounds"][who]) for who in ("A", "B")}
+        row["cpu_a_over_b"] = cpu["A"] / cpu["B"] if cpu["B"] else None  # > 1: B spends less CPU per call
         rows.append(row)
-        log(f"{key:9s} c={c:<2d} null {statistics.median(x['rate'] for x in row['rounds']['null']):11,.0f} | "
+        med = {who: {k: statistics.median(x[k] for x in row["rounds"][who]) for k in ("rate", "p50_ms", "p99_ms")}
+               for who in names}
+        log(f"{key:9s} c={c:<2d} null {med['null']['rate']:11,.0f} "
+            + " ".join(f"{who} p50/p99 {m['p50_ms']:.2f}/{m['p99_ms']:.2f} ms" for who, m in med.items()) + " | "
             f"A {row['ratio_A']['median']:.3f}x ({row['ratio_A']['min']:.3f}-{row['ratio_A']['max']:.3f}) | "
             f"B {row['ratio_B']['median']:.3f}x ({row['ratio_B']['min']:.3f}-{row['ratio_B']['max']:.3f}) | "
-            f"B/A {row['b_over_a']:.2f}")
+            f"B/A {row['b_over_a']:.2f} | CPU per call A/B {row['cpu_a_over_b'] or 0:.2f}")
     return rows
 
 
@@ -106,13 +119,17 @@ def hotpath_rounds(old_python: Path, old_tree: Path, rounds: int, seconds: float
 def report(res: dict) -> str:
     m = res["meta"]
     lines = [f"# A/B: {m['A']} (A) against {m['B']} (B)", "",
-             f"{m['date']}, {m['cpus']} cores, load average at start {m['loadavg']}; `{m['command']}`.", "",
+             f"{m['date']}, {m['cpus']} cores, load average at start {m['loadavg']}"
+             + (f", at the end {m['loadavg_end']}" if m.get("loadavg_end") else "") + f"; `{m['command']}`.", "",
              f"Ratios to the null server measured in the same round ({m['rounds']} rounds of {m['duration']:g} s per "
              "scenario, null then A and B in turn, the order of A and B alternating); median (min-max). "
              "B/A > 1: B keeps more of the ceiling. Rates are session-steps/s (frames, groups) or "
              "msgs/s.", "",
-             "| scenario | null (median) | A / null | B / null | B/A | p50 / p99 ms A | p50 / p99 ms B |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "CPU us/call: each server process's CPU time (all threads) per ghz call, median of the rounds; A/B > 1: "
+             "B spends less (it moves less with the machine's load than rates do).", "",
+             "| scenario | null (median) | A / null | B / null | B/A | p50 / p99 ms null | p50 / p99 ms A | "
+             "p50 / p99 ms B | CPU us/call A / B | CPU A/B | 1-min load during the rounds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def rng(d: dict) -> str:
         return f"{d['median']:.3f} ({d['min']:.3f}-{d['max']:.3f})"
@@ -121,11 +138,21 @@ def report(res: dict) -> str:
         return (f"{statistics.median(x['p50_ms'] for x in rounds):.2f} / "
                 f"{statistics.median(x['p99_ms'] for x in rounds):.2f}")
 
+    def cpu(row: dict, who: str) -> str:
+        us = [x["cpu_us"] for x in row["rounds"][who] if x.get("cpu_us")]
+        return f"{statistics.median(us):,.0f}" if us else "-"
+
+    def load(rounds: dict) -> str:
+        loads = [x["load1"] for runs in rounds.values() for x in runs if x.get("load1") is not None]
+        return f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+
     for row in res["ghz"]:
         null = statistics.median(x["rate"] for x in row["rounds"]["null"])
         lines.append(f"| {row['scenario']} c={row['concurrency']} | {null:,.0f} | {rng(row['ratio_A'])} | "
-                     f"{rng(row['ratio_B'])} | **{row['b_over_a']:.2f}** | {lat(row['rounds']['A'])} | "
-                     f"{lat(row['rounds']['B'])} |")
+                     f"{rng(row['ratio_B'])} | **{row['b_over_a']:.2f}** | {lat(row['rounds']['null'])} | "
+                     f"{lat(row['rounds']['A'])} | {lat(row['rounds']['B'])} | {cpu(row, 'A')} / {cpu(row, 'B')} | "
+                     + (f"**{row['cpu_a_over_b']:.2f}**" if row.get("cpu_a_over_b") else "-")
+                     + f" | {load(row['rounds'])} |")
     if res.get("hotpath"):
         lines += ["", "In-process CPU per call (`python -m bench.hotpath --sizes 256,1024`, each version's own, "
                   "alternately; event-loop thread CPU, best of 7 repeats per run; range over runs):", "",
@@ -185,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios.warm(plan, proc, who, key)
         log(f"null {null.target}, A ({res['meta']['A']}) {old.target}, B ({res['meta']['B']}) {new.target}")
         res["ghz"] = ghz_rounds(plan, procs, a.rounds)
+    res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     if not a.skip_hotpath:
         res["hotpath"] = hotpath_rounds(a.old_python, a.old_tree, a.rounds, a.hotpath_seconds)
     (a.out / "engine_ab.json").write_text(json.dumps(res, indent=1))

@@ -85,7 +85,8 @@ def inprocess(path: Path, seconds: float, rounds: int = 7) -> dict:
 def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0.02) -> dict:
     """ModelRunner.run against ways around its state split/concat (issue 18, target 3's session options): the
     plain ORT run on contiguous feeds (the floor), StepLayout.run on InferenceSession.run (ModelRunner.run before
-    it bound small batches; still its path above BIND_MAX), I/O binding to buffers bound once (inputs copied in,
+    9385918 and before it bound small batches) and on the session's pybind `run` directly (ModelRunner's path above
+    BIND_MAX since 9385918), I/O binding to buffers bound once (inputs copied in,
     outputs written by ORT into preallocated OrtValues, then one copy out), and run_with_ort_values on OrtValues
     made once.
     Process CPU us per run, pinned to core 0; medians over interleaved rounds, and each variant's median paired
@@ -138,7 +139,9 @@ def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0
             assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), f.__name__
         variants = {"ORT run, contiguous feeds (floor)": lambda: sess.run(names, feeds),
                     "ModelRunner.run": lambda: r.run(x, rows),
-                    "StepLayout.run on InferenceSession.run (before)": lambda: lay.run(sess.run, x, rows),
+                    "StepLayout.run on InferenceSession.run": lambda: lay.run(sess.run, x, rows),
+                    "StepLayout.run on InferenceSession._sess.run (ModelRunner above BIND_MAX)":
+                        lambda: lay.run(r._call, x, rows),
                     "I/O binding, bound once": bound,
                     "run_with_ort_values, OrtValues made once": ortvalues}
         per_round: dict[str, list[float]] = {k: [] for k in variants}

@@ -24,6 +24,11 @@ def _ceil(r: dict, who: str, field: str, digits: int = 0) -> str:
     return _n(r[who][field], digits) if who in r else "-"
 
 
+def _lat(r: dict, who: str) -> str:
+    """p50 / p99 ms of one run in a row (the server's or a ceiling's)."""
+    return f"{r[who]['p50_ms']:.2f} / {r[who]['p99_ms']:.2f}" if r.get(who) else "-"
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -62,14 +67,14 @@ def markdown(res: dict) -> str:
                   "request and builds the response, no model. Requests carry raw float32 bytes (`input_raw`, "
                   f"`raw_output`). StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s "
                   "counts steps, latency is of the whole stream call.", ""]
-        lines += _table(["scenario", "c", "server msgs/s", "null msgs/s", "server / null", "echo msgs/s",
-                         "server / echo", "server p50 ms", "server p99 ms", "null p99 ms", "mean batch",
+        lines += _table(["scenario", "c", "server msgs/s", "server p50 / p99 ms", "null msgs/s", "null p50 / p99 ms",
+                         "server / null", "echo msgs/s", "echo p50 / p99 ms", "server / echo", "mean batch",
                          "CPU server / loop / ghz", "CPU null / loop / ghz"],
-                        [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]),
-                          _ceil(r, "null", "msgs_per_s"), _r(r.get("ratio_null")), _ceil(r, "echo", "msgs_per_s"),
-                          _r(r.get("ratio_echo")), _n(r["server"]["p50_ms"], 2), _n(r["server"]["p99_ms"], 2),
-                          _ceil(r, "null", "p99_ms", 2), _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]),
-                          _cpu(r.get("null", {}))] for r in tr])
+                        [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]), _lat(r, "server"),
+                          _ceil(r, "null", "msgs_per_s"), _lat(r, "null"), _r(r.get("ratio_null")),
+                          _ceil(r, "echo", "msgs_per_s"), _lat(r, "echo"), _r(r.get("ratio_echo")),
+                          _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]), _cpu(r.get("null", {}))]
+                         for r in tr])
         lines += ["", "CPU: shares of one core during the run: the whole server process, its main thread (the event "
                       "loop) and the ghz client; a loop near 1.0 is saturated."]
     fr = res.get("frames", [])
@@ -79,13 +84,15 @@ def markdown(res: dict) -> str:
             continue
         lines += ["", f"## {title}: session-steps/s against the null server, the echo server and in-process ORT", ""]
         lines += _table(["size", "c", "calls/s", "server session-steps/s", "p50 ms", "p99 ms",
-                         "null session-steps/s", "server / null", "echo session-steps/s", "server / echo",
+                         "null session-steps/s", "null p50 / p99 ms", "server / null", "echo session-steps/s",
+                         "echo p50 / p99 ms", "server / echo",
                          "ORT session-steps/s (same B)", "server / ORT", "mean batch", "model run us (ORT alone)",
                          "model busy", "CPU server / loop / ghz"],
                         [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
                           _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
-                          _n(r["server"]["p99_ms"], 2), _ceil(r, "null", "session_steps_per_s"),
-                          _r(r.get("ratio_null")), _ceil(r, "echo", "session_steps_per_s"), _r(r.get("ratio_echo")),
+                          _n(r["server"]["p99_ms"], 2), _ceil(r, "null", "session_steps_per_s"), _lat(r, "null"),
+                          _r(r.get("ratio_null")), _ceil(r, "echo", "session_steps_per_s"), _lat(r, "echo"),
+                          _r(r.get("ratio_echo")),
                           _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
                           _n(r["server"].get("mean_batch"), 1), _run_us(r, ort_us),
                           "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%",
@@ -98,16 +105,22 @@ def markdown(res: dict) -> str:
                       "batch size; model busy: share of wall time in model runs."]
     hl = res.get("half_load")
     if hl:
-        lines += ["", "## One step at half the maximum load", "",
+        lines += ["", "## At half the maximum load", "",
                   f"Max unary Step throughput this run: {hl['max_msgs_per_s']:,.0f} msgs/s (c={hl['max_concurrency']}); "
-                  f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}.", ""]
-        rows = [["server", _n(hl["server"]["msgs_per_s"]), _n(hl["server"]["p50_ms"], 2), _n(hl["server"]["p90_ms"], 2),
-                 _n(hl["server"]["p99_ms"], 2)]]
-        for who in ("null", "echo"):
-            if hl.get(who):
-                rows.append([who, _n(hl[who]["msgs_per_s"]), _n(hl[who]["p50_ms"], 2), _n(hl[who]["p90_ms"], 2),
-                             _n(hl[who]["p99_ms"], 2)])
-        lines += _table(["target", "msgs/s", "p50 ms", "p90 ms", "p99 ms"], rows)
+                  f"ghz `--rps={hl['rps']}` with c={hl['concurrency']}."]
+        st = hl.get("stream")
+        if st:
+            lines += [f"Max StreamSteps throughput: {st['max_msgs_per_s']:,.0f} steps/s (c={st['max_concurrency']}); "
+                      f"ghz `--rps={st['rps']}` stream calls of {m['stream_count']} steps with c={st['concurrency']} "
+                      "(a stream's latency is of the whole call)."]
+        rows = []
+        for what, part in (("one step", hl), ("a stream", st or {})):
+            for who in ("server", "null", "echo"):
+                r = part.get(who)
+                if r:
+                    rows.append([what, who, _n(r["msgs_per_s"]), _n(r["p50_ms"], 2), _n(r["p90_ms"], 2),
+                                 _n(r["p99_ms"], 2), f"{r['p99_ms'] / r['p50_ms']:.1f}x" if r["p50_ms"] else "-"])
+        lines += [""] + _table(["call", "target", "steps/s", "p50 ms", "p90 ms", "p99 ms", "p99 / p50"], rows)
 
     real = res.get("realistic") or {}
     if real.get("rows"):

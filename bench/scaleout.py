@@ -6,12 +6,11 @@
 Throughput is ghz (one core, --cpus=1) against a real server per configuration, over 8 connections so that
 SO_REUSEPORT spreads them over the workers; every figure is also given as a ratio to the memory store with
 one process, measured in the same run. The commit cost is StateStore.commit() timed in-process against a
-real redis-server (AOF everysec) and a real sqlite file, per batch of 1 / 16 / 256 sessions.
+real redis-server (AOF everysec) and a real sqlite file, per batch of 1 / 16 / 256 sessions (bench.redis_commit).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -19,72 +18,30 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from statestream.server.store.base import SessionRecord
 from statestream.server.store.redis import RedisStore
 from statestream.server.store.sqlite import SqliteStore
 from tests.support.redis_process import RedisProcess
 
-from . import compute, ghz, scenarios
+from . import compute, ghz, redis_commit, scenarios
 from .cli import ghz_parser
 from .procs import ROOT, statestream_server
 
 CONFIGS = (("memory", 1), ("sqlite", 1), ("sqlite", 2), ("redis", 1), ("redis", 2))
 LOADS = (("unary", 16, 8), ("frame256", 4, 4))   # (payload, ghz concurrency, connections)
-BATCHES = (1, 16, 256)
 
 
 def log(msg: str) -> None:
     print(f"[scaleout {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _records(n: int, tag: str, width: int = 64) -> list[SessionRecord]:
-    rng = np.random.default_rng(0)
-    now = time.time()
-    return [SessionRecord(f"bench-{tag}-{n}-{i}", "demo", None, rng.standard_normal(width).astype(np.float32), 0, 0,
-                          3600.0, now + 3600, rng.standard_normal((1, 1)).astype(np.float32),
-                          rng.standard_normal(width).astype(np.float32), 0, 1) for i in range(n)]
-
-
-async def _commit_cost(store, n: int, seconds: float, tag: str) -> dict:
-    """Mean time of one commit() of n sessions (each a new version), over `seconds` (at least 10 commits)."""
-    recs = _records(n, tag)
-    for r in recs:
-        assert await store.create(r)
-    times = []
-    t_end = time.perf_counter() + seconds
-    while len(times) < 10 or time.perf_counter() < t_end:
-        for r in recs:
-            r.version += 1
-            r.step_count += 1
-        t0 = time.perf_counter()
-        codes = await store.commit(recs)
-        times.append(time.perf_counter() - t0)
-        assert codes == ["ok"] * n, codes[:3]
-    t0 = time.perf_counter()
-    await store.fetch(None, recs[0].id)
-    fetch = time.perf_counter() - t0
-    mean = sum(times) / len(times)
-    return {"batch": n, "commits": len(times), "us_per_commit": mean * 1e6, "us_per_session": mean * 1e6 / n,
-            "us_fetch": fetch * 1e6}
-
-
-def commit_costs(redis_url: str, tmp: Path, seconds: float, batches: tuple = BATCHES) -> list[dict]:
-    """Per store kind and batch size: what commit() costs in-process."""
-    async def go():
-        rows = []
-        stores = {"sqlite (shared, BEGIN IMMEDIATE)": SqliteStore(str(tmp / "commit.db"), shared=True),
-                  "redis: pipeline of one-key scripts": RedisStore(redis_url)}
-        for k, (name, store) in enumerate(stores.items()):
-            store.load()
-            for n in batches:
-                row = {"store": name, **await _commit_cost(store, n, seconds, str(k))}
-                log(f"commit {name}, batch {n}: {row['us_per_commit']:.0f} us ({row['us_per_session']:.1f} us/session)")
-                rows.append(row)
-            await store.aclose() if hasattr(store, "aclose") else store.close()
-        return rows
-    return asyncio.run(go())
+def commit_costs(redis_url: str, tmp: Path, repeats: int, commits: int,
+                 batches: tuple = redis_commit.BATCHES) -> list[dict]:
+    """Per store kind, batch size (and for Redis, session ids with and without a shared hash tag): the server CPU
+    and wall time of one commit() in-process (bench.redis_commit)."""
+    return redis_commit.commit_costs({"sqlite (shared, BEGIN IMMEDIATE)": lambda: SqliteStore(str(tmp / "commit.db"),
+                                                                                              shared=True),
+                                      "redis: pre-packed EVALSHA pipeline": lambda: RedisStore(redis_url)},
+                                     repeats, commits, batches)
 
 
 def throughput(plan: scenarios.Plan, redis_url: str, tmp: Path, log_) -> list[dict]:
@@ -135,14 +92,12 @@ def report(res: dict) -> str:
         out.append(f"| {r['load']} c={r['concurrency']}, {r['connections']} conns | {r['store']} | {r['workers']} | "
                    f"{r['session_steps_per_s']:,.0f} | {ratio(r['vs_memory_1'])} | {ratio(r['vs_same_store_1'])} | "
                    f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
-    out += ["", "## One commit (one batch) in-process", "",
-            "| store | batch | us per commit | us per session | x pipeline (redis) | fetch us |",
+    out += ["", "## One commit (one batch) in-process (bench.redis_commit: process_time, best of runs)", "",
+            "| store | session ids | batch | CPU us per commit | CPU us per session | wall us per session |",
             "| --- | --- | --- | --- | --- | --- |"]
-    pipe = {r["batch"]: r["us_per_commit"] for r in res["commits"] if "pipeline" in r["store"]}
     for r in res["commits"]:
-        rel = f"{r['us_per_commit'] / pipe[r['batch']]:.2f}x" if r["store"].startswith("redis") else "-"
-        out.append(f"| {r['store']} | {r['batch']} | {r['us_per_commit']:,.0f} | {r['us_per_session']:.1f} | {rel} "
-                   f"| {r['us_fetch']:.0f} |")
+        out.append(f"| {r['store']} | {'one hash tag' if r['tagged'] else 'untagged'} | {r['batch']} | "
+                   f"{r['us_per_commit']:,.0f} | {r['cpu_us_per_session']:.2f} | {r['wall_us_per_session']:.1f} |")
     out += ["", "Commands: `python -m bench.scaleout` (this file); the server flags per row are "
             "`--state-store memory | sqlite:PATH | redis://127.0.0.1:PORT/0 --workers N`.", ""]
     return "\n".join(out)
@@ -150,10 +105,10 @@ def report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ghz_parser("scaleout", __doc__, "1.5 s runs, 0.3 s of commits per cell")
-    p.add_argument("--commit-seconds", type=float, default=1.0, help="seconds of commits per store and batch size")
+    p.add_argument("--commit-repeats", type=int, default=5, help="runs of commits per store and batch size")
     a = p.parse_args(argv)
     if a.quick:
-        a.duration, a.commit_seconds = 1.5, 0.3
+        a.duration, a.commit_repeats = 1.5, 2
     a.out.mkdir(parents=True, exist_ok=True)
     raw = a.out / "raw"
     raw.mkdir(exist_ok=True)
@@ -167,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         res = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                         "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "duration": a.duration,
                         "redis": version}}
-        res["commits"] = commit_costs(redis_srv.url, Path(tmp), a.commit_seconds)
+        res["commits"] = commit_costs(redis_srv.url, Path(tmp), a.commit_repeats, 2560 if a.quick else 12800)
         redis_srv.client().flushall()
         res["throughput"] = throughput(plan, redis_srv.url, Path(tmp), log)
     res["meta"]["seconds"] = round(time.perf_counter() - t0, 1)

@@ -81,6 +81,7 @@ class Plan:
     frame_concurrencies: list[int] | None = None  # None: the same as `concurrencies`
     group_concurrencies: list[int] = field(default_factory=lambda: [1, 4])
     ghz: Path = field(default_factory=ghz.ensure_ghz)
+    ghz_prefix: list[str] = field(default_factory=list)  # e.g. ["taskset", "-c", "1"]: ghz pinned to a core
     data: dict[str, Path] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)
 
@@ -123,7 +124,7 @@ class Plan:
     def cmd(self, proc: Proc, key: str, concurrency: int, out: Path, *, duration: float | None = None,
             total: int | None = None, rps: float | None = None) -> list[str]:
         method = {"unary": "Step", "stream": "StreamSteps"}.get(key, "StepGroup" if key.startswith("group") else "StepFrame")
-        return ghz.command(self.ghz, proc.target, method, self.data[key], concurrency=concurrency,
+        return self.ghz_prefix + ghz.command(self.ghz, proc.target, method, self.data[key], concurrency=concurrency,
                            duration=duration, total=total, rps=rps,
                            stream_count=self.stream_count if key == "stream" else None, cpus=self.ghz_cpus, out=out)
 
@@ -222,8 +223,9 @@ def transport(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port:
                 row[f"ratio_{who}"] = _ratio(s["msgs_per_s"], r["msgs_per_s"])
             row["ratio"] = row.get("ratio_null", row.get("ratio_echo"))
             rows.append(row)
-            log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p99 {s['p99_ms']:7.2f} ms | "
-                + " | ".join(f"{who} {r['msgs_per_s']:9,.0f} ({row[f'ratio_{who}'] or 0:.2f}x)" for who, r in ceil.items())
+            log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p50/p99 {s['p50_ms']:.2f}/{s['p99_ms']:.2f} ms | "
+                + " | ".join(f"{who} {r['msgs_per_s']:9,.0f} ({row[f'ratio_{who}'] or 0:.2f}x, "
+                             f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms)" for who, r in ceil.items())
                 + f" | errors {s['errors']}")
     return rows
 
@@ -246,16 +248,17 @@ def frames(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: in
             for who, r in ceil.items():
                 row[f"ratio_{who}"] = _ratio(s["session_steps_per_s"], r["session_steps_per_s"])
             rows.append(row)
-            log(f"{key:<9s} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p99 "
-                f"{s['p99_ms']:7.2f} ms batch {s.get('mean_batch') or 0:6.1f} | "
-                + " | ".join(f"{who} {r['session_steps_per_s']:10,.0f} ({row[f'ratio_{who}'] or 0:.2f}x)"
-                             for who, r in ceil.items())
+            log(f"{key:<9s} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p50/p99 "
+                f"{s['p50_ms']:.2f}/{s['p99_ms']:.2f} ms batch {s.get('mean_batch') or 0:6.1f} | "
+                + " | ".join(f"{who} {r['session_steps_per_s']:10,.0f} ({row[f'ratio_{who}'] or 0:.2f}x, "
+                             f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f} ms)" for who, r in ceil.items())
                 + f" | ORT {o or 0:11,.0f} | errors {s['errors']}")
     return rows
 
 
 def half_load(plan: Plan, server: Proc, null: Proc, transport_rows: list[dict], log) -> dict | None:
-    """p99 of one unary step with ghz held at half the best unary rate of this run."""
+    """p50/p99 of one unary step with ghz held at half the best unary rate of this run, the null server at the same
+    rate; under "stream", the same for StreamSteps calls (ghz --rps counts calls of plan.stream_count steps)."""
     unary = [r for r in transport_rows if r["scenario"] == "unary"]
     if not unary:
         return None
@@ -266,6 +269,19 @@ def half_load(plan: Plan, server: Proc, null: Proc, transport_rows: list[dict], 
     e = run_one(plan, null, "null", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
     plan.note_command("unary at a fixed rate (half load)", s["command"].split())
     log(f"half load: {rps:,} steps/s, c={c}: server p50 {s['p50_ms']:.2f} p99 {s['p99_ms']:.2f} ms | "
-        f"null p99 {e['p99_ms']:.2f} ms")
-    return {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
-            "concurrency": c, "server": s, "null": e}
+        f"null p50 {e['p50_ms']:.2f} p99 {e['p99_ms']:.2f} ms")
+    out = {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
+           "concurrency": c, "server": s, "null": e}
+    streams = [r for r in transport_rows if r["scenario"] == "stream"]
+    if streams:
+        best = max(streams, key=lambda r: r["server"]["msgs_per_s"])
+        rps = max(1, int(best["server"]["msgs_per_s"] / 2 / plan.stream_count))
+        c = best["concurrency"]
+        s = run_one(plan, server, "server", "stream", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+        e = run_one(plan, null, "null", "stream", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+        plan.note_command("StreamSteps at a fixed rate (half load)", s["command"].split())
+        log(f"half load: {rps:,} streams/s of {plan.stream_count} steps, c={c}: server p50 {s['p50_ms']:.2f} p99 "
+            f"{s['p99_ms']:.2f} ms | null p50 {e['p50_ms']:.2f} p99 {e['p99_ms']:.2f} ms")
+        out["stream"] = {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": c, "rps": rps,
+                         "concurrency": c, "server": s, "null": e}
+    return out

@@ -44,6 +44,16 @@ def require_tool(name: str, *, installed_as: str | None = None) -> str:
     return found
 
 
+def require_installed(path: Path, installed_as: str, fix: str) -> None:
+    """A file an install step makes (a venv's python, a tool): fail with the installer's reason if that step
+    failed; skip (a failure under CI) when the file is missing."""
+    reason = install_failure(installed_as)
+    if reason:
+        pytest.fail(reason, pytrace=False)
+    if not path.exists():
+        pytest.skip(f"{path} is missing: run `{fix}` (make test does)")
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say at the end of the run which tools failed to install, so one tool's failure is read as that."""
     if INSTALL_FAILED.is_dir():

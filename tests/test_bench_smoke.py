@@ -71,7 +71,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
                     "ort_session_steps_per_s": ort[1]["session_steps_per_s"],
                     "ratio_ort": framed["session_steps_per_s"] / ort[1]["session_steps_per_s"]} for c in (1, 2)],
         "half_load": {"max_msgs_per_s": unary["msgs_per_s"], "max_concurrency": 2, "rps": 10, "concurrency": 2,
-                      "server": unary, "null": unary},
+                      "server": unary, "null": unary,
+                      "stream": {"max_msgs_per_s": streamed["msgs_per_s"], "max_concurrency": 2, "rps": 2,
+                                 "concurrency": 2, "server": streamed, "null": nulls[1]}},
         "memory": {"method": "smoke", "points": [
             {"sessions": 0, "rss_bytes": 1e8, "open_seconds": 0.0},
             {"sessions": 1_000_000, "rss_bytes": 1.5e9, "open_seconds": 1.0, "bytes_per_session": 1400.0}]},
@@ -87,6 +89,9 @@ def test_echo_ghz_and_writer(tmp_path: Path, ghz_path: Path):
     assert {t["result"] for t in data["targets"]} <= {"PASS", "MISS", "n/a"}
     assert len(data["targets"]) == 6
     assert "## Targets" in md and "| unary | 1 |" in md
+    # Every rate has its p50 and p99 beside it: the ceilings' too, and streams at half load.
+    assert f"| {unary['p50_ms']:.2f} / {unary['p99_ms']:.2f} |" in md  # the null column of the steps table
+    assert f"| a stream | null | {nulls[1]['msgs_per_s']:,.0f} | {nulls[1]['p50_ms']:.2f} |" in md
 
 
 def test_scaleout_commit_cost_and_report(tmp_path: Path):
@@ -95,17 +100,36 @@ def test_scaleout_commit_cost_and_report(tmp_path: Path):
     from bench import scaleout
 
     with RedisProcess() as r:
-        commits = scaleout.commit_costs(r.url, tmp_path, 0.01, batches=(1, 16))
-    assert [(c["store"].split(":")[0].split(" ")[0], c["batch"]) for c in commits] == \
-        [("sqlite", 1), ("sqlite", 16), ("redis", 1), ("redis", 16)]
-    assert all(c["us_per_commit"] > 0 and c["commits"] >= 10 for c in commits)
+        commits = scaleout.commit_costs(r.url, tmp_path, 2, 64, batches=(1, 16))
+    assert [(c["store"].split(":")[0].split(" ")[0], c["batch"], c["tagged"]) for c in commits] == \
+        [("sqlite", 1, False), ("sqlite", 16, False), ("redis", 1, False), ("redis", 16, False), ("redis", 16, True)]
+    assert all(c["us_per_commit"] > 0 and c["commits"] >= 3 and c["repeats"] == 2 for c in commits)
     row = {"store": "memory", "workers": 1, "load": "unary", "concurrency": 16, "connections": 8,
            "session_steps_per_s": 1000.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0, "vs_memory_1": 1.0,
            "vs_same_store_1": 1.0}
     md = scaleout.report({"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7"},
                           "commits": commits, "throughput": [row]})
     assert "| unary c=16, 8 conns | memory | 1 | 1,000 | 1.00x | 1.00x |" in md
-    assert md.count("| redis: pipeline of one-key scripts |") == 2
+    assert md.count("| redis: pre-packed EVALSHA pipeline |") == 3 and "| one hash tag | 16 |" in md
+
+
+def test_redis_commit_report_and_tagged_frames(tmp_path: Path):
+    from bench import payloads, redis_commit
+
+    frames = payloads.write_frames(tmp_path / "frame4.json", "demo", 3, 4, 2)
+    tagged = json.loads(redis_commit.tagged_frames(frames).read_text())
+    assert [f["session_ids"][:2] for f in tagged] == [["{t0}f4-0-0", "{t0}f4-0-1"], ["{t1}f4-1-0", "{t1}f4-1-1"]]
+    row = {"store": "redis", "tagged": False, "batch": 256, "us_per_commit": 1024.0, "cpu_us_per_session": 4.0,
+           "wall_us_per_session": 9.0}
+    res = {"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7", "repeats": 3,
+                    "command": "python -m bench.redis_commit"},
+           "commits": [row, {**row, "tagged": True, "cpu_us_per_session": 6.0}],
+           "frames": {"rates": {"memory": [100.0], "redis": [40.0]}, "median": {"memory": 100.0, "redis": 40.0},
+                      "vs_memory": {"memory": 1.0, "redis": 0.4}}}
+    md = redis_commit.report(res)
+    assert "| redis | untagged | 256 | 1,024 | 4.00 | 9.0 | PASS |" in md
+    assert "| redis | one hash tag | 256 | 1,024 | 6.00 | 9.0 | MISS |" in md
+    assert "| redis | 40 | 40 | 0.40x | MISS |" in md
 
 
 def test_hotpath_times_each_handler_in_process(capsys):
@@ -117,3 +141,27 @@ def test_hotpath_times_each_handler_in_process(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
     assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "frame16", "frame16-floats", "group16"]
     assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(tmp_path: Path, ghz_path: Path):
+    """bench.latency's instrument: a server under bench.gctrace answers SIGUSR1 with its collections so far (more
+    after a ghz run than before), and the start-up freeze leaves a full collection far fewer objects to walk."""
+    from bench import latency
+
+    _, man = compute.load(DEMO)
+    step = payloads.write_step(tmp_path / "step.json", man.name, man.features)
+    with latency.variant_server(DEMO, "default", "--max-sessions", "100") as srv:
+        before = latency.gc_totals(srv)
+        for i in range(3):
+            _run(ghz_path, srv.target, "Step", step, tmp_path / f"u{i}.json")
+        after = latency.gc_totals(srv)
+    assert before["frozen"] > 10_000 and after["frozen"] == before["frozen"], (before, after)
+    delta = latency.gc_delta(before, after)
+    assert sum(delta[g]["n"] for g in ("0", "1", "2")) > 0, delta  # 60 calls allocate: young collections ran
+
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "bench.gctrace", "--full-collection", str(DEMO)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    cost = json.loads(out.strip().splitlines()[-1])
+    assert cost["frozen before start"]["tracked"] * 10 < cost["nothing frozen"]["tracked"], cost

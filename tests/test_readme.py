@@ -51,7 +51,7 @@ def test_every_python_block_runs_as_written(block, server, workdir):
 
 def test_a_python_block_that_is_not_run_here_says_which_test_runs_it():
     skipped = [b for b in PYTHON if b.not_run]
-    assert len(skipped) <= 1, [b.where for b in skipped]
+    assert len(skipped) <= 2, [b.where for b in skipped]  # Triton's client and torch: each runs in its own venv
     for b in skipped:
         named = re.findall(r"tests/\S+\.py", b.not_run)
         assert named and all((ROOT / t).is_file() for t in named), b.not_run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import pytest
 import yaml
 from serverproc import DEMO_MODEL, ROOT, ServerProcess
+from support import process
 
 from statestream.server.app.config import build_parser, parse_config
 
@@ -30,6 +32,7 @@ def test_flag_beats_env_beats_default(monkeypatch):
     (["--models", str(DEMO_MODEL), "--auth-token-file", "/nonexistent"], "--auth-token-file /nonexistent: no such file"),
     (["--models", str(DEMO_MODEL), "--store-timeout", "0"], "--store-timeout must be > 0"),
     (["--models", str(DEMO_MODEL), "--intra-op-spinning", "2"], "--intra-op-spinning must be 0 or 1"),
+    (["--models", str(DEMO_MODEL), "--loop", "trio"], "--loop must be one of auto, asyncio, uvloop"),
 ])
 def test_bad_settings_refused_before_start(args, message):
     r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", *args], capture_output=True, text=True,
@@ -80,6 +83,50 @@ def test_resolved_config_is_logged_and_sigterm_exits_zero():
     out = srv.output()
     assert "--port 0 --max-sessions 123 (every other" in out and "Ctrl-C" in out
     assert "model 'demo'" in out and "stopped" in out
+
+
+# The server's own main with uvloop made unimportable, as on a machine where it is not installed (the dev venv has
+# it: the `uvloop` extra is part of `dev`).
+WITHOUT_UVLOOP = ("import sys; sys.modules['uvloop'] = None; "
+                  "from statestream.server.app.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.parametrize("flag, loop", [("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_the_server_runs_on_the_loop_it_is_asked_for_and_says_so(flag, loop):
+    from statestream.client import Client
+
+    with ServerProcess(DEMO_MODEL, "--loop", flag) as srv, Client(srv.target) as client, \
+            client.session("demo") as s:
+        assert s.step([0.1, 0.2, 0.3]).shape == (1,)
+        out = srv.output()
+    assert f"listening on 127.0.0.1:{srv.port} (event loop: {loop})" in out, out
+    assert f"event loop: {loop} (--loop {flag})" in out, out
+
+
+def test_the_imports_are_frozen_out_of_the_garbage_collector_at_start():
+    """serve() freezes what the imports made (a full collection then skips it); what start-up makes stays young."""
+    with ServerProcess(DEMO_MODEL) as srv:
+        m = re.search(r"; (\d+) objects of the imports frozen out of the garbage collector", srv.output())
+    assert m and int(m.group(1)) > 10_000, srv.output()
+
+
+def test_auto_is_uvloop_when_installed_and_asyncio_when_not():
+    with ServerProcess(DEMO_MODEL) as srv:
+        assert "(event loop: uvloop)" in srv.output()
+    srv = process.ServerProcess([sys.executable, "-c", WITHOUT_UVLOOP, "--models", str(DEMO_MODEL), "--port", "0"],
+                                cwd=ROOT).start()
+    try:
+        assert "(event loop: asyncio)" in srv.output()
+    finally:
+        srv.stop()
+
+
+def test_uvloop_asked_for_but_not_installed_is_one_line_exit_2():
+    r = subprocess.run([sys.executable, "-c", WITHOUT_UVLOOP, "--models", str(DEMO_MODEL), "--port", "0", "--loop",
+                        "uvloop"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+    assert "--loop uvloop: uvloop is not installed" in r.stderr and ".[uvloop]" in r.stderr
 
 
 def compose_service() -> dict:

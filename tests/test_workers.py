@@ -37,7 +37,7 @@ def test_workers_with_the_memory_store_are_refused():
 
 def test_workers_share_the_port_report_metrics_and_drain_on_sigterm(tmp_path):
     srv = ServerProcess(DEMO_MODEL, "--workers", "2", "--state-store", f"sqlite:{tmp_path / 'w.db'}",
-                        "--metrics-port", "-1").start()
+                        "--metrics-port", "-1", "--loop", "uvloop").start()
     try:
         ports = worker_metrics_ports(srv)
         assert sorted(ports) == [0, 1] and len(set(ports.values())) == 2
@@ -46,6 +46,7 @@ def test_workers_share_the_port_report_metrics_and_drain_on_sigterm(tmp_path):
         assert srv.terminate(60) == 0
         out = srv.output()
         assert out.count("statestream.server: stopped") == 2
+        assert out.count("event loop: uvloop (--loop uvloop)") == 2  # each worker process runs on the loop asked for
         assert "workers stopped (exit codes [0, 0])" in out
     finally:
         srv.stop()

@@ -10,8 +10,7 @@ import json
 import os
 import subprocess
 
-import pytest
-from conftest import install_failure
+from conftest import require_installed
 from serverproc import ROOT
 
 TRITON_PY = ROOT / os.environ.get("TRITON_VENV", ".venv-triton") / "bin" / "python"
@@ -20,11 +19,7 @@ DRIVER = ROOT / "tests" / "triton_client" / "driver.py"
 
 def need(path) -> None:
     """Fail with the installer's reason if the tool's install failed; skip (a failure under CI) when it is missing."""
-    reason = install_failure("tritonclient" if path == TRITON_PY else path.name)
-    if reason:
-        pytest.fail(reason, pytrace=False)
-    if not path.exists():
-        pytest.skip(f"{path} is missing: run `make install-triton-client tools` (make test does)")
+    require_installed(path, "tritonclient" if path == TRITON_PY else path.name, "make install-triton-client tools")
 
 
 def drive(*args, timeout: float = 120) -> dict:

@@ -14,7 +14,6 @@ from statestream.contract.layout import StepLayout
 from statestream.contract.manifest import (
     FORMAT_ADOPTED,
     LAYOUTS,
-    MANIFEST_KEY,
     Constant,
     Manifest,
     ManifestError,
@@ -269,7 +268,8 @@ def reference_loop(run, m: Manifest, x: np.ndarray, states: list[np.ndarray], co
     context window prepended: the last K values of the previous step's input), the states and the constants,
     and carries the state outputs to the next step. Returns (y [T, O], final states, final context)."""
     consts = {c.name: np.array(c.values, dtype=c.dtype).reshape(c.shape) for c in m.constants}
-    names = [m.output] + [s.output for s in m.states]
+    graph_states = m.graph_states()
+    names = [m.output] + [s.output for s in graph_states]
     ys = []
     for t in range(x.shape[0]):
         if m.layout == "BF":
@@ -277,31 +277,39 @@ def reference_loop(run, m: Manifest, x: np.ndarray, states: list[np.ndarray], co
             context = inp[0, inp.shape[1] - m.context:] if m.context else context
         else:
             inp = x[None, t:t + 1] if m.layout == "BTF" else x[t:t + 1, None]
-        feeds = {m.input: inp, **consts, **{s.input: v for s, v in zip(m.states, states)}}
+        feeds = {m.input: inp, **consts, **{s.input: v for s, v in zip(graph_states, states)}}
         y, *states = run(names, feeds)
         ys.append(np.asarray(y).reshape(-1))
     return np.stack(ys), states, context
 
 
-def prove(session_run, m: Manifest, seed: int = SEED, sessions: int = SESSIONS, chunks: int = CHUNKS) -> float:
+def prove(session_run, m: Manifest, seed: int = SEED, sessions: int = SESSIONS, chunks: int = CHUNKS,
+          reference=None) -> float:
     """Max abs error of the server's step layout (one step at a time, and all steps in one run) against
-    `reference_loop` per session, from zero and from random initial states (outputs and final states)."""
+    `reference` per session, from zero and from random initial states (outputs and final states).
+
+    `reference(x [T, F], states, context) -> (y [T, O], states, context)` is one session's own loop, states in the
+    graph's shapes with batch 1; by default `reference_loop`, the graph's own (PyTorch's, for the torch route)."""
+    if reference is None:
+        def reference(x, st, c):
+            return reference_loop(session_run, m, x, st, c)
     rng = np.random.default_rng(seed)
     layout = StepLayout(m)
+    graph_states = m.graph_states()
     err = 0.0
     for scale in (0.0, 0.5):
         x = (0.5 * rng.standard_normal((sessions, chunks, m.features))).astype(np.float32)
-        native = [[(scale * rng.standard_normal(s.shape)).astype(np.float32) for s in m.states]
+        native = [[(scale * rng.standard_normal(s.shape)).astype(np.float32) for s in graph_states]
                   for _ in range(sessions)]
         ctx = (scale * rng.standard_normal((sessions, m.context))).astype(np.float32)
         rows = np.stack([np.concatenate([v.ravel() for v in native[b]] + [ctx[b]]) for b in range(sessions)])
         want_y, want_rows = [], []
         for b in range(sessions):
-            st = [np.expand_dims(v, s.batch_axis) for s, v in zip(m.states, native[b])]
-            y, st, c = reference_loop(session_run, m, x[b], st, ctx[b])
+            st = [np.expand_dims(v, s.batch_axis) for s, v in zip(graph_states, native[b])]
+            y, st, c = reference(x[b], st, ctx[b])
             want_y.append(y)
-            want_rows.append(np.concatenate([np.squeeze(v, s.batch_axis).ravel() for s, v in zip(m.states, st)]
-                                            + [c]))
+            want_rows.append(np.concatenate([np.squeeze(np.asarray(v), s.batch_axis).ravel()
+                                             for s, v in zip(graph_states, st)] + [c]))
         want_y, want_rows = np.stack(want_y), np.stack(want_rows)
         whole_y, whole_rows = layout.run(session_run, x, rows)
         cur, ys = rows, []
@@ -329,7 +337,7 @@ def adopt_model(src, out_path, name: str | None = None, spec: AdoptSpec | None =
     import onnxruntime as ort
 
     from .errors import ParityError
-    from .files import NAME_RE, versions, write_atomically
+    from .files import NAME_RE, set_manifest, sha256_file, versions, write_atomically
 
     t0 = time.perf_counter()
     out = Path(out_path)
@@ -361,12 +369,8 @@ def adopt_model(src, out_path, name: str | None = None, spec: AdoptSpec | None =
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     manifest = _replace(manifest, opset=opset, versions=versions(("onnx", "onnxruntime", "numpy", "statestream")),
                         parity_max_abs_error=err,
-                        source_sha256=_sha256(src))
-    keep = [p for p in proto.metadata_props if p.key != MANIFEST_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    proto.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
-    data = proto.SerializeToString()
+                        source_sha256=sha256_file(src))
+    data = set_manifest(proto, manifest)
     write_atomically(data, out)
     return AdoptReport(str(out), manifest, guesses, err, SESSIONS, chunks, len(data), time.perf_counter() - t0)
 
@@ -375,12 +379,6 @@ def _replace(m: Manifest, **kw) -> Manifest:
     from dataclasses import replace
 
     return replace(m, **kw)
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ EPILOG = """\
 examples:
   statestream-export model.keras --out models/sensor.onnx      # also .h5 and a SavedModel directory
   statestream-export adopt model.onnx --out models/vad.onnx    # an existing stateful ONNX file: adopt --help
+  statestream-export torch module.pt --out models/m.onnx       # a PyTorch nn.LSTM/GRU/RNN module: torch --help
   statestream-export demo --out models/demo.onnx               # train and export the bundled demo model
   statestream-export model.h5 --out m.onnx --name sensor-v2 --json
   statestream-export model.keras --out models/sensor.onnx --triton-config triton_models   # + a Triton entry
@@ -200,10 +201,80 @@ def _adopt(argv: list[str]) -> int:
     return EXIT_OK
 
 
+TORCH_DESCRIPTION = """\
+Export a PyTorch module saved whole with torch.save(module, path): one nn.LSTM, nn.GRU or nn.RNN (stacked with
+num_layers, batch_first either way) followed by Linear layers and activations applied per timestep. The file
+has the same graph and manifest as a Keras export: input [B,T,F] (batch first whatever the module's layout),
+state_in.<rnn>_l<k>.h|c [B,hidden] per layer of the stack, output [B,T,O], state_out.*; one native ONNX op per
+layer. The features come from the recurrent module's input_size. Before writing, the module's own forward is
+checked to compute its modules in order (at every timestep or the last), then 3 sessions x 8 steps through the
+server's step layout, one at a time and all at once, from zero and random initial states, must equal PyTorch
+stepping the module one timestep at a time with its own (h, c) within 1e-5 (exit 4 otherwise; nothing written).
+"""
+
+TORCH_EPILOG = """\
+examples:
+  python -c "import torch; from mymodel import Net; torch.save(Net().eval(), 'net.pt')"
+  statestream-export torch net.pt --out models/net.onnx         # run where `mymodel` imports (or set PYTHONPATH)
+  statestream-export torch net.pt --out models/net.onnx --example x.npy   # check forward on your own input
+
+The file is a pickle: torch.load(weights_only=False) runs code from it, so export only files you trust. From
+Python: statestream.export.torch_export.export_torch(module, "models/net.onnx", example_input=x).
+Refused (exit 3, one line, nothing written): bidirectional=True, proj_size, dropout in training mode, a
+TorchScript file, modules before the recurrent one or other than Linear/ReLU/Tanh/Sigmoid/GELU/Identity/Dropout
+after it, more than one recurrent module, a forward that computes something else.
+Needs the torch extra: pip install ".[torch]" (about 5 GB with CUDA; make install-torch).
+"""
+
+
+def _torch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="statestream-export torch", description=TORCH_DESCRIPTION, epilog=TORCH_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a module saved with torch.save(module, path)")
+    p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
+    p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
+    p.add_argument("--example", help="a .npy input for the module's forward, in its layout (default: random)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the parity check's random data")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    return p
+
+
+def _torch(argv: list[str]) -> int:
+    args = _torch_parser().parse_args(argv)
+    from .errors import ExportError
+
+    try:
+        import numpy as np
+
+        from .torch_export import export_torch, import_torch
+
+        import_torch()
+        sys.path.insert(0, os.getcwd())  # the module's class, as `python -c` would find it
+        example = None if args.example is None else np.load(args.example)
+        kwargs = {} if args.seed is None else {"seed": args.seed}
+        report = export_torch(args.model, args.out, example_input=example, name=args.name, **kwargs)
+    except ImportError as e:  # onnx or onnxruntime
+        print(f"statestream-export: {e}; install the torch extra: pip install \".[torch]\"", file=sys.stderr)
+        return EXIT_FAILED
+    except (ExportError, OSError, ValueError) as e:
+        print(f"statestream-export: {e}".splitlines()[0], file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_FAILED)
+    if args.json:
+        print(json.dumps({"path": report.path, "manifest": json.loads(report.manifest.to_json()),
+                          "op_counts": report.op_counts, "module_vs_chain": report.module_vs_chain,
+                          "parity_max_abs_error": report.max_abs_error, "size_bytes": report.size_bytes,
+                          "seconds": report.seconds}, indent=2))
+    else:
+        print(report)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["adopt"]:
         return _adopt(argv[1:])
+    if argv[:1] == ["torch"]:
+        return _torch(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.model.endswith(".onnx"):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from statestream.contract.manifest import MANIFEST_KEY, Manifest, read_manifest
+
+from .errors import ExportError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "statestream")
@@ -44,3 +49,20 @@ def write_atomically(data: bytes, out: Path) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def set_manifest(proto, manifest: Manifest) -> bytes:
+    """`proto` (an onnx.ModelProto) with `manifest` in its metadata (other metadata kept), serialized; checked to
+    read back as the same manifest."""
+    keep = [p for p in proto.metadata_props if p.key != MANIFEST_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    proto.metadata_props.add(key=MANIFEST_KEY, value=manifest.to_json())
+    if read_manifest(proto) != manifest:
+        raise ExportError("manifest did not survive a round trip through the ONNX file")
+    return proto.SerializeToString()
+
+
+def sha256_file(path) -> str:
+    """The SHA-256 of a source file, recorded in the manifest."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

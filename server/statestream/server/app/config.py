@@ -12,6 +12,7 @@ from statestream.contract.triton_config import (
     DEFAULT_IDLE_SECONDS,
     DEFAULT_MAX_BATCH_SIZE,
 )
+from statestream.server.app import loops
 from statestream.server.store.base import DEFAULT_TIMEOUT
 from statestream.server.store.spec import STORE_HELP, check_spec
 
@@ -70,6 +71,7 @@ class Config:
     auth_token_file: str = ""
     log_level: str = "INFO"
     repository_poll: float = 0.0
+    loop: str = "auto"
 
     def model_files(self) -> list[tuple[Path, str, int]]:
         """Every model version named by --models, as (file, name, version), or ValueError. A folder is a model
@@ -130,6 +132,7 @@ class Config:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        loops.check(self.loop)
         kind, _ = check_spec(self.state_store)
         if self.store_timeout <= 0:
             raise ValueError(f"--store-timeout must be > 0, got {self.store_timeout}")
@@ -208,6 +211,8 @@ HELP = {
     "log_level": "DEBUG | INFO | WARNING | ERROR",
     "repository_poll": "seconds between scans of the --models folders for new, changed and removed model versions "
                        "(0 = off; SIGHUP and the KServe repository API rescan too)",
+    "loop": "event loop: auto (uvloop's when it is installed, else asyncio's) | asyncio | uvloop (pip install "
+            "\".[uvloop]\"; refused when it is not installed)",
 }
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from statestream.server.app import loops
 from statestream.server.app.config import parse_config
 from statestream.server.app.ports import BindError, check_bindable
 from statestream.server.app.server import serve
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.workers > 1:
         return run_workers(cfg)
     try:
-        asyncio.run(serve(cfg))
+        loops.run(serve(cfg), cfg.loop)
     except BindError as e:  # taken between the check and the bind
         print(f"statestream-server: {e}", file=sys.stderr)
         return 2

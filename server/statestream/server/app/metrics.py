@@ -8,8 +8,8 @@ when /metrics is scraped.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 
+import numpy as np
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,26 +21,26 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 _SECONDS_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
+FOLD_EVERY = 4096  # model runs whose histogram samples wait for one numpy pass (or for a scrape) at most
+
+
 class _Histogram:
-    """Bucket counts and a sum, updated without locks (everything runs on the event loop)."""
+    """Bucket counts ("le": a value equal to a bound counts in that bucket) and a sum, filled in bulk (`add`)."""
 
     __slots__ = ("bounds", "counts", "total")
 
     def __init__(self, bounds: tuple):
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
+    def add(self, values: np.ndarray) -> None:
+        self.counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.counts))
+        self.total += float(values.sum())
 
     def buckets(self) -> list[tuple[str, int]]:
-        out, running = [], 0
-        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts):
-            running += n
-            out.append((bound, running))
-        return out
+        names = [*map(str, self.bounds.tolist()), "+Inf"]
+        return list(zip(names, np.cumsum(self.counts).tolist()))
 
 
 class ModelStats:
@@ -48,7 +48,7 @@ class ModelStats:
     queued to answered (KServe ModelStatistics reads it; Prometheus too)."""
 
     __slots__ = ("steps", "timesteps", "batch_size", "queue_seconds", "compute_seconds", "executions", "success",
-                 "success_seconds", "failure", "failure_seconds", "last_inference")
+                 "success_seconds", "failure", "failure_seconds", "last_inference", "runs")
 
     def __init__(self):
         self.steps = 0
@@ -60,6 +60,16 @@ class ModelStats:
         self.success = self.failure = 0
         self.success_seconds = self.failure_seconds = 0.0
         self.last_inference = 0.0  # time.time() of the last model run
+        self.runs: list[tuple[int, float, float]] = []  # (sessions, queue s, compute s) of runs not yet in histograms
+
+    def fold(self) -> None:
+        """Put the runs observed since the last fold into the histograms (one numpy pass: a run appends a tuple)."""
+        if self.runs:
+            size, wait, compute = np.asarray(self.runs, dtype=np.float64).T
+            self.runs = []
+            self.batch_size.add(size)
+            self.queue_seconds.add(wait)
+            self.compute_seconds.add(compute)
 
 
 class Metrics:
@@ -86,27 +96,29 @@ class Metrics:
             m = self.models[key] = ModelStats()
         return m
 
-    def observe_batch(self, key: tuple[str, int], size: int, timesteps: int, wait: float, compute: float) -> None:
-        m = self.stats(key)
-        m.executions += 1
-        m.last_inference = time.time()
-        m.steps += size
-        m.timesteps += size * timesteps
-        m.batch_size.observe(size)
-        m.queue_seconds.observe(wait)
-        m.compute_seconds.observe(compute)
-
-    def observe_outcomes(self, key: tuple[str, int], units, now: float) -> None:
-        """The entries of a run's units: applied ones succeeded, the others failed; each took from its unit's
-        enqueueing until `now` (time.perf_counter())."""
-        m = self.stats(key)
+    def observe_batch(self, key: tuple[str, int], units, size: int, timesteps: int, started: float, now: float,
+                      ran: bool = True) -> None:
+        """A run of `size` sessions (its model run started at `started`, time.perf_counter(); `ran`: it got that
+        far), and the outcomes of its units' entries: applied ones succeeded, the others failed; each took from its
+        unit's enqueueing until `now`."""
+        m = self.models.get(key) or self.stats(key)
+        if ran:
+            m.executions += 1
+            m.last_inference = time.time()
+            m.steps += size
+            m.timesteps += size * timesteps
+            m.runs.append((size, started - (units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)),
+                           now - started))
+            if len(m.runs) >= FOLD_EVERY:
+                m.fold()
         for u in units:
             n, bad = len(u.sessions), len(u.errors or ())
             took = now - u.enqueued
+            if bad:
+                m.failure += bad
+                m.failure_seconds += bad * took
             m.success += n - bad
             m.success_seconds += (n - bad) * took
-            m.failure += bad
-            m.failure_seconds += bad * took
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""
@@ -133,6 +145,7 @@ class Metrics:
                                                      labels=labels),
         }
         for (name, version), m in sorted(self.models.items()):
+            m.fold()
             lv = [name, str(version)]
             steps.add_metric(lv, m.steps)
             timesteps.add_metric(lv, m.timesteps)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing.connection import wait
 
+from statestream.server.app import loops
 from statestream.server.app.config import Config
 from statestream.server.app.server import serve
 
@@ -45,13 +46,11 @@ def worker_config(cfg: Config, index: int, port: int) -> Config:
 
 
 def _worker(cfg: Config, index: int, ready) -> None:
-    """A worker process: one server (asyncio, its own models and cache), SIGTERM drains it."""
-    import asyncio
-
+    """A worker process: one server (its own event loop, models and cache), SIGTERM drains it."""
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker{index} %(name)s: %(message)s")
     try:
-        asyncio.run(serve(cfg, ready=ready, worker=index))
+        loops.run(serve(cfg, ready=ready, worker=index), cfg.loop)
     except (OSError, ValueError) as e:
         logging.getLogger("statestream.server").error("%s", e)
         sys.exit(1)

@@ -11,11 +11,10 @@ from concurrent.futures import Executor
 import numpy as np
 
 from statestream.contract.errors import FailedPrecondition, Internal, NotFound, StatestreamError
-from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.model import ModelRunner, finite
 from statestream.server.engine.policy import CALLER, EXECUTOR, BatchPolicy
 from statestream.server.engine.sessions import (
     BULK,
-    GONE,
     READY,
     Session,
     all_idle,
@@ -57,7 +56,8 @@ class Batcher:
         self._ready_sessions = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._running = 0
+        self._running = 0  # runs in flight (model run, store write, apply)
+        self._runs: set[asyncio.Task] = set()  # the consumer's runs in flight, when it keeps several (durable stores)
 
     # -- life -----------------------------------------------------------------------
 
@@ -71,6 +71,8 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._runs:  # runs in flight finish: their callers are answered
+            await asyncio.gather(*self._runs, return_exceptions=True)
 
     async def drained(self) -> None:
         """Wait until nothing is queued or running."""
@@ -107,20 +109,31 @@ class Batcher:
     # -- the consumer ---------------------------------------------------------------
 
     async def _consume(self) -> None:
+        limit = self.policy.runs_in_flight(self.persistence.durable)
         while True:
-            if not self._ready:
+            if not self._ready or self._running >= limit:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             delay = self.policy.wait(self._ready_sessions, self._ready[0].enqueued)
             await asyncio.sleep(delay)  # 0: one loop turn, so steps that arrived together share the run
             units = self._take()
-            if units:
-                self._running += 1
-                try:
-                    await self._execute(units)
-                finally:
-                    self._running -= 1
+            if not units:
+                continue
+            if limit == 1:
+                await self._run(units)
+            else:  # the next run may start while this one's store write is in flight (their sessions differ)
+                task = asyncio.get_running_loop().create_task(self._run(units))
+                self._runs.add(task)
+                task.add_done_callback(self._runs.discard)
+
+    async def _run(self, units: list[Unit]) -> None:
+        self._running += 1
+        try:
+            await self._execute(units)
+        finally:
+            self._running -= 1
+            self._wake.set()
 
     def _take(self) -> list[Unit]:
         """Ready units sharing the first one's T, up to max_batch_size sessions (a group step runs alone); their
@@ -185,7 +198,7 @@ class Batcher:
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
             if self.metrics is not None:
-                self.metrics.observe_outcomes(self.runner.key, units, time.perf_counter())
+                self.metrics.observe_batch(self.runner.key, units, 0, 0, t0, time.perf_counter(), ran=False)
             return
         try:
             self._apply(units, sessions, slots, y, new_entries, counts, results, statuses)
@@ -195,10 +208,7 @@ class Batcher:
         finally:
             self.policy.ran(len(sessions))
             if self.metrics is not None:
-                now = time.perf_counter()
-                enqueued = units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)
-                self.metrics.observe_batch(self.runner.key, len(sessions), x.shape[1], t0 - enqueued, now - t0)
-                self.metrics.observe_outcomes(self.runner.key, units, now)
+                self.metrics.observe_batch(self.runner.key, units, len(sessions), x.shape[1], t0, time.perf_counter())
         if statuses is not None and (CONFLICT in statuses or MISSING in statuses):  # after the apply: these wait
             try:
                 await self._redo(units, statuses)
@@ -222,6 +232,9 @@ class Batcher:
             if unit.block is not None:
                 return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)], unit.slots
             sessions, x, slots = unit.sessions, unit.x, unit.slots
+            if len(sessions) == 1 and not unit.reset:  # a unary step: a view of its row
+                slot = slots[0]
+                return sessions, x, rows[slot:slot + 1], slots
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
@@ -231,7 +244,7 @@ class Batcher:
             states = rows[slot:slot + 1]
         else:
             states = rows[slots]
-        if any(u.reset for u in units):
+        if units[0].reset if len(units) == 1 else any(u.reset for u in units):
             states = states.copy()
             a = 0
             for u in units:
@@ -247,13 +260,15 @@ class Batcher:
         except Exception as e:
             log.error("model %r: batch of %d failed: %r", self.runner.name, x.shape[0], e)
             raise Internal(f"model {self.runner.name!r} failed to run ({type(e).__name__}); nothing was applied")
-        if not (np.isfinite(y).all() and np.isfinite(new_states).all()):
+        if not (finite(y) and finite(new_states)):
             raise Internal("the model produced NaN or Inf; nothing was applied")
         return y, new_states
 
     def _counts(self, units: list[Unit], slots, T: int) -> np.ndarray:
         """Each entry's step count after this run (entry j's session is in slots[j]; a sequence start counts from 0)."""
         counts = self.slab.steps[slots] + T
+        if len(units) == 1 and not units[0].reset:
+            return counts
         a = 0
         for u in units:
             if u.reset:
@@ -298,33 +313,42 @@ class Batcher:
             else:
                 unit.y, unit.states, unit.counts = y[a:a + n], new_entries[a:a + n], counts[a:a + n]
             a += n
-        if self._finish_all(units, sessions, slots, new_entries, counts, results, statuses):
+        if len(sessions) >= BULK and self._finish_all(units, sessions, slots, new_entries, counts, results, statuses):
             return
         counts_list = counts.tolist()
+        running = self.slab.running
         a = 0
         for unit in units:
             n = len(unit.sessions)
             skip: list[int] = []  # entries whose row is not written
-            fps = unit.fps
+            complete = False
+            fps, fate = unit.fps, unit.fate
             try:
                 for i, s in enumerate(unit.sessions):
                     j = a + i
                     status = OK if statuses is None else statuses[j]
-                    if status == CONFLICT or status == MISSING or unit.fate[i] != PENDING or s.running is not unit:
-                        skip.append(i)  # _redo settles the first two; the others failed while queued
+                    if fate[i] != PENDING or running[s.slot] is not unit or (
+                            status is not OK and (status == CONFLICT or status == MISSING)):
+                        skip.append(i)  # failed while queued; or lost a compare-and-set: _redo settles it
                         continue
                     after = s.finish(counts_list[j], results[j] if results else None, fps[i] if fps else 0,
                                      unit.reset)
-                    unit.fate[i] = APPLIED
-                    if after is READY:
-                        self._one_ready(s.head)
-                    elif after is GONE or status == CLOSED:
+                    fate[i] = APPLIED
+                    if after:
+                        if after is READY:
+                            self._one_ready(s.head)
+                        else:  # GONE: closed meanwhile
+                            skip.append(i)
+                            self.table.release(s)
+                    elif status == CLOSED:
                         skip.append(i)
                         self.table.release(s)
                     unit.settle()
+                complete = True
             finally:  # what was applied is written, also when an entry after it broke off
-                skip.extend(i for i in range(len(unit.sessions)) if unit.fate[i] != APPLIED and i not in skip)
-                self._write_rows(unit.slots, new_entries[a:a + n], skip)
+                if not complete:
+                    skip.extend(i for i in range(n) if unit.fate[i] != APPLIED and i not in skip)
+                self._write_rows(unit.slots, new_entries if len(units) == 1 else new_entries[a:a + n], skip)
             if unit.group is not None:
                 unit.group.applied(unit)
             a += n
@@ -333,7 +357,7 @@ class Batcher:
         """Apply a whole run in one pass over the cells when every entry committed and is still running its unit
         (the common case for a run of >= BULK sessions); False: entry by entry."""
         n = len(sessions)
-        if n < BULK or any(u.left != len(u.sessions) for u in units) or (
+        if any(u.left != len(u.sessions) for u in units) or (
                 statuses is not None and statuses.count(OK) != n):
             return False
         owner = units[0] if len(units) == 1 else _owners(units, n)

@@ -23,7 +23,7 @@ from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
-from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.model import ModelRunner, finite
 from statestream.server.engine.sessions import BULK, Session
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
@@ -46,7 +46,7 @@ def layout(runner: ModelRunner) -> list[tuple[str, str, int]]:
 
 def check_finite(x: np.ndarray, what: str = "input") -> None:
     """NaN and Inf are refused, naming the first bad value."""
-    if not np.isfinite(x).all():
+    if not finite(x):
         flat = x.reshape(-1)
         bad = int(np.flatnonzero(~np.isfinite(flat))[0])
         raise InvalidArgument(f"{what} value {bad} is {flat[bad]}; NaN and Inf are refused")
@@ -209,7 +209,7 @@ class Engine:
                     errors[sessions.index(s)] = e
             decided = self._decide(req, sessions, errors, None, reread=False)
         new, fps, replays, waits, slots = decided
-        first = next((s for s in sessions if s is not None), None)
+        first = sessions[0] if sessions[0] is not None else next((s for s in sessions if s is not None), None)
         model = req.model or (first.model if first else "")
         runner = self.table.runner_of(first) if first else self.versions.default(model)  # the answer's layout
         units = await self._submit(req, runner, sessions, new, fps, slots, errors) if new else []
@@ -223,14 +223,17 @@ class Engine:
     def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
         on the model, with a finite input: most requests; (None, None): _resolve them."""
+        if len(req.ids) == 1:  # a unary step
+            s = self.table.find(req.ids[0], req.owner)
+            if s is None or (req.model and s.model != req.model) or not finite(req.x):
+                return None, None
+            return [s], None
         sessions = self.table.find_many(req.ids, req.owner)
-        if None in sessions or not np.isfinite(req.x).all():
+        if None in sessions or not finite(req.x):
             return None, None
         if req.model and sessions[0].model != req.model:
             return None, None
         n = len(sessions)
-        if n == 1:
-            return sessions, None
         slab = self.table.slabs.get(sessions[0].key)
         if slab is None or len(set(req.ids)) != n:
             return None, None
@@ -283,8 +286,12 @@ class Engine:
         Unnumbered entries of many sessions found at once (`slots`, from _cached) decide at once, on the arrays."""
         seqs = req.seqs
         n = len(sessions)
-        if seqs is None and n >= BULK and slots is not None:
-            if (self.table.slabs[sessions[0].key].waiting[slots] < self.max_pending_per_session).all():
+        if seqs is None and not errors:  # unnumbered: each entry is new, unless its session has too many queued
+            if n == 1:
+                if sessions[0].waiting < self.max_pending_per_session:
+                    return [0], None, {}, [], None
+            elif n >= BULK and slots is not None and \
+                    (self.table.slabs[sessions[0].key].waiting[slots] < self.max_pending_per_session).all():
                 return list(range(n)), None, {}, [], slots
         new: list[int] = []
         fps: list[int] | None = None if seqs is None else []
@@ -331,7 +338,7 @@ class Engine:
         """Queue the new entries, one unit per max_batch_size of them on each version's batcher (touched).
         `slots`: theirs, when _decide has them (then all of one version)."""
         first_key = sessions[new[0]].key
-        if slots is None and any(sessions[i].key != first_key for i in new):  # a frame over several versions
+        if slots is None and len(new) > 1 and any(sessions[i].key != first_key for i in new):  # several versions
             units = []
             for key in dict.fromkeys(sessions[i].key for i in new):
                 pick = [j for j, i in enumerate(new) if sessions[i].key == key]
@@ -362,8 +369,8 @@ class Engine:
             x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]  # (every entry is new)
             seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
             unit = Unit(now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m], loop.create_future(),
-                        reset=req.reset, slots=slots[:m] if slots is not None and k == 0 else None)
-            unit.deadline = req.deadline
+                        reset=req.reset, slots=slots[:m] if slots is not None and k == 0 else None,
+                        deadline=req.deadline)
             self.table.touch_many(key, unit.slots)
             try:
                 await batcher.submit(unit, stream=req.stream)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 CALLER, LOOP, EXECUTOR = "caller", "loop", "executor"  # where a unit runs (BatchPolicy.where)
+DURABLE_RUNS_IN_FLIGHT = 4  # a durable store's writes overlap: the next run starts while earlier ones commit
 
 
 class BatchPolicy:
@@ -36,6 +37,14 @@ class BatchPolicy:
         if not queued and small and not durable and self.inline(stream):
             return CALLER
         return LOOP if small else EXECUTOR
+
+    @staticmethod
+    def runs_in_flight(durable: bool) -> int:
+        """How many of a model's runs may be in flight at once. A durable store's write is a round trip (Redis,
+        sqlite's thread) that costs the server nothing while it waits, so the next run starts meanwhile; the runs
+        never share a session (a session's next unit is ready only once its run is applied). With the memory store
+        a run does not wait for anything but the model: one at a time."""
+        return DURABLE_RUNS_IN_FLIGHT if durable else 1
 
     def inline(self, stream: bool) -> bool:
         """May the step of an idle session, with nothing else queued, run at once in its caller?"""

@@ -172,8 +172,9 @@ class Session(Ledger):
         """IDLE -> RUNNING with `unit` (carrying step `seq`), which runs now: nothing is queued before it."""
         if seq is not None:
             self.accepted_seq = seq
-        self._to(_RUNNING)
-        self.running = unit
+        cells, slot = self.cells, self.slot
+        cells.phase[slot] = _RUNNING
+        cells.running[slot] = unit
 
     def start(self, unit) -> None:
         """QUEUED -> RUNNING with `unit`, which must be its head."""
@@ -189,19 +190,20 @@ class Session(Ledger):
         (a sequence start) begins the numbering again.
 
         Returns READY when its next unit is ready to run, GONE when it was closed meanwhile, else 0."""
-        self.step_count = step_count
-        self.version += 1
+        cells, slot = self.cells, self.slot
+        cells.steps[slot] = step_count
+        cells.version[slot] += 1
         if restart:
             self.restarted()
         if result is not None:
             self.record(result.sequence_number, result, fp)
-        self.running = None
-        if self.phase is CLOSED:
+        cells.running[slot] = None
+        if cells.phase[slot] == _CLOSED:
             return GONE
-        if self.head is None:
-            self._to(_IDLE)
+        if cells.head[slot] is None:
+            cells.phase[slot] = _IDLE
             return 0
-        self._to(_QUEUED)
+        cells.phase[slot] = _QUEUED
         return READY
 
     def undo(self) -> bool:
@@ -318,6 +320,8 @@ class Session(Ledger):
 
 def all_idle(cells: Cells, sessions: list, slots) -> bool:
     """Is every one of these sessions idle?"""
+    if len(sessions) == 1:
+        return sessions[0].idle
     if len(sessions) < BULK:
         return all(s.idle for s in sessions)
     return not cells.phase[slots].any()

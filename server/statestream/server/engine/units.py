@@ -28,15 +28,15 @@ class Unit:
 
     def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                  future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
-                 keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None):
+                 keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None,
+                 deadline: float | None = None):
         self.sessions = sessions
         self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
         self.fps = fps              # None, or the input's fingerprint per entry (numbered entries only)
         self.future = future
         self.enqueued = time.perf_counter()
-        self.y = self.states = self.counts = None
-        self.errors: dict[int, StatestreamError] | None = None
+        self.y = self.states = self.counts = self.errors = None  # errors: {entry: StatestreamError}
         self.fate = bytearray(len(sessions))  # PENDING / APPLIED / FAILED per entry
         self.left = len(sessions)   # entries not settled yet
         self.parent = parent        # (unit, index): this re-runs one entry of a unit that lost a compare-and-set
@@ -48,14 +48,15 @@ class Unit:
         if slots is not None:
             self.slots = slots
         elif block is None:
-            self.slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions))
+            self.slots = np.array((sessions[0].slot,), np.intp) if len(sessions) == 1 else \
+                np.fromiter((s.slot for s in sessions), np.intp, len(sessions))
         else:
             self.slots = slice(block, block + len(x)) if keep is None else block + self.rows
         self.reset = reset          # a sequence start: every entry starts from zero states and step 0
         self.group = group          # the Group whose step this is (its ledger records it) ...
         self.group_seq = None       # ... with this group sequence number
         self.group_fp = 0           # ... and input fingerprint
-        self.deadline = None        # time.monotonic() when its caller gives up (None: no deadline)
+        self.deadline = deadline    # time.monotonic() when its caller gives up (None: no deadline)
 
     def __repr__(self) -> str:
         return f"Unit({len(self.sessions)} sessions, left {self.left}, blocked {self.blocked})"

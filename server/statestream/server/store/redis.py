@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import struct
 import time
+from itertools import chain
 from urllib.parse import urlsplit
 
 import numpy as np
 import redis
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError
 
 from statestream.contract.errors import Unavailable
 from statestream.server.store.base import CONFLICT, DEFAULT_TIMEOUT, MISSING, OK, SessionRecord
+from statestream.server.store.resp import Pool, bulk, command, hash_tag
 
 log = logging.getLogger("statestream.server.store")
 
 NAMESPACE = b"statestream:s:"
 PING_SECONDS = 1.0  # the health probe's bound
+SOCKET_SECONDS = 5.0  # the bound of a call when the store was made with timeout=None
 
 # One hash per session: v = version (decimal), w = token of the write that set v, d = the packed record.
 # TTL = what is left of the session's idle timeout, refreshed by every write (an idle session expires in Redis).
-# CAS: ARGV = new version, write token, packed record, ttl ms, previous version. 0 ok, 1 conflict, 2 missing.
-# A retried write (the reply was lost, redis-py resent it) finds its own token at the new version: "ok" again,
+# CAS of every key in KEYS: ARGV = write token, then per key new version, previous version, ttl ms, packed record.
+# Answers one code per key: 0 ok, 1 conflict, 2 missing, or that key's error (the other keys still get theirs).
+# A retried write (the reply was lost, the call was resent) finds its own token at the new version: "ok" again,
 # never "conflict", so a retry can not make the caller re-run a step that was applied.
-_CAS_FUNCTION = """
-local function cas(k, new, token, data, ttl, prev)
+CAS_SCRIPT = """
+local function cas(k, token, new, prev, ttl, data)
   local v = redis.call('HGET', k, 'v')
   if not v then return 2 end
   if v == prev then
@@ -41,8 +44,14 @@ local function cas(k, new, token, data, ttl, prev)
   if v == new and redis.call('HGET', k, 'w') == token then return 0 end
   return 1
 end
+local out, token = {}, ARGV[1]
+for i, k in ipairs(KEYS) do
+  local a = 4 * i - 2
+  local ok, code = pcall(cas, k, token, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+  if ok then out[i] = code else out[i] = redis.error_reply(type(code) == 'table' and code.err or tostring(code)) end
+end
+return out
 """
-CAS_SCRIPT = _CAS_FUNCTION + "return cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\n"
 CREATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'w') == ARGV[2] then return 1 end
@@ -52,6 +61,23 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1], 'w', ARGV[2], 'd', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+
+
+class _Script:
+    """A Lua script run by SHA (EVALSHA); `load` is its SCRIPT LOAD command, sent when Redis answers NOSCRIPT."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest().encode()
+        self.load = command("SCRIPT", "LOAD", text)
+
+
+_CAS, _CREATE = _Script(CAS_SCRIPT), _Script(CREATE_SCRIPT)
+_EVALSHA_CAS = b"$7\r\nEVALSHA\r\n$40\r\n" + _CAS.sha + b"\r\n"
+_CAS_ONE = b"*9\r\n" + _EVALSHA_CAS + b"$1\r\n1\r\n"   # EVALSHA sha 1 KEY token new prev ttl record
+_HMGET, _VD = b"*4\r\n$5\r\nHMGET\r\n", b"$1\r\nv\r\n$1\r\nd\r\n"   # HMGET KEY v d
+_PTTL, _UNLINK = b"*2\r\n$4\r\nPTTL\r\n", b"*2\r\n$6\r\nUNLINK\r\n"
+_PING = command("PING")
 _CODES = (OK, CONFLICT, MISSING)
 
 
@@ -65,22 +91,30 @@ class _PartlyWritten(redis.RedisError):
 _HEAD = struct.Struct("<qqqdiiiiiii")
 _FP = struct.Struct("<Q")
 _MODEL = struct.Struct("<qi")
+_F32 = np.dtype(np.float32)
 
 
 def pack(rec: SessionRecord) -> bytes:
     """A SessionRecord (but version and expiry, kept in the hash and the TTL) as bytes; floats bit-exact."""
-    sid, model = rec.id.encode("utf-8", "surrogatepass"), rec.model.encode()
-    owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
-    state = np.ascontiguousarray(rec.state, dtype=np.float32)
-    out = None if rec.last_output is None else np.ascontiguousarray(rec.last_output, dtype=np.float32)
-    last = None if rec.last_state is None else np.ascontiguousarray(rec.last_state, dtype=np.float32)
+    return _pack(rec, rec.id.encode("utf-8", "surrogatepass"),
+                 b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass"))
+
+
+def _pack(rec: SessionRecord, sid: bytes, owner: bytes) -> bytes:
+    """pack, given the id and owner encoded (the commit has them for the key). Once per session on the commit
+    path: written for few Python operations."""
+    model, mhash = rec.model.encode(), rec.model_hash.encode()
+    state, out, last = rec.state, rec.last_output, rec.last_state
+    state = state if state.dtype == _F32 else state.astype(_F32)
+    out = out if out is None or out.dtype == _F32 else out.astype(_F32)
+    last = last if last is None or last.dtype == _F32 else last.astype(_F32)
     head = _HEAD.pack(rec.step_count, rec.last_seq, rec.last_step_count, rec.timeout, len(sid), len(model),
                       -1 if rec.owner is None else len(owner), state.size,
                       -1 if out is None else out.shape[0], -1 if out is None else out.size,
                       -1 if last is None else last.size)
     return b"".join((head, sid, model, owner, state.tobytes(), b"" if out is None else out.tobytes(),
                      b"" if last is None else last.tobytes(), _FP.pack(rec.last_fp),
-                     _MODEL.pack(rec.model_version, len(rec.model_hash)), rec.model_hash.encode()))
+                     _MODEL.pack(rec.model_version, len(mhash)), mhash))
 
 
 def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
@@ -116,7 +150,11 @@ def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
 
 def key(owner: str | None, sid: str) -> bytes:
     """The Redis key of a session: namespace, owner ('' without auth), NUL, id (NUL cannot occur in either)."""
-    return NAMESPACE + (owner or "").encode("utf-8", "surrogatepass") + b"\x00" + sid.encode("utf-8", "surrogatepass")
+    return _key(b"" if owner is None else owner.encode("utf-8", "surrogatepass"), sid.encode("utf-8", "surrogatepass"))
+
+
+def _key(owner: bytes, sid: bytes) -> bytes:
+    return b"%s%s\x00%s" % (NAMESPACE, owner, sid)
 
 
 def check_url(url: str) -> str:
@@ -146,13 +184,16 @@ def _shown(url: str) -> str:
 class RedisStore:
     """Every session in Redis: any replica or worker can serve any session; local tables are caches.
 
-    One commit per batch is one pipeline of one-key CAS scripts (one round trip; each script touches one key,
-    so it stays valid on Redis Cluster). The scripts are registered with `register_script` and run by SHA; a
-    NOSCRIPT answer (SCRIPT FLUSH, a restarted or failed-over Redis) loads them again and re-runs only the
-    records that got it. Redis unreachable: `errors.Unavailable`, and this process applies nothing.
+    A commit is one round trip: one write of pre-packed EVALSHA commands of the CAS script, one parse of the
+    replies (store/resp.py). Sessions whose keys share a Redis Cluster hash tag (ids like "{gateway-7}:dev-3")
+    are compared-and-set by one EVALSHA, all others by one EVALSHA each: no script touches keys of two slots,
+    so this stays valid on Redis Cluster. The scripts run by SHA; a NOSCRIPT answer (SCRIPT FLUSH, a restarted
+    or failed-over Redis) loads the script and re-runs only the commands that got it, in one more round trip.
+    Redis unreachable: `errors.Unavailable`, and this process applies nothing.
 
     Every call is bounded by its `timeout` (default: the store's, --store-timeout): a Redis that does not
     answer in time (stopped, partitioned) is `errors.Unavailable` then, not when the client's deadline passed.
+    A broken connection is retried (up to 3 times, backing off): every call is idempotent, a write by its token.
     """
 
     durable = True
@@ -162,21 +203,16 @@ class RedisStore:
         self.url = check_url(url)
         self.description = (f"{_shown(url)} (shared by replicas and workers; compare-and-set per session, "
                             "one round trip per batch, expiry as a Redis TTL)")
-        self._retry = dict(retry=Retry(ExponentialBackoff(cap=0.25, base=0.05), 3),
-                           retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-        self.timeout = timeout  # default bound of one call, seconds (None: only the socket timeouts bound it)
-        self._timeouts = dict(socket_connect_timeout=min(connect_timeout, timeout or connect_timeout),
-                              socket_timeout=timeout or 5.0)
-        self.client = aioredis.from_url(url, **self._timeouts, **self._retry)
-        self._cas = self.client.register_script(CAS_SCRIPT)
-        self._create = self.client.register_script(CREATE_SCRIPT)
+        self.timeout = timeout  # default bound of one call, seconds (None: SOCKET_SECONDS)
+        self._connect_timeout = min(connect_timeout, timeout or connect_timeout)
+        self._pool = Pool(url, self._connect_timeout)
+        self._retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 3)
         self._writer = os.urandom(6).hex()
         self._writes = 0
-        self._closing: asyncio.Task | None = None
 
-    def _token(self) -> str:
+    def _token(self) -> bytes:
         self._writes += 1
-        return f"{self._writer}:{self._writes}"
+        return f"{self._writer}:{self._writes}".encode()
 
     def _unavailable(self, e: Exception, write: bool = False) -> Unavailable:
         """The error for a failed call: a read or a refused connection applied nothing; a write whose connection
@@ -197,6 +233,7 @@ class RedisStore:
     async def _bounded(self, coro, timeout: float | None, write: bool = False):
         """`coro` (one store call), at most `timeout` seconds (None: the store's); Redis errors as Unavailable."""
         timeout = self.timeout if timeout is None else timeout
+        timeout = SOCKET_SECONDS if timeout is None else timeout
         try:
             return await asyncio.wait_for(coro, timeout)
         except TimeoutError:
@@ -205,11 +242,37 @@ class RedisStore:
         except redis.RedisError as e:
             raise self._unavailable(e, write) from e
 
+    async def _roundtrip(self, data: bytes, n: int) -> list:
+        """n packed commands, one write; their n replies. A broken connection: again on a new one (backing off)."""
+        async def broken(_error):
+            self._pool.clear()
+        return await self._retry.call_with_retry(lambda: self._pool.roundtrip(data, n), broken)
+
+    async def _checked(self, data: bytes, n: int) -> list:
+        """_roundtrip, raising the first error reply."""
+        return _raise_errors(await self._roundtrip(data, n))
+
+    async def _evalsha(self, script: _Script, commands: list[tuple], checked: bool = False) -> list:
+        """EVALSHA commands of `script` (each a tuple of RESP pieces), one round trip; those answered NOSCRIPT again
+        after loading it. `checked`: raise the first error reply (else error replies are returned)."""
+        replies = await self._roundtrip(b"".join(chain.from_iterable(commands)), len(commands))
+        again = [i for i, r in enumerate(replies) if isinstance(r, redis.ResponseError) and str(r).startswith("NOSCRIPT")]
+        if again:
+            log.info("state store: a script is not in Redis' script cache (a Redis restart or SCRIPT FLUSH); "
+                     "loading it again")
+            loaded, *retried = await self._roundtrip(
+                b"".join(chain([script.load], *(commands[i] for i in again))), 1 + len(again))
+            if isinstance(loaded, redis.ResponseError):
+                raise loaded
+            for i, r in zip(again, retried):
+                replies[i] = r
+        return _raise_errors(replies) if checked else replies
+
     async def check(self) -> str | None:
         """None while Redis answers a PING within the store's timeout (at most PING_SECONDS: health must turn
         within about a second, whatever --store-timeout is); else why not."""
         try:
-            await self._bounded(self.client.ping(), min(self.timeout or PING_SECONDS, PING_SECONDS))
+            await self._bounded(self._checked(_PING, 1), min(self.timeout or PING_SECONDS, PING_SECONDS))
         except Unavailable as e:
             return e.message
         return None
@@ -218,18 +281,14 @@ class RedisStore:
         """Nothing: sessions are read through on first use. Loads the scripts now (saves the first batch a
         NOSCRIPT round trip); logs a warning when Redis does not answer."""
         try:
-            with redis.Redis.from_url(self.url, **self._timeouts) as r:
-                for script in (CAS_SCRIPT, CREATE_SCRIPT):
-                    r.script_load(script)
+            with redis.Redis.from_url(self.url, socket_connect_timeout=self._connect_timeout,
+                                      socket_timeout=self.timeout or SOCKET_SECONDS) as r:
+                for script in (_CAS, _CREATE):
+                    r.script_load(script.text)
         except redis.RedisError as e:
             log.warning("state store %s does not answer at start (%s): steps fail UNAVAILABLE until it does",
                         _shown(self.url), e)
         return []
-
-    @staticmethod
-    def _args(rec: SessionRecord, token: str) -> list:
-        ttl = max(1, int((rec.expires_at - time.time()) * 1000))
-        return [rec.version, token, pack(rec), ttl, rec.version - 1]
 
     async def fetch(self, owner: str | None, sid: str, *, timeout: float | None = None) -> SessionRecord | None:
         """The stored session, or None (never stored, closed, or expired): one round trip."""
@@ -240,16 +299,11 @@ class RedisStore:
         """fetch for many sessions in one round trip (a pipeline of one-key reads)."""
         if not keys:
             return []
-
-        async def read():
-            async with self.client.pipeline(transaction=False) as p:
-                for owner, sid in keys:
-                    k = key(owner, sid)
-                    p.hmget(k, "v", "d")
-                    p.pttl(k)
-                return await p.execute()
-
-        replies = await self._bounded(read(), timeout)
+        parts = []
+        for owner, sid in keys:
+            k = bulk(key(owner, sid))
+            parts += (_HMGET, k, _VD, _PTTL, k)
+        replies = await self._bounded(self._checked(b"".join(parts), 2 * len(keys)), timeout)
         now, out = time.time(), []
         for (version, data), pttl in zip(replies[::2], replies[1::2]):
             if version is None or data is None:
@@ -260,62 +314,85 @@ class RedisStore:
 
     async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool:
         """Store `rec` if its (owner, id) has no session; False if one exists."""
-        created = self._create(keys=[key(rec.owner, rec.id)], args=self._args(rec, self._token()))
-        return bool(await self._bounded(created, timeout, write=True))
+        ttl = max(1, int((rec.expires_at - time.time()) * 1000))
+        cmd = command("EVALSHA", _CREATE.sha, 1, key(rec.owner, rec.id), rec.version, self._token(), pack(rec), ttl)
+        return bool((await self._bounded(self._evalsha(_CREATE, [(cmd,)], checked=True), timeout, write=True))[0])
 
     async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         """Compare-and-set every record in one round trip: "ok" | "conflict" | "missing" per record."""
         if not records:
             return []
-        token = self._token()
-        return await self._bounded(self._commit_pipeline(records, token), timeout, write=True)
+        return await self._bounded(self._commit(records, self._token()), timeout, write=True)
 
-    async def _commit_pipeline(self, records: list[SessionRecord], token: str) -> list[str]:
-        args = [(key(r.owner, r.id), self._args(r, token)) for r in records]
-        codes: list = [None] * len(records)
-        todo = list(range(len(records)))
-        for attempt in range(2):  # the second pass only after NOSCRIPT, for the records that got it
-            async with self.client.pipeline(transaction=False) as p:
-                for i in todo:
-                    p.evalsha(self._cas.sha, 1, args[i][0], *args[i][1])
-                results = await p.execute(raise_on_error=False)
-            errors = []
-            for i, res in zip(todo, results):
-                if isinstance(res, NoScriptError) and attempt == 0:
-                    continue
-                if isinstance(res, Exception):
-                    errors.append(res)
-                else:
-                    codes[i] = _CODES[res]
-            if errors:  # e.g. out of memory: written records stay written, so say so
-                raise _PartlyWritten(str(errors[0])) if OK in codes else errors[0]
-            todo = [i for i in todo if codes[i] is None]
-            if not todo:
-                break
-            log.info("state store: the CAS script is not in Redis' script cache (a Redis restart or SCRIPT FLUSH); "
-                     "loading it again")
-            self._cas.sha = await self.client.script_load(CAS_SCRIPT)
-        return codes
+    async def _commit(self, records: list[SessionRecord], token: bytes) -> list[str]:
+        commands, covers = _cas_commands(records, token)
+        codes: list = [None] * len(records)   # per record: 0, 1, 2 (_CODES) or its error
+        for reply, cover in zip(await self._evalsha(_CAS, commands), covers):
+            if isinstance(reply, redis.ResponseError):   # the whole command refused (out of memory, NOSCRIPT again)
+                reply = [reply] * (1 if cover.__class__ is int else len(cover))
+            if cover.__class__ is int:
+                codes[cover] = reply[0]
+            else:
+                for i, code in zip(cover, reply):
+                    codes[i] = code
+        try:
+            return [_CODES[c] for c in codes]
+        except TypeError:   # an error: e.g. a key of another type; written records stay written, so say so
+            errors = [c for c in codes if isinstance(c, redis.ResponseError)]
+            raise _PartlyWritten(str(errors[0])) if 0 in codes else errors[0] from None
 
     async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:
         """Remove sessions (closed): one round trip."""
-        if not keys:
-            return
-
-        async def unlink():
-            async with self.client.pipeline(transaction=False) as p:
-                for owner, sid in keys:
-                    p.unlink(key(owner, sid))
-                await p.execute()
-
-        await self._bounded(unlink(), timeout)
+        if keys:
+            data = b"".join(_UNLINK + bulk(key(owner, sid)) for owner, sid in keys)
+            await self._bounded(self._checked(data, len(keys)), timeout)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        self._pool.clear()
 
     def close(self) -> None:
-        """Close the connections (on the running loop, if there is one)."""
-        try:
-            self._closing = asyncio.get_running_loop().create_task(self.aclose())
-        except RuntimeError:
-            asyncio.run(self.aclose())
+        """Close the idle connections."""
+        self._pool.clear()
+
+
+def _raise_errors(replies: list) -> list:
+    """`replies`, or the first error reply among them raised."""
+    for r in replies:
+        if isinstance(r, redis.ResponseError):
+            raise r
+    return replies
+
+
+def _cas_commands(records: list[SessionRecord], token: bytes) -> tuple[list[tuple], list]:
+    """The EVALSHA commands of one commit (each a tuple of RESP pieces) and the records each covers (an index, or
+    a tuple of indexes for a group): one command per hash tag shared by several keys, one per other record. Once
+    per session: written for few Python operations."""
+    now = time.time()
+    tok = bulk(token)
+    commands, covers = [], []
+    tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
+    for i, rec in enumerate(records):
+        sid = rec.id.encode("utf-8", "surrogatepass")
+        owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
+        k = _key(owner, sid)
+        new, prev = b"%d" % rec.version, b"%d" % (rec.version - 1)
+        ttl = int((rec.expires_at - now) * 1000)
+        ttl = b"%d" % ttl if ttl > 0 else b"1"
+        data = _pack(rec, sid, owner)
+        if b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
+            commands.append((b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
+                _CAS_ONE, len(k), k, tok, len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
+            covers.append(i)
+            continue
+        group = tagged.get(tag)
+        if group is None:
+            group = tagged[tag] = ([], [], [])
+        group[0].append(i)
+        group[1].append(b"$%d\r\n%s\r\n" % (len(k), k))
+        group[2].extend((b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
+            len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
+    for indexes, keys, args in tagged.values():   # EVALSHA sha m KEY1..KEYm token (new prev ttl record)1..m
+        head = b"*%d\r\n%s%s" % (4 + 5 * len(indexes), _EVALSHA_CAS, bulk(b"%d" % len(indexes)))
+        commands.append((head, *keys, tok, *args))
+        covers.append(tuple(indexes))
+    return commands, covers
