@@ -23,8 +23,8 @@ def finite(a: np.ndarray) -> bool:
 
 
 #: Runs of at most this many session-timesteps go through an I/O binding made once per (thread, B, T): measured
-#: 13-35 us (20-30%) less CPU per run than `InferenceSession.run` for batches of 1-64 (its per-call feed dict,
-#: input checks and output allocation); no gain at 256 (`python -m bench.serial --skip inprocess,wire`).
+#: 4-16 us less CPU per run than the session's pybind `run` for batches of 1-64 (the feed dict, output
+#: allocation), no gain at 256 (bench/results/serial_demo, `python -m bench.serial --skip inprocess,wire`).
 BIND_MAX = 64
 _BINDINGS_PER_THREAD = 32  # (B, T) shapes kept per thread; the oldest goes first
 
