@@ -24,41 +24,47 @@ from .procs import ROOT, free_port, statestream_server
 FEATURES, UNITS, OUTPUTS, SEED = 32, 256, 8, 11
 NAME = f"lstm{UNITS}x2"
 CACHE = ROOT / "bench" / ".cache" / f"f{FEATURES}-o{OUTPUTS}" / f"{NAME}.onnx"  # the server names a model by its file stem
+
+
+def cache_path(units: int = UNITS) -> Path:
+    """Where the 2 x LSTM(units) variant is cached (the bench's second size, bench.serial, uses LSTM(128))."""
+    return CACHE.with_name(f"lstm{units}x2.onnx")
 BATCHES = (1, 64, 256)
 THREADS = (1, 2)
 
 
-def build_model():
-    """Input(None, 32) -> LSTM(256) -> LSTM(256) -> Dense(8), seeded (the exporter needs functional Keras)."""
+def build_model(units: int = UNITS):
+    """Input(None, 32) -> LSTM(units) -> LSTM(units) -> Dense(8), seeded (the exporter needs functional Keras)."""
     import keras
 
     init = keras.initializers
     x = keras.Input(shape=(None, FEATURES), name="features")
     h = x
     for i in (1, 2):
-        h = keras.layers.LSTM(UNITS, return_sequences=True, name=f"lstm{i}", kernel_initializer=init.GlorotUniform(SEED + i),
+        h = keras.layers.LSTM(units, return_sequences=True, name=f"lstm{i}", kernel_initializer=init.GlorotUniform(SEED + i),
                               recurrent_initializer=init.Orthogonal(seed=SEED + i))(h)
     y = keras.layers.Dense(OUTPUTS, name="head", kernel_initializer=init.GlorotUniform(SEED))(h)
-    return keras.Model(x, y, name=NAME)
+    return keras.Model(x, y, name=f"lstm{units}x2")
 
 
-def export(out: Path) -> Path:
+def export(out: Path, units: int = UNITS) -> Path:
     from statestream.export import export_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
-    export_model(build_model(), tmp, name=NAME)
+    export_model(build_model(units), tmp, name=f"lstm{units}x2")
     tmp.replace(out)
     return out
 
 
-def ensure_model(path: Path = CACHE, log=print) -> Path:
+def ensure_model(path: Path = CACHE, log=print, units: int = UNITS) -> Path:
     """The cached ONNX file, exported now (in a subprocess: TensorFlow stays out of the bench) if absent."""
     if path.exists():
         return path
-    log(f"realistic model: exporting {NAME} with statestream.export.export_model into {path.relative_to(ROOT)}")
+    log(f"realistic model: exporting lstm{units}x2 with statestream.export.export_model into {path.relative_to(ROOT)}")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    r = subprocess.run([sys.executable, "-m", "bench.realistic", "export", "--out", str(path)], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "bench.realistic", "export", "--out", str(path), "--units", str(units)],
+                       cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=900)
     if r.returncode != 0 or not path.exists():
         raise RuntimeError(f"export of the realistic model failed: {r.stderr[-1500:]}")
@@ -113,9 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.realistic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", choices=("export",))
-    p.add_argument("--out", type=Path, default=CACHE)
+    p.add_argument("--out", type=Path, default=None, help="default bench/.cache/f32-o8/lstm<units>x2.onnx")
+    p.add_argument("--units", type=int, default=UNITS)
     a = p.parse_args(argv)
-    print(export(a.out))
+    print(export(a.out or cache_path(a.units), a.units))
     return 0
 
 

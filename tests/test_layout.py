@@ -28,8 +28,8 @@ def test_the_general_path_equals_the_plain_keras_path():
     sess = ort.InferenceSession(str(DEMO_MODEL), providers=["CPUExecutionProvider"])
     plain = StepLayout(read_manifest(sess.get_modelmeta()))
     general = StepLayout(read_manifest(sess.get_modelmeta()))
-    general._plain = False
-    assert plain._plain
+    general.plain = False
+    assert plain.plain
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 4, 3)).astype(np.float32)
     rows = rng.normal(size=(5, plain.width)).astype(np.float32)
@@ -64,3 +64,34 @@ def test_a_manifest_that_cannot_run_is_refused_on_load(change, message):
     d.update(json.loads(bad.to_json()))
     with pytest.raises(ManifestError, match=re.escape(message)):
         Manifest.from_json(json.dumps(d))
+
+
+def test_model_runner_binds_small_batches_and_gives_the_plain_paths_numbers():
+    """ModelRunner runs batches of <= BIND_MAX session-timesteps through per-thread I/O bindings: the same numbers
+    as StepLayout.run on InferenceSession.run, fresh arrays every run (the next run does not change an answer
+    already given), from any thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from statestream.server.engine.model import BIND_MAX, ModelRunner
+
+    runner = ModelRunner(DEMO_MODEL)
+    rng = np.random.default_rng(2)
+
+    def case(B, T):
+        return (rng.normal(size=(B, T, runner.features)).astype(np.float32),
+                rng.normal(size=(B, runner.state_width)).astype(np.float32))
+
+    cases = [case(B, T) for B, T in [(1, 1), (4, 1), (3, 5), (BIND_MAX, 1), (BIND_MAX + 1, 1), (1, 1)]]
+    want = [runner.layout.run(runner.session.run, x, rows) for x, rows in cases]
+    got = [runner.run(x, rows) for x, rows in cases]
+    got_again = [runner.run(x, rows) for x, rows in cases]  # reuses every binding: earlier answers must stand
+    for w, g, g2 in zip(want, got, got_again):
+        for a, b, c in zip(w, g, g2):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
+    assert runner._local.bindings  # the small ones did go through bindings
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: runner.run(*cases[i % 3]), range(64)))
+    for i, (y, new) in enumerate(results):
+        np.testing.assert_array_equal(y, want[i % 3][0])
+        np.testing.assert_array_equal(new, want[i % 3][1])

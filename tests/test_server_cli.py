@@ -31,6 +31,7 @@ def test_flag_beats_env_beats_default(monkeypatch):
     (["--models", str(DEMO_MODEL), "--tls-cert", "/nonexistent"], "--tls-cert and --tls-key go together"),
     (["--models", str(DEMO_MODEL), "--auth-token-file", "/nonexistent"], "--auth-token-file /nonexistent: no such file"),
     (["--models", str(DEMO_MODEL), "--store-timeout", "0"], "--store-timeout must be > 0"),
+    (["--models", str(DEMO_MODEL), "--intra-op-spinning", "2"], "--intra-op-spinning must be 0 or 1"),
     (["--models", str(DEMO_MODEL), "--loop", "trio"], "--loop must be one of auto, asyncio, uvloop"),
 ])
 def test_bad_settings_refused_before_start(args, message):
@@ -38,6 +39,20 @@ def test_bad_settings_refused_before_start(args, message):
                        timeout=60)
     assert r.returncode == 2
     assert message in r.stderr
+
+
+@pytest.mark.parametrize("flags, threads, spinning", [
+    ([], 1, "0"),
+    (["--intra-op-threads", "2"], 2, "0"),  # onnxruntime's own default would spin
+    (["--intra-op-threads", "2", "--intra-op-spinning", "1"], 2, "1"),
+])
+def test_intra_op_flags_reach_the_onnxruntime_session(flags, threads, spinning):
+    from statestream.server.app.server import _load_model
+
+    cfg = parse_config(["--models", str(DEMO_MODEL), *flags])
+    opts = _load_model(cfg, DEMO_MODEL, "demo", 1).session.get_session_options()
+    assert opts.intra_op_num_threads == threads
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == spinning
 
 
 def test_bad_env_value_refused():

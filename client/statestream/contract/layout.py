@@ -34,7 +34,7 @@ class StepLayout:
         self.constants = {c.name: np.array(c.values, dtype=c.dtype).reshape(c.shape) for c in m.constants}
         self.input_names = [m.input] + [s.input for s in self.states] + list(self.constants)
         # Every exported Keras model: [B,T,F] in, [B,units] states; run as plainly as possible (the hot path).
-        self._plain = m.layout == "BTF" and not m.context and not self.constants and \
+        self.plain = m.layout == "BTF" and not m.context and not self.constants and \
             all(s.batch_axis == 0 and len(s.shape) == 1 for s in self.states)
 
     def split(self, rows: np.ndarray) -> list[np.ndarray]:
@@ -61,7 +61,7 @@ class StepLayout:
 
     def run(self, call: Call, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One run for B sessions: x float32 [B,T,F], rows float32 [B,W] -> (y [B,T,O], rows' [B,W])."""
-        if self._plain:
+        if self.plain:
             feeds = {self.manifest.input: x}
             for s, block in zip(self.states, self.blocks):
                 feeds[s.input] = np.ascontiguousarray(rows[:, block])

@@ -229,7 +229,8 @@ class App:
 
 
 def _load_model(cfg: Config, path, name: str, version: int) -> ModelRunner:
-    r = ModelRunner(path, name, intra_op_threads=cfg.intra_op_threads, version=version)
+    r = ModelRunner(path, name, intra_op_threads=cfg.intra_op_threads, version=version,
+                    spinning=bool(cfg.intra_op_spinning))
     m = r.manifest
     log.info("model %r version %d from %s (sha256 %s): %d features -> %d outputs, layers %s, state %d floats/session",
              r.name, version, path, r.sha256[:16], m.features, m.output_size,

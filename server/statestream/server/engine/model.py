@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,42 @@ def finite(a: np.ndarray) -> bool:
     return math.isfinite(_sum(a, axis=None)) or bool(np.isfinite(a).all())
 
 
+#: Runs of at most this many session-timesteps go through an I/O binding made once per (thread, B, T): measured
+#: 4-16 us less CPU per run than the session's pybind `run` for batches of 1-64 (the feed dict, output
+#: allocation), no gain at 256 (bench/results/serial_demo, `python -m bench.serial --skip inprocess,wire`).
+BIND_MAX = 64
+_BINDINGS_PER_THREAD = 32  # (B, T) shapes kept per thread; the oldest goes first
+
+
+class _Binding:
+    """One (B, T) shape of a plain model, bound once: input buffers and output OrtValues owned here. A run copies
+    x and the state rows in and returns fresh arrays (the buffers are this thread's next run's)."""
+
+    def __init__(self, session: ort.InferenceSession, layout: StepLayout, x_shape: tuple, output_size: int):
+        B = x_shape[0]
+        self.session = session
+        self.blocks = layout.blocks
+        self.x = np.empty(x_shape, dtype=np.float32)
+        self.states = [np.empty((B, s.size), dtype=np.float32) for s in layout.states]
+        outs = [ort.OrtValue.ortvalue_from_shape_and_type([*x_shape[:2], output_size], np.float32)] + \
+               [ort.OrtValue.ortvalue_from_shape_and_type([B, s.size], np.float32) for s in layout.states]
+        self.outs = outs  # keeps the OrtValues (and so `arrays`' memory) alive
+        self.arrays = [o.numpy() for o in outs]
+        self.io = io = session.io_binding()
+        for name, buf in zip(layout.input_names, [self.x] + self.states):
+            io.bind_cpu_input(name, buf)
+        for name, o in zip(layout.out_names, outs):
+            io.bind_ortvalue_output(name, o)
+
+    def run(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        np.copyto(self.x, x)
+        for block, buf in zip(self.blocks, self.states):
+            np.copyto(buf, rows[:, block])
+        self.session.run_with_iobinding(self.io)
+        y, *new = self.arrays
+        return y.copy(), np.concatenate(new, axis=1)
+
+
 class ModelRunner:
     """Runs a batch: (x[B,T,F], states[B,W]) -> (y[B,T,O], states'[B,W]).
 
@@ -30,7 +67,8 @@ class ModelRunner:
     context window. `StepLayout` maps rows to the graph's tensors.
     """
 
-    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1):
+    def __init__(self, path: str | Path, name: str | None = None, intra_op_threads: int = 1, version: int = 1,
+                 spinning: bool = False):
         path = Path(path)
         self.path = path
         data = path.read_bytes()
@@ -41,6 +79,10 @@ class ModelRunner:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
+        # With more than one intra-op thread, onnxruntime's workers spin between runs by default: on a machine
+        # whose other cores serve gRPC (or a neighbour), that burns the cores the transport needs
+        # (docs/performance.md, "Compute-bound models"); off, they sleep between runs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
@@ -55,6 +97,12 @@ class ModelRunner:
         # OrtValue ownership, graph capture, provider fallback): _check_graph checked the names once, the feeds are
         # numpy arrays and the provider is the CPU. A third of a unary step's Python bytecodes went there.
         self._sess_run = self.session._sess.run
+        # Plain graphs whose output is [B,T,O] run small batches through per-thread bindings (runs of one model
+        # may overlap: the loop's and the executor's).
+        out = self.session.get_outputs()[0].shape
+        self._bindable = self.layout.plain and len(out) == 3 and (not isinstance(out[2], int)
+                                                                   or out[2] == self.output_size)
+        self._local = threading.local()
 
     def _check_graph(self) -> None:
         inputs = {i.name for i in self.session.get_inputs()}
@@ -82,10 +130,23 @@ class ModelRunner:
 
     def run(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W]."""
+        if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
+            return self._binding(x.shape).run(x, states)
         return self.layout.run(self._call, x, states)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)
+
+    def _binding(self, shape: tuple) -> _Binding:
+        cache = getattr(self._local, "bindings", None)
+        if cache is None:
+            cache = self._local.bindings = {}
+        b = cache.get(shape)
+        if b is None:
+            if len(cache) >= _BINDINGS_PER_THREAD:
+                del cache[next(iter(cache))]
+            b = cache[shape] = _Binding(self.session, self.layout, shape, self.output_size)
+        return b
 
     def split_state(self, row: np.ndarray) -> list[np.ndarray]:
         """A state row [W] (or [B,W]) cut into its parts, manifest order (the context window last)."""
