@@ -17,6 +17,7 @@ import onnx
 import pytest
 from conftest import require_installed
 from docblocks import all_blocks
+from migration import step_across
 from serverproc import ROOT, ServerProcess
 
 from statestream.client import Client
@@ -84,19 +85,12 @@ def test_served_and_stepped_equal_to_pytorch_across_a_migration(exported, server
     with Client(a.target) as ca, Client(b.target) as cb:
         for i in range(B):
             initial = {l: {k: ref[f"{k}_in"][n, i] for k in kinds} for n, (l, _, _) in enumerate(layers)}
-            s = ca.session(name, initial_states=initial)
-            got = [s.step(x[i, t]) for t in range(half)]
-            saved = s.get_state()
-            s.close()
-            moved = cb.session(name)
-            moved.set_state(saved)
-            rest, final = moved.step(x[i, half:], return_sequences=True, return_state=True)
-            np.testing.assert_allclose(np.concatenate([np.array(got), rest]), y[i], atol=TOL, rtol=0)
+            outputs, final, count = step_across(ca, cb, name, x[i], initial, half)
+            np.testing.assert_allclose(outputs, y[i], atol=TOL, rtol=0)
             for n, (l, _, _) in enumerate(layers):
                 for k in kinds:
                     np.testing.assert_allclose(final[l][k], ref[f"{k}_out"][n, i], atol=TOL, rtol=0)
-            assert moved.get_state().step_count == T
-            moved.close()
+            assert count == T
 
 
 def test_refused_with_a_one_line_reason_and_nothing_written(tmp_path):

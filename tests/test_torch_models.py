@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from migration import step_across
 from serverproc import ServerProcess
 
 from statestream.client import Client
@@ -76,18 +77,11 @@ def test_served_and_stepped_equal_to_pytorch_across_a_migration(servers, name):
     with Client(a.target) as ca, Client(b.target) as cb:
         for i in range(B):
             initial = {s: {"h": ref[f"{k}_in"][:, i].ravel()} for s, k in zip(states, kinds)}
-            s = ca.session(name, initial_states=initial)
-            got = [s.step(x[i, t]) for t in range(half)]
-            saved = s.get_state()
-            s.close()
-            moved = cb.session(name)
-            moved.set_state(saved)
-            rest, final = moved.step(x[i, half:], return_sequences=True, return_state=True)
-            np.testing.assert_allclose(np.concatenate([np.array(got), rest]), y[i], atol=TOL, rtol=0)
+            outputs, final, count = step_across(ca, cb, name, x[i], initial, half)
+            np.testing.assert_allclose(outputs, y[i], atol=TOL, rtol=0)
             for s_name, k in zip(states, kinds):
                 np.testing.assert_allclose(final[s_name]["h"], ref[f"{k}_out"][:, i].ravel(), atol=TOL, rtol=0)
-            assert moved.get_state().step_count == T
-            moved.close()
+            assert count == T
 
 
 def test_no_triton_repository_entry_for_an_adopted_graph(adopted, tmp_path):

@@ -137,12 +137,18 @@ are neither step input, state nor constant, a graph onnxruntime cannot run as de
 """
 
 
-def _adopt_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="statestream-export adopt", description=ADOPT_DESCRIPTION, epilog=ADOPT_EPILOG,
+def _route_parser(route: str, description: str, epilog: str, model_help: str) -> argparse.ArgumentParser:
+    """A route's parser (adopt, torch) with what every route takes: the model file, --out and --name."""
+    p = argparse.ArgumentParser(prog=f"statestream-export {route}", description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a stateful .onnx file")
+    p.add_argument("model", help=model_help)
     p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
     p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
+    return p
+
+
+def _adopt_parser() -> argparse.ArgumentParser:
+    p = _route_parser("adopt", ADOPT_DESCRIPTION, ADOPT_EPILOG, "a stateful .onnx file")
     p.add_argument("--spec", help="a JSON file with any of the keys below; flags override it")
     p.add_argument("--input", help="the step input")
     p.add_argument("--layout", choices=["BTF", "TBF", "BF"], help="the step input's layout")
@@ -228,11 +234,7 @@ Needs the torch extra: pip install ".[torch]" (about 5 GB with CUDA; make instal
 
 
 def _torch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="statestream-export torch", description=TORCH_DESCRIPTION, epilog=TORCH_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a module saved with torch.save(module, path)")
-    p.add_argument("--out", "-o", required=True, help="the .onnx file to write (replaced atomically)")
-    p.add_argument("--name", help="the model's name on the server (default: the --out file's stem)")
+    p = _route_parser("torch", TORCH_DESCRIPTION, TORCH_EPILOG, "a module saved with torch.save(module, path)")
     p.add_argument("--example", help="a .npy input for the module's forward, in its layout (default: random)")
     p.add_argument("--seed", type=int, default=None, help="seed of the parity check's random data")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
