@@ -217,7 +217,7 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
         x = codec.parse_block(runner, request.inputs, request.inputs_raw, len(g.members), T)
         seq = request.sequence_number if request.HasField("sequence_number") else None
         reply = await self.engine.step(StepRequest(owner, x, group=g.id, seq=seq,
-                                                   masked=np.asarray(request.masked, dtype=np.int64),
+                                                   masked=np.asarray(request.masked, np.int64) if request.masked else None,
                                                    deadline=context and deadline_of(context)))
         rows = T if request.return_sequences else 1
         msg = pb.StepGroupResponse(group_id=g.id, rows=rows, step_count=reply.group_step_count,

@@ -35,6 +35,7 @@ PHASES = (IDLE, QUEUED, RUNNING, HELD, CLOSED)  # by their code in Cells.phase
 _IDLE, _QUEUED, _RUNNING, _HELD, _CLOSED = range(5)
 READY, GONE = 1, 2  # what Session.finish says of a session's next unit
 BULK = 8  # units of at least this many sessions move through their phases in one pass over the arrays
+_NONE = np.empty(0, dtype=np.intp)  # finish_many: no session closed
 
 
 class Cells:
@@ -387,8 +388,11 @@ def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np
     closed = cells.phase[slots] == _CLOSED
     waiting = cells.waiting[slots] > 0
     if not waiting.any():
-        cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
-        return [], np.flatnonzero(closed)
+        if closed.any():
+            cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
+            return [], np.flatnonzero(closed)
+        cells.phase[slots] = _IDLE
+        return [], _NONE
     cells.phase[slots] = np.where(closed, _CLOSED, np.where(waiting, _QUEUED, _IDLE))
     return cells.head[slots][waiting & ~closed].tolist(), np.flatnonzero(closed)
 
