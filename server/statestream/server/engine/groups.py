@@ -17,7 +17,8 @@ class Group(Ledger):
     """A group's members (ordinary sessions, slots start..start+N-1), its step count and its own exactly-once
     Ledger (the group's sequence numbers; the recorded answer is the outputs of every member)."""
 
-    __slots__ = ("id", "model", "owner", "members", "ids", "objects", "cells", "start", "step_count", "touched", "units")
+    __slots__ = ("id", "model", "owner", "members", "ids", "objects", "cells", "start", "step_count", "touched", "units",
+                 "verified")
 
     def __init__(self, gid: str, model: str, owner, members: list[Session]):
         Ledger.__init__(self)
@@ -29,6 +30,7 @@ class Group(Ledger):
         self.objects = np.empty(len(members), dtype=object)  # the members as an array: Cells.holds checks them at once
         self.objects[:] = members
         self.cells = members[0].cells  # the model's (opened sessions are in its slab)
+        self.verified = -1  # the slab's `vacated` count when every member was last found in its slot
         self.start = members[0].slot
         self.step_count = 0
         self.touched = float("-inf")  # when the members' idle deadlines were last moved
@@ -49,6 +51,8 @@ class Group(Ledger):
     def members_of(self, keep: np.ndarray | None) -> list[Session]:
         """The members a step with this mask steps; NotFound for one that was closed or expired."""
         n = len(self.members)
+        if keep is None and self.verified == self.cells.vacated:  # no session left a slot of the slab since
+            return self.members
         if keep is None:
             members, slots, objects = self.members, slice(self.start, self.start + n), self.objects
         else:
@@ -58,6 +62,8 @@ class Group(Ledger):
                 if s.phase is Phase.CLOSED and (keep is None or keep[i]):
                     raise NotFound(f"group {show(self.id)}: member {i} (session {show(s.id)}) was closed or "
                                    "expired; close the group and open a new one")
+        elif keep is None:
+            self.verified = self.cells.vacated
         return members
 
     def applied(self, unit) -> None:

@@ -50,6 +50,7 @@ class Cells:
     def __init__(self, capacity: int):
         for name, dtype in self.FIELDS:
             setattr(self, name, np.zeros(capacity, dtype) if dtype is not object else np.full(capacity, None))
+        self.vacated = 0  # sessions that left a slot (closed, moved) so far: while it stays, every slot holds its own
 
     def grow(self, capacity: int) -> None:
         """More slots (new ones free); existing entries keep their values."""
@@ -257,6 +258,7 @@ class Session(Ledger):
         """Any phase -> CLOSED; True when its slot can be freed now (no unit of it is running)."""
         self._to(_CLOSED)
         self.cells.session[self.slot] = None
+        self.cells.vacated += 1
         return self.running is None
 
     def detach(self) -> None:
@@ -274,6 +276,7 @@ class Session(Ledger):
         for name, _ in Cells.FIELDS:
             getattr(to, name)[slot] = getattr(cells, name)[self.slot]
         cells.session[self.slot] = None
+        cells.vacated += 1
         self.cells, self.slot = to, slot
 
     def touch(self, now: float) -> None:
@@ -377,10 +380,12 @@ def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | 
 
 
 def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np.ndarray] | None:
-    """Session.finish (no recorded result, no restart) of a unit's sessions in one pass, when every one of them is
-    running it; None otherwise (finish them one by one). Returns (the next units of the sessions now ready for
-    them, the indices of sessions closed meanwhile)."""
-    if len(counts) < BULK or not (cells.running[slots] == unit).all():
+    """Session.finish (no recorded result, no restart) of a unit's sessions in one pass; None for a unit of fewer
+    than BULK (finish them one by one). The caller checked that no entry of the unit was settled or failed: then
+    every one of its sessions is still running it (only a failed or settled entry's session stops running its unit:
+    Batcher._fail_entry, _reconcile), so no per-slot compare of the running units is needed. Returns (the next
+    units of the sessions now ready for them, the indices of sessions closed meanwhile)."""
+    if len(counts) < BULK:
         return None
     cells.steps[slots] = counts
     cells.version[slots] += 1
