@@ -143,6 +143,20 @@ def test_hotpath_times_each_handler_in_process(capsys):
     assert all(float(r[1]) > 0 for r in rows)
 
 
+def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
+    """bench.instructions runs N calls of a hotpath scenario; --bytecodes attributes them to the engine's functions
+    (a unary step goes through Engine._one and Batcher._execute)."""
+    from bench import instructions
+
+    assert instructions.main(["step-raw", "3", "--bytecodes"]) == 0
+    out = capsys.readouterr().out
+    total = int(out.splitlines()[0].split(": ")[1].split()[0])
+    assert total > 100
+    assert "engine.py:Engine._one" in out and "batcher.py:Batcher._execute" in out
+    assert instructions.main(["group256", "2"]) == 0
+    assert "us of loop-thread CPU each" in capsys.readouterr().out
+
+
 def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(tmp_path: Path, ghz_path: Path):
     """bench.latency's instrument: a server under bench.gctrace answers SIGUSR1 with its collections so far (more
     after a ghz run than before), and the start-up freeze leaves a full collection far fewer objects to walk."""
