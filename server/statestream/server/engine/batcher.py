@@ -233,9 +233,6 @@ class Batcher:
             if unit.block is not None:
                 return unit.sessions, unit.x, rows[unit.block:unit.block + len(unit.x)], unit.slots
             sessions, x, slots = unit.sessions, unit.x, unit.slots
-            if len(sessions) == 1 and not unit.reset:  # a unary step: a view of its row
-                slot = slots[0]
-                return sessions, x, rows[slot:slot + 1], slots
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
@@ -268,8 +265,6 @@ class Batcher:
     def _counts(self, units: list[Unit], slots, T: int) -> np.ndarray:
         """Each entry's step count after this run (entry j's session is in slots[j]; a sequence start counts from 0)."""
         counts = self.slab.steps[slots] + T
-        if len(units) == 1 and not units[0].reset:
-            return counts
         a = 0
         for u in units:
             if u.reset:

@@ -213,7 +213,7 @@ class Engine:
                     errors[sessions.index(s)] = e
             decided = self._decide(req, sessions, errors, None, reread=False)
         new, fps, replays, waits, slots = decided
-        first = sessions[0] if sessions[0] is not None else next((s for s in sessions if s is not None), None)
+        first = next((s for s in sessions if s is not None), None)
         model = req.model or (first.model if first else "")
         runner = self.table.runner_of(first) if first else self.versions.default(model)  # the answer's layout
         units = await self._submit(req, runner, sessions, new, fps, slots, errors) if new else []
@@ -241,14 +241,7 @@ class Engine:
         if s.waiting >= self.max_pending_per_session:
             return None
         unit = await self._unit(req, s.key, [s], req.x, req.seqs, None if seq is None else [fp], None)
-        if not unit.future.done():
-            await asyncio.shield(unit.future)
-        if unit.errors:
-            runner = self.table.runner_of(s)
-            return StepReply(s.model, req.ids, np.zeros((1, req.x.shape[1], runner.output_size), np.float32),
-                             np.zeros((1, runner.state_width), np.float32), np.zeros(1, np.int64), req.seqs, [APPLIED],
-                             unit.errors)
-        return StepReply(s.model, req.ids, unit.y, unit.states, unit.counts, req.seqs, [APPLIED], {})
+        return await self._answer(req, s.model, self.table.runner_of(s), [s], [([0], unit)], {}, [], {})
 
     async def _unit(self, req: StepRequest, key, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                     slots) -> Unit:
@@ -263,17 +256,14 @@ class Engine:
     def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
         on the model, with a finite input: most requests; (None, None): _resolve them."""
-        if len(req.ids) == 1:  # a unary step
-            s = self.table.find(req.ids[0], req.owner)
-            if s is None or (req.model and s.model != req.model) or not finite(req.x):
-                return None, None
-            return [s], None
         sessions = self.table.find_many(req.ids, req.owner)
         if None in sessions or not finite(req.x):
             return None, None
         if req.model and sessions[0].model != req.model:
             return None, None
         n = len(sessions)
+        if n == 1:
+            return sessions, None
         slab = self.table.slabs.get(sessions[0].key)
         if slab is None or len(set(req.ids)) != n:
             return None, None
@@ -326,12 +316,8 @@ class Engine:
         Unnumbered entries of many sessions found at once (`slots`, from _cached) decide at once, on the arrays."""
         seqs = req.seqs
         n = len(sessions)
-        if seqs is None and not errors:  # unnumbered: each entry is new, unless its session has too many queued
-            if n == 1:
-                if sessions[0].waiting < self.max_pending_per_session:
-                    return [0], None, {}, [], None
-            elif n >= BULK and slots is not None and \
-                    (self.table.slabs[sessions[0].key].waiting[slots] < self.max_pending_per_session).all():
+        if seqs is None and n >= BULK and slots is not None:
+            if (self.table.slabs[sessions[0].key].waiting[slots] < self.max_pending_per_session).all():
                 return list(range(n)), None, {}, [], slots
         new: list[int] = []
         fps: list[int] | None = None if seqs is None else []
@@ -378,7 +364,7 @@ class Engine:
         """Queue the new entries, one unit per max_batch_size of them on each version's batcher (touched).
         `slots`: theirs, when _decide has them (then all of one version)."""
         first_key = sessions[new[0]].key
-        if slots is None and len(new) > 1 and any(sessions[i].key != first_key for i in new):  # several versions
+        if slots is None and any(sessions[i].key != first_key for i in new):  # a frame over several versions
             units = []
             for key in dict.fromkeys(sessions[i].key for i in new):
                 pick = [j for j, i in enumerate(new) if sessions[i].key == key]
