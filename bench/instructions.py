@@ -12,7 +12,8 @@ Python bytecodes per call, by function (sys.settrace's opcode events; slow, but 
 
     python -m bench.instructions step-raw 200 --bytecodes
 
-Scenarios: step-raw, step-floats, stream100, frame256, frame256-floats, group256 (bench.hotpath's requests).
+Scenarios: step-raw, step-floats, stream100, frame256, frame256-floats, group256, frame1024, group1024 (bench.hotpath's
+requests).
 Time-dependent paths (streams: BatchPolicy's solo window) count differently under valgrind's slowdown.
 """
 
@@ -61,7 +62,7 @@ async def _run(scenario: str, n: int, bytecodes: bool) -> None:
     app = await _app(MODEL)
     try:
         runner = next(iter(app.table.runners.values()))
-        method, data, size = _requests(runner.name, runner.features, [256])[scenario]
+        method, data, size = _requests(runner.name, runner.features, [256, 1024])[scenario]
         svc, ctx = app.service, _Context()
         if method == "StepGroup":
             await svc.OpenGroup(pb.OpenGroupRequest(model=runner.name, size=size, group_id=f"hp-g{size}"), ctx)

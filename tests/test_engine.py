@@ -54,6 +54,25 @@ def test_every_protocol_steps_through_the_one_engine_function(inproc):
     assert seen == [1, 1, 1, 1, 1]
 
 
+def test_a_frame_runs_whole_in_one_model_run_beyond_max_batch_size(inproc, monkeypatch):
+    """--max-batch-size bounds what the batcher combines of several requests; a frame, like a group step, runs
+    whole (--max-entries bounds it): one model run for its entries, each equal to its session stepped alone."""
+    srv = inproc(max_batch_size=2, inline_max_batch=0)
+    runner = srv.app.batchers["demo", 1].runner
+    real, sizes = runner.run, []
+
+    def counted(x, states):
+        sizes.append(x.shape[0])
+        return real(x, states)
+    monkeypatch.setattr(runner, "run", counted)
+    ids = [f"w{i}" for i in range(6)]
+    r = srv.stub.StepFrame(pb.StepFrameRequest(model="demo", session_ids=ids, inputs=np.tile(X[0], 6),
+                                               open_if_missing=True))
+    assert not r.errors and list(r.step_counts) == [1] * 6
+    np.testing.assert_allclose(np.array(r.outputs), np.repeat(stepped(X[:1])[-1], 6), atol=1e-5)
+    assert sizes == [6]
+
+
 # -- failure containment -----------------------------------------------------------------------------------------
 
 

@@ -158,15 +158,16 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
 
     async def frame(self, req: pb.StepFrameRequest, owner, context=None) -> pb.StepFrameResponse:
         """One StepFrameRequest through the engine (StepFrame, and each StreamFrames message)."""
-        n, T = len(req.session_ids), req.timesteps or 1
+        ids = list(req.session_ids)  # once: each read of a repeated string field makes a new str (and its hash)
+        n, T = len(ids), req.timesteps or 1
         if n == 0:
             raise InvalidArgument("frame has no session_ids")
-        s = self.engine.table.find(req.session_ids[0], owner)  # the frame's layout: its first session's version
+        s = self.engine.table.find(ids[0], owner)  # the frame's layout: its first session's version
         runner = self.engine.table.runner_of(s) if s is not None and s.model == req.model \
             else self.engine.runner(req.model)
         x = codec.parse_block(runner, req.inputs, req.inputs_raw, n, T)
         seqs = [q or None for q in req.sequence_numbers] if len(req.sequence_numbers) else None  # 0: no number
-        reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=req.session_ids, seqs=seqs,
+        reply = await self.engine.step(StepRequest(owner, x, model=req.model, ids=ids, seqs=seqs,
                                                    open_if_missing=req.open_if_missing,
                                                    deadline=context and deadline_of(context)))
         rows = T if req.return_sequences else 1

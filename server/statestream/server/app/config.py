@@ -179,7 +179,8 @@ HELP = {
     "idle_timeout": "seconds a session may stay idle before it expires (default per session)",
     "max_idle_timeout": "largest idle timeout a client may ask for",
     "max_timesteps": "largest T in one request",
-    "max_batch_size": "sessions in one model run at most",
+    "max_batch_size": "sessions the batcher combines into one model run from several requests at most; one "
+                      "frame or group step runs whole (--max-entries bounds it)",
     "max_queue_delay": "seconds the batcher waits to fill a batch (0 = take what is queued)",
     "max_pending_per_session": "queued steps per session at most",
     "max_pending": "queued steps in the whole server at most",

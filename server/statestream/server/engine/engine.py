@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import operator
 import time
 
 import numpy as np
@@ -33,7 +32,6 @@ from statestream.server.engine.versions import Versions
 
 log = logging.getLogger("statestream.engine")
 
-_slot = operator.attrgetter("slot")
 AGAIN = 2  # own attempts of a retry whose awaited step failed UNAVAILABLE while its deadline left time (_again)
 AGAIN_MARGIN = 0.05  # seconds of its deadline a retry must have left to make another attempt
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
@@ -177,8 +175,8 @@ class Engine:
     # -- the one step function ------------------------------------------------------------
 
     async def step(self, req: StepRequest) -> StepReply:
-        """One step of each named session (or of a group): resolve, decide exactly-once, queue one unit per
-        max_batch_size entries on the model's batcher, wait, answer entry by entry."""
+        """One step of each named session (or of a group): resolve, decide exactly-once, queue one unit of the new
+        entries on each version's batcher, wait, answer entry by entry."""
         self.calls += 1
         self.check_open()
         n, T = req.x.shape[0], req.x.shape[1]
@@ -267,10 +265,11 @@ class Engine:
         slab = self.table.slabs.get(sessions[0].key)
         if slab is None or len(set(req.ids)) != n:
             return None, None
-        slots = np.fromiter(map(_slot, sessions), np.intp, n)
-        objects = np.empty(n, dtype=object)
-        objects[:] = sessions
-        return (sessions, slots) if slab.holds(slots, objects) else (None, None)  # all in the model's slab
+        # all in the model's slab: an open session's cells are its version's slab, and its slot there holds it
+        slots = [s.slot for s in sessions if s.cells is slab]
+        if len(slots) != n:
+            return None, None
+        return sessions, np.fromiter(slots, np.intp, n)
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
         """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read
@@ -361,7 +360,7 @@ class Engine:
 
     async def _submit(self, req: StepRequest, runner: ModelRunner, sessions: list, new: list[int], fps: list | None,
                       slots, errors: dict) -> list[tuple[list[int], Unit]]:
-        """Queue the new entries, one unit per max_batch_size of them on each version's batcher (touched).
+        """Queue the new entries, one unit on each version's batcher (touched).
         `slots`: theirs, when _decide has them (then all of one version)."""
         first_key = sessions[new[0]].key
         if slots is None and any(sessions[i].key != first_key for i in new):  # a frame over several versions
@@ -383,23 +382,28 @@ class Engine:
 
     async def _queue(self, req: StepRequest, key, sessions: list, new: list[int], fps: list | None, slots,
                      errors: dict) -> list[tuple[list[int], Unit]]:
-        """One version's new entries, one unit per max_batch_size of them (touched). `slots` name the sessions
-        only until a run yields the loop, so only a first unit takes them."""
-        m = self.batchers[key].max_batch_size
-        now_sessions = sessions if len(new) == len(sessions) else [sessions[i] for i in new]
-        units = []
-        for k in range(0, len(new), m):
-            chunk = new[k:k + m]
-            x = req.x if len(chunk) == len(sessions) else req.x[np.asarray(chunk)]  # (every entry is new)
-            seqs = None if req.seqs is None else [req.seqs[i] for i in chunk]
-            try:
-                unit = await self._unit(req, key, now_sessions[k:k + m], x, seqs, None if fps is None else fps[k:k + m],
-                                        slots[:m] if slots is not None and k == 0 else None)
-            except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
-                errors.update((i, e) for i in chunk)
-                continue
-            units.append((chunk, unit))
-        return units
+        """One version's new entries as one unit (touched): a frame runs whole, like a group step (--max-entries and
+        --max-request-timesteps bound it; --max-batch-size bounds what the batcher combines of several requests).
+        The entries the server's queue has no room for are refused, the others go on."""
+        room = self.batchers[key].pending.room()
+        if len(new) > room:
+            full = ResourceExhausted(f"server queue is full: {self.batchers[key].pending.limit} steps pending "
+                                     "(--max-pending)")
+            errors.update((i, full) for i in new[room:])
+            new = new[:room]
+            fps = None if fps is None else fps[:room]
+            slots = None if slots is None else slots[:room]
+            if not new:
+                return []
+        every = len(new) == len(sessions)  # (then every entry is new, in order)
+        x = req.x if every else req.x[np.asarray(new)]
+        seqs = None if req.seqs is None else (req.seqs if every else [req.seqs[i] for i in new])
+        try:
+            unit = await self._unit(req, key, sessions if every else [sessions[i] for i in new], x, seqs, fps, slots)
+        except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
+            errors.update((i, e) for i in new)
+            return []
+        return [(new, unit)]
 
     async def _answer(self, req: StepRequest, model: str, runner: ModelRunner | None, sessions: list, units: list,
                       replays: dict, waits: list, errors: dict) -> StepReply:

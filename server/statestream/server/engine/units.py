@@ -144,6 +144,10 @@ class PendingCounter:
         self.limit = limit
         self.count = 0
 
+    def room(self) -> int:
+        """How many more steps may queue now."""
+        return max(0, self.limit - self.count)
+
     def take(self, n: int) -> None:
         if self.count + n > self.limit:
             raise ResourceExhausted(f"server queue is full: {self.limit} steps pending (--max-pending)")
