@@ -157,6 +157,19 @@ def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
     assert "us of loop-thread CPU each" in capsys.readouterr().out
 
 
+def test_wire_reads_each_server_threads_cpu_per_call_under_ghz(tmp_path: Path, ghz_path: Path):
+    """bench.wire (cpu): the real server under a short ghz run of group and frame steps; CPU per call by thread,
+    the event loop's among them."""
+    from bench import wire
+
+    rows = wire.cpu(DEMO, ["group16", "frame16"], 2, [], tmp_path, duration=0.5)
+    assert [r["scenario"] for r in rows] == ["group16", "frame16"]
+    for r in rows:
+        assert r["calls_per_s"] > 0 and r["session_steps_per_s"] == pytest.approx(16 * r["calls_per_s"], rel=0.05)
+        loop = [t for name, t in r["threads"].items() if name.endswith("(event loop)")]
+        assert len(loop) == 1 and loop[0]["user_us"] + loop[0]["sys_us"] > 0
+
+
 def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(tmp_path: Path, ghz_path: Path):
     """bench.latency's instrument: a server under bench.gctrace answers SIGUSR1 with its collections so far (more
     after a ghz run than before), and the start-up freeze leaves a full collection far fewer objects to walk."""

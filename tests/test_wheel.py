@@ -60,6 +60,7 @@ def test_the_installed_server_serves_the_demo_and_answers_the_quick_start(instal
     (snippet,) = [b for b in section(ROOT / "README.md", "Start in 30 seconds") if b.lang == "python"]
     with ServerProcess([installed / "statestream-server", "--models", DEMO_MODEL, "--port", "0"],
                        name="installed statestream-server", env=ENV, cwd=tmp_path) as srv:
+        assert "(event loop: uvloop)" in srv.output()  # the [server] extra brings uvloop; --loop auto picks it
         r = run(installed / "statestream", "--target", srv.target, "models", cwd=tmp_path)
         assert r.returncode == 0 and r.stdout.startswith("demo\tfeatures=3\toutputs=1"), r.stdout + r.stderr
         r = run(installed / "python", "-c", snippet.against(srv.target), cwd=tmp_path)
