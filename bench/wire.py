@@ -7,11 +7,13 @@ drives the real server with ghz (the scenarios' data files, one core for ghz) an
   over one ghz run per scenario. Compare with bench.hotpath's CPU per call: the difference is what the
   transport, and running beside ghz, add.
 - **--callgrind**: the server under `valgrind --tool=callgrind --separate-threads=yes`; ghz sends N calls, then
-  4N, with `callgrind_control --dump` after each; the event loop's instructions per call are the difference of
-  the two dumps over 3N (deterministic, unlike time on a shared machine). Compare with bench.instructions.
+  4N, with `callgrind_control --dump` (which also zeroes the counts) before and after each; the event loop's
+  instructions per call are the difference of the two dumps over 3N (each ghz run's own connection cancels;
+  deterministic, unlike time on a shared machine). Compare with bench.instructions.
 
     python -m bench.wire group1024,frame1024              # CPU per call by thread, c=4
     python -m bench.wire group1024 --callgrind --calls 40  # event-loop instructions per call (minutes)
+    python -m bench.wire group1024 --callgrind --null      # the same of the null server: the transport's floor
     python -m bench.wire group256 -- --inline-max-batch 0  # flags after -- go to statestream-server
 """
 
@@ -24,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from statestream.server.engine.model import ModelRunner
+
 from . import ghz, procs, scenarios
 from .procs import ROOT
 from .scenarios import Plan
@@ -32,8 +36,6 @@ DEMO = ROOT / "models" / "demo.onnx"
 
 
 def _plan(model: Path, keys: list[str], c: int, raw: Path, duration: float = 3.0) -> Plan:
-    from statestream.server.engine.model import ModelRunner
-
     sizes = sorted({scenarios.block_size(k) for k in keys if scenarios.block_size(k)})
     return Plan(model=model.stem, features=ModelRunner(model).features, concurrencies=[c], frame_sizes=sizes,
                 duration=duration, stream_count=100, ghz_cpus=1, raw=raw, group_sizes=sizes, group_concurrencies=[c],
@@ -85,18 +87,22 @@ def cpu(model: Path, keys: list[str], c: int, flags: list[str], raw: Path, durat
     return rows
 
 
-def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: Path) -> dict:
-    """The server under callgrind: event-loop instructions per call over 3N calls (after N calls, then 4N)."""
+def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: Path, null: bool = False) -> dict:
+    """A server under callgrind: event-loop instructions per call, (dump of 4N calls - dump of N calls) / 3N. `null`:
+    the null server (bench.null_server: pre-serialized responses, requests never parsed) instead of ours."""
     plan = _plan(model, [key], c, raw)
     plan.write_data()
-    out = raw / f"{key}.cg"
+    out = raw / f"{'null-' if null else ''}{key}.cg"
     for f in glob.glob(f"{out}*"):
         os.remove(f)
-    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
-           *_server_cmd(model, flags)]
-    with procs.Proc("statestream-server (callgrind)", cmd, timeout=900) as proc:
-        plan.open_groups(proc)
-        scenarios.warm(plan, proc, "s", key)
+    server = [sys.executable, "-m", "bench.null_server", "--port", "0", "--responses",
+              str(plan.write_null_responses(ModelRunner(model).output_size))] if null else _server_cmd(model, flags)
+    cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", *server]
+    with procs.Proc("null server" if null else "statestream-server", cmd, timeout=900) as proc:
+        if not null:
+            plan.open_groups(proc)
+            scenarios.warm(plan, proc, "s", key)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)  # start-up
         counts = []
         for total in (n, 4 * n):
             o = raw / "calls.json"
@@ -107,7 +113,8 @@ def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: P
             dumps = sorted(glob.glob(f"{out}.*-01"), key=lambda p: int(p.rsplit(".", 1)[1].split("-")[0]))
             counts.append(int(next(line.split()[1] for line in Path(dumps[-1]).read_text().splitlines()
                                    if line.startswith("summary:"))))
-    return {"scenario": key, "c": c, "calls": 3 * n, "event_loop_instructions_per_call": round(counts[1] / (3 * n))}
+    return {"server": "null" if null else "statestream", "scenario": key, "c": c, "calls": 3 * n,
+            "event_loop_instructions_per_call": round((counts[1] - counts[0]) / (3 * n))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run (cpu)")
     p.add_argument("--callgrind", action="store_true", help="instructions per call under callgrind")
     p.add_argument("--calls", type=int, default=40, help="--callgrind: N (then 4N) calls")
+    p.add_argument("--null", action="store_true", help="--callgrind: the null server instead (the transport's floor)")
     p.add_argument("--raw", default=str(ROOT / "bench" / "results" / "raw" / "wire"))
     a = p.parse_args(argv)
     raw = Path(a.raw)
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = a.scenarios.split(",")
     if a.callgrind:
         for key in keys:
-            print(instructions(Path(a.model), key, a.concurrency, a.calls, flags, raw), flush=True)
+            print(instructions(Path(a.model), key, a.concurrency, a.calls, flags, raw, a.null), flush=True)
         return 0
     for row in cpu(Path(a.model), keys, a.concurrency, flags, raw, a.duration):
         print(f"{row['scenario']} c={row['c']}: {row['calls_per_s']:,} calls/s, {row['session_steps_per_s']:,} "
