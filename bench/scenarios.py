@@ -86,12 +86,19 @@ class Plan:
     commands: dict[str, str] = field(default_factory=dict)
 
     @property
+    def blocks_per_size(self) -> int:
+        """Distinct frames (and groups) of each size the data files cycle through: two per concurrent call, so no
+        two calls in flight step the same sessions, and the same number for frames and groups, so both touch the
+        same sessions' memory (the transport's c=64 must not give frames 16x the working set of groups)."""
+        return max(8, 2 * max(self.frame_concurrencies or self.concurrencies), 2 * max(self.group_concurrencies))
+
+    @property
     def frames_per_size(self) -> int:
-        return max(8, 2 * max(self.concurrencies))
+        return self.blocks_per_size
 
     @property
     def groups_per_size(self) -> int:
-        return max(8, 2 * max(self.group_concurrencies))
+        return self.blocks_per_size
 
     def sessions_needed(self) -> int:
         return (4 * sum(self.concurrencies) + self.frames_per_size * sum(self.frame_sizes)
