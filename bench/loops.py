@@ -1,6 +1,6 @@
 """The server on asyncio's event loop against the same server on uvloop: the ghz rounds of bench.ab, same null server.
 
-    pip install ".[uvloop]"
+    pip install ".[server]"    # uvloop comes with the server extra
     python -m bench.loops --rounds 3 --duration 2     # writes loops_ab.md / loops_ab.json into --out
 
 A is `statestream-server --loop asyncio`, B `--loop uvloop`: the same checkout, the flag the server has.
