@@ -255,18 +255,18 @@ class Engine:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
         on the model, with a finite input: most requests; (None, None): _resolve them."""
         sessions = self.table.find_many(req.ids, req.owner)
-        if None in sessions or not finite(req.x):
-            return None, None
-        if req.model and sessions[0].model != req.model:
+        first = sessions[0]
+        if first is None or (req.model and first.model != req.model) or not finite(req.x):
             return None, None
         n = len(sessions)
         if n == 1:
             return sessions, None
-        slab = self.table.slabs.get(sessions[0].key)
+        slab = self.table.slabs.get(first.key)
         if slab is None or len(set(req.ids)) != n:
             return None, None
-        # all in the model's slab: an open session's cells are its version's slab, and its slot there holds it
-        slots = [s.slot for s in sessions if s.cells is slab]
+        # every one found and in the model's slab (one pass: an open session's cells are its version's slab, and
+        # its slot there holds it)
+        slots = [s.slot for s in sessions if s is not None and s.cells is slab]
         if len(slots) != n:
             return None, None
         return sessions, np.fromiter(slots, np.intp, n)
@@ -385,10 +385,10 @@ class Engine:
         """One version's new entries as one unit (touched): a frame runs whole, like a group step (--max-entries and
         --max-request-timesteps bound it; --max-batch-size bounds what the batcher combines of several requests).
         The entries the server's queue has no room for are refused, the others go on."""
-        room = self.batchers[key].pending.room()
+        pending = self.batchers[key].pending
+        room = pending.room()
         if len(new) > room:
-            full = ResourceExhausted(f"server queue is full: {self.batchers[key].pending.limit} steps pending "
-                                     "(--max-pending)")
+            full = pending.full()
             errors.update((i, full) for i in new[room:])
             new = new[:room]
             fps = None if fps is None else fps[:room]
@@ -400,7 +400,7 @@ class Engine:
         seqs = None if req.seqs is None else (req.seqs if every else [req.seqs[i] for i in new])
         try:
             unit = await self._unit(req, key, sessions if every else [sessions[i] for i in new], x, seqs, fps, slots)
-        except StatestreamError as e:  # the server's queue is full: these entries fail, the others go on
+        except StatestreamError as e:  # submit refused the unit (a session closed meanwhile): its entries fail
             errors.update((i, e) for i in new)
             return []
         return [(new, unit)]

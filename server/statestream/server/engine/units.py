@@ -148,7 +148,11 @@ class PendingCounter:
         """How many more steps may queue now."""
         return max(0, self.limit - self.count)
 
+    def full(self) -> ResourceExhausted:
+        """The refusal of steps the queue has no room for."""
+        return ResourceExhausted(f"server queue is full: {self.limit} steps pending (--max-pending)")
+
     def take(self, n: int) -> None:
         if self.count + n > self.limit:
-            raise ResourceExhausted(f"server queue is full: {self.limit} steps pending (--max-pending)")
+            raise self.full()
         self.count += n
