@@ -342,9 +342,7 @@ class Engine:
                 continue
             if found is None:
                 if s.waiting >= limit:
-                    err = ResourceExhausted(f"session {s.id!r} has {s.waiting} queued steps; the limit is {limit} "
-                                            "(--max-pending-per-session)")
-                    errors[i] = err
+                    errors[i] = self._backlog(s)
                     continue
                 new.append(i)
                 if fps is not None:
@@ -357,6 +355,11 @@ class Engine:
         if stale:
             return stale
         return new, fps, replays, waits, None
+
+    def _backlog(self, s: Session) -> ResourceExhausted:
+        """The refusal of a step of a session whose queue is at --max-pending-per-session."""
+        return ResourceExhausted(f"session {s.id!r} has {s.waiting} queued steps; the limit is "
+                                 f"{self.max_pending_per_session} (--max-pending-per-session)")
 
     async def _submit(self, req: StepRequest, runner: ModelRunner, sessions: list, new: list[int], fps: list | None,
                       slots, errors: dict) -> list[tuple[list[int], Unit]]:
@@ -474,8 +477,7 @@ class Engine:
             mine = found is None
             if mine:
                 if s.waiting >= self.max_pending_per_session:
-                    raise ResourceExhausted(f"session {s.id!r} has {s.waiting} queued steps; the limit is "
-                                            f"{self.max_pending_per_session} (--max-pending-per-session)")
+                    raise self._backlog(s)
                 failed: dict[int, StatestreamError] = {}
                 queued = await self._queue(req, s.key, sessions, [i], [fp], None, failed)
                 if failed:
