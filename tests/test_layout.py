@@ -66,23 +66,34 @@ def test_a_manifest_that_cannot_run_is_refused_on_load(change, message):
         Manifest.from_json(json.dumps(d))
 
 
-def test_model_runner_binds_small_batches_and_gives_the_plain_paths_numbers():
-    """ModelRunner runs batches of <= BIND_MAX session-timesteps through per-thread I/O bindings: the same numbers
-    as StepLayout.run on InferenceSession.run, fresh arrays every run (the next run does not change an answer
+def test_model_runner_runs_a_plain_graph_on_state_rows_with_the_tensor_paths_numbers():
+    """A plain (exported Keras) graph runs as a rows graph (rowgraph.py): its state tensors replaced by one [B, W]
+    input that a Split cuts into them and one [B, W] output that a Concat joins, the graph's own nodes untouched.
+    Batches of <= BIND_MAX session-timesteps go through per-thread I/O bindings. Every path gives exactly the
+    numbers of StepLayout.run on the original graph, fresh arrays every run (the next run does not change an answer
     already given), from any thread."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import onnx
+
     from statestream.server.engine.model import BIND_MAX, ModelRunner
+    from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
 
     runner = ModelRunner(DEMO_MODEL)
+    original = ort.InferenceSession(str(DEMO_MODEL), providers=["CPUExecutionProvider"])
+    assert [i.name for i in runner.session.get_inputs()] == ["input", ROWS_IN]
+    assert [o.name for o in runner.session.get_outputs()] == ["output", ROWS_OUT]
+    ops = [n.op_type for n in onnx.load(str(DEMO_MODEL)).graph.node]
+    wrapped = onnx.load_from_string(rows_graph(onnx.load(str(DEMO_MODEL)), runner.layout))
+    assert [n.op_type for n in wrapped.graph.node] == ["Split", *ops, "Concat"]
     rng = np.random.default_rng(2)
 
     def case(B, T):
         return (rng.normal(size=(B, T, runner.features)).astype(np.float32),
                 rng.normal(size=(B, runner.state_width)).astype(np.float32))
 
-    cases = [case(B, T) for B, T in [(1, 1), (4, 1), (3, 5), (BIND_MAX, 1), (BIND_MAX + 1, 1), (1, 1)]]
-    want = [runner.layout.run(runner.session.run, x, rows) for x, rows in cases]
+    cases = [case(B, T) for B, T in [(1, 1), (4, 1), (3, 5), (BIND_MAX, 1), (BIND_MAX + 1, 1), (300, 2), (1, 1)]]
+    want = [runner.layout.run(original.run, x, rows) for x, rows in cases]
     got = [runner.run(x, rows) for x, rows in cases]
     got_again = [runner.run(x, rows) for x, rows in cases]  # reuses every binding: earlier answers must stand
     for w, g, g2 in zip(want, got, got_again):

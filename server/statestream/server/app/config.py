@@ -56,6 +56,7 @@ class Config:
     max_entries: int = 16_384
     max_request_timesteps: int = 65_536
     max_groups: int = 10_000
+    frame_index: int = 65_536
     max_message_bytes: int = 16 * 1024 * 1024
     intra_op_threads: int = 1
     intra_op_spinning: int = 0
@@ -122,6 +123,8 @@ class Config:
             raise ValueError("--idle-timeout must be > 0 and <= --max-idle-timeout")
         if self.intra_op_spinning not in (0, 1):
             raise ValueError(f"--intra-op-spinning must be 0 or 1, got {self.intra_op_spinning}")
+        if self.frame_index < 0:
+            raise ValueError("--frame-index must be >= 0")
         if self.inline_max_batch < 0:
             raise ValueError("--inline-max-batch must be >= 0")
         if self.repository_poll < 0:
@@ -187,6 +190,8 @@ HELP = {
     "max_entries": "entries of one StepFrame and members of one group at most (bounds one request's memory and "
                    "loop time); more is RESOURCE_EXHAUSTED",
     "max_groups": "open session groups at most; more is RESOURCE_EXHAUSTED",
+    "frame_index": "session ids of recent frames kept resolved (about 100 bytes each): a frame of the same ids "
+                   "again skips the per-id lookups; 0 = off",
     "max_request_timesteps": "session-timesteps (entries x T) of one request at most: bounds the transient memory of "
                              "its model run; more is RESOURCE_EXHAUSTED",
     "max_message_bytes": "largest request message",

@@ -99,7 +99,8 @@ class App:
         runners = await loop.run_in_executor(None, _load_models, cfg)
         store = self.store_override or open_store(cfg.state_store, shared=cfg.workers > 1, timeout=cfg.store_timeout)
         self.table = SessionTable(runners, cfg.max_sessions, cfg.idle_timeout, cfg.max_idle_timeout,
-                                  clock=self.clock, shared=getattr(store, "shared", False))
+                                  clock=self.clock, shared=getattr(store, "shared", False),
+                                  frame_index=cfg.frame_index)
         try:
             records = await loop.run_in_executor(None, store.load)
         except StoreUnreadable:

@@ -251,25 +251,40 @@ class Engine:
         await self.batchers[key].submit(unit, stream=req.stream)
         return unit
 
-    def _cached(self, req: StepRequest) -> tuple[list | None, np.ndarray | None]:
+    def _cached(self, req: StepRequest) -> tuple[list | tuple | None, np.ndarray | None]:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
-        on the model, with a finite input: most requests; (None, None): _resolve them."""
-        sessions = self.table.find_many(req.ids, req.owner)
+        on the model, with a finite input: most requests; (None, None): _resolve them. A frame of ids seen before
+        resolves in one lookup (FrameIndex); one resolved here is kept for the next time."""
+        ids = req.ids
+        n = len(ids)
+        frames = self.table.frames
+        key = None
+        if n >= BULK and frames.limit:
+            key = (req.owner, tuple(ids))
+            hit = frames.get(key)
+            if hit is not None:
+                sessions, slots = hit
+                if (req.model and sessions[0].model != req.model) or not finite(req.x):
+                    return None, None
+                return sessions, slots
+        sessions = self.table.find_many(ids, req.owner)
         first = sessions[0]
         if first is None or (req.model and first.model != req.model) or not finite(req.x):
             return None, None
-        n = len(sessions)
         if n == 1:
             return sessions, None
         slab = self.table.slabs.get(first.key)
-        if slab is None or len(set(req.ids)) != n:
+        if slab is None or len(set(ids)) != n:
             return None, None
         # every one found and in the model's slab (one pass: an open session's cells are its version's slab, and
         # its slot there holds it)
         slots = [s.slot for s in sessions if s is not None and s.cells is slab]
         if len(slots) != n:
             return None, None
-        return sessions, np.fromiter(slots, np.intp, n)
+        slots = np.fromiter(slots, np.intp, n)
+        if key is not None:
+            frames.put(key, tuple(sessions), slots, slab)
+        return sessions, slots
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
         """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read

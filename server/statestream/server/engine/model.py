@@ -8,10 +8,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from statestream.contract.layout import StepLayout
 from statestream.contract.manifest import Manifest, ManifestError, read_manifest
+from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
 
 _sum = np.add.reduce
 SUM_MAX = 256  # values up to which `finite` sums (one call) rather than tests each value (two calls)
@@ -34,32 +36,30 @@ _BINDINGS_PER_THREAD = 32  # (B, T) shapes kept per thread; the oldest goes firs
 
 
 class _Binding:
-    """One (B, T) shape of a plain model, bound once: input buffers and output OrtValues owned here. A run copies
-    x and the state rows in and returns fresh arrays (the buffers are this thread's next run's)."""
+    """One (B, T) shape of a rows graph (rowgraph.py), bound once: input buffers and output OrtValues owned here. A
+    run copies x and the state rows in and returns fresh arrays (the buffers are this thread's next run's)."""
 
     def __init__(self, session: ort.InferenceSession, layout: StepLayout, x_shape: tuple, output_size: int):
         B = x_shape[0]
         self.session = session
-        self.blocks = layout.blocks
         self.x = np.empty(x_shape, dtype=np.float32)
-        self.states = [np.empty((B, s.size), dtype=np.float32) for s in layout.states]
-        outs = [ort.OrtValue.ortvalue_from_shape_and_type([*x_shape[:2], output_size], np.float32)] + \
-               [ort.OrtValue.ortvalue_from_shape_and_type([B, s.size], np.float32) for s in layout.states]
+        self.rows = np.empty((B, layout.width), dtype=np.float32)
+        outs = [ort.OrtValue.ortvalue_from_shape_and_type([*x_shape[:2], output_size], np.float32),
+                ort.OrtValue.ortvalue_from_shape_and_type([B, layout.width], np.float32)]
         self.outs = outs  # keeps the OrtValues (and so `arrays`' memory) alive
         self.arrays = [o.numpy() for o in outs]
         self.io = io = session.io_binding()
-        for name, buf in zip(layout.input_names, [self.x] + self.states):
-            io.bind_cpu_input(name, buf)
-        for name, o in zip(layout.out_names, outs):
-            io.bind_ortvalue_output(name, o)
+        io.bind_cpu_input(layout.manifest.input, self.x)
+        io.bind_cpu_input(ROWS_IN, self.rows)
+        io.bind_ortvalue_output(layout.manifest.output, outs[0])
+        io.bind_ortvalue_output(ROWS_OUT, outs[1])
 
     def run(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(self.x, x)
-        for block, buf in zip(self.blocks, self.states):
-            np.copyto(buf, rows[:, block])
+        np.copyto(self.rows, rows)
         self.session.run_with_iobinding(self.io)
-        y, *new = self.arrays
-        return y.copy(), np.concatenate(new, axis=1)
+        y, new = self.arrays
+        return y.copy(), new.copy()
 
 
 class ModelRunner:
@@ -77,6 +77,22 @@ class ModelRunner:
         self.path = path
         data = path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            proto = onnx.load_from_string(data)
+        except Exception as e:  # onnx raises its own types (DecodeError, ...)
+            raise ManifestError(f"{path}: cannot load it as an ONNX model: {e}") from None
+        self.manifest: Manifest = read_manifest(proto)
+        self.name = name or path.stem
+        self.version = version
+        self.key = (self.name, version)  # what the table, slabs and batchers are keyed by
+        self.layout = StepLayout(self.manifest)
+        self._check_graph(proto.graph)
+        # A plain graph (every exported Keras model) runs on state rows: one [B, W] input and output in place of its
+        # state tensors (rowgraph.py); an adopted one tensor by tensor through StepLayout.
+        self.rows = self.layout.plain
+        if self.rows:
+            data = rows_graph(proto, self.layout)
+        del proto
         ort.set_default_logger_severity(3)  # run failures are reported as INTERNAL, not printed
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
@@ -91,26 +107,21 @@ class ModelRunner:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
-        self.manifest: Manifest = read_manifest(self.session.get_modelmeta())
-        self.name = name or path.stem
-        self.version = version
-        self.key = (self.name, version)  # what the table, slabs and batchers are keyed by
-        self.layout = StepLayout(self.manifest)
-        self._check_graph()
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
         # OrtValue ownership, graph capture, provider fallback): _check_graph checked the names once, the feeds are
         # numpy arrays and the provider is the CPU. A third of a unary step's Python bytecodes went there.
         self._sess_run = self.session._sess.run
-        # Plain graphs whose output is [B,T,O] run small batches through per-thread bindings (runs of one model
+        self._rows_io = ([self.manifest.output, ROWS_OUT], self.manifest.input)
+        # Rows graphs whose output is [B,T,O] run small batches through per-thread bindings (runs of one model
         # may overlap: the loop's and the executor's).
         out = self.session.get_outputs()[0].shape
-        self._bindable = self.layout.plain and len(out) == 3 and (not isinstance(out[2], int)
-                                                                   or out[2] == self.output_size)
+        self._bindable = self.rows and len(out) == 3 and (not isinstance(out[2], int) or out[2] == self.output_size)
         self._local = threading.local()
 
-    def _check_graph(self) -> None:
-        inputs = {i.name for i in self.session.get_inputs()}
-        outputs = {o.name for o in self.session.get_outputs()}
+    def _check_graph(self, graph) -> None:
+        """The graph has every tensor its manifest names, and no input its manifest does not feed."""
+        inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}  # (IR < 4 lists them too)
+        outputs = {o.name for o in graph.output}
         fed = set(self.layout.input_names)
         missing = (fed - inputs) | (set(self.layout.out_names) - outputs)
         if missing:
@@ -133,10 +144,14 @@ class ModelRunner:
         return self.manifest.state_width
 
     def run(self, x: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W]."""
+        """One model run for B sessions; x is float32 [B,T,F], states float32 [B,W] (C-contiguous: onnxruntime
+        reads them in place)."""
+        if not self.rows:
+            return self.layout.run(self._call, x, states)
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
-        return self.layout.run(self._call, x, states)
+        names, input_name = self._rows_io
+        return self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)

@@ -19,6 +19,7 @@ from statestream.contract.errors import (
     StatestreamError,
     show,
 )
+from statestream.server.engine.frames import FrameIndex
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import CLOSED, IDLE, PHASES, Cells, Session, check_session_id
 from statestream.server.engine.types import StepResult
@@ -92,7 +93,7 @@ class SessionTable:
     All calls happen on the event loop thread."""
 
     def __init__(self, runners: dict[Key, ModelRunner], max_sessions: int, default_timeout: float,
-                 max_timeout: float, clock=time.monotonic, shared: bool = False):
+                 max_timeout: float, clock=time.monotonic, shared: bool = False, frame_index: int = 65_536):
         self.runners = {r.key: r for r in runners.values()}
         self.versions = Versions(self.runners)
         self.slabs = {key: Slab(r.state_width) for key, r in self.runners.items()}
@@ -108,6 +109,7 @@ class SessionTable:
         self._tie = itertools.count()
         self._expired: OrderedDict[str, float] = OrderedDict()
         self.evictions = 0
+        self.frames = FrameIndex(frame_index)  # repeated frames' ids, resolved (engine.Engine._cached)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -141,6 +143,7 @@ class SessionTable:
     def drop_version(self, key: Key) -> None:
         """Forget an unloaded version that has no session left."""
         del self.runners[key], self.slabs[key], self.per_version[key]
+        self.frames.clear()
         self.versions.unloading.discard(key)
 
     def sessions_of(self, key: Key, owner=False) -> list[Session]:

@@ -1,0 +1,64 @@
+"""FrameIndex: the id lists of recent frames, resolved to their sessions and slots.
+
+A gateway of sensors sends a frame of the same devices every tick. Resolving a frame id by id costs a hash, a
+dict probe, a string compare and a read of each Session, scattered over the heap (a fifth of a frame of 1024 in
+process; the dict probe alone was the event loop's hottest function at the wire: docs/performance.md). Its next
+frame of the same ids resolves here in one lookup: the tuple's hash and an element-wise compare with the frame
+kept, both over memory laid out in order.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from statestream.server.engine.sessions import Cells
+
+
+class FrameIndex:
+    """(owner, ids) -> (sessions, slots) of frames seen, all in one slab. An entry holds while no session of that
+    slab has left its slot since (`Cells.vacated` unchanged: closing, moving or regrouping a session bumps it), so
+    every session it names is still open and in its slot. Bounded: at most `limit` session references in all (about
+    100 bytes each), the least recently used frame out first; 0 keeps none."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0  # session references kept
+        self._frames: OrderedDict[tuple, tuple[list, np.ndarray, Cells, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def get(self, key: tuple) -> tuple[list, np.ndarray] | None:
+        """The sessions and slots of a frame resolved before (None: not kept, or no longer valid)."""
+        found = self._frames.get(key)
+        if found is None:
+            return None
+        sessions, slots, cells, vacated = found
+        if cells.vacated != vacated:
+            self._drop(key)
+            return None
+        self._frames.move_to_end(key)
+        return sessions, slots
+
+    def put(self, key: tuple, sessions: list, slots: np.ndarray, cells: Cells) -> None:
+        """Keep a frame just resolved: distinct sessions, all open in `cells` at `slots`."""
+        n = len(sessions)
+        if n > self.limit:
+            return
+        if key in self._frames:
+            self._drop(key)
+        slots.setflags(write=False)  # shared by every request of this frame from now on
+        while self.held + n > self.limit:
+            self._drop(next(iter(self._frames)))
+        self._frames[key] = (sessions, slots, cells, cells.vacated)
+        self.held += n
+
+    def clear(self) -> None:
+        """Forget every frame (a model version was dropped: its slab must not stay referenced)."""
+        self._frames.clear()
+        self.held = 0
+
+    def _drop(self, key: tuple) -> None:
+        self.held -= len(self._frames.pop(key)[0])

@@ -1,0 +1,104 @@
+"""FrameIndex: a frame of ids seen before resolves in one lookup, and never to a session that left its slot."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from reference import stepped
+
+from statestream.server.engine.frames import FrameIndex
+from statestream.server.engine.sessions import BULK, Cells
+from statestream.v1 import statestream_pb2 as pb
+
+N = BULK  # the smallest frame the index keeps
+X = np.array([0.1, 0.2, 0.3], dtype=np.float32)
+
+
+def frame(stub, ids, model="demo", **kw):
+    return stub.StepFrame(pb.StepFrameRequest(model=model, session_ids=ids, inputs=np.tile(X, len(ids)), **kw))
+
+
+def lookups(srv, monkeypatch) -> list:
+    """Counts the table's per-id resolutions (find_many) from now on."""
+    table = srv.app.table
+    real, seen = table.find_many, []
+
+    def counted(ids, owner=None):
+        seen.append(len(ids))
+        return real(ids, owner)
+    monkeypatch.setattr(table, "find_many", counted)
+    return seen
+
+
+def test_a_repeated_frame_resolves_in_one_lookup_with_the_same_answers(inproc, monkeypatch):
+    srv = inproc()
+    ids = [f"d{i}" for i in range(N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    seen = lookups(srv, monkeypatch)
+    first = frame(srv.stub, ids)  # resolved id by id (the opening frame went through _resolve), then kept
+    second = frame(srv.stub, ids)
+    assert seen == [N]
+    assert len(srv.app.table.frames) == 1 and srv.app.table.frames.held == N
+    assert list(first.step_counts) == [2] * N and list(second.step_counts) == [3] * N
+    np.testing.assert_allclose(np.array(second.outputs), np.repeat(stepped(np.tile(X, (3, 1)))[-1], N), atol=1e-5)
+
+
+def test_a_closed_session_is_never_stepped_through_a_kept_frame(inproc, monkeypatch):
+    """Closing a member bumps its slab's vacated count: the kept frame is dropped, the next one resolves id by id
+    and the closed id is NOT_FOUND; re-opened (a new slot, zero states), it steps from the start."""
+    srv = inproc()
+    ids = [f"c{i}" for i in range(N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    frame(srv.stub, ids)  # kept
+    srv.stub.CloseSession(pb.CloseSessionRequest(session_id=ids[3]))
+    seen = lookups(srv, monkeypatch)
+    r = frame(srv.stub, ids)
+    assert seen and [e.index for e in r.errors] == [3] and r.errors[0].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=ids[3]))
+    r = frame(srv.stub, ids)
+    assert not r.errors and list(r.step_counts) == [4, 4, 4, 1, 4, 4, 4, 4]
+    r = frame(srv.stub, ids)  # kept again, with the new session
+    assert not r.errors and list(r.step_counts) == [5, 5, 5, 2, 5, 5, 5, 5]
+
+
+def test_a_kept_frame_keeps_the_model_check_and_tenants_apart(inproc):
+    srv = inproc()
+    ids = [f"m{i}" for i in range(N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    frame(srv.stub, ids)  # kept
+    with pytest.raises(grpc.RpcError) as e:
+        frame(srv.stub, ids, model="nope")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    keys = list(srv.app.table.frames._frames)
+    assert keys == [(None, tuple(ids))]  # keyed by owner: another tenant's frame of the same ids is another key
+
+
+def test_the_index_is_bounded_least_recently_used_first_and_off_at_zero():
+    cells = Cells(64)
+    index = FrameIndex(limit=20)
+    slots = [np.arange(i * 8, i * 8 + 8, dtype=np.intp) for i in range(4)]
+    for i in range(2):
+        index.put(("o", i), tuple(range(8)), slots[i], cells)
+    assert index.get(("o", 0)) is not None  # 0 is now the most recently used
+    index.put(("o", 2), tuple(range(8)), slots[2], cells)  # 24 > 20: the least recently used (1) goes
+    assert index.get(("o", 1)) is None and index.get(("o", 0)) is not None and index.held == 16
+    with pytest.raises(ValueError):
+        slots[0][0] = 5  # a kept frame's slots are shared by its later requests: read-only
+    index.put(("o", 3), tuple(range(30)), np.arange(30, dtype=np.intp), cells)  # more than the limit: not kept
+    assert index.get(("o", 3)) is None and len(index) == 2
+    cells.vacated += 1  # a session left a slot of these cells: every frame over them is dropped on sight
+    assert index.get(("o", 0)) is None and index.get(("o", 2)) is None and index.held == 0
+    off = FrameIndex(limit=0)
+    off.put(("o", 0), tuple(range(8)), slots[3], cells)
+    assert len(off) == 0
+
+
+def test_a_zero_frame_index_resolves_every_frame_id_by_id(inproc, monkeypatch):
+    srv = inproc(frame_index=0)
+    ids = [f"z{i}" for i in range(N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    seen = lookups(srv, monkeypatch)
+    frame(srv.stub, ids)
+    frame(srv.stub, ids)
+    assert seen == [N, N] and len(srv.app.table.frames) == 0
