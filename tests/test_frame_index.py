@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from reference import stepped
 
-from statestream.server.engine.frames import FrameIndex
+from statestream.server.engine.frames import FrameIndex, frame_key
 from statestream.server.engine.sessions import BULK, Cells
 from statestream.v1 import statestream_pb2 as pb
 
@@ -71,7 +71,16 @@ def test_a_kept_frame_keeps_the_model_check_and_tenants_apart(inproc):
         frame(srv.stub, ids, model="nope")
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     keys = list(srv.app.table.frames._frames)
-    assert keys == [(None, tuple(ids))]  # keyed by owner: another tenant's frame of the same ids is another key
+    assert keys == [frame_key(None, ids)]  # keyed by owner: another tenant's frame of the same ids is another key
+    assert frame_key("a", ids) != frame_key("b", ids)
+
+
+def test_a_key_names_one_list_of_ids():
+    """An id holding the separator can not make another frame's key: the count of ids is part of it."""
+    assert frame_key(None, ["a", "b"]) != frame_key(None, ["a\x00b"])
+    assert frame_key(None, ["a", "b\x00c"])[2] == frame_key(None, ["a\x00b", "c"])[2]  # the same string ...
+    # ... but never equal to the key of n open sessions (no separator inside): n ids, n - 1 separators
+    assert frame_key(None, ["a", "b", "c"]) not in (frame_key(None, ["a", "b\x00c"]), frame_key(None, ["a\x00b\x00c"]))
 
 
 def test_the_index_is_bounded_least_recently_used_first_and_off_at_zero():

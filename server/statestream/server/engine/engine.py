@@ -20,6 +20,7 @@ from statestream.contract.errors import (
 )
 from statestream.server.engine.batcher import Batcher
 from statestream.server.engine.directory import Directory
+from statestream.server.engine.frames import frame_key
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
 from statestream.server.engine.model import ModelRunner, finite
@@ -260,7 +261,7 @@ class Engine:
         frames = self.table.frames
         key = None
         if n >= BULK and frames.limit:
-            key = (req.owner, tuple(ids))
+            key = frame_key(req.owner, ids)
             hit = frames.get(key)
             if hit is not None:
                 sessions, slots = hit
