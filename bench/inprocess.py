@@ -34,6 +34,17 @@ def _feeds(sess, man, b: int, seed: int = 0) -> tuple[list[str], dict]:
     return [man.output] + [p[3] for p in pairs], feeds
 
 
+def tensor_session(path: Path, intra_op_threads: int = 1, spinning: bool = False):
+    """onnxruntime on the model file as exported, its state tensors fed one by one (ModelRunner serves a plain
+    graph as a rows graph: engine/rowgraph.py), with the server's session options: onnxruntime alone."""
+    import onnxruntime as ort
+
+    from statestream.server.engine.model import session_options
+
+    return ort.InferenceSession(str(path), session_options(intra_op_threads, spinning),
+                                providers=["CPUExecutionProvider"])
+
+
 def _timed(fn, per_call: int, seconds: float) -> dict:
     """Call fn until `seconds` passed: wall and process-CPU microseconds per batch of GROUP (fn runs per_call)."""
     for _ in range(3):
@@ -56,21 +67,21 @@ def inprocess(path: Path, seconds: float, rounds: int = 7) -> dict:
     best round (least wall time per batch): on a shared machine, the moments the neighbours left it alone."""
     from statestream.server.engine.model import ModelRunner
 
-    runners = {t: ModelRunner(path, intra_op_threads=t[0], spinning=t[1]) for t in ((1, False), (2, False), (2, True))}
-    one = runners[(1, False)]
-    names, feeds = _feeds(one.session, one.manifest, GROUP)
-    other = _feeds(one.session, one.manifest, GROUP, seed=1)[1]
+    sessions = {t: tensor_session(path, *t) for t in ((1, False), (2, False), (2, True))}
+    one, ort1 = ModelRunner(path), sessions[(1, False)]
+    names, feeds = _feeds(ort1, one.manifest, GROUP)
+    other = _feeds(ort1, one.manifest, GROUP, seed=1)[1]
     rows = np.concatenate([feeds[n] for n in one.layout.input_names[1:]], axis=1)
     x = feeds[one.manifest.input]
     with ThreadPoolExecutor(2) as pool:
         def two():
-            f = pool.submit(one.session.run, names, other)
-            one.session.run(names, feeds)
+            f = pool.submit(ort1.run, names, other)
+            ort1.run(names, feeds)
             f.result()
 
-        cases = {"ORT, 1 thread": (lambda: one.session.run(names, feeds), 1),
-                 "ORT, intra-op 2": (lambda: runners[(2, False)].session.run(names, feeds), 1),
-                 "ORT, intra-op 2, spinning": (lambda: runners[(2, True)].session.run(names, feeds), 1),
+        cases = {"ORT, 1 thread": (lambda: ort1.run(names, feeds), 1),
+                 "ORT, intra-op 2": (lambda: sessions[(2, False)].run(names, feeds), 1),
+                 "ORT, intra-op 2, spinning": (lambda: sessions[(2, True)].run(names, feeds), 1),
                  "ORT, 2 batches at once (executor of 2)": (two, 2),
                  "ModelRunner.run, 1 thread": (lambda: one.run(x, rows), 1)}
         best: dict[str, dict] = {}
@@ -97,7 +108,7 @@ def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0
 
     def go():
         r = ModelRunner(path)
-        lay, sess = r.layout, r.session
+        lay, sess = r.layout, tensor_session(path)
         names, feeds = _feeds(sess, r.manifest, batch)
         x = feeds[r.manifest.input]
         slab = np.zeros((batch + 2048, r.state_width), np.float32)
@@ -140,8 +151,8 @@ def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0
         variants = {"ORT run, contiguous feeds (floor)": lambda: sess.run(names, feeds),
                     "ModelRunner.run": lambda: r.run(x, rows),
                     "StepLayout.run on InferenceSession.run": lambda: lay.run(sess.run, x, rows),
-                    "StepLayout.run on InferenceSession._sess.run (ModelRunner above BIND_MAX)":
-                        lambda: lay.run(r._call, x, rows),
+                    "StepLayout.run on InferenceSession._sess.run (ModelRunner above BIND_MAX before the rows graph)":
+                        lambda: lay.run(lambda names_, feeds_: sess._sess.run(names_, feeds_, None), x, rows),
                     "I/O binding, bound once": bound,
                     "run_with_ort_values, OrtValues made once": ortvalues}
         per_round: dict[str, list[float]] = {k: [] for k in variants}
@@ -191,11 +202,11 @@ def parts_inprocess(path: Path, seconds: float) -> dict:
     from statestream.server.engine.model import ModelRunner
 
     def go():
-        runner = ModelRunner(path)
-        names, feeds = _feeds(runner.session, runner.manifest, GROUP)
+        runner, sess = ModelRunner(path), tensor_session(path)
+        names, feeds = _feeds(sess, runner.manifest, GROUP)
         rows = np.concatenate([feeds[n] for n in runner.layout.input_names[1:]], axis=1)
         x = feeds[runner.manifest.input]
-        ort_ = _timed(lambda: runner.session.run(names, feeds), 1, seconds)
+        ort_ = _timed(lambda: sess.run(names, feeds), 1, seconds)
         run = _timed(lambda: runner.run(x, rows), 1, seconds)
         return {"ort_cpu_us": ort_["cpu_us"], "ort_session_steps_per_s": ort_["session_steps_per_s"],
                 "runner_cpu_us": run["cpu_us"], "handler_cpu_us": handler_cpu(path, seconds)}

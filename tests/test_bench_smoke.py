@@ -192,3 +192,15 @@ def test_gctrace_counts_a_servers_collections_and_the_freeze_shrinks_a_full_one(
                          capture_output=True, text=True, timeout=120, check=True).stdout
     cost = json.loads(out.strip().splitlines()[-1])
     assert cost["frozen before start"]["tracked"] * 10 < cost["nothing frozen"]["tracked"], cost
+
+
+def test_rowfeeds_runs_each_layout_and_they_agree(capsys):
+    """bench.rowfeeds: the three ways of feeding a run its states (tensors, per-tensor parts, the rows graph) each
+    run a group step and a frame, and give the same new states for the same slab."""
+    from bench import rowfeeds
+
+    assert rowfeeds.main(["--sizes", "16", "--rounds", "1"]) == 0
+    rows = [line.split("  ")[1].strip() for line in capsys.readouterr().out.splitlines() if "us " in line]
+    assert rows == ["onnxruntime alone", "group: tensors", "group: parts", "group: rows", "frame: tensors",
+                    "frame: parts", "frame: rows"]
+    assert rowfeeds.agree(DEMO, 16)

@@ -15,7 +15,6 @@ import numpy as np
 
 from statestream.server.engine.sessions import Cells
 
-
 SEPARATOR = "\x00"  # never in an open session's id (ids are printable: sessions.check_session_id)
 
 

@@ -35,6 +35,20 @@ BIND_MAX = 64
 _BINDINGS_PER_THREAD = 32  # (B, T) shapes kept per thread; the oldest goes first
 
 
+def session_options(intra_op_threads: int = 1, spinning: bool = False) -> ort.SessionOptions:
+    """onnxruntime's options for a served model: `intra_op_threads` per run, runs one after another."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    # With more than one intra-op thread, onnxruntime's workers spin between runs by default: on a machine whose
+    # other cores serve gRPC (or a neighbour), that burns the cores the transport needs (docs/performance.md,
+    # "Compute-bound models"); off, they sleep between runs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
 class _Binding:
     """One (B, T) shape of a rows graph (rowgraph.py), bound once: input buffers and output OrtValues owned here. A
     run copies x and the state rows in and returns fresh arrays (the buffers are this thread's next run's)."""
@@ -94,17 +108,9 @@ class ModelRunner:
             data = rows_graph(proto, self.layout)
         del proto
         ort.set_default_logger_severity(3)  # run failures are reported as INTERNAL, not printed
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        # With more than one intra-op thread, onnxruntime's workers spin between runs by default: on a machine
-        # whose other cores serve gRPC (or a neighbour), that burns the cores the transport needs
-        # (docs/performance.md, "Compute-bound models"); off, they sleep between runs.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads, spinning),
+                                                providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
