@@ -62,7 +62,8 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
 
 
 def runner_ceiling(path: Path, batches: list[int], seconds: float = 0.5) -> list[dict]:
-    """The server's own ModelRunner.run (state split/concat around ORT) in-process: the model path minus serving."""
+    """The server's own ModelRunner.run (the rows graph: the states' Split and Concat in the graph) in-process: the model
+    path minus serving."""
     from statestream.server.engine.model import ModelRunner
 
     runner = ModelRunner(path, intra_op_threads=1)

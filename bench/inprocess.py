@@ -94,12 +94,12 @@ def inprocess(path: Path, seconds: float, rounds: int = 7) -> dict:
 
 
 def runner_variants(path: Path, batch: int, rounds: int = 15, seconds: float = 0.02) -> dict:
-    """ModelRunner.run against ways around its state split/concat (issue 18, target 3's session options): the
-    plain ORT run on contiguous feeds (the floor), StepLayout.run on InferenceSession.run (ModelRunner.run before
-    9385918 and before it bound small batches) and on the session's pybind `run` directly (ModelRunner's path above
-    BIND_MAX since 9385918), I/O binding to buffers bound once (inputs copied in,
-    outputs written by ORT into preallocated OrtValues, then one copy out), and run_with_ort_values on OrtValues
-    made once.
+    """ModelRunner.run (the rows graph) against the ways the states were fed before it (issue 18, target 3's session
+    options): the plain ORT run on contiguous feeds (the floor), StepLayout.run on InferenceSession.run
+    (ModelRunner.run before 9385918 and before it bound small batches) and on the session's pybind `run` directly
+    (ModelRunner's path above BIND_MAX from 9385918 until the rows graph), I/O binding to buffers bound once (inputs
+    copied in, outputs written by ORT into preallocated OrtValues, then one copy out), and run_with_ort_values on
+    OrtValues made once.
     Process CPU us per run, pinned to core 0; medians over interleaved rounds, and each variant's median paired
     difference to ModelRunner.run in the same round (< 0: cheaper)."""
     import onnxruntime as ort
@@ -197,7 +197,7 @@ def handler_cpu(path: Path, seconds: float) -> float:
 
 
 def parts_inprocess(path: Path, seconds: float) -> dict:
-    """CPU us per batch of GROUP, pinned to core 0: onnxruntime's run, ModelRunner.run (+ the state split and
+    """CPU us per batch of GROUP, pinned to core 0: onnxruntime's run, ModelRunner.run (+ the rows graph's split and
     concat), the whole StepGroup handler (+ parse, engine, isfinite checks, slab write, serialize); and ORT's rate."""
     from statestream.server.engine.model import ModelRunner
 

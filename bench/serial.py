@@ -14,8 +14,8 @@ For 2 x LSTM(256) and 2 x LSTM(128) (bench.realistic's model at two sizes), grou
   run in alternating rounds; onnxruntime in-process (pinned to core 0) is timed just before and after each
   round, with ModelRunner.run and the whole StepGroup handler (bench.hotpath's, no gRPC). The serial bound is
   1/(1/ORT + 1/null) of that round; the server's CPU per call (from /proc) is cut into ORT, ModelRunner's
-  state copies, the rest of the handler and gRPC; --perf adds `perf record` of the 1-core server
-  (bench.perfprof). From the parts, `scaling` models N cores.
+  beyond it (the rows graph's Split and Concat; the state copies before it), the rest of the handler and gRPC;
+  --perf adds `perf record` of the 1-core server (bench.perfprof). From the parts, `scaling` models N cores.
 
     python -m bench.serial                      # both sizes, 2 rounds of 3 s runs; bench/results/serial.{md,json}
     python -m bench.serial --units 128 --rounds 1 --duration 2 --skip wire
@@ -235,7 +235,8 @@ def report(res: dict) -> str:
                 + f". Median {w['ratio_serial_bound_cpu']:.2f}x.", "",
                 f"Where the 1-core server's CPU per call goes (medians; in-process parts pinned to core 0): "
                 f"**{p['server_cpu_us']:,.0f} us** (loop thread {p['server_loop_us']:,.0f}) = onnxruntime "
-                f"{p['ort_cpu_us']:,.0f} + ModelRunner's state split/concat {p['copies_us']:,.0f} + the rest of the "
+                f"{p['ort_cpu_us']:,.0f} + ModelRunner beyond onnxruntime alone (the rows graph's Split and Concat) "
+                f"{p['copies_us']:,.0f} + the rest of the "
                 f"handler in-process (parse, engine, isfinite checks, slab write, serialize) {p['engine_codec_us']:,.0f} + "
                 f"gRPC and asyncio in the server {p['transport_us']:,.0f} (the null server's whole call: "
                 f"{p['null_cpu_us']:,.0f}). Beyond ORT + null: {p['excess_us']:,.0f} us.", "",
