@@ -155,6 +155,30 @@ def test_onnx_stepped_equals_original_keras(zoo, name):
     np.testing.assert_allclose(got, want, atol=ATOL)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_server_runs_each_model_as_a_rows_graph_with_the_files_numbers(zoo, name):
+    """The server serves every exported graph as a rows graph (engine/rowgraph.py: one [B, W] state input split
+    into the graph's state tensors, one [B, W] output joined from its new ones): the same numbers as the file fed
+    tensor by tensor, for a batch through the I/O binding (<= BIND_MAX session-timesteps) and one above it."""
+    import onnxruntime as ort
+
+    from statestream.contract.layout import StepLayout
+    from statestream.server.engine.model import BIND_MAX, ModelRunner
+    from statestream.server.engine.rowgraph import ROWS_IN
+
+    path = zoo[name][3]
+    runner = ModelRunner(path)
+    assert runner.rows and ROWS_IN in [i.name for i in runner.session.get_inputs()]
+    original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    layout = StepLayout(read_manifest(onnx.load(str(path))))
+    rng = np.random.default_rng(3)
+    for B, T in ((2, 3), (BIND_MAX + 7, 2)):
+        x = rng.normal(size=(B, T, runner.features)).astype(np.float32)
+        rows = rng.normal(size=(B, runner.state_width)).astype(np.float32)
+        for want, got in zip(layout.run(original.run, x, rows), runner.run(x, rows)):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_stateful_model_keeps_its_state(zoo):
     """Exporting runs the stateful model from zero but leaves the user's stored state as it was."""
     model = _zoo()["stateful"][0]

@@ -106,3 +106,35 @@ def test_model_runner_runs_a_plain_graph_on_state_rows_with_the_tensor_paths_num
     for i, (y, new) in enumerate(results):
         np.testing.assert_array_equal(y, want[i % 3][0])
         np.testing.assert_array_equal(new, want[i % 3][1])
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_a_rows_graph_splits_and_joins_the_states_before_and_after_opset_13(opset):
+    """Split takes its sizes as an attribute before opset 13 and as an input from 13 on: the rows graph of a small
+    plain graph of either opset gives the graph's own outputs, its new states joined in slab order."""
+    from onnx import TensorProto, helper
+
+    from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
+
+    def value(name, *dims):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", *dims])
+
+    two, three = (helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("two", 2.0), ("three", 3.0)))
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "two"], ["output"]), helper.make_node("Add", ["sa", "two"], ["sa_out"]),
+         helper.make_node("Mul", ["sb", "three"], ["sb_out"])], "g",
+        [value("input", "T", 3), value("sa", 2), value("sb", 3)],
+        [value("output", "T", 3), value("sa_out", 2), value("sb_out", 3)], [two, three])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    states = (StateTensor("a", "h", "sa", "sa_out", (2,), 0), StateTensor("b", "h", "sb", "sb_out", (3,), 0))
+    layout = StepLayout(Manifest(name="g", features=3, output_size=3, layers=adopted_layers(states, 0),
+                                 format=FORMAT_ADOPTED, states=states))
+    assert layout.plain
+    sess = ort.InferenceSession(rows_graph(model, layout), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, 2, 3)).astype(np.float32)
+    rows = rng.normal(size=(4, 5)).astype(np.float32)
+    y, new = sess.run(["output", ROWS_OUT], {"input": x, ROWS_IN: rows})
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-6)
+    np.testing.assert_allclose(new, np.concatenate([rows[:, :2] + 2, rows[:, 2:] * 3], axis=1), rtol=1e-6)
