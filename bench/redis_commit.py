@@ -53,13 +53,20 @@ def records(n: int, name: str, tagged: bool = False, width: int = 64) -> list[Se
                           rng.standard_normal(width).astype(np.float32), 0, 1) for i in range(n)]
 
 
-async def commit_cost(store, recs: list[SessionRecord], repeats: int, commits: int) -> dict:
+def on_cpu_ns(pid: int | None) -> int:
+    """Nanoseconds process `pid` has run on a CPU (its main thread: /proc/PID/schedstat); 0 without a pid."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) if pid else 0
+
+
+async def commit_cost(store, recs: list[SessionRecord], repeats: int, commits: int, redis_pid: int | None = None) -> dict:
     """CPU and wall time of store.commit(recs), each commit a new version of every record: the best of `repeats`
-    runs of `commits` commits, per commit and per session."""
+    runs of `commits` commits, per commit and per session; and redis-server's own CPU per session over all runs
+    (`redis_pid`: its main thread's time on a CPU, which runs the scripts)."""
     n = len(recs)
     for r in recs:
         assert await store.create(r)
     best_cpu = best_wall = float("inf")
+    redis0 = on_cpu_ns(redis_pid)
     for _ in range(repeats):
         cpu = wall = 0.0
         for _ in range(commits):
@@ -72,12 +79,16 @@ async def commit_cost(store, recs: list[SessionRecord], repeats: int, commits: i
             wall += time.perf_counter() - w0
             assert codes == ["ok"] * n, codes[:3]
         best_cpu, best_wall = min(best_cpu, cpu / commits), min(best_wall, wall / commits)
+    redis_us = (on_cpu_ns(redis_pid) - redis0) / 1e3 / (repeats * commits * n) if redis_pid else None
     return {"batch": n, "us_per_commit": best_cpu * 1e6, "cpu_us_per_session": best_cpu * 1e6 / n,
-            "wall_us_per_session": best_wall * 1e6 / n, "repeats": repeats, "commits": commits}
+            "wall_us_per_session": best_wall * 1e6 / n, "repeats": repeats, "commits": commits,
+            "redis_cpu_us_per_session": redis_us}
 
 
-def commit_costs(stores: dict, repeats: int, commits: int, batches: tuple = BATCHES) -> list[dict]:
-    """Per store (name -> a StateStore factory), batch size and naming (untagged / one hash tag): commit_cost."""
+def commit_costs(stores: dict, repeats: int, commits: int, batches: tuple = BATCHES,
+                 redis_pid: int | None = None) -> list[dict]:
+    """Per store (name -> a StateStore factory), batch size and naming (untagged / one hash tag): commit_cost
+    (`redis_pid`: the redis-server whose own CPU per session is read too)."""
     async def go():
         rows = []
         for k, (name, make) in enumerate(stores.items()):
@@ -87,7 +98,7 @@ def commit_costs(stores: dict, repeats: int, commits: int, batches: tuple = BATC
                 for tagged in (False, True) if n > 1 and "redis" in name else (False,):
                     recs = records(n, f"bench{k}{'t' if tagged else ''}", tagged)
                     row = {"store": name, "tagged": tagged,
-                           **await commit_cost(store, recs, repeats, max(3, commits // n))}
+                           **await commit_cost(store, recs, repeats, max(3, commits // n), redis_pid)}
                     log(f"commit {name}{' tagged' if tagged else ''}, batch {n}: {row['us_per_commit']:.0f} us CPU "
                         f"({row['cpu_us_per_session']:.2f} us/session; wall {row['wall_us_per_session']:.1f})")
                     rows.append(row)
@@ -134,6 +145,20 @@ def frames(plan: scenarios.Plan, redis_url: str, rounds: int) -> dict:
     return {"rates": rates, "median": median, "vs_memory": {name: median[name] / median["memory"] for name in rates}}
 
 
+def redis_bound(commits: list[dict], memory: float) -> list[str]:
+    """The most frames on Redis could do whatever the server does: redis-server runs every compare-and-set on one
+    thread, so with a whole core to itself it commits at most 1e6 / (its CPU us per session) sessions per second."""
+    lines = []
+    for r in commits:
+        us = r.get("redis_cpu_us_per_session")
+        if r["batch"] == 256 and us:
+            top = 1e6 / us
+            lines.append(f"Bound, {'one hash tag' if r['tagged'] else 'untagged'}: redis-server {us:.2f} us of its "
+                         f"own CPU per session -> at most {top:,.0f} session-steps/s with a core to itself = "
+                         f"**{top / memory:.2f}x** memory ({memory:,.0f}).")
+    return [" ".join(lines)] if lines else []
+
+
 def report(res: dict) -> str:
     m = res["meta"]
     out = [f"# Redis commits (issue 18, target 5): {m['date']}", "",
@@ -142,14 +167,18 @@ def report(res: dict) -> str:
            "## Server CPU per session of one commit (in-process, `StateStore.commit()`)", "",
            f"process_time() around each commit, best of {m['repeats']} runs; target <= {TARGET_US:g} us per session "
            "in a batch of 256.", "",
-           "| store | session ids | batch | CPU us per commit | CPU us per session | wall us per session | target |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+           "redis-server's own CPU per session: its main thread's time on a CPU (/proc/PID/schedstat) over every "
+           "run of the cell, per session committed.", "",
+           "| store | session ids | batch | CPU us per commit | CPU us per session | wall us per session | "
+           "redis-server CPU us per session | target |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["commits"]:
         verdict = ("PASS" if r["cpu_us_per_session"] <= TARGET_US else "MISS") \
             if r["batch"] == 256 and "redis" in r["store"] else ""
+        redis_us = r.get("redis_cpu_us_per_session")
         out.append(f"| {r['store']} | {'one hash tag' if r['tagged'] else 'untagged'} | {r['batch']} | "
                    f"{r['us_per_commit']:,.0f} | {r['cpu_us_per_session']:.2f} | {r['wall_us_per_session']:.1f} | "
-                   f"{verdict} |")
+                   f"{'-' if redis_us is None else f'{redis_us:.2f}'} | {verdict} |")
     if res.get("frames"):
         f = res["frames"]
         out += ["", f"## Frames of 256 (StepFrame, ghz c=4 over 4 connections, {m['duration']} s runs, "
@@ -161,6 +190,7 @@ def report(res: dict) -> str:
             verdict = "" if name == "memory" else ("PASS" if ratio >= TARGET_FRAMES else "MISS")
             out.append(f"| {name} | {', '.join(f'{v:,.0f}' for v in rates)} | {f['median'][name]:,.0f} | "
                        f"{ratio:.2f}x | {verdict} |")
+        out += ["", *redis_bound(res["commits"], f["median"]["memory"])]
     return "\n".join(out + [""])
 
 
@@ -180,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                         "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "duration": a.duration,
                         "repeats": a.repeats, "redis": redis_srv.client().info("server")["redis_version"],
                         "command": "python -m bench.redis_commit " + " ".join(argv if argv is not None else sys.argv[1:])}}
-        res["commits"] = commit_costs({"redis": lambda: RedisStore(redis_srv.url)}, a.repeats, a.commits)
+        res["commits"] = commit_costs({"redis": lambda: RedisStore(redis_srv.url)}, a.repeats, a.commits,
+                                      redis_pid=redis_srv.proc.pid)
         if "frames" not in a.skip.split(","):
             redis_srv.client().flushall()
             raw = a.out / "raw"

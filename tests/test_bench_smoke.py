@@ -120,16 +120,19 @@ def test_redis_commit_report_and_tagged_frames(tmp_path: Path):
     tagged = json.loads(redis_commit.tagged_frames(frames).read_text())
     assert [f["session_ids"][:2] for f in tagged] == [["{t0}f4-0-0", "{t0}f4-0-1"], ["{t1}f4-1-0", "{t1}f4-1-1"]]
     row = {"store": "redis", "tagged": False, "batch": 256, "us_per_commit": 1024.0, "cpu_us_per_session": 4.0,
-           "wall_us_per_session": 9.0}
+           "wall_us_per_session": 9.0, "redis_cpu_us_per_session": 5.0}
     res = {"meta": {"date": "now", "cpus": 2, "loadavg": "0", "duration": 1, "redis": "7", "repeats": 3,
                     "command": "python -m bench.redis_commit"},
-           "commits": [row, {**row, "tagged": True, "cpu_us_per_session": 6.0}],
-           "frames": {"rates": {"memory": [100.0], "redis": [40.0]}, "median": {"memory": 100.0, "redis": 40.0},
-                      "vs_memory": {"memory": 1.0, "redis": 0.4}}}
+           "commits": [row, {**row, "tagged": True, "cpu_us_per_session": 6.0, "redis_cpu_us_per_session": 2.5}],
+           "frames": {"rates": {"memory": [400_000.0], "redis": [40_000.0]},
+                      "median": {"memory": 400_000.0, "redis": 40_000.0}, "vs_memory": {"memory": 1.0, "redis": 0.1}}}
     md = redis_commit.report(res)
-    assert "| redis | untagged | 256 | 1,024 | 4.00 | 9.0 | PASS |" in md
-    assert "| redis | one hash tag | 256 | 1,024 | 6.00 | 9.0 | MISS |" in md
-    assert "| redis | 40 | 40 | 0.40x | MISS |" in md
+    assert "| redis | untagged | 256 | 1,024 | 4.00 | 9.0 | 5.00 | PASS |" in md
+    assert "| redis | one hash tag | 256 | 1,024 | 6.00 | 9.0 | 2.50 | MISS |" in md
+    assert "| redis | 40,000 | 40,000 | 0.10x | MISS |" in md
+    # redis-server runs every compare-and-set on one thread: 5 us each -> 200,000/s at most, half of memory
+    assert "untagged: redis-server 5.00 us of its own CPU per session -> at most 200,000 session-steps/s" in md
+    assert "= **0.50x** memory (400,000)" in md and "= **1.00x** memory" in md
 
 
 def test_hotpath_times_each_handler_in_process(capsys):
