@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 from reference import stepped
 
 from statestream.server.engine.frames import FrameIndex, frame_key
@@ -41,6 +42,12 @@ def test_a_repeated_frame_resolves_in_one_lookup_with_the_same_answers(inproc, m
     assert seen == [N]
     assert len(srv.app.table.frames) == 1 and srv.app.table.frames.held == N
     assert list(first.step_counts) == [2] * N and list(second.step_counts) == [3] * N
+    frames = srv.app.table.frames
+    assert (frames.hits, frames.misses) == (1, 2)  # the opening frame and the first one missed
+    text = generate_latest(srv.app.metrics.registry).decode()  # what /metrics shows
+    assert 'statestream_frame_index_lookups_total{result="hit"} 1.0' in text
+    assert 'statestream_frame_index_lookups_total{result="miss"} 2.0' in text
+    assert f"statestream_frame_index_sessions {float(N)}" in text
     np.testing.assert_allclose(np.array(second.outputs), np.repeat(stepped(np.tile(X, (3, 1)))[-1], N), atol=1e-5)
 
 

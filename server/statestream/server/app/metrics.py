@@ -165,6 +165,13 @@ class Metrics:
                                 value=0 if table is None else len(table))
         yield CounterMetricFamily("statestream_evictions", "Sessions closed by idle expiry",
                                   value=0 if table is None else table.evictions)
+        lookups = CounterMetricFamily("statestream_frame_index_lookups", "Frames of several sessions looked up in "
+                                      "the frame index (--frame-index), by result", labels=["result"])
+        lookups.add_metric(["hit"], 0 if table is None else table.frames.hits)
+        lookups.add_metric(["miss"], 0 if table is None else table.frames.misses)
+        yield lookups
+        yield GaugeMetricFamily("statestream_frame_index_sessions", "Session references the frame index holds",
+                                value=0 if table is None else table.frames.held)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Start the /metrics HTTP server; returns its port."""

@@ -34,6 +34,7 @@ class FrameIndex:
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0  # session references kept
+        self.hits = self.misses = 0  # lookups so far (the metrics read them)
         self._frames: OrderedDict[tuple, tuple[list, np.ndarray, Cells, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -43,12 +44,15 @@ class FrameIndex:
         """The sessions and slots of a frame resolved before (None: not kept, or no longer valid)."""
         found = self._frames.get(key)
         if found is None:
+            self.misses += 1
             return None
         sessions, slots, cells, vacated = found
         if cells.vacated != vacated:
             self._drop(key)
+            self.misses += 1
             return None
         self._frames.move_to_end(key)
+        self.hits += 1
         return sessions, slots
 
     def put(self, key: tuple, sessions: list, slots: np.ndarray, cells: Cells) -> None:
