@@ -111,7 +111,8 @@ def test_model_runner_runs_a_plain_graph_on_state_rows_with_the_tensor_paths_num
 @pytest.mark.parametrize("opset", [11, 17])
 def test_a_rows_graph_splits_and_joins_the_states_before_and_after_opset_13(opset):
     """Split takes its sizes as an attribute before opset 13 and as an input from 13 on: the rows graph of a small
-    plain graph of either opset gives the graph's own outputs, its new states joined in slab order."""
+    plain graph of either opset gives the graph's own outputs, its new states joined in slab order (a state input
+    with a default value in the graph loses the default: the rows feed it)."""
     from onnx import TensorProto, helper
 
     from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
@@ -120,11 +121,12 @@ def test_a_rows_graph_splits_and_joins_the_states_before_and_after_opset_13(opse
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", *dims])
 
     two, three = (helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in (("two", 2.0), ("three", 3.0)))
+    default = helper.make_tensor("sb", TensorProto.FLOAT, [1, 3], [0.0] * 3)  # a state input with a default value
     graph = helper.make_graph(
         [helper.make_node("Mul", ["input", "two"], ["output"]), helper.make_node("Add", ["sa", "two"], ["sa_out"]),
          helper.make_node("Mul", ["sb", "three"], ["sb_out"])], "g",
         [value("input", "T", 3), value("sa", 2), value("sb", 3)],
-        [value("output", "T", 3), value("sa_out", 2), value("sb_out", 3)], [two, three])
+        [value("output", "T", 3), value("sa_out", 2), value("sb_out", 3)], [two, three, default])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     states = (StateTensor("a", "h", "sa", "sa_out", (2,), 0), StateTensor("b", "h", "sb", "sb_out", (3,), 0))

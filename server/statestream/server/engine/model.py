@@ -126,13 +126,13 @@ class ModelRunner:
 
     def _check_graph(self, graph) -> None:
         """The graph has every tensor its manifest names, and no input its manifest does not feed."""
-        inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}  # (IR < 4 lists them too)
+        inputs = {i.name for i in graph.input}
         outputs = {o.name for o in graph.output}
         fed = set(self.layout.input_names)
         missing = (fed - inputs) | (set(self.layout.out_names) - outputs)
         if missing:
             raise ManifestError(f"{self.path}: graph lacks {sorted(missing)} that its manifest names")
-        unfed = sorted(inputs - fed)
+        unfed = sorted(inputs - fed - {t.name for t in graph.initializer})  # an input with a default needs no feed
         if unfed:
             raise ManifestError(f"{self.path}: graph inputs {unfed} are neither the step input, a state nor a "
                                 "constant in its manifest")
@@ -157,7 +157,8 @@ class ModelRunner:
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
         names, input_name = self._rows_io
-        return self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
+        y, new = self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
+        return y, new
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)

@@ -5,7 +5,7 @@ cut the rows into W-wide column blocks (a strided numpy copy per tensor) and joi
 more copy); a group step's rows, contiguous in the slab, could not be fed as they are. Here a Split after the new
 input and a Concat before the new output do that inside onnxruntime, in one C++ pass each: a group step feeds a
 view of its slab block, a frame its one gather, and gets one [B, W] array back (docs/performance.md, "State rows
-in, state rows out").
+in and out, and frames seen before").
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ def rows_graph(model: onnx.ModelProto, layout: StepLayout) -> bytes:
     ins = {s.input for s in states}
     outs = {s.output for s in states}
     kept_in = [i for i in graph.input if i.name not in ins]
+    kept_init = [t for t in graph.initializer if t.name not in ins]  # a state input's default value goes too
+    if len(kept_init) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept_init)
     kept_out = [o for o in graph.output if o.name not in outs]
     del graph.input[:]
     graph.input.extend(kept_in)
