@@ -162,7 +162,8 @@ def redis_bound(commits: list[dict], memory: float) -> list[str]:
 def report(res: dict) -> str:
     m = res["meta"]
     out = [f"# Redis commits (issue 18, target 5): {m['date']}", "",
-           f"{m['cpus']} CPUs, load {m['loadavg']} at start; redis-server {m['redis']} (AOF everysec, loopback); "
+           f"{m['cpus']} CPUs, load {m['loadavg']} at start; redis-server {m['redis']} "
+           f"({'AOF everysec' if m.get('aof', True) else 'no AOF'}, loopback); "
            f"`{m['command']}`.", "",
            "## Server CPU per session of one commit (in-process, `StateStore.commit()`)", "",
            f"process_time() around each commit, best of {m['repeats']} runs; target <= {TARGET_US:g} us per session "
@@ -200,15 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commits", type=int, default=12800, help="sessions committed per run (commits = this / batch)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the frame runs")
     p.add_argument("--skip", default="", help="comma-separated: frames")
+    p.add_argument("--no-aof", action="store_true", help="redis-server without its append-only file (what the log "
+                   "costs redis-server per session)")
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.rounds, a.commits, a.repeats = 1.5, 2, 2560, 3
     a.out.mkdir(parents=True, exist_ok=True)
     from statestream.server.store.redis import RedisStore
-    with RedisProcess() as redis_srv:
+    with RedisProcess(appendonly=not a.no_aof) as redis_srv:
         res = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                         "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "duration": a.duration,
-                        "repeats": a.repeats, "redis": redis_srv.client().info("server")["redis_version"],
+                        "aof": not a.no_aof, "repeats": a.repeats,
+                        "redis": redis_srv.client().info("server")["redis_version"],
                         "command": "python -m bench.redis_commit " + " ".join(argv if argv is not None else sys.argv[1:])}}
         res["commits"] = commit_costs({"redis": lambda: RedisStore(redis_srv.url)}, a.repeats, a.commits,
                                       redis_pid=redis_srv.proc.pid)
