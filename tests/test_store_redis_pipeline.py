@@ -14,10 +14,11 @@ import pytest
 import redis
 import redisproc
 from redis.crc import key_slot
+from support import redis_process
 from test_store_cas import bumped, record, same
 
 from statestream.contract.errors import Unavailable
-from statestream.server.store.redis import _CAS, RedisStore, _cas_commands, key, pack
+from statestream.server.store.redis import _CAS, SCRIPT_KEYS, RedisStore, _cas_commands, key, pack
 from statestream.server.store.resp import hash_tag
 
 redis_proc = redisproc.redis_proc  # the fixture, for this module's tests
@@ -33,6 +34,14 @@ def evalshas(records) -> list[list[bytes]]:
     reader = hiredis.Reader()
     reader.feed(b"".join(chain.from_iterable(commands)))
     return [reader.gets() for _ in commands]
+
+
+def standalone(redis_proc) -> RedisStore:
+    """A store that asked its Redis at load: a standalone redis-server, so one script per SCRIPT_KEYS records."""
+    store = RedisStore(redis_proc.url)
+    store.load()
+    assert store.one_node
+    return store
 
 
 def test_hash_tags_follow_redis_cluster():
@@ -58,11 +67,39 @@ def test_every_script_touches_keys_of_one_cluster_slot():
     assert 59_000 < int(g1[9]) <= 60_000 and g1[10] == pack(recs[0])   # ttl ms, the packed record
 
 
+def test_scripts_hold_at_most_script_keys_and_a_standalone_redis_mixes_tags():
+    """A shared tag of more than SCRIPT_KEYS sessions is several scripts (Redis runs each alone); on a standalone
+    Redis (`one_node`) any keys share a script, SCRIPT_KEYS at most, every record covered once."""
+    tagged = [record(f"{{big}}{i}") for i in range(SCRIPT_KEYS + 44)]
+    assert sorted(int(c[2]) for c in evalshas(tagged)) == [44, SCRIPT_KEYS]
+    mixed = [record(sid) for sid in (f"{{g{i % 3}}}{i}" if i % 2 else f"plain{i}" for i in range(SCRIPT_KEYS + 44))]
+    cluster = evalshas(mixed)
+    assert len(cluster) == (SCRIPT_KEYS + 44) // 2 + 3   # every untagged key alone, one script per tag
+    commands, covers = _cas_commands(mixed, b"token", one_node=True)
+    assert [len(c) for c in covers] == [SCRIPT_KEYS, 44]
+    assert sorted(chain.from_iterable(covers)) == list(range(len(mixed)))
+    reader = hiredis.Reader()
+    reader.feed(b"".join(chain.from_iterable(commands)))
+    keys = [k for c in (reader.gets() for _ in commands) for k in c[3:3 + int(c[2])]]
+    assert keys == [key(r.owner, r.id) for r in mixed]
+
+
+def test_a_store_asks_whether_its_redis_is_standalone(redis_proc, caplog):
+    store = RedisStore(redis_proc.url)
+    assert not store.one_node   # until it knows: no script spans two slots
+    store.load()
+    assert store.one_node
+    down = RedisStore(f"redis://127.0.0.1:{redis_process.free_port()}/0", connect_timeout=0.2, timeout=0.5)
+    down.load()   # Redis not there at start: a warning, and the Cluster-safe scripts
+    assert not down.one_node and "does not answer at start" in caplog.text
+
+
+@pytest.mark.parametrize("one_node", [False, True])
 @pytest.mark.parametrize("tagged", [False, True])
-def test_cas_outcomes_inside_one_pipeline(redis_proc, tagged):
+def test_cas_outcomes_inside_one_pipeline(redis_proc, tagged, one_node):
     """ok, conflict and missing in one commit, with and without a shared hash tag: each record gets its own."""
     async def go():
-        store = RedisStore(redis_proc.url)
+        store = standalone(redis_proc) if one_node else RedisStore(redis_proc.url)
         name = (lambda s: f"{{frame}}{s}") if tagged else (lambda s: s)
         a, b, c = record(name("a")), record(name("b")), record("other")
         for r in (a, b, c):
@@ -81,10 +118,11 @@ def test_cas_outcomes_inside_one_pipeline(redis_proc, tagged):
     run(go())
 
 
+@pytest.mark.parametrize("one_node", [False, True])
 @pytest.mark.parametrize("tagged", [False, True])
-def test_script_flush_reloads_the_script_in_one_more_round_trip(redis_proc, tagged):
+def test_script_flush_reloads_the_script_in_one_more_round_trip(redis_proc, tagged, one_node):
     async def go():
-        store = RedisStore(redis_proc.url)
+        store = standalone(redis_proc) if one_node else RedisStore(redis_proc.url)
         recs = [record(f"{{g}}f{i}" if tagged else f"f{i}") for i in range(5)]
         for r in recs:
             assert await store.create(r)
@@ -100,11 +138,12 @@ def test_script_flush_reloads_the_script_in_one_more_round_trip(redis_proc, tagg
     run(go())
 
 
+@pytest.mark.parametrize("one_node", [False, True])
 @pytest.mark.parametrize("tagged", [False, True])
-def test_a_key_of_another_type_refuses_only_its_record(redis_proc, tagged):
+def test_a_key_of_another_type_refuses_only_its_record(redis_proc, tagged, one_node):
     """One key's error inside a shared-tag script does not stop the others (as with one script per key)."""
     async def go():
-        store = RedisStore(redis_proc.url)
+        store = standalone(redis_proc) if one_node else RedisStore(redis_proc.url)
         good, bad = record("{t}good" if tagged else "good"), record("{t}bad" if tagged else "bad")
         assert await store.create(good)
         redis_proc.client().set(key(None, bad.id), b"not a hash")

@@ -24,6 +24,7 @@ log = logging.getLogger("statestream.server.store")
 
 NAMESPACE = b"statestream:s:"
 PING_SECONDS = 1.0  # the health probe's bound
+SCRIPT_KEYS = 256  # keys of one CAS script at most: Redis runs a script alone, 256 sessions take it ~2-3 ms
 SOCKET_SECONDS = 5.0  # the bound of a call when the store was made with timeout=None
 
 # One hash per session: v = version (decimal), w = token of the write that set v, d = the packed record.
@@ -185,10 +186,12 @@ class RedisStore:
     """Every session in Redis: any replica or worker can serve any session; local tables are caches.
 
     A commit is one round trip: one write of pre-packed EVALSHA commands of the CAS script, one parse of the
-    replies (store/resp.py). Sessions whose keys share a Redis Cluster hash tag (ids like "{gateway-7}:dev-3")
-    are compared-and-set by one EVALSHA, all others by one EVALSHA each: no script touches keys of two slots,
-    so this stays valid on Redis Cluster. The scripts run by SHA; a NOSCRIPT answer (SCRIPT FLUSH, a restarted
-    or failed-over Redis) loads the script and re-runs only the commands that got it, in one more round trip.
+    replies (store/resp.py). On a standalone Redis (`one_node`) the records are compared-and-set by one EVALSHA
+    per SCRIPT_KEYS of them; otherwise sessions whose keys share a Redis Cluster hash tag (ids like
+    "{gateway-7}:dev-3") by one EVALSHA per SCRIPT_KEYS of them, all others by one EVALSHA each: no script touches
+    keys of two slots, so this stays valid on Redis Cluster. The scripts run by SHA; a NOSCRIPT answer (SCRIPT
+    FLUSH, a restarted or failed-over Redis) loads the script and re-runs only the commands that got it, in one
+    more round trip.
     Redis unreachable: `errors.Unavailable`, and this process applies nothing.
 
     Every call is bounded by its `timeout` (default: the store's, --store-timeout): a Redis that does not
@@ -209,6 +212,10 @@ class RedisStore:
         self._retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 3)
         self._writer = os.urandom(6).hex()
         self._writes = 0
+        # A standalone Redis (`load` asks: INFO cluster says cluster_enabled 0) takes one script over keys of any
+        # hash tag; otherwise (a Cluster, a proxy that does not answer INFO, a Redis down at start) no script spans
+        # two slots.
+        self.one_node = False
 
     def _token(self) -> bytes:
         self._writes += 1
@@ -279,12 +286,14 @@ class RedisStore:
 
     def load(self) -> list[SessionRecord]:
         """Nothing: sessions are read through on first use. Loads the scripts now (saves the first batch a
-        NOSCRIPT round trip); logs a warning when Redis does not answer."""
+        NOSCRIPT round trip) and asks whether Redis is standalone (`one_node`); logs a warning when Redis does not
+        answer."""
         try:
             with redis.Redis.from_url(self.url, socket_connect_timeout=self._connect_timeout,
                                       socket_timeout=self.timeout or SOCKET_SECONDS) as r:
                 for script in (_CAS, _CREATE):
                     r.script_load(script.text)
+                self.one_node = r.info("cluster").get("cluster_enabled") == 0
         except redis.RedisError as e:
             log.warning("state store %s does not answer at start (%s): steps fail UNAVAILABLE until it does",
                         _shown(self.url), e)
@@ -325,7 +334,7 @@ class RedisStore:
         return await self._bounded(self._commit(records, self._token()), timeout, write=True)
 
     async def _commit(self, records: list[SessionRecord], token: bytes) -> list[str]:
-        commands, covers = _cas_commands(records, token)
+        commands, covers = _cas_commands(records, token, self.one_node)
         codes: list = [None] * len(records)   # per record: 0, 1, 2 (_CODES) or its error
         for reply, cover in zip(await self._evalsha(_CAS, commands), covers):
             if isinstance(reply, redis.ResponseError):   # the whole command refused (out of memory, NOSCRIPT again)
@@ -363,14 +372,16 @@ def _raise_errors(replies: list) -> list:
     return replies
 
 
-def _cas_commands(records: list[SessionRecord], token: bytes) -> tuple[list[tuple], list]:
+def _cas_commands(records: list[SessionRecord], token: bytes, one_node: bool = False) -> tuple[list[tuple], list]:
     """The EVALSHA commands of one commit (each a tuple of RESP pieces) and the records each covers (an index, or
-    a tuple of indexes for a group): one command per hash tag shared by several keys, one per other record. Once
-    per session: written for few Python operations."""
+    a tuple of indexes for a group): one command per hash tag shared by several keys, one per other record; on a
+    standalone Redis (`one_node`), one command per SCRIPT_KEYS records whatever their keys. Once per session:
+    written for few Python operations."""
     now = time.time()
     tok = bulk(token)
     commands, covers = [], []
-    tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
+    tagged: dict = {}   # tag (on one node: the chunk): its records' indexes, key bulks, argument pieces
+    full: list = []     # groups of SCRIPT_KEYS records, done
     for i, rec in enumerate(records):
         sid = rec.id.encode("utf-8", "surrogatepass")
         owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
@@ -379,19 +390,23 @@ def _cas_commands(records: list[SessionRecord], token: bytes) -> tuple[list[tupl
         ttl = int((rec.expires_at - now) * 1000)
         ttl = b"%d" % ttl if ttl > 0 else b"1"
         data = _pack(rec, sid, owner)
-        if b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
+        if one_node:
+            tag = i // SCRIPT_KEYS
+        elif b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
             commands.append((b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
                 _CAS_ONE, len(k), k, tok, len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
             covers.append(i)
             continue
         group = tagged.get(tag)
-        if group is None:
+        if group is None or len(group[0]) == SCRIPT_KEYS:
+            if group is not None:
+                full.append(group)
             group = tagged[tag] = ([], [], [])
         group[0].append(i)
         group[1].append(b"$%d\r\n%s\r\n" % (len(k), k))
         group[2].extend((b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
             len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
-    for indexes, keys, args in tagged.values():   # EVALSHA sha m KEY1..KEYm token (new prev ttl record)1..m
+    for indexes, keys, args in chain(full, tagged.values()):   # EVALSHA sha m KEY1..KEYm token (new prev ttl rec)1..m
         head = b"*%d\r\n%s%s" % (4 + 5 * len(indexes), _EVALSHA_CAS, bulk(b"%d" % len(indexes)))
         commands.append((head, *keys, tok, *args))
         covers.append(tuple(indexes))
