@@ -33,6 +33,7 @@ def test_flag_beats_env_beats_default(monkeypatch):
     (["--models", str(DEMO_MODEL), "--store-timeout", "0"], "--store-timeout must be > 0"),
     (["--models", str(DEMO_MODEL), "--intra-op-spinning", "2"], "--intra-op-spinning must be 0 or 1"),
     (["--models", str(DEMO_MODEL), "--loop", "trio"], "--loop must be one of auto, asyncio, uvloop"),
+    (["--models", str(DEMO_MODEL), "--frame-index", "-1"], "--frame-index must be >= 0"),
 ])
 def test_bad_settings_refused_before_start(args, message):
     r = subprocess.run([sys.executable, "-m", "statestream.server.app.main", *args], capture_output=True, text=True,
