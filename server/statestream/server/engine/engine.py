@@ -256,24 +256,25 @@ class Engine:
         """(the sessions of the entries, their slots when there are many) when every one is cached here, distinct,
         on the model, with a finite input: most requests; (None, None): _resolve them. A frame of ids seen before
         resolves in one lookup (FrameIndex); one resolved here is kept for the next time."""
+        if not finite(req.x):
+            return None, None
+        frames = self.table.frames
+        key = frame_key(req.owner, req.ids) if len(req.ids) >= BULK and frames.limit else None
+        hit = None if key is None else frames.get(key)
+        sessions, slots = self._found(req, key) if hit is None else hit
+        if sessions is None or (req.model and sessions[0].model != req.model):
+            return None, None
+        return sessions, slots
+
+    def _found(self, req: StepRequest, key: tuple | None) -> tuple[list | None, np.ndarray | None]:
+        """_cached's lookup id by id: the sessions and their slots when all are cached, distinct and in one slab
+        (kept in the FrameIndex under `key`, if any)."""
         ids = req.ids
         n = len(ids)
-        frames = self.table.frames
-        key = None
-        if n >= BULK and frames.limit:
-            key = frame_key(req.owner, ids)
-            hit = frames.get(key)
-            if hit is not None:
-                sessions, slots = hit
-                if (req.model and sessions[0].model != req.model) or not finite(req.x):
-                    return None, None
-                return sessions, slots
         sessions = self.table.find_many(ids, req.owner)
         first = sessions[0]
-        if first is None or (req.model and first.model != req.model) or not finite(req.x):
-            return None, None
-        if n == 1:
-            return sessions, None
+        if first is None or n == 1:
+            return (None if first is None else sessions), None
         slab = self.table.slabs.get(first.key)
         if slab is None or len(set(ids)) != n:
             return None, None
@@ -284,7 +285,7 @@ class Engine:
             return None, None
         slots = np.fromiter(slots, np.intp, n)
         if key is not None:
-            frames.put(key, tuple(sessions), slots, slab)
+            self.table.frames.put(key, tuple(sessions), slots, slab)
         return sessions, slots
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
