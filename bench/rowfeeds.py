@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from statestream.server.engine.model import ModelRunner
-from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT
 
 from .inprocess import tensor_session
 from .procs import ROOT
@@ -42,13 +41,13 @@ def variants(path: Path, B: int) -> dict:
 
     def tensor_call(names, feeds):
         return call(names, feeds, None)
+
     rng = np.random.default_rng(0)
     slab = rng.random((NB * B, L.width), dtype=np.float32)
     parts = [np.ascontiguousarray(slab[:, b]) for b in L.blocks]
     x = rng.random((B, 1, runner.features), dtype=np.float32)
     frames = [rng.permutation(NB * B)[:B] for _ in range(NB)]
     ready = {L.manifest.input: x, **{s.input: np.ascontiguousarray(slab[:B, b]) for s, b in zip(L.states, L.blocks)}}
-    rows_run, names = runner._sess_run, [L.manifest.output, ROWS_OUT]
 
     def block(k):
         return slice((k % NB) * B, (k % NB) * B + B)
@@ -72,11 +71,11 @@ def variants(path: Path, B: int) -> dict:
 
     def rows_group(k):
         b = block(k)
-        slab[b] = rows_run(names, {L.manifest.input: x, ROWS_IN: slab[b]}, None)[1]
+        slab[b] = runner.run(x, slab[b])[1]
 
     def rows_frame(k):
         f = frames[k % NB]
-        slab[f] = rows_run(names, {L.manifest.input: x, ROWS_IN: slab[f]}, None)[1]
+        slab[f] = runner.run(x, slab[f])[1]
 
     return {"onnxruntime alone": ort_alone, "group: tensors": tensors_group,
             "group: parts": lambda k: parts_run(block(k)), "group: rows": rows_group,
@@ -85,7 +84,8 @@ def variants(path: Path, B: int) -> dict:
 
 
 def agree(path: Path, B: int) -> bool:
-    """Do the three layouts give the same new states from the same slab (a group step and a frame each)?"""
+    """Do the states fed tensor by tensor (StepLayout, and contiguous parts) and the rows graph give the same new
+    states from the same rows?"""
     runner = ModelRunner(path)
     L = runner.layout
     plain = tensor_session(path)
