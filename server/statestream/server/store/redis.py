@@ -380,7 +380,7 @@ def _cas_commands(records: list[SessionRecord], token: bytes, one_node: bool = F
     now = time.time()
     tok = bulk(token)
     commands, covers = [], []
-    tagged: dict = {}   # tag (on one node: the chunk): its records' indexes, key bulks, argument pieces
+    tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
     full: list = []     # groups of SCRIPT_KEYS records, done
     for i, rec in enumerate(records):
         sid = rec.id.encode("utf-8", "surrogatepass")
@@ -391,7 +391,7 @@ def _cas_commands(records: list[SessionRecord], token: bytes, one_node: bool = F
         ttl = b"%d" % ttl if ttl > 0 else b"1"
         data = _pack(rec, sid, owner)
         if one_node:
-            tag = i // SCRIPT_KEYS
+            tag = b""   # one group for all: cut at SCRIPT_KEYS like any other
         elif b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
             commands.append((b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
                 _CAS_ONE, len(k), k, tok, len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
