@@ -178,6 +178,18 @@ def prepare(model: Path, duration: float, raw: Path) -> tuple[scenarios.Plan, Pa
     return plan, responses, ["--max-sessions", str(int(plan.sessions_needed() * 1.2) + 10_000)]
 
 
+def _scenarios(text: str) -> list[tuple[str, int]]:
+    """--scenarios: "unary:1,unary:4" -> [("unary", 1), ("unary", 4)]; keys of SCENARIOS only."""
+    known = {k for k, _ in SCENARIOS}
+    out = []
+    for part in text.split(","):
+        key, _, c = part.partition(":")
+        if key not in known or not c.isdigit() or int(c) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected KEY:CONCURRENCY, KEY one of {sorted(known)}")
+        out.append((key, int(c)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hotpath-seconds", type=float, default=1.0)
     p.add_argument("--skip-hotpath", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--scenarios", type=_scenarios, default=SCENARIOS,
+                   help="KEY:CONCURRENCY,... of ghz runs (default: every headline row, e.g. unary:1,unary:4)")
     a = p.parse_args(argv)
 
     def describe(tree: Path) -> str:
@@ -207,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         procs = {"null": null, "A": old, "B": new}
         for proc in (old, new):
             plan.open_groups(proc)
-        for key in {k for k, _ in SCENARIOS}:
+        for key in {k for k, _ in a.scenarios}:
             for who, proc in procs.items():
                 scenarios.warm(plan, proc, who, key)
         log(f"null {null.target}, A ({res['meta']['A']}) {old.target}, B ({res['meta']['B']}) {new.target}")
-        res["ghz"] = ghz_rounds(plan, procs, a.rounds)
+        res["ghz"] = ghz_rounds(plan, procs, a.rounds, a.scenarios)
     res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     if not a.skip_hotpath:
         res["hotpath"] = hotpath_rounds(a.old_python, a.old_tree, a.rounds, a.hotpath_seconds)

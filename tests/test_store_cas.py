@@ -12,7 +12,7 @@ import redisproc
 from redisproc import RedisProcess
 
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import SessionRecord
+from statestream.server.store.base import Records, SessionRecord
 from statestream.server.store.memory import MemoryStore
 from statestream.server.store.redis import RedisStore
 from statestream.server.store.spec import check_spec, open_store
@@ -362,3 +362,41 @@ def test_redis_record_packed_before_last_fp_reads_as_zero():
     same(unpack(data, rec.version, rec.expires_at), rec)
     older = unpack(data[:-8 - _MODEL.size], rec.version, rec.expires_at)   # no last_fp (nor model version) after the floats
     assert older.last_fp == 0 and older.state.tobytes() == rec.state.tobytes()
+
+
+def test_commit_of_records_by_column_writes_each_record(store):
+    """A model run commits its sessions as one Records (by column): every record reads back as it was, whatever
+    its owner, recorded step and fingerprint; a stale one in the same batch is a conflict and changes nothing."""
+    async def go():
+        recs = [record("a", fp=2**64 - 1), record("a", owner="tenant-1", fp=2**63), record("b", last=False, fp=0),
+                record("ü-☃ id", owner="t:2", steps=9, seq=4)]
+        for r in recs:
+            assert await store.create(r)
+        new = [bumped(r) for r in recs]
+        assert await store.commit(Records.of(new)) == ["ok"] * 4
+        for r in new:
+            same(await store.fetch(r.owner, r.id), r)
+        assert await store.commit(Records.of([bumped(new[0]), bumped(recs[1])])) == ["ok", "conflict"]
+        same(await store.fetch("tenant-1", "a"), new[1])
+    run(go())
+
+
+def test_redis_records_packed_by_column_read_back_one_by_one():
+    """The Redis packing of a batch by column gives each record the layout `unpack` reads (the head struct, id,
+    model, owner, floats, fingerprint, model version and hash): every field back bit for bit, float64 input
+    stored as float32."""
+    from statestream.server.store.redis import _HEAD, _HEAD_COLUMNS, _packed, unpack
+
+    assert _HEAD_COLUMNS.itemsize == _HEAD.size
+    recs = [record("a", fp=2**64 - 1, steps=3, seq=2), record("bb", owner="tenant-ü", last=False, fp=0),
+            record("c" * 128, owner="", steps=2**40, seq=2**33, timeout=0.25)]
+    for r in recs:
+        r.model_version, r.model_hash = 3, "f" * 64
+    batch = Records.of(recs)
+    batch.state = batch.state.astype(np.float64)   # a run's states in another dtype are stored as float32
+    datas = _packed(batch, [r.id.encode() for r in recs], [None if r.owner is None else r.owner.encode() for r in recs])
+    for data, r in zip(datas, recs):
+        got = unpack(data, r.version, r.expires_at)
+        same(got, r)
+        assert (got.model_version, got.model_hash) == (3, "f" * 64)
+    assert _HEAD.unpack_from(datas[2])[:4] == (2**40, 2**33, 2**40, 0.25)

@@ -19,6 +19,7 @@ from statestream.server.engine.sessions import (
     Session,
     all_idle,
     claim_many,
+    closed_among,
     enqueue_many,
     finish_many,
     start_many,
@@ -26,7 +27,7 @@ from statestream.server.engine.sessions import (
 from statestream.server.engine.table import SessionTable, gone
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.units import APPLIED, PENDING, PendingCounter, Unit
-from statestream.server.store.base import CLOSED, CONFLICT, MISSING, OK
+from statestream.server.store.base import CLOSED, CONFLICT, MISSING, OK, Records
 from statestream.server.store.persistence import Persistence
 
 log = logging.getLogger("statestream.batcher")
@@ -194,8 +195,8 @@ class Batcher:
             results = self._results(units, y, new_entries, counts)
             statuses = None
             if self.persistence.durable:
-                statuses = await self.persistence.commit(self._records(units, sessions, new_entries, counts, results),
-                                                         timeout=self._patience(units))
+                records, closed = self._records(units, sessions, slots, new_entries, counts, results)
+                statuses = await self.persistence.commit(records, timeout=self._patience(units), closed=closed)
         except Exception as e:  # nothing applied
             self._fail_units(units, self._internal(e, "running a batch"))
             if self.metrics is not None:
@@ -281,21 +282,13 @@ class Batcher:
         return [None if q is None else StepResult(y[i].copy(), new_states[i].copy(), int(counts[i]), q)
                 for i, q in enumerate(seqs)]
 
-    def _records(self, units, sessions, new_states, counts, results) -> list:
-        """What the (durable) store must hold after this run; a closed session's entry is None."""
-        fps = [f for u in units for f in (u.fps or [0] * len(u.sessions))]
-        record = self.table.record
-        return [None if s.closed else record(s, new_states[j], int(counts[j]), results[j] if results else None,
-                                             fps[j], restart=self._reset_of(units, j))
-                for j, s in enumerate(sessions)]
-
-    @staticmethod
-    def _reset_of(units, j: int) -> bool:
-        for u in units:
-            if j < len(u.sessions):
-                return u.reset
-            j -= len(u.sessions)
-        return False
+    def _records(self, units, sessions, slots, new_states, counts, results) -> tuple[Records, list[int]]:
+        """What the (durable) store must hold after this run, by column, and the entries whose sessions were closed
+        meanwhile (not written)."""
+        fps = None if results is None else [f for u in units for f in (u.fps or [0] * len(u.sessions))]
+        restarts = [u.reset for u in units for _ in u.sessions] if any(u.reset for u in units) else None
+        return (self.table.records(sessions, slots, new_states, counts, results, fps, restarts),
+                closed_among(self.slab, slots))
 
     def _apply(self, units, sessions, slots, y, new_entries, counts, results, statuses) -> None:
         """Make a finished run the truth of its sessions and settle their entries: all at once (_finish_all), or

@@ -210,10 +210,10 @@ class Directory:
             s.stored(s.version + 1)
             return
         for _ in range(_CAS_TRIES):
-            rec = self.table.record(s, to=to)
-            status = (await self.persistence.commit([rec]))[0]
+            records = self.table.records([s], [s.slot], to=to)
+            status = (await self.persistence.commit(records))[0]
             if status == OK:
-                s.stored(rec.version)
+                s.stored(int(records.version[0]))
                 return
             if status == MISSING:
                 raise gone(s)

@@ -331,6 +331,11 @@ def all_idle(cells: Cells, sessions: list, slots) -> bool:
     return not cells.phase[slots].any()
 
 
+def closed_among(cells: Cells, slots) -> list[int]:
+    """The entries (indexes into `slots`) whose sessions are closed."""
+    return np.flatnonzero(cells.phase[slots] == _CLOSED).tolist()
+
+
 def claim_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> None:
     """Session.claim of a unit's sessions, all idle (all_idle): the unit runs now."""
     if len(sessions) < BULK:

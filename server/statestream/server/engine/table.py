@@ -24,7 +24,7 @@ from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import CLOSED, IDLE, PHASES, Cells, Session, check_session_id
 from statestream.server.engine.types import StepResult
 from statestream.server.engine.versions import Key, Versions
-from statestream.server.store.base import SessionRecord
+from statestream.server.store.base import Records, SessionRecord
 
 _EXPIRED_MEMORY = 100_000  # how many expired ids we remember, to say "expired" not "unknown"
 
@@ -357,21 +357,38 @@ class SessionTable:
     def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
                result: StepResult | None = None, fp: int = 0, restart: bool = False,
                to: ModelRunner | None = None) -> SessionRecord:
-        """The session as the store keeps it, at its next version; `state`, `step_count`, `result` (and its input's
-        fingerprint `fp`) give the values a run is about to apply; `restart`: a sequence start; `to`: the model
-        version it is moving to."""
-        if result is not None:
-            last, last_seq, last_fp = result, result.sequence_number, fp
-        elif restart:
-            last, last_seq, last_fp = None, 0, 0
-        else:
-            last, last_seq, last_fp = s.last_result, s.last_seq, s.last_fp
-        return SessionRecord(
-            s.id, s.model, s.owner, self.state(s) if state is None else state,
-            s.step_count if step_count is None else step_count, last_seq, s.timeout, time.time() + s.timeout,
-            None if last is None else last.output, None if last is None else last.state,
-            0 if last is None else last.step_count, s.version + 1, last_fp,
-            *((s.key[1], self.runners[s.key].sha256) if to is None else (to.version, to.sha256)))
+        """`records` of one session."""
+        return self.records([s], [s.slot], None if state is None else state[None],
+                            None if step_count is None else [step_count], None if result is None else [result],
+                            [fp], [restart], to)[0]
+
+    def records(self, sessions: list[Session], slots, states: np.ndarray | None = None, counts=None,
+                results: list | None = None, fps: list | None = None, restarts: list | None = None,
+                to: ModelRunner | None = None) -> Records:
+        """The sessions (all of one model version, in these slots of its slab) as the store keeps them, at their
+        next versions, by column: `states`, `counts`, `results` (None: an entry without; their inputs'
+        fingerprints `fps`) give the values a run is about to apply; `restarts[j]`: entry j is a sequence start;
+        `to`: the model version they move to. Per session only the ids and the recorded steps are read; the
+        rest are columns of the slab."""
+        slab = self.slabs[sessions[0].key]
+        timeout = slab.timeout[slots]
+        lasts = [s.last_result for s in sessions]
+        seqs = [s.last_seq for s in sessions]
+        last_fps = [s.last_fp for s in sessions]
+        if results is not None or (restarts is not None and any(restarts)):
+            for j in range(len(sessions)):
+                if results is not None and results[j] is not None:
+                    lasts[j], seqs[j], last_fps[j] = results[j], results[j].sequence_number, fps[j] if fps else 0
+                elif restarts is not None and restarts[j]:
+                    lasts[j], seqs[j], last_fps[j] = None, 0, 0
+        runner = self.runners[sessions[0].key] if to is None else to
+        return Records(
+            [s.id for s in sessions], [s.owner for s in sessions], sessions[0].model, runner.version, runner.sha256,
+            slab.rows[slots] if states is None else states,
+            slab.steps[slots] if counts is None else np.asarray(counts, np.int64), timeout,
+            time.time() + timeout, slab.version[slots] + 1, seqs,
+            [None if r is None else r.output for r in lasts], [None if r is None else r.state for r in lasts],
+            [0 if r is None else r.step_count for r in lasts], last_fps)
 
     def restore(self, records: list[SessionRecord]) -> int:
         """The stored sessions at start: adopted, or (a store of this process only) kept aside with the reason they

@@ -39,6 +39,64 @@ class SessionRecord:
                                  # version 1 is loaded now (the next write records its hash)
 
 
+@dataclass
+class Records:
+    """The records of one commit by column, every one of the same model version: what a model run writes, without
+    a SessionRecord per session. A sequence of SessionRecords too (`len`, `records[i]`, iteration), so a store
+    that writes row by row takes it as it takes a list; `Records.of` makes one of SessionRecords."""
+
+    ids: list[str]
+    owners: list[str | None]
+    model: str
+    model_version: int
+    model_hash: str
+    state: np.ndarray                       # [n, W] float32
+    step_count: np.ndarray                  # [n] int64
+    timeout: np.ndarray                     # [n] float64
+    expires_at: np.ndarray                  # [n] float64, wall clock
+    version: np.ndarray                     # [n] int64
+    last_seq: list[int]
+    last_output: list[np.ndarray | None]    # each [T, O]
+    last_state: list[np.ndarray | None]
+    last_step_count: list[int]
+    last_fp: list[int]
+
+    @classmethod
+    def of(cls, records) -> "Records":
+        """SessionRecords (a list, or Records as they are), all of one model version."""
+        if isinstance(records, Records):
+            return records
+        first = records[0]
+        if any(r.model != first.model or r.model_version != first.model_version or r.model_hash != first.model_hash
+               for r in records):
+            raise ValueError("Records.of: records of several model versions")
+        return cls([r.id for r in records], [r.owner for r in records], first.model, first.model_version,
+                   first.model_hash, np.stack([r.state for r in records]),
+                   np.array([r.step_count for r in records], np.int64), np.array([r.timeout for r in records]),
+                   np.array([r.expires_at for r in records]), np.array([r.version for r in records], np.int64),
+                   [r.last_seq for r in records], [r.last_output for r in records], [r.last_state for r in records],
+                   [r.last_step_count for r in records], [r.last_fp for r in records])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> SessionRecord:
+        return SessionRecord(self.ids[i], self.model, self.owners[i], self.state[i], int(self.step_count[i]),
+                             self.last_seq[i], float(self.timeout[i]), float(self.expires_at[i]), self.last_output[i],
+                             self.last_state[i], self.last_step_count[i], int(self.version[i]), self.last_fp[i],
+                             self.model_version, self.model_hash)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self.ids)))
+
+    def take(self, keep: list[int]) -> "Records":
+        """The records at these indexes."""
+        return Records([self.ids[i] for i in keep], [self.owners[i] for i in keep], self.model, self.model_version,
+                       self.model_hash, self.state[keep], self.step_count[keep], self.timeout[keep],
+                       self.expires_at[keep], self.version[keep], *([column[i] for i in keep] for column in (
+                           self.last_seq, self.last_output, self.last_state, self.last_step_count, self.last_fp)))
+
+
 class StateStore(Protocol):
     """What persistence.py needs from a backend (store/persistence.py is its one caller).
 

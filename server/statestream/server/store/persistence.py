@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from statestream.contract.errors import Internal, StatestreamError
-from statestream.server.store.base import CLOSED, SessionRecord
+from statestream.server.store.base import CLOSED, Records, SessionRecord
 
 log = logging.getLogger("statestream.persistence")
 
@@ -39,18 +39,26 @@ class Persistence:
             return True
         return await self._call("create", self.store.create(rec))
 
-    async def commit(self, records: list[SessionRecord | None] | None, timeout: float | None = None) -> list[str] | None:
+    async def commit(self, records: Records | list[SessionRecord] | None, timeout: float | None = None,
+                     closed: list[int] = ()) -> list[str] | None:
         """One write for a model run: a compare-and-set per record, "ok" | "conflict" | "missing" each, CLOSED for
-        an entry without a record (its session was closed meanwhile). None when nothing is stored. `timeout`:
-        seconds the write may take (None: the store's --store-timeout), then Unavailable."""
+        the entries in `closed` (their sessions were closed meanwhile: not written). None when nothing is stored.
+        `timeout`: seconds the write may take (None: the store's --store-timeout), then Unavailable."""
         if records is None or not self.durable:
             return None
-        todo = [r for r in records if r is not None]
+        records = Records.of(records)
+        n = len(records)
+        if closed:
+            gone = set(closed)
+            records = records.take([i for i in range(n) if i not in gone])
         default = getattr(self.store, "timeout", None)
         if timeout is not None and default is not None:
             timeout = min(timeout, default)
-        got = iter(await self._call("commit", self.store.commit(todo, timeout=timeout)) if todo else ())
-        return [CLOSED if r is None else next(got) for r in records]
+        got = await self._call("commit", self.store.commit(records, timeout=timeout)) if len(records) else []
+        if not closed:
+            return got
+        got = iter(got)
+        return [CLOSED if i in gone else next(got) for i in range(n)]
 
     async def fetch(self, key: Key) -> SessionRecord | None:
         """A shared store's record of a session (None: not there, or the store is not shared)."""

@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import CONFLICT, DEFAULT_TIMEOUT, MISSING, OK, SessionRecord
+from statestream.server.store.base import CONFLICT, DEFAULT_TIMEOUT, MISSING, OK, Records, SessionRecord
 from statestream.server.store.resp import Pool, bulk, command, hash_tag
 
 log = logging.getLogger("statestream.server.store")
@@ -95,27 +95,44 @@ _MODEL = struct.Struct("<qi")
 _F32 = np.dtype(np.float32)
 
 
+_HEAD_COLUMNS = np.dtype([("steps", "<i8"), ("seq", "<i8"), ("last_steps", "<i8"), ("timeout", "<f8"),
+                          ("n_id", "<i4"), ("n_model", "<i4"), ("n_owner", "<i4"), ("n_state", "<i4"), ("rows", "<i4"),
+                          ("n_out", "<i4"), ("n_last", "<i4")])   # _HEAD, as a numpy record
+
+
 def pack(rec: SessionRecord) -> bytes:
     """A SessionRecord (but version and expiry, kept in the hash and the TTL) as bytes; floats bit-exact."""
-    return _pack(rec, rec.id.encode("utf-8", "surrogatepass"),
-                 b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass"))
+    sid = rec.id.encode("utf-8", "surrogatepass")
+    return _packed(Records.of([rec]), [sid], [None if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")])[0]
 
 
-def _pack(rec: SessionRecord, sid: bytes, owner: bytes) -> bytes:
-    """pack, given the id and owner encoded (the commit has them for the key). Once per session on the commit
-    path: written for few Python operations."""
-    model, mhash = rec.model.encode(), rec.model_hash.encode()
-    state, out, last = rec.state, rec.last_output, rec.last_state
-    state = state if state.dtype == _F32 else state.astype(_F32)
-    out = out if out is None or out.dtype == _F32 else out.astype(_F32)
-    last = last if last is None or last.dtype == _F32 else last.astype(_F32)
-    head = _HEAD.pack(rec.step_count, rec.last_seq, rec.last_step_count, rec.timeout, len(sid), len(model),
-                      -1 if rec.owner is None else len(owner), state.size,
-                      -1 if out is None else out.shape[0], -1 if out is None else out.size,
-                      -1 if last is None else last.size)
-    return b"".join((head, sid, model, owner, state.tobytes(), b"" if out is None else out.tobytes(),
-                     b"" if last is None else last.tobytes(), _FP.pack(rec.last_fp),
-                     _MODEL.pack(rec.model_version, len(mhash)), mhash))
+def _f32(a: np.ndarray | None) -> np.ndarray | None:
+    return a if a is None or a.dtype == _F32 else a.astype(_F32)
+
+
+def _packed(recs: Records, sids: list[bytes], owners: list[bytes | None]) -> list[bytes]:
+    """`pack` of every record, given their ids and owners encoded (the commit has them for the keys): the heads
+    and the states by column, once; per record one join of its pieces."""
+    n = len(sids)
+    model, mhash = recs.model.encode(), recs.model_hash.encode()
+    outs = [_f32(o) for o in recs.last_output]
+    lasts = [_f32(a) for a in recs.last_state]
+    state = np.ascontiguousarray(_f32(recs.state))
+    head = np.empty(n, _HEAD_COLUMNS)
+    head["steps"], head["seq"], head["last_steps"], head["timeout"] = (recs.step_count, recs.last_seq,
+                                                                       recs.last_step_count, recs.timeout)
+    head["n_id"], head["n_model"], head["n_state"] = [len(s) for s in sids], len(model), state.shape[1]
+    head["n_owner"] = [-1 if o is None else len(o) for o in owners]
+    head["rows"] = [-1 if o is None else o.shape[0] for o in outs]
+    head["n_out"] = [-1 if o is None else o.size for o in outs]
+    head["n_last"] = [-1 if a is None else a.size for a in lasts]
+    heads, states = memoryview(head.tobytes()), memoryview(state.tobytes())
+    h, w = _HEAD.size, state.shape[1] * 4
+    tail = _MODEL.pack(recs.model_version, len(mhash)) + mhash
+    fp = _FP.pack
+    return [b"".join((heads[i * h:i * h + h], sids[i], model, owners[i] or b"", states[i * w:i * w + w],
+                      b"" if outs[i] is None else outs[i].tobytes(), b"" if lasts[i] is None else lasts[i].tobytes(),
+                      fp(recs.last_fp[i]), tail)) for i in range(n)]
 
 
 def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
@@ -372,24 +389,23 @@ def _raise_errors(replies: list) -> list:
     return replies
 
 
-def _cas_commands(records: list[SessionRecord], token: bytes, one_node: bool = False) -> tuple[list[tuple], list]:
-    """The EVALSHA commands of one commit (each a tuple of RESP pieces) and the records each covers (an index, or
-    a tuple of indexes for a group): one command per hash tag shared by several keys, one per other record; on a
-    standalone Redis (`one_node`), one command per SCRIPT_KEYS records whatever their keys. Once per session:
-    written for few Python operations."""
-    now = time.time()
+def _cas_commands(records, token: bytes, one_node: bool = False) -> tuple[list[tuple], list]:
+    """The EVALSHA commands of one commit of `records` (Records, or a list of SessionRecords), each a tuple of RESP
+    pieces, and the records each covers (an index, or a tuple of indexes for a group): one command per hash tag
+    shared by several keys, one per other record; on a standalone Redis (`one_node`), one command per SCRIPT_KEYS
+    records whatever their keys. Once per session: written for few Python operations."""
+    recs = Records.of(records)
     tok = bulk(token)
+    sids = [s.encode("utf-8", "surrogatepass") for s in recs.ids]
+    owners = [None if o is None else o.encode("utf-8", "surrogatepass") for o in recs.owners]
+    datas = _packed(recs, sids, owners)
+    ttls = np.maximum(((recs.expires_at - time.time()) * 1000).astype(np.int64), 1).tolist()
     commands, covers = [], []
     tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
     full: list = []     # groups of SCRIPT_KEYS records, done
-    for i, rec in enumerate(records):
-        sid = rec.id.encode("utf-8", "surrogatepass")
-        owner = b"" if rec.owner is None else rec.owner.encode("utf-8", "surrogatepass")
-        k = _key(owner, sid)
-        new, prev = b"%d" % rec.version, b"%d" % (rec.version - 1)
-        ttl = int((rec.expires_at - now) * 1000)
-        ttl = b"%d" % ttl if ttl > 0 else b"1"
-        data = _pack(rec, sid, owner)
+    for i, (sid, owner, version, ttl, data) in enumerate(zip(sids, owners, recs.version.tolist(), ttls, datas)):
+        k = _key(owner or b"", sid)
+        new, prev, ttl = b"%d" % version, b"%d" % (version - 1), b"%d" % ttl
         if one_node:
             tag = b""   # one group for all: cut at SCRIPT_KEYS like any other
         elif b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
