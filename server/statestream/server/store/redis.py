@@ -393,37 +393,47 @@ def _cas_commands(records, token: bytes, one_node: bool = False) -> tuple[list[t
     """The EVALSHA commands of one commit of `records` (Records, or a list of SessionRecords), each a tuple of RESP
     pieces, and the records each covers (an index, or a tuple of indexes for a group): one command per hash tag
     shared by several keys, one per other record; on a standalone Redis (`one_node`), one command per SCRIPT_KEYS
-    records whatever their keys. Once per session: written for few Python operations."""
+    records whatever their keys. Built by column: per record a few list entries, no loop body."""
     recs = Records.of(records)
+    n = len(recs)
     tok = bulk(token)
     sids = [s.encode("utf-8", "surrogatepass") for s in recs.ids]
     owners = [None if o is None else o.encode("utf-8", "surrogatepass") for o in recs.owners]
-    datas = _packed(recs, sids, owners)
-    ttls = np.maximum(((recs.expires_at - time.time()) * 1000).astype(np.int64), 1).tolist()
-    commands, covers = [], []
-    tagged: dict[bytes, tuple[list, list, list]] = {}   # tag: its records' indexes, key bulks, argument pieces
-    full: list = []     # groups of SCRIPT_KEYS records, done
-    for i, (sid, owner, version, ttl, data) in enumerate(zip(sids, owners, recs.version.tolist(), ttls, datas)):
-        k = _key(owner or b"", sid)
-        new, prev, ttl = b"%d" % version, b"%d" % (version - 1), b"%d" % ttl
-        if one_node:
-            tag = b""   # one group for all: cut at SCRIPT_KEYS like any other
-        elif b"{" not in k or (tag := hash_tag(k)) is None:   # EVALSHA sha 1 KEY token new prev ttl, the record
-            commands.append((b"%s$%d\r\n%s\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
-                _CAS_ONE, len(k), k, tok, len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
-            covers.append(i)
+    keys = [_key(o or b"", s) for o, s in zip(owners, sids)]
+    versions = recs.version.tolist()
+    news, prevs = [b"%d" % v for v in versions], [b"%d" % (v - 1) for v in versions]
+    ttls = [b"%d" % t for t in np.maximum(((recs.expires_at - time.time()) * 1000).astype(np.int64), 1).tolist()]
+    # per record: its key, and its arguments (new version, previous version, ttl ms, the packed record), as RESP
+    kbulks = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
+    argvs = [b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(a), a, len(b), b, len(t), t, len(d), d)
+             for a, b, t, d in zip(news, prevs, ttls, _packed(recs, sids, owners))]
+    if one_node:
+        groups, singles = [range(a, min(a + SCRIPT_KEYS, n)) for a in range(0, n, SCRIPT_KEYS)], []
+    else:
+        groups, singles = _by_tag(keys)
+    commands = [(_CAS_ONE, kbulks[i], tok, argvs[i]) for i in singles]   # EVALSHA sha 1 KEY token new prev ttl rec
+    covers: list = list(singles)
+    for g in groups:   # EVALSHA sha m KEY1..KEYm token (new prev ttl rec)1..m
+        head = b"*%d\r\n%s%s" % (4 + 5 * len(g), _EVALSHA_CAS, bulk(b"%d" % len(g)))
+        commands.append((head, *[kbulks[i] for i in g], tok, *[argvs[i] for i in g]))
+        covers.append(tuple(g))
+    return commands, covers
+
+
+def _by_tag(keys: list[bytes]) -> tuple[list[list[int]], list[int]]:
+    """(the indexes of keys sharing a hash tag, in groups of at most SCRIPT_KEYS; the indexes of the others)."""
+    singles: list[int] = []
+    tagged: dict[bytes, list[int]] = {}
+    full: list[list[int]] = []
+    for i, k in enumerate(keys):
+        tag = hash_tag(k) if b"{" in k else None
+        if tag is None:
+            singles.append(i)
             continue
         group = tagged.get(tag)
-        if group is None or len(group[0]) == SCRIPT_KEYS:
+        if group is None or len(group) == SCRIPT_KEYS:
             if group is not None:
                 full.append(group)
-            group = tagged[tag] = ([], [], [])
-        group[0].append(i)
-        group[1].append(b"$%d\r\n%s\r\n" % (len(k), k))
-        group[2].extend((b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n" % (
-            len(new), new, len(prev), prev, len(ttl), ttl, len(data)), data, b"\r\n"))
-    for indexes, keys, args in chain(full, tagged.values()):   # EVALSHA sha m KEY1..KEYm token (new prev ttl rec)1..m
-        head = b"*%d\r\n%s%s" % (4 + 5 * len(indexes), _EVALSHA_CAS, bulk(b"%d" % len(indexes)))
-        commands.append((head, *keys, tok, *args))
-        covers.append(tuple(indexes))
-    return commands, covers
+            group = tagged[tag] = []
+        group.append(i)
+    return full + list(tagged.values()), singles
