@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from statestream.server.store.base import SessionRecord
+from statestream.server.store.base import Records, SessionRecord
 from tests.support.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
@@ -59,22 +59,23 @@ def on_cpu_ns(pid: int | None) -> int:
 
 
 async def commit_cost(store, recs: list[SessionRecord], repeats: int, commits: int, redis_pid: int | None = None) -> dict:
-    """CPU and wall time of store.commit(recs), each commit a new version of every record: the best of `repeats`
-    runs of `commits` commits, per commit and per session; and redis-server's own CPU per session over all runs
-    (`redis_pid`: its main thread's time on a CPU, which runs the scripts)."""
+    """CPU and wall time of store.commit of `recs` as one Records (by column, as a model run hands them to the
+    store), each commit a new version of every record: the best of `repeats` runs of `commits` commits, per commit
+    and per session; and redis-server's own CPU per session over all runs (`redis_pid`: its main thread's time on
+    a CPU, which runs the scripts)."""
     n = len(recs)
     for r in recs:
         assert await store.create(r)
+    batch = Records.of(recs)
     best_cpu = best_wall = float("inf")
     redis0 = on_cpu_ns(redis_pid)
     for _ in range(repeats):
         cpu = wall = 0.0
         for _ in range(commits):
-            for r in recs:
-                r.version += 1
-                r.step_count += 1
+            batch.version += 1
+            batch.step_count += 1
             c0, w0 = time.process_time(), time.perf_counter()
-            codes = await store.commit(recs)
+            codes = await store.commit(batch)
             cpu += time.process_time() - c0
             wall += time.perf_counter() - w0
             assert codes == ["ok"] * n, codes[:3]
@@ -128,6 +129,7 @@ def frames(plan: scenarios.Plan, redis_url: str, rounds: int) -> dict:
         configs = {"memory": (mem, "frame256"), "redis": (red, "frame256"),
                    "redis, frames tagged": (red, "frame256-tagged")}
         rates: dict[str, list[float]] = {name: [] for name in configs}
+        cpu: dict[str, list[float]] = {name: [] for name in configs}   # server CPU us per session-step
 
         def run(srv, key: str, out: Path, **how) -> ghz.GhzResult:
             cmd = [p.replace("--connections=1", "--connections=4") for p in plan.cmd(srv, key, 4, out, **how)]
@@ -137,12 +139,16 @@ def frames(plan: scenarios.Plan, redis_url: str, rounds: int) -> dict:
             run(srv, key, plan.raw / "redis-commit-warm.json", total=64)
         for r in range(rounds):
             for name, (srv, key) in configs.items():
+                cpu0, t0 = scenarios.cpu_seconds(srv.pid)[0], time.perf_counter()
                 res = run(srv, key, plan.raw / f"redis-commit-{key}-{srv is mem}-{r}.json", duration=plan.duration)
+                used, wall = scenarios.cpu_seconds(srv.pid)[0] - cpu0, time.perf_counter() - t0
                 rates[name].append(res.calls_per_s * 256)
+                cpu[name].append(used / wall / rates[name][-1] * 1e6 if rates[name][-1] else 0.0)
                 log(f"round {r + 1}, frames of 256, {name}: {res.calls_per_s * 256:,.0f} session-steps/s, "
                     f"errors {res.errors}")
     median = {name: statistics.median(v) for name, v in rates.items()}
-    return {"rates": rates, "median": median, "vs_memory": {name: median[name] / median["memory"] for name in rates}}
+    return {"rates": rates, "median": median, "vs_memory": {name: median[name] / median["memory"] for name in rates},
+            "server_cpu_us": {name: statistics.median(v) for name, v in cpu.items()}}
 
 
 def redis_bound(commits: list[dict], memory: float) -> list[str]:
@@ -184,13 +190,17 @@ def report(res: dict) -> str:
         f = res["frames"]
         out += ["", f"## Frames of 256 (StepFrame, ghz c=4 over 4 connections, {m['duration']} s runs, "
                     f"{len(f['rates']['memory'])} alternating rounds)", "",
-                "| server store | session-steps/s per round | median | x memory | target |",
-                "| --- | --- | --- | --- | --- |"]
+                "Server CPU: the server process's CPU time (all threads, /proc) over a run, per session-step "
+                "(median of the rounds): steadier than the rates on a shared machine.", "",
+                "| server store | session-steps/s per round | median | x memory | server CPU us per session-step | "
+                "target |",
+                "| --- | --- | --- | --- | --- | --- |"]
         for name, rates in f["rates"].items():
             ratio = f["vs_memory"][name]
             verdict = "" if name == "memory" else ("PASS" if ratio >= TARGET_FRAMES else "MISS")
+            server = f.get("server_cpu_us", {}).get(name)
             out.append(f"| {name} | {', '.join(f'{v:,.0f}' for v in rates)} | {f['median'][name]:,.0f} | "
-                       f"{ratio:.2f}x | {verdict} |")
+                       f"{ratio:.2f}x | {'-' if server is None else f'{server:.2f}'} | {verdict} |")
         out += ["", *redis_bound(res["commits"], f["median"]["memory"])]
     return "\n".join(out + [""])
 

@@ -125,11 +125,12 @@ def test_redis_commit_report_and_tagged_frames(tmp_path: Path):
                     "command": "python -m bench.redis_commit"},
            "commits": [row, {**row, "tagged": True, "cpu_us_per_session": 6.0, "redis_cpu_us_per_session": 2.5}],
            "frames": {"rates": {"memory": [400_000.0], "redis": [40_000.0]},
-                      "median": {"memory": 400_000.0, "redis": 40_000.0}, "vs_memory": {"memory": 1.0, "redis": 0.1}}}
+                      "median": {"memory": 400_000.0, "redis": 40_000.0}, "vs_memory": {"memory": 1.0, "redis": 0.1},
+                      "server_cpu_us": {"memory": 2.5, "redis": 12.25}}}
     md = redis_commit.report(res)
     assert "| redis | untagged | 256 | 1,024 | 4.00 | 9.0 | 5.00 | PASS |" in md
     assert "| redis | one hash tag | 256 | 1,024 | 6.00 | 9.0 | 2.50 | MISS |" in md
-    assert "| redis | 40,000 | 40,000 | 0.10x | MISS |" in md
+    assert "| redis | 40,000 | 40,000 | 0.10x | 12.25 | MISS |" in md
     # redis-server runs every compare-and-set on one thread: 5 us each -> 200,000/s at most, half of memory
     assert "untagged: redis-server 5.00 us of its own CPU per session -> at most 200,000 session-steps/s" in md
     assert "= **0.50x** memory (400,000)" in md and "= **1.00x** memory" in md
