@@ -208,3 +208,16 @@ def test_rowfeeds_runs_each_layout_and_they_agree(capsys):
     assert rows == ["onnxruntime alone", "group: tensors", "group: parts", "group: rows", "frame: tensors",
                     "frame: parts", "frame: rows"]
     assert rowfeeds.agree(DEMO, 16)
+
+
+def test_redis_scripts_runs_every_way_of_writing_against_a_real_redis():
+    """bench.redis_scripts: each script variant loads and answers every key "ok" (measure asserts it), and every
+    way of writing costs redis-server some CPU; the report puts each against the store's script."""
+    from bench import redis_scripts
+
+    us = redis_scripts.measure(rounds=1, commits=2, aof=False)
+    assert set(us) == {*redis_scripts.SCRIPTS, *redis_scripts.PLAIN} and all(v[0] > 0 for v in us.values())
+    md = redis_scripts.report({"meta": {"date": "now", "cpus": 2, "aof": False, "rounds": 1, "commits": 2,
+                                        "command": "python -m bench.redis_scripts"},
+                               "us": {**{name: [2.0] for name in us}, "store CAS script": [4.0]}})
+    assert "| store CAS script | 4.00 | 4.00 | 1.00x |" in md and "| MSET | 2.00 | 2.00 | 0.50x |" in md
