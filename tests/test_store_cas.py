@@ -381,13 +381,12 @@ def test_commit_of_records_by_column_writes_each_record(store):
     run(go())
 
 
-def test_redis_records_packed_by_column_read_back_one_by_one():
-    """The Redis packing of a batch by column gives each record the layout `unpack` reads (the head struct, id,
+def test_redis_records_of_a_batch_packed_read_back_one_by_one():
+    """The Redis packing of a batch (Records) gives each record the layout `unpack` reads (the head struct, id,
     model, owner, floats, fingerprint, model version and hash): every field back bit for bit, float64 input
     stored as float32."""
-    from statestream.server.store.redis import _HEAD, _HEAD_COLUMNS, _packed, unpack
+    from statestream.server.store.redis import _HEAD, _packed, unpack
 
-    assert _HEAD_COLUMNS.itemsize == _HEAD.size
     recs = [record("a", fp=2**64 - 1, steps=3, seq=2), record("bb", owner="tenant-ü", last=False, fp=0),
             record("c" * 128, owner="", steps=2**40, seq=2**33, timeout=0.25)]
     for r in recs:

@@ -95,11 +95,6 @@ _MODEL = struct.Struct("<qi")
 _F32 = np.dtype(np.float32)
 
 
-_HEAD_COLUMNS = np.dtype([("steps", "<i8"), ("seq", "<i8"), ("last_steps", "<i8"), ("timeout", "<f8"),
-                          ("n_id", "<i4"), ("n_model", "<i4"), ("n_owner", "<i4"), ("n_state", "<i4"), ("rows", "<i4"),
-                          ("n_out", "<i4"), ("n_last", "<i4")])   # _HEAD, as a numpy record
-
-
 def pack(rec: SessionRecord) -> bytes:
     """A SessionRecord (but version and expiry, kept in the hash and the TTL) as bytes; floats bit-exact."""
     sid = rec.id.encode("utf-8", "surrogatepass")
@@ -111,28 +106,24 @@ def _f32(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def _packed(recs: Records, sids: list[bytes], owners: list[bytes | None]) -> list[bytes]:
-    """`pack` of every record, given their ids and owners encoded (the commit has them for the keys): the heads
-    and the states by column, once; per record one join of its pieces."""
-    n = len(sids)
+    """`pack` of every record, given their ids and owners encoded (the commit has them for the keys): the states
+    as one block of bytes, the numbers as lists, then per record one struct and one join."""
     model, mhash = recs.model.encode(), recs.model_hash.encode()
-    outs = [_f32(o) for o in recs.last_output]
-    lasts = [_f32(a) for a in recs.last_state]
     state = np.ascontiguousarray(_f32(recs.state))
-    head = np.empty(n, _HEAD_COLUMNS)
-    head["steps"], head["seq"], head["last_steps"], head["timeout"] = (recs.step_count, recs.last_seq,
-                                                                       recs.last_step_count, recs.timeout)
-    head["n_id"], head["n_model"], head["n_state"] = [len(s) for s in sids], len(model), state.shape[1]
-    head["n_owner"] = [-1 if o is None else len(o) for o in owners]
-    head["rows"] = [-1 if o is None else o.shape[0] for o in outs]
-    head["n_out"] = [-1 if o is None else o.size for o in outs]
-    head["n_last"] = [-1 if a is None else a.size for a in lasts]
-    heads, states = memoryview(head.tobytes()), memoryview(state.tobytes())
-    h, w = _HEAD.size, state.shape[1] * 4
+    w, nm = state.shape[1], len(model)
+    states, b = memoryview(state.tobytes()), 4 * w
     tail = _MODEL.pack(recs.model_version, len(mhash)) + mhash
-    fp = _FP.pack
-    return [b"".join((heads[i * h:i * h + h], sids[i], model, owners[i] or b"", states[i * w:i * w + w],
-                      b"" if outs[i] is None else outs[i].tobytes(), b"" if lasts[i] is None else lasts[i].tobytes(),
-                      fp(recs.last_fp[i]), tail)) for i in range(n)]
+    head, fp, out = _HEAD.pack, _FP.pack, []
+    for i, (sid, owner, steps, seq, last_steps, timeout, o, a, f) in enumerate(zip(
+            sids, owners, recs.step_count.tolist(), recs.last_seq, recs.last_step_count, recs.timeout.tolist(),
+            recs.last_output, recs.last_state, recs.last_fp)):
+        o, a = _f32(o), _f32(a)
+        out.append(b"".join((
+            head(steps, seq, last_steps, timeout, len(sid), nm, -1 if owner is None else len(owner), w,
+                 -1 if o is None else o.shape[0], -1 if o is None else o.size, -1 if a is None else a.size),
+            sid, model, owner or b"", states[i * b:i * b + b], b"" if o is None else o.tobytes(),
+            b"" if a is None else a.tobytes(), fp(f), tail)))
+    return out
 
 
 def unpack(data: bytes, version: int, expires_at: float) -> SessionRecord:
@@ -393,20 +384,23 @@ def _cas_commands(records, token: bytes, one_node: bool = False) -> tuple[list[t
     """The EVALSHA commands of one commit of `records` (Records, or a list of SessionRecords), each a tuple of RESP
     pieces, and the records each covers (an index, or a tuple of indexes for a group): one command per hash tag
     shared by several keys, one per other record; on a standalone Redis (`one_node`), one command per SCRIPT_KEYS
-    records whatever their keys. Built by column: per record a few list entries, no loop body."""
+    records whatever their keys. Once per session: the record packed, its key and arguments formatted."""
     recs = Records.of(records)
     n = len(recs)
     tok = bulk(token)
     sids = [s.encode("utf-8", "surrogatepass") for s in recs.ids]
     owners = [None if o is None else o.encode("utf-8", "surrogatepass") for o in recs.owners]
-    keys = [_key(o or b"", s) for o, s in zip(owners, sids)]
-    versions = recs.version.tolist()
-    news, prevs = [b"%d" % v for v in versions], [b"%d" % (v - 1) for v in versions]
-    ttls = [b"%d" % t for t in np.maximum(((recs.expires_at - time.time()) * 1000).astype(np.int64), 1).tolist()]
-    # per record: its key, and its arguments (new version, previous version, ttl ms, the packed record), as RESP
-    kbulks = [b"$%d\r\n%s\r\n" % (len(k), k) for k in keys]
-    argvs = [b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(a), a, len(b), b, len(t), t, len(d), d)
-             for a, b, t, d in zip(news, prevs, ttls, _packed(recs, sids, owners))]
+    now = time.time()
+    keys, kbulks, argvs = [], [], []   # per record: its key; as RESP, the key and its arguments (below)
+    for sid, owner, version, expires, data in zip(sids, owners, recs.version.tolist(), recs.expires_at.tolist(),
+                                                  _packed(recs, sids, owners)):
+        k = _key(owner or b"", sid)
+        ttl = int((expires - now) * 1000)
+        new, prev, ttl = b"%d" % version, b"%d" % (version - 1), b"%d" % ttl if ttl > 0 else b"1"
+        keys.append(k)
+        kbulks.append(b"$%d\r\n%s\r\n" % (len(k), k))
+        argvs.append(b"$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (   # new prev ttl record
+            len(new), new, len(prev), prev, len(ttl), ttl, len(data), data))
     if one_node:
         groups, singles = [range(a, min(a + SCRIPT_KEYS, n)) for a in range(0, n, SCRIPT_KEYS)], []
     else:
