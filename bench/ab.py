@@ -18,7 +18,6 @@ Version B is this checkout, run by this interpreter.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import compute, scenarios
+from .cli import publish
 from .procs import ROOT, Proc, null_server, statestream_server
 
 # (scenario key, ghz concurrency): the headline rows of docs/performance.md
@@ -229,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     if not a.skip_hotpath:
         res["hotpath"] = hotpath_rounds(a.old_python, a.old_tree, a.rounds, a.hotpath_seconds)
-    (a.out / "engine_ab.json").write_text(json.dumps(res, indent=1))
-    md = report(res)
-    (a.out / "engine_ab.md").write_text(md)
-    print(md)
-    return 0
+    return publish(a.out, "engine_ab", res, report(res))
 
 
 if __name__ == "__main__":

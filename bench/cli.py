@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .procs import ROOT
@@ -22,3 +23,12 @@ def ghz_parser(module: str, doc: str | None, quick_help: str = "1.5 s runs") -> 
     p.add_argument("--duration", type=float, default=3.0, help="seconds per ghz run")
     p.add_argument("--quick", action="store_true", help=quick_help)
     return p
+
+
+def publish(out: Path, name: str, res: dict, md: str) -> int:
+    """Write a bench's results as out/name.json and its report as out/name.md, print the report; exit status 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{name}.md").write_text(md)
+    print(md)
+    return 0

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import compute, scenarios
+from .cli import publish
 from .procs import ROOT, Proc, descendants
 
 VARIANTS = {  # name -> (extra server flags, bench.gctrace options: start-up changes of the server's process)
@@ -221,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.stop()
     res["meta"]["loadavg_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     res["rows"].sort(key=lambda row: (KEYS.index(row["scenario"]), row["pinned"], row["target"]))
-    (a.out / "latency.json").write_text(json.dumps(res, indent=1))
-    md = report(res)
-    (a.out / "latency.md").write_text(md)
-    print(md)
-    return 0
+    return publish(a.out, "latency", res, report(res))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from tests.support.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
-from .cli import ghz_parser
+from .cli import ghz_parser, publish
 from .procs import ROOT, statestream_server
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             res["rows"] += run_config(plan, redis_srv.url, path, replicas)
             redis_srv.client().flushall()
     res["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
-    (a.out / "proxy.json").write_text(json.dumps(res, indent=1))
-    md = report(res)
-    (a.out / "proxy.md").write_text(md)
-    print(md)
-    return 0
+    return publish(a.out, "proxy", res, report(res))
 
 
 if __name__ == "__main__":

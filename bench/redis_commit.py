@@ -31,7 +31,7 @@ from statestream.server.store.base import Records, SessionRecord
 from tests.support.redis_process import RedisProcess
 
 from . import compute, ghz, scenarios
-from .cli import ghz_parser
+from .cli import ghz_parser, publish
 from .procs import ROOT, statestream_server
 
 TARGET_US = 5.0        # server CPU per session, batch of 256
@@ -235,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                                   duration=a.duration, stream_count=1, ghz_cpus=1, raw=raw)
             plan.write_data()
             res["frames"] = frames(plan, redis_srv.url, a.rounds)
-    (a.out / "redis_commit.json").write_text(json.dumps(res, indent=1))
-    md = report(res)
-    (a.out / "redis_commit.md").write_text(md)
-    print(md)
-    return 0
+    return publish(a.out, "redis_commit", res, report(res))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ thread's time on a CPU (/proc/PID/schedstat) per key written, median of `--round
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,34 +32,23 @@ import numpy as np
 from statestream.server.store.redis import CAS_SCRIPT
 from tests.support.redis_process import RedisProcess
 
+from .cli import publish
 from .procs import ROOT
 from .redis_commit import on_cpu_ns
 
 KEYS, VALUE = 256, 600
-_LOOP = """
-local out, token = {}, ARGV[1]
-for i, k in ipairs(KEYS) do
-  local a = 4 * i - 2
-  local ok, code = pcall(cas, k, token, ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
-  if ok then out[i] = code else out[i] = redis.error_reply(type(code) == 'table' and code.err or tostring(code)) end
-end
-return out
-"""
-_CAS_BODY = """
-local function cas(k, token, new, prev, ttl, data)
-  local v = redis.call('HGET', k, 'v')
-  if not v then return 2 end
-  if v == prev then
-    redis.call('HSET', k, 'v', new, 'w', token, 'd', data)
-    %s
-    return 0
-  end
-  if v == new and redis.call('HGET', k, 'w') == token then return 0 end
-  return 1
-end
-"""
-NO_PEXPIRE = _CAS_BODY % "" + _LOOP
-LAZY_TTL = _CAS_BODY % "if redis.call('PTTL', k) < tonumber(ttl) / 2 then redis.call('PEXPIRE', k, ttl) end" + _LOOP
+_PEXPIRE = "    redis.call('PEXPIRE', k, ttl)\n"
+
+
+def _variant(refresh: str) -> str:
+    """The store's CAS_SCRIPT with its TTL refresh replaced by `refresh` (a Lua statement, or "")."""
+    if _PEXPIRE not in CAS_SCRIPT:
+        raise RuntimeError("CAS_SCRIPT no longer refreshes the TTL as bench.redis_scripts expects: update it")
+    return CAS_SCRIPT.replace(_PEXPIRE, refresh)
+
+
+NO_PEXPIRE = _variant("")
+LAZY_TTL = _variant("    if redis.call('PTTL', k) < tonumber(ttl) / 2 then redis.call('PEXPIRE', k, ttl) end\n")
 SET_ONLY = """
 for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[4 * i + 1], 'PX', ARGV[4 * i]) end
 return 0
@@ -139,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                     "command": "python -m bench.redis_scripts " + " ".join(argv if argv is not None else sys.argv[1:])},
            "us": measure(a.rounds, a.commits, not a.no_aof)}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "redis_scripts.json").write_text(json.dumps(res, indent=1))
-    md = report(res)
-    (a.out / "redis_scripts.md").write_text(md)
-    print(md)
-    return 0
+    return publish(a.out, "redis_scripts", res, report(res))
 
 
 if __name__ == "__main__":
