@@ -345,3 +345,27 @@ def test_a_retry_after_an_unavailable_step_is_bounded(sqlite_srv, remaining, fai
     assert len(seen) == commits and store._fetch(None, "a").step_count == 0
     c = srv.stub.Step(step_req("a", X[0], 1))  # the number is free: the next attempt applies it
     assert not c.replayed and c.step_count == 1
+
+
+def test_a_session_closed_while_its_frame_runs_is_not_written_back(inproc, tmp_path):
+    """A frame of 10 sessions on sqlite, its model run held on the executor while one of them is closed: the run's
+    commit writes the other nine (their versions move on) and leaves the closed one out, so the close stands."""
+    store = GatedSqliteStore(str(tmp_path / "state.db"))
+    srv = inproc(store=store, state_store=f"sqlite:{tmp_path / 'state.db'}", inline_max_batch=0)
+    gated = GatedExecutor()
+    srv.run(setattr, srv.app.batchers["demo", 1], "executor", gated)
+    ids = [f"s{i}" for i in range(10)]
+    for sid in ids:
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+    before = {sid: store._fetch(None, sid).version for sid in ids}
+    gated.gate.clear()
+    frame = asyncio.run_coroutine_threadsafe(srv.app.service.frame(
+        pb.StepFrameRequest(model="demo", session_ids=ids, inputs=np.tile(X[0], 10)), None), srv.loop)
+    assert gated.entered.acquire(timeout=10)
+    srv.stub.CloseSession(pb.CloseSessionRequest(session_id="s3"))
+    gated.gate.set()
+    reply = frame.result(10)
+    assert list(reply.step_counts) == [1] * 10 and not reply.errors   # the run was applied: every entry answered
+    assert store._fetch(None, "s3") is None                          # closed: not brought back by the commit
+    assert {sid: store._fetch(None, sid).version for sid in ids if sid != "s3"} == \
+        {sid: v + 1 for sid, v in before.items() if sid != "s3"}
