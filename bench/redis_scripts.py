@@ -12,6 +12,8 @@ thread's time on a CPU (/proc/PID/schedstat) per key written, median of `--round
 - `store CAS script`: the store's CAS_SCRIPT (HGET v, HSET v w d, PEXPIRE), one EVALSHA of 256 keys;
 - `CAS without PEXPIRE`: the same script without the TTL refresh (a lazily refreshed TTL would cost about this);
 - `CAS, TTL refreshed when PTTL says so`: the TTL read each write, refreshed only when it runs short;
+- `CAS, TTL refreshed when a field says so`: the key's expiry kept in a field read with the version, the deadline
+  written beside the record, the TTL refreshed only when a deadline passes the expiry;
 - `SET per key in a script`: one EVALSHA of 256 keys doing nothing but SET k v PX ttl: the floor of any
   per-key script (no compare at all);
 - `SET PX, pipelined`: 256 SET commands in one round trip (no script, no compare);
@@ -38,23 +40,35 @@ from .redis_commit import on_cpu_ns
 
 KEYS, VALUE = 256, 600
 _PEXPIRE = "    redis.call('PEXPIRE', k, ttl)\n"
+_READ = "local v = redis.call('HGET', k, 'v')"
+_WRITE = "redis.call('HSET', k, 'v', new, 'w', token, 'd', data)"
 
 
-def _variant(refresh: str) -> str:
-    """The store's CAS_SCRIPT with its TTL refresh replaced by `refresh` (a Lua statement, or "")."""
-    if _PEXPIRE not in CAS_SCRIPT:
-        raise RuntimeError("CAS_SCRIPT no longer refreshes the TTL as bench.redis_scripts expects: update it")
-    return CAS_SCRIPT.replace(_PEXPIRE, refresh)
+def _variant(*swaps: tuple[str, str]) -> str:
+    """The store's CAS_SCRIPT with each (old, new) piece of it swapped."""
+    text = CAS_SCRIPT
+    for old, new in swaps:
+        if old not in text:
+            raise RuntimeError(f"CAS_SCRIPT no longer has {old!r}: update bench.redis_scripts")
+        text = text.replace(old, new)
+    return text
 
 
-NO_PEXPIRE = _variant("")
-LAZY_TTL = _variant("    if redis.call('PTTL', k) < tonumber(ttl) / 2 then redis.call('PEXPIRE', k, ttl) end\n")
+NO_PEXPIRE = _variant((_PEXPIRE, ""))
+LAZY_TTL = _variant((_PEXPIRE, "    if redis.call('PTTL', k) < tonumber(ttl) / 2 then redis.call('PEXPIRE', k, ttl) end\n"))
+# the key's expiry kept in a field `x` read with the version, the deadline written beside the record (`e`): the TTL
+# refreshed only when a write's deadline passes `x` (here never: every key starts with `x` far ahead)
+FIELD_TTL = _variant((_READ, "local r = redis.call('HMGET', k, 'v', 'x')\n  local v = r[1]"),
+                     (_WRITE, "redis.call('HSET', k, 'v', new, 'w', token, 'd', data, 'e', ttl)"),
+                     (_PEXPIRE, "    if (tonumber(r[2]) or 0) < tonumber(ttl) then redis.call('HSET', k, 'x', 2 * ttl)\n"
+                                "      redis.call('PEXPIRE', k, ttl) end\n"))
 SET_ONLY = """
 for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[4 * i + 1], 'PX', ARGV[4 * i]) end
 return 0
 """
 SCRIPTS = {"store CAS script": CAS_SCRIPT, "CAS without PEXPIRE": NO_PEXPIRE,
-           "CAS, TTL refreshed when PTTL says so": LAZY_TTL, "SET per key in a script": SET_ONLY}
+           "CAS, TTL refreshed when PTTL says so": LAZY_TTL, "CAS, TTL refreshed when a field says so": FIELD_TTL,
+           "SET per key in a script": SET_ONLY}
 PLAIN = ("SET PX, pipelined", "MSET")
 
 
@@ -75,7 +89,7 @@ def measure(rounds: int, commits: int, aof: bool) -> dict[str, list[float]]:
                 hashed = name in SCRIPTS and name != "SET per key in a script"   # the store's records are hashes
                 for k in keys:
                     if hashed:
-                        c.hset(k, mapping={"v": b"0", "w": b"t", "d": value})
+                        c.hset(k, mapping={"v": b"0", "w": b"t", "d": value, "x": 2**62})
                     else:
                         c.set(k, value)
                     c.pexpire(k, 3_600_000)
