@@ -118,3 +118,59 @@ def test_a_zero_frame_index_resolves_every_frame_id_by_id(inproc, monkeypatch):
     frame(srv.stub, ids)
     frame(srv.stub, ids)
     assert seen == [N, N] and len(srv.app.table.frames) == 0
+
+
+def test_contiguous_and_first_and_indexes_of_slots():
+    from statestream.server.engine.sessions import contiguous, first, indexes
+
+    block = contiguous(np.arange(5, 15, dtype=np.intp))
+    assert block == slice(5, 15) and first(block, 3) == slice(5, 8)
+    np.testing.assert_array_equal(indexes(block), np.arange(5, 15))
+    for scattered in ([5, 6, 8, 9], [6, 5, 7, 8], [5, 5, 6, 7]):   # a gap, out of order, a repeat
+        got = contiguous(np.array(scattered, dtype=np.intp))
+        assert isinstance(got, np.ndarray) and got.tolist() == scattered
+        np.testing.assert_array_equal(first(got, 2), scattered[:2])
+    assert isinstance(contiguous(np.array([3], dtype=np.intp)), np.ndarray)   # one session: no block
+
+
+def test_a_frame_of_consecutive_slots_steps_its_block_in_place_like_any_frame(inproc):
+    """Sessions opened together in order sit in consecutive slots: a frame listing them in that order is kept as a
+    slice of its slab (no gather, no scatter), one listing them otherwise as slots; both step every session
+    exactly as stepping it alone would, and each other's steps are seen."""
+    srv = inproc()
+    ids = [f"b{i}" for i in range(2 * N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    frame(srv.stub, ids)                      # resolved id by id, kept
+    shuffled = ids[N:] + ids[:N]
+    frame(srv.stub, shuffled)
+    kept = {tuple(k[2].split("\x00")[:2]): v[1] for k, v in srv.app.table.frames._frames.items()}
+    assert isinstance(kept[tuple(ids[:2])], slice) and isinstance(kept[tuple(shuffled[:2])], np.ndarray)
+    again = frame(srv.stub, ids)              # through the kept slice
+    assert list(again.step_counts) == [4] * (2 * N)
+    np.testing.assert_allclose(np.array(again.outputs), np.repeat(stepped(np.tile(X, (4, 1)))[-1], 2 * N), atol=1e-5)
+    state = srv.stub.GetState(pb.GetStateRequest(session_id="b3")).state
+    assert state.step_count == 4
+
+
+def test_frames_of_consecutive_slots_share_a_run_and_a_queue_short_of_room_takes_the_first(inproc):
+    """Two kept block frames queued together run as one model run (their slots joined); a frame the server's queue
+    has room for only in part runs its first entries and refuses the rest, whatever its slots' form."""
+    srv = inproc(max_queue_delay=0.2, max_pending=N + N // 2)
+    a, b = [f"qa{i}" for i in range(N)], [f"qb{i}" for i in range(N)]
+    frame(srv.stub, a, open_if_missing=True)
+    frame(srv.stub, b, open_if_missing=True)
+    frame(srv.stub, a)
+    frame(srv.stub, b)                        # both kept as slices
+    stats = srv.app.metrics.models["demo", 1]
+    runs = stats.executions
+    futures = [srv.stub.StepFrame.future(pb.StepFrameRequest(model="demo", session_ids=ids, inputs=np.tile(X, N)))
+               for ids in (a, b)]
+    replies = [f.result(10) for f in futures]
+    assert stats.executions == runs + 1      # one model run for both
+    got = sorted((list(r.step_counts), sorted(e.index for e in r.errors)) for r in replies)
+    # one frame whole; of the other only what the queue (N + N/2) had room for, the rest refused
+    assert got[1] == ([3] * N, [])
+    assert got[0][0][:N // 2] == [3] * (N // 2) and got[0][1] == list(range(N // 2, N))
+    for ids in (a, b):
+        counts = [srv.stub.GetState(pb.GetStateRequest(session_id=sid)).state.step_count for sid in ids]
+        assert counts in ([3] * N, [3] * (N // 2) + [2] * (N // 2))   # refused entries changed nothing

@@ -22,6 +22,7 @@ from statestream.server.engine.sessions import (
     closed_among,
     enqueue_many,
     finish_many,
+    indexes,
     start_many,
 )
 from statestream.server.engine.table import SessionTable, gone
@@ -237,7 +238,7 @@ class Batcher:
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
-            slots = np.concatenate([u.slots for u in units])
+            slots = np.concatenate([indexes(u.slots) for u in units])
         if len(sessions) == 1:
             slot = slots[0]
             states = rows[slot:slot + 1]
@@ -391,9 +392,7 @@ class Batcher:
         elif len(skip) < n:
             keep = np.ones(n, dtype=bool)
             keep[skip] = False
-            if isinstance(slots, slice):
-                slots = np.arange(slots.start, slots.stop)
-            rows[slots[keep]] = new[keep]
+            rows[indexes(slots)[keep]] = new[keep]
 
     async def _redo(self, units: list[Unit], statuses: list[str]) -> None:
         """Entries whose commit lost a compare-and-set: reload the sessions (one store read for all of them),

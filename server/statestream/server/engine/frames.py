@@ -55,14 +55,16 @@ class FrameIndex:
         self.hits += 1
         return sessions, slots
 
-    def put(self, key: tuple, sessions: list, slots: np.ndarray, cells: Cells) -> None:
-        """Keep a frame just resolved: distinct sessions, all open in `cells` at `slots`."""
+    def put(self, key: tuple, sessions: list, slots, cells: Cells) -> None:
+        """Keep a frame just resolved: distinct sessions, all open in `cells` at `slots` (an index array, or a slice
+        of a block)."""
         n = len(sessions)
         if n > self.limit:
             return
         if key in self._frames:
             self._drop(key)
-        slots.setflags(write=False)  # shared by every request of this frame from now on
+        if not isinstance(slots, slice):
+            slots.setflags(write=False)  # shared by every request of this frame from now on
         while self.held + n > self.limit:
             self._drop(next(iter(self._frames)))
         self._frames[key] = (sessions, slots, cells, cells.vacated)

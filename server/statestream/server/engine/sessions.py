@@ -331,6 +331,25 @@ def all_idle(cells: Cells, sessions: list, slots) -> bool:
     return not cells.phase[slots].any()
 
 
+def contiguous(slots: np.ndarray):
+    """`slots` as a slice when they are consecutive and ascending (sessions opened together, stepped in that order):
+    the cells and state rows of such a frame are views of one block, like a group's, with no gather or scatter."""
+    n = len(slots)
+    if n > 1 and slots[-1] - slots[0] == n - 1 and (slots[1:] > slots[:-1]).all():
+        return slice(int(slots[0]), int(slots[0]) + n)
+    return slots
+
+
+def first(slots, k: int):
+    """The first k of a unit's slots (an index array, or a slice of a block)."""
+    return slice(slots.start, slots.start + k) if isinstance(slots, slice) else slots[:k]
+
+
+def indexes(slots) -> np.ndarray:
+    """A unit's slots as an index array (a slice of a block as the indexes it covers)."""
+    return np.arange(slots.start, slots.stop) if isinstance(slots, slice) else slots
+
+
 def closed_among(cells: Cells, slots) -> list[int]:
     """The entries (indexes into `slots`) whose sessions are closed."""
     return np.flatnonzero(cells.phase[slots] == _CLOSED).tolist()

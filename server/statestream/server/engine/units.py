@@ -44,7 +44,8 @@ class Unit:
         self.block = block
         self.keep = keep
         self.rows = None if block is None else (np.arange(len(x)) if keep is None else np.flatnonzero(keep))
-        # the sessions' slots: the cells and state rows of entry i are at slots[i] (a group's block: a slice)
+        # the sessions' slots: the cells and state rows of entry i are at slots[i] (a block: a slice; a group's, or a
+        # frame's whose sessions sit in consecutive slots, sessions.contiguous)
         if slots is not None:
             self.slots = slots
         elif block is None:
