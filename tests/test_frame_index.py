@@ -174,3 +174,28 @@ def test_frames_of_consecutive_slots_share_a_run_and_a_queue_short_of_room_takes
     for ids in (a, b):
         counts = [srv.stub.GetState(pb.GetStateRequest(session_id=sid)).state.step_count for sid in ids]
         assert counts in ([3] * N, [3] * (N // 2) + [2] * (N // 2))   # refused entries changed nothing
+
+
+def test_a_frame_that_opens_its_sessions_lays_them_out_as_one_block(inproc):
+    """Sessions a frame opens together go onto consecutive slots in its order, even where free slots are scattered
+    (here: between the sessions of another frame, closed one in two), so the next frames of that list run on their
+    block; a frame that opened only some of its sessions leaves them where they are. Every answer is as if each
+    session were stepped alone."""
+    srv = inproc()
+    other = [f"o{i}" for i in range(2 * N)]
+    frame(srv.stub, other, open_if_missing=True)
+    for sid in other[::2]:
+        srv.stub.CloseSession(pb.CloseSessionRequest(session_id=sid))   # free slots, one in two
+    ids = [f"n{i}" for i in range(2 * N)]
+    first = frame(srv.stub, ids, open_if_missing=True)
+    again = frame(srv.stub, ids)
+    kept = {k[2].split("\x00")[0]: v[1] for k, v in srv.app.table.frames._frames.items()}
+    assert isinstance(kept["n0"], slice) and kept["n0"].stop - kept["n0"].start == 2 * N
+    slots = [srv.app.table.find(sid).slot for sid in ids]
+    assert slots == list(range(slots[0], slots[0] + 2 * N))
+    assert list(first.step_counts) == [1] * (2 * N) and list(again.step_counts) == [2] * (2 * N)
+    np.testing.assert_allclose(np.array(again.outputs), np.repeat(stepped(np.tile(X, (2, 1)))[-1], 2 * N), atol=1e-5)
+    mixed = [*other[1::2], *[f"m{i}" for i in range(N)]]            # N already open, N opened now
+    before = [srv.app.table.find(sid).slot for sid in other[1::2]]
+    frame(srv.stub, mixed, open_if_missing=True)
+    assert [srv.app.table.find(sid).slot for sid in other[1::2]] == before

@@ -203,6 +203,8 @@ class Engine:
         opened = None
         if sessions is None:
             sessions, opened = await self._resolve(req, errors)
+            if opened is not None and all(opened):
+                self._lay_out(sessions)
         decided = self._decide(req, sessions, errors, slots)
         if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
             for s in decided:
@@ -287,6 +289,17 @@ class Engine:
         if key is not None:
             self.table.frames.put(key, tuple(sessions), slots, slab)
         return sessions, slots
+
+    def _lay_out(self, sessions: list[Session]) -> None:
+        """Sessions a frame opened together move onto consecutive slots in its order (SessionTable.regroup, as a
+        group re-opened over existing sessions), so its next frames run on their block (sessions.contiguous) as a
+        group step does. Only when every one is still idle, on one version and in no group."""
+        n = len(sessions)
+        key = sessions[0].key
+        if n < BULK or any(s.key != key or not s.idle for s in sessions) or self.groups.any_member(sessions):
+            return
+        if not isinstance(contiguous(np.fromiter((s.slot for s in sessions), np.intp, n)), slice):
+            self.table.regroup(sessions[0].model, sessions)
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
         """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read

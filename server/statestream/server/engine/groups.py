@@ -125,6 +125,13 @@ class Groups:
         """Is this session a member of an open group?"""
         return any(s in g.members for g in self._groups.values())
 
+    def any_member(self, sessions: list[Session]) -> bool:
+        """Is any of these sessions a member of an open group? (one pass over the groups, not one per session)"""
+        if not self._groups:
+            return False
+        members = {id(m) for g in self._groups.values() for m in g.members}
+        return any(id(s) in members for s in sessions)
+
     def remove(self, g: Group) -> None:
         self._groups.pop((g.owner, g.id), None)
 
