@@ -199,3 +199,22 @@ def test_a_frame_that_opens_its_sessions_lays_them_out_as_one_block(inproc):
     before = [srv.app.table.find(sid).slot for sid in other[1::2]]
     frame(srv.stub, mixed, open_if_missing=True)
     assert [srv.app.table.find(sid).slot for sid in other[1::2]] == before
+
+
+def test_a_slab_with_many_free_slots_leaves_a_new_frame_where_it_was_opened(inproc, monkeypatch):
+    """Finding a block sorts a slab's free slots: beyond LAY_OUT_FREE_MAX of them a frame's new sessions stay in
+    the slots they were opened in (scattered here), and step as well."""
+    from statestream.server.engine import engine
+
+    srv = inproc()
+    other = [f"p{i}" for i in range(2 * N)]
+    frame(srv.stub, other, open_if_missing=True)
+    for sid in other[::2]:
+        srv.stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
+    assert srv.app.table.slabs["demo", 1].free_slots > 1000   # the first 1024 rows of the slab, mostly free
+    monkeypatch.setattr(engine, "LAY_OUT_FREE_MAX", 900)
+    ids = [f"q{i}" for i in range(2 * N)]
+    frame(srv.stub, ids, open_if_missing=True)
+    slots = [srv.app.table.find(sid).slot for sid in ids]
+    assert slots != list(range(slots[0], slots[0] + 2 * N))
+    assert list(frame(srv.stub, ids).step_counts) == [2] * (2 * N)

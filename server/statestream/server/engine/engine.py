@@ -36,6 +36,7 @@ log = logging.getLogger("statestream.engine")
 AGAIN = 2  # own attempts of a retry whose awaited step failed UNAVAILABLE while its deadline left time (_again)
 AGAIN_MARGIN = 0.05  # seconds of its deadline a retry must have left to make another attempt
 RESOLVE_CHUNK = 256  # entries resolved (read through, opened) per loop turn: a big frame never starves others
+LAY_OUT_FREE_MAX = 65_536  # free slots of a slab beyond which a frame's new sessions are not laid out on a block
 
 
 def layout(runner: ModelRunner) -> list[tuple[str, str, int]]:
@@ -293,10 +294,12 @@ class Engine:
     def _lay_out(self, sessions: list[Session]) -> None:
         """Sessions a frame opened together move onto consecutive slots in its order (SessionTable.regroup, as a
         group re-opened over existing sessions), so its next frames run on their block (sessions.contiguous) as a
-        group step does. Only when every one is still idle, on one version and in no group."""
+        group step does. Only when every one is still idle, on one version and in no group, and the slab's free
+        slots are few enough (LAY_OUT_FREE_MAX) for the block's search not to hold the loop up."""
         n = len(sessions)
         key = sessions[0].key
-        if n < BULK or any(s.key != key or not s.idle for s in sessions) or self.groups.any_member(sessions):
+        if n < BULK or self.table.slabs[key].free_slots > LAY_OUT_FREE_MAX or \
+                any(s.key != key or not s.idle for s in sessions) or self.groups.any_member(sessions):
             return
         if not isinstance(contiguous(np.fromiter((s.slot for s in sessions), np.intp, n)), slice):
             self.table.regroup(sessions[0].model, sessions)
