@@ -121,15 +121,15 @@ def test_a_zero_frame_index_resolves_every_frame_id_by_id(inproc, monkeypatch):
 
 
 def test_contiguous_and_first_and_indexes_of_slots():
-    from statestream.server.engine.sessions import contiguous, first, indexes
+    from statestream.server.engine.sessions import contiguous, first_slots, indexes
 
     block = contiguous(np.arange(5, 15, dtype=np.intp))
-    assert block == slice(5, 15) and first(block, 3) == slice(5, 8)
+    assert block == slice(5, 15) and first_slots(block, 3) == slice(5, 8)
     np.testing.assert_array_equal(indexes(block), np.arange(5, 15))
     for scattered in ([5, 6, 8, 9], [6, 5, 7, 8], [5, 5, 6, 7]):   # a gap, out of order, a repeat
         got = contiguous(np.array(scattered, dtype=np.intp))
         assert isinstance(got, np.ndarray) and got.tolist() == scattered
-        np.testing.assert_array_equal(first(got, 2), scattered[:2])
+        np.testing.assert_array_equal(first_slots(got, 2), scattered[:2])
     assert isinstance(contiguous(np.array([3], dtype=np.intp)), np.ndarray)   # one session: no block
 
 

@@ -24,7 +24,7 @@ from statestream.server.engine.frames import frame_key
 from statestream.server.engine.groups import TOUCH_EVERY, Group, Groups
 from statestream.server.engine.ledger import MAX_SEQUENCE_NUMBER, fingerprint
 from statestream.server.engine.model import ModelRunner, finite
-from statestream.server.engine.sessions import BULK, Session, contiguous, first
+from statestream.server.engine.sessions import BULK, Session, contiguous, first_slots
 from statestream.server.engine.table import SessionTable
 from statestream.server.engine.types import APPLIED, REPLAYED, StepReply, StepRequest, StepResult
 from statestream.server.engine.units import APPLIED as ENTRY_APPLIED
@@ -428,7 +428,7 @@ class Engine:
             errors.update((i, full) for i in new[room:])
             new = new[:room]
             fps = None if fps is None else fps[:room]
-            slots = None if slots is None else first(slots, room)
+            slots = None if slots is None else first_slots(slots, room)
             if not new:
                 return []
         every = len(new) == len(sessions)  # (then every entry is new, in order)

@@ -340,7 +340,7 @@ def contiguous(slots: np.ndarray):
     return slots
 
 
-def first(slots, k: int):
+def first_slots(slots, k: int):
     """The first k of a unit's slots (an index array, or a slice of a block)."""
     return slice(slots.start, slots.start + k) if isinstance(slots, slice) else slots[:k]
 
