@@ -218,3 +218,19 @@ def test_a_slab_with_many_free_slots_leaves_a_new_frame_where_it_was_opened(inpr
     slots = [srv.app.table.find(sid).slot for sid in ids]
     assert slots != list(range(slots[0], slots[0] + 2 * N))
     assert list(frame(srv.stub, ids).step_counts) == [2] * (2 * N)
+
+
+def test_a_frame_layout_never_grows_the_slab():
+    """alloc_block(n, grow=False) takes a free run or nothing: with every other row free there is no run of 4, the
+    slab keeps its capacity and its free rows; regroup without growing then leaves the sessions where they are."""
+    from statestream.server.engine.table import Slab
+
+    slab = Slab(width=4, capacity=16)
+    taken = [slab.alloc() for _ in range(15)]
+    for slot in taken[::2]:
+        slab.free(slot)
+    free_before = slab.free_slots
+    assert slab.alloc_block(4, grow=False) is None
+    assert slab.rows.shape[0] == 16 and slab.free_slots == free_before
+    assert slab.alloc_block(1, grow=False) in taken[::2] and slab.free_slots == free_before - 1
+    assert slab.alloc_block(4) == 16 and slab.rows.shape[0] == 32   # growing (a group's open) takes new rows

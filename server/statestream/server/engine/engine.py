@@ -294,15 +294,16 @@ class Engine:
     def _lay_out(self, sessions: list[Session]) -> None:
         """Sessions a frame opened together move onto consecutive slots in its order (SessionTable.regroup, as a
         group re-opened over existing sessions), so its next frames run on their block (sessions.contiguous) as a
-        group step does. Only when every one is still idle, on one version and in no group, and the slab's free
-        slots are few enough (LAY_OUT_FREE_MAX) for the block's search not to hold the loop up."""
+        group step does. Only when every one is still idle, on one version and in no group, the slab's free slots
+        are few enough (LAY_OUT_FREE_MAX) for the block's search not to hold the loop up, and a run of them is free
+        (the slab does not grow for it)."""
         n = len(sessions)
         key = sessions[0].key
         if n < BULK or self.table.slabs[key].free_slots > LAY_OUT_FREE_MAX or \
                 any(s.key != key or not s.idle for s in sessions) or self.groups.any_member(sessions):
             return
         if not isinstance(contiguous(np.fromiter((s.slot for s in sessions), np.intp, n)), slice):
-            self.table.regroup(sessions[0].model, sessions)
+            self.table.regroup(sessions[0].model, sessions, grow=False)   # a frame's layout never grows the slab
 
     async def _resolve(self, req: StepRequest, errors: dict) -> tuple[list, list | None]:
         """The session of each entry (None where it failed: unknown, wrong model, duplicate, NaN/Inf input), read

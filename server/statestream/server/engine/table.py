@@ -62,15 +62,17 @@ class Slab(Cells):
         self.rows[slot] = 0.0
         return slot
 
-    def alloc_block(self, n: int) -> int:
-        """n contiguous rows (a session group): a run of free rows if there is one, else new rows at the end.
-        Returns the first row."""
+    def alloc_block(self, n: int, grow: bool = True) -> int | None:
+        """n contiguous rows (a session group): a run of free rows if there is one, else new rows at the end (None
+        instead when not `grow`). Returns the first row."""
         free = np.sort(np.array(self._free, dtype=np.int64))
         start = None
         if len(free) >= n:  # a run of n consecutive free rows: free[i + n - 1] - free[i] == n - 1
             runs = np.flatnonzero(free[n - 1:] - free[:len(free) - n + 1] == n - 1)
             if len(runs):
                 start = int(free[runs[0]])
+        if start is None and not grow:
+            return None
         if start is None:
             old = self.rows.shape[0]
             cap = old + max(n, old)
@@ -214,9 +216,10 @@ class SessionTable:
             raise ResourceExhausted(f"session limit reached: {self.max_sessions} sessions open (--max-sessions)"
                                     + (f"; {n} more do not fit" if n > 1 else ""))
 
-    def regroup(self, model: str, sessions: list[Session]) -> list[Session]:
+    def regroup(self, model: str, sessions: list[Session], grow: bool = True) -> list[Session]:
         """Existing idle sessions of `model` moved onto contiguous rows (re-opening a group after a restart, when
-        its members came back one by one); their states move with them."""
+        its members came back one by one); their states move with them. Not `grow`: only onto free rows the slab
+        has (else they stay where they are)."""
         for s in sessions:
             if s.model != model:
                 raise InvalidArgument(f"session {show(s.id)} is on model {s.model!r}, not {show(model)}")
@@ -229,7 +232,9 @@ class SessionTable:
             raise FailedPrecondition(f"the sessions are on different versions of {show(model)}: "
                                      f"{sorted({s.key[1] for s in sessions})}; a group runs on one")
         slab = self.slabs[sessions[0].key]
-        start = slab.alloc_block(len(sessions))
+        start = slab.alloc_block(len(sessions), grow)
+        if start is None:
+            return sessions
         for i, s in enumerate(sessions):
             old = s.slot
             slab.rows[start + i] = slab.rows[old]
