@@ -101,7 +101,8 @@ class StateStore(Protocol):
     """What persistence.py needs from a backend (store/persistence.py is its one caller).
 
     `commit` is awaited before a step is answered (for a durable store), is called once per batch with every
-    session the batch changed and costs one round trip / one transaction. It is a compare-and-set per record:
+    session the batch changed (a `Records`, or a list of SessionRecords: both are sequences of SessionRecords)
+    and costs one round trip / one transaction. It is a compare-and-set per record:
     a record is written only if the stored version is `rec.version - 1`; the answer per record is "ok",
     "conflict" (the stored version differs: another process wrote it) or "missing" (closed or expired
     elsewhere). A store that cannot be reached raises `errors.Unavailable`, and nothing of that call was
@@ -126,7 +127,7 @@ class StateStore(Protocol):
 
     async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool: ...
 
-    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]: ...
+    async def commit(self, records: Records | list[SessionRecord], *, timeout: float | None = None) -> list[str]: ...
 
     async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None: ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statestream.server.store.base import OK, SessionRecord
+from statestream.server.store.base import OK, Records, SessionRecord
 
 
 class MemoryStore:
@@ -25,7 +25,7 @@ class MemoryStore:
     async def create(self, rec: SessionRecord, *, timeout: float | None = None) -> bool:
         return True
 
-    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
+    async def commit(self, records: Records | list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         return [OK] * len(records)
 
     async def delete(self, keys: list[tuple[str | None, str]], *, timeout: float | None = None) -> None:

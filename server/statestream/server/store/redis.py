@@ -335,7 +335,7 @@ class RedisStore:
         cmd = command("EVALSHA", _CREATE.sha, 1, key(rec.owner, rec.id), rec.version, self._token(), pack(rec), ttl)
         return bool((await self._bounded(self._evalsha(_CREATE, [(cmd,)], checked=True), timeout, write=True))[0])
 
-    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
+    async def commit(self, records: Records | list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         """Compare-and-set every record in one round trip: "ok" | "conflict" | "missing" per record."""
         if not records:
             return []

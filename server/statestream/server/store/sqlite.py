@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from statestream.contract.errors import Unavailable
-from statestream.server.store.base import CONFLICT, MISSING, OK, SessionRecord, StoreUnreadable
+from statestream.server.store.base import CONFLICT, MISSING, OK, Records, SessionRecord, StoreUnreadable
 
 log = logging.getLogger("statestream.server.store")
 
@@ -305,7 +305,7 @@ class SqliteStore:
         """Insert `rec` if no unexpired session has its (owner, id); False if one has."""
         return await self._run(self._create, _row(rec), timeout=timeout)
 
-    async def commit(self, records: list[SessionRecord], *, timeout: float | None = None) -> list[str]:
+    async def commit(self, records: Records | list[SessionRecord], *, timeout: float | None = None) -> list[str]:
         """Compare-and-set every record in one transaction: "ok" | "conflict" | "missing" per record."""
         if not records:
             return []
