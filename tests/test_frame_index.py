@@ -179,8 +179,8 @@ def test_frames_of_consecutive_slots_share_a_run_and_a_queue_short_of_room_takes
 def test_a_frame_that_opens_its_sessions_lays_them_out_as_one_block(inproc):
     """Sessions a frame opens together go onto consecutive slots in its order, even where free slots are scattered
     (here: between the sessions of another frame, closed one in two), so the next frames of that list run on their
-    block; a frame that opened only some of its sessions leaves them where they are. Every answer is as if each
-    session were stepped alone."""
+    block; a frame that opened only some of its sessions takes the others along. Every answer is as if each session
+    were stepped alone."""
     srv = inproc()
     other = [f"o{i}" for i in range(2 * N)]
     frame(srv.stub, other, open_if_missing=True)
@@ -195,10 +195,13 @@ def test_a_frame_that_opens_its_sessions_lays_them_out_as_one_block(inproc):
     assert slots == list(range(slots[0], slots[0] + 2 * N))
     assert list(first.step_counts) == [1] * (2 * N) and list(again.step_counts) == [2] * (2 * N)
     np.testing.assert_allclose(np.array(again.outputs), np.repeat(stepped(np.tile(X, (2, 1)))[-1], 2 * N), atol=1e-5)
-    mixed = [*other[1::2], *[f"m{i}" for i in range(N)]]            # N already open, N opened now
-    before = [srv.app.table.find(sid).slot for sid in other[1::2]]
+    mixed = [*other[1::2], *[f"m{i}" for i in range(N)]]            # N open (scattered), N opened now
     frame(srv.stub, mixed, open_if_missing=True)
-    assert [srv.app.table.find(sid).slot for sid in other[1::2]] == before
+    slots = [srv.app.table.find(sid).slot for sid in mixed]
+    assert slots == list(range(slots[0], slots[0] + 2 * N))          # laid out too, the open ones moved with them
+    moved = frame(srv.stub, mixed)
+    assert list(moved.step_counts) == [3] * N + [2] * N               # their states moved with them
+    np.testing.assert_allclose(np.array(moved.outputs)[:N], np.repeat(stepped(np.tile(X, (3, 1)))[-1], N), atol=1e-5)
 
 
 def test_a_slab_with_many_free_slots_leaves_a_new_frame_where_it_was_opened(inproc, monkeypatch):
@@ -234,3 +237,25 @@ def test_a_frame_layout_never_grows_the_slab():
     assert slab.rows.shape[0] == 16 and slab.free_slots == free_before
     assert slab.alloc_block(1, grow=False) in taken[::2] and slab.free_slots == free_before - 1
     assert slab.alloc_block(4) == 16 and slab.rows.shape[0] == 32   # growing (a group's open) takes new rows
+
+
+def test_a_frame_read_through_from_a_shared_store_is_laid_out_as_one_block(inproc, tmp_path):
+    """Two servers on one shared sqlite file: sessions opened on the first are read through by the second's first
+    frame of them (into slots scattered by its own closes) and laid out there, so its next frames run on a block."""
+    from statestream.server.store.sqlite import SqliteStore
+
+    path = tmp_path / "shared.db"
+    a = inproc(store=SqliteStore(str(path), shared=True))
+    b = inproc(store=SqliteStore(str(path), shared=True))
+    ids = [f"r{i}" for i in range(2 * N)]
+    frame(a.stub, ids, open_if_missing=True)
+    other = [f"s{i}" for i in range(2 * N)]
+    frame(b.stub, other, open_if_missing=True)
+    for sid in other[::2]:
+        b.stub.CloseSession(pb.CloseSessionRequest(session_id=sid))
+    first = frame(b.stub, ids)                      # read through, laid out
+    slots = [b.app.table.find(sid).slot for sid in ids]
+    assert slots == list(range(slots[0], slots[0] + 2 * N))
+    again = frame(b.stub, ids)
+    assert list(first.step_counts) == [2] * (2 * N) and list(again.step_counts) == [3] * (2 * N)
+    np.testing.assert_allclose(np.array(again.outputs), np.repeat(stepped(np.tile(X, (3, 1)))[-1], 2 * N), atol=1e-5)

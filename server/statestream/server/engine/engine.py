@@ -204,7 +204,7 @@ class Engine:
         opened = None
         if sessions is None:
             sessions, opened = await self._resolve(req, errors)
-            if opened is not None and all(opened):
+            if not errors:
                 self._lay_out(sessions)
         decided = self._decide(req, sessions, errors, slots)
         if isinstance(decided, list):  # refusals of sessions cached from a shared store: re-read them, decide again
@@ -292,11 +292,12 @@ class Engine:
         return sessions, slots
 
     def _lay_out(self, sessions: list[Session]) -> None:
-        """Sessions a frame opened together move onto consecutive slots in its order (SessionTable.regroup, as a
-        group re-opened over existing sessions), so its next frames run on their block (sessions.contiguous) as a
-        group step does. Only when every one is still idle, on one version and in no group, the slab's free slots
-        are few enough (LAY_OUT_FREE_MAX) for the block's search not to hold the loop up, and a run of them is free
-        (the slab does not grow for it)."""
+        """The sessions of a frame that was resolved entry by entry (some were opened, read through from a shared
+        store, or moved) move onto consecutive slots in its order (SessionTable.regroup, as a group re-opened over
+        existing sessions), so its next frames run on their block (sessions.contiguous) as a group step does: a
+        gateway's first frame, its first after a restart, its first with a new device. Only when every one is
+        idle, on one version and in no group, the slab's free slots are few enough (LAY_OUT_FREE_MAX) for the
+        block's search not to hold the loop up, and a run of them is free (the slab does not grow for it)."""
         n = len(sessions)
         key = sessions[0].key
         if n < BULK or self.table.slabs[key].free_slots > LAY_OUT_FREE_MAX or \
