@@ -135,7 +135,8 @@ def test_expiry_skips_sessions_with_work_and_says_expired(table):
 
 def test_adopt_replaces_a_stale_cached_copy(table):
     s = table.open("demo", "a")
-    rec = table.record(s, np.full(table.slabs["demo", 1].width, 0.5, np.float32), 7, result(3, 7))
+    rec = table.records([s], [s.slot], np.full((1, table.slabs["demo", 1].width), 0.5, np.float32), [7],
+                        [result(3, 7)], [0])[0]
     assert rec.version == 1
     rec.version = 9
     assert table.adopt(rec) is s

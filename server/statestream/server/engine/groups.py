@@ -123,7 +123,7 @@ class Groups:
 
     def holds(self, s: Session) -> bool:
         """Is this session a member of an open group?"""
-        return any(s in g.members for g in self._groups.values())
+        return self.any_member([s])
 
     def any_member(self, sessions: list[Session]) -> bool:
         """Is any of these sessions a member of an open group? (one pass over the groups, not one per session)"""

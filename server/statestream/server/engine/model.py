@@ -157,8 +157,7 @@ class ModelRunner:
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
         names, input_name = self._rows_io
-        y, new = self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
-        return y, new
+        return self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)

@@ -22,7 +22,6 @@ from statestream.contract.errors import (
 from statestream.server.engine.frames import FrameIndex
 from statestream.server.engine.model import ModelRunner
 from statestream.server.engine.sessions import CLOSED, IDLE, PHASES, Cells, Session, check_session_id
-from statestream.server.engine.types import StepResult
 from statestream.server.engine.versions import Key, Versions
 from statestream.server.store.base import Records, SessionRecord
 
@@ -364,13 +363,9 @@ class SessionTable:
             gone.append(s)
         return gone
 
-    def record(self, s: Session, state: np.ndarray | None = None, step_count: int | None = None,
-               result: StepResult | None = None, fp: int = 0, restart: bool = False,
-               to: ModelRunner | None = None) -> SessionRecord:
-        """`records` of one session."""
-        return self.records([s], [s.slot], None if state is None else state[None],
-                            None if step_count is None else [step_count], None if result is None else [result],
-                            [fp], [restart], to)[0]
+    def record(self, s: Session) -> SessionRecord:
+        """The session as the store keeps it, at its next version (`records` of one)."""
+        return self.records([s], [s.slot])[0]
 
     def records(self, sessions: list[Session], slots, states: np.ndarray | None = None, counts=None,
                 results: list | None = None, fps: list | None = None, restarts: list | None = None,
