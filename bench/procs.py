@@ -68,6 +68,11 @@ def echo_server(features: int, output_size: int) -> Proc:
     return Proc("echo-server", cmd)
 
 
+def floor_server(model: Path) -> Proc:
+    """The model's floor: the echo server plus the model run on each session's state row (bench.floor_server)."""
+    return Proc("floor-server", [sys.executable, "-m", "bench.floor_server", "--port", "0", "--model", str(model)])
+
+
 def null_server(responses: Path) -> Proc:
     """The tightest transport ceiling: pre-serialized responses, requests never parsed (bench.null_server)."""
     cmd = [sys.executable, "-m", "bench.null_server", "--port", "0", "--responses", str(responses)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .targets import HALF_LOAD_P99_MS, targets
+from .targets import HALF_LOAD_P99_MS, targets, targets_18
 
 
 def _n(v, digits: int = 0) -> str:
@@ -48,6 +48,23 @@ def _run_us(row: dict, ort_us: dict) -> str:
     return f"{us:,.0f}" + (f" ({alone:,.0f})" if alone else "")
 
 
+CEILINGS = ("null: pre-serialized responses, requests never parsed (the tightest ceiling); echo: parses the request "
+            "and builds the response, no model; floor: the echo plus the model run on each session's state row and "
+            "nothing else (bench.floor_server: no exactly-once, checks, batching or store), the most a server of this "
+            "design reaches with this model, so floor / null bounds server / null.")
+
+
+CEILING_STYLES = (("null", "s--"), ("echo", "x:"), ("floor", "v-."))
+
+
+def _floor(r: dict, field: str) -> list[str]:
+    """The floor server's columns of a row: its rate, latency, its ratio to the null server, the server's to it."""
+    if "floor" not in r:
+        return ["-"] * 4
+    f, null = r["floor"][field], (r.get("null") or {}).get(field)
+    return [_n(f), _lat(r, "floor"), _r(f / null if null else None), _r(r.get("ratio_floor"))]
+
+
 def markdown(res: dict) -> str:
     m = res["meta"]
     lines = [f"# statestream bench: {m['date']}", "",
@@ -55,24 +72,30 @@ def markdown(res: dict) -> str:
              f"ghz {m['ghz_version']} with `--cpus={m['ghz_cpus']}`, one connection, {m['duration']:g} s per run. "
              f"Server: `{m['server_cmd']}`. Ratios are to ceilings measured in this same run.", ""]
 
-    lines += ["## Targets (issue 12)", ""]
-    lines += _table(["target", "wanted", "measured", "result", "margin", "note"],
-                    [[t["target"], t["wanted"], t["measured"], f"**{t['result']}**", t["margin"], t["note"]]
-                     for t in res["targets"]])
+    for title, key in (("Targets (issue 12)", "targets"), ("Targets (issue 18: 1, 2, 3 and 6)", "targets_18")):
+        lines += [f"## {title}", ""]
+        lines += _table(["target", "wanted", "measured", "result", "margin", "note"],
+                        [[t["target"], t["wanted"], t["measured"], f"**{t['result']}**", t["margin"], t["note"]]
+                         for t in res.get(key, [])])
+        lines += [""]
+    lines += ["Issue 18's ratios to the null server carry their bound in the note: the floor server's ratio in this "
+              "run (the model on each session's state row and nothing else); a target above it is out of reach "
+              "for any server of this design on this machine."]
 
     tr = res.get("transport", [])
     if tr:
-        lines += ["", "## Steps: server vs the null server (transport ceiling) and the echo server, msgs/s", "",
-                  "null: pre-serialized responses, requests never parsed (the tightest ceiling); echo: parses the "
-                  "request and builds the response, no model. Requests carry raw float32 bytes (`input_raw`, "
+        lines += ["", "## Steps: server vs the null server (transport ceiling), the echo and the floor server, msgs/s",
+                  "", f"{CEILINGS} Requests carry raw float32 bytes (`input_raw`, "
                   f"`raw_output`). StreamSteps: each ghz call is one stream of {m['stream_count']} steps; msgs/s "
                   "counts steps, latency is of the whole stream call.", ""]
         lines += _table(["scenario", "c", "server msgs/s", "server p50 / p99 ms", "null msgs/s", "null p50 / p99 ms",
-                         "server / null", "echo msgs/s", "echo p50 / p99 ms", "server / echo", "mean batch",
+                         "server / null", "echo msgs/s", "echo p50 / p99 ms", "server / echo", "floor msgs/s",
+                         "floor p50 / p99 ms", "floor / null", "server / floor", "mean batch",
                          "CPU server / loop / ghz", "CPU null / loop / ghz"],
                         [[r["scenario"], str(r["concurrency"]), _n(r["server"]["msgs_per_s"]), _lat(r, "server"),
                           _ceil(r, "null", "msgs_per_s"), _lat(r, "null"), _r(r.get("ratio_null")),
                           _ceil(r, "echo", "msgs_per_s"), _lat(r, "echo"), _r(r.get("ratio_echo")),
+                          *_floor(r, "msgs_per_s"),
                           _n(r["server"].get("mean_batch"), 1), _cpu(r["server"]), _cpu(r.get("null", {}))]
                          for r in tr])
         lines += ["", "CPU: shares of one core during the run: the whole server process, its main thread (the event "
@@ -82,17 +105,19 @@ def markdown(res: dict) -> str:
     for rows, title in ((fr, "Frames (StepFrame)"), (res.get("groups", []), "Session groups (StepGroup)")):
         if not rows:
             continue
-        lines += ["", f"## {title}: session-steps/s against the null server, the echo server and in-process ORT", ""]
+        lines += ["", f"## {title}: session-steps/s against the null, echo and floor servers and in-process ORT", "",
+                  CEILINGS, ""]
         lines += _table(["size", "c", "calls/s", "server session-steps/s", "p50 ms", "p99 ms",
                          "null session-steps/s", "null p50 / p99 ms", "server / null", "echo session-steps/s",
-                         "echo p50 / p99 ms", "server / echo",
+                         "echo p50 / p99 ms", "server / echo", "floor session-steps/s", "floor p50 / p99 ms",
+                         "floor / null", "server / floor",
                          "ORT session-steps/s (same B)", "server / ORT", "mean batch", "model run us (ORT alone)",
                          "model busy", "CPU server / loop / ghz"],
                         [[str(r["size"]), str(r["concurrency"]), _n(r["server"]["frames_per_s"]),
                           _n(r["server"]["session_steps_per_s"]), _n(r["server"]["p50_ms"], 2),
                           _n(r["server"]["p99_ms"], 2), _ceil(r, "null", "session_steps_per_s"), _lat(r, "null"),
                           _r(r.get("ratio_null")), _ceil(r, "echo", "session_steps_per_s"), _lat(r, "echo"),
-                          _r(r.get("ratio_echo")),
+                          _r(r.get("ratio_echo")), *_floor(r, "session_steps_per_s"),
                           _n(r.get("ort_session_steps_per_s")), _r(r.get("ratio_ort")),
                           _n(r["server"].get("mean_batch"), 1), _run_us(r, ort_us),
                           "-" if r["server"].get("model_busy") is None else f"{100 * r['server']['model_busy']:.0f}%",
@@ -115,7 +140,7 @@ def markdown(res: dict) -> str:
                       "(a stream's latency is of the whole call)."]
         rows = []
         for what, part in (("one step", hl), ("a stream", st or {})):
-            for who in ("server", "null", "echo"):
+            for who in ("server", "null", "echo", "floor"):
                 r = part.get(who)
                 if r:
                     rows.append([what, who, _n(r["msgs_per_s"]), _n(r["p50_ms"], 2), _n(r["p90_ms"], 2),
@@ -202,7 +227,7 @@ def markdown(res: dict) -> str:
     notes = list(m.get("notes", []))
     for r in tr + fr:
         what = f"{r['scenario']} c={r['concurrency']}" if "scenario" in r else f"frames of {r['size']} c={r['concurrency']}"
-        for who in ("server", "null", "echo"):
+        for who in ("server", "null", "echo", "floor"):
             if who in r and r[who].get("errors"):
                 notes.append(f"{what}: {who} answered {r[who]['errors']:,} calls with errors "
                              f"(e.g. {r[who].get('error_sample') or r[who].get('statuses')}); figures count OK calls only")
@@ -257,10 +282,10 @@ def plots(res: dict, out: Path) -> list[str]:
                 continue
             c = [r["concurrency"] for r in rows]
             ax.plot(c, [r["server"]["msgs_per_s"] for r in rows], "o-", color=color, label=f"{scen}: server")
-            for who, style in (("null", "s--"), ("echo", "x:")):
+            for who, style in CEILING_STYLES:
                 if all(who in r for r in rows):
                     ax.plot(c, [r[who]["msgs_per_s"] for r in rows], style, color=color, alpha=0.6,
-                            label=f"{scen}: {who} (transport ceiling)")
+                            label=f"{scen}: {who} (ceiling)")
         made.append(_finish(plt, fig, ax, out / "throughput_vs_concurrency.png", [r["concurrency"] for r in tr],
                             "ghz concurrency", "steps (messages) per second",
                             "Step / StreamSteps throughput vs concurrency"))
@@ -289,10 +314,10 @@ def plots(res: dict, out: Path) -> list[str]:
             color = cmap(i / max(1, len(concs) - 1))
             ax.plot([r["size"] for r in rows], [r["server"]["session_steps_per_s"] for r in rows], "o-", color=color,
                     label=f"server c={c}")
-        for who, style in (("null", "s--"), ("echo", "x:")):
+        for who, style in CEILING_STYLES:
             if all(who in r for r in fr):
                 best = [max(r[who]["session_steps_per_s"] for r in fr if r["size"] == s) for s in sizes]
-                ax.plot(sizes, best, style, color="gray", label=f"{who}, best c (transport ceiling)")
+                ax.plot(sizes, best, style, color="gray", label=f"{who}, best c (ceiling)")
         ort = {o["batch"]: o["session_steps_per_s"] for o in res.get("ort", [])}
         if all(s in ort for s in sizes):
             ax.plot(sizes, [ort[s] for s in sizes], "k:", marker="d", label="onnxruntime in-process (compute ceiling)")
@@ -318,6 +343,7 @@ def write(res: dict, out: Path) -> str:
     """Targets into `res`, then results.json, results.md and the plots into `out`; returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     res["targets"] = targets(res)
+    res["targets_18"] = targets_18(res)
     res["plots"] = plots(res, out)
     md = markdown(res)
     (out / "results.md").write_text(md)

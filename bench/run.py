@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import compute, ghz, memory, perf_analyzer, profile, realistic, report, scenarios
-from .procs import ROOT, echo_server, free_port, null_server, statestream_server
+from .procs import ROOT, echo_server, floor_server, free_port, null_server, statestream_server
 
 PARTS = ("transport", "frames", "groups", "halfload", "triton", "profile", "realistic", "memory", "keras")
 
@@ -182,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in res["ort"]:
         log(f"ORT batch {r['batch']:5d}: {r['us_per_run']:8.1f} us/run, {r['session_steps_per_s']:12,.0f} session-steps/s")
 
-    with srv, null_server(responses) as null, echo_server(man.features, man.output_size) as echo:
-        log(f"server on {srv.target} (metrics :{mport}), null on {null.target}, echo on {echo.target}")
-        ceilings = {"null": null, "echo": echo}
+    with srv, null_server(responses) as null, echo_server(man.features, man.output_size) as echo, \
+            floor_server(a.model) as floor:
+        log(f"server on {srv.target} (metrics :{mport}), null on {null.target}, echo on {echo.target}, "
+            f"floor on {floor.target}")
+        ceilings = {"null": null, "echo": echo, "floor": floor}
         def part(name: str, fn):
             """Run one part; a failure (say, the server died) is recorded and the rest still runs."""
             if name in a.skip:
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             plan.open_groups(srv)
         res["groups"] = part("groups", lambda: scenarios.frames(plan, srv, ceilings, mport, ort, log, "group")) or []
         if res["transport"]:
-            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, null, res["transport"], log))
+            res["half_load"] = part("halfload", lambda: scenarios.half_load(plan, srv, ceilings, res["transport"], log))
         res["triton"] = part("triton", lambda: perf_analyzer.run(plan, srv, res["transport"], log))
         conc = 16 if 16 in a.concurrency else max(a.concurrency)
         if "profile" not in a.skip:

@@ -263,32 +263,28 @@ def frames(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: in
     return rows
 
 
-def half_load(plan: Plan, server: Proc, null: Proc, transport_rows: list[dict], log) -> dict | None:
-    """p50/p99 of one unary step with ghz held at half the best unary rate of this run, the null server at the same
+def half_load(plan: Plan, server: Proc, ceilings: dict[str, Proc], transport_rows: list[dict], log) -> dict | None:
+    """p50/p99 of one unary step with ghz held at half the best unary rate of this run, each ceiling at the same
     rate; under "stream", the same for StreamSteps calls (ghz --rps counts calls of plan.stream_count steps)."""
-    unary = [r for r in transport_rows if r["scenario"] == "unary"]
-    if not unary:
-        return None
-    best = max(unary, key=lambda r: r["server"]["msgs_per_s"])
-    rps = max(1, int(best["server"]["msgs_per_s"] / 2))
-    c = max(4, best["concurrency"])
-    s = run_one(plan, server, "server", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
-    e = run_one(plan, null, "null", "unary", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
-    plan.note_command("unary at a fixed rate (half load)", s["command"].split())
-    log(f"half load: {rps:,} steps/s, c={c}: server p50 {s['p50_ms']:.2f} p99 {s['p99_ms']:.2f} ms | "
-        f"null p50 {e['p50_ms']:.2f} p99 {e['p99_ms']:.2f} ms")
-    out = {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
-           "concurrency": c, "server": s, "null": e}
-    streams = [r for r in transport_rows if r["scenario"] == "stream"]
-    if streams:
-        best = max(streams, key=lambda r: r["server"]["msgs_per_s"])
-        rps = max(1, int(best["server"]["msgs_per_s"] / 2 / plan.stream_count))
-        c = best["concurrency"]
-        s = run_one(plan, server, "server", "stream", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
-        e = run_one(plan, null, "null", "stream", c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
-        plan.note_command("StreamSteps at a fixed rate (half load)", s["command"].split())
-        log(f"half load: {rps:,} streams/s of {plan.stream_count} steps, c={c}: server p50 {s['p50_ms']:.2f} p99 "
-            f"{s['p99_ms']:.2f} ms | null p50 {e['p50_ms']:.2f} p99 {e['p99_ms']:.2f} ms")
-        out["stream"] = {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": c, "rps": rps,
-                         "concurrency": c, "server": s, "null": e}
+    out = None
+    for key in ("unary", "stream"):
+        rows = [r for r in transport_rows if r["scenario"] == key]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: r["server"]["msgs_per_s"])
+        per_call = plan.stream_count if key == "stream" else 1
+        rps = max(1, int(best["server"]["msgs_per_s"] / 2 / per_call))
+        c = best["concurrency"] if key == "stream" else max(4, best["concurrency"])
+        runs = {who: run_one(plan, proc, who, key, c, rps=rps, tag="halfload", duration=max(plan.duration, 3))
+                for who, proc in {"server": server, **ceilings}.items()}
+        plan.note_command("StreamSteps at a fixed rate (half load)" if key == "stream"
+                          else "unary at a fixed rate (half load)", runs["server"]["command"].split())
+        log(f"half load, {key}: {rps:,} calls/s, c={c}: " + " | ".join(
+            f"{who} p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms" for who, r in runs.items()))
+        part = {"max_msgs_per_s": best["server"]["msgs_per_s"], "max_concurrency": best["concurrency"], "rps": rps,
+                "concurrency": c, **runs}
+        if key == "unary":
+            out = part
+        elif out is not None:
+            out["stream"] = part
     return out

@@ -1,4 +1,8 @@
-"""The targets of issue 12 (throughput per core), PASS/MISS with margins, from the figures of one bench run."""
+"""The targets of issues 12 and 18 (throughput per core), PASS/MISS with margins, from the figures of one bench run.
+
+Issue 18's ratios to the null server come with their bound: the floor server's ratio to the null server in the
+same run (bench.floor_server: the model run on each session's state row and nothing else). A target above its
+bound is out of reach for any server of this design on this machine, whatever its engine does."""
 
 from __future__ import annotations
 
@@ -97,3 +101,103 @@ def _memory(res: dict) -> list[dict]:
 def targets(res: dict) -> list[dict]:
     """Every target of issue 12, PASS/MISS with its margin."""
     return _steps(res) + _groups(res) + _realistic(res) + _memory(res)
+
+
+# -- issue 18 ---------------------------------------------------------------------------------------------------
+
+FRAME_RATIO = 0.8                          # 1. StepFrame of N >= 0.8x StepGroup of N
+FRAME_SIZES = (256, 1024)
+GROUP_NULL_RATIO = {256: 0.6}              # 2. groups of 256 >= 0.6x null ...
+GROUP_RATE = {1024: 1_000_000}             # ... and of 1024 >= 1,000,000 session-steps/s
+PER_MESSAGE = {"unary": (0.8, (1, 4)), "stream": (0.7, (1, 16))}  # 3. unary / streams vs null, at these c
+TAIL_RATIO = 2.0                           # 6. p99 <= 2x p50 at half load
+
+
+def _bounded(name: str, want: float, ratio: float, bound: float | None, measured: str) -> dict:
+    """A ratio target with its bound (the floor's ratio in the same run): out of reach when the bound is below it."""
+    why = ""
+    if bound is not None:
+        why = f"floor / null {bound:.2f}x" + (": out of reach for this design" if bound < want else "")
+    return _target(name, f">= {want:.2f}x", measured, ratio >= want, _pct(ratio, want), why)
+
+
+def _frames_vs_groups(res: dict) -> list[dict]:
+    out = []
+    for n in FRAME_SIZES:
+        name = f"18.1 StepFrame of {n} >= {FRAME_RATIO} x StepGroup of {n}"
+        frames = {r["concurrency"]: r for r in res.get("frames", []) if r["size"] == n}
+        groups = {r["concurrency"]: r for r in res.get("groups", []) if r["size"] == n}
+        both = sorted(set(frames) & set(groups))
+        if not both:
+            out.append(_missing(name, f">= {FRAME_RATIO:.2f}x"))
+            continue
+        c = 4 if 4 in both else both[-1]
+        f, g = frames[c]["server"]["session_steps_per_s"], groups[c]["server"]["session_steps_per_s"]
+        out.append(_target(name, f">= {FRAME_RATIO:.2f}x", f"{f:,.0f} vs {g:,.0f} (c={c}): {f / g:.2f}x",
+                           f / g >= FRAME_RATIO, _pct(f / g, FRAME_RATIO)))
+    return out
+
+
+def _floor_ratio(row: dict, field: str) -> float | None:
+    floor, null = (row.get("floor") or {}).get(field), (row.get("null") or {}).get(field)
+    return floor / null if floor and null else None
+
+
+def _groups_near_wire(res: dict) -> list[dict]:
+    out = []
+    for n, want in GROUP_NULL_RATIO.items():
+        name = f"18.2 StepGroup of {n} >= {want} x null"
+        rows = [r for r in res.get("groups", []) if r["size"] == n and r.get("ratio_null") is not None]
+        if not rows:
+            out.append(_missing(name, f">= {want:.2f}x"))
+            continue
+        best = max(rows, key=lambda r: r["ratio_null"])
+        out.append(_bounded(name, want, best["ratio_null"], _floor_ratio(best, "session_steps_per_s"),
+                            f"{best['ratio_null']:.2f}x (c={best['concurrency']})"))
+    for n, want in GROUP_RATE.items():
+        name = f"18.2 StepGroup of {n} >= {want:,} session-steps/s"
+        rows = [r for r in res.get("groups", []) if r["size"] == n]
+        if not rows:
+            out.append(_missing(name, f">= {want:,}"))
+            continue
+        best = max(rows, key=lambda r: r["server"]["session_steps_per_s"])
+        v = best["server"]["session_steps_per_s"]
+        out.append(_target(name, f">= {want:,}", f"{v:,.0f} (c={best['concurrency']})", v >= want, _pct(v, want)))
+    return out
+
+
+def _per_message(res: dict) -> list[dict]:
+    out = []
+    for key, (want, cs) in PER_MESSAGE.items():
+        for c in cs:
+            name = f"18.3 {'unary Step' if key == 'unary' else 'StreamSteps'} at c={c} >= {want} x null"
+            row = next((r for r in res.get("transport", []) if r["scenario"] == key and r["concurrency"] == c
+                        and r.get("ratio_null") is not None), None)
+            if row is None:
+                out.append(_missing(name, f">= {want:.2f}x"))
+                continue
+            out.append(_bounded(name, want, row["ratio_null"], _floor_ratio(row, "msgs_per_s"),
+                                f"{row['ratio_null']:.2f}x"))
+    return out
+
+
+def _tails(res: dict) -> list[dict]:
+    out = []
+    hl = res.get("half_load") or {}
+    for what, part in (("unary Step", hl), ("StreamSteps", hl.get("stream") or {})):
+        name = f"18.6 {what}: p99 <= {TAIL_RATIO:g} x p50 at half load"
+        s = part.get("server")
+        if not s or not s["p50_ms"]:
+            out.append(_missing(name, f"<= {TAIL_RATIO:g}x"))
+            continue
+        tail = s["p99_ms"] / s["p50_ms"]
+        others = [f"{who} {part[who]['p99_ms'] / part[who]['p50_ms']:.1f}x" for who in ("null", "floor")
+                  if part.get(who) and part[who]["p50_ms"]]
+        out.append(_target(name, f"<= {TAIL_RATIO:g}x", f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ms: {tail:.1f}x",
+                           tail <= TAIL_RATIO, _pct(TAIL_RATIO, tail), ", ".join(others)))
+    return out
+
+
+def targets_18(res: dict) -> list[dict]:
+    """Issue 18's targets 1, 2, 3 and 6 (4 and 5 are bench.serial's and bench.redis_commit's)."""
+    return _frames_vs_groups(res) + _groups_near_wire(res) + _per_message(res) + _tails(res)

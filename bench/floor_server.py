@@ -1,0 +1,150 @@
+"""The model's floor at the wire: the echo server plus the model, run on each session's state row, and nothing else.
+
+What any Python engine on this transport has to do for a step: parse the request, find the session's state row,
+run the model on it (the server's own `ModelRunner`: the rows graph, I/O binding for small runs), write the new
+row back and answer with the real outputs. No sequence numbers (exactly-once), no finite checks, no deadlines, no
+batching of concurrent calls, no metrics, no owners, no store, no bounds: a session is created by its first step.
+Its rate against the null server's is the most a server of this design (CPython, grpc.aio, onnxruntime) can
+reach with this model on this machine; the real server's rate against the floor's is what its engine costs.
+
+    python -m bench.floor_server --port 0 --model models/demo.onnx
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import numpy as np
+
+from statestream.server.engine.model import ModelRunner
+from statestream.v1 import statestream_pb2 as pb
+from statestream.v1 import statestream_pb2_grpc as pb_grpc
+
+from .cli import parser
+from .echo_server import EchoService, serve
+
+
+class Rows:
+    """State rows and step counts of sessions (one row each) and of groups (a block each), created on first sight;
+    the slots of a frame's id list are kept by the ids joined (the real server's FrameIndex, without its checks)."""
+
+    def __init__(self, width: int):
+        self.rows = np.zeros((1024, width), dtype=np.float32)
+        self.steps = np.zeros(1024, dtype=np.uint64)
+        self.used = 0
+        self.slot: dict[str, int] = {}
+        self.block: dict[str, tuple[int, int]] = {}
+        self.frames: dict[str, np.ndarray] = {}
+
+    def _take(self, n: int) -> int:
+        if self.used + n > len(self.rows):
+            size = 2 * (self.used + n)
+            rows, steps = np.zeros((size, self.rows.shape[1]), dtype=np.float32), np.zeros(size, dtype=np.uint64)
+            rows[:self.used], steps[:self.used] = self.rows[:self.used], self.steps[:self.used]
+            self.rows, self.steps = rows, steps
+        start, self.used = self.used, self.used + n
+        return start
+
+    def of(self, sid: str) -> int:
+        slot = self.slot.get(sid)
+        if slot is None:
+            slot = self.slot[sid] = self._take(1)
+        return slot
+
+    def of_group(self, gid: str, n: int) -> int:
+        found = self.block.get(gid)
+        if found is None:
+            found = self.block[gid] = (self._take(n), n)
+        if found[1] != n:
+            raise ValueError(f"group {gid!r} has {found[1]} rows, the request {n}")
+        return found[0]
+
+    def of_frame(self, ids: list[str]) -> np.ndarray:
+        key = "\x00".join(ids)
+        slots = self.frames.get(key)
+        if slots is None:
+            slots = self.frames[key] = np.fromiter((self.of(s) for s in ids), dtype=np.int64, count=len(ids))
+        return slots
+
+
+class FloorService(EchoService):
+    """The echo server's service with the model run for real on each session's (or group's) state rows."""
+
+    def __init__(self, runner: ModelRunner):
+        super().__init__(runner.features, runner.output_size)
+        self.runner = runner
+        self.state = Rows(runner.state_width)
+
+    def _x(self, floats, raw: bytes, n: int, T: int | None = None) -> np.ndarray:
+        x = np.frombuffer(raw, dtype=np.float32) if raw else np.asarray(floats, dtype=np.float32)
+        return x.reshape(n, T or -1, self.features)
+
+    def _answer(self, msg, name: str, y: np.ndarray, rows: int, raw: bool):
+        y = y[:, -rows:]
+        if raw:
+            setattr(msg, f"{name}_raw", y.tobytes())
+        else:
+            getattr(msg, name).extend(y.ravel().tolist())
+        return msg
+
+    def _step(self, req: pb.StepRequest) -> pb.StepResponse:
+        x = self._x(req.input, req.input_raw, 1)
+        state = self.state
+        slot = state.of(req.session_id)
+        rows = state.rows
+        y, new = self.runner.run(x, rows[slot:slot + 1])
+        rows[slot] = new[0]
+        count = int(state.steps[slot]) + x.shape[1]
+        state.steps[slot] = count
+        n_rows = x.shape[1] if req.return_sequences else 1
+        return self._answer(pb.StepResponse(session_id=req.session_id, rows=n_rows, step_count=count), "output", y,
+                            n_rows, req.raw_output)
+
+    def _frame(self, req: pb.StepFrameRequest) -> pb.StepFrameResponse:
+        ids = list(req.session_ids)
+        T = req.timesteps or 1
+        x = self._x(req.inputs, req.inputs_raw, len(ids), T)
+        state = self.state
+        slots = state.of_frame(ids)
+        rows = state.rows
+        y, new = self.runner.run(x, rows[slots])
+        rows[slots] = new
+        steps = state.steps[slots] + T
+        state.steps[slots] = steps
+        n_rows = T if req.return_sequences else 1
+        return self._answer(pb.StepFrameResponse(rows=n_rows, step_counts=steps.tolist()), "outputs", y, n_rows,
+                            req.raw_output)
+
+    def _group(self, req: pb.StepGroupRequest) -> pb.StepGroupResponse:
+        T = req.timesteps or 1
+        n = (len(req.inputs) or len(req.inputs_raw) // 4) // (T * self.features)
+        x = self._x(req.inputs, req.inputs_raw, n, T)
+        a = self.state.of_group(req.group_id, n)
+        rows = self.state.rows
+        y, new = self.runner.run(x, rows[a:a + n])
+        rows[a:a + n] = new
+        count = self.counts.get(req.group_id, 0) + 1
+        self.counts[req.group_id] = count
+        n_rows = T if req.return_sequences else 1
+        return self._answer(pb.StepGroupResponse(group_id=req.group_id, rows=n_rows, step_count=count), "outputs", y,
+                            n_rows, req.raw_output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("floor_server", __doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--model", required=True, help="the .onnx model to run (its manifest, as the server loads it)")
+    a = p.parse_args(argv)
+    try:
+        service = FloorService(ModelRunner(a.model))
+        asyncio.run(serve(a.host, a.port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s),
+                          "floor-server"))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
