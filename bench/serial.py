@@ -35,6 +35,7 @@ from .inprocess import GROUP, inprocess, median, parts_inprocess, runner_variant
 from .procs import ROOT, Proc
 
 CORE0, BOTH = "0", "0,1"
+FLOOR = "floor, 1 core"  # bench.floor_server: the model on each group's rows and nothing else
 # (name, cpus of the server, its flags): the configurations measured at the wire
 SERVERS = [
     ("1 core", CORE0, []),
@@ -57,6 +58,11 @@ def _server(path: Path, cpus: str, flags: list[str]) -> Proc:
     cmd = [sys.executable, "-m", "statestream.server.app.main", "--models", str(path), "--host", "127.0.0.1",
            "--port", "0", "--metrics-port", "0", "--log-level", "WARNING", "--max-sessions", "20000", *flags]
     return Proc("statestream-server", _pinned(cpus, cmd))
+
+
+def _floor(path: Path, cpus: str) -> Proc:
+    return Proc("floor-server", _pinned(cpus, [sys.executable, "-m", "bench.floor_server", "--port", "0",
+                                               "--model", str(path)]))
 
 
 def _null(responses: Path, cpus: str) -> Proc:
@@ -92,6 +98,7 @@ def wire(path: Path, duration: float, rounds: int, concurrency: int, raw: Path, 
     try:
         procs["null, 1 core"] = _null(responses, CORE0).start()
         procs["null, 2 cores"] = _null(responses, BOTH).start()
+        procs[FLOOR] = _floor(path, CORE0).start()
         for name, cpus, flags in SERVERS:
             procs[name] = _server(path, cpus, flags).start()
             plan.open_groups(procs[name])
@@ -137,7 +144,9 @@ def summarise(runs: dict[str, list[dict]], orts: list[dict]) -> dict:
         null, one = runs["null, 1 core"][k], runs["1 core"][k]
         bound = 1 / (1 / o["ort_session_steps_per_s"] + 1 / null["session_steps_per_s"])
         bound_cpu = o["ort_cpu_us"] + null["cpu_us_per_call"]
+        floor = runs[FLOOR][k]["session_steps_per_s"] if FLOOR in runs else None
         bounds.append({"ort": o["ort_session_steps_per_s"], "null": null["session_steps_per_s"], "bound": bound,
+                       "floor_1core": floor, "floor_ratio": floor / bound if floor else None,
                        "server_1core": one["session_steps_per_s"], "ratio": one["session_steps_per_s"] / bound,
                        "bound_cpu_us": bound_cpu, "server_cpu_us": one["cpu_us_per_call"],
                        "ratio_cpu": bound_cpu / one["cpu_us_per_call"]})
@@ -148,7 +157,9 @@ def summarise(runs: dict[str, list[dict]], orts: list[dict]) -> dict:
              "transport_us": wire_cpu - p["handler_cpu_us"], "null_cpu_us": null_cpu, "server_cpu_us": wire_cpu,
              "server_loop_us": med["1 core"]["loop_us_per_call"], "handler_cpu_us": p["handler_cpu_us"],
              "excess_us": wire_cpu - p["ort_cpu_us"] - null_cpu}
+    floors = [b["floor_ratio"] for b in bounds if b["floor_ratio"] is not None]
     return {"servers": med, "rounds": bounds, "ratio_serial_bound": median([b["ratio"] for b in bounds]),
+            "floor_ratio_serial_bound": median(floors) if floors else None,
             "ratio_serial_bound_cpu": median([b["ratio_cpu"] for b in bounds]), "parts": parts, "inprocess": orts}
 
 
@@ -233,6 +244,11 @@ def report(res: dict) -> str:
                                             f"{b['server_cpu_us']:,.0f} us per call = **{b['ratio_cpu']:.2f}x**"
                                             for b in w["rounds"])
                 + f". Median {w['ratio_serial_bound_cpu']:.2f}x.", "",
+                *(["The floor server on 1 core (`bench.floor_server`: the model on each group's rows and nothing "
+                   "else, the most a server of this design reaches): " + "; ".join(
+                       f"{b['floor_1core']:,.0f} = {b['floor_ratio']:.2f}x of the bound" for b in w["rounds"])
+                   + f". Median **{w['floor_ratio_serial_bound']:.2f}x**.", ""]
+                  if w.get("floor_ratio_serial_bound") else []),
                 f"Where the 1-core server's CPU per call goes (medians; in-process parts pinned to core 0): "
                 f"**{p['server_cpu_us']:,.0f} us** (loop thread {p['server_loop_us']:,.0f}) = onnxruntime "
                 f"{p['ort_cpu_us']:,.0f} + ModelRunner beyond onnxruntime alone (the rows graph's Split and Concat) "

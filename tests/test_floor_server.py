@@ -105,3 +105,21 @@ def test_issue_18_targets_carry_the_floor_as_their_bound():
     assert got["18.6 unary Step: p99 <= 2 x p50 at half load"]["result"] == "PASS"
     assert got["18.6 unary Step: p99 <= 2 x p50 at half load"]["note"] == "null 4.0x"
     assert got["18.6 StreamSteps: p99 <= 2 x p50 at half load"]["result"] == "MISS"
+
+
+def test_the_serial_bound_report_gives_the_floors_ratio_to_it():
+    from bench.serial import FLOOR, summarise
+
+    def run(rate: float) -> dict:
+        return {"session_steps_per_s": rate, "cpu_us_per_call": 256 / rate * 1e6, "loop_us_per_call": 1.0,
+                "cpu_share": 1.0, "p50_ms": 1.0, "p99_ms": 2.0, "command": "ghz ..."}
+
+    orts = [{"ort_session_steps_per_s": 60_000.0, "ort_cpu_us": 4_266.0, "runner_cpu_us": 4_300.0,
+             "handler_cpu_us": 4_600.0}] * 2
+    runs = {"null, 1 core": [run(600_000.0)] * 2, "1 core": [run(40_000.0)] * 2, FLOOR: [run(50_000.0), run(52_000.0)]}
+    s = summarise(runs, orts)
+    bound = 1 / (1 / 60_000 + 1 / 600_000)  # 54,545
+    assert abs(s["ratio_serial_bound"] - 40_000 / bound) < 1e-9
+    assert abs(s["floor_ratio_serial_bound"] - 51_000 / bound) < 1e-9  # the median of the two rounds
+    del runs[FLOOR]
+    assert summarise(runs, orts)["floor_ratio_serial_bound"] is None
