@@ -2,8 +2,10 @@
 
 What any Python engine on this transport has to do for a step: parse the request, find the session's state row,
 run the model on it (the server's own `ModelRunner`: the rows graph, I/O binding for small runs), write the new
-row back and answer with the real outputs. No sequence numbers (exactly-once), no finite checks, no deadlines, no
-batching of concurrent calls, no metrics, no owners, no store, no bounds: a session is created by its first step.
+row back and answer with the real outputs. No sequence numbers (exactly-once), no finite checks, no
+deadlines, no metrics, no owners, no store, no bounds: a session is created by its first step. Batching only where
+the server's own measurements say it pays: the steps of concurrent streams share a model run (queued for one loop
+turn); a lone stream's steps and unary steps run at once.
 Its rate against the null server's is the most a server of this design (CPython, grpc.aio, onnxruntime) can
 reach with this model on this machine; the real server's rate against the floor's is what its engine costs.
 
@@ -35,7 +37,7 @@ class Rows:
         self.used = 0
         self.slot: dict[str, int] = {}
         self.block: dict[str, tuple[int, int]] = {}
-        self.frames: dict[str, np.ndarray] = {}
+        self.frames: dict[str, np.ndarray | slice] = {}
 
     def _take(self, n: int) -> int:
         if self.used + n > len(self.rows):
@@ -60,11 +62,16 @@ class Rows:
             raise ValueError(f"group {gid!r} has {found[1]} rows, the request {n}")
         return found[0]
 
-    def of_frame(self, ids: list[str]) -> np.ndarray:
+    def of_frame(self, ids: list[str]) -> np.ndarray | slice:
+        """The slots of a frame's sessions: a slice when they sit in consecutive rows in its order (a frame whose
+        sessions were created by it), so its rows are a view as a group's."""
         key = "\x00".join(ids)
         slots = self.frames.get(key)
         if slots is None:
-            slots = self.frames[key] = np.fromiter((self.of(s) for s in ids), dtype=np.int64, count=len(ids))
+            slots = np.fromiter((self.of(s) for s in ids), dtype=np.int64, count=len(ids))
+            if (np.diff(slots) == 1).all():
+                slots = slice(int(slots[0]), int(slots[0]) + len(ids))
+            self.frames[key] = slots
         return slots
 
 
@@ -75,6 +82,8 @@ class FloorService(EchoService):
         super().__init__(runner.features, runner.output_size)
         self.runner = runner
         self.state = Rows(runner.state_width)
+        self._queue: list[tuple[pb.StepRequest, asyncio.Future]] = []  # stream steps waiting for one loop turn
+        self._streams = 0  # streams open
 
     def _x(self, floats, raw: bytes, n: int, T: int | None = None) -> np.ndarray:
         x = np.frombuffer(raw, dtype=np.float32) if raw else np.asarray(floats, dtype=np.float32)
@@ -90,16 +99,55 @@ class FloorService(EchoService):
 
     def _step(self, req: pb.StepRequest) -> pb.StepResponse:
         x = self._x(req.input, req.input_raw, 1)
-        state = self.state
-        slot = state.of(req.session_id)
-        rows = state.rows
+        slot = self.state.of(req.session_id)
+        rows = self.state.rows
         y, new = self.runner.run(x, rows[slot:slot + 1])
         rows[slot] = new[0]
-        count = int(state.steps[slot]) + x.shape[1]
-        state.steps[slot] = count
-        n_rows = x.shape[1] if req.return_sequences else 1
+        return self._stepped(req, slot, y)
+
+    def _stepped(self, req: pb.StepRequest, slot: int, y: np.ndarray) -> pb.StepResponse:
+        """The answer to a step run with outputs y [1, T, O]; the session's step count moves on by T."""
+        T = y.shape[1]
+        count = int(self.state.steps[slot]) + T
+        self.state.steps[slot] = count
+        n_rows = T if req.return_sequences else 1
         return self._answer(pb.StepResponse(session_id=req.session_id, rows=n_rows, step_count=count), "output", y,
                             n_rows, req.raw_output)
+
+    async def _queued(self, req: pb.StepRequest) -> pb.StepResponse:
+        """A stream's step while other streams are open: queued for one loop turn, so the steps of streams that
+        arrive together share one model run (the server's batcher does the same)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((req, fut))
+        if len(self._queue) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        xs = [self._x(req.input, req.input_raw, 1) for req, _ in queue]
+        slots = np.array([self.state.of(req.session_id) for req, _ in queue])
+        if len(set(slots.tolist())) < len(slots) or len({x.shape for x in xs}) > 1:  # not one run: one by one
+            for req, fut in queue:
+                if not fut.done():  # its stream may be gone
+                    fut.set_result(self._step(req))
+            return
+        rows = self.state.rows
+        y, new = self.runner.run(np.concatenate(xs), rows[slots])
+        rows[slots] = new
+        for i, (req, fut) in enumerate(queue):
+            answer = self._stepped(req, int(slots[i]), y[i:i + 1])
+            if not fut.done():
+                fut.set_result(answer)
+
+    async def StreamSteps(self, request_iterator, context):
+        self._streams += 1
+        try:
+            async for req in request_iterator:
+                step = self._step(req.step) if self._streams == 1 else await self._queued(req.step)
+                yield pb.StreamStepsResponse(step=step, session_id=req.step.session_id)
+        finally:
+            self._streams -= 1
 
     def _frame(self, req: pb.StepFrameRequest) -> pb.StepFrameResponse:
         ids = list(req.session_ids)

@@ -50,8 +50,9 @@ def _run_us(row: dict, ort_us: dict) -> str:
 
 CEILINGS = ("null: pre-serialized responses, requests never parsed (the tightest ceiling); echo: parses the request "
             "and builds the response, no model; floor: the echo plus the model run on each session's state row and "
-            "nothing else (bench.floor_server: no exactly-once, checks, batching or store), the most a server of this "
-            "design reaches with this model, so floor / null bounds server / null.")
+            "nothing else (bench.floor_server: no exactly-once, checks, deadlines or store; concurrent streams' steps "
+            "share a run), the most a server of this design reaches with this model, so floor / null bounds server "
+            "/ null.")
 
 
 CEILING_STYLES = (("null", "s--"), ("echo", "x:"), ("floor", "v-."))
