@@ -8,6 +8,7 @@ neighbours on a shared machine disturb least) and session-steps per second of se
     python -m bench.hotpath                 # Step, frames and groups of 256 and 1024
     python -m bench.hotpath --profile frame256   # cProfile of one scenario, top functions
     python -m bench.hotpath --only group256 --seconds 10   # one scenario (to sample it with py-spy)
+    python -m bench.hotpath --floor         # beside the floor server's handlers (bench.floor_server): the engine's cost
 """
 
 from __future__ import annotations
@@ -98,12 +99,13 @@ def _stream_call(handler, parse, data: bytes, n: int, ctx):
     return call
 
 
-async def _measure(app, model: str, reqs, seconds: float, only: str | None, profile: bool,
-                   repeats: int = 7) -> list[tuple[str, float, float]]:
-    svc = app.service
+async def _measure(svc, model: str, reqs, seconds: float, only: str | None, profile: bool,
+                   repeats: int = 7, open_groups: bool = True) -> list[tuple[str, float, float]]:
+    """Each scenario's best thread CPU per call through the service `svc` (the server's, or the floor's, which opens
+    groups on their first step: open_groups False)."""
     ctx = _Context()
     for name, (method, _, n) in reqs.items():
-        if method == "StepGroup":
+        if method == "StepGroup" and open_groups:
             await svc.OpenGroup(pb.OpenGroupRequest(model=model, size=n, group_id=f"hp-g{n}"), ctx)
     rows = []
     for name, (method, data, n) in reqs.items():
@@ -145,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
     p.add_argument("--only", metavar="SCENARIO", help="time one scenario (e.g. under py-spy)")
+    p.add_argument("--floor", action="store_true", help="also time the floor server's handlers, interleaved")
     a = p.parse_args(argv)
 
     async def run():
@@ -152,12 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runner = next(iter(app.table.runners.values()))
             reqs = _requests(runner.name, runner.features, [int(s) for s in a.sizes.split(",")])
-            return await _measure(app, runner.name, reqs, a.seconds, a.profile or a.only, bool(a.profile))
+            only = a.profile or a.only
+            rows = await _measure(app.service, runner.name, reqs, a.seconds, only, bool(a.profile))
+            if not a.floor:
+                return [(*r, None) for r in rows]
+            from .floor_server import FloorService
+
+            floor = await _measure(FloorService(runner), runner.name, reqs, a.seconds, only, False, open_groups=False)
+            return [(*r, f[1]) for r, f in zip(rows, floor)]
         finally:
             await app.stop(0)
 
-    for name, us, steps in asyncio.run(run()):
-        print(f"{name:12s} {us:9.1f} us/call  {steps:12,.0f} session-steps/s of server CPU")
+    for name, us, steps, floor_us in asyncio.run(run()):
+        beside = "" if floor_us is None else f"   floor {floor_us:9.1f} us/call, server / floor {floor_us / us:.2f}x"
+        print(f"{name:12s} {us:9.1f} us/call  {steps:12,.0f} session-steps/s of server CPU{beside}")
     return 0
 
 
