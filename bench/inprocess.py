@@ -189,7 +189,7 @@ def handler_cpu(path: Path, seconds: float) -> float:
             runner = next(iter(app.table.runners.values()))
             reqs = {k: v for k, v in hotpath._requests(runner.name, runner.features, [GROUP]).items()
                     if k == f"group{GROUP}"}
-            return await hotpath._measure(app, runner.name, reqs, seconds, None, False, repeats=5)
+            return await hotpath._measure(app.service, runner.name, reqs, seconds, None, False, repeats=5)
         finally:
             await app.stop(0)
 

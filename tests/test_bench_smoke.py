@@ -141,10 +141,12 @@ def test_hotpath_times_each_handler_in_process(capsys):
     handler that failed would raise instead of printing a row."""
     from bench import hotpath
 
-    assert hotpath.main(["--sizes", "16", "--seconds", "0.05"]) == 0
+    assert hotpath.main(["--sizes", "16", "--seconds", "0.05", "--floor"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
     assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "frame16", "frame16-floats", "group16"]
     assert all(float(r[1]) > 0 for r in rows)
+    # Beside each, the floor server's handler on the same requests (bench.floor_server), and the ratio.
+    assert all(r[8] == "floor" and float(r[9]) > 0 and r[-1].endswith("x") for r in rows), rows
 
 
 def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
@@ -221,3 +223,10 @@ def test_redis_scripts_runs_every_way_of_writing_against_a_real_redis():
                                         "command": "python -m bench.redis_scripts"},
                                "us": {**{name: [2.0] for name in us}, "store CAS script": [4.0]}})
     assert "| store CAS script | 4.00 | 4.00 | 1.00x |" in md and "| MSET | 2.00 | 2.00 | 0.50x |" in md
+
+
+def test_inprocess_times_the_servers_group_handler():
+    """bench.serial's in-process part: the real StepGroup handler (bench.hotpath's) answers and is timed."""
+    from bench import inprocess
+
+    assert inprocess.handler_cpu(DEMO, 0.05) > 0
