@@ -1,6 +1,6 @@
 """`make bench`: ghz against the server and its ceilings, memory, profiles; writes bench/results/.
 
-    python -m bench.run                      # everything, ~5 minutes on 2 cores
+    python -m bench.run                      # everything (transport, frames, groups and half load: 300 s, 18:05 UTC)
     python -m bench.run --quick              # a smaller grid, no memory/Keras/profiles
     python -m bench.run --skip memory,keras  # leave parts out
 """
