@@ -117,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--features", type=int, required=True, help="values per timestep in a request")
     p.add_argument("--output-size", type=int, required=True, help="values per row in a response")
     a = p.parse_args(argv)
+    return run(EchoService(a.features, a.output_size), a.host, a.port, "echo-server")
+
+
+def run(service: pb_grpc.StateStreamServiceServicer, host: str, port: int, name: str) -> int:
+    """Serve `service` (serve()) until killed."""
     try:
-        service = EchoService(a.features, a.output_size)
-        asyncio.run(serve(a.host, a.port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s),
-                          "echo-server"))
+        asyncio.run(serve(host, port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s), name))
     except KeyboardInterrupt:
         pass
     return 0

@@ -21,10 +21,9 @@ import numpy as np
 
 from statestream.server.engine.model import ModelRunner
 from statestream.v1 import statestream_pb2 as pb
-from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
 from .cli import parser
-from .echo_server import EchoService, serve
+from .echo_server import EchoService, run
 
 
 class Rows:
@@ -185,13 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--model", required=True, help="the .onnx model to run (its manifest, as the server loads it)")
     a = p.parse_args(argv)
-    try:
-        service = FloorService(ModelRunner(a.model))
-        asyncio.run(serve(a.host, a.port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s),
-                          "floor-server"))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run(FloorService(ModelRunner(a.model)), a.host, a.port, "floor-server")
 
 
 if __name__ == "__main__":
