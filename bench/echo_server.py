@@ -10,12 +10,12 @@ allows on this machine; the real server's figures are reported as a ratio to it.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from statestream.server.app import loops
 from statestream.v1 import statestream_pb2 as pb
 from statestream.v1 import statestream_pb2_grpc as pb_grpc
 
@@ -97,7 +97,7 @@ class EchoService(pb_grpc.StateStreamServiceServicer):
 
 async def serve(host: str, port: int, register, name: str) -> None:
     """A grpc.aio server with the real server's options and health; `register(server)` adds the service;
-    prints `NAME listening on HOST:PORT` (what ServerProcess waits for), runs until killed."""
+    prints `NAME listening on HOST:PORT (event loop: KIND)` (what ServerProcess waits for), runs until killed."""
     server = grpc.aio.server(options=OPTIONS)
     register(server)
     hs = health.aio.HealthServicer()
@@ -106,7 +106,7 @@ async def serve(host: str, port: int, register, name: str) -> None:
     await server.start()
     await hs.set("", health_pb2.HealthCheckResponse.SERVING)
     await hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    print(f"{name} listening on {host}:{bound}", flush=True)
+    print(f"{name} listening on {host}:{bound} (event loop: {loops.running()})", flush=True)
     await server.wait_for_termination()
 
 
@@ -120,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     return run(EchoService(a.features, a.output_size), a.host, a.port, "echo-server")
 
 
-def run(service: pb_grpc.StateStreamServiceServicer, host: str, port: int, name: str) -> int:
-    """Serve `service` (serve()) until killed."""
+def run(service: pb_grpc.StateStreamServiceServicer, host: str, port: int, name: str, loop: str = "asyncio") -> int:
+    """Serve `service` (serve()) until killed, on the event loop `loop` names (statestream-server's --loop)."""
     try:
-        asyncio.run(serve(host, port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s), name))
+        loops.run(serve(host, port, lambda s: pb_grpc.add_StateStreamServiceServicer_to_server(service, s), name),
+                  loop)
     except KeyboardInterrupt:
         pass
     return 0

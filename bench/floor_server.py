@@ -6,8 +6,10 @@ row back and answer with the real outputs. No sequence numbers (exactly-once), n
 deadlines, no metrics, no owners, no store, no bounds: a session is created by its first step. Batching only where
 the server's own measurements say it pays: the steps of concurrent streams share a model run (queued for one loop
 turn); a lone stream's steps and unary steps run at once.
-Its rate against the null server's is the most a server of this design (CPython, grpc.aio, onnxruntime) can
-reach with this model on this machine; the real server's rate against the floor's is what its engine costs.
+It runs on the event loop the server runs on (`--loop`, auto: uvloop when installed, as statestream-server), so
+its rate against the null server's is the most a server of this design (CPython, grpc.aio, onnxruntime, its event
+loop) can reach with this model on this machine; the real server's rate against the floor's is what its engine
+costs.
 
     python -m bench.floor_server --port 0 --model models/demo.onnx
 """
@@ -19,6 +21,7 @@ import sys
 
 import numpy as np
 
+from statestream.server.app import loops
 from statestream.server.engine.model import ModelRunner
 from statestream.v1 import statestream_pb2 as pb
 
@@ -183,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--model", required=True, help="the .onnx model to run (its manifest, as the server loads it)")
+    p.add_argument("--loop", choices=loops.LOOPS, default="auto",
+                   help="the event loop, as statestream-server's --loop (auto: uvloop when installed, as the server)")
     a = p.parse_args(argv)
-    return run(FloorService(ModelRunner(a.model)), a.host, a.port, "floor-server")
+    return run(FloorService(ModelRunner(a.model)), a.host, a.port, "floor-server", a.loop)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,8 @@ def test_the_floor_answers_as_the_server_does():
         want = _answers(srv.target, open_group=True)
     with floor_server(DEMO) as floor:
         got = _answers(floor.target, open_group=False)
+        # on the server's own event loop (--loop auto: uvloop, which the dev extra installs, as the server extra)
+        assert "floor-server listening on" in floor.output() and "(event loop: uvloop)" in floor.output()
     assert got["counts"] == want["counts"]
     for key in ("step", "frame", "group", "stream"):
         for a, b in zip(got[key], want[key], strict=True):
