@@ -142,6 +142,19 @@ def test_closed_member_breaks_the_group_and_keep_sessions(client):
         g.step(x)
 
 
+def test_a_group_whose_members_all_closed_is_gone_after_steps_that_trusted_their_slots(client):
+    """Groups.get skips the members' phases while no session of the slab left a slot since the group last found
+    them all (its steps trust that); closing every member moves the slab on, and the group is gone."""
+    x = np.zeros((3, F), np.float32)
+    g = client.group("demo", 3)
+    g.step(x)
+    g.step(x)
+    for s in g.sessions:
+        s.close()
+    with pytest.raises(NotFound, match="unknown group"):
+        g.step(x)
+
+
 def test_slab_blocks_are_contiguous_and_reuse_free_runs():
     slab = Slab(4, capacity=16)
     singles = [slab.alloc() for _ in range(6)]

@@ -347,7 +347,8 @@ class Batcher:
         """Apply a whole run in one pass over the cells when every entry committed and is still running its unit
         (the common case for a run of >= BULK sessions); False: entry by entry."""
         n = len(sessions)
-        if any(u.left != len(u.sessions) for u in units) or (
+        one = len(units) == 1
+        if (units[0].left != n if one else any(u.left != len(u.sessions) for u in units)) or (
                 statuses is not None and statuses.count(OK) != n):
             return False
         owner = units[0] if len(units) == 1 else _owners(units, n)
@@ -359,7 +360,7 @@ class Batcher:
             u.fate[:] = bytes([APPLIED]) * len(u.sessions)
         skip = closed.tolist()
         try:
-            if results or any(u.reset for u in units):
+            if results or (units[0].reset if one else any(u.reset for u in units)):
                 j = 0
                 for u in units:
                     for i, s in enumerate(u.sessions):

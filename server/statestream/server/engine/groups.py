@@ -115,7 +115,7 @@ class Groups:
 
     def get(self, gid: str, owner) -> Group:
         g = self._groups.get((owner, gid))
-        if g is None or g.closed:
+        if g is None or (g.verified != g.cells.vacated and g.closed):  # no session left its slot since: none closed
             if g is not None:
                 del self._groups[(owner, gid)]
             raise InvalidArgument("group_id is empty") if not gid else NotFound(f"unknown group {show(gid)}")

@@ -16,6 +16,7 @@ from statestream.contract.manifest import Manifest, ManifestError, read_manifest
 from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
 
 _sum = np.add.reduce
+_all = np.logical_and.reduce  # ndarray.all without numpy's Python wrapper
 SUM_MAX = 256  # values up to which `finite` sums (one call) rather than tests each value (two calls)
 
 
@@ -24,8 +25,8 @@ def finite(a: np.ndarray) -> bool:
     propagate), and a sum that overflows (float32 values near 3e38) is checked value by value. A big one value by
     value at once (numpy's isfinite is vectorised; its pairwise sum is not: 35k instructions of a group step)."""
     if a.size > SUM_MAX:
-        return bool(np.isfinite(a).all())
-    return math.isfinite(_sum(a, axis=None)) or bool(np.isfinite(a).all())
+        return bool(_all(np.isfinite(a), axis=None))
+    return math.isfinite(_sum(a, axis=None)) or bool(_all(np.isfinite(a), axis=None))
 
 
 #: Runs of at most this many session-timesteps go through an I/O binding made once per (thread, B, T): measured

@@ -36,6 +36,9 @@ _IDLE, _QUEUED, _RUNNING, _HELD, _CLOSED = range(5)
 READY, GONE = 1, 2  # what Session.finish says of a session's next unit
 BULK = 8  # units of at least this many sessions move through their phases in one pass over the arrays
 _NONE = np.empty(0, dtype=np.intp)  # finish_many: no session closed
+# any() / all() of an array as one C call: ndarray.any / .all go through numpy's Python wrappers (_methods._any:
+# ~17 bytecodes a call, several calls per group step)
+_any, _all = np.logical_or.reduce, np.logical_and.reduce
 
 
 class Cells:
@@ -62,7 +65,7 @@ class Cells:
 
     def holds(self, slots, sessions: np.ndarray) -> bool:
         """Do these slots still hold these sessions (an object array), none of them closed?"""
-        return bool((self.session[slots] == sessions).all())
+        return bool(_all(self.session[slots] == sessions, axis=None))
 
 
 def _field(name: str, doc: str, kind=None):
@@ -328,14 +331,14 @@ def all_idle(cells: Cells, sessions: list, slots) -> bool:
         return sessions[0].idle
     if len(sessions) < BULK:
         return all(s.idle for s in sessions)
-    return not cells.phase[slots].any()
+    return not _any(cells.phase[slots], axis=None)
 
 
 def contiguous(slots: np.ndarray):
     """`slots` as a slice when they are consecutive and ascending (sessions opened together, stepped in that order):
     the cells and state rows of such a frame are views of one block, like a group's, with no gather or scatter."""
     n = len(slots)
-    if n > 1 and slots[-1] - slots[0] == n - 1 and (slots[1:] > slots[:-1]).all():
+    if n > 1 and slots[-1] - slots[0] == n - 1 and _all(slots[1:] > slots[:-1], axis=None):
         return slice(int(slots[0]), int(slots[0]) + n)
     return slots
 
@@ -372,7 +375,8 @@ def claim_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> 
 def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -> int:
     """Session.enqueue of each of a unit's sessions (`slots` theirs, `seqs` their step numbers); how many are not
     ready for it. One pass over the arrays when every session is idle, the common case; else session by session."""
-    if len(sessions) >= BULK and not cells.phase[slots].any():  # all IDLE: nothing queued, running or held, none closed
+    # all IDLE: nothing queued, running or held, none closed
+    if len(sessions) >= BULK and not _any(cells.phase[slots], axis=None):
         cells.phase[slots] = _QUEUED
         cells.head[slots] = unit
         cells.waiting[slots] = 1
@@ -391,8 +395,8 @@ def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -
 def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | None) -> None:
     """Session.start of a unit's sessions (`pending`: which entries; None: all). One pass when every one has
     nothing queued behind this unit."""
-    if pending is None and len(sessions) >= BULK and (cells.waiting[slots] == 1).all() and \
-            (cells.phase[slots] == _QUEUED).all():
+    if pending is None and len(sessions) >= BULK and _all(cells.waiting[slots] == 1, axis=None) and \
+            _all(cells.phase[slots] == _QUEUED, axis=None):
         cells.phase[slots] = _RUNNING
         cells.running[slots] = unit
         cells.head[slots] = None
@@ -416,8 +420,8 @@ def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np
     cells.running[slots] = None
     closed = cells.phase[slots] == _CLOSED
     waiting = cells.waiting[slots] > 0
-    if not waiting.any():
-        if closed.any():
+    if not _any(waiting, axis=None):
+        if _any(closed, axis=None):
             cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
             return [], np.flatnonzero(closed)
         cells.phase[slots] = _IDLE
