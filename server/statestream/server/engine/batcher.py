@@ -351,7 +351,7 @@ class Batcher:
         if (units[0].left != n if one else any(u.left != len(u.sessions) for u in units)) or (
                 statuses is not None and statuses.count(OK) != n):
             return False
-        owner = units[0] if len(units) == 1 else _owners(units, n)
+        owner = units[0] if one else _owners(units, n)
         done = finish_many(self.slab, slots, owner, counts)
         if done is None:
             return False
