@@ -15,8 +15,9 @@ PENDING, APPLIED, FAILED = 0, 1, 2  # an entry's fate
 
 class Unit:
     """Steps that arrive together and run together: one step of one session, one step of each of N sessions (a
-    frame), or a group step. The batcher owns `future`; it resolves (to the unit) when every entry is settled:
-    applied (`y`, `states`, `counts` rows), replayed, or failed (`errors`).
+    frame), or a group step. The batcher owns `future`; it resolves (to None: the unit holds the outcome, and a
+    future holding its unit would be a cycle that only the collector frees) when every entry is settled: applied
+    (`y`, `states`, `counts` rows), replayed, or failed (`errors`).
 
     A unit runs once each of its sessions is ready for it (`blocked` counts those that are not). A group step
     keeps its members' contiguous slab rows: `block` is the first row and `keep` the rows it steps (None: all),
@@ -112,7 +113,7 @@ class Unit:
                 parent.fate[i] = APPLIED
                 parent.settle()
         elif self.future is not None and not self.future.done():
-            self.future.set_result(self)
+            self.future.set_result(None)
 
     def fail(self, i: int, err: StatestreamError) -> None:
         """Entry i was not applied (and never will be)."""
