@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .targets import HALF_LOAD_P99_MS, targets, targets_18
+from .targets import HALF_LOAD_P99_MS, floor_ratio, targets, targets_18
 
 
 def _n(v, digits: int = 0) -> str:
@@ -62,8 +62,7 @@ def _floor(r: dict, field: str) -> list[str]:
     """The floor server's columns of a row: its rate, latency, its ratio to the null server, the server's to it."""
     if "floor" not in r:
         return ["-"] * 4
-    f, null = r["floor"][field], (r.get("null") or {}).get(field)
-    return [_n(f), _lat(r, "floor"), _r(f / null if null else None), _r(r.get("ratio_floor"))]
+    return [_n(r["floor"][field]), _lat(r, "floor"), _r(floor_ratio(r, field)), _r(r.get("ratio_floor"))]
 
 
 def markdown(res: dict) -> str:

@@ -147,7 +147,8 @@ def _frames_vs_groups(res: dict) -> list[dict]:
     return out
 
 
-def _floor_ratio(row: dict, field: str) -> float | None:
+def floor_ratio(row: dict, field: str) -> float | None:
+    """The floor server's rate over the null server's in one row of a run (None: either is missing)."""
     floor, null = (row.get("floor") or {}).get(field), (row.get("null") or {}).get(field)
     return floor / null if floor and null else None
 
@@ -161,7 +162,7 @@ def _groups_near_wire(res: dict) -> list[dict]:
             out.append(_missing(name, f">= {want:.2f}x"))
             continue
         best = max(rows, key=lambda r: r["ratio_null"])
-        out.append(_bounded(name, want, best["ratio_null"], _floor_ratio(best, "session_steps_per_s"),
+        out.append(_bounded(name, want, best["ratio_null"], floor_ratio(best, "session_steps_per_s"),
                             f"{best['ratio_null']:.2f}x (c={best['concurrency']})"))
     for n, want in GROUP_RATE.items():
         name = f"18.2 StepGroup of {n} >= {want:,} session-steps/s"
@@ -184,7 +185,7 @@ def _per_message(res: dict) -> list[dict]:
             if row is None:
                 out.append(_missing(name, f">= {want:.2f}x"))
                 continue
-            out.append(_bounded(name, want, row["ratio_null"], _floor_ratio(row, "msgs_per_s"),
+            out.append(_bounded(name, want, row["ratio_null"], floor_ratio(row, "msgs_per_s"),
                                 f"{row['ratio_null']:.2f}x"))
     return out
 
