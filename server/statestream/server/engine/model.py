@@ -14,6 +14,7 @@ import onnxruntime as ort
 from statestream.contract.layout import StepLayout
 from statestream.contract.manifest import Manifest, ManifestError, read_manifest
 from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
+from statestream.server.engine.stepgraph import STEP_MIN_BATCH, step_graph
 
 _sum = np.add.reduce
 _all = np.logical_and.reduce  # ndarray.all without numpy's Python wrapper
@@ -105,19 +106,25 @@ class ModelRunner:
         # A plain graph (every exported Keras model) runs on state rows: one [B, W] input and output in place of its
         # state tensors (rowgraph.py); an adopted one tensor by tensor through StepLayout.
         self.rows = self.layout.plain
+        step = None
         if self.rows:
             data = rows_graph(proto, self.layout)
+            step = step_graph(proto, self.manifest.input)  # one timestep, its small LSTMs as cell ops (stepgraph.py)
         del proto
         ort.set_default_logger_severity(3)  # run failures are reported as INTERNAL, not printed
+        opts = session_options(intra_op_threads, spinning)
         try:
-            self.session = ort.InferenceSession(data, sess_options=session_options(intra_op_threads, spinning),
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+            #: runs of one timestep of at least STEP_MIN_BATCH sessions, when stepgraph.py found something to do
+            self.step_session = self.session if step is None else \
+                ort.InferenceSession(step, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
         # OrtValue ownership, graph capture, provider fallback): _check_graph checked the names once, the feeds are
         # numpy arrays and the provider is the CPU. A third of a unary step's Python bytecodes went there.
         self._sess_run = self.session._sess.run
+        self._step_run = self.step_session._sess.run
         self._rows_io = ([self.manifest.output, ROWS_OUT], self.manifest.input)
         # Rows graphs whose output is [B,T,O] run small batches through per-thread bindings (runs of one model
         # may overlap: the loop's and the executor's).
@@ -158,7 +165,8 @@ class ModelRunner:
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
         names, input_name = self._rows_io
-        return self._sess_run(names, {input_name: x, ROWS_IN: states}, None)
+        run = self._step_run if x.shape[1] == 1 and x.shape[0] >= STEP_MIN_BATCH else self._sess_run
+        return run(names, {input_name: x, ROWS_IN: states}, None)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)
