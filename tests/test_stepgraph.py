@@ -114,3 +114,18 @@ def test_the_demo_runs_one_timestep_as_cell_ops_with_the_files_numbers():
     rows = rng.normal(size=(STEP_MIN_BATCH, runner.state_width)).astype(np.float32)
     for w, g in zip(runner.session.run(names, {runner.manifest.input: x, ROWS_IN: rows}), runner.run(x, rows)):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("broken", [lambda proto, name: b"not an onnx graph", lambda proto, name: 1 / 0])
+def test_a_one_timestep_graph_that_fails_leaves_the_model_on_its_own_graph(monkeypatch, caplog, broken):
+    """A rewrite that raises, or a graph onnxruntime refuses: the model still loads and runs every step on its own
+    graph, and the log says why."""
+    import statestream.server.engine.model as model
+
+    monkeypatch.setattr(model, "step_graph", broken)
+    runner = ModelRunner(DEMO)
+    assert runner.step_session is runner.session
+    assert "no one-timestep graph" in caplog.text
+    x = np.zeros((STEP_MIN_BATCH, 1, runner.features), np.float32)
+    y, rows = runner.run(x, np.zeros((STEP_MIN_BATCH, runner.state_width), np.float32))
+    assert y.shape == (STEP_MIN_BATCH, 1, runner.output_size) and rows.shape == (STEP_MIN_BATCH, runner.state_width)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from pathlib import Path
@@ -15,6 +16,8 @@ from statestream.contract.layout import StepLayout
 from statestream.contract.manifest import Manifest, ManifestError, read_manifest
 from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
 from statestream.server.engine.stepgraph import STEP_MIN_BATCH, step_graph
+
+log = logging.getLogger("statestream.model")
 
 _sum = np.add.reduce
 _all = np.logical_and.reduce  # ndarray.all without numpy's Python wrapper
@@ -106,20 +109,17 @@ class ModelRunner:
         # A plain graph (every exported Keras model) runs on state rows: one [B, W] input and output in place of its
         # state tensors (rowgraph.py); an adopted one tensor by tensor through StepLayout.
         self.rows = self.layout.plain
-        step = None
         if self.rows:
             data = rows_graph(proto, self.layout)
-            step = step_graph(proto, self.manifest.input)  # one timestep, its small LSTMs as cell ops (stepgraph.py)
-        del proto
         ort.set_default_logger_severity(3)  # run failures are reported as INTERNAL, not printed
         opts = session_options(intra_op_threads, spinning)
         try:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
-            #: runs of one timestep of at least STEP_MIN_BATCH sessions, when stepgraph.py found something to do
-            self.step_session = self.session if step is None else \
-                ort.InferenceSession(step, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
+        #: runs of one timestep of at least STEP_MIN_BATCH sessions (stepgraph.py); else `session`
+        self.step_session = self._step_session(proto, opts) if self.rows else self.session
+        del proto
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
         # OrtValue ownership, graph capture, provider fallback): _check_graph checked the names once, the feeds are
         # numpy arrays and the provider is the CPU. A third of a unary step's Python bytecodes went there.
@@ -131,6 +131,19 @@ class ModelRunner:
         out = self.session.get_outputs()[0].shape
         self._bindable = self.rows and len(out) == 3 and (not isinstance(out[2], int) or out[2] == self.output_size)
         self._local = threading.local()
+
+    def _step_session(self, proto: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
+        """The rows graph `proto` for one timestep, its small LSTMs as cell ops; `session` when there is nothing to
+        replace, or when the rewrite or its session fails (logged: the model still runs, on its own graph)."""
+        try:
+            step = step_graph(proto, self.manifest.input)
+            if step is None:
+                return self.session
+            return ort.InferenceSession(step, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnx and onnxruntime raise their own types
+            log.warning("model %r: no one-timestep graph (%s: %s); one timestep runs on the model's own graph",
+                        self.name, type(e).__name__, e)
+            return self.session
 
     def _check_graph(self, graph) -> None:
         """The graph has every tensor its manifest names, and no input its manifest does not feed."""
