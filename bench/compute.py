@@ -53,7 +53,6 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
     graph, or where the server runs a one-timestep graph of it (engine/stepgraph.py) the faster of the two."""
     from statestream.server.engine.model import ModelRunner
     from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT
-    from statestream.server.engine.stepgraph import STEP_MIN_BATCH
 
     sess, man = load(path, threads)
     pairs = man.state_pairs()
@@ -66,7 +65,7 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
         x = rng.uniform(-1, 1, (b, 1, man.features)).astype(np.float32)
         feeds = {INPUT_NAME: x, **{name: np.zeros((b, units), dtype=np.float32) for _, _, name, _, units in pairs}}
         runs, us = _us_per_run(lambda: sess.run(outs, feeds), seconds)
-        if step is not None and b >= STEP_MIN_BATCH:
+        if step is not None:
             rows = {INPUT_NAME: x, ROWS_IN: np.zeros((b, runner.state_width), dtype=np.float32)}
             runs, us = min((runs, us), _us_per_run(lambda: step.run([OUTPUT_NAME, ROWS_OUT], rows), seconds),
                            key=lambda r: r[1])
@@ -75,8 +74,8 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
 
 
 def runner_ceiling(path: Path, batches: list[int], seconds: float = 0.5) -> list[dict]:
-    """The server's own ModelRunner.run (the rows graph: the states' Split and Concat in the graph; one timestep's
-    graph from STEP_MIN_BATCH sessions on) in-process: the model path minus serving."""
+    """The server's own ModelRunner.run (the rows graph: the states' Split and Concat in the graph; for one timestep
+    the one-timestep graph, engine/stepgraph.py) in-process: the model path minus serving."""
     from statestream.server.engine.model import ModelRunner
 
     runner = ModelRunner(path, intra_op_threads=1)

@@ -5,8 +5,9 @@
   the server before the rows graph.
 - **parts**: one slab per state tensor ([capacity, size] each); a group's block feeds as views, a frame gathers
   from each; new states go back tensor by tensor (not built: measured here only).
-- **rows**: the row slab fed whole to the rows graph (engine/rowgraph.py: Split and Concat in the graph), the
-  server now.
+- **rows**: the row slab fed whole to the rows graph (engine/rowgraph.py: Split and Concat in the graph), as the
+  server runs more than one timestep (one timestep runs through engine/stepgraph.py's graph, `python -m
+  bench.stepgraph`).
 
 A group step is B contiguous rows (one block of NB cycled), a frame B random rows of NB * B. Each variant runs
 its calls, including writing the new states back into the slab, interleaved over rounds; printed as thread CPU
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from statestream.server.engine.model import ModelRunner
+from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT
 
 from .inprocess import tensor_session
 from .procs import ROOT
@@ -32,9 +34,20 @@ from .procs import ROOT
 NB = 32  # blocks (groups) or frames cycled: the slab is NB * B rows, bigger than the caches at B = 1024
 
 
+def _rows_graph(runner: ModelRunner):
+    """run(x, rows) -> (y, new rows) through the runner's rows graph (not its one-timestep graph)."""
+    run, names = runner.session._sess.run, [runner.manifest.output, ROWS_OUT]
+
+    def go(x, rows):
+        return run(names, {runner.manifest.input: x, ROWS_IN: rows}, None)
+
+    return go
+
+
 def variants(path: Path, B: int) -> dict:
     """name -> function(k) doing the k-th call of that variant (state written back)."""
-    runner = ModelRunner(path)  # the rows graph
+    runner = ModelRunner(path)
+    rows_run = _rows_graph(runner)
     plain = tensor_session(path)  # the graph as exported, fed tensor by tensor
     L = runner.layout
     call = plain._sess.run
@@ -71,11 +84,11 @@ def variants(path: Path, B: int) -> dict:
 
     def rows_group(k):
         b = block(k)
-        slab[b] = runner.run(x, slab[b])[1]
+        slab[b] = rows_run(x, slab[b])[1]
 
     def rows_frame(k):
         f = frames[k % NB]
-        slab[f] = runner.run(x, slab[f])[1]
+        slab[f] = rows_run(x, slab[f])[1]
 
     return {"onnxruntime alone": ort_alone, "group: tensors": tensors_group,
             "group: parts": lambda k: parts_run(block(k)), "group: rows": rows_group,
@@ -95,7 +108,7 @@ def agree(path: Path, B: int) -> bool:
     _, tensors = L.run(plain.run, x, rows)
     _, *new = plain.run(L.out_names, {L.manifest.input: x, **{s.input: np.ascontiguousarray(rows[:, b])
                                                                 for s, b in zip(L.states, L.blocks)}})
-    _, whole = runner.run(x, rows)
+    _, whole = _rows_graph(runner)(x, rows)
     return bool(np.array_equal(tensors, np.concatenate(new, axis=1)) and np.array_equal(tensors, whole))
 
 

@@ -230,3 +230,11 @@ def test_inprocess_times_the_servers_group_handler():
     from bench import inprocess
 
     assert inprocess.handler_cpu(DEMO, 0.05) > 0
+
+
+def test_idle_gap_bench_runs():
+    """`python -m bench.idle` times ModelRunner.run back to back and after idle gaps (no timing asserted)."""
+    from bench.idle import after_gaps
+
+    best = after_gaps(DEMO, 8, [0, 100], rounds=1, runs=5)
+    assert set(best) == {0, 100} and min(best.values()) > 0

@@ -96,16 +96,19 @@ def test_model_runner_runs_a_plain_graph_on_state_rows_with_the_tensor_paths_num
     want = [runner.layout.run(original.run, x, rows) for x, rows in cases]
     got = [runner.run(x, rows) for x, rows in cases]
     got_again = [runner.run(x, rows) for x, rows in cases]  # reuses every binding: earlier answers must stand
-    for w, g, g2 in zip(want, got, got_again):
+    for (x, _), w, g, g2 in zip(cases, want, got, got_again):
         for a, b, c in zip(w, g, g2):
-            np.testing.assert_array_equal(a, b)
-            np.testing.assert_array_equal(a, c)
+            if x.shape[1] == 1:  # the one-timestep graph (stepgraph.py): the LSTMs' sums in another order
+                np.testing.assert_allclose(b, a, rtol=0, atol=2e-6)
+            else:
+                np.testing.assert_array_equal(b, a)
+            np.testing.assert_array_equal(c, b)
     assert runner._local.bindings  # the small ones did go through bindings
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: runner.run(*cases[i % 3]), range(64)))
     for i, (y, new) in enumerate(results):
-        np.testing.assert_array_equal(y, want[i % 3][0])
-        np.testing.assert_array_equal(new, want[i % 3][1])
+        np.testing.assert_array_equal(y, got[i % 3][0])
+        np.testing.assert_array_equal(new, got[i % 3][1])
 
 
 @pytest.mark.parametrize("opset", [11, 17])

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from statestream.contract.layout import StepLayout
 from statestream.contract.manifest import Manifest, ManifestError, read_manifest
 from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
-from statestream.server.engine.stepgraph import STEP_MIN_BATCH, step_graph
+from statestream.server.engine.stepgraph import step_graph
 
 log = logging.getLogger("statestream.model")
 
@@ -117,7 +117,7 @@ class ModelRunner:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
-        #: runs of one timestep of at least STEP_MIN_BATCH sessions (stepgraph.py); else `session`
+        #: runs of one timestep (stepgraph.py: small LSTMs as their cell's ops); `session` if it has nothing to do
         self.step_session = self._step_session(proto, opts) if self.rows else self.session
         del proto
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
@@ -178,8 +178,7 @@ class ModelRunner:
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
         names, input_name = self._rows_io
-        run = self._step_run if x.shape[1] == 1 and x.shape[0] >= STEP_MIN_BATCH else self._sess_run
-        return run(names, {input_name: x, ROWS_IN: states}, None)
+        return (self._step_run if x.shape[1] == 1 else self._sess_run)(names, {input_name: x, ROWS_IN: states}, None)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)
@@ -192,7 +191,8 @@ class ModelRunner:
         if b is None:
             if len(cache) >= _BINDINGS_PER_THREAD:
                 del cache[next(iter(cache))]
-            b = cache[shape] = _Binding(self.session, self.layout, shape, self.output_size)
+            b = cache[shape] = _Binding(self.step_session if shape[1] == 1 else self.session, self.layout, shape,
+                                        self.output_size)
         return b
 
     def split_state(self, row: np.ndarray) -> list[np.ndarray]:

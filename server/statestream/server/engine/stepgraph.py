@@ -19,8 +19,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MAX_UNITS = 64  # LSTM layers of at most this many units run as their cell's ops (measured above)
-STEP_MIN_BATCH = 128  # ... in runs of at least this many sessions: below, the cell's more nodes cost more than
-                      # the kernel (the demo at 1 session: 48 us against 38; even at 64, 10% faster at 128)
 _DEFAULT_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
 
 
@@ -51,6 +49,7 @@ def step_graph(model: onnx.ModelProto, step_input: str) -> bytes | None:
         return None
     del graph.node[:]
     graph.node.extend(nodes)
+    _fold_squeezes(graph)
     used = _used(graph)
     kept = [t for t in graph.initializer if t.name in used]  # the replaced nodes' weights go
     del graph.initializer[:]
@@ -60,12 +59,43 @@ def step_graph(model: onnx.ModelProto, step_input: str) -> bytes | None:
     return model.SerializeToString()
 
 
-def _used(graph: onnx.GraphProto) -> set[str]:
+def _fold_squeezes(graph: onnx.GraphProto) -> None:
+    """Drop the axis shuffling between the cells: a Squeeze of an Unsqueeze on the same constant axes reads the
+    Unsqueeze's input instead (an exported layer unsqueezes its states for the LSTM node and squeezes its outputs,
+    and the cells squeeze and unsqueeze them back), then nodes nothing reads go. Each node is a kernel launch: the
+    demo's one-timestep graph runs 39 kernels instead of 59 (its rows graph 25), which makes it as cheap as the
+    rows graph for one session and cheaper from a few on, also when the core was idle before the run."""
+    axes = {t.name: tuple(numpy_helper.to_array(t).tolist()) for t in graph.initializer
+            if t.data_type == TensorProto.INT64 and len(t.dims) == 1}
+    outputs = {o.name for o in graph.output}
+    inner = _used(graph, subgraphs_only=True)  # names a subgraph reads stay as they are
+    producer, alias = {}, {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+        src = producer.get(node.input[0]) if node.op_type == "Squeeze" and len(node.input) == 2 else None
+        if (src is not None and src.op_type == "Unsqueeze" and len(src.input) == 2 and src.input[1] in axes
+                and axes.get(node.input[1]) == axes[src.input[1]] and not {node.output[0]} & (outputs | inner)):
+            alias[node.output[0]] = src.input[0]
+        for name in node.output:
+            producer[name] = node
+    while True:  # nodes none of whose outputs is read
+        used = _used(graph)
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
+
+
+def _used(graph: onnx.GraphProto, subgraphs_only: bool = False) -> set[str]:
     """Every name the graph's nodes read, also inside subgraphs (a Loop's body reads outer initializers), and its
     outputs."""
-    names = {o.name for o in graph.output}
+    names = set() if subgraphs_only else {o.name for o in graph.output}
     for node in graph.node:
-        names.update(node.input)
+        if not subgraphs_only:
+            names.update(node.input)
         for a in node.attribute:
             for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                 names |= _used(sub)
@@ -93,7 +123,7 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str) -> tuple[list, list] | None
     weights = [numpy_helper.from_array(np.concatenate([W, R], axis=1).T.copy(), f"{p}.wr"),  # [F + H, 4H]
                numpy_helper.from_array(bias.astype(np.float32), f"{p}.b"),
                helper.make_tensor(f"{p}.axis0", TensorProto.INT64, [1], [0]),
-               helper.make_tensor(f"{p}.axes01", TensorProto.INT64, [2], [0, 1]),
+               helper.make_tensor(f"{p}.axis1", TensorProto.INT64, [1], [1]),
                helper.make_tensor(f"{p}.gates", TensorProto.INT64, [4], [H] * 4)]
     y, y_h, y_c = (list(node.output) + ["", "", ""])[:3]
     op = helper.make_node
@@ -112,10 +142,11 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str) -> tuple[list, list] | None
            op("Add", [f"{p}.fc", f"{p}.ic"], [f"{p}.c"]),
            op("Tanh", [f"{p}.c"], [f"{p}.tc"]),
            op("Mul", [f"{p}.o", f"{p}.tc"], [f"{p}.h"])]
-    if y:  # [T=1, directions=1, B, H]
-        ops.append(op("Unsqueeze", [f"{p}.h", f"{p}.axes01"], [y]))
-    if y_h:  # [directions=1, B, H]
-        ops.append(op("Unsqueeze", [f"{p}.h", f"{p}.axis0"], [y_h]))
+    h1 = y_h or f"{p}.h1"  # [directions=1, B, H]
+    if y or y_h:
+        ops.append(op("Unsqueeze", [f"{p}.h", f"{p}.axis0"], [h1]))
+    if y:  # [T=1, directions=1, B, H]: a Squeeze of its time axis (the next layer's input) is h1 again
+        ops.append(op("Unsqueeze", [h1, f"{p}.axis1"], [y]))
     if y_c:
         ops.append(op("Unsqueeze", [f"{p}.c", f"{p}.axis0"], [y_c]))
     return ops, weights

@@ -1,0 +1,132 @@
+"""One timestep through an LSTM node against its cell's ops (server/statestream/server/engine/stepgraph.py).
+
+Two tables, in-process, one intra-op thread, thread CPU per run (the best of `--rounds` rounds, the two graphs
+alternating within each round):
+
+- one LSTM layer of H units on F features, one timestep of B sessions: onnxruntime's LSTM node against the cell's
+  ops that replace it (where MAX_UNITS comes from);
+- the served model (default the demo) as the server runs it: its rows graph against its one-timestep graph, per
+  batch size.
+
+    python -m bench.stepgraph
+    python -m bench.stepgraph --layers 256x3x16,256x16x128 --batches 1,128,256 --model models/demo.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from .procs import ROOT
+
+
+def lstm_model(H: int, F: int = 3, *, bias: bool = True, opset: int = 17, time_steps: int | None = None,
+               peepholes: bool = False, **attrs) -> onnx.ModelProto:
+    """One LSTM node as an exported layer is fed: the step input [B, T, F] made time-major, states [1, B, H] (two
+    directions: [2, B, H]); every output a graph output. Random weights (seeded by H)."""
+    rng = np.random.default_rng(H)
+    dirs = 2 if attrs.get("direction") == b"bidirectional" else 1
+    inits = [numpy_helper.from_array(rng.normal(size=(dirs, 4 * H, F)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(dirs, 4 * H, H)).astype(np.float32), "R")]
+    ins = ["x", "W", "R", "B" if bias else "", "", "h0", "c0"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.normal(size=(dirs, 8 * H)).astype(np.float32), "B"))
+    if peepholes:
+        inits.append(numpy_helper.from_array(rng.normal(size=(dirs, 3 * H)).astype(np.float32), "P"))
+        ins.append("P")
+    node = helper.make_node("LSTM", ins, ["y", "y_h", "y_c"], hidden_size=H, **attrs)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["input"], ["x"], perm=[1, 0, 2]), node], "lstm",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", time_steps or "time", F]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [dirs, "batch", H]),
+         helper.make_tensor_value_info("c0", TensorProto.FLOAT, [dirs, "batch", H])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h", "y_c")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    from statestream.server.engine.model import session_options
+
+    return ort.InferenceSession(data, sess_options=session_options(1), providers=["CPUExecutionProvider"])
+
+
+def _best_us(runs: dict, rounds: int, n: int) -> dict[str, float]:
+    """name -> the best round's thread CPU per call of runs[name]() (the names alternate within each round)."""
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            for _ in range(10):
+                run()
+            t0 = time.thread_time()
+            for _ in range(n):
+                run()
+            best[name] = min(best[name], (time.thread_time() - t0) / n * 1e6)
+    return best
+
+
+def layer(B: int, F: int, H: int, rounds: int) -> dict[str, float]:
+    """One LSTM layer's timestep: the node against the cell's ops, us per run."""
+    from statestream.server.engine.stepgraph import step_graph
+
+    model = lstm_model(H, F)
+    node = _session(model.SerializeToString())
+    cells = _session(step_graph(model, "input"))
+    rng = np.random.default_rng(0)
+    feeds = {"input": rng.normal(size=(B, 1, F)).astype(np.float32),
+             "h0": rng.normal(size=(1, B, H)).astype(np.float32), "c0": rng.normal(size=(1, B, H)).astype(np.float32)}
+    n = max(20, 200_000 // (B * H))
+    return _best_us({"node": lambda: node.run(None, feeds), "cells": lambda: cells.run(None, feeds)}, rounds, n)
+
+
+def served(path: Path, B: int, rounds: int) -> dict[str, float]:
+    """The served model's one timestep of B sessions: its rows graph against its one-timestep graph."""
+    from statestream.server.engine.model import ModelRunner
+    from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT
+
+    runner = ModelRunner(path)
+    if runner.step_session is runner.session:
+        raise SystemExit(f"{path}: no one-timestep graph (no LSTM layer of at most MAX_UNITS units)")
+    rng = np.random.default_rng(0)
+    feeds = {runner.manifest.input: rng.normal(size=(B, 1, runner.features)).astype(np.float32),
+             ROWS_IN: rng.normal(size=(B, runner.state_width)).astype(np.float32)}
+    names = [runner.manifest.output, ROWS_OUT]
+    n = max(20, 100_000 // B)
+    return _best_us({"node": lambda: runner.session.run(names, feeds),
+                     "cells": lambda: runner.step_session.run(names, feeds)}, rounds, n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.stepgraph", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", default="1x3x16,256x3x16,1024x3x16,256x3x32,256x8x64,256x16x128,256x32x256",
+                   help="BxFxH: sessions x features x units of one LSTM layer")
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
+    p.add_argument("--batches", default="1,16,64,128,256,1024")
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args(argv)
+    print("| B x F x H (one LSTM layer, one timestep) | LSTM node us | cell ops us | node / cells |")
+    print("| --- | --- | --- | --- |")
+    for spec in a.layers.split(","):
+        B, F, H = (int(v) for v in spec.split("x"))
+        r = layer(B, F, H, a.rounds)
+        print(f"| {B} x {F} x {H} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
+    print(f"\n| {a.model.name}: sessions, one timestep | rows graph us | one-timestep graph us | rows / one-timestep |")
+    print("| --- | --- | --- | --- |")
+    for B in (int(b) for b in a.batches.split(",")):
+        r = served(a.model, B, a.rounds)
+        print(f"| {B} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
