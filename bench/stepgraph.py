@@ -79,7 +79,7 @@ def layer(B: int, F: int, H: int, rounds: int) -> dict[str, float]:
 
     model = lstm_model(H, F)
     node = _session(model.SerializeToString())
-    cells = _session(step_graph(model, "input"))
+    cells = _session(step_graph(model, "input", max_units=H))  # also above MAX_UNITS: where it comes from
     rng = np.random.default_rng(0)
     feeds = {"input": rng.normal(size=(B, 1, F)).astype(np.float32),
              "h0": rng.normal(size=(1, B, H)).astype(np.float32), "c0": rng.normal(size=(1, B, H)).astype(np.float32)}

@@ -22,10 +22,11 @@ MAX_UNITS = 64  # LSTM layers of at most this many units run as their cell's ops
 _DEFAULT_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
 
 
-def step_graph(model: onnx.ModelProto, step_input: str) -> bytes | None:
-    """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM node that can be (see the
-    module's doc) replaced by its cell's ops, the step input's time axis fixed at 1. None when no node was
-    replaced (the model runs one timestep as it runs many) or the graph's opset is older than 13."""
+def step_graph(model: onnx.ModelProto, step_input: str, max_units: int = MAX_UNITS) -> bytes | None:
+    """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM node of at most `max_units`
+    units that can be (see the module's doc) replaced by its cell's ops, the step input's time axis fixed at 1.
+    None when no node was replaced (the model runs one timestep as it runs many) or the graph's opset is older
+    than 13."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < 13:  # Squeeze, Unsqueeze and Split take their axes and sizes as inputs from opset 13 on
@@ -37,7 +38,7 @@ def step_graph(model: onnx.ModelProto, step_input: str) -> bytes | None:
         return None  # a graph for a fixed number of timesteps
     nodes, replaced = [], 0
     for k, node in enumerate(graph.node):
-        cell = _cell(node, inits, f"statestream.step{k}") if node.op_type == "LSTM" else None
+        cell = _cell(node, inits, f"statestream.step{k}", max_units) if node.op_type == "LSTM" else None
         if cell is None:
             nodes.append(node)
             continue
@@ -106,7 +107,7 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _cell(node: onnx.NodeProto, inits: dict, p: str) -> tuple[list, list] | None:
+def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: int) -> tuple[list, list] | None:
     """The ops and initializers of one timestep of this LSTM node, or None if it must stay a node."""
     a = _attrs(node)
     ins = list(node.input) + [""] * (8 - len(node.input))
@@ -117,7 +118,7 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str) -> tuple[list, list] | None
         return None
     W, R = numpy_helper.to_array(inits[w])[0], numpy_helper.to_array(inits[r])[0]  # [4H, F], [4H, H]
     H = R.shape[1]
-    if H > MAX_UNITS or W.dtype != np.float32:
+    if H > max_units or W.dtype != np.float32:
         return None
     bias = numpy_helper.to_array(inits[b])[0].reshape(2, 4 * H).sum(axis=0) if b else np.zeros(4 * H, np.float32)
     weights = [numpy_helper.from_array(np.concatenate([W, R], axis=1).T.copy(), f"{p}.wr"),  # [F + H, 4H]
