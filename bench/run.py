@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from . import compute, ghz, memory, perf_analyzer, profile, realistic, report, scenarios
+from . import compute, ghz, idle, memory, perf_analyzer, profile, realistic, report, scenarios
 from .procs import ROOT, echo_server, floor_server, free_port, null_server, statestream_server
 
 PARTS = ("transport", "frames", "groups", "halfload", "triton", "profile", "realistic", "memory", "keras")
@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help=f"comma list of parts to leave out: {','.join(PARTS)}")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="first wait up to this long for the 1-minute load average to drop below 1")
+    p.add_argument("--pm-qos", action="store_true",
+                   help="hold /dev/cpu_dma_latency at 0 for the run (root): no CPU idles in a deep state, as on a "
+                        "latency-tuned host (bench.idle)")
     p.add_argument("--quick", action="store_true", help="c=1,16, frames 16,256, 1.5 s runs; no memory/keras/profile")
     a = p.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
@@ -85,7 +88,8 @@ def meta(a: argparse.Namespace, man, server_cmd: str) -> dict:
             "server_cmd": server_cmd,
             "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                   text=True).stdout.strip(),
-            "notes": []}
+            "notes": ["--pm-qos: the run held /dev/cpu_dma_latency at 0 (CPUs never idle in a deep state); every "
+                      "server and ceiling ran under it"] if a.pm_qos else []}
 
 
 def profiles(plan: scenarios.Plan, server, out: Path, conc: int, seconds: float) -> list[dict]:
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(15)
         waited = time.perf_counter() - t_start
         t_start = time.perf_counter()
+    if a.pm_qos:
+        idle.hold_pm_qos()  # until this process exits
     a.out.mkdir(parents=True, exist_ok=True)
     raw = a.out / "raw"
     raw.mkdir(exist_ok=True)

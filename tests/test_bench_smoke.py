@@ -233,8 +233,10 @@ def test_inprocess_times_the_servers_group_handler():
 
 
 def test_idle_gap_bench_runs():
-    """`python -m bench.idle` times ModelRunner.run back to back and after idle gaps (no timing asserted)."""
+    """`python -m bench.idle` times both one-timestep graphs back to back and after idle gaps (no timing
+    asserted)."""
     from bench.idle import after_gaps
 
     best = after_gaps(DEMO, 8, [0, 100], rounds=1, runs=5)
-    assert set(best) == {0, 100} and min(best.values()) > 0
+    assert set(best) == {(g, gap) for g in ("rows graph", "one-timestep graph") for gap in (0, 100)}
+    assert min(best.values()) > 0
