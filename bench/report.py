@@ -125,9 +125,11 @@ def markdown(res: dict) -> str:
                          for r in rows])
     if fr:
         lines += ["", "model run us: the server's mean time per model run from its compute histogram (batches of "
-                      "`mean batch`; as the server times it, around the executor hop, so it includes the thread handoff "
-                      "and the wait for the event loop to resume the batcher) and, in brackets, in-process ORT at that "
-                      "batch size; model busy: share of wall time in model runs."]
+                      "`mean batch`; as the server times it, from the run's start to its apply: the gather, the model, "
+                      "the checks and the apply, and for a run on the executor the thread hand-off and the loop's "
+                      "resumption) and, in brackets, in-process ORT at that batch size, back to back; at low "
+                      "concurrency the core idles between calls and a model run after an idle gap costs more "
+                      "(`python -m bench.idle`); model busy: share of wall time in model runs."]
     hl = res.get("half_load")
     if hl:
         lines += ["", "## At half the maximum load", "",

@@ -1,10 +1,10 @@
-"""One timestep through an LSTM node against its cell's ops (server/statestream/server/engine/stepgraph.py).
+"""One timestep through a recurrent node against its cell's ops (server/statestream/server/engine/stepgraph.py).
 
 Two tables, in-process, one intra-op thread, thread CPU per run (the best of `--rounds` rounds, the two graphs
 alternating within each round):
 
-- one LSTM layer of H units on F features, one timestep of B sessions: onnxruntime's LSTM node against the cell's
-  ops that replace it (where MAX_UNITS comes from);
+- one LSTM, GRU or RNN layer of H units on F features, one timestep of B sessions: onnxruntime's node against
+  the cell's ops that replace it (where MAX_UNITS comes from);
 - the served model (default the demo) as the server runs it: its rows graph against its one-timestep graph, per
   batch size.
 
@@ -26,28 +26,33 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .procs import ROOT
 
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
-def lstm_model(H: int, F: int = 3, *, bias: bool = True, opset: int = 17, time_steps: int | None = None,
+
+def cell_model(kind: str, H: int, F: int = 3, *, bias: bool = True, opset: int = 17, time_steps: int | None = None,
                peepholes: bool = False, **attrs) -> onnx.ModelProto:
-    """One LSTM node as an exported layer is fed: the step input [B, T, F] made time-major, states [1, B, H] (two
-    directions: [2, B, H]); every output a graph output. Random weights (seeded by H)."""
+    """One LSTM, GRU or RNN node as an exported layer is fed: the step input [B, T, F] made time-major, states
+    [1, B, H] (two directions: [2, B, H]); every output a graph output. Random weights (seeded by H), scaled by
+    1/sqrt(F + H)."""
     rng = np.random.default_rng(H)
+    G = GATES[kind]
     dirs = 2 if attrs.get("direction") == b"bidirectional" else 1
-    inits = [numpy_helper.from_array(rng.normal(size=(dirs, 4 * H, F)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(size=(dirs, 4 * H, H)).astype(np.float32), "R")]
-    ins = ["x", "W", "R", "B" if bias else "", "", "h0", "c0"]
+    scale = 1 / np.sqrt(F + H)  # pre-activations of order 1, as a trained layer's
+    inits = [numpy_helper.from_array((scale * rng.normal(size=(dirs, G * H, F))).astype(np.float32), "W"),
+             numpy_helper.from_array((scale * rng.normal(size=(dirs, G * H, H))).astype(np.float32), "R")]
+    ins = ["x", "W", "R", "B" if bias else "", "", "h0"] + (["c0"] if kind == "LSTM" else [])
     if bias:
-        inits.append(numpy_helper.from_array(rng.normal(size=(dirs, 8 * H)).astype(np.float32), "B"))
+        inits.append(numpy_helper.from_array(rng.normal(size=(dirs, 2 * G * H)).astype(np.float32), "B"))
     if peepholes:
         inits.append(numpy_helper.from_array(rng.normal(size=(dirs, 3 * H)).astype(np.float32), "P"))
         ins.append("P")
-    node = helper.make_node("LSTM", ins, ["y", "y_h", "y_c"], hidden_size=H, **attrs)
+    outs = ["y", "y_h"] + (["y_c"] if kind == "LSTM" else [])
+    node = helper.make_node(kind, ins, outs, hidden_size=H, **attrs)
+    states = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [dirs, "batch", H]) for n in ins[5:7]]
     graph = helper.make_graph(
-        [helper.make_node("Transpose", ["input"], ["x"], perm=[1, 0, 2]), node], "lstm",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", time_steps or "time", F]),
-         helper.make_tensor_value_info("h0", TensorProto.FLOAT, [dirs, "batch", H]),
-         helper.make_tensor_value_info("c0", TensorProto.FLOAT, [dirs, "batch", H])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "y_h", "y_c")], inits)
+        [helper.make_node("Transpose", ["input"], ["x"], perm=[1, 0, 2]), node], kind.lower(),
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", time_steps or "time", F]), *states],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
@@ -73,16 +78,17 @@ def _best_us(runs: dict, rounds: int, n: int) -> dict[str, float]:
     return best
 
 
-def layer(B: int, F: int, H: int, rounds: int) -> dict[str, float]:
-    """One LSTM layer's timestep: the node against the cell's ops, us per run."""
+def layer(B: int, F: int, H: int, rounds: int, kind: str = "LSTM", **attrs) -> dict[str, float]:
+    """One layer's timestep: the node against the cell's ops, us per run."""
     from statestream.server.engine.stepgraph import step_graph
 
-    model = lstm_model(H, F)
+    model = cell_model(kind, H, F, **attrs)
     node = _session(model.SerializeToString())
-    cells = _session(step_graph(model, "input", max_units=H))  # also above MAX_UNITS: where it comes from
+    cells = _session(step_graph(model, "input", max_units={kind: H}))  # also above MAX_UNITS: where it comes from
     rng = np.random.default_rng(0)
-    feeds = {"input": rng.normal(size=(B, 1, F)).astype(np.float32),
-             "h0": rng.normal(size=(1, B, H)).astype(np.float32), "c0": rng.normal(size=(1, B, H)).astype(np.float32)}
+    feeds = {i.name: rng.normal(size=[B if d == "batch" else 1 if d == "time" else d for d in
+                                      (dim.dim_param or dim.dim_value for dim in i.type.tensor_type.shape.dim)]
+                                ).astype(np.float32) for i in model.graph.input}
     n = max(20, 200_000 // (B * H))
     return _best_us({"node": lambda: node.run(None, feeds), "cells": lambda: cells.run(None, feeds)}, rounds, n)
 
@@ -94,7 +100,7 @@ def served(path: Path, B: int, rounds: int) -> dict[str, float]:
 
     runner = ModelRunner(path)
     if runner.step_session is runner.session:
-        raise SystemExit(f"{path}: no one-timestep graph (no LSTM layer of at most MAX_UNITS units)")
+        raise SystemExit(f"{path}: no one-timestep graph (no LSTM, GRU or RNN layer of at most MAX_UNITS units)")
     rng = np.random.default_rng(0)
     feeds = {runner.manifest.input: rng.normal(size=(B, 1, runner.features)).astype(np.float32),
              ROWS_IN: rng.normal(size=(B, runner.state_width)).astype(np.float32)}
@@ -108,17 +114,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stepgraph", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", default="1x3x16,256x3x16,1024x3x16,256x3x32,256x8x64,256x16x128,256x32x256",
-                   help="BxFxH: sessions x features x units of one LSTM layer")
+                   help="BxFxH: sessions x features x units of one layer")
+    p.add_argument("--cells", default="LSTM,GRU,RNN", help="the layers' kinds (GRU: Keras's reset_after)")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
     p.add_argument("--batches", default="1,16,64,128,256,1024")
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
-    print("| B x F x H (one LSTM layer, one timestep) | LSTM node us | cell ops us | node / cells |")
+    print("| layer, one timestep: B x F x H | node us | cell ops us | node / cells |")
     print("| --- | --- | --- | --- |")
-    for spec in a.layers.split(","):
-        B, F, H = (int(v) for v in spec.split("x"))
-        r = layer(B, F, H, a.rounds)
-        print(f"| {B} x {F} x {H} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
+    for kind in a.cells.split(","):
+        attrs = {"linear_before_reset": 1} if kind == "GRU" else {}
+        for spec in a.layers.split(","):
+            B, F, H = (int(v) for v in spec.split("x"))
+            r = layer(B, F, H, a.rounds, kind, **attrs)
+            print(f"| {kind} {B} x {F} x {H} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
     print(f"\n| {a.model.name}: sessions, one timestep | rows graph us | one-timestep graph us | rows / one-timestep |")
     print("| --- | --- | --- | --- |")
     for B in (int(b) for b in a.batches.split(",")):

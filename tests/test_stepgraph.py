@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
     sys.path.insert(0, str(ROOT))
 
-from bench.stepgraph import layer, lstm_model  # noqa: E402
+from bench.stepgraph import cell_model, layer  # noqa: E402
 
 DEMO = ROOT / "models" / "demo.onnx"
 F = 3
@@ -32,36 +32,44 @@ def _session(data: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("H,bias", [(1, True), (5, True), (5, False), (MAX_UNITS, True)])
-def test_an_lstm_node_becomes_its_cells_ops_with_the_nodes_numbers(H, bias):
-    model = lstm_model(H, F, bias=bias)
+CASES = [("LSTM", {}), ("GRU", {"linear_before_reset": 1}), ("GRU", {}), ("RNN", {}),
+         ("RNN", {"activations": [b"Relu"]})]  # Keras's GRU is reset_after: linear_before_reset
+
+
+@pytest.mark.parametrize("kind,attrs", CASES, ids=["lstm", "gru-reset-after", "gru", "rnn-tanh", "rnn-relu"])
+@pytest.mark.parametrize("H,bias", [(1, True), (5, True), (5, False), (None, True)])  # None: MAX_UNITS
+def test_a_recurrent_node_becomes_its_cells_ops_with_the_nodes_numbers(kind, attrs, H, bias):
+    H = H or MAX_UNITS[kind]
+    model = cell_model(kind, H, F, bias=bias, **attrs)
     original = model.SerializeToString()
     step = step_graph(model, "input")
     assert step is not None
     ops = _ops(step)
-    assert "LSTM" not in ops and ops.count("Gemm") == 1  # one GEMM of [x, h] by [W; R]
+    assert kind not in ops and 1 <= ops.count("Gemm") <= 3  # [x, h] by [W; R], or x and h apart (GRU)
     assert onnx.load_from_string(step).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1
     rng = np.random.default_rng(7)
     for B in (1, 4, 300):
-        feeds = {"input": rng.normal(size=(B, 1, F)).astype(np.float32),
-                 "h0": rng.normal(size=(1, B, H)).astype(np.float32),
-                 "c0": rng.normal(size=(1, B, H)).astype(np.float32)}
+        feeds = {i.name: rng.normal(size=(B, 1, F) if i.name == "input" else (1, B, H)).astype(np.float32)
+                 for i in model.graph.input}
         want, got = _session(original).run(None, feeds), _session(step).run(None, feeds)
+        assert len(want) == len(got) == len(model.graph.output)
         for w, g in zip(want, got):
             assert g.shape == w.shape
             np.testing.assert_allclose(g, w, rtol=0, atol=1e-5)  # float32 sums in another order
 
 
-@pytest.mark.parametrize("variant", [
-    {"direction": b"bidirectional"}, {"peepholes": True}, {"clip": 3.0}, {"input_forget": 1},
-    {"activations": [b"Sigmoid", b"Relu", b"Tanh"]}, {"H": MAX_UNITS + 1}, {"opset": 12}, {"time_steps": 6},
+@pytest.mark.parametrize("kind,variant", [
+    ("LSTM", {"direction": b"bidirectional", "activations": [b"Sigmoid", b"Tanh", b"Tanh"] * 2}),
+    ("LSTM", {"peepholes": True}), ("LSTM", {"clip": 3.0}), ("LSTM", {"input_forget": 1}),
+    ("LSTM", {"activations": [b"Sigmoid", b"Relu", b"Tanh"]}), ("LSTM", {"H": MAX_UNITS["LSTM"] + 1}),
+    ("LSTM", {"opset": 12}), ("LSTM", {"time_steps": 6}), ("GRU", {"direction": b"reverse"}),
+    ("GRU", {"activations": [b"Sigmoid", b"Relu"]}), ("RNN", {"activations": [b"Affine"], "activation_alpha": [2.0]}),
+    ("GRU", {"H": MAX_UNITS["GRU"] + 1}), ("RNN", {"H": MAX_UNITS["RNN"] + 1}),
 ])
-def test_an_lstm_the_rewrite_does_not_cover_stays_a_node(variant):
+def test_a_node_the_rewrite_does_not_cover_stays_a_node(kind, variant):
     """Anything but the plain forward cell of at most MAX_UNITS units: no one-timestep graph (None)."""
     v = {"H": 5, **variant}
-    if v.get("direction") == b"bidirectional":
-        v["activations"] = [b"Sigmoid", b"Tanh", b"Tanh"] * 2
-    model = lstm_model(v.pop("H"), F, **v)
+    model = cell_model(kind, v.pop("H"), F, **v)
     _session(model.SerializeToString())  # a model onnxruntime runs
     assert step_graph(model, "input") is None
 
@@ -115,5 +123,5 @@ def test_the_bench_times_both_graphs():
     """`python -m bench.stepgraph`'s two measurements run (no timing asserted: unit tests are never timed)."""
     from bench.stepgraph import served
 
-    for r in (layer(4, F, 5, rounds=1), served(DEMO, 16, rounds=1)):
+    for r in (layer(4, F, 5, rounds=1, kind="GRU"), served(DEMO, 16, rounds=1)):
         assert set(r) == {"node", "cells"} and min(r.values()) > 0

@@ -1,15 +1,15 @@
-"""The graph a plain model runs one timestep as: its small LSTM nodes replaced by their cell's own ops.
+"""The graph a plain model runs one timestep as: its small LSTM, GRU and RNN nodes replaced by their cells' ops.
 
 Almost every call the server answers is one timestep (a unary step, a stream's step, a frame or a group step).
-onnxruntime's LSTM kernel is built for sequences: for one timestep of a small layer it costs far more than the
-arithmetic. A 16-unit layer on 256 sessions took 50 us as an LSTM node and 31 us as its cell's ops (one Gemm of
-[x, h] by [W; R], one Split, three Sigmoids, two Tanhs, three Muls, an Add); at 1024 sessions 174 against 97.
-From 128 units on the kernel's own GEMMs dominate and the two are even (256 units: the node 5% faster), so only
-layers of at most MAX_UNITS units are replaced (docs/performance.md, "One timestep as a cell's ops").
+onnxruntime's recurrent kernels are built for sequences: for one timestep of a small layer they cost far more than
+the arithmetic. One layer of 16 units on 256 sessions (`python -m bench.stepgraph`, docs/performance.md, "One
+timestep as a cell's ops"): an LSTM node 50 us, its cell's ops 35 (one Gemm of [x, h] by [W; R], one Split, three
+Sigmoids, two Tanhs, three Muls, an Add); a GRU node 61, its ops 32; an RNN node 38, its ops 14. From 128 units on
+the LSTM kernel's own GEMMs dominate and the two are even, so the limit is MAX_UNITS per kind.
 
-The rewrite is exact arithmetic of ONNX's LSTM definition for one step (gates i, o, f, c in that order; default
-activations; no peepholes, clip, sequence lengths or coupled input-forget gate); any other LSTM node, and GRU and
-SimpleRNN layers (exported as Loops), stay as they are.
+The rewrite is exact arithmetic of ONNX's definitions for one step (LSTM gates i, o, f, c; GRU z, r, h, with or
+without linear_before_reset; default activations, an RNN's Tanh, Relu or Sigmoid; no peepholes, clip, sequence
+lengths or coupled input-forget gate; forward only); any other node stays as it is.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-MAX_UNITS = 64  # LSTM layers of at most this many units run as their cell's ops (measured above)
-_DEFAULT_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
+MAX_UNITS = {"LSTM": 64, "GRU": 128, "RNN": 256}  # layers of at most this many units run as their cell's ops
+_CELLS = ("LSTM", "GRU", "RNN")
+_LSTM_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
+_GRU_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
 
 
-def step_graph(model: onnx.ModelProto, step_input: str, max_units: int = MAX_UNITS) -> bytes | None:
-    """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM node of at most `max_units`
-    units that can be (see the module's doc) replaced by its cell's ops, the step input's time axis fixed at 1.
+def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS) -> bytes | None:
+    """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM, GRU or RNN node of at most
+    `max_units[kind]` units that can be (see the module's doc) replaced by its cell's ops, the step input's time
+    axis fixed at 1.
     None when no node was replaced (the model runs one timestep as it runs many) or the graph's opset is older
     than 13."""
     graph = model.graph
@@ -38,7 +41,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: int = MAX_UNI
         return None  # a graph for a fixed number of timesteps
     nodes, replaced = [], 0
     for k, node in enumerate(graph.node):
-        cell = _cell(node, inits, f"statestream.step{k}", max_units) if node.op_type == "LSTM" else None
+        cell = _cell(node, inits, f"statestream.step{k}", max_units) if node.op_type in _CELLS else None
         if cell is None:
             nodes.append(node)
             continue
@@ -107,47 +110,112 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: int) -> tuple[list, list] | None:
-    """The ops and initializers of one timestep of this LSTM node, or None if it must stay a node."""
+def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: dict[str, int]) -> tuple[list, list] | None:
+    """The ops and initializers of one timestep of this LSTM, GRU or RNN node, or None if it must stay a node."""
+    kind = node.op_type
     a = _attrs(node)
     ins = list(node.input) + [""] * (8 - len(node.input))
-    x, w, r, b, lens, h0, c0, peep = ins[:8]
-    if (a.get("direction", b"forward") != b"forward" or a.get("activations", _DEFAULT_ACTIVATIONS) !=
-            _DEFAULT_ACTIVATIONS or "clip" in a or a.get("input_forget", 0) or a.get("layout", 0) or lens or peep
-            or not (h0 and c0) or w not in inits or r not in inits or (b and b not in inits)):
+    x, w, r, b, lens, h0 = ins[:6]
+    if (a.get("direction", b"forward") != b"forward" or "clip" in a or a.get("layout", 0) or lens or not h0
+            or w not in inits or r not in inits or (b and b not in inits) or "activation_alpha" in a):
         return None
-    W, R = numpy_helper.to_array(inits[w])[0], numpy_helper.to_array(inits[r])[0]  # [4H, F], [4H, H]
+    W, R = numpy_helper.to_array(inits[w])[0], numpy_helper.to_array(inits[r])[0]  # [G*H, F], [G*H, H]
     H = R.shape[1]
-    if H > max_units or W.dtype != np.float32:
+    if H > max_units[kind] or W.dtype != np.float32:
         return None
-    bias = numpy_helper.to_array(inits[b])[0].reshape(2, 4 * H).sum(axis=0) if b else np.zeros(4 * H, np.float32)
-    weights = [numpy_helper.from_array(np.concatenate([W, R], axis=1).T.copy(), f"{p}.wr"),  # [F + H, 4H]
-               numpy_helper.from_array(bias.astype(np.float32), f"{p}.b"),
-               helper.make_tensor(f"{p}.axis0", TensorProto.INT64, [1], [0]),
-               helper.make_tensor(f"{p}.axis1", TensorProto.INT64, [1], [1]),
-               helper.make_tensor(f"{p}.gates", TensorProto.INT64, [4], [H] * 4)]
+    wb, rb = numpy_helper.to_array(inits[b])[0].reshape(2, -1) if b else np.zeros((2, len(W)), np.float32)
+    weights = [helper.make_tensor(f"{p}.axis0", TensorProto.INT64, [1], [0]),
+               helper.make_tensor(f"{p}.axis1", TensorProto.INT64, [1], [1])]
+    ops = [helper.make_node("Squeeze", [x, f"{p}.axis0"], [f"{p}.x"]),  # [1, B, F] -> [B, F]
+           helper.make_node("Squeeze", [h0, f"{p}.axis0"], [f"{p}.h0"])]
+    if kind == "LSTM":
+        c0, peep = ins[6:8]
+        if a.get("activations", _LSTM_ACTIVATIONS) != _LSTM_ACTIVATIONS or a.get("input_forget", 0) or peep or not c0:
+            return None
+        ops.append(helper.make_node("Squeeze", [c0, f"{p}.axis0"], [f"{p}.c0"]))
+        _lstm(ops, weights, p, W, R, wb + rb, H)
+    elif kind == "GRU":
+        if a.get("activations", _GRU_ACTIVATIONS) != _GRU_ACTIVATIONS:
+            return None
+        _gru(ops, weights, p, W, R, wb, rb, H, bool(a.get("linear_before_reset", 0)))
+    else:
+        act = a.get("activations", [b"Tanh"])
+        if len(act) != 1 or act[0] not in (b"Tanh", b"Relu", b"Sigmoid"):
+            return None
+        _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, wb + rb, f"{p}.g", p)
+        ops.append(helper.make_node(act[0].decode(), [f"{p}.g"], [f"{p}.h"]))
     y, y_h, y_c = (list(node.output) + ["", "", ""])[:3]
-    op = helper.make_node
-    ops = [op("Squeeze", [x, f"{p}.axis0"], [f"{p}.x"]),  # [1, B, F] -> [B, F]
-           op("Squeeze", [h0, f"{p}.axis0"], [f"{p}.h0"]),
-           op("Squeeze", [c0, f"{p}.axis0"], [f"{p}.c0"]),
-           op("Concat", [f"{p}.x", f"{p}.h0"], [f"{p}.xh"], axis=1),
-           op("Gemm", [f"{p}.xh", f"{p}.wr", f"{p}.b"], [f"{p}.g"]),
-           op("Split", [f"{p}.g", f"{p}.gates"], [f"{p}.gi", f"{p}.go", f"{p}.gf", f"{p}.gc"], axis=1),
-           op("Sigmoid", [f"{p}.gi"], [f"{p}.i"]),
-           op("Sigmoid", [f"{p}.go"], [f"{p}.o"]),
-           op("Sigmoid", [f"{p}.gf"], [f"{p}.f"]),
-           op("Tanh", [f"{p}.gc"], [f"{p}.cc"]),
-           op("Mul", [f"{p}.f", f"{p}.c0"], [f"{p}.fc"]),
-           op("Mul", [f"{p}.i", f"{p}.cc"], [f"{p}.ic"]),
-           op("Add", [f"{p}.fc", f"{p}.ic"], [f"{p}.c"]),
-           op("Tanh", [f"{p}.c"], [f"{p}.tc"]),
-           op("Mul", [f"{p}.o", f"{p}.tc"], [f"{p}.h"])]
     h1 = y_h or f"{p}.h1"  # [directions=1, B, H]
     if y or y_h:
-        ops.append(op("Unsqueeze", [f"{p}.h", f"{p}.axis0"], [h1]))
+        ops.append(helper.make_node("Unsqueeze", [f"{p}.h", f"{p}.axis0"], [h1]))
     if y:  # [T=1, directions=1, B, H]: a Squeeze of its time axis (the next layer's input) is h1 again
-        ops.append(op("Unsqueeze", [h1, f"{p}.axis1"], [y]))
+        ops.append(helper.make_node("Unsqueeze", [h1, f"{p}.axis1"], [y]))
     if y_c:
-        ops.append(op("Unsqueeze", [f"{p}.c", f"{p}.axis0"], [y_c]))
+        ops.append(helper.make_node("Unsqueeze", [f"{p}.c", f"{p}.axis0"], [y_c]))
     return ops, weights
+
+
+def _gemm(ops: list, weights: list, x: str, h: str, W: np.ndarray, R: np.ndarray, bias: np.ndarray, out: str,
+          p: str) -> None:
+    """out = [x, h] @ [W; R]^T + bias, as one Gemm of the joined inputs."""
+    weights += [numpy_helper.from_array(np.concatenate([W, R], axis=1).T.copy(), f"{p}.wr"),  # [F + H, G*H]
+                numpy_helper.from_array(bias.astype(np.float32), f"{p}.b")]
+    ops += [helper.make_node("Concat", [x, h], [f"{p}.xh"], axis=1),
+            helper.make_node("Gemm", [f"{p}.xh", f"{p}.wr", f"{p}.b"], [out])]
+
+
+def _split(ops: list, weights: list, src: str, sizes: list[int], outs: list[str], p: str) -> None:
+    name = f"{p}.sizes{len(weights)}"
+    weights.append(helper.make_tensor(name, TensorProto.INT64, [len(sizes)], sizes))
+    ops.append(helper.make_node("Split", [src, name], outs, axis=1))
+
+
+def _lstm(ops: list, weights: list, p: str, W, R, bias, H: int) -> None:
+    """ONNX's LSTM, one step: gates i, o, f, c; c' = f*c + i*tanh(gc); h' = o*tanh(c')."""
+    op = helper.make_node
+    _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, bias, f"{p}.g", p)
+    _split(ops, weights, f"{p}.g", [H] * 4, [f"{p}.gi", f"{p}.go", f"{p}.gf", f"{p}.gc"], p)
+    ops += [op("Sigmoid", [f"{p}.gi"], [f"{p}.i"]),
+            op("Sigmoid", [f"{p}.go"], [f"{p}.o"]),
+            op("Sigmoid", [f"{p}.gf"], [f"{p}.f"]),
+            op("Tanh", [f"{p}.gc"], [f"{p}.cc"]),
+            op("Mul", [f"{p}.f", f"{p}.c0"], [f"{p}.fc"]),
+            op("Mul", [f"{p}.i", f"{p}.cc"], [f"{p}.ic"]),
+            op("Add", [f"{p}.fc", f"{p}.ic"], [f"{p}.c"]),
+            op("Tanh", [f"{p}.c"], [f"{p}.tc"]),
+            op("Mul", [f"{p}.o", f"{p}.tc"], [f"{p}.h"])]
+
+
+def _gru(ops: list, weights: list, p: str, W, R, wb, rb, H: int, linear_before_reset: bool) -> None:
+    """ONNX's GRU, one step: gates z, r, h; n = tanh(x Wh + Wbh + r * (h Rh + Rbh)) with linear_before_reset (Keras's
+    reset_after), tanh(x Wh + (r * h) Rh + Wbh + Rbh) without; h' = n + z * (h - n). x and h each in one Gemm
+    (one Gemm of [x, h] by blocks with zeros measured slower from 128 units on: 0.94x of the node at 256)."""
+    op = helper.make_node
+    zr, n = slice(0, 2 * H), slice(2 * H, 3 * H)
+    weights += [numpy_helper.from_array(W.T.copy(), f"{p}.w"), numpy_helper.from_array(wb.astype(np.float32), f"{p}.wb")]
+    ops.append(op("Gemm", [f"{p}.x", f"{p}.w", f"{p}.wb"], [f"{p}.gx"]))  # [B, 3H]
+    _split(ops, weights, f"{p}.gx", [2 * H, H], [f"{p}.xzr", f"{p}.xn"], p)
+    if linear_before_reset:
+        weights += [numpy_helper.from_array(R.T.copy(), f"{p}.r"),
+                    numpy_helper.from_array(rb.astype(np.float32), f"{p}.rb")]
+        ops.append(op("Gemm", [f"{p}.h0", f"{p}.r", f"{p}.rb"], [f"{p}.gh"]))
+        _split(ops, weights, f"{p}.gh", [2 * H, H], [f"{p}.hzr", f"{p}.hn"], p)
+    else:
+        weights += [numpy_helper.from_array(R[zr].T.copy(), f"{p}.r"),
+                    numpy_helper.from_array(rb[zr].astype(np.float32), f"{p}.rb"),
+                    numpy_helper.from_array(R[n].T.copy(), f"{p}.rn"),
+                    numpy_helper.from_array(rb[n].astype(np.float32), f"{p}.rbn")]
+        ops.append(op("Gemm", [f"{p}.h0", f"{p}.r", f"{p}.rb"], [f"{p}.hzr"]))
+    ops += [op("Add", [f"{p}.xzr", f"{p}.hzr"], [f"{p}.gzr"]),
+            op("Sigmoid", [f"{p}.gzr"], [f"{p}.zr"])]
+    _split(ops, weights, f"{p}.zr", [H, H], [f"{p}.z", f"{p}.r_"], p)
+    if linear_before_reset:
+        ops.append(op("Mul", [f"{p}.r_", f"{p}.hn"], [f"{p}.rhn"]))
+    else:
+        ops += [op("Mul", [f"{p}.r_", f"{p}.h0"], [f"{p}.rh"]),
+                op("Gemm", [f"{p}.rh", f"{p}.rn", f"{p}.rbn"], [f"{p}.rhn"])]
+    ops += [op("Add", [f"{p}.xn", f"{p}.rhn"], [f"{p}.gn"]),
+            op("Tanh", [f"{p}.gn"], [f"{p}.n"]),
+            op("Sub", [f"{p}.h0", f"{p}.n"], [f"{p}.hmn"]),
+            op("Mul", [f"{p}.z", f"{p}.hmn"], [f"{p}.zd"]),
+            op("Add", [f"{p}.n", f"{p}.zd"], [f"{p}.h"])]
