@@ -10,6 +10,7 @@ alternating within each round):
 
     python -m bench.stepgraph
     python -m bench.stepgraph --layers 256x3x16,256x16x128 --batches 1,128,256 --model models/demo.onnx
+    python -m bench.stepgraph --cells GRU --export GRU    # served: Keras 2 x GRU(16) + Dense(1), exported here
 """
 
 from __future__ import annotations
@@ -110,6 +111,23 @@ def served(path: Path, B: int, rounds: int) -> dict[str, float]:
                      "cells": lambda: runner.step_session.run(names, feeds)}, rounds, n)
 
 
+def _export(kind: str) -> Path:
+    """A Keras 3 features -> 2 x kind(16) -> Dense(1), exported with statestream-export into a temporary file."""
+    import tempfile
+
+    import keras
+
+    from statestream.export import export_model
+
+    keras.utils.set_random_seed(0)
+    cell = getattr(keras.layers, kind)
+    model = keras.Sequential([keras.Input((None, 3)), cell(16, return_sequences=True), cell(16),
+                              keras.layers.Dense(1)], name=f"two_{kind.lower()}")
+    path = Path(tempfile.mkdtemp()) / f"two_{kind.lower()}.onnx"
+    export_model(model, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stepgraph", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cells", default="LSTM,GRU,RNN", help="the layers' kinds (GRU: Keras's reset_after)")
     p.add_argument("--model", type=Path, default=ROOT / "models" / "demo.onnx")
     p.add_argument("--batches", default="1,16,64,128,256,1024")
+    p.add_argument("--export", choices=("LSTM", "GRU", "SimpleRNN"),
+                   help="serve a Keras 3 features -> 2 x KIND(16) -> Dense(1), exported now, instead of --model")
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args(argv)
+    if a.export:
+        a.model = _export(a.export)
     print("| layer, one timestep: B x F x H | node us | cell ops us | node / cells |")
     print("| --- | --- | --- | --- |")
     for kind in a.cells.split(","):

@@ -125,3 +125,24 @@ def test_the_bench_times_both_graphs():
 
     for r in (layer(4, F, 5, rounds=1, kind="GRU"), served(DEMO, 16, rounds=1)):
         assert set(r) == {"node", "cells"} and min(r.values()) > 0
+
+
+def test_a_served_gru_and_simplernn_run_one_timestep_as_cell_ops():
+    """Keras GRU and SimpleRNN layers, exported (native GRU and RNN nodes), get a one-timestep graph too (what
+    `python -m bench.stepgraph --export KIND` serves), with the file's numbers within 1e-5."""
+    from bench.stepgraph import _export
+    from statestream.contract.layout import StepLayout
+    from statestream.contract.manifest import read_manifest
+
+    for kind in ("GRU", "SimpleRNN"):
+        path = _export(kind)
+        runner = ModelRunner(path)
+        assert runner.step_session is not runner.session
+        original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        layout = StepLayout(read_manifest(onnx.load(str(path))))
+        rng = np.random.default_rng(4)
+        for B in (1, 300):
+            x = rng.normal(size=(B, 1, runner.features)).astype(np.float32)
+            rows = rng.normal(size=(B, runner.state_width)).astype(np.float32)
+            for want, got in zip(layout.run(original.run, x, rows), runner.run(x, rows)):
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
