@@ -117,7 +117,7 @@ class ModelRunner:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
-        #: runs of one timestep (stepgraph.py: small LSTMs as their cell's ops); `session` if it has nothing to do
+        #: runs of one timestep (stepgraph.py: small LSTM, GRU and RNN layers as their cells' ops); else `session`
         self.step_session = self._step_session(proto, opts) if self.rows else self.session
         del proto
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
@@ -133,8 +133,9 @@ class ModelRunner:
         self._local = threading.local()
 
     def _step_session(self, proto: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
-        """The rows graph `proto` for one timestep, its small LSTMs as cell ops; `session` when there is nothing to
-        replace, or when the rewrite or its session fails (logged: the model still runs, on its own graph)."""
+        """The rows graph `proto` for one timestep, its small recurrent layers as cell ops; `session` when there is
+        nothing to replace, or when the rewrite or its session fails (logged: the model still runs, on its own
+        graph)."""
         try:
             step = step_graph(proto, self.manifest.input)
             if step is None:
