@@ -12,7 +12,7 @@ import pytest
 
 from statestream.server.engine.model import BIND_MAX, ModelRunner
 from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT, rows_graph
-from statestream.server.engine.stepgraph import MAX_UNITS, step_graph
+from statestream.server.engine.stepgraph import MAX_UNITS, MIN_BATCH, step_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/ is a package at the repo root, not an installed one
@@ -43,7 +43,8 @@ def test_a_recurrent_node_becomes_its_cells_ops_with_the_nodes_numbers(kind, att
     model = cell_model(kind, H, F, bias=bias, **attrs)
     original = model.SerializeToString()
     step = step_graph(model, "input")
-    assert step is not None
+    assert step is not None and step.min_batch == MIN_BATCH[kind]
+    step = step.data
     ops = _ops(step)
     assert kind not in ops and 1 <= ops.count("Gemm") <= 3  # [x, h] by [W; R], or x and h apart (GRU)
     assert onnx.load_from_string(step).graph.input[0].type.tensor_type.shape.dim[1].dim_value == 1
@@ -82,7 +83,7 @@ def test_the_demo_runs_one_timestep_as_cell_ops_with_the_files_numbers():
     runner = ModelRunner(DEMO)
     rows_graph(proto, runner.layout)
     before = _ops(proto.SerializeToString())
-    step = _ops(step_graph(proto, runner.manifest.input))
+    step = _ops(step_graph(proto, runner.manifest.input).data)
     assert step.count("LSTM") == 0 and step.count("Gemm") == 2 and before.count("LSTM") == 2
     assert step.count("Squeeze") == 1 and step.count("Unsqueeze") == 1  # the step input's, the head's
     assert runner.step_session is not runner.session
@@ -129,20 +130,27 @@ def test_the_bench_times_both_graphs():
 
 def test_a_served_gru_and_simplernn_run_one_timestep_as_cell_ops():
     """Keras GRU and SimpleRNN layers, exported (native GRU and RNN nodes), get a one-timestep graph too (what
-    `python -m bench.stepgraph --export KIND` serves), with the file's numbers within 1e-5."""
+    `python -m bench.stepgraph --export KIND` serves), with the file's numbers within 1e-5; a GRU model's runs of
+    fewer than MIN_BATCH["GRU"] sessions stay on its own graph."""
     from bench.stepgraph import _export
     from statestream.contract.layout import StepLayout
     from statestream.contract.manifest import read_manifest
 
-    for kind in ("GRU", "SimpleRNN"):
+    for kind, cell in (("GRU", "GRU"), ("SimpleRNN", "RNN")):
         path = _export(kind)
         runner = ModelRunner(path)
-        assert runner.step_session is not runner.session
+        assert runner.step_session is not runner.session and runner.step_min_batch == MIN_BATCH[cell]
+        names = [runner.manifest.output, ROWS_OUT]
         original = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         layout = StepLayout(read_manifest(onnx.load(str(path))))
         rng = np.random.default_rng(4)
-        for B in (1, 300):
+        for B in sorted({1, MIN_BATCH[cell] - 1, MIN_BATCH[cell], 300} - {0}):
             x = rng.normal(size=(B, 1, runner.features)).astype(np.float32)
             rows = rng.normal(size=(B, runner.state_width)).astype(np.float32)
-            for want, got in zip(layout.run(original.run, x, rows), runner.run(x, rows)):
-                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            got = runner.run(x, rows)
+            for want, g in zip(layout.run(original.run, x, rows), got):
+                np.testing.assert_allclose(g, want, rtol=0, atol=1e-5)
+            # runs of fewer than MIN_BATCH sessions keep the node (a GRU's cells are slower for one session)
+            ran = runner.step_session if B >= runner.step_min_batch else runner.session
+            for want, g in zip(ran.run(names, {runner.manifest.input: x, ROWS_IN: rows}), got):
+                np.testing.assert_array_equal(g, want)

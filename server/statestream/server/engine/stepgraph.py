@@ -14,22 +14,32 @@ lengths or coupled input-forget gate; forward only); any other node stays as it 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MAX_UNITS = {"LSTM": 64, "GRU": 128, "RNN": 256}  # layers of at most this many units run as their cell's ops
+#: runs of fewer sessions than this keep the node, per kind: a served 2 x GRU(16)'s cells were 0.88x of the nodes
+#: for one session and 0.95x for 4, 1.09x for 16 (`python -m bench.stepgraph --export GRU`); LSTM and RNN cells were
+#: as fast or faster from one session on
+MIN_BATCH = {"LSTM": 1, "GRU": 8, "RNN": 1}
 _CELLS = ("LSTM", "GRU", "RNN")
 _LSTM_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
 _GRU_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
 
 
-def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS) -> bytes | None:
+class StepGraph(NamedTuple):
+    data: bytes      # the serialized one-timestep graph
+    min_batch: int   # runs of fewer sessions keep the model's own graph (MIN_BATCH of the kinds replaced)
+
+
+def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS) -> StepGraph | None:
     """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM, GRU or RNN node of at most
     `max_units[kind]` units that can be (see the module's doc) replaced by its cell's ops, the step input's time
-    axis fixed at 1.
-    None when no node was replaced (the model runs one timestep as it runs many) or the graph's opset is older
-    than 13."""
+    axis fixed at 1. None when no node was replaced (the model runs one timestep as it runs many) or the graph's
+    opset is older than 13."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < 13:  # Squeeze, Unsqueeze and Split take their axes and sizes as inputs from opset 13 on
@@ -39,7 +49,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
     time = step.type.tensor_type.shape.dim[1]
     if time.HasField("dim_value") and time.dim_value != 1:
         return None  # a graph for a fixed number of timesteps
-    nodes, replaced = [], 0
+    nodes, replaced = [], set()
     for k, node in enumerate(graph.node):
         cell = _cell(node, inits, f"statestream.step{k}", max_units) if node.op_type in _CELLS else None
         if cell is None:
@@ -48,7 +58,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
         ops, weights = cell
         nodes.extend(ops)
         graph.initializer.extend(weights)
-        replaced += 1
+        replaced.add(node.op_type)
     if not replaced:
         return None
     del graph.node[:]
@@ -60,7 +70,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
     graph.initializer.extend(kept)
     time.Clear()
     time.dim_value = 1
-    return model.SerializeToString()
+    return StepGraph(model.SerializeToString(), max(MIN_BATCH[kind] for kind in replaced))
 
 
 def _fold_squeezes(graph: onnx.GraphProto) -> None:
