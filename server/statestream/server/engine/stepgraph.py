@@ -81,8 +81,7 @@ def _fold_squeezes(graph: onnx.GraphProto) -> None:
     rows graph for one session and cheaper from a few on, also when the core was idle before the run."""
     axes = {t.name: tuple(numpy_helper.to_array(t).tolist()) for t in graph.initializer
             if t.data_type == TensorProto.INT64 and len(t.dims) == 1}
-    outputs = {o.name for o in graph.output}
-    inner = _used(graph, subgraphs_only=True)  # names a subgraph reads stay as they are
+    keep = {o.name for o in graph.output} | _used(graph, subgraphs_only=True)  # names a subgraph reads stay too
     producer, alias = {}, {}
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -90,7 +89,7 @@ def _fold_squeezes(graph: onnx.GraphProto) -> None:
                 node.input[i] = alias[name]
         src = producer.get(node.input[0]) if node.op_type == "Squeeze" and len(node.input) == 2 else None
         if (src is not None and src.op_type == "Unsqueeze" and len(src.input) == 2 and src.input[1] in axes
-                and axes.get(node.input[1]) == axes[src.input[1]] and not {node.output[0]} & (outputs | inner)):
+                and axes.get(node.input[1]) == axes[src.input[1]] and node.output[0] not in keep):
             alias[node.output[0]] = src.input[0]
         for name in node.output:
             producer[name] = node
