@@ -95,20 +95,51 @@ def layer(B: int, F: int, H: int, rounds: int, kind: str = "LSTM", **attrs) -> d
 
 
 def served(path: Path, B: int, rounds: int) -> dict[str, float]:
-    """The served model's one timestep of B sessions: its rows graph against its one-timestep graph."""
+    """The served model's one timestep of B sessions: its rows graph ("node"), its one-timestep graph ("cells") and
+    that graph with its views not folded ("unfolded"), us per run."""
     from statestream.server.engine.model import ModelRunner
     from statestream.server.engine.rowgraph import ROWS_IN, ROWS_OUT
 
     runner = ModelRunner(path)
     if runner.step_session is runner.session:
         raise SystemExit(f"{path}: no one-timestep graph (no LSTM, GRU or RNN layer of at most MAX_UNITS units)")
+    unfolded = _session(_graphs(runner, fold=False)[1])
     rng = np.random.default_rng(0)
     feeds = {runner.manifest.input: rng.normal(size=(B, 1, runner.features)).astype(np.float32),
              ROWS_IN: rng.normal(size=(B, runner.state_width)).astype(np.float32)}
     names = [runner.manifest.output, ROWS_OUT]
     n = max(20, 100_000 // B)
     return _best_us({"node": lambda: runner.session.run(names, feeds),
-                     "cells": lambda: runner.step_session.run(names, feeds)}, rounds, n)
+                     "cells": lambda: runner.step_session.run(names, feeds),
+                     "unfolded": lambda: unfolded.run(names, feeds)}, rounds, n)
+
+
+def _graphs(runner, fold: bool = True) -> tuple[bytes, bytes]:
+    """A served model's rows graph and its one-timestep graph (`fold`: its views folded), as the runner builds them."""
+    from statestream.server.engine.rowgraph import rows_graph
+    from statestream.server.engine.stepgraph import step_graph
+
+    rows = onnx.load(str(runner.path))
+    data = rows_graph(rows, runner.layout)
+    return data, step_graph(onnx.load_from_string(data), runner.manifest.input, fold=fold).data
+
+
+def kernels(data: bytes, feeds: dict) -> int:
+    """How many kernels onnxruntime launches for one run of this graph (its profile's node events)."""
+    import json
+    import os
+    import tempfile
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "kernels")
+    sess = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+    sess.run(None, feeds)
+    path = sess.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    return sum(1 for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
 
 
 def _export(kind: str) -> Path:
@@ -150,11 +181,22 @@ def main(argv: list[str] | None = None) -> int:
             B, F, H = (int(v) for v in spec.split("x"))
             r = layer(B, F, H, a.rounds, kind, **attrs)
             print(f"| {kind} {B} x {F} x {H} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
-    print(f"\n| {a.model.name}: sessions, one timestep | rows graph us | one-timestep graph us | rows / one-timestep |")
-    print("| --- | --- | --- | --- |")
+    print(f"\n| {a.model.name}: sessions, one timestep | rows graph us | one-timestep graph us | rows / one-timestep "
+          "| views not folded us | not folded / folded |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for B in (int(b) for b in a.batches.split(",")):
         r = served(a.model, B, a.rounds)
-        print(f"| {B} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x |")
+        print(f"| {B} | {r['node']:.1f} | {r['cells']:.1f} | {r['node'] / r['cells']:.2f}x | {r['unfolded']:.1f} "
+              f"| {r['unfolded'] / r['cells']:.2f}x |")
+    from statestream.server.engine.model import ModelRunner
+    from statestream.server.engine.rowgraph import ROWS_IN
+
+    runner = ModelRunner(a.model)
+    feeds = {runner.manifest.input: np.zeros((4, 1, runner.features), np.float32),
+             ROWS_IN: np.zeros((4, runner.state_width), np.float32)}
+    rows, step = _graphs(runner)
+    print(f"\nkernels per run: rows graph {kernels(rows, feeds)}, one-timestep graph {kernels(step, feeds)}, "
+          f"views not folded {kernels(_graphs(runner, fold=False)[1], feeds)}")
     return 0
 
 

@@ -86,6 +86,9 @@ def test_the_demo_runs_one_timestep_as_cell_ops_with_the_files_numbers():
     step = _ops(step_graph(proto, runner.manifest.input).data)
     assert step.count("LSTM") == 0 and step.count("Gemm") == 2 and before.count("LSTM") == 2
     assert step.count("Squeeze") == 1 and step.count("Unsqueeze") == 1  # the step input's, the head's
+    for op in ("Transpose", "Shape", "Gather", "Cast", "Reshape", "Identity"):  # the Dense head's [B, T, O] plumbing
+        assert op not in step, op
+    assert len(step) == 30
     assert runner.step_session is not runner.session
     rng = np.random.default_rng(1)
     names = [runner.manifest.output, ROWS_OUT]
@@ -105,6 +108,42 @@ def test_the_demo_runs_one_timestep_as_cell_ops_with_the_files_numbers():
         np.testing.assert_array_equal(g, w)
 
 
+def _views_model(shape: list, perm: list[int], squeeze: int) -> onnx.ModelProto:
+    """X [shape] -> Transpose(perm) -> Squeeze(squeeze) -> Relu -> Unsqueeze(1) -> Identity -> Y."""
+    h = onnx.helper
+    nodes = [h.make_node("Transpose", ["X"], ["t"], perm=perm), h.make_node("Squeeze", ["t", "sq"], ["s"]),
+             h.make_node("Relu", ["s"], ["r"]), h.make_node("Unsqueeze", ["r", "a1"], ["u"]),
+             h.make_node("Identity", ["u"], ["Y"])]
+    graph = h.make_graph(nodes, "views", [h.make_tensor_value_info("X", onnx.TensorProto.FLOAT, shape)],
+                         [h.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+                         [h.make_tensor("sq", onnx.TensorProto.INT64, [1], [squeeze]),
+                          h.make_tensor("a1", onnx.TensorProto.INT64, [1], [1])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("shape,perm,squeeze,left", [
+    (["B", 1, 4], [1, 0, 2], 0, ["Squeeze", "Relu", "Unsqueeze"]),  # a size-1 axis moved: the views fold
+    ([1, "B", 4], [0, 1, 2], 0, ["Squeeze", "Relu", "Unsqueeze"]),
+    (["B", "C", 4], [1, 0, 2], 0, ["Transpose", "Squeeze", "Relu", "Unsqueeze"]),  # C (1 when run) not known 1
+    (["B", 1, 4], [2, 1, 0], 1, ["Transpose", "Squeeze", "Relu", "Unsqueeze"]),  # B and 4 swap: it stays
+])
+def test_views_of_one_tensor_fold_only_where_shapes_prove_it(shape, perm, squeeze, left):
+    """The one-timestep graph's view folding (stepgraph._fold_views) on its own: a Transpose that only moves axes
+    of size 1 and the Squeeze after it become one Squeeze of the input, and the Identity into the graph output goes
+    (the Unsqueeze writes it); a Transpose of axes not known to be 1 stays. The numbers are the same, bit for bit."""
+    from statestream.server.engine.stepgraph import _fold_views
+
+    model = _views_model(shape, perm, squeeze)
+    original = model.SerializeToString()
+    _fold_views(model)
+    assert [n.op_type for n in model.graph.node] == left
+    x = np.random.default_rng(3).normal(size=[3 if d == "B" else 1 if d == "C" else d for d in shape])
+    feeds = {"X": x.astype(np.float32)}
+    want, got = _session(original).run(None, feeds), _session(model.SerializeToString()).run(None, feeds)
+    assert got[0].shape == want[0].shape
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("broken", [lambda proto, name: b"not an onnx graph", lambda proto, name: 1 / 0])
 def test_a_one_timestep_graph_that_fails_leaves_the_model_on_its_own_graph(monkeypatch, caplog, broken):
     """A rewrite that raises, or a graph onnxruntime refuses: the model still loads and runs every step on its own
@@ -120,12 +159,21 @@ def test_a_one_timestep_graph_that_fails_leaves_the_model_on_its_own_graph(monke
         assert y.shape == (B, 1, runner.output_size) and rows.shape == (B, runner.state_width)
 
 
-def test_the_bench_times_both_graphs():
-    """`python -m bench.stepgraph`'s two measurements run (no timing asserted: unit tests are never timed)."""
-    from bench.stepgraph import served
+def test_the_bench_times_the_graphs_and_counts_their_kernels():
+    """`python -m bench.stepgraph`'s measurements run (no timing asserted: unit tests are never timed), and its
+    kernel count is onnxruntime's: the demo's one-timestep graph runs as many kernels as it has nodes, its views
+    not folded twice as many."""
+    from bench.stepgraph import _graphs, kernels, served
 
-    for r in (layer(4, F, 5, rounds=1, kind="GRU"), served(DEMO, 16, rounds=1)):
-        assert set(r) == {"node", "cells"} and min(r.values()) > 0
+    assert set(layer(4, F, 5, rounds=1, kind="GRU")) == {"node", "cells"}
+    r = served(DEMO, 16, rounds=1)
+    assert set(r) == {"node", "cells", "unfolded"} and min(r.values()) > 0
+    runner = ModelRunner(DEMO)
+    feeds = {runner.manifest.input: np.zeros((2, 1, runner.features), np.float32),
+             ROWS_IN: np.zeros((2, runner.state_width), np.float32)}
+    step, unfolded = _graphs(runner)[1], _graphs(runner, fold=False)[1]
+    assert kernels(step, feeds) == len(_ops(step)) == 30
+    assert kernels(unfolded, feeds) == 60
 
 
 def test_a_served_gru_and_simplernn_run_one_timestep_as_cell_ops():

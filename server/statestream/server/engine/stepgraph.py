@@ -35,11 +35,12 @@ class StepGraph(NamedTuple):
     min_batch: int   # runs of fewer sessions keep the model's own graph (MIN_BATCH of the kinds replaced)
 
 
-def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS) -> StepGraph | None:
+def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS,
+               fold: bool = True) -> StepGraph | None:
     """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM, GRU or RNN node of at most
     `max_units[kind]` units that can be (see the module's doc) replaced by its cell's ops, the step input's time
-    axis fixed at 1. None when no node was replaced (the model runs one timestep as it runs many) or the graph's
-    opset is older than 13."""
+    axis fixed at 1, and (`fold`) the views between them folded. None when no node was replaced (the model runs
+    one timestep as it runs many) or the graph's opset is older than 13."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < 13:  # Squeeze, Unsqueeze and Split take their axes and sizes as inputs from opset 13 on
@@ -63,36 +64,65 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
         return None
     del graph.node[:]
     graph.node.extend(nodes)
-    _fold_squeezes(graph)
+    time.Clear()
+    time.dim_value = 1
+    if fold:
+        _fold_views(model)
     used = _used(graph)
     kept = [t for t in graph.initializer if t.name in used]  # the replaced nodes' weights go
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    time.Clear()
-    time.dim_value = 1
     return StepGraph(model.SerializeToString(), max(MIN_BATCH[kind] for kind in replaced))
 
 
-def _fold_squeezes(graph: onnx.GraphProto) -> None:
-    """Drop the axis shuffling between the cells: a Squeeze of an Unsqueeze on the same constant axes reads the
-    Unsqueeze's input instead (an exported layer unsqueezes its states for the LSTM node and squeezes its outputs,
-    and the cells squeeze and unsqueeze them back), then nodes nothing reads go. Each node is a kernel launch: the
-    demo's one-timestep graph runs 39 kernels instead of 59 (its rows graph 25), which makes it as cheap as the
-    rows graph for one session and cheaper from a few on, also when the core was idle before the run."""
-    axes = {t.name: tuple(numpy_helper.to_array(t).tolist()) for t in graph.initializer
-            if t.data_type == TensorProto.INT64 and len(t.dims) == 1}
+_VIEWS = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Transpose")
+
+
+def _fold_views(model: onnx.ModelProto) -> None:
+    """Fold the graph's views of one tensor: every Squeeze, Unsqueeze, Reshape, Flatten, Identity, and Transpose that
+    only moves axes of size 1 (with the time axis fixed at 1, an exported layer's [B, T, F] <-> [T, B, F]), whose
+    output shape is known up to one dimension (ONNX shape inference, with the values of shape computations), views
+    the tensor its chain of views starts from directly (`_view`: one Squeeze, Unsqueeze or Reshape to constants); a
+    view of that tensor's own shape is that tensor. Then the nodes nothing reads go: the Squeeze/Unsqueeze pairs
+    between an exported layer and its cell, a Keras Dense head's Transpose, and the Shape, Cast, Gather and Concat
+    nodes that computed its Reshape's [B, T, O]. Each node is a kernel launch: the demo's one-timestep graph runs
+    30 kernels; 60 unfolded, 40 with only Squeeze/Unsqueeze pairs folded, its rows graph 26 (`python -m
+    bench.stepgraph`). Shape inference failing leaves the graph as it is."""
+    graph = model.graph
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:  # onnx raises its own types; the graph runs as it is
+        return
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    constants = set(shapes)
+    for vi in (*inferred.value_info, *inferred.input, *inferred.output):
+        if vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
+                                    for d in vi.type.tensor_type.shape.dim)
     keep = {o.name for o in graph.output} | _used(graph, subgraphs_only=True)  # names a subgraph reads stay too
-    producer, alias = {}, {}
+    roots, alias, nodes = {}, {}, []
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in alias:
                 node.input[i] = alias[name]
-        src = producer.get(node.input[0]) if node.op_type == "Squeeze" and len(node.input) == 2 else None
-        if (src is not None and src.op_type == "Unsqueeze" and len(src.input) == 2 and src.input[1] in axes
-                and axes.get(node.input[1]) == axes[src.input[1]] and node.output[0] not in keep):
-            alias[node.output[0]] = src.input[0]
-        for name in node.output:
-            producer[name] = node
+        out = node.output[0]
+        shape = shapes.get(out)
+        if (node.op_type not in _VIEWS or len(node.output) != 1 or shape is None or shape.count(None) > 1
+                or 0 in shape or (node.op_type == "Transpose" and not _moves_ones(node, shapes.get(node.input[0])))):
+            nodes.append(node)
+            continue
+        root = roots[out] = roots.get(node.input[0], node.input[0])
+        if shapes.get(root) == shape and out not in keep:
+            alias[out] = root
+            continue
+        if root == node.input[0] and node.op_type != "Transpose" and not (
+                node.op_type == "Reshape" and node.input[1] not in constants):  # a view of no view, by constants
+            nodes.append(node)
+            continue
+        nodes.append(_view(graph, root, shapes.get(root), out, shape))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _output_in_place(graph, keep)
     while True:  # nodes none of whose outputs is read
         used = _used(graph)
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
@@ -100,6 +130,59 @@ def _fold_squeezes(graph: onnx.GraphProto) -> None:
             return
         for n in dead:
             graph.node.remove(n)
+
+
+def _view(graph: onnx.GraphProto, src: str, have: tuple | None, out: str, want: tuple) -> onnx.NodeProto:
+    """`out` = tensor `src` of shape `have` viewed as `want`: a Squeeze or Unsqueeze when only axes of size 1 differ
+    (onnxruntime runs those on the input's buffer, also a graph input's), else a Reshape to constants."""
+    for op, a, b in (("Squeeze", have, want), ("Unsqueeze", want, have)):
+        axes = _ones_between(a, b)
+        if axes is not None:
+            graph.initializer.append(helper.make_tensor(f"{out}.axes", TensorProto.INT64, [len(axes)], axes))
+            return helper.make_node(op, [src, f"{out}.axes"], [out])
+    graph.initializer.append(helper.make_tensor(f"{out}.shape", TensorProto.INT64, [len(want)],
+                                                [-1 if d is None else d for d in want]))
+    return helper.make_node("Reshape", [src, f"{out}.shape"], [out])
+
+
+def _ones_between(longer: tuple | None, shorter: tuple) -> list[int] | None:
+    """The axes of size 1 of `longer` that, removed, leave `shorter` (each with at most one unknown dimension);
+    None if there are none such."""
+    if longer is None or len(longer) <= len(shorter) or longer.count(None) > 1:
+        return None
+    axes, j = [], 0
+    for i, d in enumerate(longer):
+        if j < len(shorter) and d == shorter[j]:
+            j += 1
+        elif d == 1:
+            axes.append(i)
+        else:
+            return None
+    return axes if j == len(shorter) else None
+
+
+def _output_in_place(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """An Identity that copies a node's output into a graph output goes: that node writes the graph output."""
+    producer = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+    for node in list(graph.node):
+        src = node.input[0] if node.op_type == "Identity" else None
+        if src not in producer or node.output[0] not in outputs or src in keep:
+            continue
+        target = node.output[0]
+        graph.node.remove(node)
+        for n in graph.node:
+            n.output[:] = [target if o == src else o for o in n.output]
+            n.input[:] = [target if i == src else i for i in n.input]
+
+
+def _moves_ones(node: onnx.NodeProto, shape: tuple | None) -> bool:
+    """Does this Transpose keep the order of its input's axes that are not (known to be) of size 1?"""
+    if shape is None:
+        return False
+    perm = _attrs(node).get("perm") or list(range(len(shape)))[::-1]
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
 
 
 def _used(graph: onnx.GraphProto, subgraphs_only: bool = False) -> set[str]:
