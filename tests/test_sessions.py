@@ -142,3 +142,29 @@ def test_adopt_replaces_a_stale_cached_copy(table):
     assert table.adopt(rec) is s
     assert s.step_count == 7 and s.last_seq == s.accepted_seq == 3 and s.version == 9
     assert np.all(table.state(s) == 0.5)
+
+
+@pytest.mark.parametrize("closed,waiting", [((), ()), ((3,), ()), ((), (5,)), ((2, 9), (4, 9))])
+def test_finish_many_moves_a_bulk_run_on_in_one_pass(runner, closed, waiting):
+    """sessions.finish_many, the one-pass apply of a run of BULK sessions or more: every session's count and
+    version move on and it leaves the unit; a session closed meanwhile stays closed and is named; one with a step
+    queued behind the run is QUEUED again and that unit is returned (ready), unless it was closed too."""
+    from statestream.server.engine.sessions import BULK, claim_many, finish_many
+
+    table = SessionTable({"demo": runner}, max_sessions=64, default_timeout=5.0, max_timeout=60.0, clock=Clock())
+    sessions = [table.open("demo", f"s{i}") for i in range(BULK + 4)]
+    cells = sessions[0].cells
+    slots = np.array([s.slot for s in sessions])
+    run, behind = FakeUnit(), {i: FakeUnit() for i in waiting}
+    claim_many(cells, sessions, slots, run, None)
+    for i, u in behind.items():
+        assert sessions[i].enqueue(u, None) is False  # queued behind the running step
+    for i in closed:
+        sessions[i].close()
+    ready, gone = finish_many(cells, slots, run, np.arange(len(sessions)) + 7)
+    assert gone.tolist() == sorted(closed)
+    assert ready == [behind[i] for i in sorted(waiting) if i not in closed]
+    for i, s in enumerate(sessions):
+        assert s.running is None and s.step_count == i + 7 and s.version == 1
+        want = Phase.CLOSED if i in closed else Phase.QUEUED if i in waiting else Phase.IDLE
+        assert s.phase is want, (i, s.phase)

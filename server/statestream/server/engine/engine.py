@@ -617,7 +617,7 @@ class Engine:
         """Queue a group step as one unit over its members' block of rows and wait for it."""
         members = g.members_of(keep)
         unit = Unit(members, x, None, None, asyncio.get_running_loop().create_future(), block=g.start, keep=keep,
-                    group=g)
+                    group=g, rows=g.rows if keep is None else None, slots=g.slots if keep is None else None)
         unit.group_seq, unit.group_fp, unit.deadline = seq, fp, deadline
         if seq is not None:
             g.accepted_seq = seq
@@ -637,7 +637,5 @@ class Engine:
 
     @staticmethod
     def _group_reply(g: Group, out: np.ndarray, step_count: int, outcome: str, req: StepRequest) -> StepReply:
-        n = len(g.members)
-        return StepReply(g.model, g.ids, out, np.zeros((n, 0), np.float32),
-                         np.zeros(n, np.int64), None if req.seq is None else [req.seq], [outcome], {},
-                         group_step_count=step_count)
+        return StepReply(g.model, g.ids, out, g.no_states, g.no_counts, None if req.seq is None else [req.seq],
+                         [outcome], {}, group_step_count=step_count)

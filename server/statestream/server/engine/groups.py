@@ -18,7 +18,7 @@ class Group(Ledger):
     Ledger (the group's sequence numbers; the recorded answer is the outputs of every member)."""
 
     __slots__ = ("id", "model", "owner", "members", "ids", "objects", "cells", "start", "step_count", "touched", "units",
-                 "verified")
+                 "verified", "rows", "slots", "no_states", "no_counts")
 
     def __init__(self, gid: str, model: str, owner, members: list[Session]):
         Ledger.__init__(self)
@@ -32,6 +32,11 @@ class Group(Ledger):
         self.cells = members[0].cells  # the model's (opened sessions are in its slab)
         self.verified = -1  # the slab's `vacated` count when every member was last found in its slot
         self.start = members[0].slot
+        n = len(members)
+        # made once, read-only: a step of every member's entry rows and slots, and the per-entry states and counts
+        # a group step's answer carries none of
+        self.rows, self.slots = _frozen(np.arange(n)), slice(self.start, self.start + n)
+        self.no_states, self.no_counts = _frozen(np.zeros((n, 0), np.float32)), _frozen(np.zeros(n, np.int64))
         self.step_count = 0
         self.touched = float("-inf")  # when the members' idle deadlines were last moved
         self.units: list = []         # group steps queued or running, in order
@@ -80,6 +85,11 @@ class Group(Ledger):
         if unit in self.units:
             self.units.remove(unit)
             self.accepted_seq = self.last_seq
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 class Groups:

@@ -38,7 +38,7 @@ BULK = 8  # units of at least this many sessions move through their phases in on
 _NONE = np.empty(0, dtype=np.intp)  # finish_many: no session closed
 # any() / all() of an array as one C call: ndarray.any / .all go through numpy's Python wrappers (_methods._any:
 # ~17 bytecodes a call, several calls per group step)
-_any, _all = np.logical_or.reduce, np.logical_and.reduce
+_any, _all, _max = np.logical_or.reduce, np.logical_and.reduce, np.maximum.reduce
 
 
 class Cells:
@@ -418,14 +418,11 @@ def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np
     cells.steps[slots] = counts
     cells.version[slots] += 1
     cells.running[slots] = None
-    closed = cells.phase[slots] == _CLOSED
-    waiting = cells.waiting[slots] > 0
-    if not _any(waiting, axis=None):
-        if _any(closed, axis=None):
-            cells.phase[slots] = np.where(closed, _CLOSED, _IDLE)
-            return [], np.flatnonzero(closed)
+    phase, waiting = cells.phase[slots], cells.waiting[slots]
+    if _max(phase, axis=None) < _CLOSED and not _any(waiting, axis=None):  # the common case: two reductions
         cells.phase[slots] = _IDLE
         return [], _NONE
+    closed, waiting = phase == _CLOSED, waiting > 0
     cells.phase[slots] = np.where(closed, _CLOSED, np.where(waiting, _QUEUED, _IDLE))
     return cells.head[slots][waiting & ~closed].tolist(), np.flatnonzero(closed)
 

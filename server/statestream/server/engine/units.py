@@ -30,7 +30,7 @@ class Unit:
     def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                  future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
                  keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None,
-                 deadline: float | None = None):
+                 rows: np.ndarray | None = None, deadline: float | None = None):
         self.sessions = sessions
         self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
@@ -44,7 +44,9 @@ class Unit:
         self.blocked = 0            # sessions not yet ready for this unit
         self.block = block
         self.keep = keep
-        self.rows = None if block is None else (np.arange(len(x)) if keep is None else np.flatnonzero(keep))
+        if rows is None and block is not None:  # (a group passes its own: made once)
+            rows = np.arange(len(x)) if keep is None else np.flatnonzero(keep)
+        self.rows = rows
         # the sessions' slots: the cells and state rows of entry i are at slots[i] (a block: a slice; a group's, or a
         # frame's whose sessions sit in consecutive slots, sessions.contiguous)
         if slots is not None:
