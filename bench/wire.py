@@ -12,6 +12,7 @@ drives the real server with ghz (the scenarios' data files, one core for ghz) an
   deterministic, unlike time on a shared machine). Compare with bench.instructions.
 
     python -m bench.wire group1024,frame1024              # CPU per call by thread, c=4
+    python -m bench.wire group256 --floor                 # and the floor server's (bench.floor_server) after it
     python -m bench.wire group1024 --callgrind --calls 40  # event-loop instructions per call (minutes)
     python -m bench.wire group1024 --callgrind --null      # the same of the null server: the transport's floor
     python -m bench.wire group256 -- --inline-max-batch 0  # flags after -- go to statestream-server
@@ -60,14 +61,17 @@ def _threads(pid: int) -> dict[str, tuple[str, int, int, int]]:
     return out
 
 
-def cpu(model: Path, keys: list[str], c: int, flags: list[str], raw: Path, duration: float = 3.0) -> list[dict]:
-    """One ghz run per scenario; per call: each thread's user and system CPU (us) and minor faults."""
+def cpu(model: Path, keys: list[str], c: int, flags: list[str], raw: Path, duration: float = 3.0,
+        floor: bool = False) -> list[dict]:
+    """One ghz run per scenario; per call: each thread's user and system CPU (us) and minor faults. `floor`: of the
+    floor server (bench.floor_server: the model on each session's state row and nothing else) instead of ours."""
     plan = _plan(model, keys, c, raw, duration)
     plan.write_data()
     tick = 1e6 / os.sysconf("SC_CLK_TCK")
     rows = []
-    with procs.Proc("statestream-server", _server_cmd(model, flags)) as proc:
-        plan.open_groups(proc)
+    with (procs.floor_server(model) if floor else procs.Proc("statestream-server", _server_cmd(model, flags))) as proc:
+        if not floor:  # the floor opens a group on its first step
+            plan.open_groups(proc)
         for key in keys:
             scenarios.warm(plan, proc, "s", key)
             before = _threads(proc.pid)
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--callgrind", action="store_true", help="instructions per call under callgrind")
     p.add_argument("--calls", type=int, default=40, help="--callgrind: N (then 4N) calls")
     p.add_argument("--null", action="store_true", help="--callgrind: the null server instead (the transport's floor)")
+    p.add_argument("--floor", action="store_true", help="cpu: then the floor server, the same runs (the engine's "
+                   "cost at the wire is the difference)")
     p.add_argument("--raw", default=str(ROOT / "bench" / "results" / "raw" / "wire"))
     a = p.parse_args(argv)
     raw = Path(a.raw)
@@ -139,11 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         for key in keys:
             print(instructions(Path(a.model), key, a.concurrency, a.calls, flags, raw, a.null), flush=True)
         return 0
-    for row in cpu(Path(a.model), keys, a.concurrency, flags, raw, a.duration):
-        print(f"{row['scenario']} c={row['c']}: {row['calls_per_s']:,} calls/s, {row['session_steps_per_s']:,} "
-              "session-steps/s; per call:")
-        for name, t in row["threads"].items():
-            print(f"    {name:32s} user {t['user_us']:6d} us  sys {t['sys_us']:5d} us  minflt {t['minflt']}")
+    for who in ("server", "floor") if a.floor else ("server",):
+        for row in cpu(Path(a.model), keys, a.concurrency, flags, raw, a.duration, floor=who == "floor"):
+            total = sum(t["user_us"] + t["sys_us"] for t in row["threads"].values())
+            print(f"{who}: {row['scenario']} c={row['c']}: {row['calls_per_s']:,} calls/s, "
+                  f"{row['session_steps_per_s']:,} session-steps/s; {total:,} us of CPU per call:")
+            for name, t in row["threads"].items():
+                print(f"    {name:32s} user {t['user_us']:6d} us  sys {t['sys_us']:5d} us  minflt {t['minflt']}")
     return 0
 
 

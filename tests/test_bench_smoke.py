@@ -163,12 +163,13 @@ def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
     assert "us of loop-thread CPU each" in capsys.readouterr().out
 
 
-def test_wire_reads_each_server_threads_cpu_per_call_under_ghz(tmp_path: Path, ghz_path: Path):
-    """bench.wire (cpu): the real server under a short ghz run of group and frame steps; CPU per call by thread,
-    the event loop's among them."""
+@pytest.mark.parametrize("floor", [False, True], ids=["server", "floor"])
+def test_wire_reads_each_server_threads_cpu_per_call_under_ghz(tmp_path: Path, ghz_path: Path, floor: bool):
+    """bench.wire (cpu): the real server (and, --floor, the floor server) under a short ghz run of group and frame
+    steps; CPU per call by thread, the event loop's among them."""
     from bench import wire
 
-    rows = wire.cpu(DEMO, ["group16", "frame16"], 2, [], tmp_path, duration=0.5)
+    rows = wire.cpu(DEMO, ["group16", "frame16"], 2, [], tmp_path, duration=0.5, floor=floor)
     assert [r["scenario"] for r in rows] == ["group16", "frame16"]
     for r in rows:
         assert r["calls_per_s"] > 0 and r["session_steps_per_s"] == pytest.approx(16 * r["calls_per_s"], rel=0.05)
