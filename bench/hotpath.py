@@ -1,7 +1,8 @@
 """The server's own CPU per request, in-process (no gRPC): parse the request bytes, run the handler, serialize.
 
 Less noisy than ghz on a shared machine: it times exactly the work the server adds on top of the transport,
-for unary Step (raw and repeated floats), StepFrame and StepGroup of N, with the demo model. Printed as
+for unary Step (raw and repeated floats), a stream of 100 steps, 16 streams at once (their steps share model runs,
+as under ghz -c 16), StepFrame and StepGroup of N, with the demo model. Printed as
 microseconds of the event loop thread's CPU time per call (the best of 7 short repeats, which is what
 neighbours on a shared machine disturb least) and session-steps per second of server CPU.
 
@@ -65,6 +66,10 @@ def _requests(model: str, features: int, sizes: list[int]) -> dict[str, tuple[st
         "stream100": ("StreamSteps", pb.StreamStepsRequest(step=pb.StepRequest(
             session_id="hp-stream", input_raw=x.tobytes(), raw_output=True, model=model,
             open_if_missing=True)).SerializeToString(), 100),
+        # 16 streams of 100 steps at once, a message of each per loop turn: their steps share model runs
+        "streams16": ("StreamSteps", [pb.StreamStepsRequest(step=pb.StepRequest(
+            session_id=f"hp-streams-{k}", input_raw=x.tobytes(), raw_output=True, model=model,
+            open_if_missing=True)).SerializeToString() for k in range(16)], 1600),
     }
     for n in sizes:
         xs = rng.uniform(-1, 1, (n, features)).astype(np.float32)
@@ -86,15 +91,27 @@ def _unary_call(handler, parse, data: bytes, ctx):
     return call
 
 
-def _stream_call(handler, parse, data: bytes, n: int, ctx):
-    """One stream of n steps: parse, step and serialize each message."""
-    async def requests():
-        for _ in range(n):
-            yield parse(data)
+def _stream_call(handler, parse, data: bytes | list[bytes], n: int, ctx):
+    """One stream of n steps: parse, step and serialize each message. A list of messages: one stream each, all at
+    once, n steps in all; each stream's next message arrives one loop turn after its previous one."""
+    streams = data if isinstance(data, list) else [data]
+    per_stream = n // len(streams)
+
+    async def requests(message: bytes):
+        for _ in range(per_stream):
+            yield parse(message)
+            if len(streams) > 1:
+                await asyncio.sleep(0)
+
+    async def one(message: bytes):
+        async for reply in handler(requests(message), ctx):
+            reply.SerializeToString()
 
     async def call():
-        async for reply in handler(requests(), ctx):
-            reply.SerializeToString()
+        if len(streams) == 1:
+            await one(streams[0])
+        else:
+            await asyncio.gather(*(one(m) for m in streams))
 
     return call
 

@@ -12,8 +12,8 @@ Python bytecodes per call, by function (sys.settrace's opcode events; slow, but 
 
     python -m bench.instructions step-raw 200 --bytecodes
 
-Scenarios: step-raw, step-floats, stream100, frame256, frame256-floats, group256, frame1024, group1024 (bench.hotpath's
-requests).
+Scenarios: step-raw, step-floats, stream100, streams16, frame256, frame256-floats, group256, frame1024, group1024
+(bench.hotpath's requests).
 Time-dependent paths (streams: BatchPolicy's solo window) count differently under valgrind's slowdown.
 """
 

@@ -143,7 +143,8 @@ def test_hotpath_times_each_handler_in_process(capsys):
 
     assert hotpath.main(["--sizes", "16", "--seconds", "0.05", "--floor"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
-    assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "frame16", "frame16-floats", "group16"]
+    assert [r[0] for r in rows] == ["step-raw", "step-floats", "stream100", "streams16", "frame16", "frame16-floats",
+                                    "group16"]
     assert all(float(r[1]) > 0 for r in rows)
     # Beside each, the floor server's handler on the same requests (bench.floor_server), and the ratio.
     assert all(r[8] == "floor" and float(r[9]) > 0 and r[-1].endswith("x") for r in rows), rows
