@@ -144,6 +144,28 @@ def test_views_of_one_tensor_fold_only_where_shapes_prove_it(shape, perm, squeez
     np.testing.assert_array_equal(got[0], want[0])
 
 
+def test_a_view_of_a_tensor_of_unknown_shape_folds_into_a_reshape():
+    """X of unknown shape -> Reshape([2, -1]) -> Unsqueeze(0) -> Relu: the Unsqueeze views X directly, as a Reshape
+    to [1, 2, -1] (X's own shape is not known, so no Squeeze or Unsqueeze of it is provable); same numbers."""
+    from statestream.server.engine.stepgraph import _fold_views
+
+    h = onnx.helper
+    nodes = [h.make_node("Reshape", ["X", "shape"], ["r"]), h.make_node("Unsqueeze", ["r", "a0"], ["u"]),
+             h.make_node("Relu", ["u"], ["Y"])]
+    graph = h.make_graph(nodes, "unknown", [h.make_tensor_value_info("X", onnx.TensorProto.FLOAT, None)],
+                         [h.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)],
+                         [h.make_tensor("shape", onnx.TensorProto.INT64, [2], [2, -1]),
+                          h.make_tensor("a0", onnx.TensorProto.INT64, [1], [0])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    original = model.SerializeToString()
+    _fold_views(model)
+    assert [(n.op_type, n.input[0]) for n in model.graph.node] == [("Reshape", "X"), ("Relu", "u")]
+    feeds = {"X": np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)}
+    want, got = _session(original).run(None, feeds), _session(model.SerializeToString()).run(None, feeds)
+    assert got[0].shape == want[0].shape == (1, 2, 6)
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("broken", [lambda proto, name: b"not an onnx graph", lambda proto, name: 1 / 0])
 def test_a_one_timestep_graph_that_fails_leaves_the_model_on_its_own_graph(monkeypatch, caplog, broken):
     """A rewrite that raises, or a graph onnxruntime refuses: the model still loads and runs every step on its own

@@ -145,10 +145,10 @@ def _view(graph: onnx.GraphProto, src: str, have: tuple | None, out: str, want: 
     return helper.make_node("Reshape", [src, f"{out}.shape"], [out])
 
 
-def _ones_between(longer: tuple | None, shorter: tuple) -> list[int] | None:
-    """The axes of size 1 of `longer` that, removed, leave `shorter` (each with at most one unknown dimension);
-    None if there are none such."""
-    if longer is None or len(longer) <= len(shorter) or longer.count(None) > 1:
+def _ones_between(longer: tuple | None, shorter: tuple | None) -> list[int] | None:
+    """The axes of size 1 of `longer` that, removed, leave `shorter` (`longer` with at most one unknown dimension);
+    None if there are none such, or a shape is not known."""
+    if longer is None or shorter is None or len(longer) <= len(shorter) or longer.count(None) > 1:
         return None
     axes, j = [], 0
     for i, d in enumerate(longer):
