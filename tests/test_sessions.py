@@ -168,3 +168,32 @@ def test_finish_many_moves_a_bulk_run_on_in_one_pass(runner, closed, waiting):
         assert s.running is None and s.step_count == i + 7 and s.version == 1
         want = Phase.CLOSED if i in closed else Phase.QUEUED if i in waiting else Phase.IDLE
         assert s.phase is want, (i, s.phase)
+
+
+@pytest.mark.parametrize("behind", [None, 3])
+def test_start_each_starts_a_runs_one_session_units_in_one_pass_or_leaves_them(runner, behind):
+    """sessions.start_each (the batcher's start of a run of streams' steps): when each session has just its unit
+    queued, all start at once (RUNNING with their own unit, nothing queued); when one has a second step behind it,
+    nothing changes and False sends the run to Session.start one by one."""
+    from statestream.server.engine.sessions import BULK, start_each
+
+    table = SessionTable({"demo": runner}, max_sessions=64, default_timeout=5.0, max_timeout=60.0, clock=Clock())
+    sessions = [table.open("demo", f"s{i}") for i in range(BULK + 2)]
+    units = [FakeUnit() for _ in sessions]
+    for s, u in zip(sessions, units):
+        u.sessions = [s]
+        assert s.enqueue(u, None) is True  # ready for it
+    if behind is not None:
+        assert sessions[behind].enqueue(FakeUnit(), None) is False
+    started = start_each(sessions[0].cells, units)
+    assert started is (behind is None)
+    for i, (s, u) in enumerate(zip(sessions, units)):
+        if started:
+            assert s.phase is Phase.RUNNING and s.running is u and s.head is None and s.waiting == 0
+        else:
+            assert s.phase is Phase.QUEUED and s.running is None and s.head is u
+            assert s.waiting == (2 if i == behind else 1)
+    if not started:  # one by one, as the batcher then does
+        for s, u in zip(sessions, units):
+            s.start(u)
+        assert sessions[behind].head is not None and sessions[behind].waiting == 1

@@ -23,6 +23,7 @@ from statestream.server.engine.sessions import (
     enqueue_many,
     finish_many,
     indexes,
+    start_each,
     start_many,
 )
 from statestream.server.engine.table import SessionTable, gone
@@ -169,6 +170,10 @@ class Batcher:
         return taken
 
     def _start(self, units: list[Unit]) -> None:
+        if len(units) >= BULK and all(len(u.sessions) == 1 and u.fate[0] == PENDING for u in units) and \
+                start_each(self.slab, units):  # streams' steps sharing a run
+            self.pending.count -= len(units)
+            return
         for unit in units:
             fate = unit.fate
             pending = fate.count(PENDING)

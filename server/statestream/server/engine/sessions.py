@@ -407,6 +407,23 @@ def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | 
             s.start(unit)
 
 
+def start_each(cells: Cells, units: list) -> bool:
+    """Session.start of a run's units of one session each (streams' steps that share a run), in one pass over the
+    arrays when every session has just that unit queued (QUEUED, nothing behind it); False, with nothing changed,
+    otherwise (start them one by one). Two units of the run never share a session: each is its session's head."""
+    n = len(units)
+    slots = np.fromiter((u.sessions[0].slot for u in units), np.intp, n)
+    if not (_all(cells.waiting[slots] == 1, axis=None) and _all(cells.phase[slots] == _QUEUED, axis=None)):
+        return False
+    owners = np.empty(n, dtype=object)
+    owners[:] = units
+    cells.phase[slots] = _RUNNING
+    cells.running[slots] = owners
+    cells.head[slots] = None
+    cells.waiting[slots] = 0
+    return True
+
+
 def finish_many(cells: Cells, slots, unit, counts: np.ndarray) -> tuple[list, np.ndarray] | None:
     """Session.finish (no recorded result, no restart) of a unit's sessions in one pass; None for a unit of fewer
     than BULK (finish them one by one). The caller checked that no entry of the unit was settled or failed: then
