@@ -102,15 +102,23 @@ class Metrics:
         far), and the outcomes of its units' entries: applied ones succeeded, the others failed; each took from its
         unit's enqueueing until `now`."""
         m = self.models.get(key) or self.stats(key)
+        if len(units) == 1:
+            first = units[0].enqueued
+        else:
+            enqueued = [u.enqueued for u in units]
+            first = min(enqueued)
         if ran:
             m.executions += 1
             m.last_inference = time.time()
             m.steps += size
             m.timesteps += size * timesteps
-            m.runs.append((size, started - (units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)),
-                           now - started))
+            m.runs.append((size, started - first, now - started))
             if len(m.runs) >= FOLD_EVERY:
                 m.fold()
+        if len(units) > 1 and size == len(units) and not any(u.errors for u in units):  # streams' steps, all applied
+            m.success += size
+            m.success_seconds += now * size - sum(enqueued)
+            return
         for u in units:
             n, took = len(u.sessions), now - u.enqueued
             if u.errors:

@@ -141,31 +141,34 @@ class Batcher:
     def _take(self) -> list[Unit]:
         """Ready units sharing the first one's T, up to max_batch_size sessions (a group step runs alone); their
         sessions start."""
+        ready, limit = self._ready, self.max_batch_size
         taken: list[Unit] = []
         skipped: list[Unit] = []
-        size = 0
+        size = left = 0  # sessions taken; sessions that left the ready queue
         T = None
-        while self._ready:
-            unit = self._ready[0]
+        while ready:
+            unit = ready[0]
             n = len(unit.sessions)
             if not unit.alive:
-                self._ready.popleft()
-                self._ready_sessions -= n
+                ready.popleft()
+                left += n
                 continue
-            if taken and (size + n > self.max_batch_size or unit.block is not None or taken[0].block is not None):
+            if taken and (size + n > limit or unit.block is not None or taken[0].block is not None):
                 break
-            self._ready.popleft()
-            self._ready_sessions -= n
+            ready.popleft()
+            left += n
+            t = unit.x.shape[1]
             if T is None:
-                T = unit.x.shape[1]
-            if unit.x.shape[1] != T:
+                T = t
+            elif t != T:
                 skipped.append(unit)
                 continue
             taken.append(unit)
             size += n
         for unit in reversed(skipped):
-            self._ready.appendleft(unit)
-            self._ready_sessions += len(unit.sessions)
+            ready.appendleft(unit)
+            left -= len(unit.sessions)
+        self._ready_sessions -= left
         self._start(taken)
         return taken
 
@@ -243,7 +246,8 @@ class Batcher:
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
-            slots = np.concatenate([indexes(u.slots) for u in units])
+            slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions)) if len(sessions) == len(units) \
+                else np.concatenate([indexes(u.slots) for u in units])  # one session per unit: streams' steps
         if len(sessions) == 1:
             slot = slots[0]
             states = rows[slot:slot + 1]
@@ -510,6 +514,9 @@ class Batcher:
 def _owners(units: list[Unit], n: int) -> np.ndarray:
     """The unit of each entry of a run of several units, as an array (for finish_many)."""
     owners = np.empty(n, dtype=object)
+    if n == len(units):  # one session per unit (streams' steps)
+        owners[:] = units
+        return owners
     a = 0
     for u in units:
         owners[a:a + len(u.sessions)] = u
