@@ -170,6 +170,22 @@ def test_finish_many_moves_a_bulk_run_on_in_one_pass(runner, closed, waiting):
         assert s.phase is want, (i, s.phase)
 
 
+def test_start_each_refuses_a_unit_that_is_not_its_sessions_next(runner):
+    """start_each checks what Session.start checks: a unit that is not its session's head changes nothing."""
+    from statestream.server.engine.sessions import BULK, start_each
+
+    table = SessionTable({"demo": runner}, max_sessions=64, default_timeout=5.0, max_timeout=60.0, clock=Clock())
+    sessions = [table.open("demo", f"s{i}") for i in range(BULK)]
+    units = [FakeUnit() for _ in sessions]
+    for s, u in zip(sessions, units):
+        u.sessions = [s]
+        s.enqueue(u, None)
+    stranger = FakeUnit()
+    stranger.sessions = [sessions[2]]
+    assert start_each(sessions[0].cells, [*units[:2], stranger, *units[3:]]) is False
+    assert all(s.phase is Phase.QUEUED and s.head is u for s, u in zip(sessions, units))
+
+
 @pytest.mark.parametrize("behind", [None, 3])
 def test_start_each_starts_a_runs_one_session_units_in_one_pass_or_leaves_them(runner, behind):
     """sessions.start_each (the batcher's start of a run of streams' steps): when each session has just its unit

@@ -413,10 +413,11 @@ def start_each(cells: Cells, units: list) -> bool:
     otherwise (start them one by one). Two units of the run never share a session: each is its session's head."""
     n = len(units)
     slots = np.fromiter((u.sessions[0].slot for u in units), np.intp, n)
-    if not (_all(cells.waiting[slots] == 1, axis=None) and _all(cells.phase[slots] == _QUEUED, axis=None)):
-        return False
     owners = np.empty(n, dtype=object)
     owners[:] = units
+    if not (_all(cells.waiting[slots] == 1, axis=None) and _all(cells.phase[slots] == _QUEUED, axis=None)
+            and _all(cells.head[slots] == owners, axis=None)):  # (each its session's head, as Session.start checks)
+        return False
     cells.phase[slots] = _RUNNING
     cells.running[slots] = owners
     cells.head[slots] = None
