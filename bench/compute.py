@@ -65,7 +65,7 @@ def ort_ceiling(path: Path, batches: list[int], seconds: float = 1.0, threads: i
         x = rng.uniform(-1, 1, (b, 1, man.features)).astype(np.float32)
         feeds = {INPUT_NAME: x, **{name: np.zeros((b, units), dtype=np.float32) for _, _, name, _, units in pairs}}
         runs, us = _us_per_run(lambda: sess.run(outs, feeds), seconds)
-        if step is not None and b >= runner.step_min_batch:
+        if step is not None:
             rows = {INPUT_NAME: x, ROWS_IN: np.zeros((b, runner.state_width), dtype=np.float32)}
             runs, us = min((runs, us), _us_per_run(lambda: step.run([OUTPUT_NAME, ROWS_OUT], rows), seconds),
                            key=lambda r: r[1])

@@ -85,7 +85,7 @@ def layer(B: int, F: int, H: int, rounds: int, kind: str = "LSTM", **attrs) -> d
 
     model = cell_model(kind, H, F, **attrs)
     node = _session(model.SerializeToString())
-    cells = _session(step_graph(model, "input", max_units={kind: H}).data)  # above MAX_UNITS too: where it comes from
+    cells = _session(step_graph(model, "input", max_units={kind: H}))  # above MAX_UNITS too: where it comes from
     rng = np.random.default_rng(0)
     feeds = {i.name: rng.normal(size=[B if d == "batch" else 1 if d == "time" else d for d in
                                       (dim.dim_param or dim.dim_value for dim in i.type.tensor_type.shape.dim)]
@@ -121,7 +121,7 @@ def _graphs(runner, fold: bool = True) -> tuple[bytes, bytes]:
 
     rows = onnx.load(str(runner.path))
     data = rows_graph(rows, runner.layout)
-    return data, step_graph(onnx.load_from_string(data), runner.manifest.input, fold=fold).data
+    return data, step_graph(onnx.load_from_string(data), runner.manifest.input, fold=fold)
 
 
 def kernels(data: bytes, feeds: dict) -> int:

@@ -117,9 +117,8 @@ class ModelRunner:
             self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types
             raise ManifestError(f"{path}: onnxruntime cannot load it: {e}") from None
-        #: runs of one timestep of at least `step_min_batch` sessions (stepgraph.py: small LSTM, GRU and RNN layers as
-        #: their cells' ops); else `session`
-        self.step_session, self.step_min_batch = self._step_session(proto, opts) if self.rows else (self.session, 1)
+        #: runs of one timestep (stepgraph.py: small LSTM, GRU and RNN layers as their cells' ops); else `session`
+        self.step_session = self._step_session(proto, opts) if self.rows else self.session
         del proto
         # onnxruntime's own binding, without InferenceSession.run's Python checks of every call (the feeds' names,
         # OrtValue ownership, graph capture, provider fallback): _check_graph checked the names once, the feeds are
@@ -133,19 +132,19 @@ class ModelRunner:
         self._bindable = self.rows and len(out) == 3 and (not isinstance(out[2], int) or out[2] == self.output_size)
         self._local = threading.local()
 
-    def _step_session(self, proto: onnx.ModelProto, opts: ort.SessionOptions) -> tuple[ort.InferenceSession, int]:
-        """The rows graph `proto` for one timestep, its small recurrent layers as cell ops, and the fewest sessions
-        to run on it; `session` when there is nothing to replace, or when the rewrite or its session fails (logged:
-        the model still runs, on its own graph)."""
+    def _step_session(self, proto: onnx.ModelProto, opts: ort.SessionOptions) -> ort.InferenceSession:
+        """The rows graph `proto` for one timestep, its small recurrent layers as cell ops; `session` when there is
+        nothing to replace, or when the rewrite or its session fails (logged: the model still runs, on its own
+        graph)."""
         try:
             step = step_graph(proto, self.manifest.input)
             if step is None:
-                return self.session, 1
-            return ort.InferenceSession(step.data, sess_options=opts, providers=["CPUExecutionProvider"]), step.min_batch
+                return self.session
+            return ort.InferenceSession(step, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnx and onnxruntime raise their own types
             log.warning("model %r: no one-timestep graph (%s: %s); one timestep runs on the model's own graph",
                         self.name, type(e).__name__, e)
-            return self.session, 1
+            return self.session
 
     def _check_graph(self, graph) -> None:
         """The graph has every tensor its manifest names, and no input its manifest does not feed."""
@@ -180,8 +179,7 @@ class ModelRunner:
         if self._bindable and x.shape[0] * x.shape[1] <= BIND_MAX:
             return self._binding(x.shape).run(x, states)
         names, input_name = self._rows_io
-        one = x.shape[1] == 1 and x.shape[0] >= self.step_min_batch
-        return (self._step_run if one else self._sess_run)(names, {input_name: x, ROWS_IN: states}, None)
+        return (self._step_run if x.shape[1] == 1 else self._sess_run)(names, {input_name: x, ROWS_IN: states}, None)
 
     def _call(self, output_names: list, feeds: dict) -> list:
         return self._sess_run(output_names, feeds, None)
@@ -194,8 +192,7 @@ class ModelRunner:
         if b is None:
             if len(cache) >= _BINDINGS_PER_THREAD:
                 del cache[next(iter(cache))]
-            one = shape[1] == 1 and shape[0] >= self.step_min_batch
-            b = cache[shape] = _Binding(self.step_session if one else self.session, self.layout, shape,
+            b = cache[shape] = _Binding(self.step_session if shape[1] == 1 else self.session, self.layout, shape,
                                         self.output_size)
         return b
 

@@ -2,10 +2,11 @@
 
 Almost every call the server answers is one timestep (a unary step, a stream's step, a frame or a group step).
 onnxruntime's recurrent kernels are built for sequences: for one timestep of a small layer they cost far more than
-the arithmetic. One layer of 16 units on 256 sessions (`python -m bench.stepgraph`, docs/performance.md, "One
-timestep as a cell's ops"): an LSTM node 50 us, its cell's ops 35 (one Gemm of [x, h] by [W; R], one Split, three
-Sigmoids, two Tanhs, three Muls, an Add); a GRU node 61, its ops 32; an RNN node 38, its ops 14. From 128 units on
-the LSTM kernel's own GEMMs dominate and the two are even, so the limit is MAX_UNITS per kind.
+the arithmetic. One layer of 16 units on 256 sessions (`python -m bench.stepgraph`, docs/performance.md, "Views
+folded"): an LSTM node 50 us, its cell's ops 31 (a Gemm of [x, h] by [W_k; R_k] per gate, which onnxruntime fuses
+with the gate's Sigmoid or Tanh, three Muls, an Add, a Tanh); a GRU node 61, its ops 26; an RNN node 37, its ops
+13. From 128 units on the LSTM kernel's own GEMMs dominate and the two are even, so the limit is MAX_UNITS per
+kind.
 
 The rewrite is exact arithmetic of ONNX's definitions for one step (LSTM gates i, o, f, c; GRU z, r, h, with or
 without linear_before_reset; default activations, an RNN's Tanh, Relu or Sigmoid; no peepholes, clip, sequence
@@ -14,33 +15,22 @@ lengths or coupled input-forget gate; forward only); any other node stays as it 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MAX_UNITS = {"LSTM": 64, "GRU": 128, "RNN": 256}  # layers of at most this many units run as their cell's ops
-#: runs of fewer sessions than this keep the node, per kind: a served 2 x GRU(16)'s cells were 0.88x of the nodes
-#: for one session and 0.95x for 4, 1.09x for 16 (`python -m bench.stepgraph --export GRU`); LSTM and RNN cells were
-#: as fast or faster from one session on
-MIN_BATCH = {"LSTM": 1, "GRU": 8, "RNN": 1}
 _CELLS = ("LSTM", "GRU", "RNN")
 _LSTM_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
 _GRU_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
 
 
-class StepGraph(NamedTuple):
-    data: bytes      # the serialized one-timestep graph
-    min_batch: int   # runs of fewer sessions keep the model's own graph (MIN_BATCH of the kinds replaced)
-
-
 def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int] = MAX_UNITS,
-               fold: bool = True) -> StepGraph | None:
+               fold: bool = True) -> bytes | None:
     """`model` (a rows graph; changed in place) for inputs of one timestep: every LSTM, GRU or RNN node of at most
     `max_units[kind]` units that can be (see the module's doc) replaced by its cell's ops, the step input's time
-    axis fixed at 1, and (`fold`) the views between them folded. None when no node was replaced (the model runs
-    one timestep as it runs many) or the graph's opset is older than 13."""
+    axis fixed at 1, and (`fold`) the views between them folded, serialized. None when no node was replaced (the
+    model runs one timestep as it runs many) or the graph's opset is older than 13."""
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < 13:  # Squeeze, Unsqueeze and Split take their axes and sizes as inputs from opset 13 on
@@ -50,7 +40,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
     time = step.type.tensor_type.shape.dim[1]
     if time.HasField("dim_value") and time.dim_value != 1:
         return None  # a graph for a fixed number of timesteps
-    nodes, replaced = [], set()
+    nodes, replaced = [], False
     for k, node in enumerate(graph.node):
         cell = _cell(node, inits, f"statestream.step{k}", max_units) if node.op_type in _CELLS else None
         if cell is None:
@@ -59,7 +49,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
         ops, weights = cell
         nodes.extend(ops)
         graph.initializer.extend(weights)
-        replaced.add(node.op_type)
+        replaced = True
     if not replaced:
         return None
     del graph.node[:]
@@ -72,7 +62,7 @@ def step_graph(model: onnx.ModelProto, step_input: str, max_units: dict[str, int
     kept = [t for t in graph.initializer if t.name in used]  # the replaced nodes' weights go
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return StepGraph(model.SerializeToString(), max(MIN_BATCH[kind] for kind in replaced))
+    return model.SerializeToString()
 
 
 _VIEWS = ("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Transpose")
@@ -225,7 +215,7 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: dict[str, int]) 
         if a.get("activations", _LSTM_ACTIVATIONS) != _LSTM_ACTIVATIONS or a.get("input_forget", 0) or peep or not c0:
             return None
         ops.append(helper.make_node("Squeeze", [c0, f"{p}.axis0"], [f"{p}.c0"]))
-        _lstm(ops, weights, p, W, R, wb + rb, H)
+        _lstm(ops, weights, p, W, R, wb + rb)
     elif kind == "GRU":
         if a.get("activations", _GRU_ACTIVATIONS) != _GRU_ACTIVATIONS:
             return None
@@ -234,7 +224,7 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: dict[str, int]) 
         act = a.get("activations", [b"Tanh"])
         if len(act) != 1 or act[0] not in (b"Tanh", b"Relu", b"Sigmoid"):
             return None
-        _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, wb + rb, f"{p}.g", p)
+        _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, wb + rb, [f"{p}.g"], p)
         ops.append(helper.make_node(act[0].decode(), [f"{p}.g"], [f"{p}.h"]))
     y, y_h, y_c = (list(node.output) + ["", "", ""])[:3]
     h1 = y_h or f"{p}.h1"  # [directions=1, B, H]
@@ -247,26 +237,26 @@ def _cell(node: onnx.NodeProto, inits: dict, p: str, max_units: dict[str, int]) 
     return ops, weights
 
 
-def _gemm(ops: list, weights: list, x: str, h: str, W: np.ndarray, R: np.ndarray, bias: np.ndarray, out: str,
+def _gemm(ops: list, weights: list, x: str, h: str, W: np.ndarray, R: np.ndarray, bias: np.ndarray, outs: list[str],
           p: str) -> None:
-    """out = [x, h] @ [W; R]^T + bias, as one Gemm of the joined inputs."""
-    weights += [numpy_helper.from_array(np.concatenate([W, R], axis=1).T.copy(), f"{p}.wr"),  # [F + H, G*H]
-                numpy_helper.from_array(bias.astype(np.float32), f"{p}.b")]
-    ops += [helper.make_node("Concat", [x, h], [f"{p}.xh"], axis=1),
-            helper.make_node("Gemm", [f"{p}.xh", f"{p}.wr", f"{p}.b"], [out])]
+    """outs[k] = [x, h] @ [W_k; R_k]^T + bias_k, with W, R and bias cut into len(outs) equal blocks of rows (an
+    LSTM's four gates): one Concat of the inputs and one Gemm per block. Four Gemms beat one Gemm and a Split of
+    its output (onnxruntime's Split copies row by row): 1.02-1.38x per LSTM layer of 16 to 128 units, 1.07-1.12x
+    for the served demo, the same numbers bit for bit (docs/performance.md, "Views folded")."""
+    WR = np.concatenate([W, R], axis=1)  # [G*H, F + H]
+    size = len(WR) // len(outs)
+    ops.append(helper.make_node("Concat", [x, h], [f"{p}.xh"], axis=1))
+    for k, out in enumerate(outs):
+        rows = slice(k * size, (k + 1) * size)
+        weights += [numpy_helper.from_array(WR[rows].T.copy(), f"{p}.wr{k}"),  # [F + H, size]
+                    numpy_helper.from_array(bias[rows].astype(np.float32), f"{p}.b{k}")]
+        ops.append(helper.make_node("Gemm", [f"{p}.xh", f"{p}.wr{k}", f"{p}.b{k}"], [out]))
 
 
-def _split(ops: list, weights: list, src: str, sizes: list[int], outs: list[str], p: str) -> None:
-    name = f"{p}.sizes{len(weights)}"
-    weights.append(helper.make_tensor(name, TensorProto.INT64, [len(sizes)], sizes))
-    ops.append(helper.make_node("Split", [src, name], outs, axis=1))
-
-
-def _lstm(ops: list, weights: list, p: str, W, R, bias, H: int) -> None:
+def _lstm(ops: list, weights: list, p: str, W, R, bias) -> None:
     """ONNX's LSTM, one step: gates i, o, f, c; c' = f*c + i*tanh(gc); h' = o*tanh(c')."""
     op = helper.make_node
-    _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, bias, f"{p}.g", p)
-    _split(ops, weights, f"{p}.g", [H] * 4, [f"{p}.gi", f"{p}.go", f"{p}.gf", f"{p}.gc"], p)
+    _gemm(ops, weights, f"{p}.x", f"{p}.h0", W, R, bias, [f"{p}.gi", f"{p}.go", f"{p}.gf", f"{p}.gc"], p)
     ops += [op("Sigmoid", [f"{p}.gi"], [f"{p}.i"]),
             op("Sigmoid", [f"{p}.go"], [f"{p}.o"]),
             op("Sigmoid", [f"{p}.gf"], [f"{p}.f"]),
@@ -280,29 +270,21 @@ def _lstm(ops: list, weights: list, p: str, W, R, bias, H: int) -> None:
 
 def _gru(ops: list, weights: list, p: str, W, R, wb, rb, H: int, linear_before_reset: bool) -> None:
     """ONNX's GRU, one step: gates z, r, h; n = tanh(x Wh + Wbh + r * (h Rh + Rbh)) with linear_before_reset (Keras's
-    reset_after), tanh(x Wh + (r * h) Rh + Wbh + Rbh) without; h' = n + z * (h - n). x and h each in one Gemm
-    (one Gemm of [x, h] by blocks with zeros measured slower from 128 units on: 0.94x of the node at 256)."""
+    reset_after), tanh(x Wh + (r * h) Rh + Wbh + Rbh) without; h' = n + z * (h - n). z and r: one Gemm of [x, h]
+    each (onnxruntime fuses each with its Sigmoid); n's parts of x and of h (or of r * h) one Gemm each."""
     op = helper.make_node
     zr, n = slice(0, 2 * H), slice(2 * H, 3 * H)
-    weights += [numpy_helper.from_array(W.T.copy(), f"{p}.w"), numpy_helper.from_array(wb.astype(np.float32), f"{p}.wb")]
-    ops.append(op("Gemm", [f"{p}.x", f"{p}.w", f"{p}.wb"], [f"{p}.gx"]))  # [B, 3H]
-    _split(ops, weights, f"{p}.gx", [2 * H, H], [f"{p}.xzr", f"{p}.xn"], p)
+    _gemm(ops, weights, f"{p}.x", f"{p}.h0", W[zr], R[zr], (wb + rb)[zr], [f"{p}.gz", f"{p}.gr"], p)
+    weights += [numpy_helper.from_array(W[n].T.copy(), f"{p}.wn"),
+                numpy_helper.from_array(wb[n].astype(np.float32), f"{p}.wbn"),
+                numpy_helper.from_array(R[n].T.copy(), f"{p}.rn"),
+                numpy_helper.from_array(rb[n].astype(np.float32), f"{p}.rbn")]
+    ops += [op("Sigmoid", [f"{p}.gz"], [f"{p}.z"]),
+            op("Sigmoid", [f"{p}.gr"], [f"{p}.r_"]),
+            op("Gemm", [f"{p}.x", f"{p}.wn", f"{p}.wbn"], [f"{p}.xn"])]
     if linear_before_reset:
-        weights += [numpy_helper.from_array(R.T.copy(), f"{p}.r"),
-                    numpy_helper.from_array(rb.astype(np.float32), f"{p}.rb")]
-        ops.append(op("Gemm", [f"{p}.h0", f"{p}.r", f"{p}.rb"], [f"{p}.gh"]))
-        _split(ops, weights, f"{p}.gh", [2 * H, H], [f"{p}.hzr", f"{p}.hn"], p)
-    else:
-        weights += [numpy_helper.from_array(R[zr].T.copy(), f"{p}.r"),
-                    numpy_helper.from_array(rb[zr].astype(np.float32), f"{p}.rb"),
-                    numpy_helper.from_array(R[n].T.copy(), f"{p}.rn"),
-                    numpy_helper.from_array(rb[n].astype(np.float32), f"{p}.rbn")]
-        ops.append(op("Gemm", [f"{p}.h0", f"{p}.r", f"{p}.rb"], [f"{p}.hzr"]))
-    ops += [op("Add", [f"{p}.xzr", f"{p}.hzr"], [f"{p}.gzr"]),
-            op("Sigmoid", [f"{p}.gzr"], [f"{p}.zr"])]
-    _split(ops, weights, f"{p}.zr", [H, H], [f"{p}.z", f"{p}.r_"], p)
-    if linear_before_reset:
-        ops.append(op("Mul", [f"{p}.r_", f"{p}.hn"], [f"{p}.rhn"]))
+        ops += [op("Gemm", [f"{p}.h0", f"{p}.rn", f"{p}.rbn"], [f"{p}.hn"]),
+                op("Mul", [f"{p}.r_", f"{p}.hn"], [f"{p}.rhn"])]
     else:
         ops += [op("Mul", [f"{p}.r_", f"{p}.h0"], [f"{p}.rh"]),
                 op("Gemm", [f"{p}.rh", f"{p}.rn", f"{p}.rbn"], [f"{p}.rhn"])]
