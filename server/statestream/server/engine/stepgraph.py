@@ -76,8 +76,8 @@ def _fold_views(model: onnx.ModelProto) -> None:
     view of that tensor's own shape is that tensor. Then the nodes nothing reads go: the Squeeze/Unsqueeze pairs
     between an exported layer and its cell, a Keras Dense head's Transpose, and the Shape, Cast, Gather and Concat
     nodes that computed its Reshape's [B, T, O]. Each node is a kernel launch: the demo's one-timestep graph runs
-    30 kernels; 60 unfolded, 40 with only Squeeze/Unsqueeze pairs folded, its rows graph 26 (`python -m
-    bench.stepgraph`). Shape inference failing leaves the graph as it is."""
+    26 kernels, 56 unfolded (its rows graph 26; `python -m bench.stepgraph`). Shape inference failing leaves the
+    graph as it is."""
     graph = model.graph
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
