@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-MAX_UNITS = {"LSTM": 64, "GRU": 128, "RNN": 256}  # layers of at most this many units run as their cell's ops
+MAX_UNITS = {"LSTM": 64, "GRU": 256, "RNN": 256}  # layers of at most this many units run as their cell's ops
 _CELLS = ("LSTM", "GRU", "RNN")
 _LSTM_ACTIVATIONS = [b"Sigmoid", b"Tanh", b"Tanh"]
 _GRU_ACTIVATIONS = [b"Sigmoid", b"Tanh"]
