@@ -170,9 +170,18 @@ def test_finish_many_moves_a_bulk_run_on_in_one_pass(runner, closed, waiting):
         assert s.phase is want, (i, s.phase)
 
 
-def test_start_each_refuses_a_unit_that_is_not_its_sessions_next(runner):
-    """start_each checks what Session.start checks: a unit that is not its session's head changes nothing."""
-    from statestream.server.engine.sessions import BULK, start_each
+def start_run(cells, units) -> bool:
+    """sessions.start_block as the batcher calls it for a run of one-session units: their slots, one owner each."""
+    from statestream.server.engine.sessions import start_block
+
+    owners = np.empty(len(units), dtype=object)
+    owners[:] = units
+    return start_block(cells, np.array([u.sessions[0].slot for u in units]), owners)
+
+
+def test_start_block_refuses_a_unit_that_is_not_its_sessions_next(runner):
+    """start_block checks what Session.start checks: a unit that is not its session's head changes nothing."""
+    from statestream.server.engine.sessions import BULK
 
     table = SessionTable({"demo": runner}, max_sessions=64, default_timeout=5.0, max_timeout=60.0, clock=Clock())
     sessions = [table.open("demo", f"s{i}") for i in range(BULK)]
@@ -182,16 +191,16 @@ def test_start_each_refuses_a_unit_that_is_not_its_sessions_next(runner):
         s.enqueue(u, None)
     stranger = FakeUnit()
     stranger.sessions = [sessions[2]]
-    assert start_each(sessions[0].cells, [*units[:2], stranger, *units[3:]]) is False
+    assert start_run(sessions[0].cells, [*units[:2], stranger, *units[3:]]) is False
     assert all(s.phase is Phase.QUEUED and s.head is u for s, u in zip(sessions, units))
 
 
 @pytest.mark.parametrize("behind", [None, 3])
-def test_start_each_starts_a_runs_one_session_units_in_one_pass_or_leaves_them(runner, behind):
-    """sessions.start_each (the batcher's start of a run of streams' steps): when each session has just its unit
+def test_start_block_starts_a_runs_one_session_units_in_one_pass_or_leaves_them(runner, behind):
+    """sessions.start_block for a run of streams' steps (one session per unit): when each session has just its unit
     queued, all start at once (RUNNING with their own unit, nothing queued); when one has a second step behind it,
     nothing changes and False sends the run to Session.start one by one."""
-    from statestream.server.engine.sessions import BULK, start_each
+    from statestream.server.engine.sessions import BULK
 
     table = SessionTable({"demo": runner}, max_sessions=64, default_timeout=5.0, max_timeout=60.0, clock=Clock())
     sessions = [table.open("demo", f"s{i}") for i in range(BULK + 2)]
@@ -201,7 +210,7 @@ def test_start_each_starts_a_runs_one_session_units_in_one_pass_or_leaves_them(r
         assert s.enqueue(u, None) is True  # ready for it
     if behind is not None:
         assert sessions[behind].enqueue(FakeUnit(), None) is False
-    started = start_each(sessions[0].cells, units)
+    started = start_run(sessions[0].cells, units)
     assert started is (behind is None)
     for i, (s, u) in enumerate(zip(sessions, units)):
         if started:

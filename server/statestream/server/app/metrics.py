@@ -102,32 +102,31 @@ class Metrics:
         far), and the outcomes of its units' entries: applied ones succeeded, the others failed; each took from its
         unit's enqueueing until `now`."""
         m = self.models.get(key) or self.stats(key)
-        if len(units) == 1:
-            first = units[0].enqueued
-        else:
-            enqueued = [u.enqueued for u in units]
-            first = min(enqueued)
         if ran:
             m.executions += 1
             m.last_inference = time.time()
             m.steps += size
             m.timesteps += size * timesteps
-            m.runs.append((size, started - first, now - started))
+            m.runs.append((size, started - (units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)),
+                           now - started))
             if len(m.runs) >= FOLD_EVERY:
                 m.fold()
-        if len(units) > 1 and size == len(units) and not any(u.errors for u in units):  # streams' steps, all applied
-            m.success += size
-            m.success_seconds += now * size - sum(enqueued)
-            return
+        ok = bad = 0  # entries, and their seconds from queued to answered, summed here and added once
+        ok_s = bad_s = 0.0
         for u in units:
             n, took = len(u.sessions), now - u.enqueued
             if u.errors:
-                bad = len(u.errors)
-                m.failure += bad
-                m.failure_seconds += bad * took
-                n -= bad
-            m.success += n
-            m.success_seconds += n * took
+                k = len(u.errors)
+                bad += k
+                bad_s += k * took
+                n -= k
+            ok += n
+            ok_s += n * took
+        m.success += ok
+        m.success_seconds += ok_s
+        if bad:
+            m.failure += bad
+            m.failure_seconds += bad_s
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""

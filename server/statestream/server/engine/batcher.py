@@ -23,7 +23,7 @@ from statestream.server.engine.sessions import (
     enqueue_many,
     finish_many,
     indexes,
-    start_each,
+    start_block,
     start_many,
 )
 from statestream.server.engine.table import SessionTable, gone
@@ -173,9 +173,10 @@ class Batcher:
         return taken
 
     def _start(self, units: list[Unit]) -> None:
-        if len(units) >= BULK and all(len(u.sessions) == 1 and u.fate[0] == PENDING for u in units) and \
-                start_each(self.slab, units):  # streams' steps sharing a run
-            self.pending.count -= len(units)
+        n = len(units)
+        if n >= BULK and all(len(u.sessions) == 1 and u.fate[0] == PENDING for u in units) and start_block(
+                self.slab, np.fromiter((u.sessions[0].slot for u in units), np.intp, n), _owners(units, n)):
+            self.pending.count -= n  # streams' steps sharing a run, started in one pass
             return
         for unit in units:
             fate = unit.fate

@@ -55,11 +55,10 @@ class Group(Ledger):
 
     def members_of(self, keep: np.ndarray | None) -> list[Session]:
         """The members a step with this mask steps; NotFound for one that was closed or expired."""
-        n = len(self.members)
         if keep is None and self.verified == self.cells.vacated:  # no session left a slot of the slab since
             return self.members
         if keep is None:
-            members, slots, objects = self.members, slice(self.start, self.start + n), self.objects
+            members, slots, objects = self.members, self.slots, self.objects
         else:
             members, slots, objects = self.objects[keep].tolist(), self.start + np.flatnonzero(keep), self.objects[keep]
         if not self.cells.holds(slots, objects):  # a member closed (or left its slot)

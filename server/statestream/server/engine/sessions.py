@@ -395,31 +395,22 @@ def enqueue_many(cells: Cells, sessions: list, slots, unit, seqs: list | None) -
 def start_many(cells: Cells, sessions: list, slots, unit, pending: list[bool] | None) -> None:
     """Session.start of a unit's sessions (`pending`: which entries; None: all). One pass when every one has
     nothing queued behind this unit."""
-    if pending is None and len(sessions) >= BULK and _all(cells.waiting[slots] == 1, axis=None) and \
-            _all(cells.phase[slots] == _QUEUED, axis=None):
-        cells.phase[slots] = _RUNNING
-        cells.running[slots] = unit
-        cells.head[slots] = None
-        cells.waiting[slots] = 0
+    if pending is None and len(sessions) >= BULK and start_block(cells, slots, unit):
         return
     for i, s in enumerate(sessions):
         if pending is None or pending[i]:
             s.start(unit)
 
 
-def start_each(cells: Cells, units: list) -> bool:
-    """Session.start of a run's units of one session each (streams' steps that share a run), in one pass over the
-    arrays when every session has just that unit queued (QUEUED, nothing behind it); False, with nothing changed,
-    otherwise (start them one by one). Two units of the run never share a session: each is its session's head."""
-    n = len(units)
-    slots = np.fromiter((u.sessions[0].slot for u in units), np.intp, n)
-    owners = np.empty(n, dtype=object)
-    owners[:] = units
+def start_block(cells: Cells, slots, owner) -> bool:
+    """Session.start of the sessions in `slots` in one pass over the arrays, when each is QUEUED with just its unit
+    (`owner`: that unit, or an array of one per slot: a run of streams' steps) and nothing behind it; False, with
+    nothing changed, otherwise (start them one by one)."""
     if not (_all(cells.waiting[slots] == 1, axis=None) and _all(cells.phase[slots] == _QUEUED, axis=None)
-            and _all(cells.head[slots] == owners, axis=None)):  # (each its session's head, as Session.start checks)
+            and _all(cells.head[slots] == owner, axis=None)):  # (each its session's head, as Session.start checks)
         return False
     cells.phase[slots] = _RUNNING
-    cells.running[slots] = owners
+    cells.running[slots] = owner
     cells.head[slots] = None
     cells.waiting[slots] = 0
     return True
