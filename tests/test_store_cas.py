@@ -286,7 +286,7 @@ def test_reloading_a_session_keeps_the_sequence_numbers_it_has_in_flight():
 
     s = Session("p", "demo", 0, None, 60.0, 0.0, Cells(1))
     for seq in (8, 9, 10):
-        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None, None), seq)
+        s.enqueue(Unit([s], np.zeros((1, 1, 3), np.float32), [seq], None), seq)
     s.start(s.head)
     s.load(record("p", version=9, seq=8))   # another replica applied 8 (a retry there): 9 and 10 still queued
     assert (s.last_seq, s.accepted_seq) == (8, 10)

@@ -39,8 +39,8 @@ DEADLINE_MARGIN = 0.05  # seconds kept for the answer to reach a caller whose de
 
 class Batcher:
     """Runs the units of one model's sessions: strictly in order per session, at most one step of a session per
-    model run, every entry applied fully (state, counters, recorded response, store) or not at all. Callers await
-    futures the batcher owns through asyncio.shield: a cancelled caller never cancels a step, and a retry of a step
+    model run, every entry applied fully (state, counters, recorded response, store) or not at all. Callers wait
+    for a unit on futures of their own (Unit.waiter): a cancelled caller never cancels a step, and a retry of a step
     in flight waits for that same unit. Every run goes through `_execute`; `where` (BatchPolicy) decides whether it
     runs in the caller, on the loop or on the executor."""
 
@@ -86,7 +86,8 @@ class Batcher:
 
     async def submit(self, unit: Unit, *, stream: bool = False) -> None:
         """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
-        when BatchPolicy.where says so. Returns once it is queued or done: await `unit.future` for its outcome."""
+        when BatchPolicy.where says so. Returns once it is queued or done: while `unit.left`, await `unit.waiter()`
+        for its outcome."""
         if all_idle(self.slab, unit.sessions, unit.slots) and self.policy.where(
                 len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
                 stream=stream) is CALLER:
@@ -451,8 +452,7 @@ class Batcher:
         # re-run on the fresh state, ahead of this session's later steps: a unit of the one queue
         redo = unit if len(unit.sessions) == 1 and unit.block is None else Unit(
             [s], unit.x[i:i + 1] if unit.block is None else unit.x[unit.rows[i]:unit.rows[i] + 1],
-            None if seq is None else [seq], None if unit.fps is None else [unit.fps[i]], unit.future,
-            parent=(unit, i), reset=unit.reset)
+            None if seq is None else [seq], None if unit.fps is None else [unit.fps[i]], parent=(unit, i), reset=unit.reset)
         s.retry(redo)
         self.pending.count += 1
         self._push(redo, front=True)

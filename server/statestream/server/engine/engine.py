@@ -249,8 +249,7 @@ class Engine:
                     slots) -> Unit:
         """One unit of these sessions' new steps, touched and submitted to their version's batcher (which may run it at
         once); ResourceExhausted when the server's queue is full."""
-        unit = Unit(sessions, x, seqs, fps, asyncio.get_running_loop().create_future(), reset=req.reset, slots=slots,
-                    deadline=req.deadline)
+        unit = Unit(sessions, x, seqs, fps, reset=req.reset, slots=slots, deadline=req.deadline)
         self.table.touch_many(key, unit.slots)
         await self.batchers[key].submit(unit, stream=req.stream)
         return unit
@@ -447,8 +446,8 @@ class Engine:
                       replays: dict, waits: list, errors: dict) -> StepReply:
         n, T = req.x.shape[0], req.x.shape[1]
         for _, unit in units:
-            if not unit.future.done():
-                await asyncio.shield(unit.future)
+            if unit.left:
+                await unit.waiter()
         if len(units) == 1 and len(units[0][0]) == n and not units[0][1].errors:  # one unit did it all: its arrays
             unit = units[0][1]
             return StepReply(model, req.ids, unit.y, unit.states, unit.counts, req.seqs, [APPLIED] * n, errors)
@@ -466,8 +465,8 @@ class Engine:
                 errors[chunk[j]] = err
         mine: set[int] = set()  # retries that applied their step themselves (_again)
         for i, unit in waits:
-            if not unit.future.done():
-                await asyncio.shield(unit.future)
+            if unit.left:
+                await unit.waiter()
             try:
                 replays[i] = unit.result(unit.index(sessions[i]))
             except Unavailable as e:  # its write was bounded by the shorter deadline of the step it retries
@@ -521,8 +520,8 @@ class Engine:
             else:
                 unit = found
                 unit.waited_by(req.deadline)
-            if not unit.future.done():
-                await asyncio.shield(unit.future)
+            if unit.left:
+                await unit.waiter()
             try:
                 res = unit.result(unit.index(s))
             except Unavailable as e:
@@ -602,8 +601,8 @@ class Engine:
             outcome = REPLAYED
             if isinstance(found, Unit):
                 found.waited_by(req.deadline)
-                if not found.future.done():
-                    await asyncio.shield(found.future)
+                if found.left:
+                    await found.waiter()
                 if g.last_seq != req.seq:
                     raise found.errors[min(found.errors)]
                 found = g.last_result
@@ -616,7 +615,7 @@ class Engine:
     async def _group_unit(self, g: Group, x: np.ndarray, keep, seq, fp, deadline) -> Unit:
         """Queue a group step as one unit over its members' block of rows and wait for it."""
         members = g.members_of(keep)
-        unit = Unit(members, x, None, None, asyncio.get_running_loop().create_future(), block=g.start, keep=keep,
+        unit = Unit(members, x, None, None, block=g.start, keep=keep,
                     group=g, rows=g.rows if keep is None else None, slots=g.slots if keep is None else None)
         unit.group_seq, unit.group_fp, unit.deadline = seq, fp, deadline
         if seq is not None:
@@ -631,8 +630,8 @@ class Engine:
         if now - g.touched > TOUCH_EVERY or keep is not None:
             g.touched = now
             self.table.touch_many(g.members[0].key, unit.slots)
-        if not unit.future.done():
-            await asyncio.shield(unit.future)
+        if unit.left:
+            await unit.waiter()
         return unit
 
     @staticmethod

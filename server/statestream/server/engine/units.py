@@ -15,27 +15,27 @@ PENDING, APPLIED, FAILED = 0, 1, 2  # an entry's fate
 
 class Unit:
     """Steps that arrive together and run together: one step of one session, one step of each of N sessions (a
-    frame), or a group step. The batcher owns `future`; it resolves (to None: the unit holds the outcome, and a
-    future holding its unit would be a cycle that only the collector frees) when every entry is settled: applied
-    (`y`, `states`, `counts` rows), replayed, or failed (`errors`).
+    frame), or a group step. It is done when every entry is settled (`left` is 0): applied (`y`, `states`, `counts`
+    rows), replayed, or failed (`errors`). Its callers wait on futures of their own (`waiter`): a cancelled caller
+    cancels only its wait, never the step, and a retry of a step in flight waits for the same unit.
 
     A unit runs once each of its sessions is ready for it (`blocked` counts those that are not). A group step
     keeps its members' contiguous slab rows: `block` is the first row and `keep` the rows it steps (None: all),
     so it runs alone and gather-free; `x` then has one row per block row and entry i is row `rows[i]`."""
 
-    __slots__ = ("sessions", "x", "seqs", "fps", "future", "enqueued", "y", "states", "counts", "errors", "fate",
+    __slots__ = ("sessions", "x", "seqs", "fps", "waiters", "enqueued", "y", "states", "counts", "errors", "fate",
                  "left", "parent", "blocked", "block", "keep", "rows", "slots", "reset", "group", "group_seq",
                  "group_fp", "deadline")
 
-    def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
-                 future: asyncio.Future | None, *, parent: tuple | None = None, block: int | None = None,
-                 keep: np.ndarray | None = None, reset: bool = False, group=None, slots: np.ndarray | None = None,
-                 rows: np.ndarray | None = None, deadline: float | None = None):
+    def __init__(self, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None, *,
+                 parent: tuple | None = None, block: int | None = None, keep: np.ndarray | None = None,
+                 reset: bool = False, group=None, slots: np.ndarray | None = None, rows: np.ndarray | None = None,
+                 deadline: float | None = None):
         self.sessions = sessions
         self.x = x                  # [N, T, F] (a group: one row per block row)
         self.seqs = seqs            # None, or a sequence number (or None) per entry
         self.fps = fps              # None, or the input's fingerprint per entry (numbered entries only)
-        self.future = future
+        self.waiters: list[asyncio.Future] | None = None  # its callers' waits (`waiter`)
         self.enqueued = time.perf_counter()
         self.y = self.states = self.counts = self.errors = None  # errors: {entry: StatestreamError}
         self.fate = bytearray(len(sessions))  # PENDING / APPLIED / FAILED per entry
@@ -79,6 +79,16 @@ class Unit:
     def fp_of(self, s) -> int:
         return 0 if self.fps is None else self.fps[self.index(s)]
 
+    def waiter(self) -> asyncio.Future:
+        """A future of the caller's own, resolved (to None: the unit holds the outcome) when the unit is done; await
+        it only while `left`. Cancelling it cancels nothing else."""
+        w = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = [w]
+        else:
+            self.waiters.append(w)
+        return w
+
     def waited_by(self, deadline: float | None) -> None:
         """A retry of a step of this unit waits for it: the unit's store write may take until the most patient of
         its callers gives up (None: one set no deadline)."""
@@ -114,8 +124,11 @@ class Unit:
                 parent.y[i], parent.states[i], parent.counts[i] = self.y[0], self.states[0], self.counts[0]
                 parent.fate[i] = APPLIED
                 parent.settle()
-        elif self.future is not None and not self.future.done():
-            self.future.set_result(None)
+        elif self.waiters is not None:
+            for w in self.waiters:
+                if not w.done():  # (a caller that gave up cancelled its own)
+                    w.set_result(None)
+            self.waiters = None
 
     def fail(self, i: int, err: StatestreamError) -> None:
         """Entry i was not applied (and never will be)."""
