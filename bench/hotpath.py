@@ -4,7 +4,8 @@ Less noisy than ghz on a shared machine: it times exactly the work the server ad
 for unary Step (raw and repeated floats), a stream of 100 steps, 16 streams at once (their steps share model runs,
 as under ghz -c 16), StepFrame and StepGroup of N, with the demo model. Printed as
 microseconds of the event loop thread's CPU time per call (the best of 7 short repeats, which is what
-neighbours on a shared machine disturb least) and session-steps per second of server CPU.
+neighbours on a shared machine disturb least) and session-steps per second of server CPU, on the event loop the
+server runs on (--loop, auto: uvloop when installed).
 
     python -m bench.hotpath                 # Step, frames and groups of 256 and 1024
     python -m bench.hotpath --profile frame256   # cProfile of one scenario, top functions
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from statestream.server.app import loops
 from statestream.v1 import statestream_pb2 as pb
 
 from .procs import ROOT
@@ -165,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
     p.add_argument("--only", metavar="SCENARIO", help="time one scenario (e.g. under py-spy)")
     p.add_argument("--floor", action="store_true", help="also time the floor server's handlers, interleaved")
+    p.add_argument("--loop", choices=loops.LOOPS, default="auto",
+                   help="the event loop, as statestream-server's --loop (auto: uvloop when installed, as the server)")
     a = p.parse_args(argv)
 
     async def run():
+        print(f"event loop: {loops.running()}")
         app = await _app(a.model)
         try:
             runner = next(iter(app.table.runners.values()))
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await app.stop(0)
 
-    for name, us, steps, floor_us in asyncio.run(run()):
+    for name, us, steps, floor_us in loops.run(run(), a.loop):
         beside = "" if floor_us is None else f"   floor {floor_us:9.1f} us/call, server / floor {floor_us / us:.2f}x"
         print(f"{name:12s} {us:9.1f} us/call  {steps:12,.0f} session-steps/s of server CPU{beside}")
     return 0
