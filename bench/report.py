@@ -70,7 +70,9 @@ def markdown(res: dict) -> str:
     lines = [f"# statestream bench: {m['date']}", "",
              f"Model `{m['model']}` ({m['model_shape']}), {m['cpus']} CPUs, load {m['loadavg']} at start. "
              f"ghz {m['ghz_version']} with `--cpus={m['ghz_cpus']}`, one connection, {m['duration']:g} s per run. "
-             f"Server: `{m['server_cmd']}`. Ratios are to ceilings measured in this same run.", ""]
+             f"Server: `{m['server_cmd']}`. Ratios are to ceilings measured in this same run."
+             + (f" Each row: {m['rounds']} rounds, the ceilings then the server in each; the median run of each, "
+                "and each ratio the median of the rounds' own ratios." if m.get("rounds", 1) > 1 else ""), ""]
 
     for title, key in (("Targets (issue 12)", "targets"), ("Targets (issue 18: 1, 2, 3 and 6)", "targets_18")):
         lines += [f"## {title}", ""]

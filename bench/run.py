@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group-sizes", type=_csv_ints, default=[256, 1024], help="members per session group")
     p.add_argument("--group-concurrency", type=_csv_ints, default=[1, 4], help="ghz concurrencies of StepGroup")
     p.add_argument("--duration", type=float, help="seconds per ghz run (default 3)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure each scenario's ceilings and server this many times, alternately: medians (the "
+                        "rates, and each ratio the median of the rounds' own ratios)")
     p.add_argument("--stream-count", type=int, default=100, help="steps per StreamSteps call")
     p.add_argument("--ghz-cpus", type=int, default=1, help="ghz --cpus: the load generator gets one core")
     p.add_argument("--memory-sessions", type=_csv_ints, default=[100_000, 1_000_000])
@@ -84,7 +87,7 @@ def meta(a: argparse.Namespace, man, server_cmd: str) -> dict:
             "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()), "python": platform.python_version(),
             "versions": {d: _version(d) for d in ("grpcio", "protobuf", "onnxruntime", "numpy")},
             "ghz_version": ghz.binary_version(ghz.ensure_ghz()), "ghz_cpus": a.ghz_cpus, "duration": a.duration,
-            "concurrency": a.concurrency, "frame_sizes": a.frame_sizes, "stream_count": a.stream_count,
+            "rounds": a.rounds, "concurrency": a.concurrency, "frame_sizes": a.frame_sizes, "stream_count": a.stream_count,
             "server_cmd": server_cmd,
             "git": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                                   text=True).stdout.strip(),
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = scenarios.Plan(model=a.model.stem, features=man.features, concurrencies=a.concurrency,
                           frame_sizes=a.frame_sizes, duration=a.duration, stream_count=a.stream_count,
                           ghz_cpus=a.ghz_cpus, raw=raw, group_sizes=[] if "groups" in a.skip else a.group_sizes,
-                          group_concurrencies=a.group_concurrency, frame_concurrencies=a.frame_concurrency)
+                          group_concurrencies=a.group_concurrency, frame_concurrencies=a.frame_concurrency,
+                          rounds=a.rounds)
     plan.write_data()
     responses = plan.write_null_responses(man.output_size)
     max_sessions = int(plan.sessions_needed() * 1.2) + 10_000

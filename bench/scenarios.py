@@ -80,6 +80,7 @@ class Plan:
     group_sizes: list[int] = field(default_factory=list)
     frame_concurrencies: list[int] | None = None  # None: the same as `concurrencies`
     group_concurrencies: list[int] = field(default_factory=lambda: [1, 4])
+    rounds: int = 1  # each (scenario, concurrency): the ceilings and the server measured this many times, alternately
     ghz: Path = field(default_factory=ghz.ensure_ghz)
     ghz_prefix: list[str] = field(default_factory=list)  # e.g. ["taskset", "-c", "1"]: ghz pinned to a core
     data: dict[str, Path] = field(default_factory=dict)
@@ -211,8 +212,27 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _ceilings(plan: Plan, ceilings: dict[str, Proc], key: str, c: int) -> dict[str, dict]:
-    return {who: run_one(plan, proc, who, key, c) for who, proc in ceilings.items()}
+def measure(plan: Plan, server: Proc, ceilings: dict[str, Proc], key: str, c: int, metrics_port: int,
+            rate: str) -> dict:
+    """A row of one scenario at one concurrency: the ceilings, then the server, `plan.rounds` times, and the ratio of
+    the server to each ceiling. One round: each run and ratio as measured. Several: each one's run of median `rate`
+    (its every round's rate in `rounds`) and each ratio the median of the rounds' own ratios (a server and its
+    ceilings measured back to back share a round's slow or fast machine)."""
+    runs: dict[str, list[dict]] = {who: [] for who in (*ceilings, "server")}
+    for k in range(plan.rounds):
+        tag = {"tag": f"r{k + 1}"} if plan.rounds > 1 else {}
+        for who, proc in ceilings.items():
+            runs[who].append(run_one(plan, proc, who, key, c, **tag))
+        runs["server"].append(run_one(plan, server, "server", key, c, metrics_port, **tag))
+    row: dict = {}
+    for who, rs in runs.items():
+        row[who] = dict(sorted(rs, key=lambda r: r[rate])[len(rs) // 2])
+        if len(rs) > 1:
+            row[who]["rounds"] = [round(r[rate]) for r in rs]
+    for who in ceilings:
+        ratios = sorted(_ratio(s[rate], r[rate]) or 0.0 for s, r in zip(runs["server"], runs[who]))
+        row[f"ratio_{who}"] = ratios[len(ratios) // 2] if any(ratios) else None
+    return row
 
 
 def transport(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: int, log) -> list[dict]:
@@ -222,12 +242,11 @@ def transport(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port:
         for who, proc in {"server": server, **ceilings}.items():
             warm(plan, proc, who, key)
         for c in plan.concurrencies:
-            ceil = _ceilings(plan, ceilings, key, c)
-            s = run_one(plan, server, "server", key, c, metrics_port)
+            row = {"scenario": key, "concurrency": c, **measure(plan, server, ceilings, key, c, metrics_port,
+                                                                "msgs_per_s")}
+            s = row["server"]
+            ceil = {who: row[who] for who in ceilings}
             plan.note_command({"unary": "unary Step", "stream": "StreamSteps"}[key], s["command"].split())
-            row = {"scenario": key, "concurrency": c, "server": s, **ceil}
-            for who, r in ceil.items():
-                row[f"ratio_{who}"] = _ratio(s["msgs_per_s"], r["msgs_per_s"])
             row["ratio"] = row.get("ratio_null", row.get("ratio_echo"))
             rows.append(row)
             log(f"{key:7s} c={c:<3d} server {s['msgs_per_s']:9,.0f} msgs/s p50/p99 {s['p50_ms']:.2f}/{s['p99_ms']:.2f} ms | "
@@ -246,14 +265,14 @@ def frames(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: in
         for who, proc in {"server": server, **ceilings}.items():
             warm(plan, proc, who, key)
         for c in (plan.frame_concurrencies or plan.concurrencies) if kind == "frame" else plan.group_concurrencies:
-            ceil = _ceilings(plan, ceilings, key, c)
-            s = run_one(plan, server, "server", key, c, metrics_port)
+            row = {"size": n, "concurrency": c, **measure(plan, server, ceilings, key, c, metrics_port,
+                                                          "session_steps_per_s")}
+            s = row["server"]
+            ceil = {who: row[who] for who in ceilings}
             plan.note_command(f"{'StepFrame' if kind == 'frame' else 'StepGroup'} of {n}", s["command"].split())
             o = ort.get(n)
-            row = {"size": n, "concurrency": c, "server": s, **ceil, "ort_session_steps_per_s": o,
-                   "ratio_ort": _ratio(s["session_steps_per_s"], o)}
-            for who, r in ceil.items():
-                row[f"ratio_{who}"] = _ratio(s["session_steps_per_s"], r["session_steps_per_s"])
+            row["ort_session_steps_per_s"] = o
+            row["ratio_ort"] = _ratio(s["session_steps_per_s"], o)
             rows.append(row)
             log(f"{key:<9s} c={c:<3d} server {s['session_steps_per_s']:10,.0f} session-steps/s p50/p99 "
                 f"{s['p50_ms']:.2f}/{s['p99_ms']:.2f} ms batch {s.get('mean_batch') or 0:6.1f} | "

@@ -244,3 +244,24 @@ def test_idle_gap_bench_runs():
     best = after_gaps(DEMO, 8, [0, 100], rounds=1, runs=5)
     assert set(best) == {(g, gap) for g in ("rows graph", "one-timestep graph") for gap in (0, 100)}
     assert min(best.values()) > 0
+
+
+def test_rounds_alternate_server_and_ceiling_and_keep_medians(tmp_path: Path, ghz_path: Path):
+    """bench.run --rounds: each round runs the ceiling, then the server; the row keeps each one's median run with
+    every round's rate, and the ratio is the median of the rounds' own ratios."""
+    from bench import scenarios
+
+    _, man = compute.load(DEMO)
+    plan = scenarios.Plan(model=man.name, features=man.features, concurrencies=[1], frame_sizes=[], duration=0.3,
+                          stream_count=5, ghz_cpus=1, raw=tmp_path, rounds=3, ghz=ghz_path)
+    plan.write_data()
+    responses = plan.write_null_responses(man.output_size)
+    with echo_server(man.features, man.output_size) as echo, null_server(responses) as null:
+        row = scenarios.measure(plan, echo, {"null": null}, "unary", 1, 0, "msgs_per_s")
+    runs = sorted(tmp_path.glob("*-unary-c1-r*.json"))
+    assert [p.name for p in runs] == [f"{who}-unary-c1-r{k}.json" for who in ("null", "server") for k in (1, 2, 3)]
+    for who in ("server", "null"):
+        rates = row[who]["rounds"]
+        assert len(rates) == 3 and round(row[who]["msgs_per_s"]) == sorted(rates)[1]
+    paired = sorted(s / n for s, n in zip(row["server"]["rounds"], row["null"]["rounds"]))
+    assert row["ratio_null"] == pytest.approx(paired[1], rel=1e-3)
