@@ -19,18 +19,21 @@ from statestream.server.engine.stepgraph import step_graph
 
 log = logging.getLogger("statestream.model")
 
-_sum = np.add.reduce
 _all = np.logical_and.reduce  # ndarray.all without numpy's Python wrapper
-SUM_MAX = 256  # values up to which `finite` sums (one call) rather than tests each value (two calls)
+_vdot = np.vdot
+#: values up to which `finite` takes one dot product, else tests each value. OpenBLAS may split a long dot over
+#: threads, and a server's other cores serve gRPC: measured on one thread here up to 262,144 values.
+DOT_MAX = 65_536
 
 
 def finite(a: np.ndarray) -> bool:
-    """Is every value finite? A small array in one reduction: a sum is finite only when every term is (NaN and Inf
-    propagate), and a sum that overflows (float32 values near 3e38) is checked value by value. A big one value by
-    value at once (numpy's isfinite is vectorised; its pairwise sum is not: 35k instructions of a group step)."""
-    if a.size > SUM_MAX:
-        return bool(_all(np.isfinite(a), axis=None))
-    return math.isfinite(_sum(a, axis=None)) or bool(_all(np.isfinite(a), axis=None))
+    """Is every value finite? Up to DOT_MAX values, one call: the sum of squares (a dot product: for 64 values 0.6 us
+    against 0.9 for numpy's sum and 1.4 for isfinite-then-all; for 16,384 1.6 us against 3.5 and 2.7) is finite only
+    when every value is (NaN and Inf propagate, and squares never cancel); one that overflows (values beyond 1.8e19)
+    is tested value by value. More values, value by value at once."""
+    if a.size <= DOT_MAX and math.isfinite(_vdot(a, a)):
+        return True
+    return bool(_all(np.isfinite(a), axis=None))
 
 
 #: Runs of at most this many session-timesteps go through an I/O binding made once per (thread, B, T): measured
