@@ -63,7 +63,6 @@ class _Binding:
 
     def __init__(self, session: ort.InferenceSession, layout: StepLayout, x_shape: tuple, output_size: int):
         B = x_shape[0]
-        self.session = session
         self.x = np.empty(x_shape, dtype=np.float32)
         self.rows = np.empty((B, layout.width), dtype=np.float32)
         outs = [ort.OrtValue.ortvalue_from_shape_and_type([*x_shape[:2], output_size], np.float32),
@@ -75,11 +74,15 @@ class _Binding:
         io.bind_cpu_input(ROWS_IN, self.rows)
         io.bind_ortvalue_output(layout.manifest.output, outs[0])
         io.bind_ortvalue_output(ROWS_OUT, outs[1])
+        # onnxruntime's own call, without InferenceSession.run_with_iobinding's Python checks of every run (the
+        # binding's session, WebGPU graph capture): a CPU session and its own binding
+        self._run = session._sess.run_with_iobinding
+        self._bound = io._iobinding
 
     def run(self, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.copyto(self.x, x)
         np.copyto(self.rows, rows)
-        self.session.run_with_iobinding(self.io)
+        self._run(self._bound, None)
         y, new = self.arrays
         return y.copy(), new.copy()
 
