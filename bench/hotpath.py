@@ -11,6 +11,7 @@ server runs on (--loop, auto: uvloop when installed).
     python -m bench.hotpath --profile frame256   # cProfile of one scenario, top functions
     python -m bench.hotpath --only group256 --seconds 10   # one scenario (to sample it with py-spy)
     python -m bench.hotpath --floor         # beside the floor server's handlers (bench.floor_server): the engine's cost
+    python -m bench.hotpath --floor --evict 8192   # each call on cold caches (8 MB of other memory touched before it)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import mmap
 import pstats
 import sys
 import time
@@ -119,9 +121,11 @@ def _stream_call(handler, parse, data: bytes | list[bytes], n: int, ctx):
 
 
 async def _measure(svc, model: str, reqs, seconds: float, only: str | None, profile: bool,
-                   repeats: int = 7, open_groups: bool = True) -> list[tuple[str, float, float]]:
+                   repeats: int = 7, open_groups: bool = True, evict: int = 0) -> list[tuple[str, float, float]]:
     """Each scenario's best thread CPU per call through the service `svc` (the server's, or the floor's, which opens
-    groups on their first step: open_groups False)."""
+    groups on their first step: open_groups False). `evict` KB: before each call, read and write that much other
+    memory (untimed), as the transport, the kernel and the load generator do between two calls at the wire."""
+    junk = np.frombuffer(mmap.mmap(-1, evict * 1024), np.float32) if evict else None  # 4 KB pages, as most memory
     ctx = _Context()
     for name, (method, _, n) in reqs.items():
         if method == "StepGroup" and open_groups:
@@ -144,10 +148,20 @@ async def _measure(svc, model: str, reqs, seconds: float, only: str | None, prof
         best = float("inf")
         for _ in range(repeats):  # the best of short repeats, in this thread's CPU time: least hurt by neighbours
             calls, t0, deadline = 0, time.thread_time(), time.perf_counter() + seconds / repeats
+            if junk is None:
+                while time.perf_counter() < deadline or calls < 3:
+                    await call()
+                    calls += 1
+                best = min(best, (time.thread_time() - t0) / calls)
+                continue
+            spent = 0
             while time.perf_counter() < deadline or calls < 3:
+                junk += 1.0
+                t = time.thread_time_ns()
                 await call()
+                spent += time.thread_time_ns() - t
                 calls += 1
-            best = min(best, (time.thread_time() - t0) / calls)
+            best = min(best, spent / 1e9 / calls)
         if prof:
             prof.disable()
             buf = io.StringIO()
@@ -167,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", metavar="SCENARIO", help="cProfile one scenario (e.g. frame256)")
     p.add_argument("--only", metavar="SCENARIO", help="time one scenario (e.g. under py-spy)")
     p.add_argument("--floor", action="store_true", help="also time the floor server's handlers, interleaved")
+    p.add_argument("--evict", type=int, default=0, metavar="KB",
+                   help="before each call, read and write KB of other memory (untimed): the calls run on cold caches, "
+                        "as at the wire at low concurrency")
     p.add_argument("--loop", choices=loops.LOOPS, default="auto",
                    help="the event loop, as statestream-server's --loop (auto: uvloop when installed, as the server)")
     a = p.parse_args(argv)
@@ -178,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
             runner = next(iter(app.table.runners.values()))
             reqs = _requests(runner.name, runner.features, [int(s) for s in a.sizes.split(",")])
             only = a.profile or a.only
-            rows = await _measure(app.service, runner.name, reqs, a.seconds, only, bool(a.profile))
+            rows = await _measure(app.service, runner.name, reqs, a.seconds, only, bool(a.profile), evict=a.evict)
             if not a.floor:
                 return [(*r, None) for r in rows]
             from .floor_server import FloorService
 
-            floor = await _measure(FloorService(runner), runner.name, reqs, a.seconds, only, False, open_groups=False)
+            floor = await _measure(FloorService(runner), runner.name, reqs, a.seconds, only, False, open_groups=False,
+                                   evict=a.evict)
             return [(*r, f[1]) for r, f in zip(rows, floor)]
         finally:
             await app.stop(0)

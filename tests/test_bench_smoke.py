@@ -150,6 +150,10 @@ def test_hotpath_times_each_handler_in_process(capsys):
     assert all(float(r[1]) > 0 for r in rows)
     # Beside each, the floor server's handler on the same requests (bench.floor_server), and the ratio.
     assert all(r[8] == "floor" and float(r[9]) > 0 and r[-1].endswith("x") for r in rows), rows
+    # --evict: each call timed alone, after other memory was touched (cold caches, as at the wire)
+    assert hotpath.main(["--only", "step-raw", "--evict", "256", "--seconds", "0.05", "--floor"]) == 0
+    cold = [line.split() for line in capsys.readouterr().out.splitlines() if "us/call" in line]
+    assert [r[0] for r in cold] == ["step-raw"] and float(cold[0][1]) > 0 and float(cold[0][9]) > 0
 
 
 def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
