@@ -20,7 +20,7 @@ from statestream.server.engine.stepgraph import step_graph
 log = logging.getLogger("statestream.model")
 
 _all = np.logical_and.reduce  # ndarray.all without numpy's Python wrapper
-_vdot = np.vdot
+_vdot = getattr(np.vdot, "_implementation", np.vdot)  # the C function, without numpy's __array_function__ dispatch
 #: values up to which `finite` takes one dot product, else tests each value. OpenBLAS may split a long dot over
 #: threads, and a server's other cores serve gRPC: measured on one thread here up to 262,144 values.
 DOT_MAX = 65_536
