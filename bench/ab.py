@@ -90,9 +90,17 @@ def ghz_rounds(plan: scenarios.Plan, procs: dict[str, Proc], rounds: int,
     return rows
 
 
+# Runs a version's bench.hotpath on uvloop, as the server: one that predates its --loop (2026-12-01) ran on asyncio's
+# own loop, which the uvloop policy set here replaces (a newer one's --loop auto picks uvloop itself).
+_ON_UVLOOP = ("import asyncio, runpy, sys\n"
+              "try:\n    import uvloop\n    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
+              "except ImportError:\n    pass\n"
+              "sys.argv[0] = 'bench.hotpath'\nrunpy.run_module('bench.hotpath', run_name='__main__', alter_sys=True)")
+
+
 def hotpath(python: str, cwd: Path, seconds: float) -> dict[str, float]:
-    """One run of a version's own `python -m bench.hotpath`: scenario -> us of event-loop CPU per call."""
-    out = subprocess.run([python, "-m", "bench.hotpath", "--sizes", "256,1024", "--seconds", str(seconds)],
+    """One run of a version's own `python -m bench.hotpath` on uvloop: scenario -> us of event-loop CPU per call."""
+    out = subprocess.run([python, "-c", _ON_UVLOOP, "--sizes", "256,1024", "--seconds", str(seconds)],
                          cwd=cwd, capture_output=True, text=True, timeout=600, check=True).stdout
     return {m.group(1): float(m.group(2)) for line in out.splitlines() if (m := HOTPATH_ROW.match(line))}
 
@@ -154,8 +162,8 @@ def report(res: dict) -> str:
                      + (f"**{row['cpu_a_over_b']:.2f}**" if row.get("cpu_a_over_b") else "-")
                      + f" | {load(row['rounds'])} |")
     if res.get("hotpath"):
-        lines += ["", "In-process CPU per call (`python -m bench.hotpath --sizes 256,1024`, each version's own, "
-                  "alternately; event-loop thread CPU, best of 7 repeats per run; range over runs):", "",
+        lines += ["", "In-process CPU per call (`python -m bench.hotpath --sizes 256,1024`, each version's own, on "
+                  "uvloop, alternately; event-loop thread CPU, best of 7 repeats per run; range over runs):", "",
                   "| scenario | A us/call | B us/call | speed B/A (best runs) |", "| --- | --- | --- | --- |"]
         for row in res["hotpath"]:
             lines.append(f"| {row['scenario']} | {min(row['us_A']):.1f}-{max(row['us_A']):.1f} | "

@@ -269,3 +269,19 @@ def test_rounds_alternate_server_and_ceiling_and_keep_medians(tmp_path: Path, gh
         assert len(rates) == 3 and round(row[who]["msgs_per_s"]) == sorted(rates)[1]
     paired = sorted(s / n for s, n in zip(row["server"]["rounds"], row["null"]["rounds"]))
     assert row["ratio_null"] == pytest.approx(paired[1], rel=1e-3)
+
+
+def test_ab_runs_each_versions_hotpath_on_uvloop():
+    """bench.ab times both versions' own bench.hotpath on the server's loop, also one that predates its --loop (it
+    sets uvloop's policy, which asyncio.run follows)."""
+    import subprocess
+
+    from bench import ab
+
+    out = subprocess.run([sys.executable, "-c", ab._ON_UVLOOP, "--only", "step-raw", "--seconds", "0.05"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "event loop: uvloop" in out and "step-raw" in out
+    policy = subprocess.run([sys.executable, "-c", ab._ON_UVLOOP.replace(
+        "runpy.run_module('bench.hotpath', run_name='__main__', alter_sys=True)",
+        "print(type(asyncio.new_event_loop()).__module__)")], capture_output=True, text=True, check=True).stdout
+    assert policy.startswith("uvloop")  # what an older hotpath's asyncio.run gets
