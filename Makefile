@@ -89,7 +89,7 @@ proto: install-dev tools ## regenerate the committed Python and Go stubs from pr
 	cp proto/statestream/v1/statestream.proto client/node/proto/statestream/v1/  # shipped inside the npm package
 
 bench: install-dev tools install-triton-client ## run the benchmarks into bench/results/ (ghz, ceilings, stores, workers)
-	$(PY) -m bench.run
+	$(PY) -m bench.run --rounds 3
 	$(PY) -m bench.scaleout
 	$(PY) -m bench.proxy
 	$(PY) -m bench.client_stream
