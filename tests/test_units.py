@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 
 from statestream.contract.errors import Unavailable
-from statestream.server.engine.units import APPLIED, FAILED, Unit
+from statestream.server.engine.units import APPLIED, FAILED, PRUNE_WAITERS, Unit
 
 
 def unit(n: int = 2) -> Unit:
@@ -36,3 +36,16 @@ def test_a_unit_with_no_caller_settles_alone():
     u = unit(1)
     u.fail(0, Unavailable("x"))  # no waiter was ever made: nothing to resolve, nothing raised
     assert u.left == 0 and u.waiters is None
+
+
+def test_retries_that_give_up_do_not_pile_up_on_a_unit_in_flight():
+    async def main():
+        u = unit(1)
+        live = u.waiter()
+        for _ in range(10 * PRUNE_WAITERS):  # retries that time out while the step is in its commit
+            u.waiter().cancel()
+        assert len(u.waiters) <= PRUNE_WAITERS + 1 and live in u.waiters
+        u.fail(0, Unavailable("x"))
+        assert live.done() and u.waiters is None
+
+    asyncio.run(main())

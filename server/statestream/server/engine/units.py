@@ -11,6 +11,7 @@ from statestream.contract.errors import ResourceExhausted, StatestreamError
 from statestream.server.engine.types import StepResult
 
 PENDING, APPLIED, FAILED = 0, 1, 2  # an entry's fate
+PRUNE_WAITERS = 8  # a unit's waits beyond which the cancelled ones are dropped as the next caller comes
 
 
 class Unit:
@@ -83,10 +84,13 @@ class Unit:
         """A future of the caller's own, resolved (to None: the unit holds the outcome) when the unit is done; await
         it only while `left`. Cancelling it cancels nothing else."""
         w = asyncio.get_running_loop().create_future()
-        if self.waiters is None:
+        waiters = self.waiters
+        if waiters is None:
             self.waiters = [w]
-        else:
-            self.waiters.append(w)
+            return w
+        if len(waiters) >= PRUNE_WAITERS:  # callers that gave up: the list holds the live ones and a few more
+            waiters[:] = [v for v in waiters if not v.done()]
+        waiters.append(w)
         return w
 
     def waited_by(self, deadline: float | None) -> None:
