@@ -49,3 +49,20 @@ def test_retries_that_give_up_do_not_pile_up_on_a_unit_in_flight():
         assert live.done() and u.waiters is None
 
     asyncio.run(main())
+
+
+def test_a_retry_waiting_on_a_compare_and_set_re_run_learns_its_outcome():
+    """A unit of several sessions that lost a compare-and-set re-runs each entry as a unit of its own (its `parent`
+    the original); a retry of that step finds the re-run in flight and waits on it."""
+    async def main():
+        parent = unit(2)
+        parent.y, parent.states, parent.counts = np.zeros((2, 1, 1)), np.zeros((2, 4)), np.zeros(2)
+        redo = Unit(parent.sessions[:1], parent.x[:1], [5], None, parent=(parent, 0), slots=np.arange(1))
+        retry = redo.waiter()
+        redo.y, redo.states, redo.counts = np.ones((1, 1, 1)), np.ones((1, 4)), np.array([3])
+        redo.fate[0] = APPLIED
+        redo.settle()
+        assert await asyncio.wait_for(retry, 1) is None and redo.result(0).step_count == 3
+        assert parent.fate[0] == APPLIED and parent.counts[0] == 3 and parent.left == 1
+
+    asyncio.run(main())

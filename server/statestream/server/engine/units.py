@@ -128,7 +128,7 @@ class Unit:
                 parent.y[i], parent.states[i], parent.counts[i] = self.y[0], self.states[0], self.counts[0]
                 parent.fate[i] = APPLIED
                 parent.settle()
-        elif self.waiters is not None:
+        if self.waiters is not None:  # (a re-run of a parent's entry has its own: a retry may find it in flight)
             for w in self.waiters:
                 if not w.done():  # (a caller that gave up cancelled its own)
                     w.set_result(None)
