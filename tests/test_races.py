@@ -369,3 +369,30 @@ def test_a_session_closed_while_its_frame_runs_is_not_written_back(inproc, tmp_p
     assert store._fetch(None, "s3") is None                          # closed: not brought back by the commit
     assert {sid: store._fetch(None, sid).version for sid in ids if sid != "s3"} == \
         {sid: v + 1 for sid, v in before.items() if sid != "s3"}
+
+
+def test_steps_of_many_sessions_queued_together_start_in_one_pass_each_on_its_own_row(inproc, monkeypatch):
+    """Streams' steps that share a run start in one pass over the cells (sessions.start_block) and the run reads and
+    writes each one's own state row, whatever order the sessions were opened and stepped in."""
+    from statestream.server.engine import batcher
+
+    started = []
+    real = batcher.start_block
+    monkeypatch.setattr(batcher, "start_block", lambda *a: started.append(len(a[1])) or real(*a))
+    srv = inproc(max_queue_delay=0.2)  # the steps wait in the queue for one run
+    ids = [f"s{k}" for k in range(12)]
+    for sid in ids:
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+    xs = {sid: np.roll(X, k, axis=0) * (1 + k / 10) for k, sid in enumerate(ids)}
+    for t in range(2):
+        calls = [start(srv, step_req(sid, xs[sid][t], t + 1)) for sid in reversed(ids)]  # not in slot order
+        for sid, call in zip(reversed(ids), calls):
+            np.testing.assert_allclose(call.result(10).output, stepped(xs[sid][:t + 1])[-1], atol=1e-5)
+    assert started and max(started) == len(ids)  # each wave ran as one run, started in one pass
+    # each session's own row (read by its slot, not through a run) holds its states: its two steps, run alone
+    runner = srv.app.table.runners["demo", 1]
+    for sid in ids:
+        row = np.zeros((1, runner.state_width), np.float32)
+        for t in range(2):
+            _, row = runner.run(xs[sid][t][None, None].astype(np.float32), row)
+        np.testing.assert_allclose(srv.run(lambda s=sid: srv.app.table.state(srv.app.table.find(s))), row[0], atol=1e-5)

@@ -121,27 +121,27 @@ class Batcher:
                 continue
             delay = self.policy.wait(self._ready_sessions, self._ready[0].enqueued)
             await asyncio.sleep(delay)  # 0: one loop turn, so steps that arrived together share the run
-            units = self._take()
+            units, slots = self._take()
             if not units:
                 continue
             if limit == 1:
-                await self._run(units)
+                await self._run(units, slots)
             else:  # the next run may start while this one's store write is in flight (their sessions differ)
-                task = asyncio.get_running_loop().create_task(self._run(units))
+                task = asyncio.get_running_loop().create_task(self._run(units, slots))
                 self._runs.add(task)
                 task.add_done_callback(self._runs.discard)
 
-    async def _run(self, units: list[Unit]) -> None:
+    async def _run(self, units: list[Unit], slots: np.ndarray | None) -> None:
         self._running += 1
         try:
-            await self._execute(units)
+            await self._execute(units, slots=slots)
         finally:
             self._running -= 1
             self._wake.set()
 
-    def _take(self) -> list[Unit]:
+    def _take(self) -> tuple[list[Unit], np.ndarray | None]:
         """Ready units sharing the first one's T, up to max_batch_size sessions (a group step runs alone); their
-        sessions start."""
+        sessions start. (the units, the run's slots when starting them made those)"""
         ready, limit = self._ready, self.max_batch_size
         taken: list[Unit] = []
         skipped: list[Unit] = []
@@ -170,15 +170,16 @@ class Batcher:
             ready.appendleft(unit)
             left -= len(unit.sessions)
         self._ready_sessions -= left
-        self._start(taken)
-        return taken
+        return taken, self._start(taken)
 
-    def _start(self, units: list[Unit]) -> None:
+    def _start(self, units: list[Unit]) -> np.ndarray | None:
+        """Start the units' sessions; the run's slots when a run of one-session units started in one pass."""
         n = len(units)
-        if n >= BULK and all(len(u.sessions) == 1 and u.fate[0] == PENDING for u in units) and start_block(
-                self.slab, np.fromiter((u.sessions[0].slot for u in units), np.intp, n), _owners(units, n)):
-            self.pending.count -= n  # streams' steps sharing a run, started in one pass
-            return
+        if n >= BULK and all(len(u.sessions) == 1 and u.fate[0] == PENDING for u in units):
+            slots = np.fromiter((u.sessions[0].slot for u in units), np.intp, n)
+            if start_block(self.slab, slots, _owners(units, n)):
+                self.pending.count -= n  # streams' steps sharing a run, started in one pass
+                return slots
         for unit in units:
             fate = unit.fate
             pending = fate.count(PENDING)
@@ -188,13 +189,13 @@ class Batcher:
 
     # -- the one run path -------------------------------------------------------------
 
-    async def _execute(self, units: list[Unit], where: str | None = None) -> None:
+    async def _execute(self, units: list[Unit], where: str | None = None, slots: np.ndarray | None = None) -> None:
         """Run units in one model run (`where`: LOOP or EXECUTOR, None: BatchPolicy.where says), commit, apply. An
         exception at any stage fails exactly the entries not applied (their sessions go back to idle); store errors
         are UNAVAILABLE "nothing was applied", anything else INTERNAL, logged once here."""
         t0 = time.perf_counter()
         try:
-            sessions, x, states, slots = self._gather(units)
+            sessions, x, states, slots = self._gather(units, slots)
             if where is None:
                 where = self.policy.where(len(sessions) * x.shape[1])
             if where is EXECUTOR:
@@ -236,7 +237,8 @@ class Batcher:
             return None
         return max(0.0, max(u.deadline for u in units) - time.monotonic() - DEADLINE_MARGIN)
 
-    def _gather(self, units: list[Unit]) -> tuple[list[Session], np.ndarray, np.ndarray, np.ndarray | slice]:
+    def _gather(self, units: list[Unit], slots: np.ndarray | None = None) -> tuple[list[Session], np.ndarray,
+                                                                                    np.ndarray, np.ndarray | slice]:
         """The sessions, stacked inputs, states and slots of a run: a group step's rows are a view of the slab (no
         gather); a sequence start runs from zero states."""
         rows = self.slab.rows
@@ -248,8 +250,9 @@ class Batcher:
         else:
             sessions = [s for u in units for s in u.sessions]
             x = np.concatenate([u.x for u in units])
-            slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions)) if len(sessions) == len(units) \
-                else np.concatenate([indexes(u.slots) for u in units])  # one session per unit: streams' steps
+            if slots is None:  # (known when _start started a run of one-session units, streams' steps, in one pass)
+                slots = np.fromiter((s.slot for s in sessions), np.intp, len(sessions)) \
+                    if len(sessions) == len(units) else np.concatenate([indexes(u.slots) for u in units])
         if len(sessions) == 1:
             slot = slots[0]
             states = rows[slot:slot + 1]
