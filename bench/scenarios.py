@@ -226,13 +226,18 @@ def measure(plan: Plan, server: Proc, ceilings: dict[str, Proc], key: str, c: in
         runs["server"].append(run_one(plan, server, "server", key, c, metrics_port, **tag))
     row: dict = {}
     for who, rs in runs.items():
-        row[who] = dict(sorted(rs, key=lambda r: r[rate])[len(rs) // 2])
+        row[who] = dict(_median(rs, lambda r: r[rate]))
         if len(rs) > 1:
             row[who]["rounds"] = [round(r[rate]) for r in rs]
     for who in ceilings:
-        ratios = sorted(_ratio(s[rate], r[rate]) or 0.0 for s, r in zip(runs["server"], runs[who]))
-        row[f"ratio_{who}"] = ratios[len(ratios) // 2] if any(ratios) else None
+        row[f"ratio_{who}"] = _median([_ratio(s[rate], r[rate]) for s, r in zip(runs["server"], runs[who])],
+                                      lambda q: q or 0.0) or None
     return row
+
+
+def _median(items: list, key):
+    """The middle item by `key` (of an even count, the upper one)."""
+    return sorted(items, key=key)[len(items) // 2]
 
 
 def transport(plan: Plan, server: Proc, ceilings: dict[str, Proc], metrics_port: int, log) -> list[dict]:
