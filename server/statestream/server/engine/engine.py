@@ -615,8 +615,8 @@ class Engine:
     async def _group_unit(self, g: Group, x: np.ndarray, keep, seq, fp, deadline) -> Unit:
         """Queue a group step as one unit over its members' block of rows and wait for it."""
         members = g.members_of(keep)
-        unit = Unit(members, x, None, None, block=g.start, keep=keep,
-                    group=g, rows=g.rows if keep is None else None, slots=g.slots if keep is None else None)
+        unit = Unit(members, x, None, None, block=g.start, keep=keep, group=g, rows=g.rows if keep is None else None,
+                    slots=g.slots if keep is None else None)
         unit.group_seq, unit.group_fp, unit.deadline = seq, fp, deadline
         if seq is not None:
             g.accepted_seq = seq
