@@ -158,14 +158,14 @@ def test_hotpath_times_each_handler_in_process(capsys):
 
 def test_instructions_counts_the_bytecodes_of_the_real_handlers(capsys):
     """bench.instructions runs N calls of a hotpath scenario; --bytecodes attributes them to the engine's functions
-    (a unary step goes through Engine._one and Batcher._execute)."""
+    (a unary step goes through Engine._one and Batcher._run_alone)."""
     from bench import instructions
 
     assert instructions.main(["step-raw", "3", "--bytecodes"]) == 0
     out = capsys.readouterr().out
     total = int(out.splitlines()[0].split(": ")[1].split()[0])
     assert total > 100
-    assert "engine.py:Engine._one" in out and "batcher.py:Batcher._execute" in out
+    assert "engine.py:Engine._one" in out and "batcher.py:Batcher._run_alone" in out
     assert instructions.main(["group256", "2"]) == 0
     assert "us of loop-thread CPU each" in capsys.readouterr().out
 

@@ -31,3 +31,13 @@ def test_a_run_counts_each_entry_once_with_its_time_from_queued_to_answered(unit
     assert s.success_seconds == pytest.approx(sum(k * (10.0 - u.enqueued) for u, k in ok))
     assert s.failure_seconds == pytest.approx(sum(k * (10.0 - u.enqueued) for u, k in failed))
     assert s.runs == [(size, 5.0 - min(u.enqueued for u in units), 5.0)]
+
+
+@pytest.mark.parametrize("ran, ok", [(True, True), (True, False), (False, False)])
+def test_a_lone_step_counts_as_a_run_of_one_that_never_waited(ran, ok):
+    m = Metrics()
+    m.observe_step(("demo", 1), 2, started=5.0, now=7.0, ran=ran, ok=ok)
+    s = m.models[("demo", 1)]
+    assert (s.executions, s.steps, s.timesteps) == ((1, 1, 2) if ran else (0, 0, 0))
+    assert s.runs == ([(1, 0.0, 2.0)] if ran else [])
+    assert (s.success, s.success_seconds, s.failure, s.failure_seconds) == ((1, 2.0, 0, 0.0) if ok else (0, 0.0, 1, 2.0))

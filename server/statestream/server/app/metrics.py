@@ -62,6 +62,16 @@ class ModelStats:
         self.last_inference = 0.0  # time.time() of the last model run
         self.runs: list[tuple[int, float, float]] = []  # (sessions, queue s, compute s) of runs not yet in histograms
 
+    def ran(self, size: int, timesteps: int, wait: float, compute: float) -> None:
+        """A model run of `size` sessions, the first of which waited `wait` seconds in the queue."""
+        self.executions += 1
+        self.last_inference = time.time()
+        self.steps += size
+        self.timesteps += size * timesteps
+        self.runs.append((size, wait, compute))
+        if len(self.runs) >= FOLD_EVERY:
+            self.fold()
+
     def fold(self) -> None:
         """Put the runs observed since the last fold into the histograms (one numpy pass: a run appends a tuple)."""
         if self.runs:
@@ -103,14 +113,8 @@ class Metrics:
         unit's enqueueing until `now`."""
         m = self.models.get(key) or self.stats(key)
         if ran:
-            m.executions += 1
-            m.last_inference = time.time()
-            m.steps += size
-            m.timesteps += size * timesteps
-            m.runs.append((size, started - (units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)),
-                           now - started))
-            if len(m.runs) >= FOLD_EVERY:
-                m.fold()
+            m.ran(size, timesteps, started - (units[0].enqueued if len(units) == 1 else min(u.enqueued for u in units)),
+                  now - started)
         ok = bad = 0  # entries, and their seconds from queued to answered, summed here and added once
         ok_s = bad_s = 0.0
         for u in units:
@@ -127,6 +131,21 @@ class Metrics:
         if bad:
             m.failure += bad
             m.failure_seconds += bad_s
+
+    def observe_step(self, key: tuple[str, int], timesteps: int, started: float, now: float, *, ran: bool = True,
+                     ok: bool = True) -> None:
+        """A lone step run at once in its caller, never queued (Batcher.step), started at `started`: a model run of
+        one session (`ran`: it got that far) and one entry that succeeded or (`ok` False) failed."""
+        m = self.models.get(key) or self.stats(key)
+        took = now - started
+        if ran:
+            m.ran(1, timesteps, 0.0, took)
+        if ok:
+            m.success += 1
+            m.success_seconds += took
+        else:
+            m.failure += 1
+            m.failure_seconds += took
 
     def collect(self):
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""

@@ -16,6 +16,7 @@ from statestream.server.engine.policy import CALLER, EXECUTOR, LOOP, BatchPolicy
 from statestream.server.engine.sessions import (
     BULK,
     READY,
+    RUNNING,
     Session,
     all_idle,
     claim_many,
@@ -41,8 +42,9 @@ class Batcher:
     """Runs the units of one model's sessions: strictly in order per session, at most one step of a session per
     model run, every entry applied fully (state, counters, recorded response, store) or not at all. Callers wait
     for a unit on futures of their own (Unit.waiter): a cancelled caller never cancels a step, and a retry of a step
-    in flight waits for that same unit. Every run goes through `_execute`; `where` (BatchPolicy) decides whether it
-    runs in the caller, on the loop or on the executor."""
+    in flight waits for that same unit. Every run of units goes through `_execute`; `where` (BatchPolicy) decides
+    whether it runs in the caller, on the loop or on the executor. A lone step that runs in its caller needs no
+    unit (`step`, `_run_alone`)."""
 
     def __init__(self, runner: ModelRunner, table: SessionTable, executor: Executor, *, policy: BatchPolicy,
                  pending: PendingCounter, persistence: Persistence, metrics=None):
@@ -88,12 +90,33 @@ class Batcher:
         """Queue a unit behind its sessions' earlier ones (the engine checked the entries); it runs in the caller
         when BatchPolicy.where says so. Returns once it is queued or done: while `unit.left`, await `unit.waiter()`
         for its outcome."""
-        if all_idle(self.slab, unit.sessions, unit.slots) and self.policy.where(
-                len(unit.x) * unit.x.shape[1], queued=bool(self._ready), durable=self.persistence.durable,
-                stream=stream) is CALLER:
+        if self._at_once(all_idle(self.slab, unit.sessions, unit.slots), len(unit.x) * unit.x.shape[1], stream):
             claim_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
             await self._execute([unit], LOOP)
             return
+        self._enqueue(unit)
+
+    def step(self, s: Session, x: np.ndarray, seq: int | None, fp: int, *, reset: bool = False, stream: bool = False,
+             deadline: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Unit:
+        """One new step of one session (the engine decided it), the most common request. When BatchPolicy.where
+        says it runs in its caller, it runs right here and needs no unit: nothing comes between the session's
+        claim and its finish (no await), so no other caller can see it in flight. (y [1, T, O], states [1, W],
+        step counts [1]); a failed run raises its domain error, nothing applied. Otherwise it is queued as a unit,
+        returned: while `left`, await its `waiter()`."""
+        if self._at_once(s.idle, x.shape[1], stream):
+            return self._run_alone(s, x, seq, fp, reset)
+        unit = Unit([s], x, None if seq is None else [seq], None if seq is None else [fp], reset=reset,
+                    deadline=deadline)
+        self._enqueue(unit)
+        return unit
+
+    def _at_once(self, idle: bool, work: int, stream: bool) -> bool:
+        """Does a unit of `work` session-timesteps whose sessions are `idle` run now, in its caller?"""
+        return idle and self.policy.where(work, queued=bool(self._ready), durable=self.persistence.durable,
+                                          stream=stream) is CALLER
+
+    def _enqueue(self, unit: Unit) -> None:
+        """Queue a unit behind its sessions' earlier ones (ResourceExhausted when the server's queue is full)."""
         self.pending.take(len(unit.sessions))
         unit.blocked = enqueue_many(self.slab, unit.sessions, unit.slots, unit, unit.seqs)
         if not unit.blocked:
@@ -187,7 +210,37 @@ class Batcher:
             start_many(self.slab, unit.sessions, unit.slots, unit,
                        None if pending == len(fate) else [f == PENDING for f in fate])
 
-    # -- the one run path -------------------------------------------------------------
+    # -- the run paths: a lone step at once, units -----------------------------------------
+
+    def _run_alone(self, s: Session, x: np.ndarray, seq: int | None, fp: int, reset: bool) -> tuple:
+        """A lone step of an idle session, run now: the model on its row, its counters and recorded response, the
+        row written back. On any failure the session is idle again, nothing applied, the sequence numbers it took
+        free, and the failure raised (a bug logged once, INTERNAL)."""
+        t0 = time.perf_counter()
+        T = x.shape[1]
+        slot = s.slot
+        ran = False
+        s.claim(None, seq)
+        try:
+            y, new = self._infer(x, np.zeros_like(self.slab.rows[:1]) if reset else self.slab.rows[slot:slot + 1])
+            ran = True
+            counts = self.slab.steps[slot:slot + 1] + T
+            if reset:
+                counts[0] = T
+            count = int(counts[0])
+            s.finish(count, None if seq is None else StepResult(y[0].copy(), new[0].copy(), count, seq), fp, reset)
+        except Exception as e:
+            err = self._internal(e, "running a step")
+            if s.phase is RUNNING:
+                s.undo()
+            s.forget_accepted()
+            if self.metrics is not None:
+                self.metrics.observe_step(self.runner.key, T, t0, time.perf_counter(), ran=ran, ok=False)
+            raise err from None
+        self.slab.rows[slot] = new[0]
+        if self.metrics is not None:
+            self.metrics.observe_step(self.runner.key, T, t0, time.perf_counter())
+        return y, new, counts
 
     async def _execute(self, units: list[Unit], where: str | None = None, slots: np.ndarray | None = None) -> None:
         """Run units in one model run (`where`: LOOP or EXECUTOR, None: BatchPolicy.where says), commit, apply. An
