@@ -79,7 +79,7 @@ class Adapter:
 
     def count(self, method: str, code: grpc.StatusCode) -> None:
         if self.metrics is not None:
-            self.metrics.count_request(method, code.name)
+            self.metrics.count_request(method, code)
 
 
 async def stream_owner(service, context):

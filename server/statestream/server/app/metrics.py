@@ -87,7 +87,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: dict[tuple, int] = {}  # (method, grpc.StatusCode): named when scraped
         self.models: dict[tuple[str, int], ModelStats] = {}  # per model version (name, version)
         self._table = None
         self.registry.register(self)
@@ -96,7 +96,8 @@ class Metrics:
         """Read open sessions and evictions from this SessionTable when scraped."""
         self._table = table
 
-    def count_request(self, method: str, code: str) -> None:
+    def count_request(self, method: str, code) -> None:
+        """One RPC answered with `code` (a grpc.StatusCode)."""
         key = (method, code)
         self.requests[key] = self.requests.get(key, 0) + 1
 
@@ -151,8 +152,8 @@ class Metrics:
         """The metric families, for prometheus_client's registry (called when /metrics is scraped)."""
         req = CounterMetricFamily("statestream_requests", "RPCs answered, by method and status code",
                                   labels=["method", "code"])
-        for (method, code), n in sorted(self.requests.items()):
-            req.add_metric([method, code], n)
+        for method, name, n in sorted((method, code.name, n) for (method, code), n in self.requests.items()):
+            req.add_metric([method, name], n)
         yield req
         labels = ["model", "version"]
         steps = CounterMetricFamily("statestream_steps", "Session-steps applied (one per session per batch)",
