@@ -15,6 +15,7 @@ drives the real server with ghz (the scenarios' data files, one core for ghz) an
     python -m bench.wire group256 --floor                 # and the floor server's (bench.floor_server) after it
     python -m bench.wire group1024 --callgrind --calls 40  # event-loop instructions per call (minutes)
     python -m bench.wire group1024 --callgrind --null      # the same of the null server: the transport's floor
+    python -m bench.wire unary -c 1 --callgrind --floor    # the same of the floor server: the model's floor
     python -m bench.wire group256 -- --inline-max-batch 0  # flags after -- go to statestream-server
 """
 
@@ -91,20 +92,24 @@ def cpu(model: Path, keys: list[str], c: int, flags: list[str], raw: Path, durat
     return rows
 
 
-def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: Path, null: bool = False) -> dict:
-    """A server under callgrind: event-loop instructions per call, (dump of 4N calls - dump of N calls) / 3N. `null`:
-    the null server (bench.null_server: pre-serialized responses, requests never parsed) instead of ours."""
+def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: Path, who: str = "server") -> dict:
+    """A server under callgrind: event-loop instructions per call, (dump of 4N calls - dump of N calls) / 3N. `who`:
+    "server" (ours), "null" (bench.null_server: pre-serialized responses, requests never parsed) or "floor"
+    (bench.floor_server: the model on each session's state row and nothing else)."""
     plan = _plan(model, [key], c, raw)
     plan.write_data()
-    out = raw / f"{'null-' if null else ''}{key}.cg"
+    out = raw / f"{'' if who == 'server' else who + '-'}{key}.cg"
     for f in glob.glob(f"{out}*"):
         os.remove(f)
-    server = [sys.executable, "-m", "bench.null_server", "--port", "0", "--responses",
-              str(plan.write_null_responses(ModelRunner(model).output_size))] if null else _server_cmd(model, flags)
+    server = {"null": lambda: [sys.executable, "-m", "bench.null_server", "--port", "0", "--responses",
+                               str(plan.write_null_responses(ModelRunner(model).output_size))],
+              "floor": lambda: [sys.executable, "-m", "bench.floor_server", "--port", "0", "--model", str(model)],
+              "server": lambda: _server_cmd(model, flags)}[who]()
     cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}", *server]
-    with procs.Proc("null server" if null else "statestream-server", cmd, timeout=900) as proc:
-        if not null:
+    with procs.Proc(who, cmd, timeout=900) as proc:
+        if who == "server":  # the floor opens a group on its first step
             plan.open_groups(proc)
+        if who != "null":
             scenarios.warm(plan, proc, "s", key)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)  # start-up
         counts = []
@@ -117,7 +122,7 @@ def instructions(model: Path, key: str, c: int, n: int, flags: list[str], raw: P
             dumps = sorted(glob.glob(f"{out}.*-01"), key=lambda p: int(p.rsplit(".", 1)[1].split("-")[0]))
             counts.append(int(next(line.split()[1] for line in Path(dumps[-1]).read_text().splitlines()
                                    if line.startswith("summary:"))))
-    return {"server": "null" if null else "statestream", "scenario": key, "c": c, "calls": 3 * n,
+    return {"server": {"server": "statestream"}.get(who, who), "scenario": key, "c": c, "calls": 3 * n,
             "event_loop_instructions_per_call": round((counts[1] - counts[0]) / (3 * n))}
 
 
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=40, help="--callgrind: N (then 4N) calls")
     p.add_argument("--null", action="store_true", help="--callgrind: the null server instead (the transport's floor)")
     p.add_argument("--floor", action="store_true", help="cpu: then the floor server, the same runs (the engine's "
-                   "cost at the wire is the difference)")
+                   "cost at the wire is the difference); --callgrind: the floor server instead")
     p.add_argument("--raw", default=str(ROOT / "bench" / "results" / "raw" / "wire"))
     a = p.parse_args(argv)
     raw = Path(a.raw)
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = a.scenarios.split(",")
     if a.callgrind:
         for key in keys:
-            print(instructions(Path(a.model), key, a.concurrency, a.calls, flags, raw, a.null), flush=True)
+            who = "null" if a.null else "floor" if a.floor else "server"
+            print(instructions(Path(a.model), key, a.concurrency, a.calls, flags, raw, who), flush=True)
         return 0
     for who in ("server", "floor") if a.floor else ("server",):
         for row in cpu(Path(a.model), keys, a.concurrency, flags, raw, a.duration, floor=who == "floor"):
