@@ -227,9 +227,9 @@ class Engine:
         return reply
 
     async def _one(self, req: StepRequest) -> StepReply | None:
-        """A new step of one session cached here (most unary and stream steps): decided, queued and answered without
-        a frame's per-entry bookkeeping. None: anything else (to be opened or read through, a retry, a refusal, a
-        full queue), which `step` goes on to decide entry by entry."""
+        """A new step of one session cached here (most unary and stream steps): decided, then run at once or queued
+        (Batcher.step) and answered, without a frame's per-entry bookkeeping. None: anything else (to be opened or
+        read through, a retry, a refusal, a full session queue), which `step` goes on to decide entry by entry."""
         s = self.table.find(req.ids[0], req.owner)
         if s is None or (req.model and s.model != req.model) or not finite(req.x):
             return None
