@@ -160,3 +160,30 @@ def test_a_bug_after_the_run_is_logged_once_and_wedges_nothing(inproc, monkeypat
     r = step(srv, "a", X[0], seq=1)
     assert r.step_count == 1
     np.testing.assert_allclose(r.output, stepped(X[:1])[0], atol=1e-5)
+
+
+def test_a_stream_reply_carries_its_steps_whole_answer(inproc):
+    """Each StreamSteps reply holds the step's answer (filled into the reply's own `step` field): its session,
+    count, number, replay flag, output and, when asked, states; the stream's own head fields beside it."""
+    srv = inproc()
+    for sid in ("a", "b"):
+        srv.stub.OpenSession(pb.OpenSessionRequest(model="demo", session_id=sid))
+
+    def msg(sid, x, seq=None, **kw):
+        step = pb.StepRequest(session_id=sid, input=np.asarray(x, np.float32).ravel(), **kw)
+        if seq is not None:
+            step.sequence_number = seq
+        return pb.StreamStepsRequest(step=step)
+    reqs = [msg("a", X[0], 1), msg("a", X[1], 2), msg("a", X[1], 2), msg("b", X[0], return_state=True)]
+    replies = list(srv.stub.StreamSteps(iter(reqs)))
+    assert [(r.HasField("step"), r.HasField("error")) for r in replies] == [(True, False)] * 4, replies
+    assert [(r.session_id, r.step.session_id) for r in replies] == [("a", "a")] * 3 + [("b", "b")]
+    assert [r.step.step_count for r in replies] == [1, 2, 2, 1]
+    assert [r.step.sequence_number for r in replies] == [1, 2, 2, 0]
+    assert [r.step.replayed for r in replies] == [False, False, True, False]
+    ref = stepped(X[:2])
+    for r, want in zip(replies, [ref[0], ref[1], ref[1], ref[0]]):
+        np.testing.assert_allclose(r.step.output, want, atol=1e-5)
+    assert [len(r.step.states) for r in replies] == [0, 0, 0, 2]
+    unary = srv.stub.GetState(pb.GetStateRequest(session_id="b")).state
+    assert [list(s.h) for s in replies[3].step.states] == [list(s.h) for s in unary.layers]

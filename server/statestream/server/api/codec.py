@@ -143,11 +143,16 @@ def parse_layer_states(runner: ModelRunner, layers) -> np.ndarray:
 
 
 def step_response(runner: ModelRunner, sid: str, output: np.ndarray, state: np.ndarray, step_count: int,
-                  seq: int | None, replayed: bool, req) -> pb.StepResponse:
-    """One step's answer (output [T, O], states [W]) as the StepRequest `req` asked for it."""
+                  seq: int | None, replayed: bool, req, into: pb.StepResponse | None = None) -> pb.StepResponse:
+    """One step's answer (output [T, O], states [W]) as the StepRequest `req` asked for it; filled into `into` (a
+    stream reply's own field: no copy of the message into it) or a new message."""
     raw = req.raw_output
     out = output if req.return_sequences else output[-1:]
-    msg = pb.StepResponse(session_id=sid, rows=out.shape[0], step_count=step_count, replayed=replayed)
+    if into is None:
+        msg = pb.StepResponse(session_id=sid, rows=out.shape[0], step_count=step_count, replayed=replayed)
+    else:
+        msg = into
+        msg.session_id, msg.rows, msg.step_count, msg.replayed = sid, out.shape[0], step_count, replayed
     put_floats(msg, "output", out, raw)
     if seq is not None:
         msg.sequence_number = seq

@@ -122,8 +122,10 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
 
     # -- steps ------------------------------------------------------------------------
 
-    async def step(self, req: pb.StepRequest, owner, context=None, stream: bool = False) -> pb.StepResponse:
-        """One StepRequest through the engine (Step, and each StreamSteps message)."""
+    async def step(self, req: pb.StepRequest, owner, context=None, stream: bool = False,
+                   into: pb.StepResponse | None = None) -> pb.StepResponse:
+        """One StepRequest through the engine (Step, and each StreamSteps message, whose reply's `step` field the
+        answer is filled `into`)."""
         engine = self.engine
         runner = await engine.runner_for(req.session_id, owner, req.model, req.open_if_missing)
         x = codec.parse_input(runner, req.input, raw=req.input_raw)
@@ -133,7 +135,7 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
                                               deadline=context and deadline_of(context)))
         reply.raise_first()
         return codec.step_response(runner, reply.ids[0], reply.output[0], reply.state[0], int(reply.step_count[0]),
-                                   seqs[0] if seqs else None, reply.outcome[0] is REPLAYED, req)
+                                   seqs[0] if seqs else None, reply.outcome[0] is REPLAYED, req, into)
 
     @unary
     async def Step(self, request, context):
@@ -146,8 +148,10 @@ class StateStreamService(Adapter, pb_grpc.StateStreamServiceServicer):
             head = {"session_id": req.step.session_id}
             if req.step.HasField("sequence_number"):
                 head["sequence_number"] = req.step.sequence_number
+            reply = pb.StreamStepsResponse(**head)
             try:
-                return pb.StreamStepsResponse(step=await self.step(req.step, owner, context, stream=True), **head)
+                await self.step(req.step, owner, context, stream=True, into=reply.step)
+                return reply
             except Exception as e:
                 return pb.StreamStepsResponse(error=self._in_band(e), **head)
 
