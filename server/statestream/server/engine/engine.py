@@ -251,6 +251,10 @@ class Engine:
             return await self._answer(req, s.model, runner, [s], [], {}, [], {0: e})
         if type(done) is tuple:  # it ran at once
             return StepReply(s.model, req.ids, *done, req.seqs, [APPLIED], {})
+        if done.left:
+            await done.waiter()
+        if not done.errors:  # applied: the unit's rows are the answer
+            return StepReply(s.model, req.ids, done.y, done.states, done.counts, req.seqs, [APPLIED], {})
         return await self._answer(req, s.model, runner, [s], [([0], done)], {}, [], {})
 
     async def _unit(self, req: StepRequest, key, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
