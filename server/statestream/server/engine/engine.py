@@ -243,19 +243,14 @@ class Engine:
         if s.waiting >= self.max_pending_per_session:
             return None
         self.table.touch(s)
-        runner = self.table.runner_of(s)
         try:
             done = self.batchers[s.key].step(s, req.x, seq, fp, reset=req.reset, stream=req.stream,
                                              deadline=req.deadline)
         except StatestreamError as e:  # not applied: the entry's error
-            return await self._answer(req, s.model, runner, [s], [], {}, [], {0: e})
+            return await self._answer(req, s.model, self.table.runner_of(s), [s], [], {}, [], {0: e})
         if type(done) is tuple:  # it ran at once
             return StepReply(s.model, req.ids, *done, req.seqs, [APPLIED], {})
-        if done.left:
-            await done.waiter()
-        if not done.errors:  # applied: the unit's rows are the answer
-            return StepReply(s.model, req.ids, done.y, done.states, done.counts, req.seqs, [APPLIED], {})
-        return await self._answer(req, s.model, runner, [s], [([0], done)], {}, [], {})
+        return await self._answer(req, s.model, self.table.runner_of(s), [s], [([0], done)], {}, [], {})
 
     async def _unit(self, req: StepRequest, key, sessions: list, x: np.ndarray, seqs: list | None, fps: list | None,
                     slots) -> Unit:
